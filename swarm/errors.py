@@ -1,0 +1,9 @@
+"""Errors of the user-facing layer; `SwarmError` is the root of this package's errors."""
+
+
+class SwarmError(Exception):
+    """Root of the errors raised by the `swarm` package."""
+
+
+class ModelPreparationError(SwarmError):
+    """The default model could not be found or converted."""
