@@ -1,0 +1,14 @@
+"""RPC over secure connections: unary calls and bidirectional streams between peers.
+
+Rule: public names are re-exported here as `from .module import Name as Name`; code outside
+the package imports from `routing.rpc`. Importing does nothing.
+"""
+
+from .config import RPCConfig as RPCConfig
+from .config import RPCStats as RPCStats
+from .host import RPCHost as RPCHost
+from .packet import CallContext as CallContext
+from .packet import Packet as Packet
+from .packet import StreamHandler as StreamHandler
+from .packet import UnaryHandler as UnaryHandler
+from .stream import BidiStream as BidiStream

@@ -1,0 +1,331 @@
+"""`Connection`: one authenticated stream carrying many concurrent calls and streams.
+
+Theory of operation. Three kinds of task share a connection, all in its nursery:
+
+- the reader: reads the stream, decodes messages (`wire.Decoder`) and dispatches each one
+  by kind and call id *without ever waiting on a consumer*: a reply wakes the waiting
+  caller (no task is spawned for it), stream data goes to that stream's bounded inbox, a
+  request or stream open starts a handler task, a cancel cancels one;
+- the writer (`MessageWriter`): writes every queued message in order;
+- one task per remote call our handlers serve (`inbound.py`), capped per connection.
+
+Call ids: the dialer of the connection numbers its calls 1, 3, 5, ... and the listener
+2, 4, 6, ..., so both sides can start calls on the same connection. A message about a call
+we no longer track (a late reply after a timeout, a duplicate end, data after a cancel) is
+dropped: such races are normal. Messages that break the framing or the protocol (unknown
+kind, bad msgpack, over a cap, a duplicate live call id, data beyond a stream's window)
+raise ProtocolError: it is logged and the connection closes; other connections go on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from security import PeerId, SecurityError
+
+from ..errors import (
+    CallTimeoutError,
+    ConnectionLostError,
+    ProtocolError,
+    RemoteError,
+    StreamClosedError,
+)
+from ..wire import MAX_WINDOW_INCREMENT, Buffer, Decoder, Kind, Message, encode
+from .config import RPCConfig
+from .inbound import Inbound
+from .packet import CallContext, Packet, StreamHandler, UnaryHandler
+from .stream import BidiStream
+from .writer import MessageWriter
+
+__all__ = ["Connection"]
+
+logger = logging.getLogger(__name__)
+
+
+class _PendingCall:
+    """A unary call waiting for its reply."""
+
+    __slots__ = ("done", "error", "reply")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.reply: Packet | None = None
+        self.error: BaseException | None = None
+
+    def finish(self, reply: Packet | None, error: BaseException | None) -> None:
+        if not self.done.is_set():
+            self.reply, self.error = reply, error
+            self.done.set()
+
+
+def _as_dict(header: Mapping[str, Any]) -> dict[str, Any]:
+    return header if type(header) is dict else dict(header)
+
+
+def _remote_error(header: Any) -> BaseException:
+    if (
+        isinstance(header, list)
+        and len(header) == 2
+        and isinstance(header[0], str)
+        and isinstance(header[1], str)
+    ):
+        return RemoteError(header[0], header[1])
+    return ProtocolError("malformed error message")
+
+
+class Connection:
+    """A multiplexed RPC connection over an authenticated stream (see the module doc)."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        peer_id: PeerId,
+        remote_host: str,
+        *,
+        initiator: bool,
+        config: RPCConfig,
+        unary_handlers: Mapping[str, UnaryHandler],
+        stream_handlers: Mapping[str, StreamHandler],
+    ) -> None:
+        self.stream = stream
+        self.peer_id = peer_id
+        self.remote_host = remote_host
+        self.initiator = initiator
+        self.config = config
+        self.max_message_size = config.max_message_size
+        self._writer = MessageWriter(stream, config.write_high_water)
+        self._ids = itertools.count(1 if initiator else 2, 2)
+        self._local_parity = 1 if initiator else 0
+        self._calls: dict[int, _PendingCall | BidiStream] = {}
+        self._inbound = Inbound(
+            self, CallContext(peer_id, remote_host), unary_handlers, stream_handlers
+        )
+        self._cancel_scope = trio.CancelScope()
+        self._closed = False
+        self.close_reason: BaseException | None = None
+        self._idle_since: float | None = None
+        self._idle_lot = trio.lowlevel.ParkingLot()
+
+    # -- status ------------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closed
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._calls)
+
+    @property
+    def active_handlers(self) -> int:
+        return self._inbound.active
+
+    def activity_changed(self) -> None:
+        """Called when calls or handlers start or end: tracks idleness."""
+        busy = bool(self._calls) or self._inbound.active > 0
+        if busy:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = trio.current_time()
+            self._idle_lot.unpark_all()
+
+    # -- writing (used by streams and handlers) ---------------------------------------------
+
+    def enqueue(self, buffers: list[Buffer]) -> None:
+        self._writer.enqueue(buffers)
+
+    async def send(self, buffers: list[Buffer]) -> None:
+        await self._writer.send(buffers)
+
+    def stream_closed(self, stream: BidiStream) -> None:
+        if stream.call_id & 1 == self._local_parity and self._calls.get(stream.call_id) is stream:
+            del self._calls[stream.call_id]
+            self.activity_changed()
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the connection until it closes (EOF, error, idle, `close()`, cancel)."""
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    self._inbound.nursery = nursery
+                    nursery.start_soon(self._guard, self._read_loop)
+                    nursery.start_soon(self._guard, self._writer.run)
+                    if self.config.idle_timeout is not None:
+                        nursery.start_soon(self._idle_watch, self.config.idle_timeout)
+                    self.activity_changed()
+                    task_status.started()
+        finally:
+            self._shutdown()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+
+    def close(self, reason: BaseException | None = None) -> None:
+        """Close the connection now: its calls fail with ConnectionLostError."""
+        if self.close_reason is None:
+            self.close_reason = reason or ConnectionLostError("closed locally")
+        self._cancel_scope.cancel()
+
+    async def _guard(self, loop: Any) -> None:
+        """Run the reader or writer; any way it ends closes the connection."""
+        try:
+            await loop()
+        except ProtocolError as error:
+            logger.warning("closing connection with %s: %s", self.peer_id.short(), error)
+            self.close(error)
+        except (
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            SecurityError,
+            ConnectionLostError,
+            OSError,
+        ) as error:
+            logger.debug("connection with %s lost: %r", self.peer_id.short(), error)
+            self.close(error)
+        finally:
+            self.close()
+
+    def _shutdown(self) -> None:
+        self._closed = True
+        reason = self.close_reason or ConnectionLostError("connection closed")
+        lost = ConnectionLostError(f"connection with {self.peer_id.short()} lost: {reason}")
+        lost.__cause__ = reason
+        self._writer.fail(lost)
+        for entry in list(self._calls.values()):
+            if isinstance(entry, _PendingCall):
+                entry.finish(None, lost)
+            else:
+                entry.on_failure(lost)
+        self._calls.clear()
+        self._inbound.shutdown(lost)
+
+    async def _idle_watch(self, idle_timeout: float) -> None:
+        while True:
+            since = self._idle_since
+            if since is None:
+                await self._idle_lot.park()
+            elif trio.current_time() >= since + idle_timeout:
+                logger.debug("closing idle connection with %s", self.peer_id.short())
+                self.close(ConnectionLostError("idle timeout"))
+                return
+            else:
+                await trio.sleep_until(since + idle_timeout)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        config = self.config
+        decoder = Decoder(config.max_message_size, max_header_size=config.max_header_size)
+        receive_size = config.receive_size
+        writer = self._writer
+        while True:
+            data = await self.stream.receive_some(receive_size)
+            if not data:
+                raise ConnectionLostError("closed by the remote")
+            for message in decoder.feed(data):
+                self._dispatch(message)
+            await writer.flush()  # replies the dispatch queued (ping, errors, credit)
+            if writer.queued_bytes > config.write_high_water:
+                await writer.wait_below_high_water()  # a remote that does not read
+
+    def _dispatch(self, message: Message) -> None:
+        kind = message.kind
+        call_id = message.call_id
+        if call_id & 1 != self._local_parity:  # a call the remote started
+            if kind is Kind.REQUEST or kind is Kind.STREAM_OPEN:
+                self._inbound.start(message)
+            elif kind is Kind.CANCEL:
+                self._inbound.cancel(call_id)
+            elif kind is Kind.STREAM_DATA or kind is Kind.STREAM_END or kind is Kind.WINDOW:
+                stream = self._inbound.stream(call_id)
+                if stream is not None:
+                    self._to_stream(stream, message)
+            else:
+                logger.debug("dropping %s for remote call %d", kind.name, call_id)
+            return
+        entry = self._calls.get(call_id)
+        if entry is None:
+            logger.debug("dropping %s for finished call %d", kind.name, call_id)
+        elif isinstance(entry, _PendingCall):
+            self._to_call(entry, call_id, message)
+        elif kind is Kind.ERROR:
+            entry.on_failure(_remote_error(message.header))
+        elif kind is Kind.CANCEL:  # the remote handler is gone
+            entry.on_failure(StreamClosedError("the remote closed the stream"))
+        else:
+            self._to_stream(entry, message)
+
+    def _to_call(self, pending: _PendingCall, call_id: int, message: Message) -> None:
+        if message.kind is Kind.RESPONSE:
+            if isinstance(message.header, dict):
+                pending.finish(Packet(message.header, message.payload), None)
+            else:
+                pending.finish(None, ProtocolError("reply header is not a map"))
+        elif message.kind is Kind.ERROR:
+            pending.finish(None, _remote_error(message.header))
+        else:
+            raise ProtocolError(f"{message.kind.name} for unary call {call_id}")
+        del self._calls[call_id]
+        self.activity_changed()
+
+    @staticmethod
+    def _to_stream(stream: BidiStream, message: Message) -> None:
+        kind = message.kind
+        if kind is Kind.STREAM_DATA:
+            stream.on_data(message)
+        elif kind is Kind.STREAM_END:
+            stream.on_end()
+        elif kind is Kind.WINDOW:
+            increment = message.header
+            if type(increment) is not int or not 0 < increment <= MAX_WINDOW_INCREMENT:
+                raise ProtocolError(f"bad window increment {increment!r}")
+            stream.on_window(increment)
+        else:
+            raise ProtocolError(f"{kind.name} is not a stream message")
+
+    # -- calling -----------------------------------------------------------------------------
+
+    async def call(self, method: str, request: Packet, deadline: float) -> Packet:
+        """One unary call; CallTimeoutError at `deadline` (the remote is then cancelled)."""
+        buffers = encode(
+            Kind.REQUEST,
+            call_id := next(self._ids),
+            [method, _as_dict(request.header)],
+            request.body,
+            max_message_size=self.max_message_size,
+        )
+        pending = _PendingCall()
+        self._calls[call_id] = pending
+        self.activity_changed()
+        try:
+            with trio.move_on_at(deadline):
+                await self._writer.send(buffers)
+                await pending.done.wait()
+        finally:
+            if not pending.done.is_set():  # timed out or cancelled: cancel the remote
+                pending.finish(None, CallTimeoutError(f"{method} timed out"))
+                if self._calls.pop(call_id, None) is not None:
+                    self.activity_changed()
+                if not self._closed:
+                    self._writer.enqueue(encode(Kind.CANCEL, call_id))
+        if pending.error is not None:
+            raise pending.error
+        if pending.reply is None:  # unreachable: finish() sets one of them
+            raise ProtocolError("no reply")
+        return pending.reply
+
+    def open_stream(self, method: str) -> BidiStream:
+        """Start a stream (our side); the remote handler starts when STREAM_OPEN arrives."""
+        call_id = next(self._ids)
+        stream = BidiStream(self, call_id, method, self.config.stream_window)
+        self._writer.enqueue(encode(Kind.STREAM_OPEN, call_id, [method]))
+        self._calls[call_id] = stream
+        self.activity_changed()
+        stream.grant_initial()
+        return stream

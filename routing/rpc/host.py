@@ -1,0 +1,264 @@
+"""`RPCHost`: a peer's RPC endpoint: server, client and connection pool in one.
+
+`run(host, port)` listens (through the `Transport`) and holds every connection, inbound and
+outbound, in its nursery; `call` and `open_stream` reuse the pool's connection to the target
+peer or dial one. Every connection is a `SecureStream` (Noise, both directions): an inbound
+one must finish its handshake within `handshake_timeout`, and at most
+`max_unauthenticated` may be in their handshake at once (more are closed at once, so a
+flood of silent connections costs a bounded amount); then its `Connection` serves calls
+until it closes. Built-in methods: "ping" (empty reply, answered by the reader) and "info"
+(our peer id and address, plus what `set_info` adds; `add_unary("info", ...)` replaces it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import trio
+
+from security import Identity, PeerId, SecureStream, SecurityError
+
+from ..address import PeerAddress
+from ..errors import CallTimeoutError, RoutingError
+from ..transport import Transport
+from .config import RPCConfig, RPCStats
+from .connection import Connection
+from .packet import CallContext, Packet, StreamHandler, UnaryHandler
+from .pool import ConnectionPool
+from .stream import BidiStream
+
+__all__ = ["RPCHost"]
+
+logger = logging.getLogger(__name__)
+
+_RESERVED = {"ping"}
+_REPLACEABLE = {"info"}
+
+
+def _remote_host(stream: trio.abc.Stream) -> str:
+    host = getattr(stream, "remote_host", None)
+    if isinstance(host, str):
+        return host
+    try:
+        return str(stream.socket.getpeername()[0])  # type: ignore[attr-defined]
+    except (AttributeError, OSError, IndexError, TypeError):
+        return ""
+
+
+class RPCHost:
+    """One per peer: serves our handlers and calls remote ones over pooled connections."""
+
+    def __init__(
+        self, identity: Identity, transport: Transport, config: RPCConfig | None = None
+    ) -> None:
+        self._identity = identity
+        self._transport = transport
+        self.config = config or RPCConfig()
+        self._unary: dict[str, UnaryHandler] = {"info": self._info}
+        self._stream: dict[str, StreamHandler] = {}
+        self._info_hook: Callable[[], Mapping[str, Any]] | None = None
+        self._pool = ConnectionPool(self._dial, self.config.connect_timeout)
+        self._address: PeerAddress | None = None
+        self._unauthenticated = 0
+
+    # -- identity and registration -----------------------------------------------------------
+
+    @property
+    def identity(self) -> Identity:
+        return self._identity
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self._identity.peer_id
+
+    @property
+    def address(self) -> PeerAddress:
+        """Our listening address (after `run` has started)."""
+        if self._address is None:
+            raise RuntimeError("the RPC host is not running")
+        return self._address
+
+    def _check_new(self, method: str) -> None:
+        if not method or method in _RESERVED:
+            raise ValueError(f"method name {method!r} is reserved or empty")
+        if (method in self._unary and method not in _REPLACEABLE) or method in self._stream:
+            raise ValueError(f"a handler for {method!r} is already registered")
+
+    def add_unary(self, method: str, handler: UnaryHandler) -> None:
+        self._check_new(method)
+        self._unary[method] = handler
+
+    def add_stream(self, method: str, handler: StreamHandler) -> None:
+        self._check_new(method)
+        if method in self._unary:
+            raise ValueError(f"a handler for {method!r} is already registered")
+        self._stream[method] = handler
+
+    def set_info(self, hook: Callable[[], Mapping[str, Any]]) -> None:
+        """Extra fields for the built-in "info" reply (msgpack-able)."""
+        self._info_hook = hook
+
+    async def _info(self, request: Packet, context: CallContext) -> Packet:
+        header: dict[str, Any] = dict(self._info_hook()) if self._info_hook else {}
+        header["peer_id"] = str(self.peer_id)
+        if self._address is not None:
+            header["address"] = str(self._address)
+        return Packet(header)
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self, host: str, port: int, *, task_status: trio.TaskStatus[PeerAddress]) -> None:
+        """Listen on host:port (0: any free port) until cancelled. Started value: our address."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._pool.nursery = nursery
+                bound = await nursery.start(self._transport.serve, host, port, self._accept)
+                bound_host, bound_port = bound
+                self._address = PeerAddress(bound_host, bound_port, self.peer_id)
+                logger.info("RPC host %s listening on %s", self.peer_id.short(), self._address)
+                task_status.started(self._address)
+        finally:
+            self._pool.nursery = None
+
+    async def _accept(self, stream: trio.abc.Stream) -> None:
+        if self._unauthenticated >= self.config.max_unauthenticated:
+            logger.info("refusing a connection: too many in their handshake")
+            return
+        self._unauthenticated += 1
+        try:
+            secure = SecureStream(
+                stream,
+                self._identity,
+                initiator=False,
+                handshake_timeout=self.config.handshake_timeout,
+            )
+            try:
+                await secure.do_handshake()
+            except (SecurityError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                logger.debug("inbound handshake failed: %r", error)
+                return
+        finally:
+            self._unauthenticated -= 1
+        connection = self._connection(secure, _remote_host(stream), initiator=False)
+        self._pool.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self._pool.remove(connection)
+
+    def _connection(self, secure: SecureStream, remote_host: str, *, initiator: bool) -> Connection:
+        return Connection(
+            secure,
+            secure.remote_peer_id,
+            remote_host,
+            initiator=initiator,
+            config=self.config,
+            unary_handlers=self._unary,
+            stream_handlers=self._stream,
+        )
+
+    async def _dial(self, address: PeerAddress) -> Connection:
+        stream = await self._transport.connect(address.host, address.port)
+        try:
+            secure = SecureStream(
+                stream,
+                self._identity,
+                initiator=True,
+                expected_peer=address.peer_id,
+                handshake_timeout=self.config.handshake_timeout,
+            )
+            await secure.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        connection = self._connection(secure, address.host, initiator=True)
+        nursery = self._pool.nursery
+        if nursery is None:
+            await trio.aclose_forcefully(secure)
+            raise trio.ClosedResourceError("the RPC host stopped")
+        self._pool.add(connection)
+        try:
+            await nursery.start(self._serve_outbound, connection)
+        except BaseException:
+            self._pool.remove(connection)
+            raise
+        return connection
+
+    async def _serve_outbound(
+        self, connection: Connection, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        try:
+            await connection.run(task_status=task_status)
+        finally:
+            self._pool.remove(connection)
+
+    # -- calling -----------------------------------------------------------------------------
+
+    async def call(  # the contract's API takes `timeout`, like trio's own helpers
+        self,
+        target: PeerAddress,
+        method: str,
+        request: Packet,
+        *,
+        timeout: float,  # noqa: ASYNC109
+    ) -> Packet:
+        """Call `method` on `target`. Raises RemoteError (the handler failed),
+        CallTimeoutError, PeerUnreachableError, ConnectionLostError or ProtocolError."""
+        deadline = trio.current_time() + timeout
+        connection: Connection | None = None
+        with trio.move_on_at(deadline):
+            connection = await self._pool.get_or_dial(target)
+        if connection is None:
+            raise CallTimeoutError(f"{method} to {target}: no connection within {timeout} s")
+        return await connection.call(method, request, deadline)
+
+    async def ping(self, target: PeerAddress, *, timeout: float) -> float:  # noqa: ASYNC109
+        """Round-trip time of the built-in "ping", in seconds."""
+        start = trio.current_time()
+        await self.call(target, "ping", Packet(), timeout=timeout)
+        return trio.current_time() - start
+
+    @asynccontextmanager
+    async def open_stream(
+        self, target: PeerAddress, method: str, *, connect_timeout: float | None = None
+    ) -> AsyncIterator[BidiStream]:
+        """A stream to `method` on `target`. Leaving the block normally ends our side (and
+        cancels the remote handler if it has not finished); leaving on an error cancels it."""
+        timeout = self.config.connect_timeout if connect_timeout is None else connect_timeout
+        connection: Connection | None = None
+        with trio.move_on_after(timeout):
+            connection = await self._pool.get_or_dial(target)
+        if connection is None:
+            raise CallTimeoutError(f"stream {method} to {target}: no connection in {timeout} s")
+        stream = connection.open_stream(method)
+        try:
+            yield stream
+        except BaseException:
+            stream.close()
+            raise
+        if not stream.finished and not stream.local_ended:
+            with suppress(RoutingError):  # the connection is gone
+                await stream.end()
+        stream.close()
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def stats(self) -> RPCStats:
+        connections = [c for c in self._pool.all() if c.is_open]
+        outbound = sum(1 for c in connections if c.initiator)
+        return RPCStats(
+            connections=len(connections),
+            inbound=len(connections) - outbound,
+            outbound=outbound,
+            unauthenticated=self._unauthenticated,
+            dials=self._pool.dials,
+            calls=sum(c.active_calls for c in connections),
+            handlers=sum(c.active_handlers for c in connections),
+        )
+
+    def connection_to(self, peer_id: PeerId) -> Connection | None:
+        """The open connection to a peer, if any (tests, diagnostics)."""
+        return self._pool.get(peer_id)
