@@ -1,0 +1,77 @@
+"""Build a running DHT node from (identity, transport, host, port, initial peers).
+
+`open_dht_node` is for code that owns the node's lifetime in a `with` block (tests, the
+benchmark, a client); `serve_dht_node` is the `run`-style form for `nursery.start`, whose
+started value is the ready node (`str(node.address)` is its `HOST:PORT/PEER_ID`).
+The DHT handlers are registered before the RPC host starts serving, so no early request
+meets an unknown method.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+
+import trio
+
+from security import Identity
+
+from ..address import PeerAddress
+from ..rpc import RPCConfig, RPCHost
+from ..transport import Transport
+from .config import DHTConfig
+from .node import DHTNode
+
+
+async def serve_dht_node(
+    identity: Identity,
+    transport: Transport,
+    host: str,
+    port: int,
+    initial_peers: Sequence[PeerAddress] = (),
+    *,
+    config: DHTConfig | None = None,
+    rpc_config: RPCConfig | None = None,
+    clock: Callable[[], float] = time.time,
+    task_status: trio.TaskStatus[DHTNode] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve RPC on host:port, join the swarm, report the ready node, run until cancelled."""
+    rpc = RPCHost(identity, transport, rpc_config or RPCConfig())
+    node = DHTNode(rpc, config, clock=clock)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rpc.run, host, port)
+        await nursery.start(partial(node.run, initial_peers=initial_peers))
+        task_status.started(node)
+
+
+@asynccontextmanager
+async def open_dht_node(
+    identity: Identity,
+    transport: Transport,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    initial_peers: Sequence[PeerAddress] = (),
+    *,
+    config: DHTConfig | None = None,
+    rpc_config: RPCConfig | None = None,
+    clock: Callable[[], float] = time.time,
+) -> AsyncIterator[DHTNode]:
+    """A ready node for the duration of the block; stopped (cancelled) when it exits."""
+    async with trio.open_nursery() as nursery:
+        node: DHTNode = await nursery.start(
+            partial(
+                serve_dht_node,
+                identity,
+                transport,
+                host,
+                port,
+                initial_peers,
+                config=config,
+                rpc_config=rpc_config,
+                clock=clock,
+            )
+        )
+        yield node
+        nursery.cancel_scope.cancel()
