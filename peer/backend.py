@@ -1,0 +1,361 @@
+"""`SpanBackend`: the synchronous compute core of a peer (no trio, no network, no threads).
+
+It owns a loaded `Span` and serves:
+- `forward(hidden, start, end)`: stateless; a batch of equal-length sequences through blocks
+  `start..end-1` (model indices), positions 0..T-1, causal attention;
+- inference sessions: `open_session` reserves `batch_size * max_length` cache tokens against the
+  budget (refused at once when over, before allocating), `step` appends to the session's KV
+  cache (prompt first, then single tokens, or any chunk), `close_session` frees it;
+- `step_many`: steps of several sessions; those with the same block range and the same number
+  of new tokens are merged into one forward over the concatenated batch (right-padded caches,
+  causal mask), which turns per-session matrix-vector products into one matrix product.
+
+Every input is validated against the model before anything runs or is allocated; violations
+raise `InvalidRequestError` (or another `PeerError`), never `assert`, and leave all sessions as
+they were. Not thread-safe: `peer.worker.ComputeWorker` calls it from one thread.
+Outputs are returned on the CPU (ready for the wire codec), in the span's dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import Checkpoint
+from .errors import (
+    CacheBudgetError,
+    InvalidRequestError,
+    SessionExistsError,
+    SessionLimitError,
+    SessionNotFoundError,
+)
+from .kv_cache import SessionCache, StepCache
+from .masks import masks_for_windows
+from .span import Span, load_span
+
+__all__ = ["BackendConfig", "SessionInfo", "SpanBackend", "StepRequest"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Caps of one backend. `max_session_length=None` means the model's context length."""
+
+    max_cache_tokens: int = 32768  # sum of batch_size * max_length over open sessions
+    max_sessions: int = 128
+    max_session_length: int | None = None
+    max_batch_size: int = 64  # rows per request (forward or session)
+    max_forward_tokens: int = 16384  # batch * length of one stateless forward
+    max_merged_rows: int = 64  # rows merged into one step_many forward
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """An open session: its block range (model indices) and reservation."""
+
+    session_id: str
+    start: int
+    end: int
+    max_length: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """One step of one session for `step_many`; `start`/`end` default to the session's range."""
+
+    session_id: str
+    hidden_states: torch.Tensor
+    start: int | None = None
+    end: int | None = None
+
+
+class _Session:
+    def __init__(self, info: SessionInfo, cache: SessionCache) -> None:
+        self.info = info
+        self.cache = cache
+
+
+class SpanBackend:
+    """Stateless forward and KV-cached inference sessions over one span of blocks."""
+
+    def __init__(self, span: Span, config: BackendConfig | None = None) -> None:
+        self.span = span
+        self.config = config or BackendConfig()
+        context = int(getattr(span.config, "max_position_embeddings", 0) or 0)
+        self.max_session_length = self.config.max_session_length or context or 2048
+        self._sessions: dict[str, _Session] = {}
+        self._reserved_tokens = 0
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint: str | Path | Checkpoint,
+        start: int,
+        end: int,
+        *,
+        dtype: str | torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        config: BackendConfig | None = None,
+    ) -> SpanBackend:
+        return cls(load_span(checkpoint, start, end, dtype=dtype, device=device), config)
+
+    # ----- state for announcements -----
+    @property
+    def start(self) -> int:
+        return self.span.start
+
+    @property
+    def end(self) -> int:
+        return self.span.end
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.span.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return self.span.hidden_size
+
+    @property
+    def cache_tokens_left(self) -> int:
+        return self.config.max_cache_tokens - self._reserved_tokens
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._sessions)
+
+    def session_ids(self) -> list[str]:
+        return list(self._sessions)
+
+    def session_info(self, session_id: str) -> SessionInfo:
+        return self._session(session_id).info
+
+    def session_length(self, session_id: str) -> int:
+        """Tokens already in the session's cache (the position of its next token)."""
+        return self._session(session_id).cache.length
+
+    # ----- validation -----
+    def _range(self, start: int | None, end: int | None) -> tuple[int, int]:
+        start = self.span.start if start is None else start
+        end = self.span.end if end is None else end
+        if not isinstance(start, int) or not isinstance(end, int):
+            raise InvalidRequestError("start and end must be integers")
+        if not self.span.start <= start < end <= self.span.end:
+            raise InvalidRequestError(
+                f"blocks {start}..{end} are not inside this span {self.span.start}..{self.span.end}"
+            )
+        return start, end
+
+    def _check_hidden(self, hidden: object, what: str) -> torch.Tensor:
+        if not isinstance(hidden, torch.Tensor):
+            raise InvalidRequestError(f"{what}: hidden states must be a tensor")
+        if hidden.dim() != 3:
+            raise InvalidRequestError(
+                f"{what}: hidden states must be [batch, length, {self.hidden_size}], "
+                f"got shape {list(hidden.shape)}"
+            )
+        batch, length, width = hidden.shape
+        if width != self.hidden_size:
+            raise InvalidRequestError(
+                f"{what}: hidden size {width} does not match the model's {self.hidden_size}"
+            )
+        if batch < 1 or length < 1:
+            raise InvalidRequestError(f"{what}: empty hidden states {list(hidden.shape)}")
+        if batch > self.config.max_batch_size:
+            raise InvalidRequestError(
+                f"{what}: batch {batch} is over the limit {self.config.max_batch_size}"
+            )
+        if hidden.dtype != self.dtype:
+            raise InvalidRequestError(
+                f"{what}: dtype {hidden.dtype} does not match the served dtype {self.dtype}"
+            )
+        return hidden
+
+    def _session(self, session_id: str) -> _Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFoundError(f"no open session {session_id!r}")
+        return session
+
+    def _check_step(self, request: StepRequest) -> tuple[_Session, torch.Tensor]:
+        session = self._session(request.session_id)
+        info = session.info
+        what = f"session {info.session_id!r}"
+        if (request.start is not None and request.start != info.start) or (
+            request.end is not None and request.end != info.end
+        ):
+            raise InvalidRequestError(
+                f"{what} was opened for blocks {info.start}..{info.end}, "
+                f"not {request.start}..{request.end}"
+            )
+        hidden = self._check_hidden(request.hidden_states, what)
+        if hidden.shape[0] != info.batch_size:
+            raise InvalidRequestError(
+                f"{what}: batch {hidden.shape[0]} differs from the session's {info.batch_size}"
+            )
+        if session.cache.length + hidden.shape[1] > info.max_length:
+            raise InvalidRequestError(
+                f"{what}: {session.cache.length} + {hidden.shape[1]} tokens exceed "
+                f"its max_length {info.max_length}"
+            )
+        return session, hidden
+
+    # ----- stateless forward -----
+    def forward(
+        self, hidden_states: torch.Tensor, start: int | None = None, end: int | None = None
+    ) -> torch.Tensor:
+        """Blocks `start..end-1` over `[batch, length, hidden]`, positions 0..length-1."""
+        start, end = self._range(start, end)
+        hidden = self._check_hidden(hidden_states, "forward")
+        batch, length, _ = hidden.shape
+        if batch * length > self.config.max_forward_tokens:
+            raise InvalidRequestError(
+                f"forward: {batch}x{length} tokens exceed the limit "
+                f"{self.config.max_forward_tokens}"
+            )
+        if length > self.max_session_length:
+            raise InvalidRequestError(
+                f"forward: length {length} exceeds the context length {self.max_session_length}"
+            )
+        first, last = start - self.span.start, end - self.span.start
+        with torch.no_grad():
+            hidden = hidden.to(self.span.device)
+            positions = torch.arange(length, device=self.span.device)[None, :]
+            masks = masks_for_windows(self.span.windows[first:last], [0], length, self.span.device)
+            output = self.span.run_layers(hidden, first, last, position_ids=positions, masks=masks)
+        return output.cpu()
+
+    # ----- sessions -----
+    def open_session(
+        self,
+        session_id: str,
+        max_length: int,
+        batch_size: int = 1,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> SessionInfo:
+        """Reserve `batch_size * max_length` cache tokens for blocks `start..end-1`."""
+        start, end = self._range(start, end)
+        if not isinstance(session_id, str) or not session_id:
+            raise InvalidRequestError("session id must be a non-empty string")
+        if session_id in self._sessions:
+            raise SessionExistsError(f"session {session_id!r} is already open")
+        if not isinstance(max_length, int) or not 1 <= max_length <= self.max_session_length:
+            raise InvalidRequestError(
+                f"max_length {max_length} must be within 1..{self.max_session_length}"
+            )
+        if not isinstance(batch_size, int) or not 1 <= batch_size <= self.config.max_batch_size:
+            raise InvalidRequestError(
+                f"batch_size {batch_size} must be within 1..{self.config.max_batch_size}"
+            )
+        if len(self._sessions) >= self.config.max_sessions:
+            raise SessionLimitError(f"{len(self._sessions)} sessions open, the limit")
+        tokens = max_length * batch_size
+        if tokens > self.cache_tokens_left:
+            raise CacheBudgetError(
+                f"session needs {tokens} cache tokens, {self.cache_tokens_left} left "
+                f"of {self.config.max_cache_tokens}"
+            )
+        cache = SessionCache(
+            num_layers=end - start,
+            batch_size=batch_size,
+            max_length=max_length,
+            num_kv_heads=self.span.num_kv_heads,
+            head_dim=self.span.head_dim,
+            dtype=self.dtype,
+            device=self.span.device,
+        )
+        info = SessionInfo(session_id, start, end, max_length, batch_size)
+        self._sessions[session_id] = _Session(info, cache)
+        self._reserved_tokens += tokens
+        logger.debug("opened session %s: %s", session_id, info)
+        return info
+
+    def close_session(self, session_id: str) -> None:
+        """Free a session's cache and reservation; unknown ids raise SessionNotFoundError."""
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            raise SessionNotFoundError(f"no open session {session_id!r}")
+        self._reserved_tokens -= session.info.max_length * session.info.batch_size
+        logger.debug("closed session %s", session_id)
+
+    def step(
+        self,
+        session_id: str,
+        hidden_states: torch.Tensor,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> torch.Tensor:
+        """Append `[batch, length, hidden]` to the session; returns the blocks' output."""
+        session, hidden = self._check_step(StepRequest(session_id, hidden_states, start, end))
+        return self._run_sessions([session], [hidden])
+
+    def step_many(self, requests: Sequence[StepRequest]) -> list[torch.Tensor]:
+        """Steps of distinct sessions, merged where they share a range and a length.
+
+        All requests are validated first; if any is invalid, nothing runs and the error of the
+        first one is raised (callers that need per-request errors fall back to `step`).
+        """
+        ids = [request.session_id for request in requests]
+        if len(set(ids)) != len(ids):
+            raise InvalidRequestError("step_many: a session appears twice in one batch")
+        checked = [self._check_step(request) for request in requests]
+        groups: dict[tuple[int, int, int], list[int]] = {}
+        for index, (session, hidden) in enumerate(checked):
+            groups.setdefault((session.info.start, session.info.end, hidden.shape[1]), []).append(
+                index
+            )
+        outputs: list[torch.Tensor | None] = [None] * len(requests)
+        for members in groups.values():
+            for chunk in self._chunks(members, checked):
+                merged = self._run_sessions(
+                    [checked[i][0] for i in chunk], [checked[i][1] for i in chunk]
+                )
+                row = 0
+                for i in chunk:
+                    rows = checked[i][0].info.batch_size
+                    outputs[i] = merged[row : row + rows]
+                    row += rows
+        return [output for output in outputs if output is not None]
+
+    def _chunks(
+        self, members: list[int], checked: list[tuple[_Session, torch.Tensor]]
+    ) -> list[list[int]]:
+        chunks: list[list[int]] = [[]]
+        rows = 0
+        for index in members:
+            size = checked[index][0].info.batch_size
+            if chunks[-1] and rows + size > self.config.max_merged_rows:
+                chunks.append([])
+                rows = 0
+            chunks[-1].append(index)
+            rows += size
+        return chunks
+
+    def _run_sessions(self, sessions: list[_Session], hiddens: list[torch.Tensor]) -> torch.Tensor:
+        info = sessions[0].info
+        first, last = info.start - self.span.start, info.end - self.span.start
+        q_len = hiddens[0].shape[1]
+        device = self.span.device
+        with torch.no_grad():
+            cache = StepCache([s.cache for s in sessions], q_len, layer_offset=first)
+            past = cache.past_lengths
+            hidden = torch.cat([h.to(device) for h in hiddens]) if len(hiddens) > 1 else hiddens[0]
+            hidden = hidden.to(device)
+            if len(set(past)) == 1:
+                positions = (torch.arange(q_len, device=device) + past[0])[None, :]
+            else:
+                offsets = torch.tensor(past, device=device)
+                positions = offsets[:, None] + torch.arange(q_len, device=device)[None, :]
+            masks = masks_for_windows(self.span.windows[first:last], past, q_len, device)
+            output = self.span.run_layers(
+                hidden, first, last, position_ids=positions, masks=masks, cache=cache
+            )
+            cache.commit()
+        return output.cpu()

@@ -1,0 +1,224 @@
+"""Reading a local Hugging Face checkpoint: its family, its tensor index, and chosen tensors only.
+
+A checkpoint is a directory with `config.json` and safetensors weights, either one
+`model.safetensors` or shards listed in `model.safetensors.index.json`. Nothing here loads a
+whole model: `open_checkpoint` reads the config and the tensor index (safetensors headers, a few
+kilobytes), and `read_tensors` / `read_layer_tensors` open each needed file with
+`safetensors.safe_open` and copy out only the named tensors, so memory follows the span.
+
+Families are the Llama-style decoder blocks (`FAMILIES`); SmolLM2 and TinyLlama are `llama`.
+Anything else raises `UnsupportedModelError` naming what is supported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import CheckpointError, UnsupportedModelError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig
+
+__all__ = [
+    "FAMILIES",
+    "Checkpoint",
+    "ModelFamily",
+    "detect_family",
+    "open_checkpoint",
+    "read_layer_tensors",
+    "read_tensors",
+]
+
+logger = logging.getLogger(__name__)
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+_LAYER_RE = re.compile(r"^(?:model\.)?layers\.(\d+)\.(.+)$")
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Where transformers keeps one family's block: module, config, layer and rotary classes."""
+
+    name: str
+    module: str
+    config_class: str
+    layer_class: str
+    rotary_class: str
+
+    def load(self, attribute: str) -> Any:
+        """Import one class of the family (transformers is imported here, not at import time)."""
+        return getattr(importlib.import_module(self.module), attribute)
+
+
+def _family(name: str, prefix: str) -> ModelFamily:
+    return ModelFamily(
+        name=name,
+        module=f"transformers.models.{name}.modeling_{name}",
+        config_class=f"{prefix}Config",
+        layer_class=f"{prefix}DecoderLayer",
+        rotary_class=f"{prefix}RotaryEmbedding",
+    )
+
+
+FAMILIES: Mapping[str, ModelFamily] = {
+    "llama": _family("llama", "Llama"),
+    "mistral": _family("mistral", "Mistral"),
+    "qwen2": _family("qwen2", "Qwen2"),
+    "qwen3": _family("qwen3", "Qwen3"),
+}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint directory, opened: its family, config and where each tensor lives."""
+
+    path: Path
+    family: ModelFamily
+    config: PretrainedConfig
+    tensor_files: Mapping[str, str]  # tensor name -> file name inside `path`
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    def layer_tensor_names(self, layer: int) -> list[str]:
+        """Names of the checkpoint tensors that belong to block `layer`."""
+        return [n for n in self.tensor_files if (m := _LAYER_RE.match(n)) and int(m[1]) == layer]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read {path.name}: {error}") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path.name} is not a JSON object")
+    return data
+
+
+def detect_family(config: Mapping[str, Any]) -> ModelFamily:
+    """The family of a parsed `config.json`, or `UnsupportedModelError`."""
+    model_type = config.get("model_type")
+    family = FAMILIES.get(model_type) if isinstance(model_type, str) else None
+    if family is None:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported; supported: {', '.join(FAMILIES)} "
+            "(Llama, SmolLM2, TinyLlama, Mistral, Qwen2, Qwen3)"
+        )
+    return family
+
+
+def _index_tensors(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    index_path = path / INDEX_FILE
+    if index_path.is_file():
+        weight_map = _read_json(index_path).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{INDEX_FILE} has no weight_map")
+        files: dict[str, str] = {}
+        for name, file in weight_map.items():
+            if not isinstance(file, str) or Path(file).name != file or not file:
+                raise CheckpointError(f"{INDEX_FILE} names a bad shard for {name!r}: {file!r}")
+            files[str(name)] = file
+        missing = sorted({f for f in files.values() if not (path / f).is_file()})
+        if missing:
+            raise CheckpointError(f"shards listed in {INDEX_FILE} are missing: {missing}")
+        return files
+    if (path / SINGLE_FILE).is_file():
+        try:
+            with safe_open(str(path / SINGLE_FILE), framework="pt") as handle:
+                return dict.fromkeys(handle.keys(), SINGLE_FILE)
+        except Exception as error:  # safetensors raises its own SafetensorError / OSError
+            raise CheckpointError(f"cannot read {SINGLE_FILE}: {error}") from error
+    raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path} (safetensors is required)")
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Read the config and the tensor index of a local checkpoint directory (no weights)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} has no config.json")
+    family = detect_family(_read_json(path / "config.json"))
+    config_class = family.load(family.config_class)
+    try:
+        config = config_class.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, TypeError) as error:
+        raise CheckpointError(f"cannot parse config.json: {error}") from error
+    checkpoint = Checkpoint(path, family, config, _index_tensors(path))
+    for layer in range(checkpoint.num_layers):
+        if not checkpoint.layer_tensor_names(layer):
+            raise CheckpointError(f"the checkpoint has no tensors for block {layer}")
+    return checkpoint
+
+
+def read_tensors(
+    checkpoint_dir: str | Path | Checkpoint,
+    names: Iterable[str],
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Read only the named tensors (single file or shards); names not in the checkpoint are
+    left out of the result (e.g. `lm_head.weight` of a model with tied embeddings).
+
+    Floating-point tensors are cast to `dtype` (when given) one by one as they are read, so the
+    peak memory is the result plus one tensor.
+    """
+    if isinstance(checkpoint_dir, Checkpoint):
+        directory, files = checkpoint_dir.path, checkpoint_dir.tensor_files
+    else:
+        directory = Path(checkpoint_dir)
+        files = _index_tensors(directory)
+    by_file: dict[str, list[str]] = {}
+    for name in dict.fromkeys(names):
+        if name in files:
+            by_file.setdefault(files[name], []).append(name)
+    from safetensors import safe_open
+
+    result: dict[str, torch.Tensor] = {}
+    for file, file_names in by_file.items():
+        try:
+            with safe_open(str(directory / file), framework="pt", device=str(device)) as handle:
+                for name in file_names:
+                    tensor = handle.get_tensor(name)
+                    if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+                        tensor = tensor.to(dtype)
+                    result[name] = tensor
+        except Exception as error:  # SafetensorError, OSError, a tensor missing from its shard
+            raise CheckpointError(f"cannot read tensors from {file}: {error}") from error
+    logger.debug("read %d tensors from %d files of %s", len(result), len(by_file), directory)
+    return result
+
+
+def read_layer_tensors(
+    checkpoint: Checkpoint,
+    layer: int,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
+    """The tensors of block `layer`, named relative to the block (`self_attn.q_proj.weight`)."""
+    if not 0 <= layer < checkpoint.num_layers:
+        raise CheckpointError(f"block {layer} is outside 0..{checkpoint.num_layers - 1}")
+    names = checkpoint.layer_tensor_names(layer)
+    tensors = read_tensors(checkpoint, names, dtype=dtype, device=device)
+    local: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        match = _LAYER_RE.match(name)
+        if match is not None:
+            local[match[2]] = tensor
+    return local

@@ -1,0 +1,77 @@
+"""Typed errors of the peer package: one root, `PeerError`, and one class per failure.
+
+Every error carries a short machine-readable `code` (class attribute) so that the RPC layer can
+forward it to the remote caller as `HandlerError(error.code, str(error))` without a lookup
+table. Messages are written for the remote caller: they name the limit that was hit and never
+contain tracebacks or local paths of other users.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "CacheBudgetError",
+    "CheckpointError",
+    "InvalidRequestError",
+    "PeerError",
+    "SessionExistsError",
+    "SessionLimitError",
+    "SessionNotFoundError",
+    "UnsupportedModelError",
+    "WorkerClosedError",
+]
+
+
+class PeerError(Exception):
+    """Root of every error raised by the `peer` package."""
+
+    code: ClassVar[str] = "peer_error"
+
+
+class UnsupportedModelError(PeerError):
+    """The checkpoint's architecture is not one this peer can serve."""
+
+    code: ClassVar[str] = "unsupported_model"
+
+
+class CheckpointError(PeerError):
+    """The checkpoint directory is unreadable, incomplete or inconsistent."""
+
+    code: ClassVar[str] = "bad_checkpoint"
+
+
+class InvalidRequestError(PeerError):
+    """A request does not fit the model or the span: dtype, shape, range, length."""
+
+    code: ClassVar[str] = "invalid_request"
+
+
+class SessionExistsError(InvalidRequestError):
+    """An inference session with this id is already open."""
+
+    code: ClassVar[str] = "session_exists"
+
+
+class SessionNotFoundError(PeerError):
+    """No open session has this id (never opened, closed, or expired when idle)."""
+
+    code: ClassVar[str] = "session_not_found"
+
+
+class CacheBudgetError(PeerError):
+    """Opening the session would exceed the attention-cache token budget."""
+
+    code: ClassVar[str] = "cache_budget"
+
+
+class SessionLimitError(PeerError):
+    """Opening the session would exceed the maximum number of concurrent sessions."""
+
+    code: ClassVar[str] = "session_limit"
+
+
+class WorkerClosedError(PeerError):
+    """The compute worker is not running (not started yet, or shut down)."""
+
+    code: ClassVar[str] = "worker_closed"

@@ -1,0 +1,117 @@
+"""Per-session attention caches, preallocated, and the view the blocks write through.
+
+Why a preallocated ("static") cache rather than transformers' `DynamicCache`:
+- the session reserves `max_length` tokens against the budget when it opens; allocating the
+  same amount up front makes the budget the real memory bound (no growth mid-session, no
+  surprise OOM on the accelerator). On CPU `torch.empty` pages are only touched as tokens are
+  written, so resident memory still grows with the tokens actually used;
+- appending a step writes in place: no `torch.cat` of the whole cache per step (DynamicCache's
+  O(T) copy per token, O(T^2) per session);
+- a step through one session returns views `[..., :length]` of the buffers, no copy at all.
+
+`StepCache` is what the decoder layers receive as `past_key_values`: they only ever call
+`update(key, value, layer_idx)` (checked for the supported families). With several sessions in
+one batch, each session's rows are written to its own buffers and the layer gets the caches
+gathered into one right-padded tensor (see `peer.masks` for why padding needs no extra mask).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["SessionCache", "StepCache"]
+
+
+class SessionCache:
+    """K/V buffers `[layers, batch, kv_heads, max_length, head_dim]` and the filled length."""
+
+    def __init__(
+        self,
+        *,
+        num_layers: int,
+        batch_size: int,
+        max_length: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        shape = (num_layers, batch_size, num_kv_heads, max_length, head_dim)
+        self.keys = torch.empty(shape, dtype=dtype, device=device)
+        self.values = torch.empty(shape, dtype=dtype, device=device)
+        self.length = 0
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+
+@dataclass(frozen=True)
+class _Entry:
+    cache: SessionCache
+    rows: slice  # the session's rows in the batch
+
+
+class StepCache:
+    """The `past_key_values` of one step over one or more sessions (same new-token count).
+
+    `layer_offset` turns the span-local `layer_idx` the blocks pass into the index of the
+    session's buffers (a session may cover a sub-range of the span). Lengths advance only in
+    `commit()`, after every block ran: a failed step leaves the sessions as they were.
+    """
+
+    def __init__(self, caches: Sequence[SessionCache], q_len: int, layer_offset: int) -> None:
+        entries, row = [], 0
+        for cache in caches:
+            entries.append(_Entry(cache, slice(row, row + cache.batch_size)))
+            row += cache.batch_size
+        self._entries = entries
+        self._q_len = q_len
+        self._offset = layer_offset
+        self._lengths = [cache.length + q_len for cache in caches]
+
+    @property
+    def past_lengths(self) -> list[int]:
+        """The cached length of every row before this step (for positions and masks)."""
+        return [e.cache.length for e in self._entries for _ in range(e.cache.batch_size)]
+
+    def update(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        layer_idx: int,
+        *_: Any,
+        **__: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        index = layer_idx - self._offset
+        for entry in self._entries:
+            start = entry.cache.length
+            stop = start + self._q_len
+            entry.cache.keys[index, :, :, start:stop] = key_states[entry.rows]
+            entry.cache.values[index, :, :, start:stop] = value_states[entry.rows]
+        if len(self._entries) == 1:
+            length = self._lengths[0]
+            cache = self._entries[0].cache
+            return cache.keys[index, :, :, :length], cache.values[index, :, :, :length]
+        return self._gather(key_states, index, True), self._gather(value_states, index, False)
+
+    def _gather(self, like: torch.Tensor, index: int, keys: bool) -> torch.Tensor:
+        parts = [
+            (e.cache.keys if keys else e.cache.values)[index, :, :, :length]
+            for e, length in zip(self._entries, self._lengths, strict=True)
+        ]
+        if len(set(self._lengths)) == 1:
+            return torch.cat(parts)
+        rows, heads, _, head_dim = like.shape
+        # zeros, not empty: padded keys are masked out, but a NaN in padded values would
+        # still turn into NaN through the 0-weight product in SDPA's math kernel
+        out = like.new_zeros(rows, heads, max(self._lengths), head_dim)
+        for entry, part in zip(self._entries, parts, strict=True):
+            out[entry.rows, :, : part.shape[2]] = part
+        return out
+
+    def commit(self) -> None:
+        for entry, length in zip(self._entries, self._lengths, strict=True):
+            entry.cache.length = length

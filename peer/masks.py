@@ -1,0 +1,46 @@
+"""Boolean attention masks for SDPA: causal, optionally sliding-window, right-padded rows.
+
+Layout: row `r` of a batch has `past[r]` cached tokens at key positions `0..past[r]-1` and its
+`q_len` new tokens right after them, so its queries sit at positions `past[r] + i`. Keys past
+`past[r] + q_len - 1` are padding (another row is longer): the causal rule already hides them,
+so padding needs no extra term. A key is visible when `key <= query` and, with a window `w`,
+`key > query - w` (transformers' `sliding_window_overlay`).
+
+`None` means "let SDPA do it" exactly when transformers' own mask code skips the mask
+(`_ignore_causal_mask_sdpa`): every row has the same past, no window comes into play, and
+either one query token (attend to everything) or no past (`is_causal=True`). Using the same
+skip keeps the stateless forward bit-identical to the transformers model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+
+__all__ = ["causal_mask", "masks_for_windows"]
+
+
+def causal_mask(
+    past: Sequence[int], q_len: int, window: int | None, device: torch.device
+) -> torch.Tensor | None:
+    """Mask of shape `[rows or 1, 1, q_len, max(past) + q_len]` (True = attend), or None."""
+    kv_len = max(past) + q_len
+    uniform = len(set(past)) == 1
+    if uniform and (window is None or kv_len < window) and (q_len == 1 or past[0] == 0):
+        return None
+    rows = past[:1] if uniform else past
+    offsets = torch.tensor(list(rows), dtype=torch.long, device=device)
+    queries = offsets[:, None] + torch.arange(q_len, device=device)[None, :]  # [R, q]
+    keys = torch.arange(kv_len, device=device)[None, None, :]  # [1, 1, kv]
+    visible = keys <= queries[:, :, None]
+    if window is not None:
+        visible &= keys > queries[:, :, None] - window
+    return visible[:, None, :, :]
+
+
+def masks_for_windows(
+    windows: Iterable[int | None], past: Sequence[int], q_len: int, device: torch.device
+) -> Mapping[int | None, torch.Tensor | None]:
+    """One mask per distinct window among the blocks that will run."""
+    return {window: causal_mask(past, q_len, window, device) for window in set(windows)}

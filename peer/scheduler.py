@@ -1,0 +1,217 @@
+"""`InferenceScheduler`: the trio-facing API over a `SpanBackend`, for the RPC handlers.
+
+It adds three things to the backend, and no compute of its own:
+- every call runs in the `ComputeWorker` thread (the event loop never blocks on torch);
+- batching: single-token steps that arrive while the worker is busy, or within the same
+  scheduling tick (plus an optional `batch_window`), are handed to `SpanBackend.step_many` as
+  one job. When idle a step is not delayed (continuous batching: batches form under load).
+  If a merged batch holds an invalid request, the batch is retried one step at a time, so each
+  caller gets its own result or its own typed error;
+- idle expiry: a session with no step for `idle_timeout` seconds (trio clock, so tests use the
+  autojump clock) is closed and its cache tokens return to the budget. A session with a step
+  in flight never expires.
+
+The caller of `step` must not send the next step of a session before the previous one
+answered (the RPC stream does this naturally).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import outcome
+import torch
+import trio
+
+from .backend import SessionInfo, SpanBackend, StepRequest
+from .errors import PeerError, SessionNotFoundError, WorkerClosedError
+from .worker import Submitter
+
+__all__ = ["InferenceScheduler", "SchedulerConfig"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    idle_timeout: float = 300.0  # seconds without a step before a session is closed
+    batching: bool = True
+    batch_window: float = 0.0  # extra seconds to wait for more steps once one arrived
+    max_batch: int = 64  # steps per step_many job
+
+
+class _Pending:
+    def __init__(self, request: StepRequest) -> None:
+        self.request = request
+        self.done = trio.Event()
+        self.result: outcome.Outcome[torch.Tensor] | None = None
+
+
+class InferenceScheduler:
+    """Forward, sessions and batched steps of one backend, run by one worker."""
+
+    def __init__(
+        self, backend: SpanBackend, worker: Submitter, config: SchedulerConfig | None = None
+    ) -> None:
+        self.backend = backend
+        self.config = config or SchedulerConfig()
+        self._worker = worker
+        self._pending: list[_Pending] = []
+        self._in_flight: list[_Pending] = []
+        self._has_pending = trio.Event()
+        self._last_active: dict[str, float] = {}
+        self._busy: dict[str, int] = {}
+        self._reaper_wakeup = trio.Event()
+        self.batches_run = 0  # step_many jobs (statistics)
+        self.steps_batched = 0  # steps that went through step_many
+        self.sessions_expired = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._batch_loop)
+            nursery.start_soon(self._reap_loop)
+            task_status.started()
+
+    # ----- API for the RPC handlers -----
+    async def forward(
+        self, hidden_states: torch.Tensor, start: int | None = None, end: int | None = None
+    ) -> torch.Tensor:
+        return await self._worker.submit(self.backend.forward, hidden_states, start, end)
+
+    async def open_session(
+        self,
+        session_id: str,
+        max_length: int,
+        batch_size: int = 1,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> SessionInfo:
+        info = await self._worker.submit(
+            self.backend.open_session, session_id, max_length, batch_size, start, end
+        )
+        self._last_active[session_id] = trio.current_time()
+        self._reaper_wakeup.set()
+        return info
+
+    async def close_session(self, session_id: str) -> bool:
+        """Close a session; False if it was not open (e.g. it expired)."""
+        self._last_active.pop(session_id, None)
+        try:
+            await self._worker.submit(self.backend.close_session, session_id)
+        except SessionNotFoundError:
+            return False
+        return True
+
+    async def step(
+        self,
+        session_id: str,
+        hidden_states: torch.Tensor,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> torch.Tensor:
+        request = StepRequest(session_id, hidden_states, start, end)
+        self._busy[session_id] = self._busy.get(session_id, 0) + 1
+        try:
+            if self._batchable(hidden_states):
+                return await self._step_batched(request)
+            return await self._worker.submit(
+                self.backend.step, session_id, hidden_states, start, end
+            )
+        finally:
+            self._busy[session_id] -= 1
+            if not self._busy[session_id]:
+                del self._busy[session_id]
+            if session_id in self._last_active:
+                self._last_active[session_id] = trio.current_time()
+                self._reaper_wakeup.set()  # its deadline moved (or it stopped being busy)
+
+    # ----- batching -----
+    def _batchable(self, hidden: object) -> bool:
+        return (
+            self.config.batching
+            and isinstance(hidden, torch.Tensor)
+            and hidden.dim() == 3
+            and hidden.shape[1] == 1
+        )
+
+    async def _step_batched(self, request: StepRequest) -> torch.Tensor:
+        pending = _Pending(request)
+        self._pending.append(pending)
+        self._has_pending.set()
+        try:
+            await pending.done.wait()
+        except BaseException:
+            if pending in self._pending:
+                self._pending.remove(pending)
+            raise
+        if pending.result is None:  # pragma: no cover - the loop always sets a result
+            raise PeerError("step was dropped")
+        return pending.result.unwrap()
+
+    async def _batch_loop(self) -> None:
+        try:
+            await self._batch_forever()
+        finally:  # the scheduler stops: steps still waiting get an error, not a hang
+            for pending in [*self._in_flight, *self._pending]:
+                if not pending.done.is_set():
+                    pending.result = outcome.Error(WorkerClosedError("the scheduler stopped"))
+                    pending.done.set()
+            self._pending.clear()
+
+    async def _batch_forever(self) -> None:
+        while True:
+            await self._has_pending.wait()
+            self._has_pending = trio.Event()
+            if self.config.batch_window > 0:
+                await trio.sleep(self.config.batch_window)
+            else:
+                await trio.lowlevel.checkpoint()  # let steps sent in this same tick join
+            while self._pending:
+                batch = self._pending[: self.config.max_batch]
+                del self._pending[: self.config.max_batch]
+                self._in_flight = batch
+                requests = [p.request for p in batch]
+                results: list[outcome.Outcome[torch.Tensor]]
+                try:
+                    results = await self._worker.submit(self._run_batch, requests)
+                except Exception as error:  # e.g. WorkerClosedError: every step gets it
+                    results = [outcome.Error(error)] * len(batch)
+                for pending, result in zip(batch, results, strict=True):
+                    pending.result = result
+                    pending.done.set()
+
+    def _run_batch(self, requests: list[StepRequest]) -> list[outcome.Outcome[torch.Tensor]]:
+        """In the worker thread: one step_many, or one by one if the batch has a bad request."""
+        if len(requests) > 1:
+            try:
+                outputs = self.backend.step_many(requests)
+            except PeerError:  # validated before running: nothing changed, retry singly
+                pass
+            else:
+                self.batches_run += 1
+                self.steps_batched += len(requests)
+                return [outcome.Value(output) for output in outputs]
+        return [
+            outcome.capture(self.backend.step, r.session_id, r.hidden_states, r.start, r.end)
+            for r in requests
+        ]
+
+    # ----- idle expiry -----
+    async def _reap_loop(self) -> None:
+        timeout = self.config.idle_timeout
+        while True:
+            now = trio.current_time()
+            idle = [s for s, t in self._last_active.items() if s not in self._busy]
+            for session_id in [s for s in idle if now - self._last_active[s] >= timeout]:
+                if await self.close_session(session_id):
+                    self.sessions_expired += 1
+                    logger.info("closed session %s after %.0f s idle", session_id, timeout)
+            deadline = min(
+                (t + timeout for s, t in self._last_active.items() if s not in self._busy),
+                default=math.inf,
+            )
+            self._reaper_wakeup = trio.Event()
+            with trio.move_on_at(deadline):
+                await self._reaper_wakeup.wait()

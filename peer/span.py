@@ -1,0 +1,203 @@
+"""A span of decoder blocks, built from a checkpoint with memory that follows the span.
+
+`load_span` builds each block of the family (transformers' own `*DecoderLayer`) on the meta
+device, so the skeleton costs nothing, then reads only that block's tensors from safetensors
+(cast to the requested dtype one tensor at a time) and attaches them with
+`load_state_dict(strict=True, assign=True)`. Afterwards:
+
+- `self_attn.layer_idx` is renumbered to 0..n-1, so a KV cache holds the span's blocks only;
+- the rotary embedding is rebuilt from the config on the real device (its `inv_freq` buffer is
+  computed, not stored in checkpoints), in float32 as transformers does;
+- attention runs through PyTorch SDPA (`config._attn_implementation = "sdpa"`, transformers'
+  default), with boolean masks built by `peer.masks`.
+
+Block indices in this package's public API are the model's (global) indices; `Span` converts.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import Checkpoint, ModelFamily, open_checkpoint, read_layer_tensors
+from .errors import CheckpointError, InvalidRequestError
+
+__all__ = ["SUPPORTED_DTYPES", "Span", "load_span", "parse_dtype"]
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_DTYPES: Mapping[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """`"bfloat16"` / `torch.bfloat16` -> `torch.bfloat16`; other dtypes raise."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in SUPPORTED_DTYPES.values():
+            return dtype
+    elif dtype in SUPPORTED_DTYPES:
+        return SUPPORTED_DTYPES[dtype]
+    raise InvalidRequestError(
+        f"dtype {dtype} is not supported; use one of {list(SUPPORTED_DTYPES)}"
+    )
+
+
+@dataclass(frozen=True)
+class Span:
+    """Blocks `start`..`end - 1` of a model, ready to run (eval mode, no gradients)."""
+
+    family: ModelFamily
+    config: Any  # the family's PretrainedConfig (a private copy)
+    start: int
+    end: int
+    layers: torch.nn.ModuleList
+    rotary: torch.nn.Module
+    windows: tuple[int | None, ...]  # sliding window of each block, None for full attention
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def num_layers(self) -> int:
+        return self.end - self.start
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def num_kv_heads(self) -> int:
+        return int(self.config.num_key_value_heads)
+
+    @property
+    def head_dim(self) -> int:
+        head_dim = getattr(self.config, "head_dim", None)
+        return int(head_dim or self.config.hidden_size // self.config.num_attention_heads)
+
+    @property
+    def cache_bytes_per_token(self) -> int:
+        """Bytes of K and V for one token in every block of the span."""
+        element = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * element
+
+    def shape_key(self) -> str:
+        """Identifies the compute shape (not the weights): used to cache throughput."""
+        c = self.config
+        return (
+            f"{self.family.name}-h{c.hidden_size}-i{c.intermediate_size}-a{c.num_attention_heads}"
+            f"-kv{self.num_kv_heads}-d{self.head_dim}"
+        )
+
+    def rotary_embeddings(
+        self, hidden: torch.Tensor, position_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self.rotary(hidden, position_ids)
+        return cos, sin
+
+    def run_layers(
+        self,
+        hidden: torch.Tensor,
+        first: int,
+        last: int,
+        *,
+        position_ids: torch.Tensor,
+        masks: Mapping[int | None, torch.Tensor | None],
+        cache: Any = None,
+    ) -> torch.Tensor:
+        """Run local blocks `first`..`last - 1`; `masks` maps each block's window to its mask."""
+        position_embeddings = self.rotary_embeddings(hidden, position_ids)
+        for local in range(first, last):
+            output = self.layers[local](
+                hidden,
+                attention_mask=masks[self.windows[local]],
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=cache is not None,
+                position_embeddings=position_embeddings,
+            )
+            hidden = output[0] if isinstance(output, tuple) else output
+        return hidden
+
+
+def _window(layer: torch.nn.Module, config: Any) -> int | None:
+    attention: Any = layer.self_attn
+    if hasattr(attention, "sliding_window"):  # Qwen2/3: set per layer from config.layer_types
+        window = attention.sliding_window
+    else:  # Mistral reads config.sliding_window at run time; Llama has none
+        window = getattr(config, "sliding_window", None)
+    return int(window) if window is not None else None
+
+
+def _build_layer(
+    checkpoint: Checkpoint, config: Any, layer: int, local: int, dtype: torch.dtype, device: str
+) -> torch.nn.Module:
+    layer_class = checkpoint.family.load(checkpoint.family.layer_class)
+    with torch.device("meta"):
+        module: torch.nn.Module = layer_class(config, layer)  # global index: picks layer_types
+    tensors = read_layer_tensors(checkpoint, layer, dtype=dtype, device=device)
+    try:
+        module.load_state_dict(tensors, strict=True, assign=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"block {layer} does not match the config: {error}") from error
+    meta = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if meta:
+        raise CheckpointError(f"block {layer} is missing tensors: {meta}")
+    attention: Any = module.self_attn
+    attention.layer_idx = local  # the span's cache is local: 0..n-1
+    return module.eval().requires_grad_(False)
+
+
+def load_span(
+    checkpoint: str | Path | Checkpoint,
+    start: int,
+    end: int,
+    *,
+    dtype: str | torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Span:
+    """Load blocks `start`..`end - 1` (model indices) of a local checkpoint."""
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = open_checkpoint(checkpoint)
+    torch_dtype = parse_dtype(dtype)
+    if not 0 <= start < end <= checkpoint.num_layers:
+        raise InvalidRequestError(
+            f"span {start}..{end} is not inside the model's blocks 0..{checkpoint.num_layers}"
+        )
+    torch_device = torch.device(device)
+    config = copy.deepcopy(checkpoint.config)
+    config._attn_implementation = "sdpa"
+    layers = torch.nn.ModuleList(
+        _build_layer(checkpoint, config, layer, layer - start, torch_dtype, str(torch_device))
+        for layer in range(start, end)
+    )
+    rotary_class = checkpoint.family.load(checkpoint.family.rotary_class)
+    with torch.device(torch_device):
+        rotary: torch.nn.Module = rotary_class(config=config)
+    logger.info(
+        "loaded blocks %d..%d of %s (%s) as %s on %s",
+        start,
+        end,
+        checkpoint.path,
+        checkpoint.family.name,
+        torch_dtype,
+        torch_device,
+    )
+    return Span(
+        family=checkpoint.family,
+        config=config,
+        start=start,
+        end=end,
+        layers=layers,
+        rotary=rotary.eval(),
+        windows=tuple(_window(layer, config) for layer in layers),
+        dtype=torch_dtype,
+        device=torch_device,
+    )

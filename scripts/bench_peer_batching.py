@@ -1,0 +1,152 @@
+"""Tokens/s of single-token decoding steps for 1, 4 and 8 concurrent sessions, with and
+without merging their steps into one forward.
+
+Model: SmolLM2-135M-shaped (hidden 576, intermediate 1536, 9 heads, 3 KV heads), random
+weights, `--layers` blocks (30 = the whole model). Sessions start from prompts of different
+lengths (so merged caches are padded). Two levels:
+- backend: `SpanBackend.step` per session vs one `step_many` over all sessions;
+- scheduler: N trio tasks each stepping its own session through `InferenceScheduler` and the
+  `ComputeWorker` thread, batching off vs on (what a serving peer does).
+The baseline of each ratio (unbatched) is measured in the same run.
+
+    .venv/bin/python scripts/bench_peer_batching.py [--layers 30] [--steps 24] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import trio
+from transformers import LlamaConfig
+
+from peer.backend import BackendConfig, SpanBackend, StepRequest
+from peer.scheduler import InferenceScheduler, SchedulerConfig
+from peer.testing import write_random_checkpoint
+from peer.worker import ComputeWorker
+
+SESSIONS = (1, 4, 8)
+
+
+def checkpoint(directory: Path, layers: int) -> Path:
+    path = directory / f"smollm2-shaped-{layers}"
+    if not (path / "config.json").is_file():
+        config = LlamaConfig(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=layers,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            max_position_embeddings=8192,
+            tie_word_embeddings=True,
+            rope_theta=100000.0,
+        )
+        write_random_checkpoint(config, path, dtype=torch.bfloat16)
+    return path
+
+
+def _synchronize(backend: SpanBackend) -> None:
+    if backend.span.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _open(backend: SpanBackend, count: int, steps: int) -> list[str]:
+    ids = [f"s{i}" for i in range(count)]
+    for i, session_id in enumerate(ids):
+        prompt = 32 + 8 * i
+        backend.open_session(session_id, max_length=prompt + steps + 2)
+        backend.step(session_id, torch.randn(1, prompt, backend.hidden_size).to(backend.dtype))
+    return ids
+
+
+def _close(backend: SpanBackend) -> None:
+    for session_id in backend.session_ids():
+        backend.close_session(session_id)
+
+
+def bench_backend(backend: SpanBackend, count: int, steps: int, merged: bool) -> float:
+    ids = _open(backend, count, steps)
+    token = torch.randn(1, 1, backend.hidden_size).to(backend.dtype)
+    backend.step_many([StepRequest(s, token) for s in ids])  # warm-up
+    _synchronize(backend)
+    began = time.perf_counter()
+    for _ in range(steps):
+        if merged:
+            backend.step_many([StepRequest(s, token) for s in ids])
+        else:
+            for session_id in ids:
+                backend.step(session_id, token)
+    _synchronize(backend)
+    elapsed = time.perf_counter() - began
+    _close(backend)
+    return count * steps / elapsed
+
+
+def bench_scheduler(backend: SpanBackend, count: int, steps: int, batching: bool) -> float:
+    ids = _open(backend, count, steps)
+    token = torch.randn(1, 1, backend.hidden_size).to(backend.dtype)
+    elapsed = 0.0
+
+    async def main() -> None:
+        nonlocal elapsed
+        worker = ComputeWorker()
+        scheduler = InferenceScheduler(backend, worker, SchedulerConfig(batching=batching))
+
+        async def client(session_id: str) -> None:
+            for _ in range(steps):
+                await scheduler.step(session_id, token)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            await nursery.start(scheduler.run)
+            async with trio.open_nursery() as clients:  # warm-up
+                for session_id in ids:
+                    clients.start_soon(scheduler.step, session_id, token)
+            began = time.perf_counter()
+            async with trio.open_nursery() as clients:
+                for session_id in ids:
+                    clients.start_soon(client, session_id)
+            await worker.submit(_synchronize, backend)
+            elapsed = time.perf_counter() - began
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    _close(backend)
+    return count * steps / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/peer-bench"))
+    args = parser.parse_args()
+    path = checkpoint(args.dir, args.layers)
+    config = BackendConfig(max_cache_tokens=1 << 20)
+    backend = SpanBackend.load(
+        path, 0, args.layers, dtype=args.dtype, device=args.device, config=config
+    )
+    print(
+        f"SmolLM2-135M-shaped, {args.layers} blocks, {args.dtype} on {args.device}, "
+        f"torch threads {torch.get_num_threads()}, {args.steps} steps per session, tokens/s"
+    )
+    header = ("sessions", "step", "step_many", "ratio", "sched off", "sched on", "ratio")
+    print("{:>8} {:>9} {:>10} {:>6} {:>10} {:>9} {:>6}".format(*header))
+    for count in SESSIONS:
+        single = bench_backend(backend, count, args.steps, merged=False)
+        merged = bench_backend(backend, count, args.steps, merged=True)
+        off = bench_scheduler(backend, count, args.steps, batching=False)
+        on = bench_scheduler(backend, count, args.steps, batching=True)
+        print(
+            f"{count:>8} {single:>9.1f} {merged:>10.1f} {merged / single:>6.2f} "
+            f"{off:>10.1f} {on:>9.1f} {on / off:>6.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

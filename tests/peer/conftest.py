@@ -1,0 +1,128 @@
+"""Tiny random-weight checkpoints of each supported family, and the transformers reference.
+
+The reference for every comparison is the checkpoint loaded back by
+`AutoModelForCausalLM.from_pretrained` (transformers' code, not ours): `output_hidden_states`
+gives the input of every block, and running `model.model.layers[a:b]` with the model's own
+rotary embedding and mask functions gives any block range, including the last one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    PretrainedConfig,
+    Qwen2Config,
+    Qwen3Config,
+)
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+SMALL: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 128,
+    "max_position_embeddings": 256,
+}
+
+CONFIGS: dict[str, Callable[..., PretrainedConfig]] = {
+    "llama": LlamaConfig,
+    "mistral": MistralConfig,
+    "qwen2": Qwen2Config,
+    "qwen3": Qwen3Config,
+}
+EXTRA: dict[str, dict[str, Any]] = {
+    "qwen3": {"head_dim": 16},
+}
+
+MakeCheckpoint = Callable[..., Path]
+
+
+def build_checkpoint(directory: Path, family: str, seed: int = 0, **overrides: Any) -> Path:
+    shard = overrides.pop("max_shard_size", None)
+    config = CONFIGS[family](**{**SMALL, **EXTRA.get(family, {}), **overrides})
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # non-trivial norms and biases, so that loading them is checked
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.normal_(1.0, 0.1)
+            elif name.endswith(".bias"):
+                parameter.normal_(0.0, 0.1)
+    kwargs = {"max_shard_size": shard} if shard else {}
+    model.save_pretrained(directory, **kwargs)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One checkpoint per family, built once for the whole test session."""
+    return {family: build_checkpoint(tmp_path_factory.mktemp(family), family) for family in CONFIGS}
+
+
+@pytest.fixture
+def make_checkpoint(tmp_path: Path) -> MakeCheckpoint:
+    counter = iter(range(1000))
+
+    def make(family: str = "llama", **overrides: Any) -> Path:
+        return build_checkpoint(tmp_path / f"{family}-{next(counter)}", family, **overrides)
+
+    return make
+
+
+class Reference:
+    """A transformers model loaded from the checkpoint, run block by block."""
+
+    def __init__(self, path: Path) -> None:
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.config = self.model.config
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            result: torch.Tensor = self.model.model.embed_tokens(ids)
+        return result
+
+    def blocks(self, hidden: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Blocks start..end-1 over a full sequence, as transformers' model forward runs them."""
+        positions = torch.arange(hidden.shape[1])[None, :]
+        mask_args = {
+            "config": self.config,
+            "inputs_embeds": hidden,
+            "attention_mask": None,
+            "past_key_values": None,
+            "position_ids": positions,
+        }
+        masks = {"full_attention": create_causal_mask(**mask_args)}
+        if getattr(self.config, "sliding_window", None) is not None:
+            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
+        layer_types = getattr(self.config, "layer_types", None)
+        with torch.no_grad():
+            embeddings = self.model.model.rotary_emb(hidden, positions)
+            for index in range(start, end):
+                if layer_types is not None:
+                    mask = masks[layer_types[index]]
+                elif self.config.model_type == "mistral":
+                    mask = masks.get("sliding_attention", masks["full_attention"])
+                else:
+                    mask = masks["full_attention"]
+                hidden = self.model.model.layers[index](
+                    hidden,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    position_embeddings=embeddings,
+                )
+        return hidden
+
+
+@pytest.fixture(scope="session")
+def references(checkpoints: dict[str, Path]) -> dict[str, Reference]:
+    return {family: Reference(path) for family, path in checkpoints.items()}

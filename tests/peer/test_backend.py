@@ -1,0 +1,194 @@
+"""SpanBackend: caps and validation (typed errors, others keep being served) and merged steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from peer.backend import BackendConfig, SpanBackend, StepRequest
+from peer.errors import (
+    CacheBudgetError,
+    InvalidRequestError,
+    PeerError,
+    SessionExistsError,
+    SessionLimitError,
+    SessionNotFoundError,
+)
+
+from .conftest import Reference
+
+
+@pytest.fixture
+def backend(checkpoints: dict[str, Path]) -> SpanBackend:
+    config = BackendConfig(max_cache_tokens=100, max_sessions=3, max_session_length=64)
+    return SpanBackend.load(checkpoints["llama"], 1, 3, config=config)
+
+
+def _hidden(batch: int = 1, length: int = 1, width: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, length, width, generator=torch.Generator().manual_seed(seed))
+
+
+def test_budget_and_session_limits(backend: SpanBackend) -> None:
+    backend.open_session("a", max_length=40)
+    backend.open_session("b", max_length=30, batch_size=2)
+    assert backend.cache_tokens_left == 0 and backend.active_sessions == 2
+    with pytest.raises(CacheBudgetError, match="needs 1 cache tokens, 0 left"):
+        backend.open_session("c", max_length=1)
+    backend.close_session("b")
+    assert backend.cache_tokens_left == 60
+    backend.open_session("c", max_length=10)
+    backend.open_session("d", max_length=10)
+    with pytest.raises(SessionLimitError):
+        backend.open_session("e", max_length=1)
+    with pytest.raises(SessionExistsError):
+        backend.open_session("a", max_length=1)
+    assert backend.session_ids() == ["a", "c", "d"]
+    for session_id in ("a", "c", "d"):  # the others are still served
+        assert backend.step(session_id, _hidden(length=3)).shape == (1, 3, 64)
+
+
+@pytest.mark.parametrize(
+    ("hidden", "match"),
+    [
+        (_hidden().double(), "dtype"),
+        (_hidden().half(), "dtype"),
+        (_hidden(width=32), "hidden size 32"),
+        (_hidden()[0], "must be \\[batch"),
+        (_hidden(batch=2), "batch 2 differs"),
+        (_hidden(length=11), "exceed its max_length 10"),
+        (torch.zeros(1, 0, 64), "empty"),
+        ([[0.0] * 64], "must be a tensor"),
+    ],
+)
+def test_bad_steps_raise_and_others_continue(
+    backend: SpanBackend, hidden: torch.Tensor, match: str
+) -> None:
+    backend.open_session("bad", max_length=10)
+    backend.open_session("good", max_length=10)
+    before = backend.step("good", _hidden(length=2))
+    with pytest.raises(InvalidRequestError, match=match):
+        backend.step("bad", hidden)
+    assert backend.session_length("bad") == 0  # nothing happened to it
+    assert backend.step("bad", _hidden(length=10)).shape == (1, 10, 64)
+    assert backend.step("good", _hidden(length=1)).shape == (1, 1, 64)
+    assert before.shape == (1, 2, 64)
+
+
+def test_other_bad_requests(backend: SpanBackend) -> None:
+    with pytest.raises(SessionNotFoundError):
+        backend.step("missing", _hidden())
+    with pytest.raises(SessionNotFoundError):
+        backend.close_session("missing")
+    for start, end in [(0, 3), (1, 4), (2, 2), (3, 1)]:
+        with pytest.raises(InvalidRequestError, match="not inside this span"):
+            backend.forward(_hidden(), start, end)
+    with pytest.raises(InvalidRequestError, match="max_length"):
+        backend.open_session("x", max_length=65)
+    with pytest.raises(InvalidRequestError, match="max_length"):
+        backend.open_session("x", max_length=0)
+    with pytest.raises(InvalidRequestError, match="batch_size"):
+        backend.open_session("x", max_length=4, batch_size=0)
+    with pytest.raises(InvalidRequestError, match="context length"):
+        backend.forward(_hidden(length=65))
+    with pytest.raises(InvalidRequestError, match="dtype"):
+        backend.forward(_hidden().to(torch.bfloat16))
+    backend.open_session("sub", max_length=4, start=2, end=3)
+    with pytest.raises(InvalidRequestError, match=r"opened for blocks 2\.\.3"):
+        backend.step("sub", _hidden(), 1, 3)
+    assert backend.step("sub", _hidden(), 2, 3).shape == (1, 1, 64)
+    assert issubclass(InvalidRequestError, PeerError)
+
+
+def test_forward_caps(checkpoints: dict[str, Path]) -> None:
+    config = BackendConfig(max_forward_tokens=20, max_batch_size=4)
+    backend = SpanBackend.load(checkpoints["llama"], 0, 1, config=config)
+    with pytest.raises(InvalidRequestError, match="exceed the limit 20"):
+        backend.forward(_hidden(batch=3, length=7))
+    with pytest.raises(InvalidRequestError, match="over the limit 4"):
+        backend.forward(_hidden(batch=5, length=1))
+    assert backend.forward(_hidden(batch=4, length=5)).shape == (4, 5, 64)
+
+
+def _prefill(backend: SpanBackend, lengths: dict[str, tuple[int, int]], seed: int = 5) -> None:
+    for index, (session_id, (batch, length)) in enumerate(lengths.items()):
+        backend.open_session(session_id, max_length=20, batch_size=batch)
+        backend.step(session_id, _hidden(batch, length, seed=seed + index))
+
+
+MIXED = {"a": (1, 3), "b": (2, 7), "c": (1, 7), "d": (1, 1), "e": (3, 5)}  # (batch, prompt)
+EQUAL = {"a": (1, 4), "b": (2, 4), "c": (1, 4)}
+
+
+@pytest.mark.parametrize(
+    ("family", "rows", "lengths"),
+    [("llama", 64, MIXED), ("llama", 3, MIXED), ("qwen3", 64, MIXED), ("llama", 64, EQUAL)],
+)
+def test_step_many_equals_single_steps(
+    family: str, rows: int, lengths: dict[str, tuple[int, int]], checkpoints: dict[str, Path]
+) -> None:
+    """Sessions of different lengths and batch sizes, merged, equal their unbatched steps."""
+    config = BackendConfig(max_merged_rows=rows)
+    merged_backend = SpanBackend.load(checkpoints[family], 0, 4, config=config)
+    single_backend = SpanBackend.load(checkpoints[family], 0, 4)
+    _prefill(merged_backend, lengths)
+    _prefill(single_backend, lengths)
+    for step in range(4):
+        requests = [
+            StepRequest(sid, _hidden(batch, 1, seed=100 * step + i))
+            for i, (sid, (batch, _)) in enumerate(lengths.items())
+        ]
+        merged = merged_backend.step_many(requests)
+        single = [single_backend.step(r.session_id, r.hidden_states) for r in requests]
+        for got, expected in zip(merged, single, strict=True):
+            assert got.shape == expected.shape
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert merged_backend.session_length("b") == lengths["b"][1] + 4
+
+
+def test_step_many_matches_transformers(
+    checkpoints: dict[str, Path], references: dict[str, Reference]
+) -> None:
+    """Merged steps of two sessions at different positions equal the full-sequence reference."""
+    reference = references["mistral"]
+    backend = SpanBackend.load(checkpoints["mistral"], 0, 4)
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(3))
+    hidden = reference.embed(ids)
+    backend.open_session("x", 12)
+    backend.open_session("y", 12)
+    outputs = {"x": [backend.step("x", hidden[:1, :4])], "y": [backend.step("y", hidden[1:, :7])]}
+    for offset in range(5):
+        got = backend.step_many(
+            [
+                StepRequest("x", hidden[:1, 4 + offset : 5 + offset]),
+                StepRequest("y", hidden[1:, 7 + offset : 8 + offset]),
+            ]
+        )
+        outputs["x"].append(got[0])
+        outputs["y"].append(got[1])
+    expected = reference.blocks(hidden, 0, 4)
+    x, y = torch.cat(outputs["x"], 1), torch.cat(outputs["y"], 1)
+    torch.testing.assert_close(x, expected[:1, :9], rtol=0, atol=1e-5)
+    torch.testing.assert_close(y, expected[1:, :12], rtol=0, atol=1e-5)
+
+
+def test_step_many_groups_ranges_and_rejects_atomically(checkpoints: dict[str, Path]) -> None:
+    backend = SpanBackend.load(checkpoints["llama"], 0, 4, config=BackendConfig(max_merged_rows=2))
+    backend.open_session("full", 8)
+    backend.open_session("part", 8, start=1, end=3)
+    backend.open_session("more", 8)
+    backend.open_session("long", 8)
+    requests = [
+        StepRequest("full", _hidden(seed=1)),
+        StepRequest("part", _hidden(seed=2)),
+        StepRequest("more", _hidden(seed=3)),
+        StepRequest("long", _hidden(length=3, seed=4)),
+    ]
+    outputs = backend.step_many(requests)
+    assert [o.shape[1] for o in outputs] == [1, 1, 1, 3]
+    with pytest.raises(InvalidRequestError, match="twice"):
+        backend.step_many([StepRequest("full", _hidden()), StepRequest("full", _hidden())])
+    with pytest.raises(InvalidRequestError, match="hidden size"):
+        backend.step_many([StepRequest("more", _hidden()), StepRequest("full", _hidden(width=8))])
+    assert [backend.session_length(s) for s in ("full", "part", "more", "long")] == [1, 1, 1, 3]

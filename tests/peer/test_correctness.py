@@ -1,0 +1,147 @@
+"""The span's outputs against the same blocks inside the local transformers model.
+
+Stateless forward in float32 must be bit-identical (torch.equal); incremental decoding
+(prompt, then single tokens) must match the full-sequence forward within 1e-5.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from peer.backend import SpanBackend
+
+from .conftest import CONFIGS, MakeCheckpoint, Reference
+
+FAMILIES = list(CONFIGS)
+RANGES = [(0, 4), (1, 3), (3, 4), (0, 1)]
+
+
+def _ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 128, (batch, length), generator=generator)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reference_helper_matches_model_forward(
+    family: str, references: dict[str, Reference]
+) -> None:
+    """Our block-by-block reference equals the hidden states of transformers' own forward."""
+    reference = references[family]
+    ids = _ids(2, 9)
+    with torch.no_grad():
+        states = reference.model(ids, output_hidden_states=True).hidden_states
+    embeddings = reference.embed(ids)
+    assert torch.equal(states[0], embeddings)
+    for block in range(1, 4):  # the last entry is after the final norm
+        assert torch.equal(reference.blocks(embeddings, 0, block), states[block])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("start", "end"), RANGES)
+def test_forward_is_bit_identical(
+    family: str,
+    start: int,
+    end: int,
+    checkpoints: dict[str, Path],
+    references: dict[str, Reference],
+) -> None:
+    reference = references[family]
+    backend = SpanBackend.load(checkpoints[family], start, end)
+    hidden = reference.blocks(reference.embed(_ids(3, 11)), 0, start)
+    assert torch.equal(backend.forward(hidden), reference.blocks(hidden, start, end))
+
+
+def test_forward_sub_range_of_span(
+    checkpoints: dict[str, Path], references: dict[str, Reference]
+) -> None:
+    reference = references["llama"]
+    backend = SpanBackend.load(checkpoints["llama"], 0, 4)
+    hidden = reference.blocks(reference.embed(_ids(1, 7)), 0, 1)
+    assert torch.equal(backend.forward(hidden, 1, 3), reference.blocks(hidden, 1, 3))
+
+
+def _incremental(backend: SpanBackend, hidden: torch.Tensor, prompt: int) -> torch.Tensor:
+    backend.open_session("s", max_length=hidden.shape[1], batch_size=hidden.shape[0])
+    outputs = [backend.step("s", hidden[:, :prompt])]
+    for position in range(prompt, hidden.shape[1]):
+        outputs.append(backend.step("s", hidden[:, position : position + 1]))
+    backend.close_session("s")
+    return torch.cat(outputs, dim=1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("start", "end"), [(0, 4), (1, 3)])
+def test_incremental_decoding_matches_full_forward(
+    family: str,
+    start: int,
+    end: int,
+    checkpoints: dict[str, Path],
+    references: dict[str, Reference],
+) -> None:
+    reference = references[family]
+    backend = SpanBackend.load(checkpoints[family], start, end)
+    hidden = reference.blocks(reference.embed(_ids(2, 15)), 0, start)  # prompt 5 + 10 tokens
+    expected = reference.blocks(hidden, start, end)
+    got = _incremental(backend, hidden, prompt=5)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert backend.cache_tokens_left == backend.config.max_cache_tokens
+
+
+def test_chunks_after_the_prompt(
+    checkpoints: dict[str, Path], references: dict[str, Reference]
+) -> None:
+    """A multi-token step after the prompt (a new chat turn) sees the whole past."""
+    reference = references["qwen2"]
+    backend = SpanBackend.load(checkpoints["qwen2"], 0, 4)
+    hidden = reference.embed(_ids(1, 12))
+    backend.open_session("s", max_length=12)
+    got = torch.cat([backend.step("s", hidden[:, a:b]) for a, b in [(0, 4), (4, 5), (5, 12)]], 1)
+    torch.testing.assert_close(got, reference.blocks(hidden, 0, 4), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+def test_sliding_window(family: str, make_checkpoint: MakeCheckpoint) -> None:
+    """A window shorter than the sequence: masks must drop old tokens like transformers."""
+    extra = {"use_sliding_window": True, "max_window_layers": 2} if family == "qwen2" else {}
+    path = make_checkpoint(family, sliding_window=5, **extra)
+    reference = Reference(path)
+    if family == "qwen2":  # mixed layer types: 2 full, 2 sliding
+        assert set(reference.config.layer_types) == {"full_attention", "sliding_attention"}
+    backend = SpanBackend.load(path, 0, 4)
+    assert any(window == 5 for window in backend.span.windows)
+    hidden = reference.embed(_ids(2, 13))
+    expected = reference.blocks(hidden, 0, 4)
+    assert torch.equal(backend.forward(hidden), expected)
+    assert not torch.equal(expected, Reference(make_checkpoint(family)).blocks(hidden, 0, 4))
+    torch.testing.assert_close(_incremental(backend, hidden, 3), expected, rtol=0, atol=1e-5)
+
+
+def test_sharded_checkpoint(make_checkpoint: MakeCheckpoint) -> None:
+    path = make_checkpoint("llama", max_shard_size="60KB")
+    assert (path / "model.safetensors.index.json").is_file()
+    assert len(list(path.glob("*.safetensors"))) > 3
+    reference = Reference(path)
+    backend = SpanBackend.load(path, 1, 4)
+    hidden = reference.blocks(reference.embed(_ids(2, 6)), 0, 1)
+    assert torch.equal(backend.forward(hidden), reference.blocks(hidden, 1, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision(
+    dtype: torch.dtype, checkpoints: dict[str, Path], references: dict[str, Reference]
+) -> None:
+    backend = SpanBackend.load(checkpoints["llama"], 0, 2, dtype=dtype)
+    assert {p.dtype for p in backend.span.layers.parameters()} == {dtype}
+    reference = references["llama"]
+    hidden = reference.embed(_ids(1, 8))
+    expected = reference.blocks(hidden, 0, 2)
+    got = backend.forward(hidden.to(dtype))
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), expected, rtol=0.05, atol=0.05)
+    backend.open_session("s", 8)
+    steps = [backend.step("s", hidden[:, :4].to(dtype))]
+    steps += [backend.step("s", hidden[:, t : t + 1].to(dtype)) for t in range(4, 8)]
+    torch.testing.assert_close(torch.cat(steps, 1).float(), expected, rtol=0.05, atol=0.05)
