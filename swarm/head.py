@@ -1,0 +1,60 @@
+"""The part of the model a client holds: token embeddings, the final norm and the LM head.
+
+The model is built on the meta device (no memory), its decoder blocks are dropped, and only
+the head's tensors are read from the checkpoint and assigned. Using the family's own
+modules keeps the logits bit-identical to the local transformers model's.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from peer.checkpoint import read_tensors
+
+logger = logging.getLogger(__name__)
+
+HEAD_TENSORS = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
+
+
+class ClientHead:
+    """Embeddings in, logits out; implements `generation.LanguageModelHead`."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.config = model.config
+
+    @classmethod
+    def from_pretrained(
+        cls, path: Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    ) -> ClientHead:
+        config = AutoConfig.from_pretrained(path)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
+        model.model.layers = torch.nn.ModuleList()
+        tensors = read_tensors(path, [name for name in HEAD_TENSORS])
+        if "lm_head.weight" not in tensors:  # tied to the embeddings
+            tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+        state = {name: tensor.to(device=device, dtype=dtype) for name, tensor in tensors.items()}
+        model.load_state_dict(state, strict=False, assign=True)
+        if getattr(config, "tie_word_embeddings", False):
+            model.lm_head.weight = model.model.embed_tokens.weight
+        model.eval()
+        logger.info("client head of %s loaded (%d tensors)", path.name, len(tensors))
+        return cls(model)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.model.embed_tokens.weight.dtype  # type: ignore[no-any-return]
+
+    @torch.inference_mode()
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.model.embed_tokens(input_ids)  # type: ignore[no-any-return]
+
+    @torch.inference_mode()
+    def logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(self.model.model.norm(hidden_states))  # type: ignore[no-any-return]

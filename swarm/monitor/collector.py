@@ -1,0 +1,157 @@
+"""The monitor's trio side: read the DHT like a client, ping the peers, keep the latest picture.
+
+Every `interval` seconds (half the page's refresh period), one round: read `MODELS_KEY`, then
+the block keys of every model concurrently (a nursery, at most `max_concurrent_gets` lookups
+in flight, each bounded by `get_timeout`), and publish a snapshot at once with the RTTs known
+so far, so a peer that announced `offline` leaves the page on the next refresh. Then ping
+every listed peer concurrently (`ping_timeout` each) and publish the snapshot again with the
+fresh RTTs. A failed read leaves that key empty for the round; it never stops the collector.
+
+The DHT and the pinger are small protocols, so tests drive the collector with fakes and
+trio's MockClock (the RPC pinger is in `service.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import trio
+
+from routing.address import PeerAddress
+from routing.announcement import MODELS_KEY, block_key
+from routing.errors import AddressError, RoutingError
+from routing.records import DHTValue
+from security import PeerId, SecurityError
+
+from .snapshot import MAX_MODELS, Observations, SwarmSnapshot, build_snapshot, select_models
+
+logger = logging.getLogger(__name__)
+
+
+class DHTReader(Protocol):
+    async def get(self, key: str) -> Mapping[PeerId, DHTValue]: ...
+
+
+class Pinger(Protocol):
+    async def __call__(self, address: PeerAddress) -> float | None:
+        """Round-trip time in seconds, or None if the peer did not answer."""
+        ...
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    refresh: float = 2.0  # the page's default period; the DHT is read twice per period
+    get_timeout: float = 5.0
+    ping_timeout: float = 2.0
+    max_concurrent_gets: int = 16
+    max_models: int = MAX_MODELS
+
+    def __post_init__(self) -> None:
+        if not 0.2 <= self.refresh <= 3600:
+            raise ValueError("refresh must be in [0.2, 3600] seconds")
+
+    @property
+    def interval(self) -> float:
+        """Seconds between rounds: half the page's period, so that a change reaches the page
+        within about one refresh (half a period to be read, at most one to be fetched)."""
+        return self.refresh / 2
+
+
+class Collector:
+    def __init__(
+        self,
+        dht: DHTReader,
+        ping: Pinger,
+        config: CollectorConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.dht = dht
+        self.ping = ping
+        self.config = config or CollectorConfig()
+        self._clock = clock
+        self._snapshot: SwarmSnapshot | None = None
+        self._rtts: dict[PeerId, float | None] = {}
+        self._last_seen: dict[PeerId, float] = {}
+        self._limiter = trio.CapacityLimiter(self.config.max_concurrent_gets)
+        self.rounds = 0  # completed rounds, for tests and logs
+
+    def latest(self) -> SwarmSnapshot | None:
+        """The newest snapshot (None before the first round finished reading)."""
+        return self._snapshot
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Collect forever, a round every `interval`; `started` once the first snapshot exists."""
+        next_round = trio.current_time()
+        await self.collect_once()
+        task_status.started()
+        while True:
+            # A round that overran starts the next one at once, without a burst to catch up.
+            next_round = max(next_round + self.config.interval, trio.current_time())
+            await trio.sleep_until(next_round)
+            await self.collect_once()
+
+    async def collect_once(self) -> SwarmSnapshot:
+        observations = await self._read()
+        self._snapshot = build_snapshot(self._with_measurements(observations))
+        await self._ping_all(self._snapshot.peer_addresses())
+        self._snapshot = build_snapshot(self._with_measurements(observations))
+        self.rounds += 1
+        return self._snapshot
+
+    def _with_measurements(self, observations: Observations) -> Observations:
+        return replace(observations, rtts=dict(self._rtts), last_seen=dict(self._last_seen))
+
+    async def _read(self) -> Observations:
+        models = await self._get(MODELS_KEY)
+        now = self._clock()
+        selected = select_models(models, now, self.config.max_models)
+        blocks: dict[str, dict[int, Mapping[PeerId, DHTValue]]] = {m: {} for m in selected}
+
+        async def read_block(model: str, block: int) -> None:
+            async with self._limiter:
+                blocks[model][block] = await self._get(block_key(model, block))
+
+        async with trio.open_nursery() as nursery:
+            for model, num_blocks in selected.items():
+                for block in range(num_blocks):
+                    nursery.start_soon(read_block, model, block)
+        return Observations(
+            now=self._clock(), models=models, blocks=blocks, refresh=self.config.refresh
+        )
+
+    async def _get(self, key: str) -> Mapping[PeerId, DHTValue]:
+        with trio.move_on_after(self.config.get_timeout):
+            try:
+                return await self.dht.get(key)
+            except (RoutingError, SecurityError) as error:
+                logger.info("reading %r from the DHT failed: %s", key, error)
+                return {}
+        logger.info("reading %r from the DHT timed out", key)
+        return {}
+
+    async def _ping_all(self, addresses: Mapping[PeerId, str]) -> None:
+        for gone in set(self._rtts) - set(addresses):
+            del self._rtts[gone]
+        for gone in set(self._last_seen) - set(addresses):
+            del self._last_seen[gone]
+
+        async def ping_one(peer_id: PeerId, text: str) -> None:
+            try:
+                address = PeerAddress.parse(text)
+            except AddressError:
+                return  # the snapshot only lists parsed addresses; defensive all the same
+            rtt = None
+            with trio.move_on_after(self.config.ping_timeout):
+                rtt = await self.ping(address)
+            self._rtts[peer_id] = rtt
+            if rtt is not None:
+                self._last_seen[peer_id] = self._clock()
+
+        async with trio.open_nursery() as nursery:
+            for peer_id, text in addresses.items():
+                nursery.start_soon(ping_one, peer_id, text)

@@ -1,0 +1,75 @@
+"""The monitor as one service: an RPC host, a client-mode DHT node, the collector, the page.
+
+`serve_monitor` is the `run`-style entry for `nursery.start` (the `swarm monitor` command and
+the end-to-end test both use it); its started value is the page's URL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+
+from routing.address import PeerAddress
+from routing.dht import DHTConfig, DHTNode
+from routing.errors import RoutingError
+from routing.rpc import RPCHost
+from routing.transport import Transport
+from security import Identity, SecurityError
+
+from .collector import Collector, CollectorConfig
+from .http import HttpConfig, HttpServer, load_page, monitor_handler
+
+logger = logging.getLogger(__name__)
+
+
+async def serve_monitor(
+    identity: Identity,
+    transport: Transport,
+    initial_peers: Sequence[PeerAddress],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    collector_config: CollectorConfig | None = None,
+    http_config: HttpConfig | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Join the swarm through `initial_peers`, collect, serve the page on host:port."""
+    collector_config = collector_config or CollectorConfig()
+    rpc = RPCHost(identity, transport)
+    # Client mode: the monitor reads the DHT but never offers to store records.
+    dht = DHTNode(rpc, DHTConfig(client_mode=True))
+    page = load_page()  # before any network work: a broken install fails at once
+    async with trio.open_nursery() as nursery:
+        # Our RPC endpoint only dials out (client-mode DHT, pings): nobody is told where it
+        # listens, so it listens on loopback whatever the page's host is.
+        await nursery.start(rpc.run, "127.0.0.1", 0)
+        await nursery.start(partial(dht.run, initial_peers=initial_peers))
+        collector = Collector(
+            dht, RPCPinger(rpc, timeout=collector_config.ping_timeout), collector_config
+        )
+        await nursery.start(collector.run)
+        server = HttpServer(monitor_handler(collector.latest, page), http_config)
+        bound_host, bound_port = await nursery.start(server.run, host, port)
+        task_status.started(page_url(bound_host, bound_port))
+
+
+class RPCPinger:
+    """The RTT of the RPC host's built-in "ping" to a peer; None if it did not answer."""
+
+    def __init__(self, rpc: RPCHost, timeout: float) -> None:
+        self.rpc = rpc
+        self.timeout = timeout
+
+    async def __call__(self, address: PeerAddress) -> float | None:
+        try:
+            return await self.rpc.ping(address, timeout=self.timeout)
+        except (RoutingError, SecurityError) as error:
+            logger.debug("ping %s failed: %s", address.peer_id.short(), error)
+            return None
+
+
+def page_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"

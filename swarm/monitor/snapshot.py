@@ -1,0 +1,264 @@
+"""The monitor's picture of the swarm, built from raw DHT records. Pure: no I/O, no clock.
+
+Input (`Observations`) is what a client reads from the DHT, still as signed-and-verified but
+*undecoded* values, so that every judgement about remote data is made here, where it is
+tested: the `ModelEntry` values under `MODELS_KEY`, and per model and block the
+`PeerAnnouncement` values under `block_key(model, block)`, plus what the monitor measured
+itself (ping RTTs, when each peer last answered) and the wall-clock time.
+
+Rules:
+- A model's length is the `num_blocks` most of its live entries agree on (ties: the larger),
+  so one peer announcing nonsense cannot shrink or stretch a model.
+- A record counts only if it has not expired, decodes, names the model and a span that
+  contains the block it is stored under and fits the model, and its address carries the
+  same peer id as the subkey that signed it (nobody can advertise another peer's address).
+  Anything else is counted in `skipped_records` and otherwise ignored.
+- A peer appears under several block keys; its freshest record (latest expiration) wins. A
+  peer whose freshest record says `offline` is gone from the picture at once.
+- Only `online` peers cover blocks; `joining` peers are listed and counted apart. A full
+  chain exists when every block has an online peer (spans are contiguous and a peer can
+  serve any sub-range of its span, so covering every block is enough to chain them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from routing.announcement import ModelEntry, PeerAnnouncement, PeerState
+from routing.errors import ProtocolError
+from routing.records import DHTValue
+from security import PeerId
+
+MAX_MODELS = 32  # models drawn (and read from the DHT); the most announced first
+MAX_TEXT = 64  # peer-provided free text (version, dtype) is clipped to this many characters
+
+
+@dataclass(frozen=True)
+class Observations:
+    """One round of reading the swarm: raw values per subkey, and our own measurements."""
+
+    now: float  # wall-clock seconds, the time base of record expirations
+    models: Mapping[PeerId, DHTValue]  # under MODELS_KEY
+    blocks: Mapping[str, Mapping[int, Mapping[PeerId, DHTValue]]]  # model -> block -> records
+    rtts: Mapping[PeerId, float | None] = field(default_factory=dict)  # None: no answer
+    last_seen: Mapping[PeerId, float] = field(default_factory=dict)  # wall clock of last answer
+    refresh: float = 2.0  # the collector's period, shown on the page
+
+
+@dataclass(frozen=True)
+class BlockCoverage:
+    peers: int  # online peers serving this block
+    throughput: float  # their announced throughput, summed (tokens/s)
+    joining: int  # peers still loading it
+
+
+@dataclass(frozen=True)
+class PeerRow:
+    peer_id: PeerId
+    address: str  # HOST:PORT/PEER_ID as announced
+    start: int
+    end: int  # exclusive
+    state: str
+    throughput: float
+    cache_tokens_left: int
+    sessions: int
+    version: str
+    dtype: str
+    expiration: float  # of its freshest record
+    rtt: float | None  # seconds, measured by the monitor; None: unknown or unreachable
+    last_seen: float | None  # wall clock of its last answer to our ping
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.peer_id.to_base58(),
+            "short_id": self.peer_id.short(),
+            "address": self.address,
+            "start": self.start,
+            "end": self.end,
+            "state": self.state,
+            "throughput": self.throughput,
+            "cache_tokens_left": self.cache_tokens_left,
+            "sessions": self.sessions,
+            "version": self.version,
+            "dtype": self.dtype,
+            "expiration": self.expiration,
+            "rtt": self.rtt,
+            "last_seen": self.last_seen,
+        }
+
+
+@dataclass(frozen=True)
+class ModelView:
+    model: str
+    num_blocks: int
+    blocks: tuple[BlockCoverage, ...]
+    peers: tuple[PeerRow, ...]  # sorted by span, then peer id
+
+    @property
+    def gaps(self) -> tuple[tuple[int, int], ...]:
+        """Maximal runs of blocks without an online peer, as [start, end) pairs."""
+        gaps: list[tuple[int, int]] = []
+        for index, block in enumerate(self.blocks):
+            if block.peers:
+                continue
+            if gaps and gaps[-1][1] == index:
+                gaps[-1] = (gaps[-1][0], index + 1)
+            else:
+                gaps.append((index, index + 1))
+        return tuple(gaps)
+
+    @property
+    def full_chain(self) -> bool:
+        return all(block.peers for block in self.blocks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "num_blocks": self.num_blocks,
+            "full_chain": self.full_chain,
+            "gaps": [list(gap) for gap in self.gaps],
+            "blocks": [
+                {"peers": b.peers, "throughput": b.throughput, "joining": b.joining}
+                for b in self.blocks
+            ],
+            "peers": [peer.to_dict() for peer in self.peers],
+        }
+
+
+@dataclass(frozen=True)
+class SwarmSnapshot:
+    taken_at: float
+    refresh: float
+    models: tuple[ModelView, ...]  # sorted by name
+    skipped_records: int  # malformed or inconsistent records that were ignored
+
+    def model(self, name: str) -> ModelView | None:
+        return next((view for view in self.models if view.model == name), None)
+
+    def peer_addresses(self) -> dict[PeerId, str]:
+        """Every listed peer and the address it announced (what the monitor pings)."""
+        return {row.peer_id: row.address for view in self.models for row in view.peers}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "taken_at": self.taken_at,
+            "refresh": self.refresh,
+            "skipped_records": self.skipped_records,
+            "models": [view.to_dict() for view in self.models],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+
+
+def select_models(
+    entries: Mapping[PeerId, DHTValue], now: float, limit: int = MAX_MODELS
+) -> dict[str, int]:
+    """Model name -> number of blocks, from the live entries under `MODELS_KEY`.
+
+    The `limit` most announced models are kept (ties by name); for each, the number of blocks
+    that most of its entries agree on (ties: the larger).
+    """
+    votes: dict[str, Counter[int]] = {}
+    for value in entries.values():
+        if not _live(value, now):
+            continue
+        try:
+            entry = ModelEntry.decode(value.value)
+        except ProtocolError:
+            continue
+        votes.setdefault(entry.model, Counter())[entry.num_blocks] += 1
+    ranked = sorted(votes, key=lambda model: (-sum(votes[model].values()), model))[:limit]
+    return {
+        model: max(votes[model].items(), key=lambda item: (item[1], item[0]))[0] for model in ranked
+    }
+
+
+def build_snapshot(observations: Observations) -> SwarmSnapshot:
+    """The swarm as the page shows it; see the module docstring for the rules."""
+    now = observations.now
+    skipped = 0
+    views = []
+    for model, num_blocks in sorted(select_models(observations.models, now).items()):
+        freshest: dict[PeerId, tuple[float, PeerAnnouncement]] = {}
+        records = observations.blocks.get(model, {})
+        for block, by_peer in records.items():
+            for peer_id, value in by_peer.items():
+                if not _live(value, now):
+                    continue
+                announcement = _valid(value, peer_id, model, block, num_blocks)
+                if announcement is None:
+                    skipped += 1
+                    continue
+                old = freshest.get(peer_id)
+                if old is None or old[0] < value.expiration:
+                    freshest[peer_id] = (value.expiration, announcement)
+        rows = [
+            _row(peer_id, expiration, announcement, observations)
+            for peer_id, (expiration, announcement) in freshest.items()
+            if announcement.state is not PeerState.OFFLINE
+        ]
+        rows.sort(key=lambda row: (row.start, row.end, row.peer_id))
+        views.append(ModelView(model, num_blocks, _coverage(num_blocks, rows), tuple(rows)))
+    return SwarmSnapshot(now, observations.refresh, tuple(views), skipped)
+
+
+def _live(value: DHTValue, now: float) -> bool:
+    """Not expired (a non-finite expiration, which no DHT node should accept, is not live)."""
+    return math.isfinite(value.expiration) and value.expiration > now
+
+
+def _valid(
+    value: DHTValue, peer_id: PeerId, model: str, block: int, num_blocks: int
+) -> PeerAnnouncement | None:
+    try:
+        announcement = PeerAnnouncement.decode(value.value)
+    except ProtocolError:
+        return None
+    if (
+        announcement.model != model
+        or block not in announcement.blocks
+        or announcement.end > num_blocks
+        or announcement.address.peer_id != peer_id
+    ):
+        return None
+    return announcement
+
+
+def _row(
+    peer_id: PeerId, expiration: float, announcement: PeerAnnouncement, observations: Observations
+) -> PeerRow:
+    return PeerRow(
+        peer_id=peer_id,
+        address=str(announcement.address),
+        start=announcement.start,
+        end=announcement.end,
+        state=announcement.state.value,
+        throughput=announcement.throughput,
+        cache_tokens_left=announcement.cache_tokens_left,
+        sessions=announcement.sessions,
+        version=announcement.version[:MAX_TEXT],
+        dtype=announcement.dtype[:MAX_TEXT],
+        expiration=expiration,
+        rtt=observations.rtts.get(peer_id),
+        last_seen=observations.last_seen.get(peer_id),
+    )
+
+
+def _coverage(num_blocks: int, rows: Iterable[PeerRow]) -> tuple[BlockCoverage, ...]:
+    peers = [0] * num_blocks
+    throughput = [0.0] * num_blocks
+    joining = [0] * num_blocks
+    for row in rows:
+        for block in range(row.start, row.end):
+            if row.state == PeerState.ONLINE.value:
+                peers[block] += 1
+                throughput[block] += row.throughput
+            else:
+                joining[block] += 1
+    return tuple(BlockCoverage(peers[i], throughput[i], joining[i]) for i in range(num_blocks))

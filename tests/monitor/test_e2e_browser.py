@@ -1,0 +1,157 @@
+"""The monitor page in a real browser (headless Chromium) against a live swarm on loopback.
+
+A `swarm dht` bootstrap node, two stand-in peers (`tests/monitor/announcer.py`: real DHT nodes
+publishing real signed announcements, to be swapped for `swarm peer` processes in the
+`swarm` fixture once the daemon exists) and `swarm monitor`, each a process. The browser
+must show both peers and a full chain; after one peer stops cleanly (it announces
+`offline`), the gap within a few refresh periods; after the other is killed without a word,
+its row once its records expire. Screenshots go to `artifacts/`.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import ROOT, SwarmProcess, swarm_processes
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "artifacts"
+MODEL = "tiny-llama"
+NUM_BLOCKS = 8
+REFRESH = 1.0  # seconds: the page's period (the monitor reads the DHT twice per period)
+PUBLISH_SLACK = 3.0  # seconds for a stopping peer to store its `offline` records
+SHORT_TTL = 4.0  # the killed peer's records live this long
+READY = 20.0  # seconds for a process to print its address
+DASH = "\u2013"  # the page writes block ranges with an en dash
+
+
+@dataclass
+class Swarm:
+    """Processes on 127.0.0.1, all stopped when the test ends."""
+
+    started: list[SwarmProcess]
+    bootstrap: str
+
+    def _start(self, process: SwarmProcess) -> SwarmProcess:
+        self.started.append(process)
+        process.wait_ready(READY)
+        return process
+
+    def start_peer(
+        self, start: int, end: int, *, throughput: float, version: str, ttl: float = 30.0
+    ) -> SwarmProcess:
+        """A peer serving blocks [start, end) of MODEL. Stand-in until `swarm peer` exists."""
+        args = ["--initial-peers", self.bootstrap, "--model", MODEL]
+        args += ["--num-blocks", str(NUM_BLOCKS), "--start", str(start), "--end", str(end)]
+        args += ["--throughput", str(throughput), "--version", version, "--ttl", str(ttl)]
+        return self._start(SwarmProcess(args, module="tests.monitor.announcer"))
+
+    def start_monitor(self, refresh: float) -> str:
+        args = ["--initial-peers", self.bootstrap, "--refresh", str(refresh)]
+        return self._start(SwarmProcess(["monitor", *args])).address
+
+
+@pytest.fixture
+def swarm() -> Iterator[Swarm]:
+    with swarm_processes() as started:
+        dht = SwarmProcess(["dht"])
+        started.append(dht)
+        yield Swarm(started, dht.wait_ready(READY))
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_the_page_follows_the_swarm(swarm: Swarm, browser: object) -> None:
+    from playwright.sync_api import Browser, expect
+
+    assert isinstance(browser, Browser)
+    ARTIFACTS.mkdir(exist_ok=True)
+    first = swarm.start_peer(0, 5, throughput=42.5, version="0.1.0")
+    # Peer-provided text must show as text, never as markup.
+    hostile = "<b>v2</b>&amp;<img src=x>"
+    second = swarm.start_peer(5, NUM_BLOCKS, throughput=17.0, version=hostile, ttl=SHORT_TTL)
+    url = swarm.start_monitor(REFRESH)
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url)
+
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(url)
+
+    model = page.locator(f'section.model[data-model="{MODEL}"]')
+    chain = model.get_by_test_id("chain")
+    rows = model.locator("tbody tr")
+    period_ms = REFRESH * 1000
+    expect(chain).to_have_text("Full chain", timeout=10_000)
+    expect(rows).to_have_count(2)
+    expect(model.locator('.cell[data-peers="1"]')).to_have_count(NUM_BLOCKS)
+    expect(rows.nth(0)).to_contain_text(first.address.split("/")[0])
+    expect(rows.nth(1).locator("td").nth(7)).to_have_text(hostile)
+    expect(model.locator("tbody b, tbody img")).to_have_count(0)
+    expect(rows.nth(0).locator("td").nth(8)).to_have_text(re.compile(r"^[\d.]+ ms$"))
+    expect(page.locator("#period")).to_have_value("1")
+    page.screenshot(path=str(ARTIFACTS / "monitor-desktop.png"), full_page=True)
+
+    phone = browser.new_page(
+        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True
+    )
+    phone.goto(url + "?refresh=0.5")  # the period can be chosen in the address
+    expect(phone.get_by_test_id("chain")).to_have_text("Full chain", timeout=10_000)
+    expect(phone.locator("#period")).to_have_value("0.5")
+    # The page fits the phone's width; only the peers table scrolls sideways.
+    assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert phone.locator(".table-wrap").evaluate("el => el.scrollWidth > el.clientWidth")
+    phone.screenshot(path=str(ARTIFACTS / "monitor-phone.png"), full_page=True)
+    phone.close()
+
+    # A clean stop announces `offline`: the page shows the gap within a few refreshes.
+    stopped_at = time.monotonic()
+    assert first.stop(signal.SIGTERM) == 0
+    expect(chain).to_have_text(
+        f"Gap: blocks 0{DASH}4", timeout=3 * period_ms + PUBLISH_SLACK * 1000
+    )
+    gap_seconds = time.monotonic() - stopped_at
+    expect(rows).to_have_count(1)
+    expect(model.locator('.cell[data-peers="0"]')).to_have_count(5)
+    page.screenshot(path=str(ARTIFACTS / "monitor-gap.png"), full_page=True)
+
+    # A peer that vanishes without a word leaves when its records expire. (The model stays
+    # listed, uncovered, while the stopped peer's model entry lives.)
+    second.stop(signal.SIGKILL)
+    expect(rows).to_have_count(0, timeout=(SHORT_TTL + 3 * REFRESH) * 1000)
+    expect(chain).to_have_text(f"Gap: blocks 0{DASH}{NUM_BLOCKS - 1}")
+    expect(page.locator("#summary")).to_have_text("1 model · 0 peers")
+    assert not problems, problems
+    print(f"offline peer left the page {gap_seconds:.2f} s after SIGTERM")

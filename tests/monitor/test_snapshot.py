@@ -1,0 +1,247 @@
+"""The monitor's pure core: coverage, gaps, the peer table, and what it refuses to believe."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import replace
+
+import msgpack
+import pytest
+
+from routing.address import PeerAddress
+from routing.announcement import ModelEntry, PeerState
+from routing.records import DHTValue
+from security import Identity, PeerId
+from swarm.monitor.snapshot import Observations, SwarmSnapshot, build_snapshot, select_models
+
+from .records import NOW, TTL, SwarmRecords, announcement
+
+
+def snapshot_of(
+    records: SwarmRecords,
+    rtts: Mapping[PeerId, float | None] | None = None,
+    last_seen: Mapping[PeerId, float] | None = None,
+) -> SwarmSnapshot:
+    observations = Observations(
+        now=NOW,
+        models=records.models,
+        blocks=records.blocks,
+        rtts=rtts or {},
+        last_seen=last_seen or {},
+    )
+    return build_snapshot(observations)
+
+
+def test_two_peers_cover_the_model_end_to_end() -> None:
+    records = SwarmRecords()
+    records.add_model("tiny", 8)
+    first = records.peer("tiny", 0, 5, throughput=30.0)
+    second = records.peer("tiny", 5, 8, throughput=70.0)
+
+    view = snapshot_of(records).model("tiny")
+
+    assert view is not None and view.num_blocks == 8
+    assert [block.peers for block in view.blocks] == [1] * 8
+    assert [block.throughput for block in view.blocks] == [30.0] * 5 + [70.0] * 3
+    assert view.full_chain and view.gaps == ()
+    assert [(row.peer_id, row.start, row.end) for row in view.peers] == [
+        (first, 0, 5),
+        (second, 5, 8),
+    ]
+
+
+def test_overlapping_spans_add_up() -> None:
+    records = SwarmRecords()
+    records.add_model("tiny", 6)
+    records.peer("tiny", 0, 4, throughput=10.0)
+    records.peer("tiny", 2, 6, throughput=25.5)
+    records.peer("tiny", 3, 4, throughput=1.0)
+
+    view = snapshot_of(records).model("tiny")
+
+    assert view is not None
+    assert [block.peers for block in view.blocks] == [1, 1, 2, 3, 1, 1]
+    assert [block.throughput for block in view.blocks] == [10.0, 10.0, 35.5, 36.5, 25.5, 25.5]
+
+
+@pytest.mark.parametrize(
+    ("spans", "gaps"),
+    [
+        ([(0, 3), (5, 8)], ((3, 5),)),
+        ([(2, 8)], ((0, 2),)),
+        ([(0, 6)], ((6, 8),)),
+        ([(1, 2), (4, 5)], ((0, 1), (2, 4), (5, 8))),
+        ([], ((0, 8),)),
+    ],
+)
+def test_uncovered_blocks_are_reported_as_gaps(
+    spans: list[tuple[int, int]], gaps: tuple[tuple[int, int], ...]
+) -> None:
+    records = SwarmRecords()
+    records.add_model("tiny", 8)
+    for start, end in spans:
+        records.peer("tiny", start, end)
+
+    view = snapshot_of(records).model("tiny")
+
+    assert view is not None
+    assert view.gaps == gaps
+    assert not view.full_chain
+    covered = {block for start, end in spans for block in range(start, end)}
+    assert [block.peers > 0 for block in view.blocks] == [i in covered for i in range(8)]
+
+
+def test_an_offline_peer_disappears_at_once() -> None:
+    records = SwarmRecords()
+    records.add_model("tiny", 4)
+    staying = records.peer("tiny", 0, 4)
+    leaving_id = Identity.generate().peer_id
+    online = announcement(leaving_id, "tiny", 0, 4)
+    records.announce(online, expiration=NOW + 30)
+    # It said goodbye under block 0 only so far; block 1-3 still hold its older record.
+    records.announce(replace(online, state=PeerState.OFFLINE), expiration=NOW + 60, blocks=range(1))
+
+    view = snapshot_of(records).model("tiny")
+
+    assert view is not None
+    assert [row.peer_id for row in view.peers] == [staying]
+    assert [block.peers for block in view.blocks] == [1, 1, 1, 1]
+
+
+def test_joining_peers_are_listed_but_do_not_cover() -> None:
+    records = SwarmRecords()
+    records.add_model("tiny", 4)
+    records.peer("tiny", 0, 2)
+    joining = records.peer("tiny", 2, 4, state=PeerState.JOINING)
+
+    view = snapshot_of(records).model("tiny")
+
+    assert view is not None
+    assert view.gaps == ((2, 4),)
+    assert [block.joining for block in view.blocks] == [0, 0, 1, 1]
+    assert {row.peer_id: row.state for row in view.peers}[joining] == "joining"
+
+
+def test_expired_records_and_model_entries_are_gone() -> None:
+    records = SwarmRecords()
+    records.add_model("tiny", 4)
+    records.add_model("old-model", 4, expiration=NOW - 1)
+    records.peer("tiny", 0, 4, expiration=NOW - 0.5)
+    fresh = records.peer("tiny", 0, 2)
+
+    snapshot = snapshot_of(records)
+
+    assert [view.model for view in snapshot.models] == ["tiny"]
+    view = snapshot.model("tiny")
+    assert view is not None
+    assert [row.peer_id for row in view.peers] == [fresh]
+    assert view.gaps == ((2, 4),)
+    assert snapshot.skipped_records == 0  # expired is not malformed
+
+
+def test_several_models_are_kept_apart() -> None:
+    records = SwarmRecords()
+    records.add_model("llama-a", 4)
+    records.add_model("qwen-b", 2)
+    records.peer("llama-a", 0, 4, throughput=5.0)
+    records.peer("qwen-b", 0, 1, throughput=9.0)
+
+    snapshot = snapshot_of(records)
+
+    assert [view.model for view in snapshot.models] == ["llama-a", "qwen-b"]
+    a, b = snapshot.models
+    assert a.full_chain and [x.throughput for x in a.blocks] == [5.0] * 4
+    assert not b.full_chain and b.gaps == ((1, 2),)
+    assert len(snapshot.peer_addresses()) == 2
+
+
+def test_malformed_and_inconsistent_records_are_skipped() -> None:
+    records = SwarmRecords()
+    records.add_model("tiny", 4)
+    good = records.peer("tiny", 0, 4)
+    liar = Identity.generate().peer_id
+    records.put("tiny", 0, liar, DHTValue(b"\x93not an announcement", NOW + TTL))
+    records.put("tiny", 1, liar, DHTValue(b"", NOW + TTL))
+    # A record stored under a block outside its own span.
+    outside = Identity.generate().peer_id
+    records.announce(announcement(outside, "tiny", 2, 3), blocks=range(1))
+    # A record for another model under this model's key.
+    other = Identity.generate().peer_id
+    elsewhere = announcement(other, "other", 0, 4).encode()
+    for block in range(4):
+        records.put("tiny", block, other, DHTValue(elsewhere, NOW + TTL))
+    # Someone advertising another peer's address (its record is signed by `thief`).
+    thief = Identity.generate().peer_id
+    stolen = announcement(good, "tiny", 0, 4, port=9999)
+    for block in range(4):
+        records.put("tiny", block, thief, DHTValue(stolen.encode(), NOW + TTL))
+    # A span that runs past the end of the model.
+    too_long = Identity.generate().peer_id
+    records.announce(announcement(too_long, "tiny", 2, 9), blocks=range(2, 4))
+
+    snapshot = snapshot_of(records)
+    view = snapshot.model("tiny")
+
+    assert view is not None
+    assert [row.peer_id for row in view.peers] == [good]
+    assert [block.peers for block in view.blocks] == [1, 1, 1, 1]
+    assert snapshot.skipped_records == 2 + 1 + 4 + 4 + 2
+
+
+def test_the_model_length_is_what_most_entries_say() -> None:
+    records = SwarmRecords()
+    for _ in range(3):
+        records.add_model("tiny", 8)
+    records.add_model("tiny", 4000)  # one peer lying
+    records.add_model("even", 2)
+    records.add_model("even", 3)  # a tie: the larger wins
+    junk = Identity.generate().peer_id
+    records.models[junk] = DHTValue(b"\xc1", NOW + TTL)
+
+    assert select_models(records.models, NOW) == {"tiny": 8, "even": 3}
+    assert select_models(records.models, NOW, limit=1) == {"tiny": 8}
+
+
+def test_rtts_and_last_seen_reach_the_table_and_json() -> None:
+    records = SwarmRecords()
+    records.add_model("tiny", 2)
+    fast = records.peer("tiny", 0, 1, version="<img src=x onerror=alert(1)>" + "x" * 100)
+    silent = records.peer("tiny", 1, 2)
+
+    snapshot = snapshot_of(records, rtts={fast: 0.012, silent: None}, last_seen={fast: NOW - 3})
+    data = json.loads(snapshot.to_json())
+
+    model = data["models"][0]
+    rows = {row["peer_id"]: row for row in model["peers"]}
+    assert rows[str(fast)]["rtt"] == 0.012 and rows[str(fast)]["last_seen"] == NOW - 3
+    assert rows[str(silent)]["rtt"] is None and rows[str(silent)]["last_seen"] is None
+    assert rows[str(fast)]["short_id"] == fast.short()
+    assert rows[str(fast)]["version"] == ("<img src=x onerror=alert(1)>" + "x" * 100)[:64]
+    assert PeerAddress.parse(rows[str(fast)]["address"]).peer_id == fast
+    assert model["full_chain"] is True and model["gaps"] == []
+    assert [block["peers"] for block in model["blocks"]] == [1, 1]
+    assert data["taken_at"] == NOW and data["skipped_records"] == 0
+
+
+def test_an_empty_swarm() -> None:
+    snapshot = build_snapshot(Observations(now=NOW, models={}, blocks={}))
+    assert snapshot.models == () and json.loads(snapshot.to_json())["models"] == []
+
+
+def test_model_entry_checks_come_from_the_shared_record() -> None:
+    # The monitor trusts ModelEntry's own validation: names it refuses never reach the page.
+    records = SwarmRecords()
+    bad_name = Identity.generate().peer_id
+    records.models[bad_name] = DHTValue(msgpack.packb(["<script>", 4]), NOW + TTL)
+    records.models[Identity.generate().peer_id] = DHTValue(ModelEntry("ok", 1).encode(), NOW + TTL)
+    assert select_models(records.models, NOW) == {"ok": 1}
+
+
+def test_a_non_finite_expiration_is_not_live() -> None:
+    records = SwarmRecords()
+    records.add_model("tiny", 2, expiration=float("nan"))
+    records.add_model("tiny", 2)
+    records.peer("tiny", 0, 2, expiration=float("inf"))
+    snapshot = snapshot_of(records)
+    assert snapshot.models[0].peers == () and json.loads(snapshot.to_json())
