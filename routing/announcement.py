@@ -75,7 +75,7 @@ class PeerAnnouncement:
     start: int
     end: int
     state: PeerState
-    throughput: float  # tokens per second through the whole span, measured
+    throughput: float  # tokens per second through ONE block of the span (measured)
     cache_tokens_left: int
     sessions: int
     dtype: str
@@ -97,11 +97,15 @@ class PeerAnnouncement:
     def blocks(self) -> range:
         return range(self.start, self.end)
 
-    def encode(self) -> bytes:
+    def to_fields(self) -> dict[str, Any]:
+        """The record as a msgpack-able map (also the `span.info` reply)."""
         fields = asdict(self)
         fields["address"] = str(self.address)
         fields["state"] = self.state.value
-        return cast(bytes, msgpack.packb(fields, use_bin_type=True))
+        return fields
+
+    def encode(self) -> bytes:
+        return cast(bytes, msgpack.packb(self.to_fields(), use_bin_type=True))
 
     @classmethod
     def decode(cls, data: bytes) -> PeerAnnouncement:
@@ -112,6 +116,11 @@ class PeerAnnouncement:
             fields = msgpack.unpackb(data, raw=False, strict_map_key=True)
         except Exception as error:  # msgpack raises several unrelated types
             raise ProtocolError(f"announcement is not msgpack: {error}") from None
+        return cls.from_fields(fields)
+
+    @classmethod
+    def from_fields(cls, fields: Any) -> PeerAnnouncement:
+        """Parse the map form (remote input); any defect is a `ProtocolError`."""
         if not isinstance(fields, dict):
             raise ProtocolError("announcement must be a map")
         try:

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from peer.errors import PeerError
+from routing.errors import RoutingError
+from security.errors import SecurityError
+
+from .errors import SwarmError
 from .logs import configure_logging
+
+TYPED_ERRORS = (SwarmError, PeerError, RoutingError, SecurityError)
 
 
 def _add_network_options(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +58,37 @@ def build_parser() -> argparse.ArgumentParser:
     dht = commands.add_parser("dht", help="run a DHT-only node")
     _add_network_options(dht)
 
+    peer = commands.add_parser("peer", help="serve a span of a model's blocks to the swarm")
+    peer.add_argument("model", help="a local Hugging Face checkpoint directory (or a hub id)")
+    _add_network_options(peer)
+    peer.add_argument(
+        "--blocks", metavar="A:B", help="serve blocks A..B-1 (default: where the swarm is weakest)"
+    )
+    peer.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    peer.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights"
+    )
+    peer.add_argument("--cache-tokens", type=int, help="KV cache budget in tokens")
+    peer.add_argument("--max-sessions", type=int, help="concurrent inference sessions")
+    peer.add_argument("--model-name", help="the model's name in the swarm (default: derived)")
+
+    generate = commands.add_parser("generate", help="generate text through the swarm")
+    generate.add_argument("model", help="the checkpoint the peers serve (its head runs here)")
+    generate.add_argument("prompt")
+    generate.add_argument(
+        "--initial-peers", nargs="+", required=True, metavar="ADDR", help="HOST:PORT/PEER_ID"
+    )
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--do-sample", action="store_true", help="sample instead of greedy")
+    generate.add_argument("--temperature", type=float)
+    generate.add_argument("--top-k", type=int)
+    generate.add_argument("--top-p", type=float)
+    generate.add_argument("--repetition-penalty", type=float)
+    generate.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    generate.add_argument("--chat", action="store_true", help="apply the chat template")
+    generate.add_argument("--model-name", help="the model's name in the swarm (default: derived)")
+    generate.add_argument("--device", default="cpu", help="where the head runs")
+
     monitor = commands.add_parser("monitor", help="serve the swarm monitor page")
     _add_network_options(monitor)
     monitor.add_argument(
@@ -62,14 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="a local swarm on the default model, end to end")
     demo.add_argument("--model", type=Path, help="a local checkpoint (default: SmolLM2)")
+    demo.add_argument("--peers", type=int, default=3, help="peer processes (the last span twice)")
     demo.add_argument("--prompt", default="What is the capital of France?")
     demo.add_argument("--max-new-tokens", type=int, default=32)
+    demo.add_argument(
+        "--keep-running", action="store_true", help="leave the swarm up and show how to join it"
+    )
     return parser
 
 
 COMMAND_MODULES = {
     "identity": "swarm.commands.identity",
     "dht": "swarm.commands.dht",
+    "peer": "swarm.commands.peer",
+    "generate": "swarm.commands.generate",
     "monitor": "swarm.commands.monitor",
     "demo": "swarm.commands.demo",
 }
@@ -83,6 +128,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(command.run(args))
     except KeyboardInterrupt:
         return 130
+    except BaseException as error:
+        known = _typed_error(error)
+        if known is None:
+            raise
+        logging.getLogger("swarm").error("%s: %s", type(known).__name__, known)
+        return 1
+
+
+def _typed_error(error: BaseException) -> BaseException | None:
+    """Our own typed error inside `error` (trio wraps errors in groups), or None."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error if isinstance(error, TYPED_ERRORS) else None
 
 
 if __name__ == "__main__":

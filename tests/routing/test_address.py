@@ -39,7 +39,7 @@ def test_parse_known_text() -> None:
         f"127.0.0.1:65536/{PEER}",
         f"127.0.0.1:-1/{PEER}",
         f"127.0.0.1:+80/{PEER}",
-        f"127.0.0.1:８０/{PEER}",
+        f"127.0.0.1:８０/{PEER}",  # noqa: RUF001 (fullwidth digits on purpose)
         f"::1:4000/{PEER}",
         f"[127.0.0.1]:4000/{PEER}",
         f"[::1]4000/{PEER}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import msgpack
@@ -14,8 +15,9 @@ from routing.wire import PREFIX_SIZE, Decoder, Kind, Message, decode_all, encode
 
 headers = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text() | st.binary(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -45,7 +47,7 @@ def test_round_trip_in_any_chunking(
     decoder = Decoder(1 << 20)
     messages: list[Message] = []
     start = 0
-    for cut in sorted(c % (len(data) + 1) for c in cuts) + [len(data)]:
+    for cut in [*sorted(c % (len(data) + 1) for c in cuts), len(data)]:
         messages += decoder.feed(data[start:cut])
         start = max(start, cut)
     assert decoder.buffered == 0
@@ -152,7 +154,5 @@ def test_fuzz_corrupted_messages_only_raise_protocol_error(
 ) -> None:
     data = bytearray(encode_message(Message(Kind.REQUEST, 1, header, payload)))
     data[position % len(data)] = value
-    try:
+    with contextlib.suppress(ProtocolError):
         decode_all(bytes(data), max_message_size=4096)
-    except ProtocolError:
-        pass

@@ -11,8 +11,7 @@ import pytest
 import trio
 
 from routing.address import PeerAddress
-from routing.dht import DHTConfig, RecordRejectedError, SignedRecord
-from routing.dht import protocol
+from routing.dht import DHTConfig, RecordRejectedError, SignedRecord, protocol
 from routing.errors import RemoteError
 from routing.memory_network import MemoryNetwork
 from routing.rpc import CallContext, Packet, RPCHost

@@ -6,8 +6,7 @@ import random
 
 import pytest
 
-from routing.dht import MalformedReplyError, RecordPolicy
-from routing.dht import protocol
+from routing.dht import MalformedReplyError, RecordPolicy, protocol
 from routing.errors import HandlerError
 from security import PeerId
 

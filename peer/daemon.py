@@ -1,0 +1,196 @@
+"""The peer daemon: load a span, serve it over RPC, join the DHT and announce it.
+
+`serve_peer` composes the pieces in one nursery: the compute worker (the one thread), the
+backend loaded through it, the scheduler, the RPC host with the span server's methods, a DHT
+node and the announcer. Its started value is the peer's address, once it serves and is
+announced `online`.
+
+Shutdown is ordered: when the caller cancels, the network keeps running (its scope is
+shielded) just long enough to announce `offline` (bounded by the announcer's goodbye
+timeout), then everything stops. Without that, the DHT connections would be cancelled in the
+same instant as the goodbye that needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from routing.address import PeerAddress
+from routing.announcement import PeerAnnouncement, PeerState
+from routing.dht import DHTConfig, DHTNode
+from routing.rpc import RPCConfig, RPCHost
+from routing.transport import Transport
+from security import Identity
+
+from .announcer import Announcer, AnnouncerConfig
+from .backend import BackendConfig, SpanBackend
+from .checkpoint import open_checkpoint
+from .errors import InvalidRequestError
+from .model_name import model_name
+from .scheduler import InferenceScheduler, SchedulerConfig
+from .server import SpanServer
+from .throughput import get_throughput, measure_throughput
+from .worker import ComputeWorker
+
+logger = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """What a peer serves and how. `blocks=None`: the whole model."""
+
+    checkpoint: Path
+    blocks: tuple[int, int] | None = None
+    model_name: str | None = None  # default: derived from the checkpoint (`model_name`)
+    device: str = "cpu"
+    dtype: str = "float32"
+    host: str = "127.0.0.1"
+    port: int = 0
+    initial_peers: tuple[PeerAddress, ...] = ()
+    cache_dir: Path | None = None  # where measured throughput is kept (None: measure each time)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    announcer: AnnouncerConfig = field(default_factory=AnnouncerConfig)
+    dht: DHTConfig = field(default_factory=DHTConfig)
+    rpc: RPCConfig = field(default_factory=RPCConfig)
+
+    @property
+    def name(self) -> str:
+        return self.model_name or model_name(self.checkpoint)
+
+
+def parse_blocks(text: str) -> tuple[int, int]:
+    """`"A:B"` -> (A, B), blocks A..B-1."""
+    try:
+        start, end = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise InvalidRequestError(f"--blocks takes A:B (e.g. 0:12), not {text!r}") from None
+    if not 0 <= start < end:
+        raise InvalidRequestError(f"--blocks {text}: need 0 <= A < B")
+    return start, end
+
+
+class _Peer:
+    """The running parts, and the announcement they make."""
+
+    def __init__(self, config: PeerConfig, backend: SpanBackend, throughput: float) -> None:
+        self.config = config
+        self.backend = backend
+        self.throughput = throughput  # tokens/s through one block
+        self.address: PeerAddress | None = None
+
+    def announcement(self, state: PeerState) -> PeerAnnouncement:
+        if self.address is None:
+            raise RuntimeError("the peer announces itself only once it listens")
+        return PeerAnnouncement(
+            address=self.address,
+            model=self.config.name,
+            start=self.backend.start,
+            end=self.backend.end,
+            state=state,
+            throughput=self.throughput,
+            cache_tokens_left=self.backend.cache_tokens_left,
+            sessions=self.backend.active_sessions,
+            dtype=self.config.dtype,
+            version=VERSION,
+        )
+
+    def info(self) -> dict[str, Any]:
+        fields = self.announcement(PeerState.ONLINE).to_fields()
+        fields["max_session_length"] = self.backend.max_session_length
+        return fields
+
+
+async def serve_peer(
+    config: PeerConfig,
+    identity: Identity,
+    transport: Transport,
+    *,
+    task_status: trio.TaskStatus[PeerAddress] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled; announce `offline` on the way out."""
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(_serve_shielded, config, identity, transport, stop)
+        task_status.started(address)
+        try:
+            await trio.sleep_forever()
+        finally:
+            stop.set()  # `_serve_shielded` says goodbye, then stops everything
+
+
+async def _serve_shielded(
+    config: PeerConfig,
+    identity: Identity,
+    transport: Transport,
+    stop: trio.Event,
+    *,
+    task_status: trio.TaskStatus[PeerAddress],
+) -> None:
+    with trio.CancelScope(shield=True):
+        async with trio.open_nursery() as nursery:
+            worker = ComputeWorker()
+            await nursery.start(worker.run)
+            peer = await _load(config, worker)
+            scheduler = InferenceScheduler(peer.backend, worker, config.scheduler)
+            await nursery.start(scheduler.run)
+            rpc = RPCHost(identity, transport, config.rpc)
+            server = SpanServer(scheduler, peer.info, idle_timeout=config.scheduler.idle_timeout)
+            server.register(rpc)
+            dht = DHTNode(rpc, config.dht)
+            peer.address = await nursery.start(rpc.run, config.host, config.port)
+            await nursery.start(partial(dht.run, initial_peers=config.initial_peers))
+            num_blocks = int(peer.backend.span.config.num_hidden_layers)
+            announcer = Announcer(dht, peer.announcement, num_blocks, config.announcer)
+            announcing = trio.CancelScope()
+            said_goodbye = trio.Event()
+
+            async def announce(*, task_status: trio.TaskStatus[None]) -> None:
+                try:
+                    with announcing:
+                        await announcer.run(task_status=task_status)
+                finally:
+                    said_goodbye.set()
+
+            await nursery.start(announce)
+            logger.info("serving and announced at %s", peer.address)
+            task_status.started(peer.address)
+            await stop.wait()
+            announcing.cancel()  # the announcer publishes `offline` on its way out
+            await said_goodbye.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def _load(config: PeerConfig, worker: ComputeWorker) -> _Peer:
+    checkpoint = await worker.submit(open_checkpoint, config.checkpoint)
+    start, end = config.blocks or (0, checkpoint.num_layers)
+    if end > checkpoint.num_layers:
+        raise InvalidRequestError(f"the model has {checkpoint.num_layers} blocks, not {end}")
+    logger.info("loading blocks %d..%d of %s", start, end - 1, config.checkpoint)
+    backend = await worker.submit(
+        partial(
+            SpanBackend.load,
+            checkpoint,
+            start,
+            end,
+            dtype=config.dtype,
+            device=config.device,
+            config=config.backend,
+        )
+    )
+    logger.info("measuring throughput (cached per model, device and dtype)")
+    if config.cache_dir is None:
+        measured = await worker.submit(measure_throughput, backend)
+    else:
+        measured = await worker.submit(get_throughput, backend, config.cache_dir)
+    per_block = measured.inference_tokens_per_s * measured.num_layers
+    logger.info("throughput: %.1f tokens/s through the span", measured.inference_tokens_per_s)
+    return _Peer(config, backend, per_block)

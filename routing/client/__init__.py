@@ -1,0 +1,11 @@
+"""The client side of the swarm: its view of the peers and its fault-tolerant chain.
+
+Rule: public names are re-exported here as `from .module import Name as Name`. This is the
+one part of `routing` that holds tensors (hidden states and their history for replay).
+"""
+
+from .chain import ChainFailedError as ChainFailedError
+from .chain import Failover as Failover
+from .chain import InferenceChain as InferenceChain
+from .swarm_view import ClientConfig as ClientConfig
+from .swarm_view import SwarmView as SwarmView

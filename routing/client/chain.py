@@ -1,0 +1,164 @@
+"""A generation's inference sessions along a chain of peers, surviving peers that fail.
+
+`step(hidden)` pushes hidden states through every hop in order. When a hop fails (an error
+from the peer, a broken connection, a step past its deadline), the chain:
+1. bans that peer (exponential backoff) and drops its session;
+2. routes only the blocks it served, [start, end), over the peers left (re-reading the DHT if
+   nobody is left);
+3. replays the inputs that hop had received into the new hops, in one step each, so their
+   caches hold exactly what the lost peer's did;
+4. retries the current step from that hop on.
+The computation is the same, so the generated tokens do not change. `failovers` records each
+recovery (for the demo and the benchmark).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+import trio
+
+from ..path_selection import Hop, NoRouteError
+from ..rpc import RPCHost
+from .hop_session import LINK_ERRORS, HopSession
+from .swarm_view import SwarmView
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Failover:
+    """One recovery: which peer failed, over which blocks, and what it cost."""
+
+    peer: str
+    start: int
+    end: int
+    error: str
+    seconds: float  # from the failure to the replacement's rebuilt cache
+    replayed_tokens: int
+
+
+class ChainFailedError(NoRouteError):
+    """The chain could not be repaired (no peer left for some blocks, or too many failures)."""
+
+
+class InferenceChain:
+    """Use as `async with InferenceChain(view, rpc, max_length) as chain: await chain.step(h)`."""
+
+    def __init__(self, view: SwarmView, rpc: RPCHost, max_length: int) -> None:
+        self.view = view
+        self.rpc = rpc
+        self.max_length = max_length
+        self.hops: list[HopSession] = []
+        self.failovers: list[Failover] = []
+
+    @property
+    def route(self) -> list[Hop]:
+        return [hop.hop for hop in self.hops]
+
+    async def __aenter__(self) -> InferenceChain:
+        if not self.view.peers:
+            await self.view.refresh()
+        self.hops = await self._open_range(0, self.view.num_blocks, [])
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        hops, self.hops = self.hops, []
+        async with trio.open_nursery() as nursery:
+            for hop in hops:
+                nursery.start_soon(hop.close)
+
+    def _timeout(self, hidden: torch.Tensor) -> float:
+        config = self.view.config
+        return config.step_timeout + config.step_timeout_per_token * int(hidden.shape[1])
+
+    async def step(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states of new positions in, the last block's output out."""
+        index = 0
+        failures = 0
+        while index < len(self.hops):
+            hop = self.hops[index]
+            try:
+                output = await hop.step(hidden, self._timeout(hidden))
+            except LINK_ERRORS as error:
+                failures += 1
+                if failures > self.view.config.max_failovers:
+                    raise
+                self.hops[index : index + 1] = await self._replace(hop, error)
+                continue
+            self.view.bans.succeeded(hop.hop.peer)
+            hidden = output
+            index += 1
+        return hidden
+
+    async def _replace(self, lost: HopSession, error: BaseException) -> list[HopSession]:
+        began = time.monotonic()
+        seconds = self.view.bans.ban(lost.hop.peer)
+        logger.warning(
+            "peer %s failed on blocks %d..%d (%s); banned for %.0f s, re-routing",
+            lost.hop.peer[:8], lost.hop.start, lost.hop.end - 1, error, seconds,
+        )  # fmt: skip
+        await lost.close()
+        history = torch.cat(lost.inputs, dim=1) if lost.inputs else None
+        replacement = await self._open_range(lost.hop.start, lost.hop.end, lost.inputs)
+        self.failovers.append(
+            Failover(
+                peer=lost.hop.peer,
+                start=lost.hop.start,
+                end=lost.hop.end,
+                error=str(error),
+                seconds=time.monotonic() - began,
+                replayed_tokens=0 if history is None else int(history.shape[1]),
+            )
+        )
+        return replacement
+
+    async def _open_range(
+        self, start: int, end: int, history: list[torch.Tensor]
+    ) -> list[HopSession]:
+        """Sessions over [start, end) whose caches hold `history` (the inputs at `start`)."""
+        refreshed = False
+        for _ in range(self.view.config.max_failovers):
+            try:
+                route = self.view.route(start, end, tokens_needed=self.max_length)
+            except NoRouteError:
+                if refreshed:
+                    raise
+                await self.view.refresh()
+                refreshed = True
+                continue
+            opened: list[HopSession] = []
+            current = route[0]
+            try:
+                replay = torch.cat(history, dim=1) if history else None
+                for current in route:
+                    session = await self._open(current)
+                    opened.append(session)
+                    if replay is not None:
+                        replay = await session.step(replay, self._timeout(replay))
+                return opened
+            except LINK_ERRORS as error:
+                logger.warning("peer %s failed joining the chain: %s", current.peer[:8], error)
+                self.view.bans.ban(current.peer)
+                for session in opened:
+                    await session.close()
+        raise ChainFailedError(list(range(start, end)))
+
+    async def _open(self, hop: Hop) -> HopSession:
+        announcement = self.view.peers[hop.peer]
+        dtype = DTYPES.get(announcement.dtype, torch.float32)
+        session = HopSession(hop, announcement.address, dtype)
+        try:
+            await session.open(self.rpc, self.max_length, self.view.config.open_timeout)
+        except BaseException:
+            await session.close()
+            raise
+        return session

@@ -1,0 +1,89 @@
+"""One hop of a client's chain: an inference session with one peer over blocks [start, end).
+
+It keeps every input it has sent (`inputs`), so that if the peer fails, a replacement can be
+given the same history and rebuild the same cache. A step that does not answer within its
+deadline is a failure like any other: the stream is abandoned (the peer is told to cancel).
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack, suppress
+
+import torch
+import trio
+
+from security import SecurityError
+
+from ..address import PeerAddress
+from ..errors import CallTimeoutError, ProtocolError, RoutingError
+from ..path_selection import Hop
+from ..rpc import BidiStream, Packet, RPCHost
+from ..span_protocol import (
+    INFERENCE,
+    SessionOpened,
+    SessionRequest,
+    parse_step,
+    step_header,
+)
+from ..tensor_codec import decode_tensor, encode_tensor
+
+LINK_ERRORS = (RoutingError, SecurityError)  # what a failing peer or link raises
+
+
+class HopSession:
+    """An open session on one peer; `step` sends hidden states and returns the span's output."""
+
+    def __init__(self, hop: Hop, address: PeerAddress, dtype: torch.dtype) -> None:
+        self.hop = hop
+        self.address = address
+        self.dtype = dtype  # what the peer computes in
+        self.inputs: list[torch.Tensor] = []  # sent so far, in order
+        self._stack = AsyncExitStack()
+        self._stream: BidiStream | None = None
+        self._steps = 0
+
+    @property
+    def tokens(self) -> int:
+        return sum(int(x.shape[1]) for x in self.inputs)
+
+    async def open(self, rpc: RPCHost, max_length: int, timeout: float) -> None:  # noqa: ASYNC109
+        request = SessionRequest(self.hop.start, self.hop.end, max_length)
+        try:
+            with trio.fail_after(timeout):
+                stream = await self._stack.enter_async_context(
+                    rpc.open_stream(self.address, INFERENCE)
+                )
+                await stream.send(Packet(request.header()))
+                opened = SessionOpened.parse((await stream.receive()).header)
+        except trio.TooSlowError:
+            raise CallTimeoutError(f"{self.hop.peer[:8]} did not open a session") from None
+        if (opened.start, opened.end) != (self.hop.start, self.hop.end):
+            raise ProtocolError(f"asked for blocks {self.hop.start}..{self.hop.end}, got {opened}")
+        self._stream = stream
+
+    async def step(self, hidden: torch.Tensor, timeout: float) -> torch.Tensor:  # noqa: ASYNC109
+        """Run `hidden` through the span; on success it joins the history."""
+        if self._stream is None:
+            raise ProtocolError("the session is not open")
+        header, body = encode_tensor(hidden.to(self.dtype))
+        try:
+            with trio.fail_after(timeout):
+                await self._stream.send(Packet(step_header(self._steps, header), body))
+                reply = await self._stream.receive()
+        except trio.TooSlowError:
+            raise CallTimeoutError(
+                f"{self.hop.peer[:8]} did not answer in {timeout:.1f} s"
+            ) from None
+        number, tensor = parse_step(reply.header)
+        output = decode_tensor(tensor, reply.body)
+        if number != self._steps or output.shape != hidden.shape:
+            raise ProtocolError(f"step {self._steps}: a reply of shape {list(output.shape)}")
+        self._steps += 1
+        self.inputs.append(hidden)
+        return output.to(hidden.dtype)
+
+    async def close(self) -> None:
+        """End the session (the peer frees its cache)."""
+        self._stream = None
+        with trio.CancelScope(shield=True), trio.move_on_after(2.0), suppress(*LINK_ERRORS):
+            await self._stack.aclose()

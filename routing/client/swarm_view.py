@@ -1,0 +1,145 @@
+"""The client's view of the swarm for one model: who serves what, how far, who is banned.
+
+`refresh()` reads every block's DHT key concurrently, keeps each peer's freshest record if it
+is `online`, names this model, fits its length and carries the signer's own address, then
+pings those peers concurrently and folds the RTTs into smoothed values. `route()` turns the
+view into the fastest chain over a block range (`routing.path_selection`), leaving out
+banned peers and peers short of cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from security import PeerId
+
+from ..address import PeerAddress
+from ..announcement import PeerAnnouncement, PeerState, block_key
+from ..dht import DHTNode
+from ..errors import ProtocolError, RoutingError
+from ..path_selection import Candidate, Hop, fastest_chain
+from ..rpc import RPCHost
+from .bans import Bans
+from .rtt import RttTable
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Timeouts of the client's chain."""
+
+    step_timeout: float = 10.0  # seconds a hop may take for a one-token step
+    step_timeout_per_token: float = 0.05  # added per token of a longer step (prompt, replay)
+    ping_timeout: float = 2.0
+    lookup_timeout: float = 10.0  # one DHT read
+    open_timeout: float = 10.0  # connect + open a session
+    max_failovers: int = 16  # per step, before the step fails
+
+
+def usable_announcements(
+    records: dict[PeerId, PeerAnnouncement], model: str, num_blocks: int
+) -> dict[str, PeerAnnouncement]:
+    """The announcements a client may route through, by peer id. Pure."""
+    usable = {}
+    for signer, announcement in records.items():
+        if (
+            announcement.state is PeerState.ONLINE
+            and announcement.model == model
+            and announcement.end <= num_blocks
+            and announcement.address.peer_id == signer
+        ):
+            usable[str(signer)] = announcement
+    return usable
+
+
+class SwarmView:
+    """Peers serving `model` (of `num_blocks` blocks), their RTTs, and bans."""
+
+    def __init__(
+        self,
+        rpc: RPCHost,
+        dht: DHTNode,
+        model: str,
+        num_blocks: int,
+        config: ClientConfig | None = None,
+        *,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.rpc = rpc
+        self.dht = dht
+        self.model = model
+        self.num_blocks = num_blocks
+        self.config = config or ClientConfig()
+        self.peers: dict[str, PeerAnnouncement] = {}
+        self.rtts = RttTable()
+        self.bans = Bans(clock)
+
+    async def refresh(self) -> None:
+        """Read the DHT and ping what it lists."""
+        freshest: dict[PeerId, tuple[float, PeerAnnouncement]] = {}
+
+        async def read(block: int) -> None:
+            with trio.move_on_after(self.config.lookup_timeout):
+                try:
+                    values = await self.dht.get(block_key(self.model, block))
+                except RoutingError as error:
+                    logger.debug("reading block %d failed: %s", block, error)
+                    return
+                for signer, value in values.items():
+                    try:
+                        announcement = PeerAnnouncement.decode(value.value)
+                    except ProtocolError:
+                        continue
+                    known = freshest.get(signer)
+                    if known is None or known[0] < value.expiration:
+                        freshest[signer] = (value.expiration, announcement)
+
+        async with trio.open_nursery() as nursery:
+            for block in range(self.num_blocks):
+                nursery.start_soon(read, block)
+        records = {signer: announcement for signer, (_, announcement) in freshest.items()}
+        self.peers = usable_announcements(records, self.model, self.num_blocks)
+        logger.info("%d peers serve %s", len(self.peers), self.model)
+        async with trio.open_nursery() as nursery:
+            for peer in self.peers:
+                nursery.start_soon(self._ping, peer)
+
+    async def _ping(self, peer: str) -> None:
+        try:
+            seconds = await self.rpc.ping(self.address(peer), timeout=self.config.ping_timeout)
+        except RoutingError:
+            return
+        self.rtts.observe(peer, seconds)
+
+    def address(self, peer: str) -> PeerAddress:
+        return self.peers[peer].address
+
+    def candidates(self) -> list[Candidate]:
+        return [
+            Candidate(
+                peer=peer,
+                start=announcement.start,
+                end=announcement.end,
+                throughput=announcement.throughput,
+                sessions=announcement.sessions,
+                cache_tokens_left=announcement.cache_tokens_left,
+                rtt=self.rtts.get(peer),
+            )
+            for peer, announcement in self.peers.items()
+        ]
+
+    def route(self, start: int, end: int, tokens_needed: int = 0) -> list[Hop]:
+        """The fastest chain over blocks [start, end); NoRouteError names what is missing."""
+        return fastest_chain(
+            self.candidates(),
+            self.num_blocks,
+            start=start,
+            end=end,
+            tokens_needed=tokens_needed,
+            banned=self.bans.banned(),
+        )

@@ -1,0 +1,60 @@
+"""`swarm generate MODEL PROMPT`: stream a continuation through the swarm to stdout.
+
+Only the continuation goes to stdout, as it streams (the text printed so far is always the
+decode of the tokens so far); logs and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..generation import prompt_ids
+
+
+def decode_text(tokenizer: Any, tokens: list[int]) -> str:
+    return str(tokenizer.decode(tokens, skip_special_tokens=True))
+
+
+def write_new_text(tokenizer: Any, tokens: list[int], printed: str) -> str:
+    """Print what the new token adds; hold back a half-decoded character (U+FFFD)."""
+    text = decode_text(tokenizer, tokens)
+    if text.endswith("\ufffd") or not text.startswith(printed):
+        return printed
+    sys.stdout.write(text[len(printed) :])
+    sys.stdout.flush()
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from ..model import DistributedModelForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    input_ids = prompt_ids(tokenizer, args.prompt, chat=args.chat)
+    options = {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": True if args.do_sample else None,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty,
+        "seed": args.seed,
+    }
+    with DistributedModelForCausalLM.from_pretrained(
+        args.model,
+        initial_peers=args.initial_peers,
+        model_name_in_swarm=args.model_name,
+        device=args.device,
+    ) as model:
+        config = model.sampling_config(**options)
+        with model.inference_session(int(input_ids.shape[1]) + config.max_new_tokens) as session:
+            tokens: list[int] = []
+            printed = ""
+            for token in session.stream(input_ids, tokenizer=tokenizer, **options):
+                tokens.append(token)
+                printed = write_new_text(tokenizer, tokens, printed)
+    sys.stdout.write(decode_text(tokenizer, tokens)[len(printed) :] + "\n")
+    return 0

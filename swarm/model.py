@@ -1,0 +1,195 @@
+"""`DistributedModelForCausalLM`: a causal LM whose transformer blocks run in the swarm.
+
+The object holds only what the client computes itself (embeddings, final norm, LM head: see
+`head.py`), the model's generation config, and a trio loop in one thread (`trio_thread.py`)
+in which its RPC host, its DHT node (client mode: it never advertises itself) and its chains
+live. The facade is synchronous and speaks transformers' argument names:
+
+    model = DistributedModelForCausalLM.from_pretrained(path, initial_peers=[address])
+    output_ids = model.generate(input_ids, max_new_tokens=20)          # like transformers
+    with model.inference_session(max_length=512) as session:           # multi-turn
+        for token in session.stream(turn_ids, max_new_tokens=40): ...  # only new turns sent
+
+Every remote session is closed when its `with` block ends, on errors and Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from peer.model_name import model_name
+from routing.address import PeerAddress
+from routing.client import ClientConfig, Failover, InferenceChain, SwarmView
+from routing.dht import DHTConfig, DHTNode
+from routing.path_selection import Hop
+from routing.rpc import RPCHost
+from routing.transport import TcpTransport
+from security import Identity
+
+from .errors import SwarmError
+from .generation import GenerationState, SamplingConfig, generate_tokens
+from .head import ClientHead
+from .trio_thread import TrioThread
+
+logger = logging.getLogger(__name__)
+
+
+class DistributedModelForCausalLM:
+    """Embeddings and LM head here, blocks in the swarm. Create with `from_pretrained`."""
+
+    def __init__(
+        self, head: ClientHead, generation_config: Any, loop: TrioThread, view: SwarmView
+    ) -> None:
+        self.head = head
+        self.generation_config = generation_config
+        self._loop = loop
+        self._view = view
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: str | Path,
+        *,
+        initial_peers: Sequence[str | PeerAddress],
+        model_name_in_swarm: str | None = None,
+        device: str = "cpu",
+        config: ClientConfig | None = None,
+    ) -> DistributedModelForCausalLM:
+        """Load the head of `checkpoint` and join the swarm through `initial_peers`."""
+        from transformers import AutoConfig, GenerationConfig
+
+        path = Path(checkpoint)
+        peers = [p if isinstance(p, PeerAddress) else PeerAddress.parse(p) for p in initial_peers]
+        if not peers:
+            raise SwarmError("initial_peers is empty: give the address of a peer of the swarm")
+        head = ClientHead.from_pretrained(path, device=device)
+        hf_config = AutoConfig.from_pretrained(path)
+        try:
+            generation_config = GenerationConfig.from_pretrained(path)
+        except OSError:  # no generation_config.json
+            generation_config = GenerationConfig.from_model_config(hf_config)
+        loop = TrioThread()
+        loop.start()
+        try:
+            rpc = RPCHost(Identity.generate(), TcpTransport())
+            loop.start_service(rpc.run, "127.0.0.1", 0)
+            dht = DHTNode(rpc, DHTConfig(client_mode=True))
+            loop.start_service(partial(dht.run, initial_peers=peers))
+            name = model_name_in_swarm or model_name(path)
+            view = SwarmView(rpc, dht, name, int(hf_config.num_hidden_layers), config)
+            loop.run(view.refresh)
+        except BaseException:
+            loop.close()
+            raise
+        return cls(head, generation_config, loop, view)
+
+    def close(self) -> None:
+        """Stop the client's loop (its connections and DHT node)."""
+        self._loop.close()
+
+    def __enter__(self) -> DistributedModelForCausalLM:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def inference_session(self, max_length: int) -> InferenceSession:
+        """Sessions on a chain of peers for up to `max_length` tokens (prompt included)."""
+        return InferenceSession(self, max_length)
+
+    def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Like transformers' `generate` (batch of one): prompt plus new tokens.
+
+        Arguments: max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
+        eos_token_id, stop_strings (with `tokenizer=`), seed, streamer (called with each
+        new token id). Unset ones come from the model's generation config.
+        """
+        config = self.sampling_config(**kwargs)
+        with self.inference_session(int(input_ids.shape[1]) + config.max_new_tokens) as session:
+            return session.generate(input_ids, **kwargs)
+
+    def sampling_config(self, **kwargs: Any) -> SamplingConfig:
+        options = {k: v for k, v in kwargs.items() if k not in ("streamer", "tokenizer")}
+        return SamplingConfig.from_generation_config(self.generation_config, **options)
+
+
+class InferenceSession:
+    """A chain of remote sessions kept across `generate`/`stream` calls (multi-turn)."""
+
+    def __init__(self, model: DistributedModelForCausalLM, max_length: int) -> None:
+        self.model = model
+        self.max_length = max_length
+        self._chain = InferenceChain(model._view, model._view.rpc, max_length)
+        self._state: GenerationState | None = None
+
+    def __enter__(self) -> InferenceSession:
+        self.model._loop.run(self._chain.__aenter__)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.model._loop.run(self._chain.close)
+
+    @property
+    def route(self) -> list[Hop]:
+        """The chain in use now: peer id and blocks of every hop."""
+        return self._chain.route
+
+    @property
+    def failovers(self) -> list[Failover]:
+        return list(self._chain.failovers)
+
+    @property
+    def input_ids(self) -> torch.Tensor | None:
+        """Every token the session has seen or produced."""
+        return None if self._state is None else self._state.input_ids
+
+    def stream(
+        self, input_ids: torch.Tensor, *, tokenizer: Any = None, **kwargs: Any
+    ) -> Iterator[int]:
+        """Yield new token ids as they come. `input_ids`: the next turn (only it is sent)."""
+        config = self.model.sampling_config(**kwargs)
+        if self._state is None:
+            self._state = GenerationState(input_ids)
+        else:
+            self._state.input_ids = torch.cat([self._state.input_ids, input_ids], dim=-1)
+        if self._state.input_ids.shape[1] + config.max_new_tokens > self.max_length:
+            raise SwarmError(
+                f"{self._state.input_ids.shape[1]} tokens + {config.max_new_tokens} new "
+                f"exceed the session's max_length {self.max_length}"
+            )
+        tokens = generate_tokens(self.model.head, self._chain, self._state, config, tokenizer)
+
+        async def next_token() -> int | None:
+            try:
+                return await anext(tokens)
+            except StopAsyncIteration:
+                return None
+
+        try:
+            while (token := self.model._loop.run(next_token)) is not None:
+                yield token
+        finally:
+            self.model._loop.run(tokens.aclose)
+
+    def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """`input_ids` followed by the new tokens (see `DistributedModelForCausalLM.generate`)."""
+        streamer: Callable[[int], object] | None = kwargs.pop("streamer", None)
+        new_tokens = []
+        for token in self.stream(input_ids, **kwargs):
+            new_tokens.append(token)
+            if streamer is not None:
+                streamer(token)
+        new = torch.tensor([new_tokens], dtype=input_ids.dtype)
+        return torch.cat([input_ids, new], dim=-1)

@@ -1,0 +1,152 @@
+"""The commands people run, as processes on loopback: `swarm dht`, `swarm peer`, `swarm
+generate`, `swarm demo`; peers killed by pid; the real default model (SmolLM2-135M-Instruct).
+
+References: the local transformers model's `generate()` on the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from swarm import DistributedModelForCausalLM
+from swarm.default_model import prepare_default_model
+from swarm.generation import prompt_ids
+from swarm.local_swarm import LocalSwarm
+from tests.support.processes import ROOT
+from tests.support.thread_swarm import ThreadSwarm
+from tests.support.tiny_model import write_tiny_model
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("e2e") / "tiny-e2e", seed=5)
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Path:
+    return prepare_default_model()
+
+
+def _local_greedy(checkpoint: Path, input_ids: torch.Tensor, new_tokens: int) -> list[int]:
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    output = model.generate(
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=new_tokens,
+        do_sample=False,
+    )
+    return [int(t) for t in output[0, input_ids.shape[1] :]]
+
+
+def _swarm_command(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "swarm.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_swarm_generate_streams_what_local_generate_gives(tiny: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    input_ids = prompt_ids(tokenizer, QUESTION, chat=True)
+    expected = _local_greedy(tiny, input_ids, 30)
+    with LocalSwarm(tiny, [(0, 2), (2, 4)], monitor=False) as swarm:
+        result = _swarm_command(
+            "generate", str(tiny), QUESTION, "--chat", "--max-new-tokens", "30",
+            "--initial-peers", swarm.bootstrap,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == tokenizer.decode(expected, skip_special_tokens=True) + "\n"
+
+
+@pytest.fixture
+def four_peers(tiny: Path) -> Iterator[LocalSwarm]:
+    """Every block served at least twice, so that two peers can die one after the other."""
+    with LocalSwarm(tiny, [(0, 4), (0, 4), (0, 2), (2, 4)], monitor=False) as swarm:
+        yield swarm
+
+
+def test_killing_the_peer_in_use_twice_changes_no_token(tiny: Path, four_peers: LocalSwarm) -> None:
+    new_tokens = 128
+    expected = _local_greedy(tiny, torch.tensor([[1, 30, 31, 32]]), new_tokens)
+    killed: list[str] = []
+    tokens: list[int] = []
+    with (
+        DistributedModelForCausalLM.from_pretrained(
+            tiny, initial_peers=[four_peers.bootstrap]
+        ) as model,
+        model.inference_session(max_length=4 + new_tokens) as session,
+    ):
+        prompt = torch.tensor([[1, 30, 31, 32]])
+        for token in session.stream(prompt, max_new_tokens=new_tokens, do_sample=False):
+            tokens.append(token)
+            if len(tokens) in (20, 60):  # the peer in use, then its replacement
+                victim = four_peers.peer(session.route[-1].peer)
+                os.kill(victim.process.pid, signal.SIGKILL)
+                killed.append(victim.peer_id)
+        failed = [failover.peer for failover in session.failovers]
+    assert tokens == expected
+    assert failed == killed and len(set(killed)) == 2
+
+
+def test_default_model_through_the_swarm_equals_local(smollm2: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    input_ids = prompt_ids(tokenizer, QUESTION, chat=True)
+    expected = _local_greedy(smollm2, input_ids, 16)
+    with (
+        ThreadSwarm(smollm2, [(0, 12), (12, 30)]) as swarm,
+        DistributedModelForCausalLM.from_pretrained(
+            smollm2, initial_peers=[swarm.bootstrap]
+        ) as model,
+    ):
+        output = model.generate(input_ids, max_new_tokens=16, do_sample=False)
+    assert output[0, input_ids.shape[1] :].tolist() == expected
+    assert "Paris" in tokenizer.decode(expected, skip_special_tokens=True)
+
+
+def test_the_demo_answers_on_the_default_model_through_a_failure() -> None:
+    result = _swarm_command("demo", "--max-new-tokens", "24", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = result.stdout.split(f"> {QUESTION}", 1)[1].split("summary:", 1)[0]
+    assert "Paris" in answer
+    assert "killed" in answer and "failover:" in result.stdout
+
+
+def test_ctrl_c_stops_everything_the_demo_started(tiny: Path) -> None:
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "swarm.cli", "demo", "--model", str(tiny), "--keep-running"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        deadline = time.monotonic() + 240
+        for line in demo.stdout:  # the demo prints as it goes; it ends its part with this
+            if "keeps running" in line or time.monotonic() > deadline:
+                break
+        children = psutil.Process(demo.pid).children(recursive=True)
+        assert len(children) >= 4  # the DHT node, the peers left, the monitor
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(60)
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert alive == []

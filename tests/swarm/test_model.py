@@ -1,0 +1,141 @@
+"""`DistributedModelForCausalLM` through real peers equals the local transformers model.
+
+Peers run `serve_peer` in a thread of the test process on loopback TCP (tests/support/
+thread_swarm.py): the whole stack (Noise, RPC, DHT, span server, compute worker) but no
+process start-up, so chains of 1, 2 and 3 peers on three families stay fast. The reference
+is `generate()` of the same checkpoint loaded by transformers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from swarm import DistributedModelForCausalLM
+from swarm.errors import SwarmError
+from tests.support.thread_swarm import ThreadSwarm
+from tests.support.tiny_model import write_tiny_model
+
+CHAINS = {1: [(0, 4)], 2: [(0, 2), (2, 4)], 3: [(0, 1), (1, 3), (3, 4)]}
+PROMPT = torch.tensor([[1, 40, 41, 42, 43, 44, 45]])
+NEW_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {f: write_tiny_model(root / f, f, seed=3) for f in ("llama", "mistral", "qwen2")}
+
+
+def _local(checkpoint: Path, prompt: torch.Tensor, seed: int | None = None, **kw: Any) -> list[int]:
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    if seed is not None:
+        torch.manual_seed(seed)
+    output = model.generate(prompt, attention_mask=torch.ones_like(prompt), **kw)
+    return [int(t) for t in output[0, prompt.shape[1] :]]
+
+
+@contextmanager
+def _swarm_and_model(
+    checkpoint: Path, spans: list[tuple[int, int]]
+) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM]]:
+    with (
+        ThreadSwarm(checkpoint, spans) as swarm,
+        DistributedModelForCausalLM.from_pretrained(
+            checkpoint, initial_peers=[swarm.bootstrap]
+        ) as model,
+    ):
+        yield swarm, model
+
+
+def _until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)  # polling with a deadline, not waiting for readiness
+    return condition()
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("hops", [1, 2, 3])
+def test_greedy_equals_local_generate(checkpoints: dict[str, Path], family: str, hops: int) -> None:
+    checkpoint = checkpoints[family]
+    expected = _local(checkpoint, PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False)
+    with _swarm_and_model(checkpoint, CHAINS[hops]) as (swarm, model):
+        output = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False)
+        assert output[0, : PROMPT.shape[1]].tolist() == PROMPT[0].tolist()
+        assert output[0, PROMPT.shape[1] :].tolist() == expected
+        assert all(_until(lambda p=p: swarm.sessions(p) == 0) for p in swarm.peers)
+
+
+def test_seeded_sampling_equals_local_generate(checkpoints: dict[str, Path]) -> None:
+    checkpoint = checkpoints["llama"]
+    options = {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.9}
+    expected = _local(checkpoint, PROMPT, seed=11, max_new_tokens=NEW_TOKENS, **options)
+    with _swarm_and_model(checkpoint, CHAINS[2]) as (_, model):
+        output = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, seed=11, **options)
+    assert output[0, PROMPT.shape[1] :].tolist() == expected
+
+
+def test_a_session_continues_a_conversation(checkpoints: dict[str, Path]) -> None:
+    checkpoint = checkpoints["qwen2"]
+    second_turn = torch.tensor([[50, 51, 52]])
+    with (
+        _swarm_and_model(checkpoint, CHAINS[2]) as (_, model),
+        model.inference_session(max_length=64) as session,
+    ):
+        first = session.generate(PROMPT, max_new_tokens=8, do_sample=False)
+        second = session.generate(second_turn, max_new_tokens=8, do_sample=False)
+        assert session.input_ids is not None
+        history = session.input_ids
+    # the second turn sent only its own tokens; the result is as if all were sent at once
+    whole = torch.cat([first, second_turn], dim=-1)
+    assert second[0, second_turn.shape[1] :].tolist() == _local(
+        checkpoint, whole, max_new_tokens=8, do_sample=False
+    )
+    assert history.shape[1] == whole.shape[1] + 8
+
+
+def _interrupt_a_generation(swarm: ThreadSwarm, model: DistributedModelForCausalLM) -> None:
+    with model.inference_session(max_length=64) as session:
+        for _ in session.stream(PROMPT, max_new_tokens=10, do_sample=False):
+            assert all(swarm.sessions(p) == 1 for p in swarm.peers)
+            raise RuntimeError("interrupted")
+
+
+def test_sessions_are_closed_after_an_error(checkpoints: dict[str, Path]) -> None:
+    checkpoint = checkpoints["llama"]
+    with _swarm_and_model(checkpoint, CHAINS[2]) as (swarm, model):
+        with pytest.raises(RuntimeError, match="interrupted"):
+            _interrupt_a_generation(swarm, model)
+        assert all(_until(lambda p=p: swarm.sessions(p) == 0) for p in swarm.peers)
+        with (
+            pytest.raises(SwarmError, match="max_length"),
+            model.inference_session(max_length=8) as session,
+        ):
+            session.generate(PROMPT, max_new_tokens=10)
+
+
+def test_a_peer_stopping_mid_generation_changes_no_token(checkpoints: dict[str, Path]) -> None:
+    checkpoint = checkpoints["mistral"]
+    expected = _local(checkpoint, PROMPT, max_new_tokens=40, do_sample=False)
+    with _swarm_and_model(checkpoint, [(0, 2), (2, 4), (2, 4)]) as (swarm, model):
+        tokens: list[int] = []
+        with model.inference_session(max_length=64) as session:
+            for token in session.stream(PROMPT, max_new_tokens=40, do_sample=False):
+                tokens.append(token)
+                if len(tokens) == 10:
+                    victim = swarm.peer(session.route[-1].peer)
+                    swarm.stop_peer(victim)
+            assert session.route[-1].peer != victim.peer
+            assert [f.peer for f in session.failovers] == [victim.peer]
+            assert session.failovers[0].replayed_tokens >= PROMPT.shape[1] + 9
+    assert tokens == expected
