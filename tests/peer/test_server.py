@@ -1,0 +1,211 @@
+"""The peer daemon over RPC (in-memory network): right answers, typed refusals, no leaks.
+
+`serve_peer` runs with a DHT bootstrap node in the test's nursery; a client RPC host talks
+the span protocol to it directly, including everything a hostile client could send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import trio
+
+from peer.backend import BackendConfig, SpanBackend
+from peer.daemon import PeerConfig, serve_peer
+from peer.scheduler import SchedulerConfig
+from routing import span_protocol as protocol
+from routing.address import PeerAddress
+from routing.announcement import PeerAnnouncement, PeerState, block_key
+from routing.dht import DHTConfig, DHTNode, serve_dht_node
+from routing.errors import RemoteError
+from routing.memory_network import MemoryNetwork
+from routing.rpc import Packet, RPCHost
+from routing.tensor_codec import decode_tensor, encode_tensor
+from security import Identity
+from tests.support.tiny_model import write_tiny_model
+
+HIDDEN = 64
+
+
+@dataclass
+class Served:
+    peer: PeerAddress
+    client: RPCHost
+    dht: DHTNode
+    scope: trio.CancelScope
+    checkpoint: Path
+
+    async def info(self) -> dict[str, Any]:
+        reply = await self.client.call(self.peer, protocol.INFO, Packet({}), timeout=5)
+        return dict(reply.header)
+
+    async def forward(self, hidden: torch.Tensor, start: int = 1, end: int = 3) -> torch.Tensor:
+        header, body = encode_tensor(hidden)
+        request = Packet(protocol.forward_header(start, end, header), body)
+        reply = await self.client.call(self.peer, protocol.FORWARD, request, timeout=5)
+        return decode_tensor(reply.header["tensor"], reply.body)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("server") / "tiny", seed=1)
+
+
+@pytest.fixture
+async def served(checkpoint: Path, nursery: trio.Nursery) -> AsyncIterator[Served]:
+    network = MemoryNetwork()
+    boot = await nursery.start(
+        serve_dht_node, Identity.generate(), network.transport("10.0.0.1"), "10.0.0.1", 1
+    )
+    config = PeerConfig(
+        checkpoint=checkpoint,
+        blocks=(1, 3),
+        host="10.0.0.2",
+        port=1,
+        initial_peers=(boot.address,),
+        backend=BackendConfig(max_cache_tokens=256, max_sessions=4, max_batch_size=2),
+        scheduler=SchedulerConfig(idle_timeout=0.5),
+    )
+    scope = trio.CancelScope()
+
+    async def run_peer(*, task_status: trio.TaskStatus[PeerAddress]) -> None:
+        with scope:
+            await serve_peer(config, Identity.generate(), network.transport("10.0.0.2"),
+                             task_status=task_status)  # fmt: skip
+
+    peer = await nursery.start(run_peer)
+    client = RPCHost(Identity.generate(), network.transport("10.0.0.3"))
+    await nursery.start(client.run, "10.0.0.3", 1)
+    dht = DHTNode(client, DHTConfig(client_mode=True))
+    await nursery.start(partial(dht.run, initial_peers=[boot.address]))
+    yield Served(peer, client, dht, scope, checkpoint)
+    nursery.cancel_scope.cancel()
+
+
+async def test_forward_and_sessions_equal_the_local_blocks(served: Served) -> None:
+    reference = SpanBackend.load(served.checkpoint, 1, 3)
+    hidden = torch.randn(2, 6, HIDDEN)
+    output = await served.forward(hidden)
+    assert torch.equal(output, reference.forward(hidden))  # bit-identical, float32
+    steps = []
+    async with served.client.open_stream(served.peer, protocol.INFERENCE) as stream:
+        await stream.send(Packet(protocol.SessionRequest(1, 3, 16).header()))
+        opened = protocol.SessionOpened.parse((await stream.receive()).header)
+        assert (opened.start, opened.end, opened.max_length) == (1, 3, 16)
+        assert (await served.info())["sessions"] == 1
+        for position, piece in enumerate([hidden[:1, :3], hidden[:1, 3:4], hidden[:1, 4:6]]):
+            header, body = encode_tensor(piece)
+            await stream.send(Packet(protocol.step_header(position, header), body))
+            reply = await stream.receive()
+            assert protocol.parse_step(reply.header)[0] == position
+            steps.append(decode_tensor(reply.header["tensor"], reply.body))
+    torch.testing.assert_close(torch.cat(steps, dim=1), output[:1], atol=1e-5, rtol=0)
+    await _until_no_sessions(served)
+
+
+async def _until_no_sessions(served: Served) -> None:
+    with trio.fail_after(5):
+        while (await served.info())["sessions"]:  # noqa: ASYNC110 (polls a remote peer)
+            await trio.sleep(0.02)
+
+
+BAD_FORWARDS = {
+    "no tensor": ({"start": 1, "end": 3}, b""),
+    "start is text": ({"start": "1", "end": 3, "tensor": {"dtype": "float32", "shape": [1]}}, b""),
+    "blocks outside the span": (
+        {"start": 0, "end": 3, "tensor": {"dtype": "float32", "shape": [1, 1, HIDDEN]}},
+        bytes(4 * HIDDEN),
+    ),
+    "wrong hidden size": (
+        {"start": 1, "end": 3, "tensor": {"dtype": "float32", "shape": [1, 1, 8]}},
+        bytes(32),
+    ),
+    "wrong dtype": (
+        {"start": 1, "end": 3, "tensor": {"dtype": "int64", "shape": [1, 1, HIDDEN]}},
+        bytes(8 * HIDDEN),
+    ),
+    "bytes do not match the shape": (
+        {"start": 1, "end": 3, "tensor": {"dtype": "float32", "shape": [1, 2, HIDDEN]}},
+        bytes(4 * HIDDEN),
+    ),
+    "batch over the cap": (
+        {"start": 1, "end": 3, "tensor": {"dtype": "float32", "shape": [3, 1, HIDDEN]}},
+        bytes(12 * HIDDEN),
+    ),
+}
+
+
+async def test_bad_forwards_get_typed_errors_and_the_peer_goes_on(served: Served) -> None:
+    for name, (header, body) in BAD_FORWARDS.items():
+        with pytest.raises(RemoteError) as caught:
+            await served.client.call(served.peer, protocol.FORWARD, Packet(header, body), timeout=5)
+        assert caught.value.code in ("bad_request", "invalid_request"), name
+    hidden = torch.randn(1, 2, HIDDEN)
+    assert (await served.forward(hidden)).shape == hidden.shape
+
+
+BAD_OPENINGS = {
+    "a step first": {"step": 0, "tensor": {"dtype": "float32", "shape": [1, 1, HIDDEN]}},
+    "max_length over the cache budget": protocol.SessionRequest(1, 3, 10_000).header(),
+    "blocks outside the span": protocol.SessionRequest(0, 2, 8).header(),
+    "garbage": {"open": [1, 2, 3]},
+}
+
+
+async def test_bad_sessions_get_typed_errors_and_leave_nothing(served: Served) -> None:
+    for name, header in BAD_OPENINGS.items():
+        async with served.client.open_stream(served.peer, protocol.INFERENCE) as stream:
+            await stream.send(Packet(header))
+            with pytest.raises(RemoteError) as caught:
+                await stream.receive()
+            assert caught.value.code in ("bad_request", "invalid_request", "cache_budget"), name
+    # a step with the wrong width, inside an open session
+    async with served.client.open_stream(served.peer, protocol.INFERENCE) as stream:
+        await stream.send(Packet(protocol.SessionRequest(1, 3, 8).header()))
+        await stream.receive()
+        header, body = encode_tensor(torch.randn(1, 1, 8))
+        await stream.send(Packet(protocol.step_header(0, header), body))
+        with pytest.raises(RemoteError, match="hidden size"):
+            await stream.receive()
+    await _until_no_sessions(served)
+    assert (await served.info())["cache_tokens_left"] == 256
+
+
+async def test_cancelled_and_idle_sessions_are_freed(served: Served) -> None:
+    async with served.client.open_stream(served.peer, protocol.INFERENCE) as stream:
+        await stream.send(Packet(protocol.SessionRequest(1, 3, 8).header()))
+        await stream.receive()
+        await stream.aclose()  # the client abandons it
+    await _until_no_sessions(served)
+    async with served.client.open_stream(served.peer, protocol.INFERENCE) as stream:
+        await stream.send(Packet(protocol.SessionRequest(1, 3, 8).header()))
+        await stream.receive()
+        with pytest.raises(RemoteError) as caught:  # silent longer than the idle timeout
+            await stream.receive()
+        assert caught.value.code == "session_idle"
+    await _until_no_sessions(served)
+
+
+async def test_it_is_announced_online_then_offline(served: Served) -> None:
+    model = served.checkpoint.name
+    records = await served.dht.get(block_key(model, 2))
+    (record,) = [PeerAnnouncement.decode(value.value) for value in records.values()]
+    assert (record.state, record.start, record.end, record.address) == (
+        PeerState.ONLINE, 1, 3, served.peer,
+    )  # fmt: skip
+    assert record.throughput > 0 and record.cache_tokens_left == 256
+    served.scope.cancel()
+    with trio.fail_after(10):
+        while record.state is not PeerState.OFFLINE:
+            await trio.sleep(0.05)
+            (record,) = [
+                PeerAnnouncement.decode(v.value)
+                for v in (await served.dht.get(block_key(model, 2))).values()
+            ]
+    assert replace(record, state=PeerState.ONLINE).address == served.peer
