@@ -23,13 +23,15 @@ import trio
 
 from routing.address import PeerAddress
 from routing.announcement import PeerAnnouncement, PeerState
-from routing.dht import DHTConfig, DHTNode
+from routing.client import SwarmView
+from routing.dht import DHTConfig, DHTNode, open_dht_node
 from routing.rpc import RPCConfig, RPCHost
 from routing.transport import Transport
 from security import Identity
 
 from .announcer import Announcer, AnnouncerConfig
 from .backend import BackendConfig, SpanBackend
+from .block_choice import choose_span
 from .checkpoint import open_checkpoint
 from .errors import InvalidRequestError
 from .model_name import model_name
@@ -48,7 +50,8 @@ class PeerConfig:
     """What a peer serves and how. `blocks=None`: the whole model."""
 
     checkpoint: Path
-    blocks: tuple[int, int] | None = None
+    blocks: tuple[int, int] | None = None  # None: `num_blocks` where the swarm is weakest
+    num_blocks: int | None = None  # how many blocks to serve without `blocks` (None: all)
     model_name: str | None = None  # default: derived from the checkpoint (`model_name`)
     device: str = "cpu"
     dtype: str = "float32"
@@ -139,7 +142,7 @@ async def _serve_shielded(
         async with trio.open_nursery() as nursery:
             worker = ComputeWorker()
             await nursery.start(worker.run)
-            peer = await _load(config, worker)
+            peer = await _load(config, transport, worker)
             scheduler = InferenceScheduler(peer.backend, worker, config.scheduler)
             await nursery.start(scheduler.run)
             rpc = RPCHost(identity, transport, config.rpc)
@@ -169,9 +172,27 @@ async def _serve_shielded(
             nursery.cancel_scope.cancel()
 
 
-async def _load(config: PeerConfig, worker: ComputeWorker) -> _Peer:
+async def _choose_blocks(config: PeerConfig, transport: Transport, total: int) -> tuple[int, int]:
+    """`config.blocks`, or the weakest part of the swarm, read by a short-lived DHT client."""
+    if config.blocks is not None:
+        return config.blocks
+    length = min(config.num_blocks or total, total)
+    if length == total or not config.initial_peers:
+        return 0, length
+    reader = DHTConfig(client_mode=True)
+    async with open_dht_node(
+        Identity.generate(), transport, config.host, 0, config.initial_peers, config=reader
+    ) as dht:
+        view = SwarmView(dht.rpc, dht, config.name, total)
+        await view.refresh()
+    span = choose_span(total, length, view.peers.values())
+    logger.info("the swarm is weakest at blocks %d..%d: serving them", span[0], span[1] - 1)
+    return span
+
+
+async def _load(config: PeerConfig, transport: Transport, worker: ComputeWorker) -> _Peer:
     checkpoint = await worker.submit(open_checkpoint, config.checkpoint)
-    start, end = config.blocks or (0, checkpoint.num_layers)
+    start, end = await _choose_blocks(config, transport, checkpoint.num_layers)
     if end > checkpoint.num_layers:
         raise InvalidRequestError(f"the model has {checkpoint.num_layers} blocks, not {end}")
     logger.info("loading blocks %d..%d of %s", start, end - 1, config.checkpoint)

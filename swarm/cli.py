@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     peer.add_argument(
         "--blocks", metavar="A:B", help="serve blocks A..B-1 (default: where the swarm is weakest)"
     )
+    peer.add_argument(
+        "--num-blocks", type=int, help="without --blocks: serve this many (default: all)"
+    )
     peer.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     peer.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights"

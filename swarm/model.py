@@ -65,7 +65,7 @@ class DistributedModelForCausalLM:
         """Load the head of `checkpoint` and join the swarm through `initial_peers`."""
         from transformers import AutoConfig, GenerationConfig
 
-        path = Path(checkpoint)
+        path = Path(checkpoint).expanduser()
         peers = [p if isinstance(p, PeerAddress) else PeerAddress.parse(p) for p in initial_peers]
         if not peers:
             raise SwarmError("initial_peers is empty: give the address of a peer of the swarm")

@@ -25,6 +25,7 @@ def peer_config(args: argparse.Namespace) -> PeerConfig:
     return PeerConfig(
         checkpoint=Path(args.model),
         blocks=parse_blocks(args.blocks) if args.blocks else None,
+        num_blocks=args.num_blocks,
         model_name=args.model_name,
         device=args.device,
         dtype=args.dtype,

@@ -1,0 +1,36 @@
+"""Which blocks a peer started without `--blocks` serves: where the swarm is weakest. Pure.
+
+The swarm's strength at a block is the total announced throughput of the online peers that
+serve it. A new peer takes the window of `length` blocks with the lowest total (ties: the
+lowest start), so peers that join one after another fill the gaps first and then thicken the
+thinnest parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from routing.announcement import PeerAnnouncement, PeerState
+
+from .errors import InvalidRequestError
+
+
+def block_throughput(num_blocks: int, announcements: Iterable[PeerAnnouncement]) -> list[float]:
+    """Total throughput of the online peers at each block."""
+    totals = [0.0] * num_blocks
+    for announcement in announcements:
+        if announcement.state is PeerState.ONLINE:
+            for block in range(announcement.start, min(announcement.end, num_blocks)):
+                totals[block] += announcement.throughput
+    return totals
+
+
+def choose_span(
+    num_blocks: int, length: int, announcements: Iterable[PeerAnnouncement]
+) -> tuple[int, int]:
+    """The `length` consecutive blocks where the swarm is weakest."""
+    if not 1 <= length <= num_blocks:
+        raise InvalidRequestError(f"cannot serve {length} of {num_blocks} blocks")
+    totals = block_throughput(num_blocks, announcements)
+    start = min(range(num_blocks - length + 1), key=lambda s: (sum(totals[s : s + length]), s))
+    return start, start + length

@@ -1,0 +1,79 @@
+"""Block choice: a peer without `--blocks` takes the weakest part of the swarm."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from peer.block_choice import block_throughput, choose_span
+from peer.daemon import PeerConfig, serve_peer
+from peer.errors import InvalidRequestError
+from routing import span_protocol as protocol
+from routing.address import PeerAddress
+from routing.announcement import PeerAnnouncement, PeerState
+from routing.dht import serve_dht_node
+from routing.memory_network import MemoryNetwork
+from routing.rpc import Packet, RPCHost
+from security import Identity
+from tests.support.tiny_model import write_tiny_model
+
+ADDRESS = PeerAddress.parse("127.0.0.1:1/" + str(Identity.generate().peer_id))
+
+
+def _peer(
+    start: int, end: int, throughput: float, state: PeerState = PeerState.ONLINE
+) -> PeerAnnouncement:
+    return PeerAnnouncement(ADDRESS, "m", start, end, state, throughput, 100, 0, "float32", "0")
+
+
+def test_an_empty_swarm_starts_at_the_first_block() -> None:
+    assert choose_span(8, 3, []) == (0, 3)
+
+
+def test_gaps_are_filled_first_then_the_thinnest_part() -> None:
+    swarm = [_peer(0, 4, 10.0), _peer(6, 8, 50.0)]
+    assert block_throughput(8, swarm) == [10.0] * 4 + [0.0] * 2 + [50.0] * 2
+    assert choose_span(8, 2, swarm) == (4, 6)
+    assert choose_span(8, 4, [*swarm, _peer(4, 6, 30.0)]) == (0, 4)
+
+
+def test_offline_peers_do_not_count() -> None:
+    assert choose_span(4, 2, [_peer(0, 2, 10.0, PeerState.OFFLINE), _peer(2, 4, 5.0)]) == (0, 2)
+
+
+def test_impossible_lengths_are_refused() -> None:
+    with pytest.raises(InvalidRequestError):
+        choose_span(4, 5, [])
+
+
+@pytest.fixture(scope="module")
+def eight_blocks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("choice") / "eight", num_layers=8)
+
+
+async def test_four_peers_without_blocks_cover_an_eight_block_model(
+    eight_blocks: Path, nursery: trio.Nursery
+) -> None:
+    network = MemoryNetwork()
+    boot = await nursery.start(
+        serve_dht_node, Identity.generate(), network.transport("10.0.0.1"), "10.0.0.1", 1
+    )
+    addresses = []
+    for index in range(4):  # one after another, as volunteers join
+        host = f"10.0.1.{index + 1}"
+        config = PeerConfig(
+            checkpoint=eight_blocks, num_blocks=2, host=host, port=1, initial_peers=(boot.address,)
+        )
+        serve = partial(serve_peer, config, Identity.generate(), network.transport(host))
+        addresses.append(await nursery.start(serve))
+    client = RPCHost(Identity.generate(), network.transport("10.0.0.9"))
+    await nursery.start(client.run, "10.0.0.9", 1)
+    spans = []
+    for address in addresses:
+        info = await client.call(address, protocol.INFO, Packet({}), timeout=5)
+        spans.append((info.header["start"], info.header["end"]))
+    assert sorted(block for start, end in spans for block in range(start, end)) == list(range(8))
+    nursery.cancel_scope.cancel()
