@@ -106,7 +106,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     checkpoints = {}
     if "tiny" in args.models:
-        checkpoints["tiny"] = write_tiny_model(Path(tempfile.mkdtemp()) / "tiny", num_layers=6)
+        checkpoints["tiny"] = write_tiny_model(
+            Path(tempfile.mkdtemp()) / "tiny", num_layers=6, max_position_embeddings=1024
+        )
     if "smollm2" in args.models:
         checkpoints["smollm2"] = prepare_default_model()
     results: dict[str, Any] = {"threads": torch.get_num_threads(), "dtype": "float32"}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +45,11 @@ class Failover:
 
 
 class ChainFailedError(NoRouteError):
-    """The chain could not be repaired (no peer left for some blocks, or too many failures)."""
+    """No peer left for some blocks after the ones that could serve them failed."""
+
+    def __init__(self, missing: Sequence[int], last_error: BaseException) -> None:
+        super().__init__(missing)
+        self.args = (f"{self.args[0]} any more; the last failure: {last_error}",)
 
 
 class InferenceChain:
@@ -126,10 +131,13 @@ class InferenceChain:
     ) -> list[HopSession]:
         """Sessions over [start, end) whose caches hold `history` (the inputs at `start`)."""
         refreshed = False
+        last_error: BaseException | None = None
         for _ in range(self.view.config.max_failovers):
             try:
                 route = self.view.route(start, end, tokens_needed=self.max_length)
-            except NoRouteError:
+            except NoRouteError as error:
+                if last_error is not None:
+                    raise ChainFailedError(error.missing, last_error) from last_error
                 if refreshed:
                     raise
                 await self.view.refresh()
@@ -147,10 +155,11 @@ class InferenceChain:
                 return opened
             except LINK_ERRORS as error:
                 logger.warning("peer %s failed joining the chain: %s", current.peer[:8], error)
+                last_error = error
                 self.view.bans.ban(current.peer)
                 for session in opened:
                     await session.close()
-        raise ChainFailedError(list(range(start, end)))
+        raise ChainFailedError(list(range(start, end)), last_error or RuntimeError("no route"))
 
     async def _open(self, hop: Hop) -> HopSession:
         announcement = self.view.peers[hop.peer]

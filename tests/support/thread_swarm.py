@@ -1,6 +1,7 @@
 """A swarm inside the test process: a DHT node and `serve_peer` peers in one trio loop in a
 thread, on 127.0.0.1 TCP, so a `DistributedModelForCausalLM` can join it like a real one
-(in milliseconds, without a process per peer). `stop_peer` stops one the clean way."""
+(in milliseconds, without a process per peer). `stop_peer` stops one the clean way; `fault`
+delays, stalls or cuts its connections (each peer sits behind a `FaultRelay`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from routing.rpc import Packet, RPCHost
 from routing.transport import TcpTransport
 from security import Identity
 from swarm.trio_thread import TrioThread
+from tests.support.fault_relay import FaultRelay
 
 
 @dataclass
@@ -29,6 +31,7 @@ class ThreadPeer:
     start: int
     end: int
     scope: trio.CancelScope
+    relay: FaultRelay  # every connection the peer accepts passes through it
 
     @property
     def peer(self) -> str:
@@ -78,15 +81,24 @@ class ThreadSwarm:
             initial_peers=(PeerAddress.parse(self.bootstrap),),
             **self.config,
         )
+        relay = FaultRelay(TcpTransport())
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
                 address = await nursery.start(
-                    partial(serve_peer, config, Identity.generate(), TcpTransport())
+                    partial(serve_peer, config, Identity.generate(), relay)
                 )
-                task_status.started(ThreadPeer(address, start, end, scope))
+                task_status.started(ThreadPeer(address, start, end, scope, relay))
 
     def peer(self, peer_id: str) -> ThreadPeer:
         return next(p for p in self.peers if p.peer == peer_id)
+
+    def fault(self, peer: ThreadPeer, command: str, *args: float) -> None:
+        """Run a `FaultRelay` command (delay, stall, resume, cut) for `peer`, in its loop."""
+
+        async def apply() -> None:
+            getattr(peer.relay, command)(*args)
+
+        self.loop.run(apply)
 
     def stop_peer(self, peer: ThreadPeer) -> None:
         self.loop.run(_cancel, peer.scope)

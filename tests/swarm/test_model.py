@@ -18,6 +18,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from routing.client import ChainFailedError
 from swarm import DistributedModelForCausalLM
 from swarm.errors import SwarmError
 from tests.support.thread_swarm import ThreadSwarm
@@ -139,3 +140,12 @@ def test_a_peer_stopping_mid_generation_changes_no_token(checkpoints: dict[str, 
             assert [f.peer for f in session.failovers] == [victim.peer]
             assert session.failovers[0].replayed_tokens >= PROMPT.shape[1] + 9
     assert tokens == expected
+
+
+def test_a_session_no_peer_accepts_is_a_clear_error(checkpoints: dict[str, Path]) -> None:
+    with (
+        _swarm_and_model(checkpoints["llama"], CHAINS[1]) as (_, model),
+        pytest.raises(ChainFailedError, match="max_length 10000"),
+        model.inference_session(max_length=10_000),
+    ):
+        pass

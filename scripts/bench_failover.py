@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Benchmark failover: the stall when the peer in use is killed (SIGKILL) mid-generation.
+
+Two `swarm peer` processes on 127.0.0.1 serve the whole model each. The client generates;
+after `--kill-after` tokens it kills the peer of its chain and keeps generating. Reported,
+per run: the normal time per token (median of the other steps), the time from the kill to
+the next token, and the stall = that minus a normal token; the tokens are checked against a
+run without a fault. Medians over `--runs` runs.
+
+    .venv/bin/python scripts/bench_failover.py [--models tiny smollm2] [--runs 3] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from swarm import DistributedModelForCausalLM  # noqa: E402
+from swarm.default_model import prepare_default_model  # noqa: E402
+from swarm.local_swarm import LocalSwarm  # noqa: E402
+from tests.support.tiny_model import write_tiny_model  # noqa: E402
+
+
+def one_run(checkpoint: Path, tokens: int, kill_after: int) -> dict[str, Any]:
+    blocks = int(AutoConfig.from_pretrained(checkpoint).num_hidden_layers)
+    prompt = torch.tensor([[1, 2, 3, 4]])
+    with (
+        LocalSwarm(checkpoint, [(0, blocks), (0, blocks)], monitor=False) as swarm,
+        DistributedModelForCausalLM.from_pretrained(
+            checkpoint, initial_peers=[swarm.bootstrap]
+        ) as model,
+    ):
+        reference = model.generate(prompt, max_new_tokens=tokens, do_sample=False)
+        produced, gaps, kill_gap, killed_at = [], [], 0.0, 0.0
+        with model.inference_session(max_length=4 + tokens) as session:
+            previous = time.perf_counter()
+            for token in session.stream(prompt, max_new_tokens=tokens, do_sample=False):
+                now = time.perf_counter()
+                if len(produced) == kill_after:
+                    kill_gap = now - killed_at
+                elif produced:
+                    gaps.append(now - previous)
+                produced.append(token)
+                if len(produced) == kill_after:
+                    victim = swarm.peer(session.route[0].peer)
+                    killed_at = time.perf_counter()
+                    os.kill(victim.process.pid, signal.SIGKILL)
+                previous = time.perf_counter()
+            recovery = session.failovers[0].seconds
+    normal = statistics.median(gaps)
+    return {
+        "normal_ms": normal * 1000,
+        "kill_to_next_token_ms": kill_gap * 1000,
+        "stall_ms": (kill_gap - normal) * 1000,
+        "recovery_ms": recovery * 1000,
+        "same_tokens": produced == reference[0, 4:].tolist(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--kill-after", type=int, default=12)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    checkpoints = {}
+    if "tiny" in args.models:
+        checkpoints["tiny"] = write_tiny_model(Path(tempfile.mkdtemp()) / "tiny", num_layers=6)
+    if "smollm2" in args.models:
+        checkpoints["smollm2"] = prepare_default_model()
+    results: dict[str, Any] = {}
+    print(f"{'model':8} {'ms/token':>9} {'kill->next token':>17} {'stall':>9} {'same tokens':>12}")
+    for name, checkpoint in checkpoints.items():
+        runs = [one_run(checkpoint, args.tokens, args.kill_after) for _ in range(args.runs)]
+        results[name] = runs
+
+        def median(key: str, runs: list[dict[str, Any]] = runs) -> float:
+            return statistics.median(run[key] for run in runs)
+
+        same = all(run["same_tokens"] for run in runs)
+        print(f"{name:8} {median('normal_ms'):7.1f}ms {median('kill_to_next_token_ms'):15.1f}ms "
+              f"{median('stall_ms'):7.1f}ms {same!s:>12}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Routing around slow and stalled peers (the fault relay sits in front of every peer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from routing.client import ClientConfig
+from swarm import DistributedModelForCausalLM
+from tests.support.thread_swarm import ThreadSwarm
+from tests.support.tiny_model import write_tiny_model
+
+PROMPT = torch.tensor([[1, 20, 21, 22]])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("faults") / "tiny-faults", seed=9)
+
+
+def _local(checkpoint: Path, new_tokens: int) -> list[int]:
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    output = model.generate(
+        PROMPT, attention_mask=torch.ones_like(PROMPT), max_new_tokens=new_tokens, do_sample=False
+    )
+    return [int(t) for t in output[0, PROMPT.shape[1] :]]
+
+
+def test_a_stalled_peer_is_detected_by_its_deadline_and_routed_around(tiny: Path) -> None:
+    expected = _local(tiny, 30)
+    config = ClientConfig(step_timeout=1.0)
+    with (
+        ThreadSwarm(tiny, [(0, 4), (0, 4)]) as swarm,
+        DistributedModelForCausalLM.from_pretrained(
+            tiny, initial_peers=[swarm.bootstrap], config=config
+        ) as model,
+        model.inference_session(max_length=64) as session,
+    ):
+        tokens = []
+        for token in session.stream(PROMPT, max_new_tokens=30, do_sample=False):
+            tokens.append(token)
+            if len(tokens) == 8:
+                stalled = swarm.peer(session.route[0].peer)
+                swarm.fault(stalled, "stall")
+        assert [f.peer for f in session.failovers] == [stalled.peer]
+        assert "did not answer" in session.failovers[0].error
+        assert session.route[0].peer != stalled.peer
+        swarm.fault(stalled, "resume")
+    assert tokens == expected
+
+
+def test_a_replica_behind_50_ms_gets_few_steps(tiny: Path) -> None:
+    with ThreadSwarm(tiny, [(0, 4), (0, 4)]) as swarm:
+        slow, fast = swarm.peers
+        swarm.fault(slow, "delay", 0.05)
+        steps = {slow.peer: 0, fast.peer: 0}
+        with DistributedModelForCausalLM.from_pretrained(
+            tiny, initial_peers=[swarm.bootstrap]
+        ) as model:
+            for _ in range(5):
+                with model.inference_session(max_length=32) as session:
+                    for _ in session.stream(PROMPT, max_new_tokens=8, do_sample=False):
+                        steps[session.route[0].peer] += 1
+    assert steps[fast.peer] >= 0.8 * (steps[fast.peer] + steps[slow.peer])
