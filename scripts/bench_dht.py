@@ -22,6 +22,8 @@ connections opened by lookups stay pooled), divided by the number of nodes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import random
 import statistics
@@ -30,6 +32,7 @@ import time
 import tracemalloc
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import trio
 import trio.testing
@@ -156,6 +159,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.010, help="one-way, seconds")
     parser.add_argument("--bootstrap", choices=["join", "oracle"], default="join")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     tracemalloc.start()
     rows = []
@@ -191,6 +195,8 @@ def main() -> None:
         "\nhops: reply chain to the nearest node that answered; KiB/node: heap after"
         " bootstrap; +conns: after the lookups, with their pooled connections."
     )
+    if args.json:
+        args.json.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
 
 
 if __name__ == "__main__":

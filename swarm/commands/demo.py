@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-KILL_AFTER_TOKENS = 6
+KILL_AFTER_TOKENS = 2  # early: short answers still show the failover
 
 
 def _say(text: str) -> None:

@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Any
 
+from ..checkpoints import resolve_checkpoint, swarm_name
 from ..generation import prompt_ids
 
 
@@ -32,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..model import DistributedModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    checkpoint = resolve_checkpoint(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     input_ids = prompt_ids(tokenizer, args.prompt, chat=args.chat)
     options = {
         "max_new_tokens": args.max_new_tokens,
@@ -44,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     with DistributedModelForCausalLM.from_pretrained(
-        args.model,
+        checkpoint,
         initial_peers=args.initial_peers,
-        model_name_in_swarm=args.model_name,
+        model_name_in_swarm=swarm_name(args.model, args.model_name),
         device=args.device,
     ) as model:
         config = model.sampling_config(**options)

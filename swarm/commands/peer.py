@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 
 from peer.backend import BackendConfig
 from peer.daemon import PeerConfig, parse_blocks, serve_peer
 from routing import PeerAddress, TcpTransport
 
+from ..checkpoints import resolve_checkpoint, swarm_name
 from ..default_model import cache_dir
 from .identity_file import identity_from
 from .lifecycle import run_service
@@ -23,10 +23,10 @@ def peer_config(args: argparse.Namespace) -> PeerConfig:
     if args.max_sessions is not None:
         backend = replace(backend, max_sessions=args.max_sessions)
     return PeerConfig(
-        checkpoint=Path(args.model),
+        checkpoint=resolve_checkpoint(args.model),
         blocks=parse_blocks(args.blocks) if args.blocks else None,
         num_blocks=args.num_blocks,
-        model_name=args.model_name,
+        model_name=swarm_name(args.model, args.model_name),
         device=args.device,
         dtype=args.dtype,
         host=args.host,

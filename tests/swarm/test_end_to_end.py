@@ -129,7 +129,7 @@ def test_the_demo_answers_on_the_default_model_through_a_failure() -> None:
     assert "killed" in answer and "failover:" in result.stdout
 
 
-def test_ctrl_c_stops_everything_the_demo_started(tiny: Path) -> None:
+def test_the_demo_on_a_tiny_model_and_ctrl_c_stops_everything(tiny: Path) -> None:
     demo = subprocess.Popen(
         [sys.executable, "-m", "swarm.cli", "demo", "--model", str(tiny), "--keep-running"],
         cwd=ROOT,
@@ -140,9 +140,14 @@ def test_ctrl_c_stops_everything_the_demo_started(tiny: Path) -> None:
     try:
         assert demo.stdout is not None
         deadline = time.monotonic() + 240
+        printed = []
         for line in demo.stdout:  # the demo prints as it goes; it ends its part with this
+            printed.append(line)
             if "keeps running" in line or time.monotonic() > deadline:
                 break
+        report = "".join(printed)
+        for expected in ("killed]", "summary:", "chain before:", "chain after:", "failover:"):
+            assert expected in report, report
         children = psutil.Process(demo.pid).children(recursive=True)
         assert len(children) >= 4  # the DHT node, the peers left, the monitor
     finally:

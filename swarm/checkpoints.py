@@ -1,0 +1,38 @@
+"""Where a command's MODEL argument points: a local checkpoint directory, or a hub id.
+
+A directory is used as it is. Anything else is taken as a Hugging Face hub id and fetched
+(config, tokenizer and safetensors files) where a hub is reachable; the model's name in the
+swarm is derived from what the user typed, so `org/Model` and a local `.../Model` directory
+name the same model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peer.model_name import model_name
+
+from .errors import SwarmError
+
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+
+
+def resolve_checkpoint(model: str) -> Path:
+    """The local directory of `model` (a path, or a hub id to download)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, allow_patterns=HUB_FILES))
+    except Exception as error:  # the hub client raises many unrelated types
+        raise SwarmError(
+            f"{model!r} is not a local checkpoint directory, and the hub could not provide "
+            f"it ({type(error).__name__}: {error})"
+        ) from None
+
+
+def swarm_name(model: str, override: str | None = None) -> str:
+    """The model's name in the swarm: `--model-name`, else derived from MODEL as typed."""
+    return override or model_name(model)
