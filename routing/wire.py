@@ -61,6 +61,7 @@ PREFIX_SIZE = _PREFIX.size  # 17
 _BODY_HEAD_SIZE = _BODY_HEAD.size  # 13
 _MAX_TOTAL = (1 << 32) - 1
 _ZEROS = bytes(8)
+INITIAL_PARTIAL_BUFFER = 256 * 1024  # first buffer for a message that spans reads
 
 
 class Kind(enum.IntEnum):
@@ -201,6 +202,7 @@ class Decoder:
         self._length_bytes = bytearray()  # a total length split across chunks
         self._partial: bytearray | None = None  # a message body being assembled
         self._filled = 0
+        self._expected = 0  # the size `_partial` will have when complete
         self._failed: ProtocolError | None = None
 
     @property
@@ -234,11 +236,16 @@ class Decoder:
         while pos < end:
             partial = self._partial
             if partial is not None:
-                take = min(len(partial) - self._filled, end - pos)
+                take = min(self._expected - self._filled, end - pos)
+                if self._filled + take > len(partial):  # grow as bytes arrive, never ahead
+                    size = min(self._expected, max(2 * len(partial), self._filled + take))
+                    grown = bytearray(size)
+                    grown[: self._filled] = memoryview(partial)[: self._filled]
+                    self._partial = partial = grown
                 partial[self._filled : self._filled + take] = view[pos : pos + take]
                 self._filled += take
                 pos += take
-                if self._filled == len(partial):
+                if self._filled == self._expected:
                     self._partial = None
                     self._filled = 0
                     body = memoryview(partial)[4:]
@@ -260,7 +267,10 @@ class Decoder:
                 messages.append(_parse_body(view[pos : pos + total], self.max_header_size))
                 pos += total
             else:  # the length too, so the payload keeps its 8-byte alignment
-                self._partial = bytearray(total + 4)
+                # A prefix alone must not make us allocate its size: start small, and grow
+                # the buffer (doubling) as the bytes arrive.
+                self._expected = total + 4
+                self._partial = bytearray(min(self._expected, INITIAL_PARTIAL_BUFFER))
                 _LENGTH.pack_into(self._partial, 0, total)
                 self._filled = 4
         return messages
