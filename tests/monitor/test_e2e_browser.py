@@ -1,11 +1,12 @@
 """The monitor page in a real browser (headless Chromium) against a live swarm on loopback.
 
-A `swarm dht` bootstrap node, two stand-in peers (`tests/monitor/announcer.py`: real DHT nodes
-publishing real signed announcements, to be swapped for `swarm peer` processes in the
-`swarm` fixture once the daemon exists) and `swarm monitor`, each a process. The browser
+Two tests. The first uses stand-in peers (`tests/monitor/announcer.py`: real DHT nodes
+publishing real signed announcements, with chosen throughput, version strings, hostile
+markup and short record lifetimes) next to `swarm dht` and `swarm monitor`: the browser
 must show both peers and a full chain; after one peer stops cleanly (it announces
 `offline`), the gap within a few refresh periods; after the other is killed without a word,
-its row once its records expire. Screenshots go to `artifacts/`.
+its row once its records expire. The second runs real `swarm peer` processes on a tiny
+model and checks the page and the gap after SIGTERM. Screenshots go to `artifacts/`.
 """
 
 from __future__ import annotations
@@ -155,3 +156,29 @@ def test_the_page_follows_the_swarm(swarm: Swarm, browser: object) -> None:
     expect(page.locator("#summary")).to_have_text("1 model · 0 peers")
     assert not problems, problems
     print(f"offline peer left the page {gap_seconds:.2f} s after SIGTERM")
+
+
+def test_the_page_shows_real_peers_and_the_gap_one_leaves(browser: object, tmp_path: Path) -> None:
+    """The same page over `swarm peer` processes serving a tiny model (blocks 0-1 and 2-3)."""
+    from playwright.sync_api import Browser, expect
+
+    from swarm.local_swarm import LocalSwarm
+    from tests.support.tiny_model import write_tiny_model
+
+    assert isinstance(browser, Browser)
+    checkpoint = write_tiny_model(tmp_path / "tiny-monitor", num_layers=4)
+    with LocalSwarm(checkpoint, [(0, 2), (2, 4)]) as swarm:
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(swarm.monitor_url + f"?refresh={REFRESH}")
+        model = page.locator('section.model[data-model="tiny-monitor"]')
+        chain = model.get_by_test_id("chain")
+        expect(chain).to_have_text("Full chain", timeout=15_000)
+        expect(model.locator("tbody tr")).to_have_count(2)
+        for peer in swarm.peers:
+            expect(model.locator("tbody")).to_contain_text(peer.address.split("/")[0])
+        assert swarm.peers[0].process.stop(signal.SIGTERM) == 0  # announces offline
+        expect(chain).to_have_text(
+            f"Gap: blocks 0{DASH}1", timeout=3 * REFRESH * 1000 + PUBLISH_SLACK * 1000
+        )
+        expect(model.locator("tbody tr")).to_have_count(1)
+        page.screenshot(path=str(ARTIFACTS / "monitor-real-peers-gap.png"), full_page=True)
