@@ -19,11 +19,13 @@ on 127.0.0.1 with TCP_NODELAY.
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 
 import torch
 import trio
@@ -108,11 +110,15 @@ def _percentile(samples: list[float], q: float) -> float:
     return statistics.quantiles(samples, n=100)[int(q) - 1]
 
 
+RESULTS: dict[str, dict[str, float]] = {}  # for --json
+
+
 def _row(name: str, samples: list[float], baseline: list[float] | None, size: int) -> str:
     median = statistics.median(samples) * 1e3
     p90 = _percentile(samples, 90) * 1e3
     added = "" if baseline is None else f"{median - statistics.median(baseline) * 1e3:+.3f}"
     rate = size / statistics.median(samples) / 1e6
+    RESULTS[name] = {"median_ms": median, "p90_ms": p90, "mb_per_s": rate}
     return f"| {name:<34} | {median:9.3f} | {p90:9.3f} | {added:>9} | {rate:10.1f} |"
 
 
@@ -159,5 +165,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--bulk-runs", type=int, default=20)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     trio.run(main, args.runs, args.bulk_runs)
+    if args.json:
+        args.json.write_text(json.dumps(RESULTS, indent=1))
