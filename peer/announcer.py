@@ -10,7 +10,7 @@ once. The DHT node republishes what we stored until then.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import trio
@@ -52,6 +52,18 @@ class Announcer:
             nursery.start_soon(self._store, MODELS_KEY, entry, ttl)
             for block in announcement.blocks:
                 nursery.start_soon(self._store, block_key(announcement.model, block), record, ttl)
+
+    async def retire(self, blocks: Iterable[int]) -> None:
+        """Blocks we no longer serve: their keys get our current record (whose span no longer
+        contains them, so readers skip it) and are not republished any more."""
+        announcement = self.describe(PeerState.ONLINE)
+        record = announcement.encode()
+        keys = [block_key(announcement.model, block) for block in blocks]
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(self._store, key, record, self.config.ttl)
+        for key in keys:
+            self.dht.forget_own(key)
 
     async def _store(self, key: str, value: bytes, ttl: float) -> None:
         try:

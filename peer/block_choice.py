@@ -34,3 +34,34 @@ def choose_span(
     totals = block_throughput(num_blocks, announcements)
     start = min(range(num_blocks - length + 1), key=lambda s: (sum(totals[s : s + length]), s))
     return start, start + length
+
+
+def bottleneck(totals: list[float]) -> float:
+    """The swarm's throughput for a whole chain: its weakest block."""
+    return min(totals) if totals else 0.0
+
+
+def better_span(
+    num_blocks: int,
+    current: tuple[int, int],
+    own_throughput: float,
+    others: Iterable[PeerAnnouncement],
+    margin: float,
+) -> tuple[int, int] | None:
+    """Where this peer should move, if moving raises the swarm's bottleneck by more than
+    `margin` (relative); None to stay. `others` excludes this peer's own records."""
+    start, end = current
+    length = end - start
+    base = block_throughput(num_blocks, others)
+
+    def with_us(at: int) -> float:
+        totals = list(base)
+        for block in range(at, at + length):
+            totals[block] += own_throughput
+        return bottleneck(totals)
+
+    staying = with_us(start)
+    best = max(range(num_blocks - length + 1), key=lambda at: (with_us(at), -abs(at - start)))
+    if with_us(best) > staying * (1 + margin) and best != start:
+        return best, best + length
+    return None

@@ -35,6 +35,7 @@ from .block_choice import choose_span
 from .checkpoint import open_checkpoint
 from .errors import InvalidRequestError
 from .model_name import model_name
+from .rebalancer import RebalanceConfig, Rebalancer
 from .scheduler import InferenceScheduler, SchedulerConfig
 from .server import SpanServer
 from .throughput import get_throughput, measure_throughput
@@ -52,6 +53,7 @@ class PeerConfig:
     checkpoint: Path
     blocks: tuple[int, int] | None = None  # None: `num_blocks` where the swarm is weakest
     num_blocks: int | None = None  # how many blocks to serve without `blocks` (None: all)
+    rebalance: RebalanceConfig | None = field(default_factory=RebalanceConfig)  # if not `blocks`
     model_name: str | None = None  # default: derived from the checkpoint (`model_name`)
     device: str = "cpu"
     dtype: str = "float32"
@@ -164,12 +166,47 @@ async def _serve_shielded(
                     said_goodbye.set()
 
             await nursery.start(announce)
+            if config.blocks is None and config.rebalance is not None:
+                await nursery.start(
+                    _rebalancer(config, peer, dht, scheduler, announcer, worker).run
+                )
             logger.info("serving and announced at %s", peer.address)
             task_status.started(peer.address)
             await stop.wait()
             announcing.cancel()  # the announcer publishes `offline` on its way out
             await said_goodbye.wait()
             nursery.cancel_scope.cancel()
+
+
+def _rebalancer(
+    config: PeerConfig,
+    peer: _Peer,
+    dht: DHTNode,
+    scheduler: InferenceScheduler,
+    announcer: Announcer,
+    worker: ComputeWorker,
+) -> Rebalancer:
+    assert peer.address is not None and config.rebalance is not None  # set before announcing
+    total = int(peer.backend.span.config.num_hidden_layers)
+
+    async def load(start: int, end: int) -> SpanBackend:
+        return await worker.submit(partial(_load_span, config, start, end))
+
+    def switch(backend: SpanBackend) -> None:
+        peer.backend = scheduler.backend = backend
+
+    view = SwarmView(dht.rpc, dht, config.name, total)
+    own = str(peer.address.peer_id)
+    return Rebalancer(
+        view, announcer, lambda: peer.backend, load, switch, own, peer.throughput, config.rebalance
+    )
+
+
+def _load_span(config: PeerConfig, start: int, end: int) -> SpanBackend:
+    return SpanBackend.load(
+        config.checkpoint, start, end, dtype=config.dtype, device=config.device,
+        config=config.backend,
+    )  # fmt: skip
 
 
 async def _choose_blocks(config: PeerConfig, transport: Transport, total: int) -> tuple[int, int]:
@@ -196,17 +233,7 @@ async def _load(config: PeerConfig, transport: Transport, worker: ComputeWorker)
     if end > checkpoint.num_layers:
         raise InvalidRequestError(f"the model has {checkpoint.num_layers} blocks, not {end}")
     logger.info("loading blocks %d..%d of %s", start, end - 1, config.checkpoint)
-    backend = await worker.submit(
-        partial(
-            SpanBackend.load,
-            checkpoint,
-            start,
-            end,
-            dtype=config.dtype,
-            device=config.device,
-            config=config.backend,
-        )
-    )
+    backend = await worker.submit(partial(_load_span, config, start, end))
     logger.info("measuring throughput (cached per model, device and dtype)")
     if config.cache_dir is None:
         measured = await worker.submit(measure_throughput, backend)

@@ -6,17 +6,20 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import torch
 import trio
 
-from peer.block_choice import block_throughput, choose_span
+from peer.block_choice import better_span, block_throughput, choose_span
 from peer.daemon import PeerConfig, serve_peer
 from peer.errors import InvalidRequestError
+from peer.rebalancer import RebalanceConfig
 from routing import span_protocol as protocol
 from routing.address import PeerAddress
 from routing.announcement import PeerAnnouncement, PeerState
 from routing.dht import serve_dht_node
 from routing.memory_network import MemoryNetwork
 from routing.rpc import Packet, RPCHost
+from routing.tensor_codec import decode_tensor, encode_tensor
 from security import Identity
 from tests.support.tiny_model import write_tiny_model
 
@@ -76,4 +79,52 @@ async def test_four_peers_without_blocks_cover_an_eight_block_model(
         info = await client.call(address, protocol.INFO, Packet({}), timeout=5)
         spans.append((info.header["start"], info.header["end"]))
     assert sorted(block for start, end in spans for block in range(start, end)) == list(range(8))
+    nursery.cancel_scope.cancel()
+
+
+def test_a_peer_leaves_a_crowded_part_for_a_gap() -> None:
+    others = [_peer(0, 4, 10.0), _peer(0, 4, 10.0)]  # blocks 4..7: nobody
+    assert better_span(8, (0, 4), 10.0, others, margin=0.2) == (4, 8)
+
+
+def test_no_move_below_the_margin() -> None:
+    others = [_peer(0, 4, 10.0), _peer(4, 8, 9.0)]
+    assert better_span(8, (0, 4), 10.0, others, margin=0.2) is None  # 9 -> 10 is 11 %
+    assert better_span(8, (0, 4), 10.0, others, margin=0.05) == (4, 8)
+
+
+async def test_a_peer_moves_to_a_gap_when_one_opens(
+    eight_blocks: Path, nursery: trio.Nursery
+) -> None:
+    network = MemoryNetwork()
+    boot = await nursery.start(
+        serve_dht_node, Identity.generate(), network.transport("10.0.0.1"), "10.0.0.1", 1
+    )
+    common = {"checkpoint": eight_blocks, "port": 1, "initial_peers": (boot.address,)}
+    mover = PeerConfig(
+        host="10.0.2.1", num_blocks=4, rebalance=RebalanceConfig(interval=0.2), **common
+    )
+    moving = await nursery.start(
+        partial(serve_peer, mover, Identity.generate(), network.transport("10.0.2.1"))
+    )
+    client = RPCHost(Identity.generate(), network.transport("10.0.0.9"))
+    await nursery.start(client.run, "10.0.0.9", 1)
+
+    async def span() -> tuple[int, int]:
+        info = await client.call(moving, protocol.INFO, Packet({}), timeout=5)
+        return info.header["start"], info.header["end"]
+
+    assert await span() == (0, 4)  # an empty swarm: the first blocks
+    fixed = PeerConfig(host="10.0.2.2", blocks=(0, 4), **common)  # now 0..3 twice, 4..7 never
+    await nursery.start(
+        partial(serve_peer, fixed, Identity.generate(), network.transport("10.0.2.2"))
+    )
+    with trio.fail_after(30):
+        while await span() != (4, 8):  # noqa: ASYNC110 (polls a remote peer)
+            await trio.sleep(0.1)
+    hidden = torch.randn(1, 3, 64)
+    header, body = encode_tensor(hidden)
+    request = Packet(protocol.forward_header(4, 8, header), body)
+    reply = await client.call(moving, protocol.FORWARD, request, timeout=5)
+    assert decode_tensor(reply.header["tensor"], reply.body).shape == hidden.shape
     nursery.cancel_scope.cancel()

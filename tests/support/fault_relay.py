@@ -5,11 +5,14 @@ Give a peer `FaultRelay(TcpTransport())` as its transport: every connection it a
 passes through the relay's streams, which sit between the client and the peer's RPC layer.
 Commands (from the loop the peer runs in): `delay(seconds)` holds every chunk each way for
 that long; `stall()` stops forwarding (nothing is lost, nothing moves) until `resume()`;
-`cut()` breaks every open connection now. Outgoing connections pass untouched.
+`drop(probability)` loses received chunks (on a byte stream that breaks the encrypted
+framing, as a corrupting middlebox would: the peer closes the connection); `cut()` breaks
+every open connection now. Outgoing connections pass untouched.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -21,12 +24,17 @@ class FaultRelay:
     def __init__(self, inner: Transport) -> None:
         self.inner = inner
         self.latency = 0.0
+        self.loss = 0.0
+        self._random = random.Random(0)
         self._flowing = trio.Event()
         self._flowing.set()
         self._streams: set[_RelayedStream] = set()
 
     def delay(self, seconds: float) -> None:
         self.latency = seconds
+
+    def drop(self, probability: float) -> None:
+        self.loss = probability
 
     def stall(self) -> None:
         self._flowing = trio.Event()
@@ -84,10 +92,12 @@ class _RelayedStream(trio.abc.Stream):
         await self.inner.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        data = await self.inner.receive_some(max_bytes)
-        await self.relay._pass()
-        self._check()
-        return data
+        while True:
+            data = await self.inner.receive_some(max_bytes)
+            await self.relay._pass()
+            self._check()
+            if not data or self.relay._random.random() >= self.relay.loss:
+                return data
 
     async def send_eof(self) -> None:
         raise trio.BrokenResourceError("not supported")  # the RPC layer never sends EOF

@@ -29,7 +29,9 @@ def _local(checkpoint: Path, new_tokens: int) -> list[int]:
     return [int(t) for t in output[0, PROMPT.shape[1] :]]
 
 
-def test_a_stalled_peer_is_detected_by_its_deadline_and_routed_around(tiny: Path) -> None:
+@pytest.mark.parametrize("fault", ["stall", "drop", "cut"])
+def test_a_faulty_peer_is_routed_around_with_the_same_tokens(tiny: Path, fault: str) -> None:
+    """Stalled: caught by the step deadline. Dropping or cut: the connection breaks."""
     expected = _local(tiny, 30)
     config = ClientConfig(step_timeout=1.0)
     with (
@@ -43,12 +45,13 @@ def test_a_stalled_peer_is_detected_by_its_deadline_and_routed_around(tiny: Path
         for token in session.stream(PROMPT, max_new_tokens=30, do_sample=False):
             tokens.append(token)
             if len(tokens) == 8:
-                stalled = swarm.peer(session.route[0].peer)
-                swarm.fault(stalled, "stall")
-        assert [f.peer for f in session.failovers] == [stalled.peer]
-        assert "did not answer" in session.failovers[0].error
-        assert session.route[0].peer != stalled.peer
-        swarm.fault(stalled, "resume")
+                faulty = swarm.peer(session.route[0].peer)
+                swarm.fault(faulty, fault, *([1.0] if fault == "drop" else []))
+        assert [f.peer for f in session.failovers] == [faulty.peer]
+        if fault == "stall":
+            assert "did not answer" in session.failovers[0].error
+        assert session.route[0].peer != faulty.peer
+        swarm.fault(faulty, "resume")
     assert tokens == expected
 
 
