@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -94,12 +95,14 @@ class SpanServer:
                         packet = await self._receive(stream)
                     except StreamClosedError:  # the client ended the session
                         return
+                    began = time.perf_counter()
                     step, tensor = parse_step(packet.header)
                     output = await self.scheduler.step(
                         session_id, decode_tensor(tensor, packet.body)
                     )
                     header, body = encode_tensor(output)
-                    await stream.send(Packet(step_header(step, header), body))
+                    spent_ms = (time.perf_counter() - began) * 1000
+                    await stream.send(Packet(step_header(step, header, spent_ms), body))
             finally:
                 with trio.CancelScope(shield=True):
                     await self.scheduler.close_session(session_id)

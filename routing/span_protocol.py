@@ -5,7 +5,8 @@ Methods (block indices are the model's, `end` exclusive):
 - `span.forward` (unary): `{"start", "end", "tensor"}` + bytes -> `{"tensor"}` + bytes.
 - `span.inference` (stream): `{"open": {"max_length", "batch_size", "start", "end"}}` ->
   `{"opened": {"session", "start", "end", "max_length"}}`; then per step
-  `{"step": n, "tensor"}` + bytes -> `{"step": n, "tensor"}` + bytes. The client ends the
+  `{"step": n, "tensor"}` + bytes -> `{"step": n, "tensor", "server_ms"}` + bytes (the time
+  the peer spent on the step, from receiving it to replying). The client ends the
   stream to close the session; failures come back as remote errors with a code.
 `"tensor"` is `routing.tensor_codec`'s header (dtype and shape); the payload is its bytes.
 Parsers raise `ProtocolError` on anything malformed: they read remote input.
@@ -79,8 +80,21 @@ def parse_forward(header: Mapping[str, Any]) -> tuple[int, int, Mapping[str, Any
     return _int(header, "start"), _int(header, "end"), tensor_header(header)
 
 
-def step_header(step: int, tensor: Mapping[str, Any]) -> dict[str, Any]:
-    return {"step": step, "tensor": dict(tensor)}
+def step_header(
+    step: int, tensor: Mapping[str, Any], server_ms: float | None = None
+) -> dict[str, Any]:
+    header: dict[str, Any] = {"step": step, "tensor": dict(tensor)}
+    if server_ms is not None:
+        header["server_ms"] = server_ms
+    return header
+
+
+def server_time(header: Mapping[str, Any]) -> float | None:
+    """The peer's own time for a step, in seconds, if it said (timing only: never trusted)."""
+    value = header.get("server_ms")
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e7:
+        return float(value) / 1000
+    return None
 
 
 def parse_step(header: Mapping[str, Any]) -> tuple[int, Mapping[str, Any]]:

@@ -26,7 +26,7 @@ import torch
 
 from peer.model_name import model_name
 from routing.address import PeerAddress
-from routing.client import ClientConfig, Failover, InferenceChain, SwarmView
+from routing.client import ClientConfig, Failover, InferenceChain, StepTiming, SwarmView
 from routing.dht import DHTConfig, DHTNode
 from routing.path_selection import Hop
 from routing.rpc import RPCHost
@@ -149,6 +149,11 @@ class InferenceSession:
     @property
     def failovers(self) -> list[Failover]:
         return list(self._chain.failovers)
+
+    @property
+    def timings(self) -> list[tuple[Hop, list[StepTiming]]]:
+        """Per hop, how long each step took, and how much of it the peer says it spent."""
+        return self._chain.timings
 
     @property
     def input_ids(self) -> torch.Tensor | None:

@@ -24,7 +24,7 @@ import trio
 
 from ..path_selection import Hop, NoRouteError
 from ..rpc import RPCHost
-from .hop_session import LINK_ERRORS, HopSession
+from .hop_session import LINK_ERRORS, HopSession, StepTiming
 from .swarm_view import SwarmView
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,11 @@ class InferenceChain:
     @property
     def route(self) -> list[Hop]:
         return [hop.hop for hop in self.hops]
+
+    @property
+    def timings(self) -> list[tuple[Hop, list[StepTiming]]]:
+        """Per hop of the current route, the timing of every step it served."""
+        return [(hop.hop, hop.timings) for hop in self.hops]
 
     async def __aenter__(self) -> InferenceChain:
         if not self.view.peers:

@@ -7,7 +7,9 @@ deadline is a failure like any other: the stream is abandoned (the peer is told 
 
 from __future__ import annotations
 
+import time
 from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass
 
 import torch
 import trio
@@ -23,9 +25,19 @@ from ..span_protocol import (
     SessionOpened,
     SessionRequest,
     parse_step,
+    server_time,
     step_header,
 )
 from ..tensor_codec import decode_tensor, encode_tensor
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """One step seen from the client: its whole time, and the part the peer says it spent."""
+
+    seconds: float  # encode, send, wait, receive, decode
+    server_seconds: float | None
+
 
 LINK_ERRORS = (RoutingError, SecurityError)  # what a failing peer or link raises
 
@@ -41,6 +53,7 @@ class HopSession:
         self._stack = AsyncExitStack()
         self._stream: BidiStream | None = None
         self._steps = 0
+        self.timings: list[StepTiming] = []  # one per step, in order
 
     @property
     def tokens(self) -> int:
@@ -65,6 +78,7 @@ class HopSession:
         """Run `hidden` through the span; on success it joins the history."""
         if self._stream is None:
             raise ProtocolError("the session is not open")
+        began = time.perf_counter()
         header, body = encode_tensor(hidden.to(self.dtype))
         try:
             with trio.fail_after(timeout):
@@ -80,7 +94,9 @@ class HopSession:
             raise ProtocolError(f"step {self._steps}: a reply of shape {list(output.shape)}")
         self._steps += 1
         self.inputs.append(hidden)
-        return output.to(hidden.dtype)
+        result = output.to(hidden.dtype)
+        self.timings.append(StepTiming(time.perf_counter() - began, server_time(reply.header)))
+        return result
 
     async def close(self) -> None:
         """End the session (the peer frees its cache)."""

@@ -39,9 +39,7 @@ SUPPORTED = [vector for vector in ALL or [] if _supported(vector["protocol_name"
 
 def test_vector_file_is_present() -> None:
     if ALL is None:
-        pytest.fail(
-            f"Noise test vectors not found at {VECTOR_FILE.resolve()}"
-        )
+        pytest.fail(f"Noise test vectors not found at {VECTOR_FILE.resolve()}")
 
 
 def test_every_xx_25519_suite_is_covered() -> None:

@@ -1,0 +1,51 @@
+"""The client-peer wire format: what one side writes the other parses; the rest is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from routing import span_protocol as protocol
+from routing.errors import ProtocolError
+
+TENSOR = {"dtype": "float32", "shape": [1, 1, 8]}
+
+
+def test_round_trips() -> None:
+    request = protocol.SessionRequest(start=2, end=5, max_length=64, batch_size=1)
+    assert protocol.SessionRequest.parse(request.header()) == request
+    opened = protocol.SessionOpened("abc", 2, 5, 64)
+    assert protocol.SessionOpened.parse(opened.header()) == opened
+    assert protocol.parse_forward(protocol.forward_header(1, 3, TENSOR)) == (1, 3, TENSOR)
+    assert protocol.parse_step(protocol.step_header(7, TENSOR)) == (7, TENSOR)
+    assert protocol.server_time(protocol.step_header(7, TENSOR, 2.5)) == 0.0025
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {},
+        {"open": None},
+        {"open": {"start": "0", "end": 2, "max_length": 8, "batch_size": 1}},
+        {"open": {"start": 0, "end": 2, "max_length": True, "batch_size": 1}},
+        {"open": {"start": -1, "end": 2, "max_length": 8, "batch_size": 1}},
+        {"open": {"start": 0, "end": 2**40, "max_length": 8, "batch_size": 1}},
+    ],
+)
+def test_malformed_session_requests_are_refused(header: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError):
+        protocol.SessionRequest.parse(header)
+
+
+@pytest.mark.parametrize(
+    "header", [{}, {"step": 1}, {"step": 1, "tensor": [1]}, {"step": None, "tensor": TENSOR}]
+)
+def test_malformed_steps_are_refused(header: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError):
+        protocol.parse_step(header)
+
+
+def test_a_peer_cannot_claim_a_nonsense_server_time() -> None:
+    for value in (-1, "3", True, 1e12):
+        assert protocol.server_time({"server_ms": value}) is None
