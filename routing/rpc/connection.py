@@ -109,7 +109,6 @@ class Connection:
         self._closed = False
         self.close_reason: BaseException | None = None
         self._idle_since: float | None = None
-        self._idle_lot = trio.lowlevel.ParkingLot()
 
     # -- status ------------------------------------------------------------------------------
 
@@ -132,7 +131,6 @@ class Connection:
             self._idle_since = None
         elif self._idle_since is None:
             self._idle_since = trio.current_time()
-            self._idle_lot.unpark_all()
 
     # -- writing (used by streams and handlers) ---------------------------------------------
 
@@ -206,11 +204,15 @@ class Connection:
         self._inbound.shutdown(lost)
 
     async def _idle_watch(self, idle_timeout: float) -> None:
+        # Polls instead of being woken on every busy -> idle change: a wake-up per call
+        # would cost a task switch on the hot path. A busy connection is checked once per
+        # `idle_timeout`; an idle one is closed exactly `idle_timeout` after it became idle.
         while True:
             since = self._idle_since
+            now = trio.current_time()
             if since is None:
-                await self._idle_lot.park()
-            elif trio.current_time() >= since + idle_timeout:
+                await trio.sleep_until(now + idle_timeout)
+            elif now >= since + idle_timeout:
                 logger.debug("closing idle connection with %s", self.peer_id.short())
                 self.close(ConnectionLostError("idle timeout"))
                 return

@@ -208,11 +208,12 @@ class RPCHost:
         """Call `method` on `target`. Raises RemoteError (the handler failed),
         CallTimeoutError, PeerUnreachableError, ConnectionLostError or ProtocolError."""
         deadline = trio.current_time() + timeout
-        connection: Connection | None = None
-        with trio.move_on_at(deadline):
-            connection = await self._pool.get_or_dial(target)
+        connection = self._pool.get(target.peer_id)  # the hot path: no dial, no checkpoint
         if connection is None:
-            raise CallTimeoutError(f"{method} to {target}: no connection within {timeout} s")
+            with trio.move_on_at(deadline):
+                connection = await self._pool.get_or_dial(target)
+            if connection is None:
+                raise CallTimeoutError(f"{method} to {target}: no connection within {timeout} s")
         return await connection.call(method, request, deadline)
 
     async def ping(self, target: PeerAddress, *, timeout: float) -> float:  # noqa: ASYNC109
