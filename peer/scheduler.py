@@ -114,7 +114,8 @@ class InferenceScheduler:
         request = StepRequest(session_id, hidden_states, start, end)
         self._busy[session_id] = self._busy.get(session_id, 0) + 1
         try:
-            if self._batchable(hidden_states):
+            alone = self.backend.active_sessions == 1  # nothing to merge with: skip a hop
+            if not alone and self._batchable(hidden_states):
                 return await self._step_batched(request)
             return await self._worker.submit(
                 self.backend.step, session_id, hidden_states, start, end

@@ -345,7 +345,12 @@ class MemoryNetwork:
         outgoing, incoming = _Pipe(self, source, host), _Pipe(self, host, source)
         self._pipes[outgoing] = incoming
         self._pipes[incoming] = outgoing
-        nursery.start_soon(_run_handler, handler, MemoryStream(incoming, outgoing))
+        try:
+            nursery.start_soon(_run_handler, handler, MemoryStream(incoming, outgoing))
+        except RuntimeError:  # the listener is shutting down: its nursery takes no more
+            self._pipes.pop(outgoing, None)
+            self._pipes.pop(incoming, None)
+            raise ConnectionRefusedError(f"{host}:{port} is closing") from None
         return MemoryStream(outgoing, incoming)
 
     def break_connection(self, pipe: _Pipe) -> None:

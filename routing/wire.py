@@ -14,10 +14,13 @@ Layout of one message (all integers big-endian)::
 `encode` returns a list of buffers (prefix + header in one small `bytes`, then the payload
 as given), so a large payload is never copied before it reaches the transport. `Decoder`
 is fed the bytes a stream delivers and returns complete messages; a message that arrived
-in one chunk is sliced out of it without a copy (`memoryview`), one that spans chunks is
-assembled once into a buffer of exactly its size. The declared size is checked against the
-cap before that buffer is allocated. Anything malformed raises `ProtocolError`
-(`MessageTooLargeError` for sizes); the decoder never asserts and never crashes on garbage.
+in one chunk is sliced out of it without a copy (`memoryview`); the pieces of one that spans
+chunks are kept as they arrive (no copy of `bytes` input) and joined once, when the last
+piece comes, into a buffer of exactly its size. The declared size is checked against the cap
+first, and nothing is allocated ahead of the bytes that actually arrived, so a peer that
+announces a large message and stops costs only what it sent. Anything malformed raises
+`ProtocolError` (`MessageTooLargeError` for sizes); the decoder never asserts and never
+crashes on garbage.
 """
 
 from __future__ import annotations
@@ -61,7 +64,6 @@ PREFIX_SIZE = _PREFIX.size  # 17
 _BODY_HEAD_SIZE = _BODY_HEAD.size  # 13
 _MAX_TOTAL = (1 << 32) - 1
 _ZEROS = bytes(8)
-INITIAL_PARTIAL_BUFFER = 256 * 1024  # first buffer for a message that spans reads
 
 
 class Kind(enum.IntEnum):
@@ -200,9 +202,9 @@ class Decoder:
         self.max_message_size = max_message_size
         self.max_header_size = max_message_size if max_header_size is None else max_header_size
         self._length_bytes = bytearray()  # a total length split across chunks
-        self._partial: bytearray | None = None  # a message body being assembled
-        self._filled = 0
-        self._expected = 0  # the size `_partial` will have when complete
+        self._pieces: list[Buffer] = []  # the pieces of a message that spans chunks
+        self._filled = 0  # bytes in `_pieces`
+        self._expected = 0  # the size of that message, its length field included
         self._failed: ProtocolError | None = None
 
     @property
@@ -234,22 +236,19 @@ class Decoder:
         pos = 0
         messages: list[Message] = []
         while pos < end:
-            partial = self._partial
-            if partial is not None:
+            if self._expected:
                 take = min(self._expected - self._filled, end - pos)
-                if self._filled + take > len(partial):  # grow as bytes arrive, never ahead
-                    size = min(self._expected, max(2 * len(partial), self._filled + take))
-                    grown = bytearray(size)
-                    grown[: self._filled] = memoryview(partial)[: self._filled]
-                    self._partial = partial = grown
-                partial[self._filled : self._filled + take] = view[pos : pos + take]
+                piece = view[pos : pos + take]
+                # `bytes` input is immutable: keep a view of it; anything else may be reused
+                # by the caller after `feed` returns, so copy it.
+                self._pieces.append(piece if type(data) is bytes else bytes(piece))
                 self._filled += take
                 pos += take
                 if self._filled == self._expected:
-                    self._partial = None
-                    self._filled = 0
-                    body = memoryview(partial)[4:]
-                    messages.append(_parse_body(body, self.max_header_size))
+                    whole = bytearray().join(self._pieces)  # one copy, aligned by malloc
+                    self._pieces.clear()
+                    self._filled = self._expected = 0
+                    messages.append(_parse_body(memoryview(whole)[4:], self.max_header_size))
                 continue
             if self._length_bytes or end - pos < 4:
                 take = min(4 - len(self._length_bytes), end - pos)
@@ -266,12 +265,9 @@ class Decoder:
             if end - pos >= total:  # whole message in this chunk: slice, no copy
                 messages.append(_parse_body(view[pos : pos + total], self.max_header_size))
                 pos += total
-            else:  # the length too, so the payload keeps its 8-byte alignment
-                # A prefix alone must not make us allocate its size: start small, and grow
-                # the buffer (doubling) as the bytes arrive.
+            else:  # keep the length too, so the payload keeps its 8-byte alignment
                 self._expected = total + 4
-                self._partial = bytearray(min(self._expected, INITIAL_PARTIAL_BUFFER))
-                _LENGTH.pack_into(self._partial, 0, total)
+                self._pieces.append(_LENGTH.pack(total))
                 self._filled = 4
         return messages
 

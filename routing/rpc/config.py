@@ -22,6 +22,7 @@ class RPCConfig:
     idle_timeout: float | None = 300.0  # close a connection with no call for this long
     stream_window: int = 4 * 1024 * 1024  # receive credit per stream, in bytes
     write_high_water: int = 1024 * 1024  # queued bytes beyond which senders wait
+    write_stall_timeout: float = 60.0  # a write taking longer closes the connection
     receive_size: int = 256 * 1024  # bytes asked from the transport per read
 
     def __post_init__(self) -> None:
@@ -31,7 +32,7 @@ class RPCConfig:
             raise ValueError("max_header_size must be in 1..max_message_size")
         if self.max_concurrent_calls < 1 or self.max_unauthenticated < 1:
             raise ValueError("caps must be >= 1")
-        if self.handshake_timeout <= 0 or self.connect_timeout <= 0:
+        if min(self.handshake_timeout, self.connect_timeout, self.write_stall_timeout) <= 0:
             raise ValueError("timeouts must be positive")
         if self.idle_timeout is not None and self.idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive or None")

@@ -98,7 +98,7 @@ class Connection:
         self.initiator = initiator
         self.config = config
         self.max_message_size = config.max_message_size
-        self._writer = MessageWriter(stream, config.write_high_water)
+        self._writer = MessageWriter(stream, config.write_high_water, config.write_stall_timeout)
         self._ids = itertools.count(1 if initiator else 2, 2)
         self._local_parity = 1 if initiator else 0
         self._calls: dict[int, _PendingCall | BidiStream] = {}
@@ -114,7 +114,9 @@ class Connection:
 
     @property
     def is_open(self) -> bool:
-        return not self._closed
+        """False as soon as the connection is closing (a failed write, `close()`), so the
+        pool never hands out a connection that can no longer send."""
+        return not self._closed and self.close_reason is None and not self._writer.failed
 
     @property
     def active_calls(self) -> int:
@@ -314,7 +316,7 @@ class Connection:
                 pending.finish(None, CallTimeoutError(f"{method} timed out"))
                 if self._calls.pop(call_id, None) is not None:
                     self.activity_changed()
-                if not self._closed:
+                if self.is_open:
                     self._writer.enqueue(encode(Kind.CANCEL, call_id))
         if pending.error is not None:
             raise pending.error

@@ -5,20 +5,23 @@ cancel scope registered under its call id before the task starts, so a CANCEL th
 arrives at once still cancels it. At most `max_concurrent_calls` run per connection; more
 get the error "overloaded" at once. The built-in method "ping" is answered by the reader
 itself (no task). Handler outcomes: a returned Packet is the reply; `HandlerError` is sent
-as its code and message; any other exception is logged here with its traceback and sent as
-code "internal" with a generic message (tracebacks never leave the process); a handler
-cancelled by the remote's CANCEL sends nothing.
+as its code and message; a reply over the message cap is sent as "reply_too_large"; any
+other exception is logged here with its traceback and sent as code "internal" with a
+generic message (tracebacks never leave the process); a handler cancelled by the remote's
+CANCEL sends nothing. A reply that cannot be sent because the connection is gone is
+dropped (logged at debug level): a handler task never fails its connection's nursery.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..errors import HandlerError, ProtocolError
+from ..errors import ConnectionLostError, HandlerError, MessageTooLargeError, ProtocolError
 from ..wire import Kind, Message, encode
 from .packet import CallContext, Packet, StreamHandler, UnaryHandler
 from .stream import BidiStream
@@ -79,7 +82,8 @@ class Inbound:
                 running.stream.on_failure(reason)
 
     def _error(self, call_id: int, code: str, message: str) -> None:
-        self._connection.enqueue(encode(Kind.ERROR, call_id, [code, message]))
+        with suppress(ConnectionLostError):  # nobody left to tell
+            self._connection.enqueue(encode(Kind.ERROR, call_id, [code, message]))
 
     def start(self, message: Message) -> None:
         call_id = message.call_id
@@ -160,11 +164,15 @@ class Inbound:
                     )
                 except HandlerError as error:
                     self._error(call_id, _clip(error.code), _clip(error.message, 4096))
+                except MessageTooLargeError as error:  # the reply is over our cap
+                    self._error(call_id, "reply_too_large", _clip(str(error)))
                 except Exception:
                     logger.exception("handler failed (call from %s)", self._context.peer_id)
                     self._error(call_id, "internal", "internal error")
                 else:
                     await self._connection.send(buffers)
+        except ConnectionLostError as error:  # the reply could not go out: the caller is gone
+            logger.debug("reply to %s lost: %s", self._context.peer_id.short(), error)
         finally:
             self._finished(call_id)
 
@@ -178,14 +186,19 @@ class Inbound:
                 except HandlerError as error:
                     self._error(call_id, _clip(error.code), _clip(error.message, 4096))
                     stream.close(notify=False)
-                except Exception:
-                    logger.exception("stream handler failed (from %s)", self._context.peer_id)
-                    self._error(call_id, "internal", "internal error")
+                except Exception as error:
+                    if isinstance(error, ConnectionLostError) and not self._connection.is_open:
+                        logger.debug("stream from %s lost: %s", self._context.peer_id, error)
+                    else:
+                        logger.exception("stream handler failed (from %s)", self._context.peer_id)
+                        self._error(call_id, "internal", "internal error")
                     stream.close(notify=False)
                 else:
                     if not stream.finished and not stream.local_ended:
                         await stream.end()
                     stream.close()  # CANCEL if the remote still sends: nobody reads
+        except ConnectionLostError as error:  # ending the stream failed: the caller is gone
+            logger.debug("stream from %s lost: %s", self._context.peer_id.short(), error)
         finally:
             stream.close(notify=False)
             self._finished(call_id)

@@ -101,6 +101,9 @@ class ConnectionPool:
             dial.error = TimeoutError(f"no connection within {self._connect_timeout} s")
         except (OSError, SecurityError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
             dial.error = e
+        except Exception as e:  # a transport's surprise must not take the host down
+            logger.warning("dial %s failed unexpectedly", address, exc_info=True)
+            dial.error = e
         finally:
             if self._dials.get(address.peer_id) is dial:
                 del self._dials[address.peer_id]

@@ -12,7 +12,9 @@ Fast path: when nothing is queued or being written, `send` writes a small messag
 `DIRECT_LIMIT` bytes) itself, shielded from cancellation so the message still goes out
 whole, which saves a task switch per message (the round-trip latency of a unary call).
 The shield has a deadline, `stall_timeout`: a write that cannot finish by then (the
-remote stopped reading) fails the connection.
+remote stopped reading) fails the connection. The writer task's own writes have the same
+deadline, so a remote that sends requests and never reads their replies cannot hold a
+connection, its handlers and their queued replies forever.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ class MessageWriter:
         self._has_work = trio.lowlevel.ParkingLot()
         self._progress = trio.lowlevel.ParkingLot()
         self._failure: BaseException | None = None
+
+    @property
+    def failed(self) -> bool:
+        """True once a write failed or `fail` was called: nothing more will be written."""
+        return self._failure is not None
 
     def fail(self, reason: BaseException) -> None:
         """No more writes: queued and future messages fail with ConnectionLostError."""
@@ -130,8 +137,14 @@ class MessageWriter:
             finally:
                 self._writing = False
 
+    async def _write(self, data: Buffer) -> None:
+        with trio.move_on_after(self._stall_timeout) as scope:
+            await self._stream.send_all(data)
+        if scope.cancelled_caught:
+            raise trio.BrokenResourceError("write stalled: the remote does not read")
+
     async def _write_batch(self) -> None:
-        stream = self._stream
+        write = self._write
         batch, self._queue = self._queue, []
         upto = self._enqueued
         pending: list[Buffer] = []
@@ -144,14 +157,14 @@ class MessageWriter:
                 if pending_size < _JOIN_LIMIT:
                     continue
             if pending:
-                await stream.send_all(pending[0] if len(pending) == 1 else b"".join(pending))
+                await write(pending[0] if len(pending) == 1 else b"".join(pending))
                 self.queued_bytes -= pending_size
                 pending, pending_size = [], 0
             if size >= _JOIN_LIMIT:
-                await stream.send_all(buffer)
+                await write(buffer)
                 self.queued_bytes -= size
         if pending:
-            await stream.send_all(pending[0] if len(pending) == 1 else b"".join(pending))
+            await write(pending[0] if len(pending) == 1 else b"".join(pending))
             self.queued_bytes -= pending_size
         self._written = upto
         self._progress.unpark_all()

@@ -160,6 +160,7 @@ async def test_idle_sessions_expire(
 async def test_waiting_steps_fail_when_the_scheduler_stops(checkpoints: dict[str, Path]) -> None:
     backend = SpanBackend.load(checkpoints["llama"], 0, 1)
     backend.open_session("a", 4)
+    backend.open_session("b", 4)  # with one session only, steps skip the batch queue
     worker = ComputeWorker()
     scheduler = InferenceScheduler(backend, worker)
     errors: list[Exception] = []
