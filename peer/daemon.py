@@ -35,7 +35,7 @@ from .block_choice import choose_span
 from .checkpoint import open_checkpoint
 from .errors import InvalidRequestError
 from .model_name import model_name
-from .rebalancer import RebalanceConfig, Rebalancer
+from .rebalancer import PeerControl, RebalanceConfig, Rebalancer
 from .scheduler import InferenceScheduler, SchedulerConfig
 from .server import SpanServer
 from .throughput import get_throughput, measure_throughput
@@ -118,13 +118,15 @@ async def serve_peer(
     config: PeerConfig,
     identity: Identity,
     transport: Transport,
+    control: PeerControl | None = None,
     *,
     task_status: trio.TaskStatus[PeerAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled; announce `offline` on the way out."""
+    """Serve until cancelled; announce `offline` on the way out. `control`: see rebalancer."""
     stop = trio.Event()
+    control = control or PeerControl()
     async with trio.open_nursery() as nursery:
-        address = await nursery.start(_serve_shielded, config, identity, transport, stop)
+        address = await nursery.start(_serve_shielded, config, identity, transport, control, stop)
         task_status.started(address)
         try:
             await trio.sleep_forever()
@@ -136,6 +138,7 @@ async def _serve_shielded(
     config: PeerConfig,
     identity: Identity,
     transport: Transport,
+    control: PeerControl,
     stop: trio.Event,
     *,
     task_status: trio.TaskStatus[PeerAddress],
@@ -148,7 +151,12 @@ async def _serve_shielded(
             scheduler = InferenceScheduler(peer.backend, worker, config.scheduler)
             await nursery.start(scheduler.run)
             rpc = RPCHost(identity, transport, config.rpc)
-            server = SpanServer(scheduler, peer.info, idle_timeout=config.scheduler.idle_timeout)
+            server = SpanServer(
+                scheduler,
+                peer.info,
+                idle_timeout=config.scheduler.idle_timeout,
+                accepting=lambda: not control.draining,
+            )
             server.register(rpc)
             dht = DHTNode(rpc, config.dht)
             peer.address = await nursery.start(rpc.run, config.host, config.port)
@@ -168,7 +176,7 @@ async def _serve_shielded(
             await nursery.start(announce)
             if config.blocks is None and config.rebalance is not None:
                 await nursery.start(
-                    _rebalancer(config, peer, dht, scheduler, announcer, worker).run
+                    _rebalancer(config, peer, dht, scheduler, announcer, worker, control).run
                 )
             logger.info("serving and announced at %s", peer.address)
             task_status.started(peer.address)
@@ -185,6 +193,7 @@ def _rebalancer(
     scheduler: InferenceScheduler,
     announcer: Announcer,
     worker: ComputeWorker,
+    control: PeerControl,
 ) -> Rebalancer:
     assert peer.address is not None and config.rebalance is not None  # set before announcing
     total = int(peer.backend.span.config.num_hidden_layers)
@@ -198,7 +207,15 @@ def _rebalancer(
     view = SwarmView(dht.rpc, dht, config.name, total)
     own = str(peer.address.peer_id)
     return Rebalancer(
-        view, announcer, lambda: peer.backend, load, switch, own, peer.throughput, config.rebalance
+        view,
+        announcer,
+        lambda: peer.backend,
+        load,
+        switch,
+        own,
+        peer.throughput,
+        config.rebalance,
+        control,
     )
 
 

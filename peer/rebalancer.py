@@ -5,6 +5,10 @@ Every `interval` seconds, if it serves no session, the peer reads the swarm and 
 bottleneck throughput by more than `margin`. If so it loads that span (in the compute
 worker), switches the scheduler to it between steps, announces the new span, and retires the
 old blocks' records. Sessions opened while it was loading cancel the move.
+
+A peer with sessions never moves, unless asked to drain (`PeerControl.request_drain`, which
+`swarm peer` wires to SIGUSR1): it then refuses new sessions (clients go elsewhere), and once
+its last session ends it looks at once, moves if that helps, and takes sessions again.
 """
 
 from __future__ import annotations
@@ -32,6 +36,28 @@ class RebalanceConfig:
     margin: float = 0.2  # move only if the bottleneck rises by more than this (relative)
 
 
+class PeerControl:
+    """What an operator can ask of a running peer."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self._wakeup = trio.Event()
+
+    def request_drain(self) -> None:
+        """Take no new session; move (if that helps) once the current ones end."""
+        self.draining = True
+        self._wakeup.set()
+
+    def finish_drain(self) -> None:
+        self.draining = False
+        self._wakeup = trio.Event()
+
+    async def wait(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if a drain is requested."""
+        with trio.move_on_after(seconds):
+            await self._wakeup.wait()
+
+
 class SpanLoader(Protocol):
     async def __call__(self, start: int, end: int) -> SpanBackend: ...
 
@@ -49,6 +75,7 @@ class Rebalancer:
         own_peer: str,
         throughput: float,
         config: RebalanceConfig,
+        control: PeerControl,
     ) -> None:
         self.view = view
         self.announcer = announcer
@@ -58,12 +85,24 @@ class Rebalancer:
         self.own_peer = own_peer
         self.throughput = throughput
         self.config = config
+        self.control = control
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            await trio.sleep(self.config.interval)
-            await self.check()
+            if self.control.draining:
+                await self._drain()
+            else:
+                await self.control.wait(self.config.interval)
+                if not self.control.draining:
+                    await self.check()
+
+    async def _drain(self) -> None:
+        logger.info("draining: no new sessions; moving once the last one ends")
+        while self.serving().active_sessions:  # noqa: ASYNC110 (a count in the compute core)
+            await trio.sleep(min(1.0, self.config.interval))
+        await self.check()
+        self.control.finish_drain()
 
     async def check(self) -> bool:
         """One look at the swarm; True if the peer moved."""

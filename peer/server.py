@@ -59,10 +59,12 @@ class SpanServer:
         describe: Callable[[], Mapping[str, Any]],
         *,
         idle_timeout: float = 300.0,
+        accepting: Callable[[], bool] = lambda: True,
     ) -> None:
         self.scheduler = scheduler
         self.describe = describe
         self.idle_timeout = idle_timeout
+        self.accepting = accepting  # False while draining: new sessions are refused
 
     def register(self, rpc: RPCHost) -> None:
         rpc.add_unary(INFO, self.info)
@@ -83,6 +85,8 @@ class SpanServer:
     async def inference(self, stream: BidiStream, context: CallContext) -> None:
         with _as_handler_errors():
             request = SessionRequest.parse((await self._receive(stream)).header)
+            if not self.accepting():
+                raise HandlerError("draining", "this peer takes no new sessions now")
             session_id = f"{context.peer_id.short()}-{secrets.token_hex(6)}"
             info = await self.scheduler.open_session(
                 session_id, request.max_length, request.batch_size, request.start, request.end

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from dataclasses import replace
 from functools import partial
 
+import trio
+
 from peer.backend import BackendConfig
 from peer.daemon import PeerConfig, parse_blocks, serve_peer
+from peer.rebalancer import PeerControl
 from routing import PeerAddress, TcpTransport
 
 from ..checkpoints import resolve_checkpoint, swarm_name
@@ -37,6 +41,18 @@ def peer_config(args: argparse.Namespace) -> PeerConfig:
     )
 
 
+async def serve(args: argparse.Namespace, *, task_status: trio.TaskStatus[PeerAddress]) -> None:
+    """The peer, with SIGUSR1 asking it to drain (take no new sessions, then move)."""
+    control = PeerControl()
+    serving = partial(
+        serve_peer, peer_config(args), identity_from(args.identity), TcpTransport(), control
+    )
+    with trio.open_signal_receiver(signal.SIGUSR1) as drain_requests:
+        async with trio.open_nursery() as nursery:
+            task_status.started(await nursery.start(serving))
+            async for _ in drain_requests:
+                control.request_drain()
+
+
 def run(args: argparse.Namespace) -> int:
-    config = peer_config(args)
-    return run_service(partial(serve_peer, config, identity_from(args.identity), TcpTransport()))
+    return run_service(partial(serve, args))

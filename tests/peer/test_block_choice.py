@@ -12,11 +12,12 @@ import trio
 from peer.block_choice import better_span, block_throughput, choose_span
 from peer.daemon import PeerConfig, serve_peer
 from peer.errors import InvalidRequestError
-from peer.rebalancer import RebalanceConfig
+from peer.rebalancer import PeerControl, RebalanceConfig
 from routing import span_protocol as protocol
 from routing.address import PeerAddress
 from routing.announcement import PeerAnnouncement, PeerState
 from routing.dht import serve_dht_node
+from routing.errors import RemoteError
 from routing.memory_network import MemoryNetwork
 from routing.rpc import Packet, RPCHost
 from routing.tensor_codec import decode_tensor, encode_tensor
@@ -127,4 +128,49 @@ async def test_a_peer_moves_to_a_gap_when_one_opens(
     request = Packet(protocol.forward_header(4, 8, header), body)
     reply = await client.call(moving, protocol.FORWARD, request, timeout=5)
     assert decode_tensor(reply.header["tensor"], reply.body).shape == hidden.shape
+    nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_with_a_session_moves_only_when_asked_to_drain(
+    eight_blocks: Path, nursery: trio.Nursery
+) -> None:
+    network = MemoryNetwork()
+    boot = await nursery.start(
+        serve_dht_node, Identity.generate(), network.transport("10.0.0.1"), "10.0.0.1", 1
+    )
+    common = {"checkpoint": eight_blocks, "port": 1, "initial_peers": (boot.address,)}
+    control = PeerControl()
+    mover = PeerConfig(
+        host="10.0.3.1", num_blocks=4, rebalance=RebalanceConfig(interval=0.2), **common
+    )
+    serve_mover = partial(
+        serve_peer, mover, Identity.generate(), network.transport("10.0.3.1"), control
+    )
+    moving = await nursery.start(serve_mover)
+    client = RPCHost(Identity.generate(), network.transport("10.0.0.9"))
+    await nursery.start(client.run, "10.0.0.9", 1)
+
+    async def span() -> tuple[int, int]:
+        info = await client.call(moving, protocol.INFO, Packet({}), timeout=5)
+        return info.header["start"], info.header["end"]
+
+    async with client.open_stream(moving, protocol.INFERENCE) as session:
+        await session.send(Packet(protocol.SessionRequest(0, 4, 16).header()))
+        await session.receive()
+        fixed = PeerConfig(host="10.0.3.2", blocks=(0, 4), **common)
+        fixed_transport = network.transport("10.0.3.2")
+        await nursery.start(partial(serve_peer, fixed, Identity.generate(), fixed_transport))
+        await trio.sleep(1.0)  # several rebalancing rounds: it has a session, it stays
+        assert await span() == (0, 4)
+        control.request_drain()
+        async with client.open_stream(moving, protocol.INFERENCE) as refused:
+            await refused.send(Packet(protocol.SessionRequest(0, 4, 16).header()))
+            with pytest.raises(RemoteError) as caught:
+                await refused.receive()
+            assert caught.value.code == "draining"
+    with trio.fail_after(30):  # its last session ended: it moves, and takes sessions again
+        while await span() != (4, 8):  # noqa: ASYNC110 (polls a remote peer)
+            await trio.sleep(0.1)
+        while control.draining:  # noqa: ASYNC110 (a flag of the peer under test)
+            await trio.sleep(0.05)
     nursery.cancel_scope.cancel()

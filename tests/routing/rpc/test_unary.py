@@ -152,7 +152,7 @@ async def test_too_many_concurrent_calls_are_refused_as_overloaded(
 
 
 async def test_payloads_near_and_over_the_cap(autojump_clock: trio.testing.MockClock) -> None:
-    config = RPCConfig(max_message_size=1 << 20)
+    config = RPCConfig(max_message_size=1 << 20, max_header_size=64 << 10)
 
     async def inflate(request: Packet, context: CallContext) -> Packet:
         return Packet({}, bytes(int(request.header["size"])))
