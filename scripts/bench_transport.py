@@ -3,73 +3,139 @@
 
 Round trip: a one-token hidden state (1 x 1 x 4096, float32 = 16 KiB and bfloat16 = 8 KiB)
 sent as a unary call whose handler decodes the tensor and sends it back (tensor_codec both
-ways), against a plain TCP echo of the same bytes with no framing, no encryption and no RPC
-(the server knows the size and echoes exactly that many bytes). "added" = RPC median minus
-plain median: what Noise + the RPC layer cost per round trip.
+ways, and the caller decodes the reply), against a plain TCP echo of the same bytes with no
+framing, no encryption and no RPC (the server knows the size and echoes exactly that many
+bytes). In between, a SecureStream echo of the same bytes (Noise only, no RPC) shows which
+layer costs what. "added" = median minus the plain TCP median, measured in the same run.
 
-Throughput: 16 MiB payloads sent as a unary call with an empty reply, against plain TCP
+Throughput: 16 MiB payloads sent as a unary call with a small reply, against plain TCP
 sending 16 MiB and waiting for a 1-byte acknowledgement.
 
-Client and server run in this one process and one trio loop (both sides' CPU is counted),
-on 127.0.0.1 with TCP_NODELAY.
+Where the servers run: by default in a child process (`--layout split`), as two peers
+would, each with its own CPU; `--layout one` runs client and servers in this one process
+and one trio loop, so every byte's encryption and decryption share one core (a lower bound).
+All on 127.0.0.1 with TCP_NODELAY. Aims (issue 2): < 0.3 ms added per round trip,
+> 300 MB/s for 16 MiB payloads.
 
     .venv/bin/python scripts/bench_transport.py [--runs 2000] [--bulk-runs 20]
+        [--layout split|one|both] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import trio
 
+from routing.address import PeerAddress
 from routing.rpc import CallContext, Packet, RPCHost
 from routing.tensor_codec import decode_tensor, encode_tensor
 from routing.transport import TcpTransport
-from security import Identity
+from security import Identity, SecureStream
 
 MIB = 1024 * 1024
 BULK = 16 * MIB
+HIDDEN = 4096
+AIM_ADDED_MS = 0.3
+AIM_MB_S = 300.0
+SIZES = (HIDDEN * 4, HIDDEN * 2, BULK)  # what the echo servers serve (by request size)
 
 
-async def _receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> None:
+# -- servers ---------------------------------------------------------------------------------
+
+
+async def _receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bool:
     left = size
     while left:
         data = await stream.receive_some(min(left, 1 << 20))
         if not data:
-            raise EOFError
+            return False
         left -= len(data)
+    return True
 
 
-async def _plain_server(
-    payload_size: int, reply_size: int, *, task_status: trio.TaskStatus[int]
-) -> None:
-    reply = bytes(reply_size)
+async def _echo_loop(stream: trio.abc.Stream, size: int) -> None:
+    """Echo `size`-byte messages; a message of BULK bytes gets a 1-byte acknowledgement."""
+    reply = b"k" if size == BULK else bytes(size)
+    while await _receive_exactly(stream, size):
+        await stream.send_all(reply)
 
+
+async def _serve_plain(size: int, *, task_status: trio.TaskStatus[int]) -> None:
     async def handle(stream: trio.SocketStream) -> None:
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        buffer = bytearray()
-        while True:
-            while len(buffer) < payload_size:
-                data = await stream.receive_some(1 << 20)
-                if not data:
-                    return
-                buffer += data
-            del buffer[:payload_size]
-            await stream.send_all(reply or bytes(payload_size))
+        await _echo_loop(stream, size)
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handle, listeners)
+        task_status.started(listeners[0].socket.getsockname()[1])
+
+
+async def _serve_secure(
+    identity: Identity, size: int, *, task_status: trio.TaskStatus[int]
+) -> None:
+    async def handle(stream: trio.abc.Stream) -> None:
+        secure = SecureStream(stream, identity, initiator=False)
+        with suppress(trio.BrokenResourceError):
+            await _echo_loop(secure, size)
+
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(partial(TcpTransport().serve, "127.0.0.1", 0, handle))
         task_status.started(port)
+
+
+async def _echo_tensor(request: Packet, context: CallContext) -> Packet:
+    tensor = decode_tensor(request.header, request.body)
+    header, body = encode_tensor(tensor)
+    return Packet(header, body)
+
+
+async def _sink(request: Packet, context: CallContext) -> Packet:
+    return Packet({"n": len(request.body)})
+
+
+async def serve_all(*, task_status: trio.TaskStatus[dict[str, Any]]) -> None:
+    """Every server the benchmark needs; started value: where they are."""
+    async with trio.open_nursery() as nursery:
+        rpc = RPCHost(Identity.generate(), TcpTransport())
+        rpc.add_unary("echo", _echo_tensor)
+        rpc.add_unary("sink", _sink)
+        address = await nursery.start(partial(rpc.run, "127.0.0.1", 0))
+        identity = Identity.generate()
+        where: dict[str, Any] = {"rpc": str(address), "secure_id": identity.peer_id.to_base58()}
+        for size in SIZES:
+            where[f"plain_{size}"] = await nursery.start(_serve_plain, size)
+            where[f"secure_{size}"] = await nursery.start(_serve_secure, identity, size)
+        task_status.started(where)
+
+
+def _serve_forever() -> None:
+    """`--serve`: run the servers, print where they are as one JSON line, until killed."""
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            where = await nursery.start(serve_all)
+            print(json.dumps(where), flush=True)
+
+    trio.run(main)
+
+
+# -- client ----------------------------------------------------------------------------------
 
 
 async def _time(runs: int, once: Callable[[], Awaitable[None]]) -> list[float]:
@@ -83,90 +149,172 @@ async def _time(runs: int, once: Callable[[], Awaitable[None]]) -> list[float]:
     return samples
 
 
-async def plain_round_trip(nursery: trio.Nursery, size: int, reply: int, runs: int) -> list[float]:
-    port = await nursery.start(_plain_server, size, reply)
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+async def _stream_round_trips(stream: trio.abc.Stream, size: int, runs: int) -> list[float]:
     payload = bytes(size)
+    reply = 1 if size == BULK else size
 
     async def once() -> None:
         await stream.send_all(payload)
-        await _receive_exactly(stream, reply or size)
+        if not await _receive_exactly(stream, reply):
+            raise EOFError("the echo server closed")
 
+    return await _time(runs, once)
+
+
+async def _plain(where: dict[str, Any], size: int, runs: int) -> list[float]:
+    stream = await trio.open_tcp_stream("127.0.0.1", where[f"plain_{size}"])
     async with stream:
-        return await _time(runs, once)
+        return await _stream_round_trips(stream, size, runs)
 
 
-async def _echo_tensor(request: Packet, context: CallContext) -> Packet:
-    tensor = decode_tensor(request.header, request.body)
-    header, body = encode_tensor(tensor)
-    return Packet(header, body)
+async def _secure(where: dict[str, Any], size: int, runs: int) -> list[float]:
+    from security import PeerId
+
+    raw = await trio.open_tcp_stream("127.0.0.1", where[f"secure_{size}"])
+    expected = PeerId.from_base58(where["secure_id"])
+    stream = SecureStream(raw, Identity.generate(), initiator=True, expected_peer=expected)
+    async with stream:
+        return await _stream_round_trips(stream, size, runs)
 
 
-async def _sink(request: Packet, context: CallContext) -> Packet:
-    return Packet({"n": len(request.body)})
+class Table:
+    """Rows printed as they come, and kept for `--json`."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, float]] = {}
+        print(
+            "| case                                  | median ms |    p90 ms |  added ms |"
+            "       MB/s |"
+        )
+        print(
+            "|---------------------------------------|-----------|-----------|-----------|"
+            "------------|"
+        )
+
+    def row(self, name: str, samples: list[float], baseline: list[float] | None, size: int) -> None:
+        median = statistics.median(samples)
+        p90 = statistics.quantiles(samples, n=10)[-1]
+        added = None if baseline is None else (median - statistics.median(baseline)) * 1e3
+        self.rows[name] = {
+            "median_ms": median * 1e3,
+            "p90_ms": p90 * 1e3,
+            "mb_per_s": size / median / 1e6,
+        }
+        if added is not None:
+            self.rows[name]["added_ms"] = added
+        added_text = "" if added is None else f"{added:+.3f}"
+        print(
+            f"| {name:<37} | {median * 1e3:9.3f} | {p90 * 1e3:9.3f} | {added_text:>9} |"
+            f" {size / median / 1e6:10.1f} |",
+            flush=True,
+        )
 
 
-def _percentile(samples: list[float], q: float) -> float:
-    return statistics.quantiles(samples, n=100)[int(q) - 1]
-
-
-RESULTS: dict[str, dict[str, float]] = {}  # for --json
-
-
-def _row(name: str, samples: list[float], baseline: list[float] | None, size: int) -> str:
-    median = statistics.median(samples) * 1e3
-    p90 = _percentile(samples, 90) * 1e3
-    added = "" if baseline is None else f"{median - statistics.median(baseline) * 1e3:+.3f}"
-    rate = size / statistics.median(samples) / 1e6
-    RESULTS[name] = {"median_ms": median, "p90_ms": p90, "mb_per_s": rate}
-    return f"| {name:<34} | {median:9.3f} | {p90:9.3f} | {added:>9} | {rate:10.1f} |"
-
-
-async def main(runs: int, bulk_runs: int) -> None:
-    print("| case                               | median ms |    p90 ms | added ms |       MB/s |")
-    print("|------------------------------------|-----------|-----------|----------|------------|")
+async def run_client(
+    where: dict[str, Any], runs: int, bulk_runs: int, table: Table
+) -> dict[str, float]:
+    summary: dict[str, float] = {}
     async with trio.open_nursery() as nursery:
-        server = RPCHost(Identity.generate(), TcpTransport())
-        server.add_unary("echo", _echo_tensor)
-        server.add_unary("sink", _sink)
-        address = await nursery.start(partial(server.run, "127.0.0.1", 0))
         client = RPCHost(Identity.generate(), TcpTransport())
         await nursery.start(partial(client.run, "127.0.0.1", 0))
+        address = PeerAddress.parse(where["rpc"])
         await client.call(address, "ping", Packet(), timeout=10)  # connect + handshake
 
         for dtype in (torch.float32, torch.bfloat16):
-            hidden = torch.randn(1, 1, 4096).to(dtype)
-            header, body = encode_tensor(hidden)
+            name = str(dtype).removeprefix("torch.")
+            header, body = encode_tensor(torch.randn(1, 1, HIDDEN).to(dtype))
             size = len(body)
-            plain = await plain_round_trip(nursery, size, 0, runs)
 
-            async def rpc_once(header: dict[str, object] = header, body: memoryview = body) -> None:
+            async def rpc_once(header: dict[str, Any] = header, body: memoryview = body) -> None:
                 reply = await client.call(address, "echo", Packet(header, body), timeout=10)
                 decode_tensor(reply.header, reply.body)
 
+            plain = await _plain(where, size, runs)
+            secure = await _secure(where, size, runs)
             rpc = await _time(runs, rpc_once)
-            name = str(dtype).removeprefix("torch.")
-            print(_row(f"plain TCP echo {size // 1024} KiB", plain, None, 2 * size))
-            print(_row(f"RPC echo 1x1x4096 {name}", rpc, plain, 2 * size))
+            table.row(f"plain TCP echo {size // 1024} KiB", plain, None, 2 * size)
+            table.row(f"SecureStream echo {size // 1024} KiB", secure, plain, 2 * size)
+            table.row(f"RPC echo 1x1x{HIDDEN} {name}", rpc, plain, 2 * size)
+            summary[f"added_ms_{name}"] = (statistics.median(rpc) - statistics.median(plain)) * 1e3
 
-        plain_bulk = await plain_round_trip(nursery, BULK, 1, bulk_runs)
         payload = bytes(BULK)
 
         async def bulk_once() -> None:
             await client.call(address, "sink", Packet({}, payload), timeout=60)
 
+        plain_bulk = await _plain(where, BULK, bulk_runs)
+        secure_bulk = await _secure(where, BULK, bulk_runs)
         rpc_bulk = await _time(bulk_runs, bulk_once)
-        print(_row("plain TCP 16 MiB one way", plain_bulk, None, BULK))
-        print(_row("RPC 16 MiB one way (unary)", rpc_bulk, plain_bulk, BULK))
+        table.row("plain TCP 16 MiB one way", plain_bulk, None, BULK)
+        table.row("SecureStream 16 MiB one way", secure_bulk, plain_bulk, BULK)
+        table.row("RPC 16 MiB one way (unary)", rpc_bulk, plain_bulk, BULK)
+        summary["rpc_mb_per_s"] = BULK / statistics.median(rpc_bulk) / 1e6
         nursery.cancel_scope.cancel()
+    return summary
+
+
+async def run_one_process(runs: int, bulk_runs: int, table: Table) -> dict[str, float]:
+    async with trio.open_nursery() as nursery:
+        where = await nursery.start(serve_all)
+        summary = await run_client(where, runs, bulk_runs, table)
+        nursery.cancel_scope.cancel()
+    return summary
+
+
+def run_split(runs: int, bulk_runs: int, table: Table) -> dict[str, float]:
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = child.stdout.readline() if child.stdout else ""
+        if not line:
+            raise RuntimeError("the server process did not start")
+        return trio.run(run_client, json.loads(line), runs, bulk_runs, table)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--bulk-runs", type=int, default=20)
+    parser.add_argument("--layout", choices=["split", "one", "both"], default="both")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        _serve_forever()
+        return
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "aims": {"added_ms": AIM_ADDED_MS, "mb_per_s": AIM_MB_S},
+    }
+    layouts = ["split", "one"] if args.layout == "both" else [args.layout]
+    for layout in layouts:
+        print(
+            f"\nlayout {layout}: "
+            + (
+                "servers in a child process"
+                if layout == "split"
+                else "client and servers in one process"
+            )
+        )
+        table = Table()
+        if layout == "split":
+            summary = run_split(args.runs, args.bulk_runs, table)
+        else:
+            summary = trio.run(run_one_process, args.runs, args.bulk_runs, table)
+        worst = max(v for k, v in summary.items() if k.startswith("added_ms"))
+        print(
+            f"added per round trip: {worst:.3f} ms (aim < {AIM_ADDED_MS}); "
+            f"RPC 16 MiB: {summary['rpc_mb_per_s']:.0f} MB/s (aim > {AIM_MB_S:.0f})"
+        )
+        results[layout] = {"rows": table.rows, "summary": summary}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=2000)
-    parser.add_argument("--bulk-runs", type=int, default=20)
-    parser.add_argument("--json", type=Path, help="also write the rows here")
-    args = parser.parse_args()
-    trio.run(main, args.runs, args.bulk_runs)
-    if args.json:
-        args.json.write_text(json.dumps(RESULTS, indent=1))
+    main()

@@ -55,7 +55,9 @@ def test_decode_shares_writable_aligned_buffers() -> None:
     (message,) = decoder.feed(data[10:])  # assembled: writable and 8-byte aligned
     decoded = decode_tensor({"dtype": "float32", "shape": [64, 64]}, message.payload)
     assert torch.equal(decoded, tensor)
-    message.payload[0:4] = torch.tensor([7.0]).numpy().tobytes()
+    payload = message.payload
+    assert isinstance(payload, memoryview) and not payload.readonly
+    payload[0:4] = torch.tensor([7.0]).numpy().tobytes()
     assert decoded[0, 0].item() == 7.0  # same memory
 
 

@@ -86,6 +86,21 @@ def test_message_spanning_chunks_is_assembled_once_and_aligned() -> None:
     assert len(message.payload.obj) == len(data)  # one buffer of exactly the message
 
 
+def test_reused_input_buffers_do_not_corrupt_a_message_that_spans_them() -> None:
+    """Only `bytes` input is kept by reference; a caller may reuse any other buffer."""
+    data = encode_message(Message(Kind.STREAM_DATA, 3, {"k": "v"}, bytes(range(256)) * 100))
+    decoder = Decoder()
+    scratch = bytearray(1000)
+    messages: list[Message] = []
+    for start in range(0, len(data), 1000):
+        piece = data[start : start + 1000]
+        scratch[: len(piece)] = piece
+        messages += decoder.feed(memoryview(scratch)[: len(piece)])
+        scratch[:] = bytes(1000)  # the caller reuses its buffer at once
+    (message,) = messages
+    assert message.header == {"k": "v"} and bytes(message.payload) == bytes(range(256)) * 100
+
+
 def test_size_is_checked_before_allocation() -> None:
     decoder = Decoder(1024)
     with pytest.raises(MessageTooLargeError):

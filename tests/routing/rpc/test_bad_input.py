@@ -23,22 +23,10 @@ from routing.rpc import Packet, RPCConfig, RPCHost
 from routing.wire import Decoder, Kind, Message, encode
 from security import Identity, SecureStream
 
-from .helpers import echo, start_host
+from .helpers import count_tasks, echo, start_host
 
 SERVER = "10.0.0.1"
 PORT = 4000
-
-
-def _tasks() -> int:
-    """Every task in this trio run."""
-    count = 0
-    pending = [trio.lowlevel.current_root_task()]
-    while pending:
-        task = pending.pop()
-        count += 1
-        for nursery in task.child_nurseries:
-            pending.extend(nursery.child_tasks)
-    return count
 
 
 @asynccontextmanager
@@ -63,7 +51,7 @@ async def _honest_call(network: MemoryNetwork, server: RPCHost) -> None:
 async def _settled(server: RPCHost, tasks: int) -> None:
     """Wait (bounded) until the server holds no connection or handler beyond `tasks`."""
     with trio.fail_after(60):
-        while server.stats().connections or server.stats().unauthenticated or _tasks() > tasks:  # noqa: ASYNC110
+        while server.stats().connections or server.stats().unauthenticated or count_tasks() > tasks:  # noqa: ASYNC110
             await trio.sleep(0.01)
     stats = server.stats()
     assert (stats.handlers, stats.calls, stats.dials) == (0, 0, 0)
@@ -103,7 +91,7 @@ async def test_random_bytes_before_and_after_the_handshake(
     # Random bytes may read as the prefix of a large message that never comes: such a
     # connection is closed when it has been idle this long.
     async with _server(RPCConfig(idle_timeout=20.0)) as (network, server):
-        tasks = _tasks()
+        tasks = count_tasks()
         for attempt in range(20):  # garbage instead of a handshake
             raw = await network.transport(f"10.1.0.{attempt}").connect(SERVER, PORT)
             await raw.send_all(rng.randbytes(rng.randrange(1, 3000)))
@@ -128,7 +116,7 @@ async def test_truncated_frames_and_oversized_messages(
 ) -> None:
     config = RPCConfig(max_message_size=4 * 2**20, max_header_size=64 * 1024)
     async with _server(config) as (network, server):
-        tasks = _tasks()
+        tasks = count_tasks()
         # a frame whose length promises more than is sent, then the dialer hangs up
         stream = await _secure(network, server)
         await stream.transport_stream.send_all(b"\xff\xff" + bytes(100))
@@ -169,7 +157,7 @@ async def test_ten_thousand_malformed_messages_on_one_connection(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with _server() as (network, server):
-        tasks = _tasks()
+        tasks = count_tasks()
         stream = await _secure(network, server)
         decoder = Decoder()
         errors = 0
@@ -189,7 +177,7 @@ async def test_ten_thousand_malformed_messages_on_one_connection(
             b"".join(bytes(b) for b in encode(Kind.REQUEST, 99_999, ["echo", {"x": 1}]))
         )
         (reply,) = await _read_messages(stream, decoder, 1)
-        assert getattr(reply, "kind", None) is Kind.RESPONSE and reply.header == {"x": 1}  # type: ignore[attr-defined]
+        assert reply.kind is Kind.RESPONSE and reply.header == {"x": 1}
         await stream.aclose()
         await _honest_call(network, server)
         await _settled(server, tasks)
@@ -200,7 +188,7 @@ async def test_silent_connections_are_dropped_and_capped(
 ) -> None:
     config = RPCConfig(handshake_timeout=5.0, max_unauthenticated=4)
     async with _server(config) as (network, server):
-        tasks = _tasks()
+        tasks = count_tasks()
         silent = [await network.transport(f"10.4.0.{i}").connect(SERVER, PORT) for i in range(10)]
         with trio.fail_after(1):
             while server.stats().unauthenticated < 4:  # noqa: ASYNC110 (polls a count)
