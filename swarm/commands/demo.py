@@ -65,9 +65,10 @@ def run(args: argparse.Namespace) -> int:
             _say(line)
         if args.keep_running:
             _say(
-                "\nThe swarm keeps running (Ctrl-C stops it). Join it from another machine:\n"
-                f"  swarm peer MODEL --initial-peers {swarm.bootstrap} --host 0.0.0.0\n"
-                "or from Python:\n"
+                "\nThe swarm keeps running on 127.0.0.1 (Ctrl-C stops it). Add a peer:\n"
+                f"  swarm peer MODEL --initial-peers {swarm.bootstrap} --num-blocks 10\n"
+                "(other machines join a swarm started with `swarm dht --host 0.0.0.0`)\n"
+                "or generate from Python:\n"
                 "  from swarm import DistributedModelForCausalLM\n"
                 "  model = DistributedModelForCausalLM.from_pretrained(\n"
                 f"      MODEL, initial_peers=[{swarm.bootstrap!r}])"
