@@ -88,10 +88,10 @@ class SpanServer:
             if not self.accepting():
                 raise HandlerError("draining", "this peer takes no new sessions now")
             session_id = f"{context.peer_id.short()}-{secrets.token_hex(6)}"
-            info = await self.scheduler.open_session(
-                session_id, request.max_length, request.batch_size, request.start, request.end
-            )
-            try:
+            try:  # opened inside: a cancel that lands as the session opens still closes it
+                info = await self.scheduler.open_session(
+                    session_id, request.max_length, request.batch_size, request.start, request.end
+                )
                 opened = SessionOpened(session_id, info.start, info.end, info.max_length)
                 await stream.send(Packet(opened.header()))
                 while True:

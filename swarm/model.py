@@ -130,7 +130,11 @@ class InferenceSession:
         self._state: GenerationState | None = None
 
     def __enter__(self) -> InferenceSession:
-        self.model._loop.run(self._chain.__aenter__)
+        try:
+            self.model._loop.run(self._chain.__aenter__)
+        except BaseException:
+            self.model._loop.run(self._chain.close)
+            raise
         return self
 
     def __exit__(

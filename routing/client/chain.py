@@ -61,6 +61,7 @@ class InferenceChain:
         self.max_length = max_length
         self.hops: list[HopSession] = []
         self.failovers: list[Failover] = []
+        self._closed = False
 
     @property
     def route(self) -> list[Hop]:
@@ -81,6 +82,8 @@ class InferenceChain:
         await self.close()
 
     async def close(self) -> None:
+        """Close every session (shielded, bounded); a step still in flight fails, unrouted."""
+        self._closed = True
         hops, self.hops = self.hops, []
         async with trio.open_nursery() as nursery:
             for hop in hops:
@@ -100,7 +103,7 @@ class InferenceChain:
                 output = await hop.step(hidden, self._timeout(hidden))
             except LINK_ERRORS as error:
                 failures += 1
-                if failures > self.view.config.max_failovers:
+                if self._closed or failures > self.view.config.max_failovers:
                     raise
                 self.hops[index : index + 1] = await self._replace(hop, error)
                 continue
@@ -118,7 +121,7 @@ class InferenceChain:
         )  # fmt: skip
         await lost.close()
         history = torch.cat(lost.inputs, dim=1) if lost.inputs else None
-        replacement = await self._open_range(lost.hop.start, lost.hop.end, lost.inputs)
+        replacement = await self._open_range(lost.hop.start, lost.hop.end, lost.inputs, error)
         self.failovers.append(
             Failover(
                 peer=lost.hop.peer,
@@ -132,11 +135,18 @@ class InferenceChain:
         return replacement
 
     async def _open_range(
-        self, start: int, end: int, history: list[torch.Tensor]
+        self,
+        start: int,
+        end: int,
+        history: list[torch.Tensor],
+        cause: BaseException | None = None,
     ) -> list[HopSession]:
-        """Sessions over [start, end) whose caches hold `history` (the inputs at `start`)."""
+        """Sessions over [start, end) whose caches hold `history` (the inputs at `start`).
+
+        `cause`: the failure that lost these blocks, named if no peer is left for them.
+        """
         refreshed = False
-        last_error: BaseException | None = None
+        last_error: BaseException | None = cause
         for _ in range(self.view.config.max_failovers):
             try:
                 route = self.view.route(start, end, tokens_needed=self.max_length)
@@ -164,6 +174,10 @@ class InferenceChain:
                 self.view.bans.ban(current.peer)
                 for session in opened:
                     await session.close()
+            except BaseException:  # cancelled (Ctrl-C in the facade): leave nothing open
+                for session in opened:
+                    await session.close()
+                raise
         raise ChainFailedError(list(range(start, end)), last_error or RuntimeError("no route"))
 
     async def _open(self, hop: Hop) -> HopSession:

@@ -1,0 +1,100 @@
+"""`swarm generate` in this process against a thread swarm: stdout holds only the continuation,
+written as it streams, equal to `tokenizer.decode(new_tokens, skip_special_tokens=True)` of
+the local transformers model's `generate()` (greedy, seeded sampling, the chat template)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from swarm.cli import main
+from swarm.generation import prompt_ids
+from tests.support.thread_swarm import ThreadSwarm
+from tests.support.tiny_model import write_tiny_model
+
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("cli") / "tiny-cli", "qwen2", seed=7)
+
+
+@pytest.fixture(scope="module")
+def swarm(tiny: Path) -> Iterator[ThreadSwarm]:
+    with ThreadSwarm(tiny, [(0, 2), (2, 4)]) as swarm:
+        yield swarm
+
+
+class Recorder:
+    """Stands in for sys.stdout: keeps every write, to see the text arrive piece by piece."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _expected(tiny: Path, *, chat: bool, new_tokens: int, seed: int | None, **kw: Any) -> str:
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    ids = prompt_ids(tokenizer, PROMPT, chat=chat)
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    if seed is not None:
+        torch.manual_seed(seed)
+    output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                            **kw)  # fmt: skip
+    return str(tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True))
+
+
+@pytest.mark.parametrize(
+    ("flags", "reference"),
+    [
+        ([], {"do_sample": False}),
+        (["--chat"], {"do_sample": False}),
+        (["--repetition-penalty", "1.3"], {"do_sample": False, "repetition_penalty": 1.3}),
+        (
+            ["--do-sample", "--temperature", "0.8", "--top-k", "30", "--top-p", "0.9",
+             "--seed", "5"],
+            {"do_sample": True, "temperature": 0.8, "top_k": 30, "top_p": 0.9, "seed": 5},
+        ),
+    ],
+    ids=["greedy", "chat", "repetition-penalty", "sampling"],
+)  # fmt: skip
+def test_stdout_is_the_continuation_as_it_streams(
+    tiny: Path,
+    swarm: ThreadSwarm,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    reference: dict[str, Any],
+) -> None:
+    options = dict(reference)
+    expected = _expected(tiny, chat="--chat" in flags, new_tokens=24,
+                         seed=options.pop("seed", None), **options)  # fmt: skip
+    stdout = Recorder()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    status = main(["generate", str(tiny), PROMPT, "--initial-peers", swarm.bootstrap,
+                   "--max-new-tokens", "24", *flags])  # fmt: skip
+    assert status == 0
+    assert "".join(stdout.writes) == expected + "\n"
+    assert len([w for w in stdout.writes if w]) > 2  # streamed, not printed at the end
+    assert expected not in capsys.readouterr().err  # logs only on stderr
+
+
+def test_a_bad_peer_address_is_a_clean_error(
+    tiny: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["generate", str(tiny), PROMPT, "--initial-peers", "not-an-address"])
+    assert status != 0
+    assert capsys.readouterr().out == ""
