@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Benchmark generation: milliseconds per token through 1, 2 and 3 peers vs local transformers.
 
-For each model (a tiny random Llama and SmolLM2-135M-Instruct by default), a local baseline is
-measured first in this process: transformers' model with its KV cache, one token per forward
-(the same dtype and thread count as the peers). Then a swarm of `swarm peer` processes on
-127.0.0.1 splits the blocks into 1, 2 or 3 equal spans, and the client generates through it.
-Per-token figures are medians over the decoding steps (the prompt's step excluded), with the
-interquartile range; "per hop" is (swarm - local) / hops. A 512-token prefill is timed the
-same way (one step through the chain against one local forward).
+For each model (a tiny random Llama and SmolLM2-135M-Instruct by default) and each dtype
+(float32 and bfloat16 by default), a local baseline is measured first in this process:
+transformers' model loaded in that dtype with its KV cache, one token per forward (the same
+thread count as the peers). Then a swarm of `swarm peer --dtype D --device DEV` processes on
+127.0.0.1 splits the blocks into 1, 2 or 3 equal spans, and the client generates through it
+(the client's embeddings and LM head stay float32; the hidden states travel in the peers'
+dtype). Per-token figures are medians over the decoding steps (the prompt's step excluded),
+with the interquartile range; "x local" is the ratio to the local baseline of the same run,
+"+ms/hop" is (swarm - local) / hops. A 512-token prefill is timed `--prefill-runs` times (one
+step through the chain against one local forward): median and min..max.
 
     .venv/bin/python scripts/bench_generation.py [--tokens 48] [--models tiny smollm2]
+        [--dtypes float32 bfloat16] [--hops 1 2 3] [--prefill-runs 3] [--device cpu]
         [--json PATH]
 """
 
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,9 +42,11 @@ from swarm.local_swarm import LocalSwarm  # noqa: E402
 from tests.support.tiny_model import write_tiny_model  # noqa: E402
 
 PREFILL = 512
+logger = logging.getLogger("bench_generation")
 
 
-def _stats(samples: list[float]) -> dict[str, float]:
+def _iqr_stats(samples: list[float]) -> dict[str, float]:
+    """Median and interquartile range, in milliseconds."""
     ordered = sorted(samples)
     quarter = max(1, len(ordered) // 4)
     return {
@@ -49,38 +55,64 @@ def _stats(samples: list[float]) -> dict[str, float]:
     }
 
 
-def local_baseline(checkpoint: Path, tokens: int) -> dict[str, Any]:
-    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
-    ids = torch.tensor([[1, 2, 3, 4]])
-    times = []
+def _range_stats(samples: list[float]) -> dict[str, Any]:
+    """Median, min and max (for a few runs), in milliseconds."""
+    return {
+        "median_ms": statistics.median(samples) * 1000,
+        "min_ms": min(samples) * 1000,
+        "max_ms": max(samples) * 1000,
+        "runs_ms": [s * 1000 for s in samples],
+    }
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def local_baseline(
+    checkpoint: Path, tokens: int, dtype: str, device: str, prefill_runs: int
+) -> dict[str, Any]:
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoint, dtype=getattr(torch, dtype), device_map=device
+    )  # from_pretrained returns the model in eval mode
+    ids = torch.tensor([[1, 2, 3, 4]], device=device)
+    times, prefills = [], []
     with torch.inference_mode():
         output = model(ids, use_cache=True)
         past, token = output.past_key_values, output.logits[:, -1:].argmax(-1)
         for _ in range(tokens):
+            _synchronize(device)
             began = time.perf_counter()
             output = model(token, past_key_values=past, use_cache=True)
             past, token = output.past_key_values, output.logits[:, -1:].argmax(-1)
+            token.item()  # wait for the result, as a client would
             times.append(time.perf_counter() - began)
-        long = torch.randint(5, 100, (1, PREFILL))
+        long = torch.randint(5, 100, (1, PREFILL), device=device)
         model(long[:, :8])  # warm-up
-        began = time.perf_counter()
-        model(long, use_cache=True)
-        prefill = time.perf_counter() - began
-    return {"per_token": _stats(times), "prefill_ms": prefill * 1000}
+        for _ in range(prefill_runs):
+            _synchronize(device)
+            began = time.perf_counter()
+            model(long, use_cache=True).logits[:, -1].argmax(-1).item()
+            prefills.append(time.perf_counter() - began)
+    return {"per_token": _iqr_stats(times), "prefill": _range_stats(prefills)}
 
 
-def swarm_run(checkpoint: Path, hops: int, tokens: int) -> dict[str, Any]:
-    num_blocks = AutoModelForCausalLM.from_pretrained(checkpoint).config.num_hidden_layers
+def swarm_run(
+    checkpoint: Path, hops: int, tokens: int, dtype: str, device: str, prefill_runs: int
+) -> dict[str, Any]:
+    num_blocks = int(AutoConfig.from_pretrained(checkpoint).num_hidden_layers)
     bounds = [round(i * num_blocks / hops) for i in range(hops + 1)]
     spans = list(itertools.pairwise(bounds))
+    options = ["--dtype", dtype, "--device", device]
     with (
-        LocalSwarm(checkpoint, spans, monitor=False) as swarm,
+        LocalSwarm(checkpoint, spans, monitor=False, peer_options=options) as swarm,
         DistributedModelForCausalLM.from_pretrained(
-            checkpoint, initial_peers=[swarm.bootstrap]
+            checkpoint, initial_peers=[swarm.bootstrap], device=device
         ) as model,
     ):
         ids = torch.tensor([[1, 2, 3, 4]])
-        times = []
+        times, prefills = [], []
         with model.inference_session(max_length=8 + tokens) as session:
             previous = time.perf_counter()
             for index, _ in enumerate(session.stream(ids, max_new_tokens=tokens, do_sample=False)):
@@ -89,18 +121,37 @@ def swarm_run(checkpoint: Path, hops: int, tokens: int) -> dict[str, Any]:
                     times.append(now - previous)
                 previous = now
         long = torch.randint(5, 100, (1, PREFILL))
-        with model.inference_session(max_length=PREFILL + 1) as session:
-            began = time.perf_counter()
-            next(iter(session.stream(long, max_new_tokens=1)))
-            prefill = time.perf_counter() - began
-    return {"per_token": _stats(times), "prefill_ms": prefill * 1000}
+        for _ in range(prefill_runs):
+            with model.inference_session(max_length=PREFILL + 1) as session:
+                began = time.perf_counter()
+                next(iter(session.stream(long, max_new_tokens=1, do_sample=False)))
+                prefills.append(time.perf_counter() - began)
+    return {"per_token": _iqr_stats(times), "prefill": _range_stats(prefills)}
+
+
+def _row(name: str, dtype: str, hops: int, run: dict[str, Any], local: dict[str, Any]) -> str:
+    """One table row; `hops` 0 is the local baseline."""
+    token, prefill = run["per_token"], run["prefill"]
+    base = local["per_token"]["median_ms"]
+    ratio = token["median_ms"] / base
+    chain = f"{hops} peers" if hops else "local"
+    per_hop = f"{(token['median_ms'] - base) / hops:8.2f}" if hops else ""
+    prefill_ratio = prefill["median_ms"] / local["prefill"]["median_ms"]
+    spread = f"{prefill['min_ms']:.0f}..{prefill['max_ms']:.0f}"
+    return (
+        f"{name:8} {dtype:9} {chain:>8} {token['median_ms']:9.2f} ({token['iqr_ms']:5.2f}) "
+        f"{ratio:7.2f} {per_hop:>8} {prefill['median_ms']:9.0f} ({spread:>11}) {prefill_ratio:7.2f}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--hops", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--prefill-runs", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (local and peers)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -111,24 +162,35 @@ def main() -> None:
         )
     if "smollm2" in args.models:
         checkpoints["smollm2"] = prepare_default_model()
-    results: dict[str, Any] = {"threads": torch.get_num_threads(), "dtype": "float32"}
-    print(f"threads {torch.get_num_threads()}, float32, loopback; medians (IQR) over "
-          f"{args.tokens} tokens")  # fmt: skip
-    print(f"{'model':8} {'chain':>9} {'ms/token':>16} {'x local':>8} {'+ms/hop':>8} "
-          f"{'prefill 512':>12}")  # fmt: skip
+    results: dict[str, Any] = {
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "tokens": args.tokens,
+        "prefill_tokens": PREFILL,
+        "prefill_runs": args.prefill_runs,
+    }
+    print(f"threads {torch.get_num_threads()}, {args.device}, loopback; ms/token: median (IQR) "
+          f"over {args.tokens} tokens; prefill {PREFILL}: median (min..max) of "
+          f"{args.prefill_runs} runs; x local: ratio to the local baseline")  # fmt: skip
+    print(f"{'model':8} {'dtype':9} {'chain':>8} {'ms/token':>17} {'x local':>7} {'+ms/hop':>8} "
+          f"{'prefill 512 ms':>23} {'x local':>7}")  # fmt: skip
     for name, checkpoint in checkpoints.items():
-        local = local_baseline(checkpoint, args.tokens)
-        results[name] = {"local": local}
-        base = local["per_token"]["median_ms"]
-        print(f"{name:8} {'local':>9} {base:9.2f} ({local['per_token']['iqr_ms']:4.2f}) "
-              f"{1:8.2f} {'':>8} {local['prefill_ms']:10.0f}ms")  # fmt: skip
-        for hops in args.hops:
-            run = swarm_run(checkpoint, hops, args.tokens)
-            results[name][f"{hops}_peers"] = run
-            median, spread = run["per_token"]["median_ms"], run["per_token"]["iqr_ms"]
-            print(f"{name:8} {f'{hops} peers':>9} {median:9.2f} ({spread:4.2f}) "
-                  f"{median / base:8.2f} {(median - base) / hops:8.2f} "
-                  f"{run['prefill_ms']:10.0f}ms")  # fmt: skip
+        results[name] = {}
+        for dtype in args.dtypes:
+            logger.info("%s %s: local baseline", name, dtype)
+            local = local_baseline(checkpoint, args.tokens, dtype, args.device, args.prefill_runs)
+            entry: dict[str, Any] = {"local": local}
+            print(_row(name, dtype, 0, local, local), flush=True)
+            for hops in args.hops:
+                logger.info("%s %s: %d peers", name, dtype, hops)
+                run = swarm_run(
+                    checkpoint, hops, args.tokens, dtype, args.device, args.prefill_runs
+                )
+                run["x_local"] = run["per_token"]["median_ms"] / local["per_token"]["median_ms"]
+                run["prefill_x_local"] = run["prefill"]["median_ms"] / local["prefill"]["median_ms"]
+                entry[f"{hops}_peers"] = run
+                print(_row(name, dtype, hops, run, local), flush=True)
+            results[name][dtype] = entry
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

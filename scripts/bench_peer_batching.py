@@ -7,16 +7,24 @@ lengths (so merged caches are padded). Two levels:
 - backend: `SpanBackend.step` per session vs one `step_many` over all sessions;
 - scheduler: N trio tasks each stepping its own session through `InferenceScheduler` and the
   `ComputeWorker` thread, batching off vs on (what a serving peer does).
-The baseline of each ratio (unbatched) is measured in the same run.
+The baseline of each ratio (unbatched) is measured in the same run, the four modes taking
+turns run by run. Each figure is the median of `--runs` runs, with min..max; each ratio is
+the ratio of the medians.
 
-    .venv/bin/python scripts/bench_peer_batching.py [--layers 30] [--steps 24] [--device cpu]
+    .venv/bin/python scripts/bench_peer_batching.py [--layers 30] [--steps 24] [--runs 3]
+        [--device cpu] [--dtype float32] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import trio
@@ -28,6 +36,7 @@ from peer.testing import write_random_checkpoint
 from peer.worker import ComputeWorker
 
 SESSIONS = (1, 4, 8)
+MODES = ("step", "step_many", "sched_off", "sched_on")
 
 
 def checkpoint(directory: Path, layers: int) -> Path:
@@ -118,34 +127,78 @@ def bench_scheduler(backend: SpanBackend, count: int, steps: int, batching: bool
     return count * steps / elapsed
 
 
+def _stats(samples: list[float]) -> dict[str, Any]:
+    """Median, min and max of tokens/s."""
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "runs": samples,
+    }
+
+
+def _spread(stats: dict[str, Any]) -> str:
+    return f"{stats['min']:.1f}..{stats['max']:.1f}"
+
+
+def bench_sessions(backend: SpanBackend, count: int, steps: int, runs: int) -> dict[str, Any]:
+    """Tokens/s of each mode for `count` sessions, the modes taking turns run by run."""
+    modes: dict[str, Callable[[], float]] = {
+        "step": lambda: bench_backend(backend, count, steps, merged=False),
+        "step_many": lambda: bench_backend(backend, count, steps, merged=True),
+        "sched_off": lambda: bench_scheduler(backend, count, steps, batching=False),
+        "sched_on": lambda: bench_scheduler(backend, count, steps, batching=True),
+    }
+    samples: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for _ in range(runs):
+        for mode, bench in modes.items():
+            samples[mode].append(bench())
+    result: dict[str, Any] = {mode: _stats(samples[mode]) for mode in MODES}
+    result["step_many_x_step"] = result["step_many"]["median"] / result["step"]["median"]
+    result["sched_on_x_off"] = result["sched_on"]["median"] / result["sched_off"]["median"]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=30)
     parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/peer-bench"))
+    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
     path = checkpoint(args.dir, args.layers)
     config = BackendConfig(max_cache_tokens=1 << 20)
     backend = SpanBackend.load(
         path, 0, args.layers, dtype=args.dtype, device=args.device, config=config
     )
+    results: dict[str, Any] = {
+        "layers": args.layers,
+        "steps": args.steps,
+        "runs": args.runs,
+        "dtype": args.dtype,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+    }
     print(
         f"SmolLM2-135M-shaped, {args.layers} blocks, {args.dtype} on {args.device}, "
-        f"torch threads {torch.get_num_threads()}, {args.steps} steps per session, tokens/s"
+        f"torch threads {torch.get_num_threads()}, {args.steps} steps per session; "
+        f"tokens/s: median (min..max) of {args.runs} runs; ratio: batched / unbatched"
     )
-    header = ("sessions", "step", "step_many", "ratio", "sched off", "sched on", "ratio")
-    print("{:>8} {:>9} {:>10} {:>6} {:>10} {:>9} {:>6}".format(*header))
+    print(f"{'sessions':>8} {'step':>23} {'step_many':>23} {'ratio':>6} "
+          f"{'sched off':>23} {'sched on':>23} {'ratio':>6}")  # fmt: skip
     for count in SESSIONS:
-        single = bench_backend(backend, count, args.steps, merged=False)
-        merged = bench_backend(backend, count, args.steps, merged=True)
-        off = bench_scheduler(backend, count, args.steps, batching=False)
-        on = bench_scheduler(backend, count, args.steps, batching=True)
-        print(
-            f"{count:>8} {single:>9.1f} {merged:>10.1f} {merged / single:>6.2f} "
-            f"{off:>10.1f} {on:>9.1f} {on / off:>6.2f}"
-        )
+        result = bench_sessions(backend, count, args.steps, args.runs)
+        results[f"{count}_sessions"] = result
+        cells = {mode: f"{result[mode]['median']:.1f} ({_spread(result[mode])})" for mode in MODES}
+        print(f"{count:>8} {cells['step']:>23} {cells['step_many']:>23} "
+              f"{result['step_many_x_step']:>6.2f} {cells['sched_off']:>23} "
+              f"{cells['sched_on']:>23} {result['sched_on_x_off']:>6.2f}", flush=True)  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,6 +127,9 @@ COMMAND_MODULES = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    # Before torch loads: OpenMP threads that spin after a forward would hold the cores the
+    # event loop needs to send its result, and that the next peer on this machine needs.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     command = importlib.import_module(COMMAND_MODULES[args.command])
     try:
         return int(command.run(args))
