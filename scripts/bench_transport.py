@@ -8,6 +8,11 @@ framing, no encryption and no RPC (the server knows the size and echoes exactly 
 bytes). In between, a SecureStream echo of the same bytes (Noise only, no RPC) shows which
 layer costs what. "added" = median minus the plain TCP median, measured in the same run.
 
+At token cadence (`--idle-ms`, default 15): the fp32 round trip again, with both ends idle
+for that long before each call, as between the steps of a generation. On a virtual machine
+an idle CPU takes a while to wake and caches go cold, so every layer costs more then; the
+difference to the back-to-back rows is what a real token pays.
+
 Throughput: 16 MiB payloads sent as a unary call with a small reply, against plain TCP
 sending 16 MiB and waiting for a 1-byte acknowledgement.
 
@@ -18,7 +23,7 @@ All on 127.0.0.1 with TCP_NODELAY. Aims (issue 2): < 0.3 ms added per round trip
 > 300 MB/s for 16 MiB payloads.
 
     .venv/bin/python scripts/bench_transport.py [--runs 2000] [--bulk-runs 20]
-        [--layout split|one|both] [--json PATH]
+        [--idle-ms 15] [--layout split|one|both] [--json PATH]
 """
 
 from __future__ import annotations
@@ -138,18 +143,23 @@ def _serve_forever() -> None:
 # -- client ----------------------------------------------------------------------------------
 
 
-async def _time(runs: int, once: Callable[[], Awaitable[None]]) -> list[float]:
+async def _time(runs: int, once: Callable[[], Awaitable[None]], idle: float = 0.0) -> list[float]:
+    """Time `once` `runs` times, after a warm-up; `idle` seconds of quiet before each."""
     for _ in range(max(10, runs // 20)):  # warm up
         await once()
     samples = []
     for _ in range(runs):
+        if idle:
+            await trio.sleep(idle)
         start = time.perf_counter()
         await once()
         samples.append(time.perf_counter() - start)
     return samples
 
 
-async def _stream_round_trips(stream: trio.abc.Stream, size: int, runs: int) -> list[float]:
+async def _stream_round_trips(
+    stream: trio.abc.Stream, size: int, runs: int, idle: float = 0.0
+) -> list[float]:
     payload = bytes(size)
     reply = 1 if size == BULK else size
 
@@ -158,13 +168,13 @@ async def _stream_round_trips(stream: trio.abc.Stream, size: int, runs: int) -> 
         if not await _receive_exactly(stream, reply):
             raise EOFError("the echo server closed")
 
-    return await _time(runs, once)
+    return await _time(runs, once, idle)
 
 
-async def _plain(where: dict[str, Any], size: int, runs: int) -> list[float]:
+async def _plain(where: dict[str, Any], size: int, runs: int, idle: float = 0.0) -> list[float]:
     stream = await trio.open_tcp_stream("127.0.0.1", where[f"plain_{size}"])
     async with stream:
-        return await _stream_round_trips(stream, size, runs)
+        return await _stream_round_trips(stream, size, runs, idle)
 
 
 async def _secure(where: dict[str, Any], size: int, runs: int) -> list[float]:
@@ -183,11 +193,11 @@ class Table:
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, float]] = {}
         print(
-            "| case                                  | median ms |    p90 ms |  added ms |"
+            "| case                                         | median ms |    p90 ms |  added ms |"
             "       MB/s |"
         )
         print(
-            "|---------------------------------------|-----------|-----------|-----------|"
+            "|----------------------------------------------|-----------|-----------|-----------|"
             "------------|"
         )
 
@@ -204,14 +214,14 @@ class Table:
             self.rows[name]["added_ms"] = added
         added_text = "" if added is None else f"{added:+.3f}"
         print(
-            f"| {name:<37} | {median * 1e3:9.3f} | {p90 * 1e3:9.3f} | {added_text:>9} |"
+            f"| {name:<44} | {median * 1e3:9.3f} | {p90 * 1e3:9.3f} | {added_text:>9} |"
             f" {size / median / 1e6:10.1f} |",
             flush=True,
         )
 
 
 async def run_client(
-    where: dict[str, Any], runs: int, bulk_runs: int, table: Table
+    where: dict[str, Any], runs: int, bulk_runs: int, idle: float, table: Table
 ) -> dict[str, float]:
     summary: dict[str, float] = {}
     async with trio.open_nursery() as nursery:
@@ -236,6 +246,13 @@ async def run_client(
             table.row(f"SecureStream echo {size // 1024} KiB", secure, plain, 2 * size)
             table.row(f"RPC echo 1x1x{HIDDEN} {name}", rpc, plain, 2 * size)
             summary[f"added_ms_{name}"] = (statistics.median(rpc) - statistics.median(plain)) * 1e3
+            if idle and dtype == torch.float32:  # at token cadence: both ends idle before
+                idle_runs = max(50, runs // 10)
+                plain_idle = await _plain(where, size, idle_runs, idle)
+                rpc_idle = await _time(idle_runs, rpc_once, idle)
+                quiet = f"after {idle * 1e3:.0f} ms idle"
+                table.row(f"plain TCP echo {size // 1024} KiB {quiet}", plain_idle, None, 2 * size)
+                table.row(f"RPC echo 1x1x{HIDDEN} {name} {quiet}", rpc_idle, plain_idle, 2 * size)
 
         payload = bytes(BULK)
 
@@ -253,15 +270,15 @@ async def run_client(
     return summary
 
 
-async def run_one_process(runs: int, bulk_runs: int, table: Table) -> dict[str, float]:
+async def run_one_process(runs: int, bulk_runs: int, idle: float, table: Table) -> dict[str, float]:
     async with trio.open_nursery() as nursery:
         where = await nursery.start(serve_all)
-        summary = await run_client(where, runs, bulk_runs, table)
+        summary = await run_client(where, runs, bulk_runs, idle, table)
         nursery.cancel_scope.cancel()
     return summary
 
 
-def run_split(runs: int, bulk_runs: int, table: Table) -> dict[str, float]:
+def run_split(runs: int, bulk_runs: int, idle: float, table: Table) -> dict[str, float]:
     child = subprocess.Popen(
         [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True
     )
@@ -269,7 +286,7 @@ def run_split(runs: int, bulk_runs: int, table: Table) -> dict[str, float]:
         line = child.stdout.readline() if child.stdout else ""
         if not line:
             raise RuntimeError("the server process did not start")
-        return trio.run(run_client, json.loads(line), runs, bulk_runs, table)
+        return trio.run(run_client, json.loads(line), runs, bulk_runs, idle, table)
     finally:
         child.kill()
         child.wait()
@@ -279,6 +296,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--bulk-runs", type=int, default=20)
+    parser.add_argument(
+        "--idle-ms",
+        type=float,
+        default=15.0,
+        help="also time the fp32 round trip after this much quiet (token cadence; 0: skip)",
+    )
     parser.add_argument("--layout", choices=["split", "one", "both"], default="both")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -290,6 +313,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "aims": {"added_ms": AIM_ADDED_MS, "mb_per_s": AIM_MB_S},
     }
+    idle = args.idle_ms / 1e3
     layouts = ["split", "one"] if args.layout == "both" else [args.layout]
     for layout in layouts:
         print(
@@ -302,9 +326,9 @@ def main() -> None:
         )
         table = Table()
         if layout == "split":
-            summary = run_split(args.runs, args.bulk_runs, table)
+            summary = run_split(args.runs, args.bulk_runs, idle, table)
         else:
-            summary = trio.run(run_one_process, args.runs, args.bulk_runs, table)
+            summary = trio.run(run_one_process, args.runs, args.bulk_runs, idle, table)
         worst = max(v for k, v in summary.items() if k.startswith("added_ms"))
         print(
             f"added per round trip: {worst:.3f} ms (aim < {AIM_ADDED_MS}); "
