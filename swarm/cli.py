@@ -146,7 +146,7 @@ def _shorter_openmp_spin() -> None:
 
     A peer's threads that still spin after its step hold the cores its event loop needs to
     send the result, and that the next peer on the same machine needs (2-peer SmolLM2 on 2
-    cores: 1.28x -> 1.18x local). Waiting passively instead costs bfloat16 kernels far more.
+    cores: 1.28x -> 1.17x local). Waiting passively instead costs bfloat16 kernels far more.
     Either variable set by the user wins.
     """
     if "OMP_WAIT_POLICY" not in os.environ:
