@@ -6,11 +6,11 @@ For each model (a tiny random Llama and SmolLM2-135M-Instruct by default) and ea
 transformers' model loaded in that dtype with its KV cache, one token per forward (the same
 thread count as the peers). Then a swarm of `swarm peer --dtype D --device DEV` processes on
 127.0.0.1 splits the blocks into 1, 2 or 3 equal spans, and the client generates through it
-(the client's embeddings and LM head stay float32; the hidden states travel in the peers'
-dtype). Per-token figures are medians over the decoding steps (the prompt's step excluded),
-with the interquartile range; "x local" is the ratio to the local baseline of the same run,
-"+ms/hop" is (swarm - local) / hops. A 512-token prefill is timed `--prefill-runs` times (one
-step through the chain against one local forward): median and min..max.
+(its embeddings and LM head in the same dtype, like the local model). Per-token figures are
+medians over the decoding steps (the prompt's step excluded), with the interquartile range;
+"x local" is the ratio to the local baseline of the same run, "+ms/hop" is
+(swarm - local) / hops. A 512-token prefill is timed `--prefill-runs` times (one step
+through the chain against one local forward): median and min..max.
 
     .venv/bin/python scripts/bench_generation.py [--tokens 48] [--models tiny smollm2]
         [--dtypes float32 bfloat16] [--hops 1 2 3] [--prefill-runs 3] [--device cpu]
@@ -108,7 +108,7 @@ def swarm_run(
     with (
         LocalSwarm(checkpoint, spans, monitor=False, peer_options=options) as swarm,
         DistributedModelForCausalLM.from_pretrained(
-            checkpoint, initial_peers=[swarm.bootstrap], device=device
+            checkpoint, initial_peers=[swarm.bootstrap], device=device, dtype=dtype
         ) as model,
     ):
         ids = torch.tensor([[1, 2, 3, 4]])

@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--chat", action="store_true", help="apply the chat template")
     generate.add_argument("--model-name", help="the model's name in the swarm (default: derived)")
     generate.add_argument("--device", default="cpu", help="where the head runs")
+    generate.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="of the head (use the peers' dtype)",
+    )
 
     monitor = commands.add_parser("monitor", help="serve the swarm monitor page")
     _add_network_options(monitor)

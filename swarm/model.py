@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from peer.model_name import model_name
+from peer.span import parse_dtype
 from routing.address import PeerAddress
 from routing.client import ClientConfig, Failover, InferenceChain, StepTiming, SwarmView
 from routing.dht import DHTConfig, DHTNode
@@ -60,16 +61,21 @@ class DistributedModelForCausalLM:
         initial_peers: Sequence[str | PeerAddress],
         model_name_in_swarm: str | None = None,
         device: str = "cpu",
+        dtype: str | torch.dtype = torch.float32,
         config: ClientConfig | None = None,
     ) -> DistributedModelForCausalLM:
-        """Load the head of `checkpoint` and join the swarm through `initial_peers`."""
+        """Load the head of `checkpoint` and join the swarm through `initial_peers`.
+
+        `dtype`: of the head (embeddings, final norm, LM head); use the peers' dtype
+        ("bfloat16" for a bfloat16 swarm) to get what the local model in that dtype gives.
+        """
         from transformers import AutoConfig, GenerationConfig
 
         path = Path(checkpoint).expanduser()
         peers = [p if isinstance(p, PeerAddress) else PeerAddress.parse(p) for p in initial_peers]
         if not peers:
             raise SwarmError("initial_peers is empty: give the address of a peer of the swarm")
-        head = ClientHead.from_pretrained(path, device=device)
+        head = ClientHead.from_pretrained(path, dtype=parse_dtype(dtype), device=device)
         hf_config = AutoConfig.from_pretrained(path)
         try:
             generation_config = GenerationConfig.from_pretrained(path)

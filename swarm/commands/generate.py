@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         initial_peers=args.initial_peers,
         model_name_in_swarm=swarm_name(args.model, args.model_name),
         device=args.device,
+        dtype=args.dtype,
     ) as model:
         config = model.sampling_config(**options)
         with model.inference_session(int(input_ids.shape[1]) + config.max_new_tokens) as session:

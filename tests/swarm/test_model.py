@@ -77,6 +77,27 @@ def test_greedy_equals_local_generate(checkpoints: dict[str, Path], family: str,
         assert all(_until(lambda p=p: swarm.sessions(p) == 0) for p in swarm.peers)
 
 
+def test_a_bfloat16_swarm_with_a_bfloat16_head_equals_local_bfloat16_generate(
+    checkpoints: dict[str, Path],
+) -> None:
+    checkpoint = checkpoints["llama"]
+    local = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16)
+    reference = local.generate(
+        PROMPT, attention_mask=torch.ones_like(PROMPT), max_new_tokens=NEW_TOKENS, do_sample=False
+    )
+    expected = reference[0, PROMPT.shape[1] :].tolist()
+    assert expected != _local(checkpoint, PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False)
+    with (
+        ThreadSwarm(checkpoint, CHAINS[2], dtype="bfloat16") as swarm,
+        DistributedModelForCausalLM.from_pretrained(
+            checkpoint, initial_peers=[swarm.bootstrap], dtype="bfloat16"
+        ) as model,
+    ):
+        assert model.head.dtype == torch.bfloat16
+        output = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert output[0, PROMPT.shape[1] :].tolist() == expected
+
+
 def test_seeded_sampling_equals_local_generate(checkpoints: dict[str, Path]) -> None:
     checkpoint = checkpoints["llama"]
     options = {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.9}
