@@ -26,7 +26,6 @@ import json
 import logging
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,11 +40,10 @@ sys.path.insert(0, str(ROOT))
 
 from peer.backend import SpanBackend  # noqa: E402
 from routing.tensor_codec import decode_tensor, encode_tensor  # noqa: E402
+from scripts._bench_models import bench_checkpoints  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
-from swarm.default_model import prepare_default_model  # noqa: E402
 from swarm.head import ClientHead  # noqa: E402
 from swarm.local_swarm import LocalSwarm  # noqa: E402
-from tests.support.tiny_model import write_tiny_model  # noqa: E402
 
 
 def _median_ms(fn: Callable[[], object], runs: int = 50) -> float:
@@ -114,11 +112,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    checkpoints = {}
-    if "tiny" in args.models:
-        checkpoints["tiny"] = write_tiny_model(Path(tempfile.mkdtemp()) / "tiny", num_layers=6)
-    if "smollm2" in args.models:
-        checkpoints["smollm2"] = prepare_default_model()
+    checkpoints = bench_checkpoints(args.models)
     results: dict[str, Any] = {}
     for name, checkpoint in checkpoints.items():
         blocks = int(AutoConfig.from_pretrained(checkpoint).num_hidden_layers)

@@ -19,7 +19,6 @@ import os
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,9 @@ from transformers import AutoConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts._bench_models import bench_checkpoints  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
-from swarm.default_model import prepare_default_model  # noqa: E402
 from swarm.local_swarm import LocalSwarm  # noqa: E402
-from tests.support.tiny_model import write_tiny_model  # noqa: E402
 
 
 def one_run(checkpoint: Path, tokens: int, kill_after: int) -> dict[str, Any]:
@@ -81,11 +79,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    checkpoints = {}
-    if "tiny" in args.models:
-        checkpoints["tiny"] = write_tiny_model(Path(tempfile.mkdtemp()) / "tiny", num_layers=6)
-    if "smollm2" in args.models:
-        checkpoints["smollm2"] = prepare_default_model()
+    checkpoints = bench_checkpoints(args.models)
     results: dict[str, Any] = {}
     print(f"{'model':8} {'ms/token':>9} {'kill->next token':>17} {'stall':>9} {'same tokens':>12}")
     for name, checkpoint in checkpoints.items():

@@ -25,7 +25,6 @@ import json
 import logging
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts._bench_models import bench_checkpoints  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
-from swarm.default_model import prepare_default_model  # noqa: E402
 from swarm.local_swarm import LocalSwarm  # noqa: E402
-from tests.support.tiny_model import write_tiny_model  # noqa: E402
 
 PREFILL = 512
 logger = logging.getLogger("bench_generation")
@@ -155,13 +153,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    checkpoints = {}
-    if "tiny" in args.models:
-        checkpoints["tiny"] = write_tiny_model(
-            Path(tempfile.mkdtemp()) / "tiny", num_layers=6, max_position_embeddings=1024
-        )
-    if "smollm2" in args.models:
-        checkpoints["smollm2"] = prepare_default_model()
+    checkpoints = bench_checkpoints(args.models)
     results: dict[str, Any] = {
         "threads": torch.get_num_threads(),
         "device": args.device,

@@ -27,7 +27,6 @@ import json
 import logging
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,11 +37,10 @@ from transformers import AutoConfig, AutoModelForCausalLM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts._bench_models import bench_checkpoints  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
-from swarm.default_model import prepare_default_model  # noqa: E402
 from swarm.local_swarm import LocalSwarm  # noqa: E402
 from swarm.processes import SwarmProcess, swarm_processes  # noqa: E402
-from tests.support.tiny_model import write_tiny_model  # noqa: E402
 
 READY_TIMEOUT = 300.0
 PROMPT = [[1, 2, 3, 4]]
@@ -141,11 +139,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    checkpoints = {}
-    if "tiny" in args.models:
-        checkpoints["tiny"] = write_tiny_model(Path(tempfile.mkdtemp()) / "tiny", num_layers=6)
-    if "smollm2" in args.models:
-        checkpoints["smollm2"] = prepare_default_model()
+    checkpoints = bench_checkpoints(args.models)
     results: dict[str, Any] = {
         "threads": torch.get_num_threads(),
         "dtype": args.dtype,
