@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import outcome
 import torch
@@ -32,6 +35,15 @@ from .worker import Submitter
 __all__ = ["InferenceScheduler", "SchedulerConfig"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """`fn(*args)` and the seconds it took (in the worker thread: the compute alone)."""
+    began = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - began
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,7 @@ class _Pending:
         self.request = request
         self.done = trio.Event()
         self.result: outcome.Outcome[torch.Tensor] | None = None
+        self.compute_seconds = 0.0  # of the whole batch it ran in
 
 
 class InferenceScheduler:
@@ -111,6 +124,17 @@ class InferenceScheduler:
         start: int | None = None,
         end: int | None = None,
     ) -> torch.Tensor:
+        output, _ = await self.step_timed(session_id, hidden_states, start, end)
+        return output
+
+    async def step_timed(
+        self,
+        session_id: str,
+        hidden_states: torch.Tensor,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> tuple[torch.Tensor, float]:
+        """`step`, and the seconds the compute thread spent on it (its whole batch, if merged)."""
         request = StepRequest(session_id, hidden_states, start, end)
         self._busy[session_id] = self._busy.get(session_id, 0) + 1
         try:
@@ -118,7 +142,7 @@ class InferenceScheduler:
             if not alone and self._batchable(hidden_states):
                 return await self._step_batched(request)
             return await self._worker.submit(
-                self.backend.step, session_id, hidden_states, start, end
+                _timed, self.backend.step, session_id, hidden_states, start, end
             )
         finally:
             self._busy[session_id] -= 1
@@ -137,7 +161,7 @@ class InferenceScheduler:
             and hidden.shape[1] == 1
         )
 
-    async def _step_batched(self, request: StepRequest) -> torch.Tensor:
+    async def _step_batched(self, request: StepRequest) -> tuple[torch.Tensor, float]:
         pending = _Pending(request)
         self._pending.append(pending)
         self._has_pending.set()
@@ -149,7 +173,7 @@ class InferenceScheduler:
             raise
         if pending.result is None:  # pragma: no cover - the loop always sets a result
             raise PeerError("step was dropped")
-        return pending.result.unwrap()
+        return pending.result.unwrap(), pending.compute_seconds
 
     async def _batch_loop(self) -> None:
         try:
@@ -175,12 +199,14 @@ class InferenceScheduler:
                 self._in_flight = batch
                 requests = [p.request for p in batch]
                 results: list[outcome.Outcome[torch.Tensor]]
+                seconds = 0.0
                 try:
-                    results = await self._worker.submit(self._run_batch, requests)
+                    results, seconds = await self._worker.submit(_timed, self._run_batch, requests)
                 except Exception as error:  # e.g. WorkerClosedError: every step gets it
                     results = [outcome.Error(error)] * len(batch)
                 for pending, result in zip(batch, results, strict=True):
                     pending.result = result
+                    pending.compute_seconds = seconds
                     pending.done.set()
 
     def _run_batch(self, requests: list[StepRequest]) -> list[outcome.Outcome[torch.Tensor]]:

@@ -101,12 +101,13 @@ class SpanServer:
                         return
                     began = time.perf_counter()
                     step, tensor = parse_step(packet.header)
-                    output = await self.scheduler.step(
+                    output, compute = await self.scheduler.step_timed(
                         session_id, decode_tensor(tensor, packet.body)
                     )
                     header, body = encode_tensor(output)
                     spent_ms = (time.perf_counter() - began) * 1000
-                    await stream.send(Packet(step_header(step, header, spent_ms), body))
+                    reply = step_header(step, header, spent_ms, compute * 1000)
+                    await stream.send(Packet(reply, body))
             finally:
                 with trio.CancelScope(shield=True):
                     await self.scheduler.close_session(session_id)

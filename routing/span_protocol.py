@@ -5,8 +5,9 @@ Methods (block indices are the model's, `end` exclusive):
 - `span.forward` (unary): `{"start", "end", "tensor"}` + bytes -> `{"tensor"}` + bytes.
 - `span.inference` (stream): `{"open": {"max_length", "batch_size", "start", "end"}}` ->
   `{"opened": {"session", "start", "end", "max_length"}}`; then per step
-  `{"step": n, "tensor"}` + bytes -> `{"step": n, "tensor", "server_ms"}` + bytes (the time
-  the peer spent on the step, from receiving it to replying). The client ends the
+  `{"step": n, "tensor"}` + bytes -> `{"step": n, "tensor", "server_ms", "compute_ms"}` +
+  bytes (the time the peer spent on the step, from receiving it to replying, and the part
+  of it its compute thread ran the blocks; both for timing only). The client ends the
   stream to close the session; failures come back as remote errors with a code.
 `"tensor"` is `routing.tensor_codec`'s header (dtype and shape); the payload is its bytes.
 Parsers raise `ProtocolError` on anything malformed: they read remote input.
@@ -81,17 +82,23 @@ def parse_forward(header: Mapping[str, Any]) -> tuple[int, int, Mapping[str, Any
 
 
 def step_header(
-    step: int, tensor: Mapping[str, Any], server_ms: float | None = None
+    step: int,
+    tensor: Mapping[str, Any],
+    server_ms: float | None = None,
+    compute_ms: float | None = None,
 ) -> dict[str, Any]:
     header: dict[str, Any] = {"step": step, "tensor": dict(tensor)}
     if server_ms is not None:
         header["server_ms"] = server_ms
+    if compute_ms is not None:
+        header["compute_ms"] = compute_ms
     return header
 
 
-def server_time(header: Mapping[str, Any]) -> float | None:
-    """The peer's own time for a step, in seconds, if it said (timing only: never trusted)."""
-    value = header.get("server_ms")
+def server_time(header: Mapping[str, Any], field: str = "server_ms") -> float | None:
+    """The peer's own time for a step (`server_ms`, or `compute_ms`: its blocks), in seconds,
+    if it said (timing only: never trusted)."""
+    value = header.get(field)
     if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e7:
         return float(value) / 1000
     return None

@@ -2,17 +2,18 @@
 """Where one token's time goes through a 2-peer chain (peers as processes on loopback).
 
 The client generates `--tokens` tokens; for every step of every hop it knows the whole round
-trip and the time the peer says it spent (`server_ms` in the reply). Measured in this
-process, with the same threads: the client's own compute (embeddings, final norm, LM head),
-each hop's block compute (`SpanBackend.step` on the same span), the tensor codec and the
-ChaCha20-Poly1305 cost of one message of that size. The table splits a token (medians):
+trip, the time the peer says it spent (`server_ms` in the reply) and the part its compute
+thread ran the blocks (`compute_ms`). Measured in this process, with the same threads: the
+client's own compute (embeddings, final norm, LM head), each hop's block compute
+(`SpanBackend.step` on the same span, for comparison with the peer's), the tensor codec and
+the ChaCha20-Poly1305 cost of one message of that size. The table splits a token (medians):
 
   client compute        head + sampling, measured here
   client loop           the rest of the client's time (thread hop of the facade, chain code)
   per hop: serialisation + encryption   codec and cipher, 2 messages each way, measured here
            network      round trip minus the peer's time minus the two rows above
            peer queue   the peer's time minus its compute (scheduler, worker hand-off, codec)
-           peer compute the blocks
+           peer compute the blocks, as the peer measured them (and as measured here)
 
     .venv/bin/python scripts/bench_breakdown.py [--models smollm2 tiny] [--tokens 48]
 
@@ -100,6 +101,8 @@ def chain_timings(checkpoint: Path, spans: list[tuple[int, int]], tokens: int) -
                 {
                     "round_trip_ms": statistics.median(t.seconds for t in steps) * 1000,
                     "server_ms": statistics.median((t.server_seconds or 0.0) for t in steps) * 1000,
+                    "compute_ms": statistics.median((t.compute_seconds or 0.0) for t in steps)
+                    * 1000,
                 }
             )
     return {"token_ms": statistics.median(gaps) * 1000, "hops": hops}
@@ -125,12 +128,12 @@ def main() -> None:
         for index, hop in enumerate(chain["hops"]):
             wire = 2 * (local["codec_ms"] + 2 * local["crypto_ms"])  # request and reply
             network = hop["round_trip_ms"] - hop["server_ms"] - wire
-            queue = hop["server_ms"] - local["compute_ms"][index]
+            here = local["compute_ms"][index]
             rows += [
                 (f"hop {index + 1}: serialisation + encryption", wire),
                 (f"hop {index + 1}: network and both event loops", network),
-                (f"hop {index + 1}: peer queue and hand-off", queue),
-                (f"hop {index + 1}: peer compute", local["compute_ms"][index]),
+                (f"hop {index + 1}: peer queue and hand-off", hop["server_ms"] - hop["compute_ms"]),
+                (f"hop {index + 1}: peer compute ({here:.1f} ms here)", hop["compute_ms"]),
             ]
             hop_total += hop["round_trip_ms"]
         rows.insert(1, ("client loop", chain["token_ms"] - local["client_ms"] - hop_total))

@@ -37,6 +37,7 @@ class StepTiming:
 
     seconds: float  # encode, send, wait, receive, decode
     server_seconds: float | None
+    compute_seconds: float | None = None  # the peer's blocks alone, if it said
 
 
 LINK_ERRORS = (RoutingError, SecurityError)  # what a failing peer or link raises
@@ -95,7 +96,13 @@ class HopSession:
         self._steps += 1
         self.inputs.append(hidden)
         result = output.to(hidden.dtype)
-        self.timings.append(StepTiming(time.perf_counter() - began, server_time(reply.header)))
+        self.timings.append(
+            StepTiming(
+                time.perf_counter() - began,
+                server_time(reply.header),
+                server_time(reply.header, "compute_ms"),
+            )
+        )
         return result
 
     async def close(self) -> None:

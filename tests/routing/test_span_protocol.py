@@ -20,6 +20,9 @@ def test_round_trips() -> None:
     assert protocol.parse_forward(protocol.forward_header(1, 3, TENSOR)) == (1, 3, TENSOR)
     assert protocol.parse_step(protocol.step_header(7, TENSOR)) == (7, TENSOR)
     assert protocol.server_time(protocol.step_header(7, TENSOR, 2.5)) == 0.0025
+    timed = protocol.step_header(7, TENSOR, 2.5, 2.0)
+    assert protocol.server_time(timed, "compute_ms") == 0.002
+    assert protocol.server_time(protocol.step_header(7, TENSOR, 2.5), "compute_ms") is None
 
 
 @pytest.mark.parametrize(

@@ -98,6 +98,21 @@ def test_a_bfloat16_swarm_with_a_bfloat16_head_equals_local_bfloat16_generate(
     assert output[0, PROMPT.shape[1] :].tolist() == expected
 
 
+def test_every_step_reports_the_peers_time_and_its_compute_time(
+    checkpoints: dict[str, Path],
+) -> None:
+    with (
+        _swarm_and_model(checkpoints["llama"], CHAINS[2]) as (_, model),
+        model.inference_session(max_length=32) as session,
+    ):
+        session.generate(PROMPT, max_new_tokens=6, do_sample=False)
+        timings = [t for _, steps in session.timings for t in steps]
+    assert len(timings) == 2 * 6
+    for t in timings:
+        assert t.server_seconds is not None and t.compute_seconds is not None
+        assert 0 < t.compute_seconds <= t.server_seconds <= t.seconds
+
+
 def test_seeded_sampling_equals_local_generate(checkpoints: dict[str, Path]) -> None:
     checkpoint = checkpoints["llama"]
     options = {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.9}
