@@ -77,6 +77,7 @@ class Collector:
         self._snapshot: SwarmSnapshot | None = None
         self._rtts: dict[PeerId, float | None] = {}
         self._last_seen: dict[PeerId, float] = {}
+        self._missed: dict[PeerId, int] = {}
         self._limiter = trio.CapacityLimiter(self.config.max_concurrent_gets)
         self.rounds = 0  # completed rounds, for tests and logs
 
@@ -104,7 +105,12 @@ class Collector:
         return self._snapshot
 
     def _with_measurements(self, observations: Observations) -> Observations:
-        return replace(observations, rtts=dict(self._rtts), last_seen=dict(self._last_seen))
+        return replace(
+            observations,
+            rtts=dict(self._rtts),
+            last_seen=dict(self._last_seen),
+            missed=dict(self._missed),
+        )
 
     async def _read(self) -> Observations:
         models = await self._get(MODELS_KEY)
@@ -135,10 +141,9 @@ class Collector:
         return {}
 
     async def _ping_all(self, addresses: Mapping[PeerId, str]) -> None:
-        for gone in set(self._rtts) - set(addresses):
-            del self._rtts[gone]
-        for gone in set(self._last_seen) - set(addresses):
-            del self._last_seen[gone]
+        for measured in (self._rtts, self._last_seen, self._missed):
+            for gone in set(measured) - set(addresses):
+                del measured[gone]
 
         async def ping_one(peer_id: PeerId, text: str) -> None:
             try:
@@ -149,8 +154,11 @@ class Collector:
             with trio.move_on_after(self.config.ping_timeout):
                 rtt = await self.ping(address)
             self._rtts[peer_id] = rtt
-            if rtt is not None:
+            if rtt is None:
+                self._missed[peer_id] = self._missed.get(peer_id, 0) + 1
+            else:
                 self._last_seen[peer_id] = self._clock()
+                self._missed[peer_id] = 0
 
         async with trio.open_nursery() as nursery:
             for peer_id, text in addresses.items():

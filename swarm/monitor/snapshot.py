@@ -15,6 +15,9 @@ Rules:
   Anything else is counted in `skipped_records` and otherwise ignored.
 - A peer appears under several block keys; its freshest record (latest expiration) wins. A
   peer whose freshest record says `offline` is gone from the picture at once.
+- A peer that missed `UNREACHABLE_AFTER` pings of the monitor in a row is shown as
+  `unreachable` whatever it announced, and covers nothing: a killed peer leaves the
+  coverage within a few refreshes instead of when its records expire.
 - Only `online` peers cover blocks; `joining` peers are listed and counted apart. A full
   chain exists when every block has an online peer (spans are contiguous and a peer can
   serve any sub-range of its span, so covering every block is enough to chain them).
@@ -36,6 +39,8 @@ from security import PeerId
 
 MAX_MODELS = 32  # models drawn (and read from the DHT); the most announced first
 MAX_TEXT = 64  # peer-provided free text (version, dtype) is clipped to this many characters
+UNREACHABLE_AFTER = 2  # pings missed in a row
+UNREACHABLE = "unreachable"
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class Observations:
     blocks: Mapping[str, Mapping[int, Mapping[PeerId, DHTValue]]]  # model -> block -> records
     rtts: Mapping[PeerId, float | None] = field(default_factory=dict)  # None: no answer
     last_seen: Mapping[PeerId, float] = field(default_factory=dict)  # wall clock of last answer
+    missed: Mapping[PeerId, int] = field(default_factory=dict)  # pings unanswered in a row
     refresh: float = 2.0  # the collector's period, shown on the page
 
 
@@ -63,7 +69,7 @@ class PeerRow:
     address: str  # HOST:PORT/PEER_ID as announced
     start: int
     end: int  # exclusive
-    state: str
+    state: str  # as announced (online, joining), or "unreachable" (see the module doc)
     throughput: float
     cache_tokens_left: int
     sessions: int
@@ -238,7 +244,7 @@ def _row(
         address=str(announcement.address),
         start=announcement.start,
         end=announcement.end,
-        state=announcement.state.value,
+        state=_state(peer_id, announcement, observations),
         throughput=announcement.throughput,
         cache_tokens_left=announcement.cache_tokens_left,
         sessions=announcement.sessions,
@@ -250,6 +256,12 @@ def _row(
     )
 
 
+def _state(peer_id: PeerId, announcement: PeerAnnouncement, observations: Observations) -> str:
+    if observations.missed.get(peer_id, 0) >= UNREACHABLE_AFTER:
+        return UNREACHABLE
+    return announcement.state.value
+
+
 def _coverage(num_blocks: int, rows: Iterable[PeerRow]) -> tuple[BlockCoverage, ...]:
     peers = [0] * num_blocks
     throughput = [0.0] * num_blocks
@@ -259,6 +271,6 @@ def _coverage(num_blocks: int, rows: Iterable[PeerRow]) -> tuple[BlockCoverage, 
             if row.state == PeerState.ONLINE.value:
                 peers[block] += 1
                 throughput[block] += row.throughput
-            else:
+            elif row.state == PeerState.JOINING.value:
                 joining[block] += 1
     return tuple(BlockCoverage(peers[i], throughput[i], joining[i]) for i in range(num_blocks))

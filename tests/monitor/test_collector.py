@@ -152,6 +152,27 @@ async def test_an_unreachable_peer_has_no_rtt_but_keeps_its_last_sighting(
     assert rows[second].rtt is None and rows[second].last_seen == pytest.approx(answered_at)
 
 
+async def test_a_peer_that_misses_two_pings_in_a_row_is_unreachable_until_it_answers(
+    autojump_clock: object,
+) -> None:
+    records, (first, second) = swarm_of_blocks(2)
+    pinger = FakePinger()
+    collector = Collector(FakeDHT(records), pinger, CollectorConfig(ping_timeout=1.0), clock=wall)
+
+    def states(snapshot: SwarmSnapshot) -> tuple[str, str, bool]:
+        view = snapshot.model("tiny")
+        assert view is not None
+        rows = {row.peer_id: row.state for row in view.peers}
+        return rows[first], rows[second], view.full_chain
+
+    await collector.collect_once()
+    pinger.rtts[second] = None  # killed: it stops answering, its records stay
+    assert states(await collector.collect_once()) == ("online", "online", True)  # one miss
+    assert states(await collector.collect_once()) == ("online", "unreachable", False)
+    del pinger.rtts[second]  # it answers again
+    assert states(await collector.collect_once()) == ("online", "online", True)
+
+
 async def test_the_picture_is_published_before_the_pings(autojump_clock: object) -> None:
     records, _ = swarm_of_blocks(2)
     pinger = FakePinger()

@@ -5,8 +5,10 @@ publishing real signed announcements, with chosen throughput, version strings, h
 markup and short record lifetimes) next to `swarm dht` and `swarm monitor`: the browser
 must show both peers and a full chain; after one peer stops cleanly (it announces
 `offline`), the gap within a few refresh periods; after the other is killed without a word,
-its row once its records expire. The second runs real `swarm peer` processes on a tiny
-model and checks the page and the gap after SIGTERM. Screenshots go to `artifacts/`.
+its row marked unreachable (it misses the monitor's pings) and the whole model uncovered
+within a few refresh periods, and no row once its records expire. The second runs real
+`swarm peer` processes on a tiny model and checks the page and the gap after SIGTERM.
+Screenshots go to `artifacts/`.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ MODEL = "tiny-llama"
 NUM_BLOCKS = 8
 REFRESH = 1.0  # seconds: the page's period (the monitor reads the DHT twice per period)
 PUBLISH_SLACK = 3.0  # seconds for a stopping peer to store its `offline` records
-SHORT_TTL = 4.0  # the killed peer's records live this long
+SHORT_TTL = 8.0  # the killed peer's records live this long
 READY = 20.0  # seconds for a process to print its address
 DASH = "\u2013"  # the page writes block ranges with an en dash
 
@@ -148,11 +150,14 @@ def test_the_page_follows_the_swarm(swarm: Swarm, browser: object) -> None:
     expect(model.locator('.cell[data-peers="0"]')).to_have_count(5)
     page.screenshot(path=str(ARTIFACTS / "monitor-gap.png"), full_page=True)
 
-    # A peer that vanishes without a word leaves when its records expire. (The model stays
+    # A peer that vanishes without a word misses the monitor's pings: unreachable, covering
+    # nothing, long before its records expire; its row leaves when they do. (The model stays
     # listed, uncovered, while the stopped peer's model entry lives.)
     second.stop(signal.SIGKILL)
-    expect(rows).to_have_count(0, timeout=(SHORT_TTL + 3 * REFRESH) * 1000)
+    expect(rows.nth(0).locator("td").nth(3)).to_have_text("unreachable", timeout=4 * period_ms)
     expect(chain).to_have_text(f"Gap: blocks 0{DASH}{NUM_BLOCKS - 1}")
+    page.screenshot(path=str(ARTIFACTS / "monitor-unreachable.png"), full_page=True)
+    expect(rows).to_have_count(0, timeout=(SHORT_TTL + 3 * REFRESH) * 1000)
     expect(page.locator("#summary")).to_have_text("1 model · 0 peers")
     assert not problems, problems
     print(f"offline peer left the page {gap_seconds:.2f} s after SIGTERM")

@@ -22,6 +22,7 @@ def snapshot_of(
     records: SwarmRecords,
     rtts: Mapping[PeerId, float | None] | None = None,
     last_seen: Mapping[PeerId, float] | None = None,
+    missed: Mapping[PeerId, int] | None = None,
 ) -> SwarmSnapshot:
     observations = Observations(
         now=NOW,
@@ -29,6 +30,7 @@ def snapshot_of(
         blocks=records.blocks,
         rtts=rtts or {},
         last_seen=last_seen or {},
+        missed=missed or {},
     )
     return build_snapshot(observations)
 
@@ -201,6 +203,25 @@ def test_the_model_length_is_what_most_entries_say() -> None:
 
     assert select_models(records.models, NOW) == {"tiny": 8, "even": 3}
     assert select_models(records.models, NOW, limit=1) == {"tiny": 8}
+
+
+def test_a_peer_that_missed_two_pings_is_unreachable_and_covers_nothing() -> None:
+    records = SwarmRecords()
+    records.add_model("tiny", 4)
+    records.peer("tiny", 0, 4)
+    killed = records.peer("tiny", 2, 4)
+    stuck = records.peer("tiny", 0, 2, state=PeerState.JOINING)
+
+    once = snapshot_of(records, missed={killed: 1, stuck: 1}).model("tiny")
+    twice = snapshot_of(records, missed={killed: 2, stuck: 2}).model("tiny")
+
+    assert once is not None and twice is not None
+    assert [b.peers for b in once.blocks] == [1, 1, 2, 2]
+    assert [b.joining for b in once.blocks] == [1, 1, 0, 0]
+    assert [b.peers for b in twice.blocks] == [1, 1, 1, 1]
+    assert [b.joining for b in twice.blocks] == [0, 0, 0, 0]
+    states = {row.peer_id: row.state for row in twice.peers}
+    assert states[killed] == states[stuck] == "unreachable"
 
 
 def test_rtts_and_last_seen_reach_the_table_and_json() -> None:
