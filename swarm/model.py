@@ -85,7 +85,7 @@ class DistributedModelForCausalLM:
         loop.start()
         try:
             rpc = RPCHost(Identity.generate(), TcpTransport())
-            loop.start_service(rpc.run, "127.0.0.1", 0)
+            loop.start_service(rpc.run_outbound)  # a client listens for nobody
             dht = DHTNode(rpc, DHTConfig(client_mode=True))
             loop.start_service(partial(dht.run, initial_peers=peers))
             name = model_name_in_swarm or model_name(path)

@@ -123,6 +123,19 @@ class RPCHost:
         finally:
             self._pool.nursery = None
 
+    async def run_outbound(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Dial out only, until cancelled: no listener, so nobody can connect to us (a client).
+        Calls and streams work as with `run`; `address` stays unset."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._pool.nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._pool.nursery = None
+
     async def _accept(self, stream: trio.abc.Stream) -> None:
         if self._unauthenticated >= self.config.max_unauthenticated:
             logger.info("refusing a connection: too many in their handshake")

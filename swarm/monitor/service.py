@@ -43,9 +43,7 @@ async def serve_monitor(
     dht = DHTNode(rpc, DHTConfig(client_mode=True))
     page = load_page()  # before any network work: a broken install fails at once
     async with trio.open_nursery() as nursery:
-        # Our RPC endpoint only dials out (client-mode DHT, pings): nobody is told where it
-        # listens, so it listens on loopback whatever the page's host is.
-        await nursery.start(rpc.run, "127.0.0.1", 0)
+        await nursery.start(rpc.run_outbound)  # client-mode DHT and pings only dial out
         await nursery.start(partial(dht.run, initial_peers=initial_peers))
         collector = Collector(
             dht, RPCPinger(rpc, timeout=collector_config.ping_timeout), collector_config

@@ -125,3 +125,31 @@ async def test_a_tcp_listener_survives_garbage_and_leaks_nothing() -> None:
         await silent.aclose()
         await wait_until(lambda: count_tasks() <= tasks and server.stats().connections == 1)
         assert server.stats().handlers == 0
+
+
+def _listening_sockets() -> int:
+    import psutil
+
+    return sum(1 for c in psutil.Process().net_connections("tcp") if c.status == "LISTEN")
+
+
+async def test_a_host_that_only_dials_out_listens_nowhere_and_still_calls() -> None:
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            server = RPCHost(Identity.generate(), TcpTransport())
+            server.add_unary("echo", echo)
+            server.add_stream("double", _double)
+            await nursery.start(partial(server.run, "127.0.0.1", 0))
+            listening = _listening_sockets()
+            client = RPCHost(Identity.generate(), TcpTransport())
+            await nursery.start(client.run_outbound)
+            assert _listening_sockets() == listening
+            with pytest.raises(RuntimeError):
+                _ = client.address
+            reply = await client.call(server.address, "echo", Packet({"n": 1}, b"abc"), timeout=10)
+            assert bytes(reply.body) == b"abc"
+            async with client.open_stream(server.address, "double") as stream:
+                await stream.send(Packet({"v": 21}))
+                assert (await stream.receive()).header == {"v": 42}
+            assert client.stats().outbound == 1 and client.stats().inbound == 0
+            nursery.cancel_scope.cancel()
