@@ -105,7 +105,7 @@ def _answer(
                 victim = swarm.peer(chain_before[-1].peer)
                 victim.process.process.send_signal(signal.SIGKILL)
                 killed = victim.peer_id
-                sys.stdout.write(f" [peer {killed[:8]} killed] ")
+                sys.stdout.write(f" [peer {killed[:8]} killed]")
                 sys.stdout.flush()
         elapsed = time.monotonic() - started
         chain_after = session.route
