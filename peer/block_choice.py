@@ -4,13 +4,21 @@ The swarm's strength at a block is the total announced throughput of the online 
 serve it. A new peer takes the window of `length` blocks with the lowest total (ties: the
 lowest start), so peers that join one after another fill the gaps first and then thicken the
 thinnest parts.
+
+Peers that start together: each announces the span it claims as `joining` before it loads,
+and `claim_span` counts the joining peers whose id sorts before ours as if they served their
+claim already (at the online peers' mean throughput). Two peers that chose the same span at
+the same instant therefore part on their next look: the one with the larger id moves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+import statistics
+from collections.abc import Iterable, Mapping
 
 from routing.announcement import PeerAnnouncement, PeerState
+from security import PeerId
 
 from .errors import InvalidRequestError
 
@@ -65,3 +73,23 @@ def better_span(
     if with_us(best) > staying * (1 + margin) and best != start:
         return best, best + length
     return None
+
+
+def claim_span(
+    num_blocks: int,
+    length: int,
+    own: PeerId,
+    announcements: Mapping[PeerId, PeerAnnouncement],
+) -> tuple[int, int]:
+    """`choose_span`, counting the joining peers that go before `own` (see the module doc)."""
+    others = {peer: a for peer, a in announcements.items() if peer != own}
+    online = [a.throughput for a in others.values() if a.state is PeerState.ONLINE]
+    expected = statistics.fmean(online) if online else 1.0
+    counted = [
+        a
+        if a.state is not PeerState.JOINING
+        else dataclasses.replace(a, state=PeerState.ONLINE, throughput=expected)
+        for peer, a in others.items()
+        if a.state is not PeerState.JOINING or peer.to_base58() < own.to_base58()
+    ]
+    return choose_span(num_blocks, length, counted)

@@ -14,6 +14,7 @@ same instant as the goodbye that needs them.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,16 +23,16 @@ from typing import Any
 import trio
 
 from routing.address import PeerAddress
-from routing.announcement import PeerAnnouncement, PeerState
-from routing.client import SwarmView
-from routing.dht import DHTConfig, DHTNode, open_dht_node
+from routing.announcement import PeerAnnouncement, PeerState, block_key
+from routing.client import SwarmView, read_announcements
+from routing.dht import DHTConfig, DHTNode
 from routing.rpc import RPCConfig, RPCHost
 from routing.transport import Transport
 from security import Identity
 
 from .announcer import Announcer, AnnouncerConfig
 from .backend import BackendConfig, SpanBackend
-from .block_choice import choose_span
+from .block_choice import claim_span
 from .checkpoint import open_checkpoint
 from .errors import InvalidRequestError
 from .model_name import model_name
@@ -44,6 +45,9 @@ from .worker import ComputeWorker
 logger = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+CLAIM_ROUNDS = 4  # looks at a claimed span before loading it anyway
+CLAIM_PAUSE = (0.2, 0.6)  # seconds between them, drawn at random
+CLAIM_READ_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -147,10 +151,18 @@ async def _serve_shielded(
         async with trio.open_nursery() as nursery:
             worker = ComputeWorker()
             await nursery.start(worker.run)
-            peer = await _load(config, transport, worker)
+            checkpoint = await worker.submit(open_checkpoint, config.checkpoint)
+            num_blocks = checkpoint.num_layers
+            # The network first: the span is chosen, and claimed, in the swarm as it is now.
+            rpc = RPCHost(identity, transport, config.rpc)
+            dht = DHTNode(rpc, config.dht)
+            address = await nursery.start(rpc.run, config.host, config.port)
+            await nursery.start(partial(dht.run, initial_peers=config.initial_peers))
+            blocks = await _choose_blocks(config, dht, address, num_blocks)
+            peer = await _load(config, worker, blocks)
+            peer.address = address
             scheduler = InferenceScheduler(peer.backend, worker, config.scheduler)
             await nursery.start(scheduler.run)
-            rpc = RPCHost(identity, transport, config.rpc)
             server = SpanServer(
                 scheduler,
                 peer.info,
@@ -158,10 +170,6 @@ async def _serve_shielded(
                 accepting=lambda: not control.draining,
             )
             server.register(rpc)
-            dht = DHTNode(rpc, config.dht)
-            peer.address = await nursery.start(rpc.run, config.host, config.port)
-            await nursery.start(partial(dht.run, initial_peers=config.initial_peers))
-            num_blocks = int(peer.backend.span.config.num_hidden_layers)
             announcer = Announcer(dht, peer.announcement, num_blocks, config.announcer)
             announcing = trio.CancelScope()
             said_goodbye = trio.Event()
@@ -226,29 +234,69 @@ def _load_span(config: PeerConfig, start: int, end: int) -> SpanBackend:
     )  # fmt: skip
 
 
-async def _choose_blocks(config: PeerConfig, transport: Transport, total: int) -> tuple[int, int]:
-    """`config.blocks`, or the weakest part of the swarm, read by a short-lived DHT client."""
+async def _choose_blocks(
+    config: PeerConfig, dht: DHTNode, address: PeerAddress, total: int
+) -> tuple[int, int]:
+    """`config.blocks`, or the weakest part of the swarm, claimed before loading.
+
+    The claim is announced as `joining` and looked at again after a short random pause until
+    it holds (see `block_choice.claim_span`), so that peers that start together part ways.
+    """
     if config.blocks is not None:
+        if config.blocks[1] > total:
+            raise InvalidRequestError(f"the model has {total} blocks, not {config.blocks[1]}")
         return config.blocks
     length = min(config.num_blocks or total, total)
     if length == total or not config.initial_peers:
         return 0, length
-    reader = DHTConfig(client_mode=True)
-    async with open_dht_node(
-        Identity.generate(), transport, config.host, 0, config.initial_peers, config=reader
-    ) as dht:
-        view = SwarmView(dht.rpc, dht, config.name, total)
-        await view.refresh()
-    span = choose_span(total, length, view.peers.values())
+    span = await _weakest(config, dht, address, total, length)
+    previous = None
+    for _ in range(CLAIM_ROUNDS):
+        await _announce_claim(config, dht, address, span, total, previous)
+        await trio.sleep(random.uniform(*CLAIM_PAUSE))
+        again = await _weakest(config, dht, address, total, length)
+        if again == span:
+            break
+        previous, span = span, again
     logger.info("the swarm is weakest at blocks %d..%d: serving them", span[0], span[1] - 1)
     return span
 
 
-async def _load(config: PeerConfig, transport: Transport, worker: ComputeWorker) -> _Peer:
-    checkpoint = await worker.submit(open_checkpoint, config.checkpoint)
-    start, end = await _choose_blocks(config, transport, checkpoint.num_layers)
-    if end > checkpoint.num_layers:
-        raise InvalidRequestError(f"the model has {checkpoint.num_layers} blocks, not {end}")
+async def _weakest(
+    config: PeerConfig, dht: DHTNode, address: PeerAddress, total: int, length: int
+) -> tuple[int, int]:
+    records = await read_announcements(dht, config.name, total, CLAIM_READ_TIMEOUT)
+    fitting = {
+        signer: record
+        for signer, record in records.items()
+        if record.address.peer_id == signer and record.model == config.name and record.end <= total
+    }
+    return claim_span(total, length, address.peer_id, fitting)
+
+
+async def _announce_claim(
+    config: PeerConfig,
+    dht: DHTNode,
+    address: PeerAddress,
+    span: tuple[int, int],
+    total: int,
+    previous: tuple[int, int] | None,
+) -> None:
+    """Announce `span` as `joining`; the keys of a previous claim are not republished."""
+    claim = PeerAnnouncement(
+        address=address, model=config.name, start=span[0], end=span[1],
+        state=PeerState.JOINING, throughput=0.0, cache_tokens_left=0, sessions=0,
+        dtype=config.dtype, version=VERSION,
+    )  # fmt: skip
+    announcer = Announcer(dht, lambda state: claim, total, config.announcer)
+    await announcer.publish(PeerState.JOINING)
+    if previous is not None:
+        for block in set(range(*previous)) - set(range(*span)):
+            dht.forget_own(block_key(config.name, block))
+
+
+async def _load(config: PeerConfig, worker: ComputeWorker, blocks: tuple[int, int]) -> _Peer:
+    start, end = blocks
     logger.info("loading blocks %d..%d of %s", start, end - 1, config.checkpoint)
     backend = await worker.submit(partial(_load_span, config, start, end))
     logger.info("measuring throughput (cached per model, device and dtype)")

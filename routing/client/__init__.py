@@ -10,3 +10,4 @@ from .chain import InferenceChain as InferenceChain
 from .hop_session import StepTiming as StepTiming
 from .swarm_view import ClientConfig as ClientConfig
 from .swarm_view import SwarmView as SwarmView
+from .swarm_view import read_announcements as read_announcements

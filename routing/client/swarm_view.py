@@ -57,6 +57,35 @@ def usable_announcements(
     return usable
 
 
+async def read_announcements(
+    dht: DHTNode, model: str, num_blocks: int, lookup_timeout: float
+) -> dict[PeerId, PeerAnnouncement]:
+    """Every signer's freshest announcement under the model's block keys, in any state
+    (each key's lookup bounded by `lookup_timeout` seconds)."""
+    freshest: dict[PeerId, tuple[float, PeerAnnouncement]] = {}
+
+    async def read(block: int) -> None:
+        with trio.move_on_after(lookup_timeout):
+            try:
+                values = await dht.get(block_key(model, block))
+            except RoutingError as error:
+                logger.debug("reading block %d failed: %s", block, error)
+                return
+            for signer, value in values.items():
+                try:
+                    announcement = PeerAnnouncement.decode(value.value)
+                except ProtocolError:
+                    continue
+                known = freshest.get(signer)
+                if known is None or known[0] < value.expiration:
+                    freshest[signer] = (value.expiration, announcement)
+
+    async with trio.open_nursery() as nursery:
+        for block in range(num_blocks):
+            nursery.start_soon(read, block)
+    return {signer: announcement for signer, (_, announcement) in freshest.items()}
+
+
 class SwarmView:
     """Peers serving `model` (of `num_blocks` blocks), their RTTs, and bans."""
 
@@ -81,28 +110,9 @@ class SwarmView:
 
     async def refresh(self) -> None:
         """Read the DHT and ping what it lists."""
-        freshest: dict[PeerId, tuple[float, PeerAnnouncement]] = {}
-
-        async def read(block: int) -> None:
-            with trio.move_on_after(self.config.lookup_timeout):
-                try:
-                    values = await self.dht.get(block_key(self.model, block))
-                except RoutingError as error:
-                    logger.debug("reading block %d failed: %s", block, error)
-                    return
-                for signer, value in values.items():
-                    try:
-                        announcement = PeerAnnouncement.decode(value.value)
-                    except ProtocolError:
-                        continue
-                    known = freshest.get(signer)
-                    if known is None or known[0] < value.expiration:
-                        freshest[signer] = (value.expiration, announcement)
-
-        async with trio.open_nursery() as nursery:
-            for block in range(self.num_blocks):
-                nursery.start_soon(read, block)
-        records = {signer: announcement for signer, (_, announcement) in freshest.items()}
+        records = await read_announcements(
+            self.dht, self.model, self.num_blocks, self.config.lookup_timeout
+        )
         self.peers = usable_announcements(records, self.model, self.num_blocks)
         logger.info("%d peers serve %s", len(self.peers), self.model)
         async with trio.open_nursery() as nursery:

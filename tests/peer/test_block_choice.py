@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 import trio
 
-from peer.block_choice import better_span, block_throughput, choose_span
+from peer.block_choice import better_span, block_throughput, choose_span, claim_span
 from peer.daemon import PeerConfig, serve_peer
 from peer.errors import InvalidRequestError
 from peer.rebalancer import PeerControl, RebalanceConfig
@@ -77,6 +78,63 @@ async def test_four_peers_without_blocks_cover_an_eight_block_model(
     await nursery.start(client.run, "10.0.0.9", 1)
     spans = []
     for address in addresses:
+        info = await client.call(address, protocol.INFO, Packet({}), timeout=5)
+        spans.append((info.header["start"], info.header["end"]))
+    assert sorted(block for start, end in spans for block in range(start, end)) == list(range(8))
+    nursery.cancel_scope.cancel()
+
+
+def _claim(peer_id: object, start: int, end: int) -> PeerAnnouncement:
+    address = PeerAddress("127.0.0.1", 1, peer_id)  # type: ignore[arg-type]
+    return PeerAnnouncement(address, "m", start, end, PeerState.JOINING, 0.0, 0, 0, "float32", "0")
+
+
+def test_two_peers_claiming_the_same_span_at_once_part_on_their_next_look() -> None:
+    first, second = sorted((Identity.generate().peer_id for _ in range(2)), key=str)
+    # Both looked at an empty swarm at the same instant and claimed blocks 0..3.
+    claims = {first: _claim(first, 0, 4), second: _claim(second, 0, 4)}
+    assert claim_span(8, 4, first, claims) == (0, 4)  # the smaller id keeps its claim
+    assert claim_span(8, 4, second, claims) == (4, 8)  # the other one moves
+    claims[second] = _claim(second, 4, 8)
+    assert claim_span(8, 4, first, claims) == (0, 4)  # and both stay put afterwards
+    assert claim_span(8, 4, second, claims) == (4, 8)
+
+
+def test_a_claim_counts_like_an_online_peer_and_our_own_never_counts() -> None:
+    first, second, third = sorted((Identity.generate().peer_id for _ in range(3)), key=str)
+    online = replace(_peer(0, 2, 10.0), address=PeerAddress("127.0.0.1", 2, first))
+    assert claim_span(4, 2, second, {first: online, second: _claim(second, 0, 2)}) == (2, 4)
+    # A claim of a peer that goes first weighs like an online peer (their mean, 10 tokens/s).
+    claims = {first: online, second: _claim(second, 2, 4)}
+    assert claim_span(6, 2, third, claims) == (4, 6)
+    assert claim_span(6, 2, first, {second: _claim(second, 2, 4)}) == (0, 2)
+
+
+async def test_four_peers_started_together_cover_an_eight_block_model(
+    eight_blocks: Path, nursery: trio.Nursery
+) -> None:
+    network = MemoryNetwork()
+    boot = await nursery.start(
+        serve_dht_node, Identity.generate(), network.transport("10.0.0.1"), "10.0.0.1", 1
+    )
+    addresses: dict[int, PeerAddress] = {}
+
+    async def start(index: int) -> None:
+        host = f"10.0.3.{index + 1}"
+        config = PeerConfig(
+            checkpoint=eight_blocks, num_blocks=2, host=host, port=1, initial_peers=(boot.address,)
+        )
+        serve = partial(serve_peer, config, Identity.generate(), network.transport(host))
+        addresses[index] = await nursery.start(serve)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as starting:  # all four at the same instant
+            for index in range(4):
+                starting.start_soon(start, index)
+    client = RPCHost(Identity.generate(), network.transport("10.0.0.9"))
+    await nursery.start(client.run_outbound)
+    spans = []
+    for address in addresses.values():
         info = await client.call(address, protocol.INFO, Packet({}), timeout=5)
         spans.append((info.header["start"], info.header["end"]))
     assert sorted(block for start, end in spans for block in range(start, end)) == list(range(8))
