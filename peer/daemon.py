@@ -283,13 +283,14 @@ async def _announce_claim(
     previous: tuple[int, int] | None,
 ) -> None:
     """Announce `span` as `joining`; the keys of a previous claim are not republished."""
-    claim = PeerAnnouncement(
-        address=address, model=config.name, start=span[0], end=span[1],
-        state=PeerState.JOINING, throughput=0.0, cache_tokens_left=0, sessions=0,
-        dtype=config.dtype, version=VERSION,
-    )  # fmt: skip
-    announcer = Announcer(dht, lambda state: claim, total, config.announcer)
-    await announcer.publish(PeerState.JOINING)
+
+    def claim(state: PeerState) -> PeerAnnouncement:
+        return PeerAnnouncement(
+            address=address, model=config.name, start=span[0], end=span[1], state=state,
+            throughput=0.0, cache_tokens_left=0, sessions=0, dtype=config.dtype, version=VERSION,
+        )  # fmt: skip
+
+    await Announcer(dht, claim, total, config.announcer).publish(PeerState.JOINING)
     if previous is not None:
         for block in set(range(*previous)) - set(range(*span)):
             dht.forget_own(block_key(config.name, block))
