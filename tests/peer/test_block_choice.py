@@ -59,23 +59,33 @@ def eight_blocks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("choice") / "eight", num_layers=8)
 
 
+@pytest.mark.parametrize("together", [False, True], ids=["one after another", "together"])
 async def test_four_peers_without_blocks_cover_an_eight_block_model(
-    eight_blocks: Path, nursery: trio.Nursery
+    eight_blocks: Path, nursery: trio.Nursery, together: bool
 ) -> None:
     network = MemoryNetwork()
     boot = await nursery.start(
         serve_dht_node, Identity.generate(), network.transport("10.0.0.1"), "10.0.0.1", 1
     )
-    addresses = []
-    for index in range(4):  # one after another, as volunteers join
+    addresses: list[PeerAddress] = []
+
+    async def start(index: int) -> None:
         host = f"10.0.1.{index + 1}"
         config = PeerConfig(
             checkpoint=eight_blocks, num_blocks=2, host=host, port=1, initial_peers=(boot.address,)
         )
         serve = partial(serve_peer, config, Identity.generate(), network.transport(host))
         addresses.append(await nursery.start(serve))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as starting:
+            for index in range(4):
+                if together:  # all four at the same instant
+                    starting.start_soon(start, index)
+                else:  # as volunteers join, each once the one before serves
+                    await start(index)
     client = RPCHost(Identity.generate(), network.transport("10.0.0.9"))
-    await nursery.start(client.run, "10.0.0.9", 1)
+    await nursery.start(client.run_outbound)
     spans = []
     for address in addresses:
         info = await client.call(address, protocol.INFO, Packet({}), timeout=5)
@@ -108,37 +118,6 @@ def test_a_claim_counts_like_an_online_peer_and_our_own_never_counts() -> None:
     claims = {first: online, second: _claim(second, 2, 4)}
     assert claim_span(6, 2, third, claims) == (4, 6)
     assert claim_span(6, 2, first, {second: _claim(second, 2, 4)}) == (0, 2)
-
-
-async def test_four_peers_started_together_cover_an_eight_block_model(
-    eight_blocks: Path, nursery: trio.Nursery
-) -> None:
-    network = MemoryNetwork()
-    boot = await nursery.start(
-        serve_dht_node, Identity.generate(), network.transport("10.0.0.1"), "10.0.0.1", 1
-    )
-    addresses: dict[int, PeerAddress] = {}
-
-    async def start(index: int) -> None:
-        host = f"10.0.3.{index + 1}"
-        config = PeerConfig(
-            checkpoint=eight_blocks, num_blocks=2, host=host, port=1, initial_peers=(boot.address,)
-        )
-        serve = partial(serve_peer, config, Identity.generate(), network.transport(host))
-        addresses[index] = await nursery.start(serve)
-
-    with trio.fail_after(60):
-        async with trio.open_nursery() as starting:  # all four at the same instant
-            for index in range(4):
-                starting.start_soon(start, index)
-    client = RPCHost(Identity.generate(), network.transport("10.0.0.9"))
-    await nursery.start(client.run_outbound)
-    spans = []
-    for address in addresses.values():
-        info = await client.call(address, protocol.INFO, Packet({}), timeout=5)
-        spans.append((info.header["start"], info.header["end"]))
-    assert sorted(block for start, end in spans for block in range(start, end)) == list(range(8))
-    nursery.cancel_scope.cancel()
 
 
 def test_a_peer_leaves_a_crowded_part_for_a_gap() -> None:
