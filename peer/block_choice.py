@@ -18,7 +18,6 @@ import statistics
 from collections.abc import Iterable, Mapping
 
 from routing.announcement import PeerAnnouncement, PeerState
-from security import PeerId
 
 from .errors import InvalidRequestError
 
@@ -78,10 +77,11 @@ def better_span(
 def claim_span(
     num_blocks: int,
     length: int,
-    own: PeerId,
-    announcements: Mapping[PeerId, PeerAnnouncement],
+    own: str,
+    announcements: Mapping[str, PeerAnnouncement],
 ) -> tuple[int, int]:
-    """`choose_span`, counting the joining peers that go before `own` (see the module doc)."""
+    """`choose_span`, counting the joining peers that go before `own` (see the module doc).
+    Peers are keyed by their base58 id, as `SwarmView.peers` keys them."""
     others = {peer: a for peer, a in announcements.items() if peer != own}
     online = [a.throughput for a in others.values() if a.state is PeerState.ONLINE]
     expected = statistics.fmean(online) if online else 1.0
@@ -90,6 +90,6 @@ def claim_span(
         if a.state is not PeerState.JOINING
         else dataclasses.replace(a, state=PeerState.ONLINE, throughput=expected)
         for peer, a in others.items()
-        if a.state is not PeerState.JOINING or peer.to_base58() < own.to_base58()
+        if a.state is not PeerState.JOINING or peer < own
     ]
     return choose_span(num_blocks, length, counted)

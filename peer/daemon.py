@@ -24,7 +24,7 @@ import trio
 
 from routing.address import PeerAddress
 from routing.announcement import PeerAnnouncement, PeerState, block_key
-from routing.client import SwarmView, read_announcements
+from routing.client import SwarmView, read_announcements, usable_announcements
 from routing.dht import DHTConfig, DHTNode
 from routing.rpc import RPCConfig, RPCHost
 from routing.transport import Transport
@@ -48,6 +48,7 @@ VERSION = "0.1.0"
 CLAIM_ROUNDS = 4  # looks at a claimed span before loading it anyway
 CLAIM_PAUSE = (0.2, 0.6)  # seconds between them, drawn at random
 CLAIM_READ_TIMEOUT = 5.0
+CLAIMING_STATES = frozenset({PeerState.ONLINE, PeerState.JOINING})
 
 
 @dataclass(frozen=True)
@@ -266,12 +267,8 @@ async def _weakest(
     config: PeerConfig, dht: DHTNode, address: PeerAddress, total: int, length: int
 ) -> tuple[int, int]:
     records = await read_announcements(dht, config.name, total, CLAIM_READ_TIMEOUT)
-    fitting = {
-        signer: record
-        for signer, record in records.items()
-        if record.address.peer_id == signer and record.model == config.name and record.end <= total
-    }
-    return claim_span(total, length, address.peer_id, fitting)
+    serving_or_claimed = usable_announcements(records, config.name, total, CLAIMING_STATES)
+    return claim_span(total, length, str(address.peer_id), serving_or_claimed)
 
 
 async def _announce_claim(

@@ -11,3 +11,4 @@ from .hop_session import StepTiming as StepTiming
 from .swarm_view import ClientConfig as ClientConfig
 from .swarm_view import SwarmView as SwarmView
 from .swarm_view import read_announcements as read_announcements
+from .swarm_view import usable_announcements as usable_announcements

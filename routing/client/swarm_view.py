@@ -42,13 +42,16 @@ class ClientConfig:
 
 
 def usable_announcements(
-    records: dict[PeerId, PeerAnnouncement], model: str, num_blocks: int
+    records: dict[PeerId, PeerAnnouncement],
+    model: str,
+    num_blocks: int,
+    states: frozenset[PeerState] = frozenset({PeerState.ONLINE}),
 ) -> dict[str, PeerAnnouncement]:
-    """The announcements a client may route through, by peer id. Pure."""
+    """The announcements a client may route through (in `states`), by peer id. Pure."""
     usable = {}
     for signer, announcement in records.items():
         if (
-            announcement.state is PeerState.ONLINE
+            announcement.state in states
             and announcement.model == model
             and announcement.end <= num_blocks
             and announcement.address.peer_id == signer

@@ -22,7 +22,7 @@ from routing.errors import RemoteError
 from routing.memory_network import MemoryNetwork
 from routing.rpc import Packet, RPCHost
 from routing.tensor_codec import decode_tensor, encode_tensor
-from security import Identity
+from security import Identity, PeerId
 from tests.support.tiny_model import write_tiny_model
 
 ADDRESS = PeerAddress.parse("127.0.0.1:1/" + str(Identity.generate().peer_id))
@@ -94,13 +94,13 @@ async def test_four_peers_without_blocks_cover_an_eight_block_model(
     nursery.cancel_scope.cancel()
 
 
-def _claim(peer_id: object, start: int, end: int) -> PeerAnnouncement:
-    address = PeerAddress("127.0.0.1", 1, peer_id)  # type: ignore[arg-type]
+def _claim(peer_id: str, start: int, end: int) -> PeerAnnouncement:
+    address = PeerAddress("127.0.0.1", 1, PeerId.from_base58(peer_id))
     return PeerAnnouncement(address, "m", start, end, PeerState.JOINING, 0.0, 0, 0, "float32", "0")
 
 
 def test_two_peers_claiming_the_same_span_at_once_part_on_their_next_look() -> None:
-    first, second = sorted((Identity.generate().peer_id for _ in range(2)), key=str)
+    first, second = sorted(str(Identity.generate().peer_id) for _ in range(2))
     # Both looked at an empty swarm at the same instant and claimed blocks 0..3.
     claims = {first: _claim(first, 0, 4), second: _claim(second, 0, 4)}
     assert claim_span(8, 4, first, claims) == (0, 4)  # the smaller id keeps its claim
@@ -111,8 +111,8 @@ def test_two_peers_claiming_the_same_span_at_once_part_on_their_next_look() -> N
 
 
 def test_a_claim_counts_like_an_online_peer_and_our_own_never_counts() -> None:
-    first, second, third = sorted((Identity.generate().peer_id for _ in range(3)), key=str)
-    online = replace(_peer(0, 2, 10.0), address=PeerAddress("127.0.0.1", 2, first))
+    first, second, third = sorted(str(Identity.generate().peer_id) for _ in range(3))
+    online = replace(_claim(first, 0, 2), state=PeerState.ONLINE, throughput=10.0)
     assert claim_span(4, 2, second, {first: online, second: _claim(second, 0, 2)}) == (2, 4)
     # A claim of a peer that goes first weighs like an online peer (their mean, 10 tokens/s).
     claims = {first: online, second: _claim(second, 2, 4)}
