@@ -24,6 +24,7 @@ from .errors import SwarmError
 from .logs import configure_logging
 
 TYPED_ERRORS = (SwarmError, PeerError, RoutingError, SecurityError)
+DTYPES = ["float32", "bfloat16", "float16"]  # peer.span.SUPPORTED_DTYPES, without torch
 
 
 def _add_network_options(parser: argparse.ArgumentParser) -> None:
@@ -69,9 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-blocks", type=int, help="without --blocks: serve this many (default: all)"
     )
     peer.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    peer.add_argument(
-        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights"
-    )
+    peer.add_argument("--dtype", default="float32", choices=DTYPES, help="weights")
     peer.add_argument("--cache-tokens", type=int, help="KV cache budget in tokens")
     peer.add_argument("--max-sessions", type=int, help="concurrent inference sessions")
     peer.add_argument("--model-name", help="the model's name in the swarm (default: derived)")
@@ -95,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--dtype",
         default="float32",
-        choices=["float32", "bfloat16", "float16"],
+        choices=DTYPES,
         help="of the head (use the peers' dtype)",
     )
 

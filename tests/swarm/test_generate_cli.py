@@ -98,3 +98,10 @@ def test_a_bad_peer_address_is_a_clean_error(
     status = main(["generate", str(tiny), PROMPT, "--initial-peers", "not-an-address"])
     assert status != 0
     assert capsys.readouterr().out == ""
+
+
+def test_the_command_offers_the_dtypes_peers_support() -> None:
+    from peer.span import SUPPORTED_DTYPES
+    from swarm.cli import DTYPES
+
+    assert list(SUPPORTED_DTYPES) == DTYPES
