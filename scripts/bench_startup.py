@@ -72,12 +72,12 @@ def local_first_token(checkpoint: Path, dtype: str, device: str) -> float:
     return time.perf_counter() - began
 
 
-def client_first_token(checkpoint: Path, bootstrap: str, device: str) -> float:
+def client_first_token(checkpoint: Path, bootstrap: str, dtype: str, device: str) -> float:
     """Seconds from loading the client to the first token through the running swarm."""
     began = time.perf_counter()
     with (
         DistributedModelForCausalLM.from_pretrained(
-            checkpoint, initial_peers=[bootstrap], device=device
+            checkpoint, initial_peers=[bootstrap], device=device, dtype=dtype
         ) as model,
         model.inference_session(max_length=len(PROMPT[0]) + 1) as session,
     ):
@@ -112,10 +112,10 @@ def bench_model(checkpoint: Path, runs: int, dtype: str, device: str) -> dict[st
     spans = [(0, _blocks(checkpoint))]
     with LocalSwarm(checkpoint, spans, monitor=False, peer_options=options) as swarm:
         local_first_token(checkpoint, dtype, device)  # warm-up, untimed
-        client_first_token(checkpoint, swarm.bootstrap, device)
+        client_first_token(checkpoint, swarm.bootstrap, dtype, device)
         for _ in range(runs):  # interleaved, so that both see the same machine
             local.append(local_first_token(checkpoint, dtype, device))
-            client.append(client_first_token(checkpoint, swarm.bootstrap, device))
+            client.append(client_first_token(checkpoint, swarm.bootstrap, dtype, device))
     base = statistics.median(local)
     return {
         "local_first_token": _stats(local),
