@@ -165,12 +165,13 @@ async def _serve_shielded(
             scheduler = InferenceScheduler(peer.backend, worker, config.scheduler)
             await nursery.start(scheduler.run)
             server = SpanServer(
+                rpc,
                 scheduler,
                 peer.info,
                 idle_timeout=config.scheduler.idle_timeout,
                 accepting=lambda: not control.draining,
             )
-            server.register(rpc)
+            server.register()
             announcer = Announcer(dht, peer.announcement, num_blocks, config.announcer)
             announcing = trio.CancelScope()
             said_goodbye = trio.Event()

@@ -1,20 +1,29 @@
-"""The span server: `span.info`, `span.forward` and `span.inference` over an RPC host.
+"""The span server: `span.info`, `span.forward`, `span.inference` and `span.relay` over RPC.
 
 Thin handlers: parse the request (`routing.span_protocol`), decode tensors
 (`routing.tensor_codec`), run them through the `InferenceScheduler` (which checks every bound
 and shape), encode the answer. A `PeerError` or a malformed message becomes a
 `HandlerError` with a code: the caller gets a typed `RemoteError`, and the peer goes on
 serving everyone else. An inference stream owns one session: it is closed when the client
-ends the stream, cancels it, disconnects, or stays silent longer than the idle timeout.
+ends the stream, cancels it, disconnects, or stays silent (no step from it or relayed to it)
+longer than the idle timeout.
+
+Relay: a step may also arrive on a `span.relay` stream from the previous peer of the client's
+chain, with the session's token. It runs like one from the client, under the same lock, and
+is answered on the client's stream; if it fails, the session's stream fails with that error,
+so the client hears of it. A step that names further hops is sent on to the first of them
+(`RelayLinks`) before the client is answered.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -25,15 +34,19 @@ from routing.span_protocol import (
     FORWARD,
     INFERENCE,
     INFO,
+    RELAY,
+    RelayJoin,
     SessionOpened,
     SessionRequest,
     parse_forward,
+    parse_relay,
     parse_step,
     step_header,
 )
 from routing.tensor_codec import decode_tensor, encode_tensor
 
 from .errors import PeerError
+from .relay_links import RelayLinks
 from .scheduler import InferenceScheduler
 
 logger = logging.getLogger(__name__)
@@ -50,26 +63,53 @@ def _as_handler_errors() -> Iterator[None]:
         raise HandlerError("bad_request", str(error)) from None
 
 
+@dataclass(eq=False)
+class _Session:
+    """A session being served: its client's stream, its relay token and links, its lock."""
+
+    id: str
+    token: str
+    client: BidiStream
+    links: RelayLinks
+    lock: trio.Lock = field(default_factory=trio.Lock)  # one step at a time
+    steps: int = 0  # steps done: the next one must carry this number
+    waiting: trio.CancelScope | None = None  # the wait for the client's next message
+    failure: HandlerError | None = None  # a relayed step's, for the client's stream
+
+    def fail(self, error: HandlerError) -> None:
+        if self.failure is None:
+            self.failure = error
+        if self.waiting is not None:
+            self.waiting.cancel()
+
+
 class SpanServer:
-    """Serves one backend's span; `describe()` gives the `span.info` fields."""
+    """Serves one backend's span on `rpc` once `register()`ed; `describe()` gives the
+    `span.info` fields."""
 
     def __init__(
         self,
+        rpc: RPCHost,
         scheduler: InferenceScheduler,
         describe: Callable[[], Mapping[str, Any]],
         *,
         idle_timeout: float = 300.0,
+        relay_timeout: float = 2.0,
         accepting: Callable[[], bool] = lambda: True,
     ) -> None:
         self.scheduler = scheduler
         self.describe = describe
         self.idle_timeout = idle_timeout
+        self.relay_timeout = relay_timeout  # to open a relay stream and send one step on it
         self.accepting = accepting  # False while draining: new sessions are refused
+        self.rpc = rpc  # serves the handlers, and dials the next peers for relay
+        self._sessions: dict[str, _Session] = {}
 
-    def register(self, rpc: RPCHost) -> None:
-        rpc.add_unary(INFO, self.info)
-        rpc.add_unary(FORWARD, self.forward)
-        rpc.add_stream(INFERENCE, self.inference)
+    def register(self) -> None:
+        self.rpc.add_unary(INFO, self.info)
+        self.rpc.add_unary(FORWARD, self.forward)
+        self.rpc.add_stream(INFERENCE, self.inference)
+        self.rpc.add_stream(RELAY, self.relay)
 
     async def info(self, request: Packet, context: CallContext) -> Packet:
         return Packet(dict(self.describe()))
@@ -88,29 +128,89 @@ class SpanServer:
             if not self.accepting():
                 raise HandlerError("draining", "this peer takes no new sessions now")
             session_id = f"{context.peer_id.short()}-{secrets.token_hex(6)}"
+            session = _Session(
+                session_id,
+                secrets.token_hex(16),
+                stream,
+                RelayLinks(self.rpc, self.relay_timeout),
+            )
             try:  # opened inside: a cancel that lands as the session opens still closes it
                 info = await self.scheduler.open_session(
                     session_id, request.max_length, request.batch_size, request.start, request.end
                 )
-                opened = SessionOpened(session_id, info.start, info.end, info.max_length)
+                self._sessions[session_id] = session
+                opened = SessionOpened(
+                    session_id, info.start, info.end, info.max_length, session.token
+                )
                 await stream.send(Packet(opened.header()))
-                while True:
-                    try:
-                        packet = await self._receive(stream)
-                    except StreamClosedError:  # the client ended the session
-                        return
-                    began = time.perf_counter()
-                    step, tensor = parse_step(packet.header)
-                    output, compute = await self.scheduler.step_timed(
-                        session_id, decode_tensor(tensor, packet.body)
-                    )
-                    header, body = encode_tensor(output)
-                    spent_ms = (time.perf_counter() - began) * 1000
-                    reply = step_header(step, header, spent_ms, compute * 1000)
-                    await stream.send(Packet(reply, body))
+                while (packet := await self._next_from_client(session)) is not None:
+                    await self._step(session, packet)
             finally:
+                self._sessions.pop(session_id, None)
                 with trio.CancelScope(shield=True):
+                    await session.links.aclose()
                     await self.scheduler.close_session(session_id)
+
+    async def relay(self, stream: BidiStream, context: CallContext) -> None:
+        """Steps of one session, pushed by the peer before this one in the client's chain."""
+        with _as_handler_errors():
+            join = RelayJoin.parse((await self._receive(stream)).header)
+            session = self._sessions.get(join.session)
+            if session is None or not hmac.compare_digest(session.token, join.token):
+                raise HandlerError("bad_relay", "no such session here, or a wrong token")
+            while True:
+                try:
+                    packet = await self._receive(stream)
+                except StreamClosedError:  # the previous peer is done
+                    return
+                if self._sessions.get(join.session) is not session:
+                    raise HandlerError("session_closed", "the session has ended")
+                try:
+                    with _as_handler_errors():
+                        await self._step(session, packet)
+                except HandlerError as error:  # the client must hear of it too
+                    session.fail(error)
+                    raise
+                if session.waiting is not None:  # the session is not idle
+                    session.waiting.deadline = trio.current_time() + self.idle_timeout
+
+    async def _step(self, session: _Session, packet: Packet) -> None:
+        """Run one step, send the output on if the step says so, answer the client."""
+        async with session.lock:
+            began = time.perf_counter()
+            step, tensor = parse_step(packet.header)
+            if step != session.steps:  # e.g. a step both relayed and sent by the client
+                raise HandlerError("step_order", f"step {step} where {session.steps} was due")
+            relay = parse_relay(packet.header)
+            output, compute = await self.scheduler.step_timed(
+                session.id, decode_tensor(tensor, packet.body)
+            )
+            session.steps += 1
+            header, body = encode_tensor(output)
+            relayed = None
+            if relay:
+                onward = Packet(step_header(relay[0].step, header, relay=relay[1:]), body)
+                relayed = await session.links.send(relay[0], onward)
+            spent_ms = (time.perf_counter() - began) * 1000
+            reply = step_header(step, header, spent_ms, compute * 1000, relayed=relayed)
+            await session.client.send(Packet(reply, body))
+
+    async def _next_from_client(self, session: _Session) -> Packet | None:
+        """The client's next message; None once it ended the session. Raises the failure of
+        a relayed step, or `session_idle` after `idle_timeout` without any step."""
+        if session.failure is not None:
+            raise session.failure
+        with trio.CancelScope(deadline=trio.current_time() + self.idle_timeout) as waiting:
+            session.waiting = waiting
+            try:
+                return await session.client.receive()
+            except StreamClosedError:
+                return None
+            finally:
+                session.waiting = None
+        if session.failure is not None:
+            raise session.failure
+        raise HandlerError("session_idle", f"no step for {self.idle_timeout} s")
 
     async def _receive(self, stream: BidiStream) -> Packet:
         with trio.move_on_after(self.idle_timeout):

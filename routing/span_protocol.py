@@ -9,21 +9,35 @@ Methods (block indices are the model's, `end` exclusive):
   bytes (the time the peer spent on the step, from receiving it to replying, and the part
   of it its compute thread ran the blocks; both for timing only). The client ends the
   stream to close the session; failures come back as remote errors with a code.
+- Relay (a pipeline through the chain). `opened` carries a `relay` token: whoever holds it
+  may push steps into that session. A step may carry `"relay": [{"to", "session", "token",
+  "step"}, ...]`, the rest of the chain: the peer sends its output as step `step` of the
+  first of them (with the others as that step's own `relay`), then answers its client as
+  usual, adding `"relayed": true|false` (whether the output went out). The next peer
+  answers *its* client as if the client had sent the step.
+- `span.relay` (stream, peer to peer): `{"join": {"session", "token"}}`, then steps as
+  above, nothing back (a failure ends the stream with a remote error, and the session's own
+  stream with it).
 `"tensor"` is `routing.tensor_codec`'s header (dtype and shape); the payload is its bytes.
 Parsers raise `ProtocolError` on anything malformed: they read remote input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ProtocolError
+from .address import PeerAddress
+from .errors import AddressError, ProtocolError
 
 INFO = "span.info"
 FORWARD = "span.forward"
 INFERENCE = "span.inference"
+RELAY = "span.relay"
+
+MAX_RELAY_HOPS = 64  # the rest of a chain one step may name
+MAX_TOKEN_LENGTH = 64  # characters of a session id or a relay token
 
 
 @dataclass(frozen=True)
@@ -52,24 +66,72 @@ class SessionRequest:
 
 @dataclass(frozen=True)
 class SessionOpened:
-    """The peer's answer to `SessionRequest`."""
+    """The peer's answer to `SessionRequest`; `relay` is empty if it takes no relayed steps."""
 
     session: str
     start: int
     end: int
     max_length: int
+    relay: str = ""
 
     def header(self) -> dict[str, Any]:
         return {"opened": {"session": self.session, "start": self.start, "end": self.end,
-                           "max_length": self.max_length}}  # fmt: skip
+                           "max_length": self.max_length, "relay": self.relay}}  # fmt: skip
 
     @classmethod
     def parse(cls, header: Mapping[str, Any]) -> SessionOpened:
         fields = _map(header, "opened")
-        session = fields.get("session")
-        if not isinstance(session, str):
-            raise ProtocolError("opened.session must be a string")
-        return cls(session, _int(fields, "start"), _int(fields, "end"), _int(fields, "max_length"))
+        return cls(
+            _text(fields, "session"),
+            _int(fields, "start"),
+            _int(fields, "end"),
+            _int(fields, "max_length"),
+            _text(fields, "relay", empty=True) if "relay" in fields else "",
+        )
+
+
+@dataclass(frozen=True)
+class RelayTarget:
+    """The next hop of a relayed step: where it listens, its session there, and the number
+    the step has in that session."""
+
+    address: PeerAddress
+    session: str
+    token: str
+    step: int
+
+    def wire(self) -> dict[str, Any]:
+        return {"to": str(self.address), "session": self.session, "token": self.token,
+                "step": self.step}  # fmt: skip
+
+    @classmethod
+    def parse(cls, fields: Any) -> RelayTarget:
+        if not isinstance(fields, Mapping):
+            raise ProtocolError("a relay target must be a map")
+        to = fields.get("to")
+        if not isinstance(to, str):
+            raise ProtocolError("a relay target needs its address, 'to'")
+        try:
+            address = PeerAddress.parse(to)
+        except AddressError as error:
+            raise ProtocolError(f"bad relay address: {error}") from None
+        return cls(address, _text(fields, "session"), _text(fields, "token"), _int(fields, "step"))
+
+
+@dataclass(frozen=True)
+class RelayJoin:
+    """The first message of a `span.relay` stream: which session, and its token."""
+
+    session: str
+    token: str
+
+    def header(self) -> dict[str, Any]:
+        return {"join": {"session": self.session, "token": self.token}}
+
+    @classmethod
+    def parse(cls, header: Mapping[str, Any]) -> RelayJoin:
+        fields = _map(header, "join")
+        return cls(_text(fields, "session"), _text(fields, "token"))
 
 
 def forward_header(start: int, end: int, tensor: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,13 +148,33 @@ def step_header(
     tensor: Mapping[str, Any],
     server_ms: float | None = None,
     compute_ms: float | None = None,
+    *,
+    relay: Sequence[RelayTarget] = (),
+    relayed: bool | None = None,
 ) -> dict[str, Any]:
     header: dict[str, Any] = {"step": step, "tensor": dict(tensor)}
     if server_ms is not None:
         header["server_ms"] = server_ms
     if compute_ms is not None:
         header["compute_ms"] = compute_ms
+    if relay:
+        header["relay"] = [target.wire() for target in relay]
+    if relayed is not None:
+        header["relayed"] = relayed
     return header
+
+
+def parse_relay(header: Mapping[str, Any]) -> tuple[RelayTarget, ...]:
+    """The rest of the chain a step names (empty: answer the client only)."""
+    targets = header.get("relay", [])
+    if not isinstance(targets, list) or len(targets) > MAX_RELAY_HOPS:
+        raise ProtocolError(f"relay must be a list of at most {MAX_RELAY_HOPS} targets")
+    return tuple(RelayTarget.parse(target) for target in targets)
+
+
+def was_relayed(header: Mapping[str, Any]) -> bool:
+    """Whether a peer's answer says it passed its output on to the next hop."""
+    return header.get("relayed") is True
 
 
 def server_time(header: Mapping[str, Any], field: str = "server_ms") -> float | None:
@@ -127,4 +209,13 @@ def _int(fields: Mapping[str, Any], name: str) -> int:
     value = fields.get(name)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
         raise ProtocolError(f"field {name!r} must be a non-negative integer")
+    return value
+
+
+def _text(fields: Mapping[str, Any], name: str, *, empty: bool = False) -> str:
+    value = fields.get(name)
+    if not isinstance(value, str) or len(value) > MAX_TOKEN_LENGTH or not (value or empty):
+        raise ProtocolError(
+            f"field {name!r} must be a string of 1 to {MAX_TOKEN_LENGTH} characters"
+        )
     return value

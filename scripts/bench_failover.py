@@ -1,18 +1,22 @@
 #!/usr/bin/env python3
 """Benchmark failover: the stall when the peer in use is killed (SIGKILL) mid-generation.
 
-Two `swarm peer` processes on 127.0.0.1 serve the whole model each. The client generates;
-after `--kill-after` tokens it kills the peer of its chain and keeps generating. Reported,
-per run: the normal time per token (median of the other steps), the time from the kill to
-the next token, and the stall = that minus a normal token; the tokens are checked against a
-run without a fault. Medians over `--runs` runs.
+Layouts of `swarm peer` processes on 127.0.0.1: `whole`, two peers serving the whole model
+each; `halves`, four peers, two for each half of the blocks (a 2-hop chain, relayed). The
+client generates; after `--kill-after` tokens it kills the first peer of its chain and keeps
+generating (with `halves`, the second hop is rebuilt too: the relayed step may or may not
+have reached it). Reported, per run: the normal time per token (median of the other steps),
+the time from the kill to the next token, and the stall = that minus a normal token; the
+tokens are checked against a run without a fault. Medians over `--runs` runs.
 
-    .venv/bin/python scripts/bench_failover.py [--models tiny smollm2] [--runs 3] [--json PATH]
+    .venv/bin/python scripts/bench_failover.py [--models tiny smollm2] [--layouts whole halves]
+        [--runs 3] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -34,11 +38,18 @@ from swarm import DistributedModelForCausalLM  # noqa: E402
 from swarm.local_swarm import LocalSwarm  # noqa: E402
 
 
-def one_run(checkpoint: Path, tokens: int, kill_after: int) -> dict[str, Any]:
+def spans(checkpoint: Path, layout: str) -> list[tuple[int, int]]:
     blocks = int(AutoConfig.from_pretrained(checkpoint).num_hidden_layers)
+    if layout == "whole":
+        return [(0, blocks)] * 2
+    half = blocks // 2
+    return [(0, half), (half, blocks)] * 2
+
+
+def one_run(checkpoint: Path, layout: str, tokens: int, kill_after: int) -> dict[str, Any]:
     prompt = torch.tensor([[1, 2, 3, 4]])
     with (
-        LocalSwarm(checkpoint, [(0, blocks), (0, blocks)], monitor=False) as swarm,
+        LocalSwarm(checkpoint, spans(checkpoint, layout), monitor=False) as swarm,
         DistributedModelForCausalLM.from_pretrained(
             checkpoint, initial_peers=[swarm.bootstrap]
         ) as model,
@@ -73,6 +84,7 @@ def one_run(checkpoint: Path, tokens: int, kill_after: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"])
+    parser.add_argument("--layouts", nargs="+", default=["whole", "halves"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--kill-after", type=int, default=12)
@@ -81,17 +93,19 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     checkpoints = bench_checkpoints(args.models)
     results: dict[str, Any] = {}
-    print(f"{'model':8} {'ms/token':>9} {'kill->next token':>17} {'stall':>9} {'same tokens':>12}")
-    for name, checkpoint in checkpoints.items():
-        runs = [one_run(checkpoint, args.tokens, args.kill_after) for _ in range(args.runs)]
-        results[name] = runs
+    print(f"{'model':8} {'layout':7} {'ms/token':>9} {'kill->next token':>17} {'stall':>9} "
+          f"{'same tokens':>12}")  # fmt: skip
+    for (name, checkpoint), layout in itertools.product(checkpoints.items(), args.layouts):
+        runs = [one_run(checkpoint, layout, args.tokens, args.kill_after) for _ in range(args.runs)]
+        results.setdefault(name, {})[layout] = runs
 
         def median(key: str, runs: list[dict[str, Any]] = runs) -> float:
             return statistics.median(run[key] for run in runs)
 
         same = all(run["same_tokens"] for run in runs)
-        print(f"{name:8} {median('normal_ms'):7.1f}ms {median('kill_to_next_token_ms'):15.1f}ms "
-              f"{median('stall_ms'):7.1f}ms {same!s:>12}")  # fmt: skip
+        print(f"{name:8} {layout:7} {median('normal_ms'):7.1f}ms "
+              f"{median('kill_to_next_token_ms'):15.1f}ms {median('stall_ms'):7.1f}ms "
+              f"{same!s:>12}")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -1,19 +1,32 @@
 """A generation's inference sessions along a chain of peers, surviving peers that fail.
 
-`step(hidden)` pushes hidden states through every hop in order. When a hop fails (an error
-from the peer, a broken connection, a step past its deadline), the chain:
+`step(hidden)` pushes hidden states through every hop in order. With relay (the default,
+where the peers offer it), the client sends a step to the first hop only, naming the hops
+after it: each peer passes its output straight to the next one and also answers the client,
+so the client is out of the path between peers but still holds every hop's input. A peer that
+could not pass its output on says so, and the client sends that hop its input itself (and
+stops asking that peer to relay).
+
+When a hop fails (an error from the peer, a broken connection, a step past its deadline), the
+chain:
 1. bans that peer (exponential backoff) and drops its session;
 2. routes only the blocks it served, [start, end), over the peers left (re-reading the DHT if
    nobody is left);
 3. replays the inputs that hop had received into the new hops, in one step each, so their
    caches hold exactly what the lost peer's did;
 4. retries the current step from that hop on.
+Hops after a failed one that a relayed step may or may not have reached are rebuilt the same
+way, on the same peers if the route still picks them, without a ban. A relayed hop that does
+not answer in time but answers a ping is not banned either: the link from the previous peer
+is the suspect, so that peer is no longer asked to relay, and the hop is rebuilt and sent its
+input directly.
 The computation is the same, so the generated tokens do not change. `failovers` records each
 recovery (for the demo and the benchmark).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -22,8 +35,10 @@ from dataclasses import dataclass
 import torch
 import trio
 
+from ..errors import CallTimeoutError
 from ..path_selection import Hop, NoRouteError
 from ..rpc import RPCHost
+from ..span_protocol import RelayTarget
 from .hop_session import LINK_ERRORS, HopSession, StepTiming
 from .swarm_view import SwarmView
 
@@ -62,6 +77,7 @@ class InferenceChain:
         self.hops: list[HopSession] = []
         self.failovers: list[Failover] = []
         self._closed = False
+        self._not_relaying: set[str] = set()  # peers that could not pass an output on
 
     @property
     def route(self) -> list[Hop]:
@@ -98,19 +114,66 @@ class InferenceChain:
         index = 0
         failures = 0
         while index < len(self.hops):
-            hop = self.hops[index]
+            onward = self._relay_targets(index)
+            at, sent = index, False
             try:
-                output = await hop.step(hidden, self._timeout(hidden))
+                await self.hops[index].send(hidden, self._timeout(hidden), onward)
+                sent = True
+                for at in range(index, index + len(onward) + 1):
+                    hop = self.hops[at]
+                    if at > index:
+                        hop.expect(relayed=True)
+                    output, relayed = await hop.receive(hidden, self._timeout(hidden))
+                    self.view.bans.succeeded(hop.hop.peer)
+                    hidden = output
+                    if at < index + len(onward) and not relayed:
+                        self._not_relaying.add(hop.hop.peer)
+                        break
+                index = at + 1
             except LINK_ERRORS as error:
                 failures += 1
                 if self._closed or failures > self.view.config.max_failovers:
                     raise
-                self.hops[index : index + 1] = await self._replace(hop, error)
-                continue
-            self.view.bans.succeeded(hop.hop.peer)
-            hidden = output
-            index += 1
+                end = index + len(onward) + 1  # hops this step may have reached
+                if await self._relay_was_lost(at > index, error, self.hops[at]):
+                    # the hop is fine, the link from the previous peer is the suspect: the
+                    # hop is rebuilt and gets its inputs from the client from now on
+                    self._not_relaying.add(self.hops[at - 1].hop.peer)
+                    await self._rebuild(at, end)
+                else:
+                    if sent:
+                        await self._rebuild(at + 1, end)
+                    self.hops[at : at + 1] = await self._replace(self.hops[at], error)
+                index = at
         return hidden
+
+    async def _relay_was_lost(self, relayed: bool, error: Exception, hop: HopSession) -> bool:
+        """A relayed step timed out at a hop that still answers pings: its input was lost
+        on the way from the previous peer."""
+        if not relayed or not isinstance(error, CallTimeoutError):
+            return False
+        return await self.view.ping(hop.hop.peer)
+
+    def _relay_targets(self, index: int) -> tuple[RelayTarget, ...]:
+        """The hops after `index` that a step sent to it can be relayed to, in order."""
+        targets: list[RelayTarget] = []
+        if not self.view.config.relay:
+            return ()
+        for previous, hop in itertools.pairwise(self.hops[index:]):
+            if hop.relay_target is None or previous.hop.peer in self._not_relaying:
+                break
+            targets.append(hop.relay_target)
+        return tuple(targets)
+
+    async def _rebuild(self, start: int, stop: int) -> None:
+        """New sessions for hops[start:stop], which a relayed step may or may not have
+        reached: their caches are rebuilt from their inputs (no ban, no failover)."""
+        for index in reversed(range(start, min(stop, len(self.hops)))):
+            stale = self.hops[index]
+            await stale.close()
+            self.hops[index : index + 1] = await self._open_range(
+                stale.hop.start, stale.hop.end, stale.inputs
+            )
 
     async def _replace(self, lost: HopSession, error: BaseException) -> list[HopSession]:
         began = time.monotonic()

@@ -1,8 +1,10 @@
 """One hop of a client's chain: an inference session with one peer over blocks [start, end).
 
-It keeps every input it has sent (`inputs`), so that if the peer fails, a replacement can be
-given the same history and rebuild the same cache. A step that does not answer within its
-deadline is a failure like any other: the stream is abandoned (the peer is told to cancel).
+It keeps every input of every step it served (`inputs`), so that if the peer fails, a
+replacement can be given the same history and rebuild the same cache. A step that does not
+answer within its deadline is a failure like any other: the stream is abandoned (the peer is
+told to cancel). A step is `send` then `receive`; with relay, the input may instead come from
+the previous peer, and only `receive` is called (its input still joins the history).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from ..path_selection import Hop
 from ..rpc import BidiStream, Packet, RPCHost
 from ..span_protocol import (
     INFERENCE,
+    RelayTarget,
     SessionOpened,
     SessionRequest,
     parse_step,
     server_time,
     step_header,
+    was_relayed,
 )
 from ..tensor_codec import decode_tensor, encode_tensor
 
@@ -35,9 +39,10 @@ from ..tensor_codec import decode_tensor, encode_tensor
 class StepTiming:
     """One step seen from the client: its whole time, and the part the peer says it spent."""
 
-    seconds: float  # encode, send, wait, receive, decode
+    seconds: float  # encode, send, wait, receive, decode (relayed: from the last hop's answer)
     server_seconds: float | None
     compute_seconds: float | None = None  # the peer's blocks alone, if it said
+    relayed: bool = False  # the input came from the previous peer, not from the client
 
 
 LINK_ERRORS = (RoutingError, SecurityError)  # what a failing peer or link raises
@@ -53,7 +58,10 @@ class HopSession:
         self.inputs: list[torch.Tensor] = []  # sent so far, in order
         self._stack = AsyncExitStack()
         self._stream: BidiStream | None = None
+        self._opened: SessionOpened | None = None
         self._steps = 0
+        self._began = 0.0  # when the step in flight was sent (or its input became known)
+        self._relayed = False  # the step in flight was relayed to this hop
         self.timings: list[StepTiming] = []  # one per step, in order
 
     @property
@@ -73,17 +81,56 @@ class HopSession:
             raise CallTimeoutError(f"{self.hop.peer[:8]} did not open a session") from None
         if (opened.start, opened.end) != (self.hop.start, self.hop.end):
             raise ProtocolError(f"asked for blocks {self.hop.start}..{self.hop.end}, got {opened}")
-        self._stream = stream
+        self._stream, self._opened = stream, opened
+
+    @property
+    def relay_target(self) -> RelayTarget | None:
+        """Where another peer may send this hop its next step; None if the peer cannot."""
+        opened = self._opened
+        if opened is None or not opened.relay or self._stream is None:
+            return None
+        return RelayTarget(self.address, opened.session, opened.relay, self._steps)
 
     async def step(self, hidden: torch.Tensor, timeout: float) -> torch.Tensor:  # noqa: ASYNC109
         """Run `hidden` through the span; on success it joins the history."""
+        await self.send(hidden, timeout)
+        output, _ = await self.receive(hidden, timeout)
+        return output
+
+    async def send(
+        self,
+        hidden: torch.Tensor,
+        timeout: float,  # noqa: ASYNC109
+        relay: tuple[RelayTarget, ...] = (),
+    ) -> None:
+        """Send the next step; `relay`: the hops after this one, for the peer to pass it on."""
         if self._stream is None:
             raise ProtocolError("the session is not open")
-        began = time.perf_counter()
+        self.expect(relayed=False)
         header, body = encode_tensor(hidden.to(self.dtype))
+        packet = Packet(step_header(self._steps, header, relay=relay), body)
         try:
             with trio.fail_after(timeout):
-                await self._stream.send(Packet(step_header(self._steps, header), body))
+                await self._stream.send(packet)
+        except trio.TooSlowError:
+            raise CallTimeoutError(f"{self.hop.peer[:8]} did not take a step in time") from None
+
+    def expect(self, *, relayed: bool) -> None:
+        """Start timing the next step: its input is on its way, sent or relayed."""
+        self._began = time.perf_counter()
+        self._relayed = relayed
+
+    async def receive(
+        self,
+        hidden: torch.Tensor,
+        timeout: float,  # noqa: ASYNC109
+    ) -> tuple[torch.Tensor, bool]:
+        """The answer to the step whose input is `hidden`, and whether the peer relayed its
+        output to the next hop. On success `hidden` joins the history."""
+        if self._stream is None:
+            raise ProtocolError("the session is not open")
+        try:
+            with trio.fail_after(timeout):
                 reply = await self._stream.receive()
         except trio.TooSlowError:
             raise CallTimeoutError(
@@ -95,15 +142,15 @@ class HopSession:
             raise ProtocolError(f"step {self._steps}: a reply of shape {list(output.shape)}")
         self._steps += 1
         self.inputs.append(hidden)
-        result = output.to(hidden.dtype)
         self.timings.append(
             StepTiming(
-                time.perf_counter() - began,
+                time.perf_counter() - self._began,
                 server_time(reply.header),
                 server_time(reply.header, "compute_ms"),
+                self._relayed,
             )
         )
-        return result
+        return output.to(hidden.dtype), was_relayed(reply.header)
 
     async def close(self) -> None:
         """End the session (the peer frees its cache)."""

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """Timeouts of the client's chain."""
+    """Timeouts of the client's chain, and whether it relays."""
 
     step_timeout: float = 10.0  # seconds a hop may take for a one-token step
     step_timeout_per_token: float = 0.05  # added per token of a longer step (prompt, replay)
@@ -39,6 +39,7 @@ class ClientConfig:
     lookup_timeout: float = 10.0  # one DHT read
     open_timeout: float = 10.0  # connect + open a session
     max_failovers: int = 16  # per step, before the step fails
+    relay: bool = True  # peers pass hidden states straight to the next hop (where they can)
 
 
 def usable_announcements(
@@ -120,14 +121,16 @@ class SwarmView:
         logger.info("%d peers serve %s", len(self.peers), self.model)
         async with trio.open_nursery() as nursery:
             for peer in self.peers:
-                nursery.start_soon(self._ping, peer)
+                nursery.start_soon(self.ping, peer)
 
-    async def _ping(self, peer: str) -> None:
+    async def ping(self, peer: str) -> bool:
+        """Ping a peer (its RTT joins the smoothed one); False if it does not answer."""
         try:
             seconds = await self.rpc.ping(self.address(peer), timeout=self.config.ping_timeout)
         except RoutingError:
-            return
+            return False
         self.rtts.observe(peer, seconds)
+        return True
 
     def address(self, peer: str) -> PeerAddress:
         return self.peers[peer].address

@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 from routing import span_protocol as protocol
+from routing.address import PeerAddress
 from routing.errors import ProtocolError
+from security import Identity
 
 TENSOR = {"dtype": "float32", "shape": [1, 1, 8]}
 
@@ -47,6 +49,58 @@ def test_malformed_session_requests_are_refused(header: dict[str, Any]) -> None:
 def test_malformed_steps_are_refused(header: dict[str, Any]) -> None:
     with pytest.raises(ProtocolError):
         protocol.parse_step(header)
+
+
+ADDRESS = PeerAddress("10.0.0.2", 4000, Identity.generate().peer_id)
+
+
+def test_relay_fields_round_trip() -> None:
+    opened = protocol.SessionOpened("abc", 2, 5, 64, relay="f00d")
+    assert protocol.SessionOpened.parse(opened.header()) == opened
+    without = {"opened": {"session": "abc", "start": 2, "end": 5, "max_length": 64}}
+    assert protocol.SessionOpened.parse(without).relay == ""  # a peer that does not relay
+    targets = (
+        protocol.RelayTarget(ADDRESS, "s1", "t1", 3),
+        protocol.RelayTarget(ADDRESS, "s2", "t2", 0),
+    )
+    header = protocol.step_header(7, TENSOR, relay=targets)
+    assert protocol.parse_relay(header) == targets
+    assert protocol.parse_relay(protocol.step_header(7, TENSOR)) == ()
+    assert protocol.was_relayed(protocol.step_header(7, TENSOR, relayed=True))
+    assert not protocol.was_relayed(protocol.step_header(7, TENSOR, relayed=False))
+    assert not protocol.was_relayed({"relayed": "yes"})
+    join = protocol.RelayJoin("s1", "t1")
+    assert protocol.RelayJoin.parse(join.header()) == join
+
+
+TARGET = {"to": str(ADDRESS), "session": "s", "token": "t", "step": 0}
+
+
+@pytest.mark.parametrize(
+    "relay",
+    [
+        {"to": str(ADDRESS)},  # not a list
+        [TARGET] * (protocol.MAX_RELAY_HOPS + 1),
+        ["x"],
+        [{**TARGET, "to": "nowhere"}],
+        [{**TARGET, "to": 5}],
+        [{**TARGET, "session": ""}],
+        [{**TARGET, "token": "t" * (protocol.MAX_TOKEN_LENGTH + 1)}],
+        [{**TARGET, "step": -1}],
+        [{k: v for k, v in TARGET.items() if k != "step"}],
+    ],
+)
+def test_malformed_relay_targets_are_refused(relay: Any) -> None:
+    with pytest.raises(ProtocolError):
+        protocol.parse_relay({"step": 0, "tensor": TENSOR, "relay": relay})
+
+
+@pytest.mark.parametrize(
+    "join", [{}, {"join": []}, {"join": {"session": "s"}}, {"join": {"session": 1, "token": "t"}}]
+)
+def test_malformed_relay_joins_are_refused(join: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError):
+        protocol.RelayJoin.parse(join)
 
 
 def test_a_peer_cannot_claim_a_nonsense_server_time() -> None:

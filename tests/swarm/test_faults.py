@@ -55,6 +55,33 @@ def test_a_faulty_peer_is_routed_around_with_the_same_tokens(tiny: Path, fault: 
     assert tokens == expected
 
 
+def test_a_stalled_hop_that_gets_relayed_steps_is_replaced(tiny: Path) -> None:
+    """The second hop gets its inputs from the first peer; when it stalls, the client's step
+    deadline catches it, it does not answer a ping either, so it is banned and replaced
+    (not mistaken for a lost relay)."""
+    expected = _local(tiny, 20)
+    config = ClientConfig(step_timeout=1.0, ping_timeout=0.5)
+    with (
+        ThreadSwarm(tiny, [(0, 2), (2, 4), (2, 4)]) as swarm,
+        DistributedModelForCausalLM.from_pretrained(
+            tiny, initial_peers=[swarm.bootstrap], config=config
+        ) as model,
+        model.inference_session(max_length=64) as session,
+    ):
+        tokens = []
+        for token in session.stream(PROMPT, max_new_tokens=20, do_sample=False):
+            tokens.append(token)
+            if len(tokens) == 6:
+                stalled = swarm.peer(session.route[1].peer)
+                swarm.fault(stalled, "stall")
+        assert [f.peer for f in session.failovers] == [stalled.peer]
+        assert session.route[1].peer != stalled.peer
+        relayed = [t.relayed for t in session.timings[1][1]]
+        swarm.fault(stalled, "resume")
+    assert tokens == expected
+    assert relayed[-1]  # the replacement gets relayed steps again
+
+
 def test_a_replica_behind_50_ms_gets_few_steps(tiny: Path) -> None:
     with ThreadSwarm(tiny, [(0, 4), (0, 4)]) as swarm:
         slow, fast = swarm.peers

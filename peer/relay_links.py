@@ -1,0 +1,80 @@
+"""`RelayLinks`: the `span.relay` streams one session sends its outputs on (see span_protocol).
+
+When a client relays a step through its chain, this peer sends its output straight to the
+next hop's session instead of leaving it to the client. One stream per target session is
+opened at its first relayed step and reused for the next ones. If the stream cannot be opened
+within `timeout` (a next peer this one cannot reach) or the send fails, the stream is dropped
+and `send` returns False: the peer tells its client, which then sends that hop its input
+itself. (A failed send most likely never arrived; if it did, the next peer refuses the
+client's copy as a step out of order, and the client rebuilds that hop.)
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+
+import trio
+
+from routing.errors import RoutingError
+from routing.rpc import BidiStream, Packet, RPCHost
+from routing.span_protocol import RELAY, RelayJoin, RelayTarget
+from security import SecurityError
+
+__all__ = ["RelayLinks"]
+
+logger = logging.getLogger(__name__)
+
+
+class RelayLinks:
+    """The open relay streams of one session, by target; `aclose()` when the session ends."""
+
+    def __init__(self, rpc: RPCHost, timeout: float) -> None:
+        self._rpc = rpc
+        self._timeout = timeout
+        self._streams: dict[tuple[str, str], tuple[AsyncExitStack, BidiStream]] = {}
+
+    async def send(self, target: RelayTarget, packet: Packet) -> bool:
+        """Send one step to `target`; False if it could not go out (the stream is dropped)."""
+        try:
+            stream = None
+            with trio.move_on_after(self._timeout):
+                stream = await self._stream(target)
+            if stream is not None:
+                await stream.send(packet)  # once queued, a message goes out whole
+                return True
+            logger.info("cannot relay to %s: no stream in %.1f s", target.address, self._timeout)
+        except (RoutingError, SecurityError, OSError) as error:
+            logger.info("cannot relay to %s: %s", target.address, error)
+        await self._drop(_key(target))
+        return False
+
+    async def aclose(self) -> None:
+        for key in list(self._streams):
+            await self._drop(key)
+
+    async def _stream(self, target: RelayTarget) -> BidiStream:
+        entry = self._streams.get(_key(target))
+        if entry is not None:
+            return entry[1]
+        stack = AsyncExitStack()
+        try:
+            stream = await stack.enter_async_context(self._rpc.open_stream(target.address, RELAY))
+            await stream.send(Packet(RelayJoin(target.session, target.token).header()))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await stack.aclose()
+            raise
+        self._streams[_key(target)] = (stack, stream)
+        return stream
+
+    async def _drop(self, key: tuple[str, str]) -> None:
+        entry = self._streams.pop(key, None)
+        if entry is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
+                await entry[0].aclose()
+
+
+def _key(target: RelayTarget) -> tuple[str, str]:
+    """One stream per session of a peer (the step number changes with every step)."""
+    return str(target.address), target.session

@@ -1,0 +1,180 @@
+"""Relay: two real peers pass hidden states to each other, and refuse what they should.
+
+Peer A serves blocks 0..1 and peer B blocks 2..3 of a tiny model, over the in-memory network.
+The client opens a session on each; steps sent to A that name B's session go on to B, which
+answers the client although the client never sent it anything. The reference is the
+backend's own full-sequence forward over all four blocks (bit-identical code path to a
+local model, see test_correctness).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+import trio
+
+from peer.backend import BackendConfig, SpanBackend
+from peer.daemon import PeerConfig, serve_peer
+from routing import span_protocol as protocol
+from routing.address import PeerAddress
+from routing.client import ClientConfig, InferenceChain, SwarmView
+from routing.dht import DHTConfig, DHTNode, serve_dht_node
+from routing.errors import RemoteError
+from routing.memory_network import MemoryNetwork
+from routing.rpc import BidiStream, Packet, RPCHost
+from routing.tensor_codec import decode_tensor, encode_tensor
+from security import Identity
+from tests.support.tiny_model import write_tiny_model
+
+HIDDEN = 64
+HOST_A, HOST_B, CLIENT = "10.0.0.2", "10.0.0.3", "10.0.0.9"
+
+
+@dataclass
+class Pair:
+    network: MemoryNetwork
+    a: PeerAddress
+    b: PeerAddress
+    client: RPCHost
+    dht: DHTNode
+    checkpoint: Path
+
+    def reference(self, hidden: torch.Tensor) -> torch.Tensor:
+        return SpanBackend.load(self.checkpoint, 0, 4).forward(hidden)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("relay") / "tiny", seed=2)
+
+
+@pytest.fixture
+async def pair(checkpoint: Path, nursery: trio.Nursery) -> AsyncIterator[Pair]:
+    network = MemoryNetwork()
+    boot = await nursery.start(
+        serve_dht_node, Identity.generate(), network.transport("10.0.0.1"), "10.0.0.1", 1
+    )
+    addresses = []
+    for host, blocks in ((HOST_A, (0, 2)), (HOST_B, (2, 4))):
+        config = PeerConfig(
+            checkpoint=checkpoint,
+            blocks=blocks,
+            host=host,
+            port=1,
+            initial_peers=(boot.address,),
+            backend=BackendConfig(max_cache_tokens=256, max_sessions=4),
+        )
+        serve = partial(serve_peer, config, Identity.generate(), network.transport(host))
+        addresses.append(await nursery.start(serve))
+    client = RPCHost(Identity.generate(), network.transport(CLIENT))
+    await nursery.start(client.run, CLIENT, 1)
+    dht = DHTNode(client, DHTConfig(client_mode=True))
+    await nursery.start(partial(dht.run, initial_peers=[boot.address]))
+    yield Pair(network, addresses[0], addresses[1], client, dht, checkpoint)
+    nursery.cancel_scope.cancel()
+
+
+async def _open(
+    stack: AsyncExitStack, client: RPCHost, peer: PeerAddress, start: int, end: int
+) -> tuple[BidiStream, protocol.SessionOpened]:
+    stream = await stack.enter_async_context(client.open_stream(peer, protocol.INFERENCE))
+    await stream.send(Packet(protocol.SessionRequest(start, end, 32).header()))
+    return stream, protocol.SessionOpened.parse((await stream.receive()).header)
+
+
+def _step(number: int, hidden: torch.Tensor, relay: tuple[protocol.RelayTarget, ...]) -> Packet:
+    header, body = encode_tensor(hidden)
+    return Packet(protocol.step_header(number, header, relay=relay), body)
+
+
+def _output(reply: Packet) -> torch.Tensor:
+    return decode_tensor(protocol.tensor_header(reply.header), reply.body)
+
+
+async def test_relayed_steps_equal_the_local_blocks(pair: Pair) -> None:
+    hidden = torch.randn(1, 5, HIDDEN)
+    outputs = []
+    async with AsyncExitStack() as stack:
+        to_a, _ = await _open(stack, pair.client, pair.a, 0, 2)
+        to_b, opened_b = await _open(stack, pair.client, pair.b, 2, 4)
+        assert opened_b.relay  # B takes relayed steps
+        for number, piece in enumerate([hidden[:, :3], hidden[:, 3:4], hidden[:, 4:5]]):
+            target = protocol.RelayTarget(pair.b, opened_b.session, opened_b.relay, number)
+            await to_a.send(_step(number, piece, (target,)))
+            from_a = await to_a.receive()
+            assert protocol.was_relayed(from_a.header)
+            from_b = await to_b.receive()  # the client sent B nothing
+            assert protocol.parse_step(from_b.header)[0] == number
+            outputs.append(_output(from_b))
+    expected = pair.reference(hidden)
+    torch.testing.assert_close(torch.cat(outputs, dim=1), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("link", ["refused", "silent"])
+async def test_a_chain_whose_peers_cannot_reach_each_other_goes_around(
+    pair: Pair, link: str
+) -> None:
+    """`refused`: A says it could not relay. `silent`: A's connection to B stalls, so the
+    relayed step never comes; the client waits one step timeout, then sends B its inputs."""
+    view = SwarmView(pair.client, pair.dht, pair.checkpoint.name, 4, ClientConfig(step_timeout=1))
+    await view.refresh()
+    hidden = torch.randn(1, 6, HIDDEN)
+    async with InferenceChain(view, pair.client, max_length=32) as chain:
+        outputs = [await chain.step(hidden[:, :4])]  # relayed
+        pair.network.partition([HOST_A], [HOST_B], refuse=True, cut=link == "refused")
+        outputs += [await chain.step(hidden[:, i : i + 1]) for i in (4, 5)]
+        peers = [hop.peer for hop in chain.route]
+        relayed = [[t.relayed for t in steps] for _, steps in chain.timings]
+    torch.testing.assert_close(torch.cat(outputs, dim=1), pair.reference(hidden), atol=1e-5, rtol=0)
+    assert peers == [str(pair.a.peer_id), str(pair.b.peer_id)]  # nobody was replaced
+    assert not chain.failovers and not view.bans.banned()
+    if link == "refused":  # B's session kept its cache; its next inputs came from the client
+        assert relayed == [[False] * 3, [True, False, False]]
+    else:  # B's session was rebuilt from the client's copy of its inputs, then went on
+        assert relayed == [[False] * 3, [False] * 3]
+
+
+async def test_relay_needs_the_sessions_token(pair: Pair) -> None:
+    async with AsyncExitStack() as stack:
+        to_b, opened = await _open(stack, pair.client, pair.b, 2, 4)
+        joins = {
+            "wrong token": protocol.RelayJoin(opened.session, "0" * 32).header(),
+            "unknown session": protocol.RelayJoin("nobody", opened.relay).header(),
+            "garbage": {"join": ["x"]},
+        }
+        for name, header in joins.items():
+            async with pair.client.open_stream(pair.b, protocol.RELAY) as relay:
+                await relay.send(Packet(header))
+                with pytest.raises(RemoteError) as caught:
+                    await relay.receive()
+                assert caught.value.code in ("bad_relay", "bad_request"), name
+        # the session was not touched: its first step is still step 0
+        await to_b.send(_step(0, torch.randn(1, 2, HIDDEN), ()))
+        assert protocol.parse_step((await to_b.receive()).header)[0] == 0
+
+
+async def test_a_failing_relayed_step_fails_the_clients_session(pair: Pair) -> None:
+    async with AsyncExitStack() as stack:
+        to_b, opened = await _open(stack, pair.client, pair.b, 2, 4)
+        async with pair.client.open_stream(pair.b, protocol.RELAY) as relay:  # as peer A would
+            await relay.send(Packet(protocol.RelayJoin(opened.session, opened.relay).header()))
+            await relay.send(_step(0, torch.randn(1, 1, 8), ()))  # the wrong width
+            with pytest.raises(RemoteError, match="hidden size"):
+                await to_b.receive()
+
+
+async def test_a_step_out_of_order_is_refused(pair: Pair) -> None:
+    async with AsyncExitStack() as stack:
+        to_b, _ = await _open(stack, pair.client, pair.b, 2, 4)
+        await to_b.send(_step(0, torch.randn(1, 2, HIDDEN), ()))
+        await to_b.receive()
+        await to_b.send(_step(0, torch.randn(1, 1, HIDDEN), ()))  # step 0 again
+        with pytest.raises(RemoteError) as caught:
+            await to_b.receive()
+        assert caught.value.code == "step_order"
