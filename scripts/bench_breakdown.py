@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Where one token's time goes through a 2-peer chain (peers as processes on loopback).
 
-The client generates `--tokens` tokens; for every step of every hop it knows the whole round
+The client generates `--tokens` tokens with relay off, so that it sends every hop its input
+and each hop's round trip is its own; for every step of every hop it knows the whole round
 trip, the time the peer says it spent (`server_ms` in the reply) and the part its compute
 thread ran the blocks (`compute_ms`). Measured in this process, with the same threads: the
 client's own compute (embeddings, final norm, LM head), each hop's block compute
@@ -40,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from peer.backend import SpanBackend  # noqa: E402
+from routing.client import ClientConfig  # noqa: E402
 from routing.tensor_codec import decode_tensor, encode_tensor  # noqa: E402
 from scripts._bench_models import bench_checkpoints  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
@@ -82,7 +84,7 @@ def chain_timings(checkpoint: Path, spans: list[tuple[int, int]], tokens: int) -
     with (
         LocalSwarm(checkpoint, spans, monitor=False) as swarm,
         DistributedModelForCausalLM.from_pretrained(
-            checkpoint, initial_peers=[swarm.bootstrap]
+            checkpoint, initial_peers=[swarm.bootstrap], config=ClientConfig(relay=False)
         ) as model,
         model.inference_session(max_length=8 + tokens) as session,
     ):

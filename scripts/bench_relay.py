@@ -11,7 +11,7 @@ measures the path, not the compute. A token through N hops crosses 2N delayed le
 client in the middle, and N + 1 with relay.
 
     .venv/bin/python scripts/bench_relay.py [--delays-ms 0 5] [--hops 1 2 3] [--tokens 24]
-        [--json PATH]
+        [--runs 3] [--json PATH]
 """
 
 from __future__ import annotations
@@ -66,23 +66,31 @@ def main() -> None:
     parser.add_argument("--delays-ms", type=float, nargs="+", default=[0.0, 5.0])
     parser.add_argument("--hops", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     checkpoint = write_tiny_model(Path(tempfile.mkdtemp()) / "tiny", num_layers=BLOCKS)
-    print("one-way delay on every link; ms/token (median): client in the middle -> relay")
-    print(f"{'delay ms':>8} {'hops':>4} {'middle':>8} {'relay':>8} {'saved':>8}")
+    print(f"one-way delay on every link; ms/token: median (min..max) of {args.runs} runs, each")
+    print("the median over its tokens; the client in the middle of every hop -> relay")
+    print(f"{'delay ms':>8} {'hops':>4} {'middle':>20} {'relay':>20} {'saved':>6}")
     rows: list[dict[str, Any]] = []
     for delay_ms, hops in itertools.product(args.delays_ms, args.hops):
-        middle, relay = (
-            per_token_ms(checkpoint, hops, delay_ms / 1000, relay, args.tokens)
-            for relay in (False, True)
-        )
-        rows.append({"delay_ms": delay_ms, "hops": hops, "middle_ms": middle, "relay_ms": relay})
-        print(f"{delay_ms:8.1f} {hops:4d} {middle:8.2f} {relay:8.2f} {middle - relay:8.2f}")
+        runs: dict[bool, list[float]] = {False: [], True: []}
+        for _, relay in itertools.product(range(args.runs), (False, True)):  # interleaved
+            runs[relay].append(per_token_ms(checkpoint, hops, delay_ms / 1000, relay, args.tokens))
+        middle, relay = (statistics.median(runs[mode]) for mode in (False, True))
+        rows.append({"delay_ms": delay_ms, "hops": hops, "middle_ms": runs[False],
+                     "relay_ms": runs[True]})  # fmt: skip
+        print(f"{delay_ms:8.1f} {hops:4d} {_spread(runs[False]):>20} {_spread(runs[True]):>20} "
+              f"{middle - relay:6.2f}")  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"tiny": rows}, indent=1))
+
+
+def _spread(samples: list[float]) -> str:
+    return f"{statistics.median(samples):.2f} ({min(samples):.1f}..{max(samples):.1f})"
 
 
 if __name__ == "__main__":
