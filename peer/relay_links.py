@@ -2,7 +2,8 @@
 
 When a client relays a step through its chain, this peer sends its output straight to the
 next hop's session instead of leaving it to the client. One stream per target session is
-opened at its first relayed step and reused for the next ones. If the stream cannot be opened
+opened at its first relayed step and reused for the next ones; at most `MAX_LINKS` stay open
+(the oldest is closed first: a client names a new one only after a failover). If the stream cannot be opened
 within `timeout` (a next peer this one cannot reach) or the send fails, the stream is dropped
 and `send` returns False: the peer tells its client, which then sends that hop its input
 itself. (A failed send most likely never arrived; if it did, the next peer refuses the
@@ -21,9 +22,11 @@ from routing.rpc import BidiStream, Packet, RPCHost
 from routing.span_protocol import RELAY, RelayJoin, RelayTarget
 from security import SecurityError
 
-__all__ = ["RelayLinks"]
+__all__ = ["MAX_LINKS", "RelayLinks"]
 
 logger = logging.getLogger(__name__)
+
+MAX_LINKS = 4  # relay streams one session keeps open
 
 
 class RelayLinks:
@@ -57,6 +60,8 @@ class RelayLinks:
         entry = self._streams.get(_key(target))
         if entry is not None:
             return entry[1]
+        while len(self._streams) >= MAX_LINKS:
+            await self._drop(next(iter(self._streams)))
         stack = AsyncExitStack()
         try:
             stream = await stack.enter_async_context(self._rpc.open_stream(target.address, RELAY))

@@ -155,14 +155,20 @@ class InferenceChain:
         return await self.view.ping(hop.hop.peer)
 
     def _relay_targets(self, index: int) -> tuple[RelayTarget, ...]:
-        """The hops after `index` that a step sent to it can be relayed to, in order."""
+        """The hops after `index` that a step sent to it can be relayed to, in order: up to
+        one that cannot take it, or one in another dtype (the client converts for it)."""
         targets: list[RelayTarget] = []
         if not self.view.config.relay:
             return ()
         for previous, hop in itertools.pairwise(self.hops[index:]):
-            if hop.relay_target is None or previous.hop.peer in self._not_relaying:
+            target = hop.relay_target
+            if (
+                target is None
+                or previous.hop.peer in self._not_relaying
+                or previous.dtype != hop.dtype
+            ):
                 break
-            targets.append(hop.relay_target)
+            targets.append(target)
         return tuple(targets)
 
     async def _rebuild(self, start: int, stop: int) -> None:

@@ -21,13 +21,14 @@ import trio
 
 from peer.backend import BackendConfig, SpanBackend
 from peer.daemon import PeerConfig, serve_peer
+from peer.relay_links import MAX_LINKS, RelayLinks
 from routing import span_protocol as protocol
 from routing.address import PeerAddress
 from routing.client import ClientConfig, InferenceChain, SwarmView
 from routing.dht import DHTConfig, DHTNode, serve_dht_node
 from routing.errors import RemoteError
 from routing.memory_network import MemoryNetwork
-from routing.rpc import BidiStream, Packet, RPCHost
+from routing.rpc import BidiStream, CallContext, Packet, RPCHost
 from routing.tensor_codec import decode_tensor, encode_tensor
 from security import Identity
 from tests.support.tiny_model import write_tiny_model
@@ -178,3 +179,34 @@ async def test_a_step_out_of_order_is_refused(pair: Pair) -> None:
         with pytest.raises(RemoteError) as caught:
             await to_b.receive()
         assert caught.value.code == "step_order"
+
+
+async def test_a_session_keeps_at_most_a_few_relay_streams(
+    pair: Pair, nursery: trio.Nursery
+) -> None:
+    """A client that names a new next hop on every step cannot make a peer hold a stream for
+    each: the oldest is closed first."""
+    receiver = RPCHost(Identity.generate(), pair.network.transport("10.0.0.7"))
+    open_now = []
+
+    async def count(stream: BidiStream, context: CallContext) -> None:
+        open_now.append(stream)
+        try:
+            async for _ in stream:
+                pass
+        finally:
+            open_now.remove(stream)
+
+    receiver.add_stream(protocol.RELAY, count)
+    address = await nursery.start(receiver.run, "10.0.0.7", 1)
+    links = RelayLinks(pair.client, timeout=2.0)
+    for number in range(MAX_LINKS + 3):
+        target = protocol.RelayTarget(address, f"session-{number}", "token", 0)
+        assert await links.send(target, _step(0, torch.randn(1, 1, HIDDEN), ()))
+    with trio.fail_after(5):
+        while len(open_now) > MAX_LINKS:  # noqa: ASYNC110 (a remote handler ends)
+            await trio.sleep(0.01)
+    await links.aclose()
+    with trio.fail_after(5):
+        while open_now:  # noqa: ASYNC110
+            await trio.sleep(0.01)

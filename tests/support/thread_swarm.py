@@ -39,9 +39,18 @@ class ThreadPeer:
 
 
 class ThreadSwarm:
-    def __init__(self, checkpoint: Path, spans: Sequence[tuple[int, int]], **config: Any) -> None:
+    def __init__(
+        self,
+        checkpoint: Path,
+        spans: Sequence[tuple[int, int]],
+        *,
+        per_peer: Sequence[dict[str, Any]] = (),
+        **config: Any,
+    ) -> None:
+        """`config`: PeerConfig fields for every peer; `per_peer[i]`: more for peer i."""
         self.checkpoint = checkpoint
         self.spans = list(spans)
+        self.per_peer = list(per_peer) + [{}] * (len(self.spans) - len(per_peer))
         self.config = config
         self.loop = TrioThread("test-swarm")
         self.peers: list[ThreadPeer] = []
@@ -55,8 +64,8 @@ class ThreadSwarm:
                 serve_dht_node, Identity.generate(), TcpTransport(), "127.0.0.1", 0
             )
             self.bootstrap = str(node.address)
-            for start, end in self.spans:
-                self.peers.append(self.loop.start_service(self._serve, start, end))
+            for (start, end), options in zip(self.spans, self.per_peer, strict=True):
+                self.peers.append(self.loop.start_service(self._serve, start, end, options))
             self._probe = RPCHost(Identity.generate(), TcpTransport())
             self.loop.start_service(self._probe.run, "127.0.0.1", 0)
         except BaseException:
@@ -73,13 +82,18 @@ class ThreadSwarm:
         self.loop.close()
 
     async def _serve(
-        self, start: int, end: int, *, task_status: trio.TaskStatus[ThreadPeer]
+        self,
+        start: int,
+        end: int,
+        options: dict[str, Any],
+        *,
+        task_status: trio.TaskStatus[ThreadPeer],
     ) -> None:
         config = PeerConfig(
             checkpoint=self.checkpoint,
             blocks=(start, end),
             initial_peers=(PeerAddress.parse(self.bootstrap),),
-            **self.config,
+            **(self.config | options),
         )
         relay = FaultRelay(TcpTransport())
         with trio.CancelScope() as scope:

@@ -18,7 +18,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from routing.client import ChainFailedError
+from routing.client import ChainFailedError, ClientConfig
 from swarm import DistributedModelForCausalLM
 from swarm.errors import SwarmError
 from tests.support.thread_swarm import ThreadSwarm
@@ -96,6 +96,28 @@ def test_a_bfloat16_swarm_with_a_bfloat16_head_equals_local_bfloat16_generate(
         assert model.head.dtype == torch.bfloat16
         output = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False)
     assert output[0, PROMPT.shape[1] :].tolist() == expected
+
+
+def test_a_float32_and_a_bfloat16_peer_give_what_the_client_in_the_middle_gives(
+    checkpoints: dict[str, Path],
+) -> None:
+    """Relay stops where the dtype changes: a bfloat16 peer refuses float32 inputs, so the
+    client converts and sends that hop its inputs itself."""
+    checkpoint = checkpoints["llama"]
+    outputs, relayed = [], []
+    with ThreadSwarm(checkpoint, CHAINS[2], per_peer=[{}, {"dtype": "bfloat16"}]) as swarm:
+        for relay in (True, False):
+            with (
+                DistributedModelForCausalLM.from_pretrained(
+                    checkpoint, initial_peers=[swarm.bootstrap], config=ClientConfig(relay=relay)
+                ) as model,
+                model.inference_session(max_length=32) as session,
+            ):
+                outputs.append(session.generate(PROMPT, max_new_tokens=8, do_sample=False))
+                relayed += [t.relayed for _, steps in session.timings for t in steps]
+                assert not session.failovers
+    assert torch.equal(outputs[0], outputs[1])
+    assert not any(relayed)
 
 
 def test_every_step_reports_the_peers_time_and_its_compute_time(
