@@ -16,7 +16,8 @@ Every remote session is closed when its `with` block ends, on errors and Ctrl-C 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from contextlib import aclosing
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -174,17 +175,7 @@ class InferenceSession:
         self, input_ids: torch.Tensor, *, tokenizer: Any = None, **kwargs: Any
     ) -> Iterator[int]:
         """Yield new token ids as they come. `input_ids`: the next turn (only it is sent)."""
-        config = self.model.sampling_config(**kwargs)
-        if self._state is None:
-            self._state = GenerationState(input_ids)
-        else:
-            self._state.input_ids = torch.cat([self._state.input_ids, input_ids], dim=-1)
-        if self._state.input_ids.shape[1] + config.max_new_tokens > self.max_length:
-            raise SwarmError(
-                f"{self._state.input_ids.shape[1]} tokens + {config.max_new_tokens} new "
-                f"exceed the session's max_length {self.max_length}"
-            )
-        tokens = generate_tokens(self.model.head, self._chain, self._state, config, tokenizer)
+        tokens = self._tokens(input_ids, tokenizer, kwargs)
 
         async def next_token() -> int | None:
             try:
@@ -199,12 +190,38 @@ class InferenceSession:
             self.model._loop.run(tokens.aclose)
 
     def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """`input_ids` followed by the new tokens (see `DistributedModelForCausalLM.generate`)."""
+        """`input_ids` followed by the new tokens (see `DistributedModelForCausalLM.generate`).
+        Without a streamer, the whole loop runs in the event loop's thread, with no hop
+        between threads per token."""
         streamer: Callable[[int], object] | None = kwargs.pop("streamer", None)
         new_tokens = []
-        for token in self.stream(input_ids, **kwargs):
-            new_tokens.append(token)
-            if streamer is not None:
+        if streamer is None:
+            tokens = self._tokens(input_ids, kwargs.pop("tokenizer", None), kwargs)
+            new_tokens = self.model._loop.run(_collect, tokens)
+        else:
+            for token in self.stream(input_ids, **kwargs):
+                new_tokens.append(token)
                 streamer(token)
         new = torch.tensor([new_tokens], dtype=input_ids.dtype)
         return torch.cat([input_ids, new], dim=-1)
+
+    def _tokens(
+        self, input_ids: torch.Tensor, tokenizer: Any, options: dict[str, Any]
+    ) -> AsyncGenerator[int, None]:
+        """The generation loop for the next turn, not started yet."""
+        config = self.model.sampling_config(**options)
+        if self._state is None:
+            self._state = GenerationState(input_ids)
+        else:
+            self._state.input_ids = torch.cat([self._state.input_ids, input_ids], dim=-1)
+        if self._state.input_ids.shape[1] + config.max_new_tokens > self.max_length:
+            raise SwarmError(
+                f"{self._state.input_ids.shape[1]} tokens + {config.max_new_tokens} new "
+                f"exceed the session's max_length {self.max_length}"
+            )
+        return generate_tokens(self.model.head, self._chain, self._state, config, tokenizer)
+
+
+async def _collect(tokens: AsyncGenerator[int, None]) -> list[int]:
+    async with aclosing(tokens):
+        return [token async for token in tokens]

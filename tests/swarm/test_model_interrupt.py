@@ -92,6 +92,32 @@ def test_ctrl_c_during_a_step_closes_every_session(
     assert output[0, PROMPT.shape[1] :].tolist() == _local(tiny, 12)
 
 
+def test_ctrl_c_during_generate_without_a_streamer_closes_every_session(
+    tiny: Path, swarm_and_model: tuple[ThreadSwarm, DistributedModelForCausalLM]
+) -> None:
+    """`generate()` without a streamer runs its whole loop in the event loop's thread: a long
+    generation whose last hop stalls part-way is interrupted there."""
+    swarm, model = swarm_and_model
+    last_hop = [p for p in swarm.peers if p.start == 2]
+
+    def stall() -> None:
+        for peer in last_hop:
+            swarm.fault(peer, "stall")
+
+    stalling = threading.Timer(0.3, stall)
+    stalling.start()
+    timer = _ctrl_c_soon(0.8)
+    with pytest.raises(KeyboardInterrupt):
+        model.generate(PROMPT, max_new_tokens=400, do_sample=False)
+    stalling.join()
+    timer.join()
+    for peer in last_hop:
+        swarm.fault(peer, "resume")
+    assert all(_until(lambda p=p: swarm.sessions(p) == 0) for p in swarm.peers)
+    output = model.generate(PROMPT, max_new_tokens=12, do_sample=False)
+    assert output[0, PROMPT.shape[1] :].tolist() == _local(tiny, 12)
+
+
 def test_ctrl_c_while_the_caller_holds_a_token_closes_every_session(
     swarm_and_model: tuple[ThreadSwarm, DistributedModelForCausalLM],
 ) -> None:
