@@ -3,11 +3,11 @@
 When a client relays a step through its chain, this peer sends its output straight to the
 next hop's session instead of leaving it to the client. One stream per target session is
 opened at its first relayed step and reused for the next ones; at most `MAX_LINKS` stay open
-(the oldest is closed first: a client names a new one only after a failover). If the stream cannot be opened
-within `timeout` (a next peer this one cannot reach) or the send fails, the stream is dropped
-and `send` returns False: the peer tells its client, which then sends that hop its input
-itself. (A failed send most likely never arrived; if it did, the next peer refuses the
-client's copy as a step out of order, and the client rebuilds that hop.)
+(the oldest is closed first: a client names a new one only after a failover). If the stream
+cannot be opened within `timeout` (a next peer this one cannot reach) or the send fails, the
+stream is dropped and `send` returns False: the peer tells its client, which then sends that
+hop its input itself. (A failed send most likely never arrived; if it did, the next peer
+refuses the client's copy as a step out of order, and the client rebuilds that hop.)
 """
 
 from __future__ import annotations
