@@ -7,7 +7,7 @@ opened at its first relayed step and reused for the next ones; at most `MAX_LINK
 cannot be opened within `timeout` (a next peer this one cannot reach) or the send fails, the
 stream is dropped and `send` returns False: the peer tells its client, which then sends that
 hop its input itself. (A failed send most likely never arrived; if it did, the next peer
-refuses the client's copy as a step out of order, and the client rebuilds that hop.)
+refuses the client's copy as a step out of order, and the client replaces that hop.)
 """
 
 from __future__ import annotations
