@@ -39,7 +39,7 @@ from ..tensor_codec import decode_tensor, encode_tensor
 class StepTiming:
     """One step seen from the client: its whole time, and the part the peer says it spent."""
 
-    seconds: float  # encode, send, wait, receive, decode (relayed: from the last hop's answer)
+    seconds: float  # encode, send, wait, receive, decode (relayed: from the previous answer)
     server_seconds: float | None
     compute_seconds: float | None = None  # the peer's blocks alone, if it said
     relayed: bool = False  # the input came from the previous peer, not from the client
