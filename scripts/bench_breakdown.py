@@ -44,6 +44,7 @@ from peer.backend import SpanBackend  # noqa: E402
 from routing.client import ClientConfig  # noqa: E402
 from routing.tensor_codec import decode_tensor, encode_tensor  # noqa: E402
 from scripts._bench_models import bench_checkpoints  # noqa: E402
+from scripts._bench_timing import token_gaps  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
 from swarm.head import ClientHead  # noqa: E402
 from swarm.local_swarm import LocalSwarm  # noqa: E402
@@ -88,14 +89,8 @@ def chain_timings(checkpoint: Path, spans: list[tuple[int, int]], tokens: int) -
         ) as model,
         model.inference_session(max_length=8 + tokens) as session,
     ):
-        gaps = []
-        previous = time.perf_counter()
         ids = torch.tensor([[1, 2, 3, 4]])
-        for index, _ in enumerate(session.stream(ids, max_new_tokens=tokens, do_sample=False)):
-            now = time.perf_counter()
-            if index:
-                gaps.append(now - previous)
-            previous = now
+        gaps = token_gaps(session.stream(ids, max_new_tokens=tokens, do_sample=False))
         hops = []
         for _, timings in session.timings:
             steps = timings[1:]  # the prompt's step aside

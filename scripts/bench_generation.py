@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts._bench_models import bench_checkpoints  # noqa: E402
+from scripts._bench_timing import token_gaps  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
 from swarm.local_swarm import LocalSwarm  # noqa: E402
 
@@ -110,14 +111,9 @@ def swarm_run(
         ) as model,
     ):
         ids = torch.tensor([[1, 2, 3, 4]])
-        times, prefills = [], []
+        prefills = []
         with model.inference_session(max_length=8 + tokens) as session:
-            previous = time.perf_counter()
-            for index, _ in enumerate(session.stream(ids, max_new_tokens=tokens, do_sample=False)):
-                now = time.perf_counter()
-                if index:  # the first token includes the prompt's step
-                    times.append(now - previous)
-                previous = now
+            times = token_gaps(session.stream(ids, max_new_tokens=tokens, do_sample=False))
         long = torch.randint(5, 100, (1, PREFILL))
         for _ in range(prefill_runs):
             with model.inference_session(max_length=PREFILL + 1) as session:

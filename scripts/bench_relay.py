@@ -23,7 +23,6 @@ import logging
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from routing.client import ClientConfig  # noqa: E402
+from scripts._bench_timing import token_gaps  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
 from tests.support.thread_swarm import ThreadSwarm  # noqa: E402
 from tests.support.tiny_model import write_tiny_model  # noqa: E402
@@ -49,15 +49,9 @@ def per_token_ms(checkpoint: Path, hops: int, delay: float, relay: bool, tokens:
         with DistributedModelForCausalLM.from_pretrained(
             checkpoint, initial_peers=[swarm.bootstrap], config=ClientConfig(relay=relay)
         ) as model:
-            gaps = []
             ids = torch.tensor([[1, 2, 3, 4]])
             with model.inference_session(max_length=8 + tokens) as session:
-                previous = None
-                for _ in session.stream(ids, max_new_tokens=tokens, do_sample=False):
-                    now = time.perf_counter()
-                    if previous is not None:
-                        gaps.append(now - previous)
-                    previous = now
+                gaps = token_gaps(session.stream(ids, max_new_tokens=tokens, do_sample=False))
     return statistics.median(gaps) * 1000
 
 
