@@ -15,7 +15,7 @@ session through a chain of peers, or local layers in tests) and to a `LanguageMo
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, cast
 
 import torch
@@ -90,14 +90,34 @@ class SamplingConfig:
         if max_new is not None:
             values["max_new_tokens"] = max_new
         for name, value in overrides.items():
-            if value is None:
+            if value is None or name in IGNORED_ARGUMENTS:
                 continue
             if name == "eos_token_id":
                 name, value = "eos_token_ids", _as_tuple(value)
             elif name == "stop_strings":
                 value = _as_tuple(value)
+            elif name not in _ARGUMENTS:
+                raise GenerationError(
+                    f"generate() does not take {name!r}; it takes {', '.join(sorted(_ARGUMENTS))}"
+                )
             values[name] = value
         return cls(**values)
+
+
+IGNORED_ARGUMENTS = frozenset({"pad_token_id", "use_cache"})  # transformers' that mean nothing here
+_ARGUMENTS = frozenset(
+    {f.name for f in fields(SamplingConfig) if f.name != "eos_token_ids"} | {"eos_token_id"}
+)
+
+
+def check_attention_mask(attention_mask: Any, input_ids: torch.Tensor) -> None:
+    """Accept transformers' `attention_mask` (as `**tokenizer(...)` passes it) if it masks
+    nothing: generation takes one sequence, without padding."""
+    if attention_mask is None:
+        return
+    mask = torch.as_tensor(attention_mask)
+    if mask.shape != input_ids.shape or not bool(mask.all()):
+        raise GenerationError("attention_mask must be all ones: one sequence, no padding")
 
 
 def _or(value: Any, default: Any) -> Any:

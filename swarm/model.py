@@ -36,7 +36,7 @@ from routing.transport import TcpTransport
 from security import Identity
 
 from .errors import SwarmError
-from .generation import GenerationState, SamplingConfig, generate_tokens
+from .generation import GenerationState, SamplingConfig, check_attention_mask, generate_tokens
 from .head import ClientHead
 from .trio_thread import TrioThread
 
@@ -116,14 +116,18 @@ class DistributedModelForCausalLM:
 
         Arguments: max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
         eos_token_id, stop_strings (with `tokenizer=`), seed, streamer (called with each
-        new token id). Unset ones come from the model's generation config.
+        new token id). Unset ones come from the model's generation config. An
+        `attention_mask` of ones is accepted (`**tokenizer(text, return_tensors="pt")`
+        works), `pad_token_id` and `use_cache` are ignored; anything else is a
+        GenerationError that names it.
         """
         config = self.sampling_config(**kwargs)
         with self.inference_session(int(input_ids.shape[1]) + config.max_new_tokens) as session:
             return session.generate(input_ids, **kwargs)
 
     def sampling_config(self, **kwargs: Any) -> SamplingConfig:
-        options = {k: v for k, v in kwargs.items() if k not in ("streamer", "tokenizer")}
+        not_sampling = ("streamer", "tokenizer", "attention_mask")
+        options = {k: v for k, v in kwargs.items() if k not in not_sampling}
         return SamplingConfig.from_generation_config(self.generation_config, **options)
 
 
@@ -209,6 +213,7 @@ class InferenceSession:
         self, input_ids: torch.Tensor, tokenizer: Any, options: dict[str, Any]
     ) -> AsyncGenerator[int, None]:
         """The generation loop for the next turn, not started yet."""
+        check_attention_mask(options.pop("attention_mask", None), input_ids)
         config = self.model.sampling_config(**options)
         if self._state is None:
             self._state = GenerationState(input_ids)

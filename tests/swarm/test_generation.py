@@ -16,6 +16,7 @@ from swarm.generation import (
     GenerationError,
     GenerationState,
     SamplingConfig,
+    check_attention_mask,
     generate_tokens,
 )
 
@@ -141,6 +142,21 @@ def test_bad_arguments_are_typed_errors() -> None:
         SamplingConfig(top_p=1.5)
     with pytest.raises(GenerationError):
         SamplingConfig(max_new_tokens=-1)
+
+
+def test_transformers_arguments_we_do_not_use_are_named_or_ignored() -> None:
+    from transformers import GenerationConfig
+
+    with pytest.raises(GenerationError, match="num_beams"):
+        SamplingConfig.from_generation_config(GenerationConfig(), num_beams=4)
+    config = SamplingConfig.from_generation_config(GenerationConfig(), pad_token_id=0)
+    assert config == SamplingConfig.from_generation_config(GenerationConfig())
+    ids = torch.tensor([[5, 6, 7]])
+    check_attention_mask(None, ids)
+    check_attention_mask(torch.ones_like(ids), ids)
+    for bad in (torch.tensor([[0, 1, 1]]), torch.ones(1, 2)):  # padding, or another length
+        with pytest.raises(GenerationError, match="attention_mask"):
+            check_attention_mask(bad, ids)
 
 
 def test_defaults_follow_the_generation_config() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from routing.client import ChainFailedError, ClientConfig
 from swarm import DistributedModelForCausalLM
@@ -137,6 +137,19 @@ def test_every_step_reports_the_peers_time_and_its_compute_time(
             assert t.server_seconds <= t.seconds
     # the second hop got every input from the first peer, none from the client
     assert [t.relayed for t in timings] == [False] * 6 + [True] * 6
+
+
+def test_generate_takes_what_the_tokenizer_returns_like_transformers(
+    checkpoints: dict[str, Path],
+) -> None:
+    checkpoint = checkpoints["llama"]
+    encoded = AutoTokenizer.from_pretrained(checkpoint)("a b c d", return_tensors="pt")
+    local = AutoModelForCausalLM.from_pretrained(checkpoint)
+    expected = local.generate(**encoded, max_new_tokens=8, do_sample=False)
+    with _swarm_and_model(checkpoint, CHAINS[2]) as (_, model):
+        assert torch.equal(model.generate(**encoded, max_new_tokens=8, do_sample=False), expected)
+        with pytest.raises(SwarmError, match="num_beams"):
+            model.generate(**encoded, max_new_tokens=8, num_beams=2)
 
 
 def test_seeded_sampling_equals_local_generate(checkpoints: dict[str, Path]) -> None:
