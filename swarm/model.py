@@ -116,11 +116,13 @@ class DistributedModelForCausalLM:
 
         Arguments: max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
         eos_token_id, stop_strings (with `tokenizer=`), seed, streamer (called with each
-        new token id). Unset ones come from the model's generation config. An
+        new token id). Unset ones come from the model's generation config. `max_length`
+        (prompt included) stands for `max_new_tokens` if that is not given. An
         `attention_mask` of ones is accepted (`**tokenizer(text, return_tensors="pt")`
         works), `pad_token_id` and `use_cache` are ignored; anything else is a
         GenerationError that names it.
         """
+        _max_length_as_new_tokens(kwargs, input_ids)
         config = self.sampling_config(**kwargs)
         with self.inference_session(int(input_ids.shape[1]) + config.max_new_tokens) as session:
             return session.generate(input_ids, **kwargs)
@@ -214,6 +216,7 @@ class InferenceSession:
     ) -> AsyncGenerator[int, None]:
         """The generation loop for the next turn, not started yet."""
         check_attention_mask(options.pop("attention_mask", None), input_ids)
+        _max_length_as_new_tokens(options, input_ids)
         config = self.model.sampling_config(**options)
         if self._state is None:
             self._state = GenerationState(input_ids)
@@ -225,6 +228,13 @@ class InferenceSession:
                 f"exceed the session's max_length {self.max_length}"
             )
         return generate_tokens(self.model.head, self._chain, self._state, config, tokenizer)
+
+
+def _max_length_as_new_tokens(options: dict[str, Any], input_ids: torch.Tensor) -> None:
+    """transformers' `max_length` (the input included) as `max_new_tokens`, unless given."""
+    max_length = options.pop("max_length", None)
+    if max_length is not None and options.get("max_new_tokens") is None:
+        options["max_new_tokens"] = max(0, int(max_length) - int(input_ids.shape[1]))
 
 
 async def _collect(tokens: AsyncGenerator[int, None]) -> list[int]:
