@@ -47,9 +47,15 @@ class DistributedModelForCausalLM:
     """Embeddings and LM head here, blocks in the swarm. Create with `from_pretrained`."""
 
     def __init__(
-        self, head: ClientHead, generation_config: Any, loop: TrioThread, view: SwarmView
+        self,
+        head: ClientHead,
+        config: Any,
+        generation_config: Any,
+        loop: TrioThread,
+        view: SwarmView,
     ) -> None:
         self.head = head
+        self.config = config  # the checkpoint's transformers config, as `model.config` there
         self.generation_config = generation_config
         self._loop = loop
         self._view = view
@@ -95,7 +101,7 @@ class DistributedModelForCausalLM:
         except BaseException:
             loop.close()
             raise
-        return cls(head, generation_config, loop, view)
+        return cls(head, hf_config, generation_config, loop, view)
 
     def close(self) -> None:
         """Stop the client's loop (its connections and DHT node)."""

@@ -147,6 +147,7 @@ def test_generate_takes_what_the_tokenizer_returns_like_transformers(
     local = AutoModelForCausalLM.from_pretrained(checkpoint)
     expected = local.generate(**encoded, max_new_tokens=8, do_sample=False)
     with _swarm_and_model(checkpoint, CHAINS[2]) as (_, model):
+        assert model.config.to_dict() == local.config.to_dict()
         assert torch.equal(model.generate(**encoded, max_new_tokens=8, do_sample=False), expected)
         length = encoded["input_ids"].shape[1] + 8  # transformers' max_length: prompt included
         assert torch.equal(model.generate(**encoded, max_length=length, do_sample=False), expected)
