@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts._bench_models import bench_checkpoints  # noqa: E402
-from scripts._bench_timing import token_gaps  # noqa: E402
+from scripts._bench_timing import median_range, token_gaps  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
 from swarm.local_swarm import LocalSwarm  # noqa: E402
 
@@ -51,16 +51,6 @@ def _iqr_stats(samples: list[float]) -> dict[str, float]:
     return {
         "median_ms": statistics.median(ordered) * 1000,
         "iqr_ms": (ordered[-quarter] - ordered[quarter - 1]) * 1000,
-    }
-
-
-def _range_stats(samples: list[float]) -> dict[str, Any]:
-    """Median, min and max (for a few runs), in milliseconds."""
-    return {
-        "median_ms": statistics.median(samples) * 1000,
-        "min_ms": min(samples) * 1000,
-        "max_ms": max(samples) * 1000,
-        "runs_ms": [s * 1000 for s in samples],
     }
 
 
@@ -94,7 +84,7 @@ def local_baseline(
             began = time.perf_counter()
             model(long, use_cache=True).logits[:, -1].argmax(-1).item()
             prefills.append(time.perf_counter() - began)
-    return {"per_token": _iqr_stats(times), "prefill": _range_stats(prefills)}
+    return {"per_token": _iqr_stats(times), "prefill": median_range(prefills, "_ms", 1000)}
 
 
 def swarm_run(
@@ -120,7 +110,7 @@ def swarm_run(
                 began = time.perf_counter()
                 next(iter(session.stream(long, max_new_tokens=1, do_sample=False)))
                 prefills.append(time.perf_counter() - began)
-    return {"per_token": _iqr_stats(times), "prefill": _range_stats(prefills)}
+    return {"per_token": _iqr_stats(times), "prefill": median_range(prefills, "_ms", 1000)}
 
 
 def _row(name: str, dtype: str, hops: int, run: dict[str, Any], local: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,10 +30,14 @@ import torch
 import trio
 from transformers import LlamaConfig
 
-from peer.backend import BackendConfig, SpanBackend, StepRequest
-from peer.scheduler import InferenceScheduler, SchedulerConfig
-from peer.testing import write_random_checkpoint
-from peer.worker import ComputeWorker
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from peer.backend import BackendConfig, SpanBackend, StepRequest  # noqa: E402
+from peer.scheduler import InferenceScheduler, SchedulerConfig  # noqa: E402
+from peer.testing import write_random_checkpoint  # noqa: E402
+from peer.worker import ComputeWorker  # noqa: E402
+from scripts._bench_timing import median_range  # noqa: E402
 
 SESSIONS = (1, 4, 8)
 MODES = ("step", "step_many", "sched_off", "sched_on")
@@ -127,16 +131,6 @@ def bench_scheduler(backend: SpanBackend, count: int, steps: int, batching: bool
     return count * steps / elapsed
 
 
-def _stats(samples: list[float]) -> dict[str, Any]:
-    """Median, min and max of tokens/s."""
-    return {
-        "median": statistics.median(samples),
-        "min": min(samples),
-        "max": max(samples),
-        "runs": samples,
-    }
-
-
 def _spread(stats: dict[str, Any]) -> str:
     return f"{stats['min']:.1f}..{stats['max']:.1f}"
 
@@ -153,7 +147,7 @@ def bench_sessions(backend: SpanBackend, count: int, steps: int, runs: int) -> d
     for _ in range(runs):
         for mode, bench in modes.items():
             samples[mode].append(bench())
-    result: dict[str, Any] = {mode: _stats(samples[mode]) for mode in MODES}
+    result: dict[str, Any] = {mode: median_range(samples[mode]) for mode in MODES}
     result["step_many_x_step"] = result["step_many"]["median"] / result["step"]["median"]
     result["sched_on_x_off"] = result["sched_on"]["median"] / result["sched_off"]["median"]
     return result

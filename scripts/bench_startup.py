@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts._bench_models import bench_checkpoints  # noqa: E402
+from scripts._bench_timing import median_range  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
 from swarm.local_swarm import LocalSwarm  # noqa: E402
 from swarm.processes import SwarmProcess, swarm_processes  # noqa: E402
@@ -45,16 +46,6 @@ from swarm.processes import SwarmProcess, swarm_processes  # noqa: E402
 READY_TIMEOUT = 300.0
 PROMPT = [[1, 2, 3, 4]]
 logger = logging.getLogger("bench_startup")
-
-
-def _stats(samples: list[float]) -> dict[str, Any]:
-    """Median, min and max, in seconds."""
-    return {
-        "median_s": statistics.median(samples),
-        "min_s": min(samples),
-        "max_s": max(samples),
-        "runs_s": samples,
-    }
 
 
 def _blocks(checkpoint: Path) -> int:
@@ -118,9 +109,9 @@ def bench_model(checkpoint: Path, runs: int, dtype: str, device: str) -> dict[st
             client.append(client_first_token(checkpoint, swarm.bootstrap, dtype, device))
     base = statistics.median(local)
     return {
-        "local_first_token": _stats(local),
-        "peer_ready": _stats(peer),
-        "client_first_token": _stats(client),
+        "local_first_token": median_range(local, "_s"),
+        "peer_ready": median_range(peer, "_s"),
+        "client_first_token": median_range(client, "_s"),
         "peer_ready_x_local": statistics.median(peer) / base,
         "client_first_token_x_local": statistics.median(client) / base,
     }
