@@ -17,8 +17,10 @@ Block indices in this package's public API are the model's (global) indices; `Sp
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import torch
 from .checkpoint import Checkpoint, ModelFamily, open_checkpoint, read_layer_tensors
 from .errors import CheckpointError, InvalidRequestError
 
-__all__ = ["SUPPORTED_DTYPES", "Span", "load_span", "parse_dtype"]
+__all__ = ["SUPPORTED_DTYPES", "Span", "cache_keyword", "load_span", "parse_dtype"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,16 +117,25 @@ class Span:
         """Run local blocks `first`..`last - 1`; `masks` maps each block's window to its mask."""
         position_embeddings = self.rotary_embeddings(hidden, position_ids)
         for local in range(first, last):
-            output = self.layers[local](
+            layer = self.layers[local]
+            output = layer(
                 hidden,
                 attention_mask=masks[self.windows[local]],
                 position_ids=position_ids,
-                past_key_values=cache,
                 use_cache=cache is not None,
                 position_embeddings=position_embeddings,
+                **{cache_keyword(type(layer).forward): cache},
             )
             hidden = output[0] if isinstance(output, tuple) else output
         return hidden
+
+
+@functools.cache
+def cache_keyword(function: Callable[..., Any]) -> str:
+    """The name a transformers function takes the KV cache under: `cache` since transformers
+    5.x renamed it (the old `past_key_values` warns on every call and goes in 5.40), else
+    `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(function).parameters else "past_key_values"
 
 
 def _window(layer: torch.nn.Module, config: Any) -> int | None:

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from peer.span import cache_keyword  # noqa: E402
 from scripts._bench_models import bench_checkpoints  # noqa: E402
 from scripts._bench_timing import median_range, token_gaps  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
@@ -54,6 +55,11 @@ def _iqr_stats(samples: list[float]) -> dict[str, float]:
     }
 
 
+def _prefill_stats(prefills: list[float]) -> dict[str, Any] | None:
+    """Median and range of the prefill runs, or None with `--prefill-runs 0`."""
+    return median_range(prefills, "_ms", 1000) if prefills else None
+
+
 def _synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -67,14 +73,13 @@ def local_baseline(
     )  # from_pretrained returns the model in eval mode
     ids = torch.tensor([[1, 2, 3, 4]], device=device)
     times, prefills = [], []
+    cache = {cache_keyword(type(model).forward): DynamicCache(config=model.config)}
     with torch.inference_mode():
-        output = model(ids, use_cache=True)
-        past, token = output.past_key_values, output.logits[:, -1:].argmax(-1)
+        token = model(ids, use_cache=True, **cache).logits[:, -1:].argmax(-1)
         for _ in range(tokens):
             _synchronize(device)
             began = time.perf_counter()
-            output = model(token, past_key_values=past, use_cache=True)
-            past, token = output.past_key_values, output.logits[:, -1:].argmax(-1)
+            token = model(token, use_cache=True, **cache).logits[:, -1:].argmax(-1)
             token.item()  # wait for the result, as a client would
             times.append(time.perf_counter() - began)
         long = torch.randint(5, 100, (1, PREFILL), device=device)
@@ -84,7 +89,7 @@ def local_baseline(
             began = time.perf_counter()
             model(long, use_cache=True).logits[:, -1].argmax(-1).item()
             prefills.append(time.perf_counter() - began)
-    return {"per_token": _iqr_stats(times), "prefill": median_range(prefills, "_ms", 1000)}
+    return {"per_token": _iqr_stats(times), "prefill": _prefill_stats(prefills)}
 
 
 def swarm_run(
@@ -110,7 +115,7 @@ def swarm_run(
                 began = time.perf_counter()
                 next(iter(session.stream(long, max_new_tokens=1, do_sample=False)))
                 prefills.append(time.perf_counter() - began)
-    return {"per_token": _iqr_stats(times), "prefill": median_range(prefills, "_ms", 1000)}
+    return {"per_token": _iqr_stats(times), "prefill": _prefill_stats(prefills)}
 
 
 def _row(name: str, dtype: str, hops: int, run: dict[str, Any], local: dict[str, Any]) -> str:
@@ -120,12 +125,15 @@ def _row(name: str, dtype: str, hops: int, run: dict[str, Any], local: dict[str,
     ratio = token["median_ms"] / base
     chain = f"{hops} peers" if hops else "local"
     per_hop = f"{(token['median_ms'] - base) / hops:8.2f}" if hops else ""
+    row = (
+        f"{name:8} {dtype:9} {chain:>8} {token['median_ms']:9.2f} ({token['iqr_ms']:5.2f}) "
+        f"{ratio:7.2f} {per_hop:>8}"
+    )
+    if prefill is None:
+        return row
     prefill_ratio = prefill["median_ms"] / local["prefill"]["median_ms"]
     spread = f"{prefill['min_ms']:.0f}..{prefill['max_ms']:.0f}"
-    return (
-        f"{name:8} {dtype:9} {chain:>8} {token['median_ms']:9.2f} ({token['iqr_ms']:5.2f}) "
-        f"{ratio:7.2f} {per_hop:>8} {prefill['median_ms']:9.0f} ({spread:>11}) {prefill_ratio:7.2f}"
-    )
+    return f"{row} {prefill['median_ms']:9.0f} ({spread:>11}) {prefill_ratio:7.2f}"
 
 
 def main() -> None:
@@ -165,7 +173,9 @@ def main() -> None:
                     checkpoint, hops, args.tokens, dtype, args.device, args.prefill_runs
                 )
                 run["x_local"] = run["per_token"]["median_ms"] / local["per_token"]["median_ms"]
-                run["prefill_x_local"] = run["prefill"]["median_ms"] / local["prefill"]["median_ms"]
+                if run["prefill"] is not None:
+                    prefill_ms = run["prefill"]["median_ms"]
+                    run["prefill_x_local"] = prefill_ms / local["prefill"]["median_ms"]
                 entry[f"{hops}_peers"] = run
                 print(_row(name, dtype, hops, run, local), flush=True)
             results[name][dtype] = entry

@@ -24,6 +24,8 @@ from transformers import (
 )
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+from peer.span import cache_keyword
+
 SMALL: dict[str, Any] = {
     "hidden_size": 64,
     "intermediate_size": 128,
@@ -98,7 +100,7 @@ class Reference:
             "config": self.config,
             "inputs_embeds": hidden,
             "attention_mask": None,
-            "past_key_values": None,
+            cache_keyword(create_causal_mask): None,
             "position_ids": positions,
         }
         masks = {"full_attention": create_causal_mask(**mask_args)}

@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig
 
+from peer.span import cache_keyword
 from swarm.generation import (
     GenerationError,
     GenerationState,
@@ -32,9 +33,8 @@ class LocalPipeline:
     async def step(self, hidden_states: torch.Tensor) -> torch.Tensor:
         self.calls.append(hidden_states.shape[1])
         with torch.no_grad():
-            out = self.model.model(
-                inputs_embeds=hidden_states, past_key_values=self.cache, use_cache=True
-            )
+            cache = {cache_keyword(type(self.model.model).forward): self.cache}
+            out = self.model.model(inputs_embeds=hidden_states, use_cache=True, **cache)
         return out.last_hidden_state
 
 
