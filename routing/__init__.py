@@ -12,6 +12,7 @@ from .errors import ConnectionLostError as ConnectionLostError
 from .errors import HandlerError as HandlerError
 from .errors import MessageTooLargeError as MessageTooLargeError
 from .errors import PeerUnreachableError as PeerUnreachableError
+from .errors import PeerUnresponsiveError as PeerUnresponsiveError
 from .errors import ProtocolError as ProtocolError
 from .errors import RemoteError as RemoteError
 from .errors import RoutingError as RoutingError

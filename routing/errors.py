@@ -15,6 +15,7 @@ __all__ = [
     "HandlerError",
     "MessageTooLargeError",
     "PeerUnreachableError",
+    "PeerUnresponsiveError",
     "ProtocolError",
     "RemoteError",
     "RoutingError",
@@ -48,6 +49,10 @@ class PeerUnreachableError(RoutingError):
 
 class CallTimeoutError(RoutingError):
     """A call did not get its reply within its timeout (the remote handler is cancelled)."""
+
+
+class PeerUnresponsiveError(RoutingError):
+    """A peer kept a reply waiting and did not answer a ping meanwhile (frozen or cut off)."""
 
 
 class StreamClosedError(RoutingError):

@@ -7,8 +7,8 @@ so the client is out of the path between peers but still holds every hop's input
 could not pass its output on says so, and the client sends that hop its input itself (and
 stops asking that peer to relay).
 
-When a hop fails (an error from the peer, a broken connection, a step past its deadline), the
-chain:
+When a hop fails (an error from the peer, a broken connection, a step past its deadline, no
+answer to a ping while a step is late), the chain:
 1. bans that peer (exponential backoff) and drops its session;
 2. routes only the blocks it served, [start, end), over the peers left (re-reading the DHT if
    nobody is left);
@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import trio
@@ -39,7 +40,7 @@ from ..errors import CallTimeoutError
 from ..path_selection import Hop, NoRouteError
 from ..rpc import RPCHost
 from ..span_protocol import RelayTarget
-from .hop_session import LINK_ERRORS, HopSession, StepTiming
+from .hop_session import LINK_ERRORS, HopSession, Liveness, StepTiming
 from .swarm_view import SwarmView
 
 logger = logging.getLogger(__name__)
@@ -252,7 +253,8 @@ class InferenceChain:
     async def _open(self, hop: Hop) -> HopSession:
         announcement = self.view.peers[hop.peer]
         dtype = DTYPES.get(announcement.dtype, torch.float32)
-        session = HopSession(hop, announcement.address, dtype)
+        liveness = Liveness(self.view.config.liveness_after, partial(self.view.ping, hop.peer))
+        session = HopSession(hop, announcement.address, dtype, liveness)
         try:
             await session.open(self.rpc, self.max_length, self.view.config.open_timeout)
         except BaseException:

@@ -1,15 +1,20 @@
 """One hop of a client's chain: an inference session with one peer over blocks [start, end).
 
 It keeps every input of every step it served (`inputs`), so that if the peer fails, a
-replacement can be given the same history and rebuild the same cache. A step that does not
-answer within its deadline is a failure like any other: the stream is abandoned (the peer is
-told to cancel). A step is `send` then `receive`; with relay, the input may instead come from
-the previous peer, and only `receive` is called (its input still joins the history).
+replacement can be given the same history and rebuild the same cache. A step is `send` then
+`receive`; with relay, the input may instead come from the previous peer, and only `receive`
+is called (its input still joins the history).
+
+A step that does not answer within its deadline is a failure like any other: the stream is
+abandoned (the peer is told to cancel). While an answer is late, the peer must answer a ping
+every `Liveness.every` seconds: one that does not (frozen, cut off) fails the step at once,
+long before the deadline, while one that is only slow (a long prompt) is waited for.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 
@@ -19,7 +24,7 @@ import trio
 from security import SecurityError
 
 from ..address import PeerAddress
-from ..errors import CallTimeoutError, ProtocolError, RoutingError
+from ..errors import CallTimeoutError, PeerUnresponsiveError, ProtocolError, RoutingError
 from ..path_selection import Hop
 from ..rpc import BidiStream, Packet, RPCHost
 from ..span_protocol import (
@@ -45,16 +50,27 @@ class StepTiming:
     relayed: bool = False  # the input came from the previous peer, not from the client
 
 
+@dataclass(frozen=True)
+class Liveness:
+    """How a hop checks that a peer slow to answer is still there: `ping()` every `every` s."""
+
+    every: float
+    ping: Callable[[], Awaitable[bool]]
+
+
 LINK_ERRORS = (RoutingError, SecurityError)  # what a failing peer or link raises
 
 
 class HopSession:
     """An open session on one peer; `step` sends hidden states and returns the span's output."""
 
-    def __init__(self, hop: Hop, address: PeerAddress, dtype: torch.dtype) -> None:
+    def __init__(
+        self, hop: Hop, address: PeerAddress, dtype: torch.dtype, liveness: Liveness | None = None
+    ) -> None:
         self.hop = hop
         self.address = address
         self.dtype = dtype  # what the peer computes in
+        self._liveness = liveness
         self.inputs: list[torch.Tensor] = []  # sent so far, in order
         self._stack = AsyncExitStack()
         self._stream: BidiStream | None = None
@@ -129,13 +145,7 @@ class HopSession:
         output to the next hop. On success `hidden` joins the history."""
         if self._stream is None:
             raise ProtocolError("the session is not open")
-        try:
-            with trio.fail_after(timeout):
-                reply = await self._stream.receive()
-        except trio.TooSlowError:
-            raise CallTimeoutError(
-                f"{self.hop.peer[:8]} did not answer in {timeout:.1f} s"
-            ) from None
+        reply = await self._next_reply(self._stream, timeout)
         number, tensor = parse_step(reply.header)
         output = decode_tensor(tensor, reply.body)
         if number != self._steps or output.shape != hidden.shape:
@@ -151,6 +161,20 @@ class HopSession:
             )
         )
         return output.to(hidden.dtype), was_relayed(reply.header)
+
+    async def _next_reply(self, stream: BidiStream, timeout: float) -> Packet:  # noqa: ASYNC109
+        """The next reply within `timeout` s, the peer answering pings while it is late."""
+        deadline = trio.current_time() + timeout
+        every = self._liveness.every if self._liveness else timeout
+        while True:
+            with trio.move_on_at(min(deadline, trio.current_time() + every)):
+                return await stream.receive()
+            if trio.current_time() >= deadline or self._liveness is None:
+                raise CallTimeoutError(f"{self.hop.peer[:8]} did not answer in {timeout:.1f} s")
+            if not await self._liveness.ping():
+                raise PeerUnresponsiveError(
+                    f"{self.hop.peer[:8]} answered neither the step nor a ping"
+                )
 
     async def close(self) -> None:
         """End the session (the peer frees its cache)."""

@@ -35,7 +35,8 @@ class ClientConfig:
 
     step_timeout: float = 10.0  # seconds a hop may take for a one-token step
     step_timeout_per_token: float = 0.05  # added per token of a longer step (prompt, replay)
-    ping_timeout: float = 2.0
+    ping_timeout: float = 1.0
+    liveness_after: float = 0.5  # a step unanswered this long: the peer must answer a ping
     lookup_timeout: float = 10.0  # one DHT read
     open_timeout: float = 10.0  # connect + open a session
     max_failovers: int = 16  # per step, before the step fails

@@ -112,10 +112,13 @@ async def test_outputs_equal_the_reference_and_sessions_close(
     assert all(peer.steps == 8 for peer in net.peers)
 
 
-@pytest.mark.parametrize("fault", ["stall", "error", "garbage", "cut", "kill"])
+@pytest.mark.parametrize("fault", ["stall", "silent", "error", "garbage", "cut", "kill"])
 async def test_a_failing_hop_is_replaced_and_its_history_replayed(
     autojump_clock: trio.testing.MockClock, net: Net, fault: str
 ) -> None:
+    """`stall`: the peer answers pings but never the step (slow, or its compute hung).
+    `silent`: the network between the client and the peer goes quiet (a frozen process, a
+    partition): nothing is closed, and nothing comes back, pings included."""
     first = await net.peer(0, 2)
     preferred = await net.peer(2, 4, throughput=2000.0)
     spare = await net.peer(2, 4, throughput=500.0)
@@ -124,6 +127,8 @@ async def test_a_failing_hop_is_replaced_and_its_history_replayed(
     def break_preferred() -> None:
         if fault == "cut":
             net.network.cut(preferred.host)
+        elif fault == "silent":
+            net.network.partition([CLIENT], [preferred.host])
         elif fault == "kill":
             preferred.kill()
         else:
@@ -140,6 +145,9 @@ async def test_a_failing_hop_is_replaced_and_its_history_replayed(
         if fault == "stall":  # caught by its deadline, exactly (one-token step: 2.0 + 0.1)
             assert "did not answer in 2.1 s" in failover.error
             assert trio.current_time() - began == pytest.approx(2.1, abs=0.05)
+        if fault == "silent":  # no answer 0.5 s into the step, nor to a ping within 1 s
+            assert "answered neither the step nor a ping" in failover.error
+            assert trio.current_time() - began == pytest.approx(1.5, abs=0.05)
         if fault == "error":
             assert "out_of_memory" in failover.error
         assert first.opened == [(0, 2)]  # the hop that did not fail was left alone
