@@ -97,7 +97,7 @@ class DistributedModelForCausalLM:
             loop.start_service(partial(dht.run, initial_peers=peers))
             name = model_name_in_swarm or model_name(path)
             view = SwarmView(rpc, dht, name, int(hf_config.num_hidden_layers), config)
-            loop.run(view.refresh)
+            loop.start_service(view.run)  # reads the swarm now, then every refresh_period
         except BaseException:
             loop.close()
             raise

@@ -36,6 +36,7 @@ from functools import partial
 import torch
 import trio
 
+from ..announcement import PeerAnnouncement
 from ..errors import CallTimeoutError
 from ..path_selection import Hop, NoRouteError
 from ..rpc import RPCHost
@@ -153,7 +154,7 @@ class InferenceChain:
         on the way from the previous peer."""
         if not relayed or not isinstance(error, CallTimeoutError):
             return False
-        return await self.view.ping(hop.hop.peer)
+        return await self.view.ping(hop.address)
 
     def _relay_targets(self, index: int) -> tuple[RelayTarget, ...]:
         """The hops after `index` that a step sent to it can be relayed to, in order: up to
@@ -218,6 +219,7 @@ class InferenceChain:
         refreshed = False
         last_error: BaseException | None = cause
         for _ in range(self.view.config.max_failovers):
+            peers = self.view.peers  # as routed (a refresh may replace the view meanwhile)
             try:
                 route = self.view.route(start, end, tokens_needed=self.max_length)
             except NoRouteError as error:
@@ -233,7 +235,7 @@ class InferenceChain:
             try:
                 replay = torch.cat(history, dim=1) if history else None
                 for current in route:
-                    session = await self._open(current)
+                    session = await self._open(current, peers[current.peer])
                     opened.append(session)
                     if replay is not None:
                         replay = await session.step(replay, self._timeout(replay))
@@ -250,10 +252,10 @@ class InferenceChain:
                 raise
         raise ChainFailedError(list(range(start, end)), last_error or RuntimeError("no route"))
 
-    async def _open(self, hop: Hop) -> HopSession:
-        announcement = self.view.peers[hop.peer]
+    async def _open(self, hop: Hop, announcement: PeerAnnouncement) -> HopSession:
         dtype = DTYPES.get(announcement.dtype, torch.float32)
-        liveness = Liveness(self.view.config.liveness_after, partial(self.view.ping, hop.peer))
+        ping = partial(self.view.ping, announcement.address)
+        liveness = Liveness(self.view.config.liveness_after, ping)
         session = HopSession(hop, announcement.address, dtype, liveness)
         try:
             await session.open(self.rpc, self.max_length, self.view.config.open_timeout)

@@ -86,15 +86,18 @@ class HopSession:
 
     async def open(self, rpc: RPCHost, max_length: int, timeout: float) -> None:  # noqa: ASYNC109
         request = SessionRequest(self.hop.start, self.hop.end, max_length)
+        deadline = trio.current_time() + timeout
         try:
-            with trio.fail_after(timeout):
+            with trio.fail_at(deadline):
                 stream = await self._stack.enter_async_context(
                     rpc.open_stream(self.address, INFERENCE)
                 )
                 await stream.send(Packet(request.header()))
-                opened = SessionOpened.parse((await stream.receive()).header)
         except trio.TooSlowError:
             raise CallTimeoutError(f"{self.hop.peer[:8]} did not open a session") from None
+        remaining = max(0.0, deadline - trio.current_time())
+        reply = await self._next_reply(stream, remaining, "the session request")
+        opened = SessionOpened.parse(reply.header)
         if (opened.start, opened.end) != (self.hop.start, self.hop.end):
             raise ProtocolError(f"asked for blocks {self.hop.start}..{self.hop.end}, got {opened}")
         self._stream, self._opened = stream, opened
@@ -162,7 +165,12 @@ class HopSession:
         )
         return output.to(hidden.dtype), was_relayed(reply.header)
 
-    async def _next_reply(self, stream: BidiStream, timeout: float) -> Packet:  # noqa: ASYNC109
+    async def _next_reply(
+        self,
+        stream: BidiStream,
+        timeout: float,  # noqa: ASYNC109
+        awaited: str = "the step",
+    ) -> Packet:
         """The next reply within `timeout` s, the peer answering pings while it is late."""
         deadline = trio.current_time() + timeout
         every = self._liveness.every if self._liveness else timeout
@@ -173,7 +181,7 @@ class HopSession:
                 raise CallTimeoutError(f"{self.hop.peer[:8]} did not answer in {timeout:.1f} s")
             if not await self._liveness.ping():
                 raise PeerUnresponsiveError(
-                    f"{self.hop.peer[:8]} answered neither the step nor a ping"
+                    f"{self.hop.peer[:8]} answered neither {awaited} nor a ping"
                 )
 
     async def close(self) -> None:

@@ -2,9 +2,11 @@
 
 `refresh()` reads every block's DHT key concurrently, keeps each peer's freshest record if it
 is `online`, names this model, fits its length and carries the signer's own address, then
-pings those peers concurrently and folds the RTTs into smoothed values. `route()` turns the
-view into the fastest chain over a block range (`routing.path_selection`), leaving out
-banned peers and peers short of cache.
+pings those peers concurrently and folds the RTTs into smoothed values. `run()` refreshes
+every `refresh_period` seconds, so that peers that join are used and the load figures stay
+current. `route()` turns the view into the fastest chain over a block range
+(`routing.path_selection`), leaving out banned peers, peers short of cache, and peers that
+did not answer their last ping (until one answers again).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class ClientConfig:
     step_timeout_per_token: float = 0.05  # added per token of a longer step (prompt, replay)
     ping_timeout: float = 1.0
     liveness_after: float = 0.5  # a step unanswered this long: the peer must answer a ping
+    refresh_period: float = 30.0  # `run()` re-reads the DHT and pings every peer this often
     lookup_timeout: float = 10.0  # one DHT read
     open_timeout: float = 10.0  # connect + open a session
     max_failovers: int = 16  # per step, before the step fails
@@ -112,29 +115,42 @@ class SwarmView:
         self.peers: dict[str, PeerAnnouncement] = {}
         self.rtts = RttTable()
         self.bans = Bans(clock)
+        self.unreachable: set[str] = set()  # peers that did not answer their last ping
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Refresh now, then every `refresh_period` seconds."""
+        await self.refresh()
+        task_status.started()
+        while True:
+            await trio.sleep(self.config.refresh_period)
+            await self.refresh()
 
     async def refresh(self) -> None:
         """Read the DHT and ping what it lists."""
         records = await read_announcements(
             self.dht, self.model, self.num_blocks, self.config.lookup_timeout
         )
-        self.peers = usable_announcements(records, self.model, self.num_blocks)
-        logger.info("%d peers serve %s", len(self.peers), self.model)
+        peers = usable_announcements(records, self.model, self.num_blocks)
+        if peers.keys() != self.peers.keys():
+            logger.info("%d peers serve %s", len(peers), self.model)
+        self.peers = peers
+        self.unreachable &= peers.keys()
         async with trio.open_nursery() as nursery:
-            for peer in self.peers:
-                nursery.start_soon(self.ping, peer)
+            for announcement in self.peers.values():
+                nursery.start_soon(self.ping, announcement.address)
 
-    async def ping(self, peer: str) -> bool:
-        """Ping a peer (its RTT joins the smoothed one); False if it does not answer."""
+    async def ping(self, address: PeerAddress) -> bool:
+        """Ping a peer (its RTT joins the smoothed one); False if it does not answer, and
+        routes leave it out until it answers a ping again."""
+        peer = str(address.peer_id)
         try:
-            seconds = await self.rpc.ping(self.address(peer), timeout=self.config.ping_timeout)
+            seconds = await self.rpc.ping(address, timeout=self.config.ping_timeout)
         except RoutingError:
+            self.unreachable.add(peer)
             return False
+        self.unreachable.discard(peer)
         self.rtts.observe(peer, seconds)
         return True
-
-    def address(self, peer: str) -> PeerAddress:
-        return self.peers[peer].address
 
     def candidates(self) -> list[Candidate]:
         return [
@@ -158,5 +174,5 @@ class SwarmView:
             start=start,
             end=end,
             tokens_needed=tokens_needed,
-            banned=self.bans.banned(),
+            banned=self.bans.banned() | self.unreachable,
         )

@@ -245,6 +245,50 @@ async def test_a_banned_peer_comes_back_after_its_ban(
         assert chain.route[0].peer == flaky.peer
 
 
+async def test_a_silent_peer_is_left_out_until_it_answers_a_ping_again(
+    autojump_clock: trio.testing.MockClock, net: Net
+) -> None:
+    """A frozen peer's bans run out long before its record leaves the DHT: routes still
+    leave it out, without waiting on it again, until a refresh hears it."""
+    frozen = await net.peer(0, 4, throughput=2000.0)
+    spare = await net.peer(0, 4)
+    view = await net.view()
+    async with InferenceChain(view, net.rpc, max_length=64) as chain:
+        await chain.step(_sequence(2))
+        net.network.partition([CLIENT], [frozen.host])
+        await chain.step(_sequence(1))
+        assert chain.route[0].peer == spare.peer
+    await trio.sleep(10.0)  # every ban is over
+    for _ in range(2):
+        began = trio.current_time()
+        async with InferenceChain(view, net.rpc, max_length=64) as chain:
+            await chain.step(_sequence(2))
+            assert chain.route[0].peer == spare.peer
+        assert trio.current_time() - began < 0.1  # no wait on the frozen peer
+        await view.refresh()  # its ping fails again
+    net.network.heal()
+    await view.refresh()
+    async with InferenceChain(view, net.rpc, max_length=64) as chain:
+        assert chain.route[0].peer == frozen.peer
+    assert [f.peer for f in chain.failovers] == []
+
+
+async def test_the_view_refreshes_itself_and_finds_peers_that_join(
+    autojump_clock: trio.testing.MockClock, net: Net
+) -> None:
+    await net.peer(0, 4)
+    view = SwarmView(net.rpc, net.dht, MODEL, NUM_BLOCKS, ClientConfig(refresh_period=30.0))
+    await net.nursery.start(view.run)
+    first = set(view.peers)
+    joined = await net.peer(0, 4, throughput=5000.0)
+    await trio.sleep(29.0)
+    assert set(view.peers) == first
+    await trio.sleep(2.0)
+    assert set(view.peers) == first | {joined.peer}
+    async with InferenceChain(view, net.rpc, max_length=64) as chain:
+        assert chain.route[0].peer == joined.peer
+
+
 async def test_a_replica_behind_50_ms_gets_few_steps(
     autojump_clock: trio.testing.MockClock, net: Net
 ) -> None:
