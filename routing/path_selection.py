@@ -117,13 +117,15 @@ def spread_choice(
     *,
     rng: random.Random,
     banned: frozenset[str] = frozenset(),
+    start: int = 0,
 ) -> list[Hop]:
-    """A chain for batch forward: at each boundary, a covering peer drawn by spare throughput,
-    used to the end of its span. Spreads concurrent requests over replicas."""
+    """A chain for batch forward over blocks [start, num_blocks): at each boundary, a covering
+    peer drawn by spare throughput, used to the end of its span. Spreads concurrent requests
+    over replicas."""
     usable = [c for c in candidates if c.peer not in banned and c.throughput > 0]
-    _check_coverage(usable, 0, num_blocks)
+    _check_coverage(usable, start, num_blocks)
     chain = []
-    boundary = 0
+    boundary = start
     while boundary < num_blocks:
         covering = [c for c in usable if c.start <= boundary < c.end]
         weights = [c.throughput / (1 + c.sessions) for c in covering]

@@ -9,6 +9,7 @@ live. The facade is synchronous and speaks transformers' argument names:
     output_ids = model.generate(input_ids, max_new_tokens=20)          # like transformers
     with model.inference_session(max_length=512) as session:           # multi-turn
         for token in session.stream(turn_ids, max_new_tokens=40): ...  # only new turns sent
+    model(batch_ids, labels=batch_ids).loss                            # batch forward
 
 Every remote session is closed when its `with` block ends, on errors and Ctrl-C too.
 """
@@ -16,19 +17,27 @@ Every remote session is closed when its `with` block ends, on errors and Ctrl-C 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import aclosing
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from peer.model_name import model_name
 from peer.span import parse_dtype
 from routing.address import PeerAddress
-from routing.client import ClientConfig, Failover, InferenceChain, StepTiming, SwarmView
+from routing.client import (
+    ClientConfig,
+    Failover,
+    InferenceChain,
+    StepTiming,
+    SwarmView,
+    forward_through_swarm,
+)
 from routing.dht import DHTConfig, DHTNode
 from routing.path_selection import Hop
 from routing.rpc import RPCHost
@@ -39,6 +48,9 @@ from .errors import SwarmError
 from .generation import GenerationState, SamplingConfig, check_attention_mask, generate_tokens
 from .head import ClientHead
 from .trio_thread import TrioThread
+
+if TYPE_CHECKING:
+    from transformers.modeling_outputs import CausalLMOutput
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +71,7 @@ class DistributedModelForCausalLM:
         self.generation_config = generation_config
         self._loop = loop
         self._view = view
+        self._rng = random.Random()  # draws the replicas of batch forwards
 
     @classmethod
     def from_pretrained(
@@ -132,6 +145,32 @@ class DistributedModelForCausalLM:
         config = self.sampling_config(**kwargs)
         with self.inference_session(int(input_ids.shape[1]) + config.max_new_tokens) as session:
             return session.generate(input_ids, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> CausalLMOutput:
+        """Logits of every position of a batch of equal-length sequences, as transformers'
+        `model(input_ids)`; with `labels` (-100: ignored), also the mean next-token loss.
+
+        Stateless: the blocks run through `span.forward` on replicas drawn by their spare
+        throughput (`routing.client.forward`), and no session is kept. An `attention_mask`
+        of ones is accepted; padding is refused.
+        """
+        from transformers.modeling_outputs import CausalLMOutput
+
+        if input_ids.dim() != 2:
+            raise SwarmError(f"input_ids must be [batch, length], not {list(input_ids.shape)}")
+        check_attention_mask(attention_mask, input_ids)
+        through_swarm = partial(forward_through_swarm, self._view, rng=self._rng)
+        hidden = self._loop.run(through_swarm, self.head.embed(input_ids))
+        logits = self.head.logits(hidden)
+        loss = None if labels is None else _causal_lm_loss(logits, labels)
+        return CausalLMOutput(loss=loss, logits=logits)
+
+    __call__ = forward
 
     def sampling_config(self, **kwargs: Any) -> SamplingConfig:
         not_sampling = ("streamer", "tokenizer", "attention_mask")
@@ -234,6 +273,14 @@ class InferenceSession:
                 f"exceed the session's max_length {self.max_length}"
             )
         return generate_tokens(self.model.head, self._chain, self._state, config, tokenizer)
+
+
+def _causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """transformers' causal LM loss: position t predicts label t + 1; -100 is ignored."""
+    vocabulary = logits.shape[-1]
+    predicted = logits[:, :-1, :].float().reshape(-1, vocabulary)
+    targets = labels[:, 1:].reshape(-1).to(logits.device)
+    return torch.nn.functional.cross_entropy(predicted, targets, ignore_index=-100)
 
 
 def _max_length_as_new_tokens(options: dict[str, Any], input_ids: torch.Tensor) -> None:

@@ -7,6 +7,7 @@ one part of `routing` that holds tensors (hidden states and their history for re
 from .chain import ChainFailedError as ChainFailedError
 from .chain import Failover as Failover
 from .chain import InferenceChain as InferenceChain
+from .forward import forward_through_swarm as forward_through_swarm
 from .hop_session import StepTiming as StepTiming
 from .swarm_view import ClientConfig as ClientConfig
 from .swarm_view import SwarmView as SwarmView

@@ -110,6 +110,8 @@ def test_default_model_through_the_swarm_equals_local(smollm2: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     input_ids = prompt_ids(tokenizer, QUESTION, chat=True)
     expected = _local_greedy(smollm2, input_ids, 16)
+    with torch.no_grad():
+        local_loss = AutoModelForCausalLM.from_pretrained(smollm2)(input_ids, labels=input_ids).loss
     with (
         ThreadSwarm(smollm2, [(0, 12), (12, 30)]) as swarm,
         DistributedModelForCausalLM.from_pretrained(
@@ -117,7 +119,9 @@ def test_default_model_through_the_swarm_equals_local(smollm2: Path) -> None:
         ) as model,
     ):
         output = model.generate(input_ids, max_new_tokens=16, do_sample=False)
+        loss = model(input_ids, labels=input_ids).loss  # batch forward, stateless
     assert output[0, input_ids.shape[1] :].tolist() == expected
+    torch.testing.assert_close(loss, local_loss, rtol=1e-5, atol=1e-5)
     assert "Paris" in tokenizer.decode(expected, skip_special_tokens=True)
 
 

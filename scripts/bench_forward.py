@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Benchmark batch forward: `model(input_ids)` through 1 and 2 peers vs local transformers.
+
+For each model (SmolLM2-135M-Instruct by default), a local baseline is measured first in
+this process: transformers' model, one forward over a batch of `--batch` sequences of
+`--length` tokens, to the logits. Then a swarm of `swarm peer` processes on 127.0.0.1
+serves the blocks as one span, or split into two, and the client runs the same forward
+through it (`span.forward`, stateless; its embeddings and LM head here). Reported: the
+median and min..max of `--runs` calls (after one warm-up), tokens per second, and the ratio
+to the local baseline of the same run; the swarm's logits are checked against the local
+ones.
+
+    .venv/bin/python scripts/bench_forward.py [--models smollm2 tiny] [--batch 4]
+        [--length 128] [--hops 1 2] [--runs 5] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts._bench_models import bench_checkpoints  # noqa: E402
+from scripts._bench_timing import median_range  # noqa: E402
+from swarm import DistributedModelForCausalLM  # noqa: E402
+from swarm.local_swarm import LocalSwarm  # noqa: E402
+
+
+def _timed(call: Callable[[], torch.Tensor], runs: int) -> tuple[list[float], torch.Tensor]:
+    logits = call()  # warm-up
+    seconds = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        logits = call()
+        seconds.append(time.perf_counter() - began)
+    return seconds, logits
+
+
+def run_model(
+    checkpoint: Path, shape: tuple[int, int], hops: list[int], runs: int
+) -> dict[str, Any]:
+    config = AutoConfig.from_pretrained(checkpoint)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, min(1000, config.vocab_size), shape, generator=generator)
+    tokens = ids.numel()
+    local = AutoModelForCausalLM.from_pretrained(checkpoint)
+    with torch.inference_mode():
+        seconds, expected = _timed(lambda: local(ids).logits, runs)
+    results: dict[str, Any] = {"local": median_range(seconds, "_ms", 1000)}
+    base = results["local"]["median_ms"]
+    print(f"  local     {base:9.1f} ms {tokens / base * 1000:9.0f} tokens/s", flush=True)
+    blocks = int(config.num_hidden_layers)
+    for count in hops:
+        bounds = [round(i * blocks / count) for i in range(count + 1)]
+        with (
+            LocalSwarm(checkpoint, list(itertools.pairwise(bounds)), monitor=False) as swarm,
+            DistributedModelForCausalLM.from_pretrained(
+                checkpoint, initial_peers=[swarm.bootstrap]
+            ) as model,
+        ):
+            seconds, logits = _timed(lambda: model(ids).logits, runs)
+        entry = median_range(seconds, "_ms", 1000)
+        entry["x_local"] = entry["median_ms"] / base
+        entry["max_abs_logit_error"] = float((logits - expected).abs().max())
+        results[f"{count}_peers"] = entry
+        median, spread = entry["median_ms"], f"{entry['min_ms']:.0f}..{entry['max_ms']:.0f} ms"
+        print(
+            f"  {count} peers {median:9.1f} ms {tokens / median * 1000:9.0f} tokens/s"
+            f"  x{entry['x_local']:.2f} local  ({spread}; logits within "
+            f"{entry['max_abs_logit_error']:.1e})",
+            flush=True,
+        )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["smollm2"])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--hops", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    results: dict[str, Any] = {"batch": args.batch, "length": args.length, "runs": args.runs}
+    print(f"batch forward of {args.batch}x{args.length} tokens to the logits, threads "
+          f"{torch.get_num_threads()}, loopback; median (min..max) of {args.runs}")  # fmt: skip
+    for name, checkpoint in bench_checkpoints(args.models).items():
+        print(name, flush=True)
+        results[name] = run_model(checkpoint, (args.batch, args.length), args.hops, args.runs)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Batch forward through the swarm (`model(input_ids)`), against the local transformers model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from routing import RemoteError
+from swarm import DistributedModelForCausalLM
+from swarm.errors import SwarmError
+from tests.support.thread_swarm import ThreadSwarm
+from tests.support.tiny_model import write_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("forward") / "tiny-forward", seed=5)
+
+
+def _batch(rows: int = 3, length: int = 12) -> torch.Tensor:
+    return torch.randint(5, 200, (rows, length), generator=torch.Generator().manual_seed(1))
+
+
+def test_logits_and_loss_equal_the_local_models(tiny: Path) -> None:
+    """Through replicas drawn anew for every call: a 2-hop chain or the whole-model peer."""
+    ids = _batch()
+    labels = ids.clone()
+    labels[0, :5] = -100  # ignored, as in transformers
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(tiny)(ids, labels=labels)
+    with (
+        ThreadSwarm(tiny, [(0, 2), (2, 4), (0, 4)]) as swarm,
+        DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[swarm.bootstrap]) as model,
+    ):
+        for _ in range(8):
+            output = model(ids, attention_mask=torch.ones_like(ids), labels=labels)
+            torch.testing.assert_close(output.logits, expected.logits, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(output.loss, expected.loss, rtol=1e-5, atol=1e-5)
+        assert model(ids).loss is None
+
+
+def test_a_replica_that_is_gone_is_banned_and_the_other_used(
+    tiny: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = _batch(rows=2)
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(tiny)(ids).logits
+    with (
+        ThreadSwarm(tiny, [(0, 4), (0, 4)]) as swarm,
+        DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[swarm.bootstrap]) as model,
+    ):
+        gone = swarm.peers[0]
+        swarm.stop_peer(gone)
+        with caplog.at_level(logging.WARNING, logger="routing.client.forward"):
+            for _ in range(30):  # each draws it with odds 1/2 until it is banned
+                torch.testing.assert_close(model(ids).logits, expected, rtol=1e-4, atol=1e-4)
+    failed = [r.getMessage() for r in caplog.records if "failed a forward" in r.getMessage()]
+    assert len(failed) == 1  # drawn once: banned after its first failure (for 2 s, doubling)
+    assert gone.peer[:8] in failed[0]
+
+
+def test_a_request_every_peer_refuses_fails_at_once_without_bans(
+    tiny: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    too_long = torch.randint(5, 200, (1, 513))  # the tiny model's context is 512
+    with (
+        ThreadSwarm(tiny, [(0, 4), (0, 4)]) as swarm,
+        DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[swarm.bootstrap]) as model,
+    ):
+        with pytest.raises(RemoteError, match="invalid_request"):
+            model(too_long)
+        assert not [r for r in caplog.records if "failed a forward" in r.getMessage()]
+        with pytest.raises(SwarmError, match="attention_mask must be all ones"):
+            model(_batch(), attention_mask=torch.zeros(3, 12))
+        with pytest.raises(SwarmError, match=r"\[batch, length\]"):
+            model(torch.tensor([1, 2, 3]))
+
+
+def test_a_silent_replica_is_given_up_at_its_first_missed_ping(
+    tiny: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stalled peer (nothing moves either way) fails its forward 1.5 s in (0.5 s, then a
+    1 s ping), not after the call's 10 s deadline, and the other replica takes over."""
+    ids = _batch(rows=2)
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(tiny)(ids).logits
+    with (
+        ThreadSwarm(tiny, [(0, 4), (0, 4)]) as swarm,
+        DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[swarm.bootstrap]) as model,
+    ):
+        stalled = swarm.peers[0]
+        swarm.fault(stalled, "stall")
+        with caplog.at_level(logging.WARNING, logger="routing.client.forward"):
+            for _ in range(30):  # until it is drawn (odds 1/2 each time)
+                torch.testing.assert_close(model(ids).logits, expected, rtol=1e-4, atol=1e-4)
+        swarm.fault(stalled, "resume")
+    failed = [r.getMessage() for r in caplog.records if "failed a forward" in r.getMessage()]
+    assert len(failed) == 1
+    assert stalled.peer[:8] in failed[0]
+    assert "answered neither the forward nor a ping" in failed[0]
