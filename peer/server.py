@@ -167,19 +167,21 @@ class SpanServer:
                     raise HandlerError("session_closed", "the session has ended")
                 try:
                     with _as_handler_errors():
-                        await self._step(session, packet)
+                        await self._step(session, packet, from_relay=True)
                 except HandlerError as error:  # the client must hear of it too
                     session.fail(error)
                     raise
                 if session.waiting is not None:  # the session is not idle
                     session.waiting.deadline = trio.current_time() + self.idle_timeout
 
-    async def _step(self, session: _Session, packet: Packet) -> None:
+    async def _step(self, session: _Session, packet: Packet, *, from_relay: bool = False) -> None:
         """Run one step, send the output on if the step says so, answer the client."""
         async with session.lock:
             began = time.perf_counter()
             step, tensor = parse_step(packet.header)
-            if step != session.steps:  # e.g. a step both relayed and sent by the client
+            if step < session.steps:  # the other copy of a step both relayed and sent came first
+                return
+            if step > session.steps:
                 raise HandlerError("step_order", f"step {step} where {session.steps} was due")
             relay = parse_relay(packet.header)
             output, compute = await self.scheduler.step_timed(
@@ -192,7 +194,9 @@ class SpanServer:
                 onward = Packet(step_header(relay[0].step, header, relay=relay[1:]), body)
                 relayed = await session.links.send(relay[0], onward)
             spent_ms = (time.perf_counter() - began) * 1000
-            reply = step_header(step, header, spent_ms, compute * 1000, relayed=relayed)
+            reply = step_header(
+                step, header, spent_ms, compute * 1000, relayed=relayed, from_relay=from_relay
+            )
             await session.client.send(Packet(reply, body))
 
     async def _next_from_client(self, session: _Session) -> Packet | None:

@@ -14,7 +14,10 @@ Methods (block indices are the model's, `end` exclusive):
   "step"}, ...]`, the rest of the chain: the peer sends its output as step `step` of the
   first of them (with the others as that step's own `relay`), then answers its client as
   usual, adding `"relayed": true|false` (whether the output went out). The next peer
-  answers *its* client as if the client had sent the step.
+  answers *its* client as if the client had sent the step, adding `"from_relay": true`.
+  A step may thus reach a peer twice (relayed, and from a client that found it late): the
+  first copy is taken, a copy of a step already taken is ignored, and a step ahead of the
+  next one due is refused (`step_order`).
 - `span.relay` (stream, peer to peer): `{"join": {"session", "token"}}`, then steps as
   above, nothing back (a failure ends the stream with a remote error, and the session's own
   stream with it).
@@ -151,6 +154,7 @@ def step_header(
     *,
     relay: Sequence[RelayTarget] = (),
     relayed: bool | None = None,
+    from_relay: bool = False,
 ) -> dict[str, Any]:
     header: dict[str, Any] = {"step": step, "tensor": dict(tensor)}
     if server_ms is not None:
@@ -161,6 +165,8 @@ def step_header(
         header["relay"] = [target.wire() for target in relay]
     if relayed is not None:
         header["relayed"] = relayed
+    if from_relay:
+        header["from_relay"] = True
     return header
 
 
@@ -175,6 +181,11 @@ def parse_relay(header: Mapping[str, Any]) -> tuple[RelayTarget, ...]:
 def was_relayed(header: Mapping[str, Any]) -> bool:
     """Whether a peer's answer says it passed its output on to the next hop."""
     return header.get("relayed") is True
+
+
+def came_by_relay(header: Mapping[str, Any]) -> bool:
+    """Whether a peer's answer says the step's input came from the previous peer."""
+    return header.get("from_relay") is True
 
 
 def server_time(header: Mapping[str, Any], field: str = "server_ms") -> float | None:

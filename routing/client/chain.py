@@ -5,7 +5,9 @@ where the peers offer it), the client sends a step to the first hop only, naming
 after it: each peer passes its output straight to the next one and also answers the client,
 so the client is out of the path between peers but still holds every hop's input. A peer that
 could not pass its output on says so, and the client sends that hop its input itself (and
-stops asking that peer to relay).
+stops asking that peer to relay). A relayed hop that is late but answers a ping is sent the
+client's own copy of its input as well; it takes whichever comes first, and if that was the
+client's, the previous peer is no longer asked to relay.
 
 When a hop fails (an error from the peer, a broken connection, a step past its deadline, no
 answer to a ping while a step is late), the chain:
@@ -16,10 +18,7 @@ answer to a ping while a step is late), the chain:
    caches hold exactly what the lost peer's did;
 4. retries the current step from that hop on.
 Hops after a failed one that a relayed step may or may not have reached are rebuilt the same
-way, on the same peers if the route still picks them, without a ban. A relayed hop that does
-not answer in time but answers a ping is not banned either: the link from the previous peer
-is the suspect, so that peer is no longer asked to relay, and the hop is rebuilt and sent its
-input directly.
+way, on the same peers if the route still picks them, without a ban.
 The computation is the same, so the generated tokens do not change. `failovers` records each
 recovery (for the demo and the benchmark).
 """
@@ -37,7 +36,6 @@ import torch
 import trio
 
 from ..announcement import PeerAnnouncement
-from ..errors import CallTimeoutError
 from ..path_selection import Hop, NoRouteError
 from ..rpc import RPCHost
 from ..span_protocol import RelayTarget
@@ -123,10 +121,14 @@ class InferenceChain:
                 sent = True
                 for at in range(index, index + len(onward) + 1):
                     hop = self.hops[at]
-                    if at > index:
-                        hop.expect(relayed=True)
-                    output, relayed = await hop.receive(hidden, self._timeout(hidden))
+                    resend = None
+                    if at > index:  # relayed: if it is late, the client sends a copy too
+                        hop.expect()
+                        resend = self._relay_targets(at)
+                    output, relayed = await hop.receive(hidden, self._timeout(hidden), resend)
                     self.view.bans.succeeded(hop.hop.peer)
+                    if at > index and not hop.timings[-1].relayed:  # the copy was first
+                        self._not_relaying.add(self.hops[at - 1].hop.peer)
                     hidden = output
                     if at < index + len(onward) and not relayed:
                         self._not_relaying.add(hop.hop.peer)
@@ -136,25 +138,11 @@ class InferenceChain:
                 failures += 1
                 if self._closed or failures > self.view.config.max_failovers:
                     raise
-                end = index + len(onward) + 1  # hops this step may have reached
-                if await self._relay_was_lost(at > index, error, self.hops[at]):
-                    # the hop is fine, the link from the previous peer is the suspect: the
-                    # hop is rebuilt and gets its inputs from the client from now on
-                    self._not_relaying.add(self.hops[at - 1].hop.peer)
-                    await self._rebuild(at, end)
-                else:
-                    if sent:
-                        await self._rebuild(at + 1, end)
-                    self.hops[at : at + 1] = await self._replace(self.hops[at], error)
+                if sent:  # the hops after it that this step may have reached
+                    await self._rebuild(at + 1, index + len(onward) + 1)
+                self.hops[at : at + 1] = await self._replace(self.hops[at], error)
                 index = at
         return hidden
-
-    async def _relay_was_lost(self, relayed: bool, error: Exception, hop: HopSession) -> bool:
-        """A relayed step timed out at a hop that still answers pings: its input was lost
-        on the way from the previous peer."""
-        if not relayed or not isinstance(error, CallTimeoutError):
-            return False
-        return await self.view.ping(hop.address)
 
     def _relay_targets(self, index: int) -> tuple[RelayTarget, ...]:
         """The hops after `index` that a step sent to it can be relayed to, in order: up to

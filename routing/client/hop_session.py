@@ -3,7 +3,8 @@
 It keeps every input of every step it served (`inputs`), so that if the peer fails, a
 replacement can be given the same history and rebuild the same cache. A step is `send` then
 `receive`; with relay, the input may instead come from the previous peer, and only `receive`
-is called (its input still joins the history).
+is called (its input still joins the history; if the answer is late, the client sends its own
+copy too, and the peer takes the first).
 
 A step that does not answer within its deadline is a failure like any other: the stream is
 abandoned (the peer is told to cancel). While an answer is late, the peer must answer a ping
@@ -32,6 +33,7 @@ from ..span_protocol import (
     RelayTarget,
     SessionOpened,
     SessionRequest,
+    came_by_relay,
     parse_step,
     server_time,
     step_header,
@@ -47,7 +49,7 @@ class StepTiming:
     seconds: float  # encode, send, wait, receive, decode (relayed: from the previous answer)
     server_seconds: float | None
     compute_seconds: float | None = None  # the peer's blocks alone, if it said
-    relayed: bool = False  # the input came from the previous peer, not from the client
+    relayed: bool = False  # the peer took the input from the previous peer, not the client
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,6 @@ class HopSession:
         self._opened: SessionOpened | None = None
         self._steps = 0
         self._began = 0.0  # when the step in flight was sent (or its input became known)
-        self._relayed = False  # the step in flight was relayed to this hop
         self.timings: list[StepTiming] = []  # one per step, in order
 
     @property
@@ -96,7 +97,7 @@ class HopSession:
         except trio.TooSlowError:
             raise CallTimeoutError(f"{self.hop.peer[:8]} did not open a session") from None
         remaining = max(0.0, deadline - trio.current_time())
-        reply = await self._next_reply(stream, remaining, "the session request")
+        reply = await self._next_reply(stream, remaining, awaited="the session request")
         opened = SessionOpened.parse(reply.header)
         if (opened.start, opened.end) != (self.hop.start, self.hop.end):
             raise ProtocolError(f"asked for blocks {self.hop.start}..{self.hop.end}, got {opened}")
@@ -123,32 +124,35 @@ class HopSession:
         relay: tuple[RelayTarget, ...] = (),
     ) -> None:
         """Send the next step; `relay`: the hops after this one, for the peer to pass it on."""
-        if self._stream is None:
-            raise ProtocolError("the session is not open")
-        self.expect(relayed=False)
-        header, body = encode_tensor(hidden.to(self.dtype))
-        packet = Packet(step_header(self._steps, header, relay=relay), body)
-        try:
-            with trio.fail_after(timeout):
-                await self._stream.send(packet)
-        except trio.TooSlowError:
-            raise CallTimeoutError(f"{self.hop.peer[:8]} did not take a step in time") from None
+        self.expect()
+        await self._send_step(hidden, timeout, relay)
 
-    def expect(self, *, relayed: bool) -> None:
+    def expect(self) -> None:
         """Start timing the next step: its input is on its way, sent or relayed."""
         self._began = time.perf_counter()
-        self._relayed = relayed
 
     async def receive(
         self,
         hidden: torch.Tensor,
         timeout: float,  # noqa: ASYNC109
+        resend: tuple[RelayTarget, ...] | None = None,
     ) -> tuple[torch.Tensor, bool]:
         """The answer to the step whose input is `hidden`, and whether the peer relayed its
-        output to the next hop. On success `hidden` joins the history."""
-        if self._stream is None:
+        output to the next hop. On success `hidden` joins the history.
+
+        `resend` (for a step relayed to this hop): if the answer is late but the peer
+        answers a ping, the relayed copy may be lost, so the client sends its own copy of
+        `hidden` (naming `resend` as the hops after), and the peer takes whichever comes
+        first. The step's timing says which one it took.
+        """
+        stream = self._stream
+        if stream is None:
             raise ProtocolError("the session is not open")
-        reply = await self._next_reply(self._stream, timeout)
+
+        async def send_copy() -> None:
+            await self._send_step(hidden, timeout, resend or ())
+
+        reply = await self._next_reply(stream, timeout, None if resend is None else send_copy)
         number, tensor = parse_step(reply.header)
         output = decode_tensor(tensor, reply.body)
         if number != self._steps or output.shape != hidden.shape:
@@ -160,18 +164,36 @@ class HopSession:
                 time.perf_counter() - self._began,
                 server_time(reply.header),
                 server_time(reply.header, "compute_ms"),
-                self._relayed,
+                came_by_relay(reply.header),
             )
         )
         return output.to(hidden.dtype), was_relayed(reply.header)
+
+    async def _send_step(
+        self,
+        hidden: torch.Tensor,
+        timeout: float,  # noqa: ASYNC109
+        relay: tuple[RelayTarget, ...],
+    ) -> None:
+        if self._stream is None:
+            raise ProtocolError("the session is not open")
+        header, body = encode_tensor(hidden.to(self.dtype))
+        packet = Packet(step_header(self._steps, header, relay=relay), body)
+        try:
+            with trio.fail_after(timeout):
+                await self._stream.send(packet)
+        except trio.TooSlowError:
+            raise CallTimeoutError(f"{self.hop.peer[:8]} did not take a step in time") from None
 
     async def _next_reply(
         self,
         stream: BidiStream,
         timeout: float,  # noqa: ASYNC109
+        when_late: Callable[[], Awaitable[None]] | None = None,
         awaited: str = "the step",
     ) -> Packet:
-        """The next reply within `timeout` s, the peer answering pings while it is late."""
+        """The next reply within `timeout` s. Every `liveness.every` s without one, the peer
+        must answer a ping; after the first it answers, `when_late` runs (once)."""
         deadline = trio.current_time() + timeout
         every = self._liveness.every if self._liveness else timeout
         while True:
@@ -183,6 +205,9 @@ class HopSession:
                 raise PeerUnresponsiveError(
                     f"{self.hop.peer[:8]} answered neither {awaited} nor a ping"
                 )
+            if when_late is not None:
+                await when_late()
+                when_late = None
 
     async def close(self) -> None:
         """End the session (the peer frees its cache)."""

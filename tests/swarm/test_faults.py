@@ -99,6 +99,28 @@ def test_a_slow_peer_that_answers_pings_is_waited_for(tiny: Path) -> None:
     assert tokens == expected
 
 
+def test_a_slow_relayed_hop_keeps_getting_relayed_steps(tiny: Path) -> None:
+    """The second hop is 0.4 s late on every step (0.2 s of delay each way): the client sends
+    it a copy of each input too, which it ignores, having taken the relayed one first; so
+    the first peer goes on relaying, and nothing is replaced."""
+    expected = _local(tiny, 3)
+    config = ClientConfig(liveness_after=0.1)
+    with ThreadSwarm(tiny, [(0, 2), (2, 4)]) as swarm:
+        swarm.fault(swarm.peers[1], "delay", 0.2)
+        with (
+            DistributedModelForCausalLM.from_pretrained(
+                tiny, initial_peers=[swarm.bootstrap], config=config
+            ) as model,
+            model.inference_session(max_length=16) as session,
+        ):
+            tokens = list(session.stream(PROMPT, max_new_tokens=3, do_sample=False))
+            assert session.failovers == []
+            second_hop = session.timings[1][1]
+    assert tokens == expected
+    assert [timing.relayed for timing in second_hop] == [True, True, True]
+    assert min(timing.seconds for timing in second_hop) > 0.2
+
+
 def test_a_replica_behind_50_ms_gets_few_steps(tiny: Path) -> None:
     with ThreadSwarm(tiny, [(0, 4), (0, 4)]) as swarm:
         slow, fast = swarm.peers
