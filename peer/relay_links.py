@@ -4,10 +4,11 @@ When a client relays a step through its chain, this peer sends its output straig
 next hop's session instead of leaving it to the client. One stream per target session is
 opened at its first relayed step and reused for the next ones; at most `MAX_LINKS` stay open
 (the oldest is closed first: a client names a new one only after a failover). If the stream
-cannot be opened within `timeout` (a next peer this one cannot reach) or the send fails, the
-stream is dropped and `send` returns False: the peer tells its client, which then sends that
-hop its input itself. (A failed send most likely never arrived; if it did, the next peer
-refuses the client's copy as a step out of order, and the client replaces that hop.)
+cannot be opened within `timeout` (a next peer this one cannot reach), or the send fails or
+does not go out within `timeout` plus a second per `MIN_RATE` bytes (a next peer that stopped
+reading), the stream is dropped and `send` returns False: the peer tells its client, which
+then sends that hop its input itself. (If the failed send arrives after all, the next peer
+ignores whichever copy comes second.)
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from routing.rpc import BidiStream, Packet, RPCHost
 from routing.span_protocol import RELAY, RelayJoin, RelayTarget
 from security import SecurityError
 
-__all__ = ["MAX_LINKS", "RelayLinks"]
+__all__ = ["MAX_LINKS", "MIN_RATE", "RelayLinks"]
 
 logger = logging.getLogger(__name__)
 
 MAX_LINKS = 4  # relay streams one session keeps open
+MIN_RATE = 1_000_000  # bytes per second a relay send is allowed beyond `timeout`
 
 
 class RelayLinks:
@@ -39,16 +41,21 @@ class RelayLinks:
 
     async def send(self, target: RelayTarget, packet: Packet) -> bool:
         """Send one step to `target`; False if it could not go out (the stream is dropped)."""
+        bound = self._timeout + len(packet.body) / MIN_RATE
         try:
             stream = None
             with trio.move_on_after(self._timeout):
                 stream = await self._stream(target)
-            if stream is not None:
-                await stream.send(packet)  # once queued, a message goes out whole
-                return True
-            logger.info("cannot relay to %s: no stream in %.1f s", target.address, self._timeout)
+            if stream is None:
+                problem = f"no stream in {self._timeout:.1f} s"
+            else:
+                with trio.move_on_after(bound):
+                    await stream.send(packet)  # once queued, a message goes out whole
+                    return True
+                problem = f"not sent in {bound:.1f} s"
         except (RoutingError, SecurityError, OSError) as error:
-            logger.info("cannot relay to %s: %s", target.address, error)
+            problem = str(error)
+        logger.info("cannot relay to %s: %s", target.address, problem)
         await self._drop(_key(target))
         return False
 

@@ -28,7 +28,7 @@ from routing.client import ClientConfig, InferenceChain, SwarmView
 from routing.dht import DHTConfig, DHTNode, serve_dht_node
 from routing.errors import RemoteError
 from routing.memory_network import MemoryNetwork
-from routing.rpc import BidiStream, CallContext, Packet, RPCHost
+from routing.rpc import BidiStream, CallContext, Packet, RPCConfig, RPCHost
 from routing.tensor_codec import decode_tensor, encode_tensor
 from security import Identity
 from tests.support.tiny_model import write_tiny_model
@@ -197,6 +197,30 @@ async def test_a_step_taken_is_ignored_and_a_step_ahead_refused(pair: Pair) -> N
         with pytest.raises(RemoteError) as caught:
             await to_b.receive()
         assert caught.value.code == "step_order"
+
+
+async def test_a_relay_send_to_a_peer_that_stopped_reading_gives_up(
+    pair: Pair, nursery: trio.Nursery
+) -> None:
+    """Once the stream's credit is spent, a send waits for a reader that never comes: it is
+    given up after its bound (the timeout, plus a second per MIN_RATE bytes), not held until
+    the connection's write-stall timeout, so the peer can still answer its client in time."""
+    receiver = RPCHost(Identity.generate(), pair.network.transport("10.0.0.7"))
+
+    async def never_read(stream: BidiStream, context: CallContext) -> None:
+        await trio.sleep_forever()
+
+    receiver.add_stream(protocol.RELAY, never_read)
+    address = await nursery.start(receiver.run, "10.0.0.7", 1)
+    links = RelayLinks(pair.client, timeout=0.5)
+    target = protocol.RelayTarget(address, "session", "token", 0)
+    step = _step(0, torch.randn(1, 400, HIDDEN), ())  # 100 KB: 41 fill the 4 MiB of credit
+    with trio.fail_after(10):
+        sent = 0
+        while await links.send(target, step):
+            sent += 1
+    assert sent == RPCConfig().stream_window // len(step.body) + 1  # the last one overshoots
+    await links.aclose()
 
 
 async def test_a_session_keeps_at_most_a_few_relay_streams(
