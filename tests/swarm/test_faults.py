@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from routing.client import ClientConfig
+from routing.client import ClientConfig, Failover, StepTiming
 from swarm import DistributedModelForCausalLM
 from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import write_tiny_model
@@ -78,15 +78,14 @@ def test_a_stalled_hop_that_gets_relayed_steps_is_replaced(tiny: Path) -> None:
     assert relayed[-1]  # the replacement gets relayed steps again
 
 
-def test_a_slow_peer_that_answers_pings_is_waited_for(tiny: Path) -> None:
-    """Every step takes over 0.4 s (0.2 s of delay each way), longer than the client waits
-    before it pings; the pings come back, so the only peer is kept (a failover would find
-    no other) and the tokens are the local model's."""
-    expected = _local(tiny, 3)
+def _through_a_slow_peer(
+    tiny: Path, spans: list[tuple[int, int]], slow: int
+) -> tuple[list[int], list[Failover], list[list[StepTiming]]]:
+    """Three tokens with peer `slow` 0.2 s away each way, from a client that pings a peer
+    0.1 s into a late step: the tokens, the failovers and each hop's step timings."""
     config = ClientConfig(liveness_after=0.1)
-    with ThreadSwarm(tiny, [(0, 4)]) as swarm:
-        (slow,) = swarm.peers
-        swarm.fault(slow, "delay", 0.2)
+    with ThreadSwarm(tiny, spans) as swarm:
+        swarm.fault(swarm.peers[slow], "delay", 0.2)
         with (
             DistributedModelForCausalLM.from_pretrained(
                 tiny, initial_peers=[swarm.bootstrap], config=config
@@ -94,31 +93,27 @@ def test_a_slow_peer_that_answers_pings_is_waited_for(tiny: Path) -> None:
             model.inference_session(max_length=16) as session,
         ):
             tokens = list(session.stream(PROMPT, max_new_tokens=3, do_sample=False))
-            assert session.failovers == []
-            assert min(timing.seconds for timing in session.timings[0][1]) > 0.4
-    assert tokens == expected
+            return tokens, session.failovers, [steps for _, steps in session.timings]
+
+
+def test_a_slow_peer_that_answers_pings_is_waited_for(tiny: Path) -> None:
+    """Every step takes over 0.4 s, longer than the client waits before it pings; the pings
+    come back, so the only peer is kept (a failover would find no other)."""
+    tokens, failovers, timings = _through_a_slow_peer(tiny, [(0, 4)], slow=0)
+    assert tokens == _local(tiny, 3)
+    assert failovers == []
+    assert min(timing.seconds for timing in timings[0]) > 0.4
 
 
 def test_a_slow_relayed_hop_keeps_getting_relayed_steps(tiny: Path) -> None:
-    """The second hop is 0.4 s late on every step (0.2 s of delay each way): the client sends
-    it a copy of each input too, which it ignores, having taken the relayed one first; so
-    the first peer goes on relaying, and nothing is replaced."""
-    expected = _local(tiny, 3)
-    config = ClientConfig(liveness_after=0.1)
-    with ThreadSwarm(tiny, [(0, 2), (2, 4)]) as swarm:
-        swarm.fault(swarm.peers[1], "delay", 0.2)
-        with (
-            DistributedModelForCausalLM.from_pretrained(
-                tiny, initial_peers=[swarm.bootstrap], config=config
-            ) as model,
-            model.inference_session(max_length=16) as session,
-        ):
-            tokens = list(session.stream(PROMPT, max_new_tokens=3, do_sample=False))
-            assert session.failovers == []
-            second_hop = session.timings[1][1]
-    assert tokens == expected
-    assert [timing.relayed for timing in second_hop] == [True, True, True]
-    assert min(timing.seconds for timing in second_hop) > 0.2
+    """The second hop is late on every step: the client sends it a copy of each input too,
+    which it ignores, having taken the relayed one first; so the first peer goes on
+    relaying, and nothing is replaced."""
+    tokens, failovers, timings = _through_a_slow_peer(tiny, [(0, 2), (2, 4)], slow=1)
+    assert tokens == _local(tiny, 3)
+    assert failovers == []
+    assert [timing.relayed for timing in timings[1]] == [True, True, True]
+    assert min(timing.seconds for timing in timings[1]) > 0.2
 
 
 def test_a_replica_behind_50_ms_gets_few_steps(tiny: Path) -> None:

@@ -43,26 +43,6 @@ def test_logits_and_loss_equal_the_local_models(tiny: Path) -> None:
         assert model(ids).loss is None
 
 
-def test_a_replica_that_is_gone_is_banned_and_the_other_used(
-    tiny: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    ids = _batch(rows=2)
-    with torch.no_grad():
-        expected = AutoModelForCausalLM.from_pretrained(tiny)(ids).logits
-    with (
-        ThreadSwarm(tiny, [(0, 4), (0, 4)]) as swarm,
-        DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[swarm.bootstrap]) as model,
-    ):
-        gone = swarm.peers[0]
-        swarm.stop_peer(gone)
-        with caplog.at_level(logging.WARNING, logger="routing.client.forward"):
-            for _ in range(30):  # each draws it with odds 1/2 until it is banned
-                torch.testing.assert_close(model(ids).logits, expected, rtol=1e-4, atol=1e-4)
-    failed = [r.getMessage() for r in caplog.records if "failed a forward" in r.getMessage()]
-    assert len(failed) == 1  # drawn once: banned after its first failure (for 2 s, doubling)
-    assert gone.peer[:8] in failed[0]
-
-
 def test_a_request_every_peer_refuses_fails_at_once_without_bans(
     tiny: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -80,11 +60,16 @@ def test_a_request_every_peer_refuses_fails_at_once_without_bans(
             model(torch.tensor([1, 2, 3]))
 
 
-def test_a_silent_replica_is_given_up_at_its_first_missed_ping(
-    tiny: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [("gone", "failed a forward"), ("stalled", "answered neither the forward nor a ping")],
+)
+def test_a_failing_replica_is_banned_and_the_other_used(
+    tiny: Path, caplog: pytest.LogCaptureFixture, fault: str, message: str
 ) -> None:
-    """A stalled peer (nothing moves either way) fails its forward 1.5 s in (0.5 s, then a
-    1 s ping), not after the call's 10 s deadline, and the other replica takes over."""
+    """`gone`: the peer stopped (connections refused). `stalled`: nothing moves either way,
+    as with a frozen process; it fails 1.5 s in (0.5 s, then a 1 s ping), not after the
+    call's 10 s deadline. Either way it is drawn once (odds 1/2), then banned."""
     ids = _batch(rows=2)
     with torch.no_grad():
         expected = AutoModelForCausalLM.from_pretrained(tiny)(ids).logits
@@ -92,13 +77,16 @@ def test_a_silent_replica_is_given_up_at_its_first_missed_ping(
         ThreadSwarm(tiny, [(0, 4), (0, 4)]) as swarm,
         DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[swarm.bootstrap]) as model,
     ):
-        stalled = swarm.peers[0]
-        swarm.fault(stalled, "stall")
+        failing = swarm.peers[0]
+        if fault == "gone":
+            swarm.stop_peer(failing)
+        else:
+            swarm.fault(failing, "stall")
         with caplog.at_level(logging.WARNING, logger="routing.client.forward"):
-            for _ in range(30):  # until it is drawn (odds 1/2 each time)
+            for _ in range(30):  # until it is drawn
                 torch.testing.assert_close(model(ids).logits, expected, rtol=1e-4, atol=1e-4)
-        swarm.fault(stalled, "resume")
+        if fault == "stalled":
+            swarm.fault(failing, "resume")
     failed = [r.getMessage() for r in caplog.records if "failed a forward" in r.getMessage()]
     assert len(failed) == 1
-    assert stalled.peer[:8] in failed[0]
-    assert "answered neither the forward nor a ping" in failed[0]
+    assert failing.peer[:8] in failed[0] and message in failed[0]
