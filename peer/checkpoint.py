@@ -6,7 +6,8 @@ whole model: `open_checkpoint` reads the config and the tensor index (safetensor
 kilobytes), and `read_tensors` / `read_layer_tensors` open each needed file with
 `safetensors.safe_open` and copy out only the named tensors, so memory follows the span.
 
-Families are the Llama-style decoder blocks (`FAMILIES`); SmolLM2 and TinyLlama are `llama`.
+Families are the decoder blocks called like Llama's (`FAMILIES`: Llama, Mistral, Qwen2/3,
+Phi-3, Gemma); SmolLM2 and TinyLlama are `llama`.
 Anything else raises `UnsupportedModelError` naming what is supported.
 """
 
@@ -74,6 +75,8 @@ FAMILIES: Mapping[str, ModelFamily] = {
     "mistral": _family("mistral", "Mistral"),
     "qwen2": _family("qwen2", "Qwen2"),
     "qwen3": _family("qwen3", "Qwen3"),
+    "phi3": _family("phi3", "Phi3"),
+    "gemma": _family("gemma", "Gemma"),
 }
 
 

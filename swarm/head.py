@@ -1,8 +1,8 @@
 """The part of the model a client holds: token embeddings, the final norm and the LM head.
 
-The model is built on the meta device (no memory), its decoder blocks are dropped, and only
-the head's tensors are read from the checkpoint and assigned. Using the family's own
-modules keeps the logits bit-identical to the local transformers model's.
+The model is built with its parameters on the meta device (no memory), its decoder blocks are
+dropped, and only the head's tensors are read from the checkpoint and assigned. Using the
+family's own modules keeps the logits bit-identical to the local transformers model's.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import init_empty_weights
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from peer.checkpoint import read_tensors
@@ -33,7 +34,9 @@ class ClientHead:
         cls, path: Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu"
     ) -> ClientHead:
         config = AutoConfig.from_pretrained(path)
-        with torch.device("meta"):
+        # parameters on the meta device (no memory: the head's are read below), buffers for
+        # real: computed, not stored, such as Gemma's embedding scale
+        with torch.device(device), init_empty_weights(include_buffers=False):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
         model.model.layers = torch.nn.ModuleList()
         tensors = read_tensors(path, [name for name in HEAD_TENSORS])

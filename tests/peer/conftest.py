@@ -16,8 +16,10 @@ import pytest
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    GemmaConfig,
     LlamaConfig,
     MistralConfig,
+    Phi3Config,
     PretrainedConfig,
     Qwen2Config,
     Qwen3Config,
@@ -41,9 +43,13 @@ CONFIGS: dict[str, Callable[..., PretrainedConfig]] = {
     "mistral": MistralConfig,
     "qwen2": Qwen2Config,
     "qwen3": Qwen3Config,
+    "phi3": Phi3Config,
+    "gemma": GemmaConfig,
 }
 EXTRA: dict[str, dict[str, Any]] = {
     "qwen3": {"head_dim": 16},
+    "gemma": {"head_dim": 16},
+    "phi3": {"pad_token_id": 0},
 }
 
 MakeCheckpoint = Callable[..., Path]
@@ -112,7 +118,7 @@ class Reference:
             for index in range(start, end):
                 if layer_types is not None:
                     mask = masks[layer_types[index]]
-                elif self.config.model_type == "mistral":
+                elif self.config.model_type in ("mistral", "phi3"):  # one window for all
                     mask = masks.get("sliding_attention", masks["full_attention"])
                 else:
                     mask = masks["full_attention"]

@@ -102,7 +102,7 @@ def test_chunks_after_the_prompt(
     torch.testing.assert_close(got, reference.blocks(hidden, 0, 4), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "phi3"])
 def test_sliding_window(family: str, make_checkpoint: MakeCheckpoint) -> None:
     """A window shorter than the sequence: masks must drop old tokens like transformers."""
     extra = {"use_sliding_window": True, "max_window_layers": 2} if family == "qwen2" else {}

@@ -22,7 +22,7 @@ from routing.client import ChainFailedError, ClientConfig
 from swarm import DistributedModelForCausalLM
 from swarm.errors import SwarmError
 from tests.support.thread_swarm import ThreadSwarm
-from tests.support.tiny_model import write_tiny_model
+from tests.support.tiny_model import FAMILIES, write_tiny_model
 
 CHAINS = {1: [(0, 4)], 2: [(0, 2), (2, 4)], 3: [(0, 1), (1, 3), (3, 4)]}
 PROMPT = torch.tensor([[1, 40, 41, 42, 43, 44, 45]])
@@ -32,7 +32,7 @@ NEW_TOKENS = 24
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {f: write_tiny_model(root / f, f, seed=3) for f in ("llama", "mistral", "qwen2")}
+    return {f: write_tiny_model(root / f, f, seed=3) for f in FAMILIES}
 
 
 def _local(checkpoint: Path, prompt: torch.Tensor, seed: int | None = None, **kw: Any) -> list[int]:
@@ -65,7 +65,7 @@ def _until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     return condition()
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("hops", [1, 2, 3])
 def test_greedy_equals_local_generate(checkpoints: dict[str, Path], family: str, hops: int) -> None:
     checkpoint = checkpoints[family]
