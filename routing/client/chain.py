@@ -39,7 +39,7 @@ from ..announcement import PeerAnnouncement
 from ..path_selection import Hop, NoRouteError
 from ..rpc import RPCHost
 from ..span_protocol import RelayTarget
-from .hop_session import LINK_ERRORS, HopSession, Liveness, StepTiming
+from .hop_session import LINK_ERRORS, HopSession, Liveness, Resend, StepTiming
 from .swarm_view import SwarmView
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class InferenceChain:
                     resend = None
                     if at > index:  # relayed: if it is late, the client sends a copy too
                         hop.expect()
-                        resend = self._relay_targets(at)
+                        resend = Resend(self._relay_targets(at), self._copy_after(at))
                     output, relayed = await hop.receive(hidden, self._timeout(hidden), resend)
                     self.view.bans.succeeded(hop.hop.peer)
                     if at > index and not hop.timings[-1].relayed:  # the copy was first
@@ -143,6 +143,14 @@ class InferenceChain:
                 self.hops[at : at + 1] = await self._replace(self.hops[at], error)
                 index = at
         return hidden
+
+    def _copy_after(self, at: int) -> float:
+        """How late relayed hop `at` may be before the client sends its own copy of the input:
+        twice what the previous hop's blocks took on this step, scaled to this hop's blocks
+        (a long prompt is slow at every hop; a lost relay is not)."""
+        previous, this = self.hops[at - 1].hop, self.hops[at].hop
+        compute = self.hops[at - 1].timings[-1].compute_seconds or 0.0
+        return 2 * compute * (this.end - this.start) / (previous.end - previous.start)
 
     def _relay_targets(self, index: int) -> tuple[RelayTarget, ...]:
         """The hops after `index` that a step sent to it can be relayed to, in order: up to

@@ -60,6 +60,16 @@ class Liveness:
     ping: Callable[[], Awaitable[bool]]
 
 
+@dataclass(frozen=True)
+class Resend:
+    """For a step relayed to a hop: once its answer is `after` seconds late and the peer still
+    answers pings, the client sends its own copy of the input, naming `relay` as the hops
+    after; the peer takes whichever copy comes first."""
+
+    relay: tuple[RelayTarget, ...]
+    after: float = 0.0
+
+
 LINK_ERRORS = (RoutingError, SecurityError)  # what a failing peer or link raises
 
 
@@ -135,24 +145,24 @@ class HopSession:
         self,
         hidden: torch.Tensor,
         timeout: float,  # noqa: ASYNC109
-        resend: tuple[RelayTarget, ...] | None = None,
+        resend: Resend | None = None,
     ) -> tuple[torch.Tensor, bool]:
         """The answer to the step whose input is `hidden`, and whether the peer relayed its
-        output to the next hop. On success `hidden` joins the history.
-
-        `resend` (for a step relayed to this hop): if the answer is late but the peer
-        answers a ping, the relayed copy may be lost, so the client sends its own copy of
-        `hidden` (naming `resend` as the hops after), and the peer takes whichever comes
-        first. The step's timing says which one it took.
-        """
+        output to the next hop. On success `hidden` joins the history. With `resend` (a step
+        relayed to this hop, whose relayed copy may be lost), the step's timing says which
+        copy the peer took."""
         stream = self._stream
         if stream is None:
             raise ProtocolError("the session is not open")
+        late = None
+        if resend is not None:
+            relay = resend.relay
 
-        async def send_copy() -> None:
-            await self._send_step(hidden, timeout, resend or ())
+            async def send_copy() -> None:
+                await self._send_step(hidden, timeout, relay)
 
-        reply = await self._next_reply(stream, timeout, None if resend is None else send_copy)
+            late = (resend.after, send_copy)
+        reply = await self._next_reply(stream, timeout, late)
         number, tensor = parse_step(reply.header)
         output = decode_tensor(tensor, reply.body)
         if number != self._steps or output.shape != hidden.shape:
@@ -189,12 +199,14 @@ class HopSession:
         self,
         stream: BidiStream,
         timeout: float,  # noqa: ASYNC109
-        when_late: Callable[[], Awaitable[None]] | None = None,
+        late: tuple[float, Callable[[], Awaitable[None]]] | None = None,
         awaited: str = "the step",
     ) -> Packet:
         """The next reply within `timeout` s. Every `liveness.every` s without one, the peer
-        must answer a ping; after the first it answers, `when_late` runs (once)."""
-        deadline = trio.current_time() + timeout
+        must answer a ping; `late` = (seconds, action): the action runs once, after the first
+        ping the peer answers that many seconds or more into the wait."""
+        began = trio.current_time()
+        deadline = began + timeout
         every = self._liveness.every if self._liveness else timeout
         while True:
             with trio.move_on_at(min(deadline, trio.current_time() + every)):
@@ -205,9 +217,9 @@ class HopSession:
                 raise PeerUnresponsiveError(
                     f"{self.hop.peer[:8]} answered neither {awaited} nor a ping"
                 )
-            if when_late is not None:
-                await when_late()
-                when_late = None
+            if late is not None and trio.current_time() - began >= late[0]:
+                await late[1]()
+                late = None
 
     async def close(self) -> None:
         """End the session (the peer frees its cache)."""
