@@ -2,7 +2,9 @@
 
 The model is built with its parameters on the meta device (no memory), its decoder blocks are
 dropped, and only the head's tensors are read from the checkpoint and assigned. Using the
-family's own modules keeps the logits bit-identical to the local transformers model's.
+family's own modules keeps the logits bit-identical to the local transformers model's. On a
+GPU (`device="cuda"`) the head computes there, and hands embeddings and logits back on the
+CPU, where the network and the sampling are.
 """
 
 from __future__ import annotations
@@ -54,10 +56,19 @@ class ClientHead:
     def dtype(self) -> torch.dtype:
         return self.model.model.embed_tokens.weight.dtype  # type: ignore[no-any-return]
 
+    @property
+    def device(self) -> torch.device:
+        return self.model.model.embed_tokens.weight.device  # type: ignore[no-any-return]
+
     @torch.inference_mode()
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.model.embed_tokens(input_ids)  # type: ignore[no-any-return]
+        """Embeddings of `input_ids`, computed on the head's device, returned on the CPU."""
+        hidden: torch.Tensor = self.model.model.embed_tokens(input_ids.to(self.device))
+        return hidden.cpu()
 
     @torch.inference_mode()
     def logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(self.model.model.norm(hidden_states))  # type: ignore[no-any-return]
+        """Logits of `hidden_states`, computed on the head's device, returned on the CPU."""
+        hidden = hidden_states.to(self.device)
+        logits: torch.Tensor = self.model.lm_head(self.model.model.norm(hidden))
+        return logits.cpu()
