@@ -163,6 +163,8 @@ class DistributedModelForCausalLM:
 
         if input_ids.dim() != 2:
             raise SwarmError(f"input_ids must be [batch, length], not {list(input_ids.shape)}")
+        if labels is not None and labels.shape != input_ids.shape:
+            raise SwarmError(f"labels must have the shape of input_ids, {list(input_ids.shape)}")
         check_attention_mask(attention_mask, input_ids)
         through_swarm = partial(forward_through_swarm, self._view, rng=self._rng)
         hidden = self._loop.run(through_swarm, self.head.embed(input_ids))
