@@ -219,13 +219,13 @@ class InferenceChain:
             try:
                 route = self.view.route(start, end, tokens_needed=self.max_length)
             except NoRouteError as error:
+                if not refreshed:  # the swarm may have changed since the view was read
+                    await self.view.refresh()
+                    refreshed = True
+                    continue
                 if last_error is not None:
                     raise ChainFailedError(error.missing, last_error) from last_error
-                if refreshed:
-                    raise
-                await self.view.refresh()
-                refreshed = True
-                continue
+                raise
             opened: list[HopSession] = []
             current = route[0]
             try:

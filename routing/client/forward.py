@@ -53,13 +53,13 @@ async def forward_through_swarm(
                 view.candidates(), view.num_blocks, rng=rng, banned=banned, start=boundary
             )[0]
         except NoRouteError as error:
+            if not refreshed:  # the swarm may have changed since the view was read
+                await view.refresh()
+                refreshed = True
+                continue
             if last_error is not None:
                 raise ChainFailedError(error.missing, last_error) from last_error
-            if refreshed:
-                raise
-            await view.refresh()
-            refreshed = True
-            continue
+            raise
         try:
             hidden = await _forward_hop(view, hop, peers[hop.peer], hidden, timeout)
         except LINK_ERRORS as error:

@@ -208,6 +208,24 @@ async def test_no_replica_left_is_a_clear_error_naming_the_blocks(
     assert isinstance(caught.value.__cause__, RemoteError)
 
 
+async def test_a_failover_reads_the_swarm_again_before_giving_up(
+    autojump_clock: trio.testing.MockClock, net: Net
+) -> None:
+    """The only peer for blocks 2..3 fails; one that joined after the view was read takes
+    over (before, the chain gave up without looking)."""
+    await net.peer(0, 2)
+    only = await net.peer(2, 4)
+    sequence = _sequence(4)
+    async with InferenceChain(await net.view(), net.rpc, max_length=64) as chain:
+        outputs = [await chain.step(sequence[:, :3])]
+        newcomer = await net.peer(2, 4)
+        only.fault = "error"
+        outputs.append(await chain.step(sequence[:, 3:]))
+        assert chain.route[1].peer == newcomer.peer
+        assert [f.peer for f in chain.failovers] == [only.peer]
+    torch.testing.assert_close(torch.cat(outputs, dim=1), reference(sequence))
+
+
 async def test_a_cancelled_step_is_not_a_failover_and_leaves_no_session(
     autojump_clock: trio.testing.MockClock, net: Net
 ) -> None:
