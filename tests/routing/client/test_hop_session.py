@@ -26,12 +26,14 @@ HIDDEN = torch.ones(1, 1, 8)
 
 
 class ScriptedPeer:
-    """Opens the session at once; answers step 0 when `answer()` is called."""
+    """Opens the session at once (unless `opens` is False); answers step 0 when `answer()`
+    is called."""
 
-    def __init__(self) -> None:
+    def __init__(self, opens: bool = True) -> None:
         self.received: list[tuple[float, int]] = []  # (when, step number)
         self._replies, self._inbox = trio.open_memory_channel[Packet](8)
-        self._replies.send_nowait(Packet(SessionOpened("s", 0, 2, 16).header()))
+        if opens:
+            self._replies.send_nowait(Packet(SessionOpened("s", 0, 2, 16).header()))
 
     def answer(self) -> None:
         header, body = encode_tensor(HIDDEN)
@@ -49,13 +51,17 @@ class ScriptedPeer:
         yield self
 
 
-async def _session(peer: ScriptedPeer, alive: bool | None) -> HopSession:
+def _unopened(alive: bool | None) -> HopSession:
     async def ping() -> bool:
         return bool(alive)
 
     liveness = None if alive is None else Liveness(0.5, ping)
     address = PeerAddress("10.0.0.1", 1, Identity.generate().peer_id)
-    session = HopSession(Hop("peer", 0, 2), address, torch.float32, liveness)
+    return HopSession(Hop("peer", 0, 2), address, torch.float32, liveness)
+
+
+async def _session(peer: ScriptedPeer, alive: bool | None) -> HopSession:
+    session = _unopened(alive)
     await session.open(peer, max_length=16, timeout=5.0)  # type: ignore[arg-type]
     return session
 
@@ -95,3 +101,13 @@ async def test_without_liveness_only_the_deadline_counts(
     with pytest.raises(CallTimeoutError, match=r"did not answer in 3\.0 s"):
         await session.receive(HIDDEN, 3.0)
     assert trio.current_time() - began == pytest.approx(3.0)
+
+
+async def test_opening_a_session_on_a_silent_peer_fails_at_its_first_missed_ping(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    session = _unopened(alive=False)
+    began = trio.current_time()
+    with pytest.raises(PeerUnresponsiveError, match="neither the session request nor a ping"):
+        await session.open(ScriptedPeer(opens=False), max_length=16, timeout=10.0)  # type: ignore[arg-type]
+    assert trio.current_time() - began == pytest.approx(0.5)
