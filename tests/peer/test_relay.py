@@ -219,7 +219,7 @@ async def test_a_relay_send_to_a_peer_that_stopped_reading_gives_up(
         sent = 0
         while await links.send(target, step):
             sent += 1
-    assert sent == RPCConfig().stream_window // len(step.body) + 1  # the last one overshoots
+    assert 0 < sent <= RPCConfig().stream_window // len(step.body) + 1  # one may overshoot
     await links.aclose()
 
 
