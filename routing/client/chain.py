@@ -124,7 +124,7 @@ class InferenceChain:
                     resend = None
                     if at > index:  # relayed: if it is late, the client sends a copy too
                         hop.expect()
-                        resend = Resend(self._relay_targets(at), self._copy_after(at))
+                        resend = Resend(onward[at - index :], self._copy_after(at))
                     output, relayed = await hop.receive(hidden, self._timeout(hidden), resend)
                     self.view.bans.succeeded(hop.hop.peer)
                     if at > index and not hop.timings[-1].relayed:  # the copy was first

@@ -1,8 +1,8 @@
 """Batch forward through the swarm: whole sequences' hidden states through every block.
 
 Stateless (`span.forward`: no session, no cache), so each call picks its chain for
-throughput rather than latency: `spread_choice` draws, at every block boundary, a replica in
-proportion to its spare throughput, and concurrent calls spread over the swarm. A hop that
+throughput rather than latency: `SwarmView.spread` draws, at every block boundary, a replica
+in proportion to its spare throughput, and concurrent calls spread over the swarm. A hop that
 fails is banned like a failing hop of an inference chain, and the blocks it was to run are
 drawn again from the peers left; nothing needs replaying. While a call is unanswered, the
 peer must answer a ping every `liveness_after` seconds, as a hop of a chain must. A request
@@ -21,7 +21,7 @@ import trio
 from ..address import PeerAddress
 from ..announcement import PeerAnnouncement
 from ..errors import PeerUnresponsiveError, ProtocolError, RemoteError
-from ..path_selection import Hop, NoRouteError, spread_choice
+from ..path_selection import Hop, NoRouteError
 from ..rpc import Packet
 from ..span_protocol import FORWARD, forward_header, tensor_header
 from ..tensor_codec import decode_tensor, encode_tensor
@@ -47,11 +47,8 @@ async def forward_through_swarm(
     last_error: BaseException | None = None
     while boundary < view.num_blocks:
         peers = view.peers  # as drawn (a refresh may replace the view meanwhile)
-        banned = view.bans.banned() | view.unreachable
         try:
-            hop = spread_choice(
-                view.candidates(), view.num_blocks, rng=rng, banned=banned, start=boundary
-            )[0]
+            hop = view.spread(boundary, rng)[0]
         except NoRouteError as error:
             if not refreshed:  # the swarm may have changed since the view was read
                 await view.refresh()

@@ -12,6 +12,7 @@ did not answer their last ping (until one answers again).
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from ..address import PeerAddress
 from ..announcement import PeerAnnouncement, PeerState, block_key
 from ..dht import DHTNode
 from ..errors import ProtocolError, RoutingError
-from ..path_selection import Candidate, Hop, fastest_chain
+from ..path_selection import Candidate, Hop, fastest_chain, spread_choice
 from ..rpc import RPCHost
 from .bans import Bans
 from .rtt import RttTable
@@ -174,5 +175,16 @@ class SwarmView:
             start=start,
             end=end,
             tokens_needed=tokens_needed,
-            banned=self.bans.banned() | self.unreachable,
+            banned=self._avoided(),
         )
+
+    def spread(self, start: int, rng: random.Random) -> list[Hop]:
+        """A chain over blocks [start, N) for batch forward, replicas drawn by spare
+        throughput (`routing.path_selection.spread_choice`); leaves out whom `route` does."""
+        return spread_choice(
+            self.candidates(), self.num_blocks, rng=rng, banned=self._avoided(), start=start
+        )
+
+    def _avoided(self) -> frozenset[str]:
+        """Banned peers, and peers that did not answer their last ping."""
+        return self.bans.banned() | self.unreachable
