@@ -187,7 +187,6 @@ class InferenceChain:
             lost.hop.peer[:8], lost.hop.start, lost.hop.end - 1, error, seconds,
         )  # fmt: skip
         await lost.close()
-        history = torch.cat(lost.inputs, dim=1) if lost.inputs else None
         replacement = await self._open_range(lost.hop.start, lost.hop.end, lost.inputs, error)
         self.failovers.append(
             Failover(
@@ -196,7 +195,7 @@ class InferenceChain:
                 end=lost.hop.end,
                 error=str(error),
                 seconds=time.monotonic() - began,
-                replayed_tokens=0 if history is None else int(history.shape[1]),
+                replayed_tokens=lost.tokens,
             )
         )
         return replacement
