@@ -7,7 +7,8 @@ kilobytes), and `read_tensors` / `read_layer_tensors` open each needed file with
 `safetensors.safe_open` and copy out only the named tensors, so memory follows the span.
 
 Families are the decoder blocks called like Llama's (`FAMILIES`: Llama, Mistral, Qwen2/3,
-Phi-3, Gemma); SmolLM2 and TinyLlama are `llama`.
+Phi-3, Gemma, OLMo, OLMo 2, StableLM, StarCoder2, and the mixtures of experts Mixtral,
+Qwen2-MoE, Qwen3-MoE and OLMoE); SmolLM2 and TinyLlama are `llama`.
 Anything else raises `UnsupportedModelError` naming what is supported.
 """
 
@@ -71,12 +72,24 @@ def _family(name: str, prefix: str) -> ModelFamily:
 
 
 FAMILIES: Mapping[str, ModelFamily] = {
-    "llama": _family("llama", "Llama"),
-    "mistral": _family("mistral", "Mistral"),
-    "qwen2": _family("qwen2", "Qwen2"),
-    "qwen3": _family("qwen3", "Qwen3"),
-    "phi3": _family("phi3", "Phi3"),
-    "gemma": _family("gemma", "Gemma"),
+    family.name: family
+    for family in (
+        _family("llama", "Llama"),  # also SmolLM2, TinyLlama
+        _family("mistral", "Mistral"),
+        _family("qwen2", "Qwen2"),
+        _family("qwen3", "Qwen3"),
+        _family("phi3", "Phi3"),
+        _family("gemma", "Gemma"),
+        _family("olmo", "Olmo"),
+        _family("olmo2", "Olmo2"),
+        _family("stablelm", "StableLm"),
+        _family("starcoder2", "Starcoder2"),
+        # mixtures of experts (their checkpoints' per-expert tensors: `peer.expert_weights`)
+        _family("mixtral", "Mixtral"),
+        _family("qwen2_moe", "Qwen2Moe"),
+        _family("qwen3_moe", "Qwen3Moe"),
+        _family("olmoe", "Olmoe"),
+    )
 }
 
 
@@ -119,7 +132,7 @@ def detect_family(config: Mapping[str, Any]) -> ModelFamily:
     if family is None:
         raise UnsupportedModelError(
             f"model_type {model_type!r} is not supported; supported: {', '.join(FAMILIES)} "
-            "(Llama, SmolLM2, TinyLlama, Mistral, Qwen2, Qwen3)"
+            "(SmolLM2 and TinyLlama are llama)"
         )
     return family
 

@@ -29,6 +29,7 @@ import torch
 
 from .checkpoint import Checkpoint, ModelFamily, open_checkpoint, read_layer_tensors
 from .errors import CheckpointError, InvalidRequestError
+from .expert_weights import stack_experts
 
 __all__ = ["SUPPORTED_DTYPES", "Span", "cache_keyword", "load_span", "parse_dtype"]
 
@@ -93,9 +94,11 @@ class Span:
     def shape_key(self) -> str:
         """Identifies the compute shape (not the weights): used to cache throughput."""
         c = self.config
+        experts = getattr(c, "num_local_experts", None) or getattr(c, "num_experts", None)
         return (
             f"{self.family.name}-h{c.hidden_size}-i{c.intermediate_size}-a{c.num_attention_heads}"
             f"-kv{self.num_kv_heads}-d{self.head_dim}"
+            + (f"-e{experts}x{c.num_experts_per_tok}" if experts else "")
         )
 
     def rotary_embeddings(
@@ -138,13 +141,13 @@ def cache_keyword(function: Callable[..., Any]) -> str:
     return "cache" if "cache" in inspect.signature(function).parameters else "past_key_values"
 
 
-def _window(layer: torch.nn.Module, config: Any) -> int | None:
-    attention: Any = layer.self_attn
-    if hasattr(attention, "sliding_window"):  # Qwen2/3: set per layer from config.layer_types
-        window = attention.sliding_window
-    else:  # Mistral reads config.sliding_window at run time; Llama has none
-        window = getattr(config, "sliding_window", None)
-    return int(window) if window is not None else None
+def _window(config: Any, layer: int) -> int | None:
+    """The sliding window of block `layer` (global index), None for full attention."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and layer_types[layer] != "sliding_attention":
+        return None  # Qwen2/3 and Qwen2-MoE choose per block (Qwen2-MoE's "no window" is 0)
+    return int(window) if window else None  # Mistral, Phi-3: one window for every block
 
 
 def _build_layer(
@@ -154,6 +157,7 @@ def _build_layer(
     with torch.device("meta"):
         module: torch.nn.Module = layer_class(config, layer)  # global index: picks layer_types
     tensors = read_layer_tensors(checkpoint, layer, dtype=dtype, device=device)
+    tensors = stack_experts(tensors, module.state_dict().keys())
     try:
         module.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as error:
@@ -185,6 +189,8 @@ def load_span(
     torch_device = torch.device(device)
     config = copy.deepcopy(checkpoint.config)
     config._attn_implementation = "sdpa"
+    if hasattr(config, "_experts_implementation"):  # transformers 5: what its models default to
+        config._experts_implementation = "grouped_mm"
     layers = torch.nn.ModuleList(
         _build_layer(checkpoint, config, layer, layer - start, torch_dtype, str(torch_device))
         for layer in range(start, end)
@@ -208,7 +214,7 @@ def load_span(
         end=end,
         layers=layers,
         rotary=rotary.eval(),
-        windows=tuple(_window(layer, config) for layer in layers),
+        windows=tuple(_window(config, layer) for layer in range(start, end)),
         dtype=torch_dtype,
         device=torch_device,
     )

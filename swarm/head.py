@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 from accelerate import init_empty_weights
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
-from peer.checkpoint import read_tensors
+from peer.checkpoint import open_checkpoint, read_tensors
+from peer.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
-HEAD_TENSORS = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
+HEAD_MODULES = ("model.embed_tokens.", "model.norm.", "lm_head.")  # a norm may have a bias
 
 
 class ClientHead:
@@ -35,19 +36,25 @@ class ClientHead:
     def from_pretrained(
         cls, path: Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu"
     ) -> ClientHead:
-        config = AutoConfig.from_pretrained(path)
+        checkpoint = open_checkpoint(path)  # a family the peers support, or a clear error
+        config = checkpoint.config
         # parameters on the meta device (no memory: the head's are read below), buffers for
         # real: computed, not stored, such as Gemma's embedding scale
         with torch.device(device), init_empty_weights(include_buffers=False):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
         model.model.layers = torch.nn.ModuleList()
-        tensors = read_tensors(path, [name for name in HEAD_TENSORS])
+        tensors = read_tensors(
+            checkpoint, [n for n in checkpoint.tensor_files if n.startswith(HEAD_MODULES)]
+        )
         if "lm_head.weight" not in tensors:  # tied to the embeddings
             tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
         state = {name: tensor.to(device=device, dtype=dtype) for name, tensor in tensors.items()}
         model.load_state_dict(state, strict=False, assign=True)
         if getattr(config, "tie_word_embeddings", False):
             model.lm_head.weight = model.model.embed_tokens.weight
+        missing = [name for name, p in model.named_parameters() if p.is_meta]
+        if missing:
+            raise CheckpointError(f"the checkpoint has no tensors for {missing}")
         model.eval()
         logger.info("client head of %s loaded (%d tensors)", path.name, len(tensors))
         return cls(model)

@@ -14,19 +14,11 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    GemmaConfig,
-    LlamaConfig,
-    MistralConfig,
-    Phi3Config,
-    PretrainedConfig,
-    Qwen2Config,
-    Qwen3Config,
-)
+from transformers import AutoModelForCausalLM
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from peer.span import cache_keyword
+from tests.support.tiny_model import FAMILIES, tiny_config
 
 SMALL: dict[str, Any] = {
     "hidden_size": 64,
@@ -38,26 +30,14 @@ SMALL: dict[str, Any] = {
     "max_position_embeddings": 256,
 }
 
-CONFIGS: dict[str, Callable[..., PretrainedConfig]] = {
-    "llama": LlamaConfig,
-    "mistral": MistralConfig,
-    "qwen2": Qwen2Config,
-    "qwen3": Qwen3Config,
-    "phi3": Phi3Config,
-    "gemma": GemmaConfig,
-}
-EXTRA: dict[str, dict[str, Any]] = {
-    "qwen3": {"head_dim": 16},
-    "gemma": {"head_dim": 16},
-    "phi3": {"pad_token_id": 0},
-}
+EXTRA: dict[str, dict[str, Any]] = {"phi3": {"pad_token_id": 0}}  # its default is > vocab_size
 
 MakeCheckpoint = Callable[..., Path]
 
 
 def build_checkpoint(directory: Path, family: str, seed: int = 0, **overrides: Any) -> Path:
     shard = overrides.pop("max_shard_size", None)
-    config = CONFIGS[family](**{**SMALL, **EXTRA.get(family, {}), **overrides})
+    config = tiny_config(family, **{**SMALL, **EXTRA.get(family, {}), **overrides})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # non-trivial norms and biases, so that loading them is checked
@@ -74,7 +54,9 @@ def build_checkpoint(directory: Path, family: str, seed: int = 0, **overrides: A
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One checkpoint per family, built once for the whole test session."""
-    return {family: build_checkpoint(tmp_path_factory.mktemp(family), family) for family in CONFIGS}
+    return {
+        family: build_checkpoint(tmp_path_factory.mktemp(family), family) for family in FAMILIES
+    }
 
 
 @pytest.fixture
@@ -118,10 +100,8 @@ class Reference:
             for index in range(start, end):
                 if layer_types is not None:
                     mask = masks[layer_types[index]]
-                elif self.config.model_type in ("mistral", "phi3"):  # one window for all
+                else:  # Mistral, Phi-3, StarCoder2, Mixtral: one window (or none) for all
                     mask = masks.get("sliding_attention", masks["full_attention"])
-                else:
-                    mask = masks["full_attention"]
                 hidden = self.model.model.layers[index](
                     hidden,
                     attention_mask=mask,

@@ -123,7 +123,14 @@ EQUAL = {"a": (1, 4), "b": (2, 4), "c": (1, 4)}
 
 @pytest.mark.parametrize(
     ("family", "rows", "lengths"),
-    [("llama", 64, MIXED), ("llama", 3, MIXED), ("qwen3", 64, MIXED), ("llama", 64, EQUAL)],
+    [
+        ("llama", 64, MIXED),
+        ("llama", 3, MIXED),
+        ("qwen3", 64, MIXED),
+        ("llama", 64, EQUAL),
+        ("mixtral", 64, MIXED),  # experts: each token routed on its own, merged or not
+        ("qwen2_moe", 64, MIXED),
+    ],
 )
 def test_step_many_equals_single_steps(
     family: str, rows: int, lengths: dict[str, tuple[int, int]], checkpoints: dict[str, Path]

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from peer.backend import SpanBackend
+from tests.support.tiny_model import FAMILIES
 
-from .conftest import CONFIGS, MakeCheckpoint, Reference
+from .conftest import MakeCheckpoint, Reference
 
-FAMILIES = list(CONFIGS)
 RANGES = [(0, 4), (1, 3), (3, 4), (0, 1)]
 
 
@@ -102,13 +102,16 @@ def test_chunks_after_the_prompt(
     torch.testing.assert_close(got, reference.blocks(hidden, 0, 4), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen2", "phi3"])
+@pytest.mark.parametrize(
+    "family", ["mistral", "qwen2", "phi3", "starcoder2", "mixtral", "qwen2_moe"]
+)
 def test_sliding_window(family: str, make_checkpoint: MakeCheckpoint) -> None:
     """A window shorter than the sequence: masks must drop old tokens like transformers."""
-    extra = {"use_sliding_window": True, "max_window_layers": 2} if family == "qwen2" else {}
+    per_block = family.startswith("qwen2")
+    extra = {"use_sliding_window": True, "max_window_layers": 2} if per_block else {}
     path = make_checkpoint(family, sliding_window=5, **extra)
     reference = Reference(path)
-    if family == "qwen2":  # mixed layer types: 2 full, 2 sliding
+    if per_block:  # mixed layer types: some full, some sliding
         assert set(reference.config.layer_types) == {"full_attention", "sliding_attention"}
     backend = SpanBackend.load(path, 0, 4)
     assert any(window == 5 for window in backend.span.windows)
@@ -129,13 +132,14 @@ def test_sharded_checkpoint(make_checkpoint: MakeCheckpoint) -> None:
     assert torch.equal(backend.forward(hidden), reference.blocks(hidden, 1, 4))
 
 
+@pytest.mark.parametrize("family", ["llama", "mixtral"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision(
-    dtype: torch.dtype, checkpoints: dict[str, Path], references: dict[str, Reference]
+    family: str, dtype: torch.dtype, checkpoints: dict[str, Path], references: dict[str, Reference]
 ) -> None:
-    backend = SpanBackend.load(checkpoints["llama"], 0, 2, dtype=dtype)
+    backend = SpanBackend.load(checkpoints[family], 0, 2, dtype=dtype)
     assert {p.dtype for p in backend.span.layers.parameters()} == {dtype}
-    reference = references["llama"]
+    reference = references[family]
     hidden = reference.embed(_ids(1, 8))
     expected = reference.blocks(hidden, 0, 2)
     got = backend.forward(hidden.to(dtype))

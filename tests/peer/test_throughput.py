@@ -12,6 +12,8 @@ from peer import throughput
 from peer.backend import SpanBackend
 from peer.throughput import Throughput, get_throughput, throughput_key
 
+from .conftest import MakeCheckpoint
+
 
 def test_measured_once_then_cached(
     checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -38,3 +40,16 @@ def test_measured_once_then_cached(
     (tmp_path / "throughput.json").write_text("{not json")
     assert get_throughput(backend, tmp_path).num_layers == 2
     assert list(json.loads((tmp_path / "throughput.json").read_text())) == [key]
+
+
+def test_the_key_tells_mixtures_of_experts_apart(make_checkpoint: MakeCheckpoint) -> None:
+    """Same dimensions, different experts: a different cost per token, so another key."""
+    keys = {
+        throughput_key(SpanBackend.load(make_checkpoint("mixtral", **experts), 0, 1))
+        for experts in [
+            {"num_local_experts": 4, "num_experts_per_tok": 2},
+            {"num_local_experts": 8, "num_experts_per_tok": 2},
+            {"num_local_experts": 4, "num_experts_per_tok": 1},
+        ]
+    }
+    assert len(keys) == 3 and all("mixtral" in key for key in keys)

@@ -13,25 +13,31 @@ from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    AutoModelForCausalLM,
-    GemmaConfig,
-    LlamaConfig,
-    MistralConfig,
-    Phi3Config,
-    PretrainedConfig,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-)
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerFast
 
-FAMILIES: dict[str, type[PretrainedConfig]] = {
-    "llama": LlamaConfig,
-    "mistral": MistralConfig,
-    "qwen2": Qwen2Config,
-    "phi3": Phi3Config,
-    "gemma": GemmaConfig,
+FAMILIES = (
+    *("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "olmo", "olmo2", "stablelm"),
+    *("starcoder2", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"),  # the last four: experts
+)
+_EXPERTS = {"num_experts_per_tok": 2, "moe_intermediate_size": 32}
+FAMILY_SETTINGS: dict[str, dict[str, Any]] = {  # what differs from each config's defaults
+    "qwen3": {"head_dim": 16},
+    "gemma": {"head_dim": 16},  # its default: 256
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen2_moe": {"num_experts": 4, "shared_expert_intermediate_size": 64, **_EXPERTS},
+    "qwen3_moe": {"num_experts": 4, "head_dim": 16, **_EXPERTS},
+    "olmoe": {"num_experts": 4, "num_experts_per_tok": 2},
 }
-FAMILY_SETTINGS: dict[str, dict[str, Any]] = {"gemma": {"head_dim": 16}}  # its default: 256
+
+
+def tiny_config(family: str, **settings: Any) -> PretrainedConfig:
+    """The config of a `family` model with its tiny-model settings, then `settings`."""
+    config: PretrainedConfig = AutoConfig.for_model(
+        family, **{**FAMILY_SETTINGS.get(family, {}), **settings}
+    )
+    return config
+
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -83,11 +89,10 @@ def write_tiny_model(
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
-        **FAMILY_SETTINGS.get(family, {}),
         **config,
     }
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(FAMILIES[family](**settings))
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **settings))
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

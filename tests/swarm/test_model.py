@@ -2,7 +2,7 @@
 
 Peers run `serve_peer` in a thread of the test process on loopback TCP (tests/support/
 thread_swarm.py): the whole stack (Noise, RPC, DHT, span server, compute worker) but no
-process start-up, so chains of 1, 2 and 3 peers on three families stay fast. The reference
+process start-up, so chains of 1, 2 and 3 peers on every family stay fast. The reference
 is `generate()` of the same checkpoint loaded by transformers.
 """
 

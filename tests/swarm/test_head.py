@@ -1,0 +1,44 @@
+"""The client's head: every tensor of the embeddings, final norm and LM head, or a clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, GPT2Config
+
+from peer.errors import CheckpointError, UnsupportedModelError
+from swarm.head import ClientHead
+from tests.support.tiny_model import write_tiny_model
+
+
+def test_a_final_norm_with_a_bias_is_read(tmp_path: Path) -> None:
+    """StableLM's final norm is a LayerNorm with a bias: the head's logits equal the model's."""
+    path = write_tiny_model(tmp_path / "stablelm", "stablelm")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():  # a LayerNorm's bias starts at zero: make it count
+        model.model.norm.bias.normal_()
+    model.save_pretrained(path)
+    head = ClientHead.from_pretrained(path)
+    hidden = torch.randn(1, 3, model.config.hidden_size)
+    with torch.no_grad():
+        expected = model.lm_head(model.model.norm(hidden))
+    assert torch.equal(head.logits(hidden), expected)
+
+
+def test_a_head_tensor_missing_from_the_checkpoint_is_named(tmp_path: Path) -> None:
+    path = write_tiny_model(tmp_path / "stablelm", "stablelm")
+    tensors = load_file(path / "model.safetensors")
+    del tensors["model.norm.bias"]
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"model\.norm\.bias"):
+        ClientHead.from_pretrained(path)
+
+
+def test_an_unsupported_family_is_refused_with_the_supported_ones(tmp_path: Path) -> None:
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=64)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match=r"'gpt2' is not supported.*mixtral"):
+        ClientHead.from_pretrained(tmp_path)
