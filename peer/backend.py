@@ -34,7 +34,6 @@ from .errors import (
     SessionNotFoundError,
 )
 from .kv_cache import SessionCache, StepCache
-from .masks import masks_for_windows
 from .span import Span, load_span
 
 __all__ = ["BackendConfig", "SessionInfo", "SpanBackend", "StepRequest"]
@@ -227,8 +226,7 @@ class SpanBackend:
         with torch.no_grad():
             hidden = hidden.to(self.span.device)
             positions = torch.arange(length, device=self.span.device)[None, :]
-            masks = masks_for_windows(self.span.windows[first:last], [0], length, self.span.device)
-            output = self.span.run_layers(hidden, first, last, position_ids=positions, masks=masks)
+            output = self.span.run_layers(hidden, first, last, position_ids=positions, past=[0])
         return output.cpu()
 
     # ----- sessions -----
@@ -353,9 +351,8 @@ class SpanBackend:
             else:
                 offsets = torch.tensor(past, device=device)
                 positions = offsets[:, None] + torch.arange(q_len, device=device)[None, :]
-            masks = masks_for_windows(self.span.windows[first:last], past, q_len, device)
             output = self.span.run_layers(
-                hidden, first, last, position_ids=positions, masks=masks, cache=cache
+                hidden, first, last, position_ids=positions, past=past, cache=cache
             )
             cache.commit()
         return output.cpu()

@@ -7,8 +7,8 @@ kilobytes), and `read_tensors` / `read_layer_tensors` open each needed file with
 `safetensors.safe_open` and copy out only the named tensors, so memory follows the span.
 
 Families are the decoder blocks called like Llama's (`FAMILIES`: Llama, Mistral, Qwen2/3,
-Phi-3, Gemma, OLMo, OLMo 2, StableLM, StarCoder2, and the mixtures of experts Mixtral,
-Qwen2-MoE, Qwen3-MoE and OLMoE); SmolLM2 and TinyLlama are `llama`.
+Phi-3, Gemma 1 to 3, OLMo, OLMo 2, StableLM, StarCoder2, and the mixtures of experts
+Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE); SmolLM2 and TinyLlama are `llama`.
 Anything else raises `UnsupportedModelError` naming what is supported.
 """
 
@@ -61,11 +61,12 @@ class ModelFamily:
         return getattr(importlib.import_module(self.module), attribute)
 
 
-def _family(name: str, prefix: str) -> ModelFamily:
+def _family(name: str, prefix: str, *, module: str = "", config: str = "") -> ModelFamily:
+    module = module or name
     return ModelFamily(
         name=name,
-        module=f"transformers.models.{name}.modeling_{name}",
-        config_class=f"{prefix}Config",
+        module=f"transformers.models.{module}.modeling_{module}",
+        config_class=config or f"{prefix}Config",
         layer_class=f"{prefix}DecoderLayer",
         rotary_class=f"{prefix}RotaryEmbedding",
     )
@@ -80,6 +81,8 @@ FAMILIES: Mapping[str, ModelFamily] = {
         _family("qwen3", "Qwen3"),
         _family("phi3", "Phi3"),
         _family("gemma", "Gemma"),
+        _family("gemma2", "Gemma2"),
+        _family("gemma3_text", "Gemma3", module="gemma3", config="Gemma3TextConfig"),
         _family("olmo", "Olmo"),
         _family("olmo2", "Olmo2"),
         _family("stablelm", "StableLm"),

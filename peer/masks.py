@@ -10,6 +10,10 @@ so padding needs no extra term. A key is visible when `key <= query` and, with a
 (`_ignore_causal_mask_sdpa`): every row has the same past, no window comes into play, and
 either one query token (attend to everything) or no past (`is_causal=True`). Using the same
 skip keeps the stateless forward bit-identical to the transformers model.
+
+Eager attention (Gemma 2, which caps its attention scores, a thing SDPA cannot do) adds its
+mask to the scores instead: `additive=dtype` gives 0 where a key is visible and the dtype's
+lowest value where not, always a tensor, as transformers builds it for eager.
 """
 
 from __future__ import annotations
@@ -22,12 +26,19 @@ __all__ = ["causal_mask", "masks_for_windows"]
 
 
 def causal_mask(
-    past: Sequence[int], q_len: int, window: int | None, device: torch.device
+    past: Sequence[int],
+    q_len: int,
+    window: int | None,
+    device: torch.device,
+    *,
+    additive: torch.dtype | None = None,
 ) -> torch.Tensor | None:
-    """Mask of shape `[rows or 1, 1, q_len, max(past) + q_len]` (True = attend), or None."""
+    """Mask of shape `[rows or 1, 1, q_len, max(past) + q_len]` (True = attend), or None;
+    with `additive`, scores to add (0 or the lowest value of that dtype), never None."""
     kv_len = max(past) + q_len
     uniform = len(set(past)) == 1
-    if uniform and (window is None or kv_len < window) and (q_len == 1 or past[0] == 0):
+    trivial = uniform and (window is None or kv_len < window) and (q_len == 1 or past[0] == 0)
+    if trivial and additive is None:
         return None
     rows = past[:1] if uniform else past
     offsets = torch.tensor(list(rows), dtype=torch.long, device=device)
@@ -36,11 +47,22 @@ def causal_mask(
     visible = keys <= queries[:, :, None]
     if window is not None:
         visible &= keys > queries[:, :, None] - window
+    if additive is not None:
+        hidden = torch.full(visible.shape, torch.finfo(additive).min, dtype=additive, device=device)
+        return hidden.masked_fill(visible, 0.0)[:, None, :, :]
     return visible[:, None, :, :]
 
 
 def masks_for_windows(
-    windows: Iterable[int | None], past: Sequence[int], q_len: int, device: torch.device
+    windows: Iterable[int | None],
+    past: Sequence[int],
+    q_len: int,
+    device: torch.device,
+    *,
+    additive: torch.dtype | None = None,
 ) -> Mapping[int | None, torch.Tensor | None]:
     """One mask per distinct window among the blocks that will run."""
-    return {window: causal_mask(past, q_len, window, device) for window in set(windows)}
+    return {
+        window: causal_mask(past, q_len, window, device, additive=additive)
+        for window in set(windows)
+    }

@@ -2,14 +2,17 @@
 
 `load_span` builds each block of the family (transformers' own `*DecoderLayer`) on the meta
 device, so the skeleton costs nothing, then reads only that block's tensors from safetensors
-(cast to the requested dtype one tensor at a time) and attaches them with
-`load_state_dict(strict=True, assign=True)`. Afterwards:
+(cast to the requested dtype one tensor at a time; a mixture of experts' stacked as
+`peer.expert_weights` says) and attaches them with `load_state_dict(strict=True, assign=True)`.
+Afterwards:
 
 - `self_attn.layer_idx` is renumbered to 0..n-1, so a KV cache holds the span's blocks only;
 - the rotary embedding is rebuilt from the config on the real device (its `inv_freq` buffer is
-  computed, not stored in checkpoints), in float32 as transformers does;
+  computed, not stored in checkpoints), in float32 as transformers does; Gemma 3's takes the
+  block's layer type (another base for sliding-window blocks);
 - attention runs through PyTorch SDPA (`config._attn_implementation = "sdpa"`, transformers'
-  default), with boolean masks built by `peer.masks`.
+  default), with boolean masks built by `peer.masks`; a family that caps its attention scores
+  (Gemma 2) runs transformers' eager attention, with additive masks.
 
 Block indices in this package's public API are the model's (global) indices; `Span` converts.
 """
@@ -20,7 +23,7 @@ import copy
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ import torch
 from .checkpoint import Checkpoint, ModelFamily, open_checkpoint, read_layer_tensors
 from .errors import CheckpointError, InvalidRequestError
 from .expert_weights import stack_experts
+from .masks import masks_for_windows
 
 __all__ = ["SUPPORTED_DTYPES", "Span", "cache_keyword", "load_span", "parse_dtype"]
 
@@ -65,6 +69,7 @@ class Span:
     layers: torch.nn.ModuleList
     rotary: torch.nn.Module
     windows: tuple[int | None, ...]  # sliding window of each block, None for full attention
+    rotary_kinds: tuple[str | None, ...]  # Gemma 3: the layer type whose rotary a block takes
     dtype: torch.dtype
     device: torch.device
 
@@ -101,12 +106,6 @@ class Span:
             + (f"-e{experts}x{c.num_experts_per_tok}" if experts else "")
         )
 
-    def rotary_embeddings(
-        self, hidden: torch.Tensor, position_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.rotary(hidden, position_ids)
-        return cos, sin
-
     def run_layers(
         self,
         hidden: torch.Tensor,
@@ -114,19 +113,26 @@ class Span:
         last: int,
         *,
         position_ids: torch.Tensor,
-        masks: Mapping[int | None, torch.Tensor | None],
+        past: Sequence[int],
         cache: Any = None,
     ) -> torch.Tensor:
-        """Run local blocks `first`..`last - 1`; `masks` maps each block's window to its mask."""
-        position_embeddings = self.rotary_embeddings(hidden, position_ids)
+        """Run local blocks `first`..`last - 1` over new tokens that follow `past` cached ones
+        (per row of the batch)."""
+        additive = hidden.dtype if self.config._attn_implementation == "eager" else None
+        windows = self.windows[first:last]
+        masks = masks_for_windows(windows, past, hidden.shape[1], hidden.device, additive=additive)
+        embeddings: dict[str | None, Any] = {}  # cos and sin, per kind of rotary
         for local in range(first, last):
+            kind = self.rotary_kinds[local]
+            if kind not in embeddings:
+                embeddings[kind] = self.rotary(hidden, position_ids, *([kind] if kind else []))
             layer = self.layers[local]
             output = layer(
                 hidden,
                 attention_mask=masks[self.windows[local]],
                 position_ids=position_ids,
                 use_cache=cache is not None,
-                position_embeddings=position_embeddings,
+                position_embeddings=embeddings[kind],
                 **{cache_keyword(type(layer).forward): cache},
             )
             hidden = output[0] if isinstance(output, tuple) else output
@@ -148,6 +154,14 @@ def _window(config: Any, layer: int) -> int | None:
     if layer_types is not None and layer_types[layer] != "sliding_attention":
         return None  # Qwen2/3 and Qwen2-MoE choose per block (Qwen2-MoE's "no window" is 0)
     return int(window) if window else None  # Mistral, Phi-3: one window for every block
+
+
+def _rotary_kind(rotary: torch.nn.Module, config: Any, layer: int) -> str | None:
+    """The layer type block `layer`'s rotary embedding is computed for, if the family's rotary
+    takes one (Gemma 3: another base for its sliding-window blocks); None otherwise."""
+    if "layer_type" not in inspect.signature(rotary.forward).parameters:
+        return None
+    return str(config.layer_types[layer])
 
 
 def _build_layer(
@@ -188,7 +202,9 @@ def load_span(
         )
     torch_device = torch.device(device)
     config = copy.deepcopy(checkpoint.config)
-    config._attn_implementation = "sdpa"
+    # SDPA, transformers' default, unless the family caps attention scores (Gemma 2)
+    capped = getattr(config, "attn_logit_softcapping", None) is not None
+    config._attn_implementation = "eager" if capped else "sdpa"
     if hasattr(config, "_experts_implementation"):  # transformers 5: what its models default to
         config._experts_implementation = "grouped_mm"
     layers = torch.nn.ModuleList(
@@ -215,6 +231,7 @@ def load_span(
         layers=layers,
         rotary=rotary.eval(),
         windows=tuple(_window(config, layer) for layer in range(start, end)),
+        rotary_kinds=tuple(_rotary_kind(rotary, config, layer) for layer in range(start, end)),
         dtype=torch_dtype,
         device=torch_device,
     )

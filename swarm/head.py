@@ -78,4 +78,7 @@ class ClientHead:
         """Logits of `hidden_states`, computed on the head's device, returned on the CPU."""
         hidden = hidden_states.to(self.device)
         logits: torch.Tensor = self.model.lm_head(self.model.model.norm(hidden))
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        if cap is not None:  # Gemma 2 bounds its logits, as its forward does
+            logits = torch.tanh(logits / cap) * cap
         return logits.cpu()

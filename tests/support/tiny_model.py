@@ -16,13 +16,15 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerFast
 
 FAMILIES = (
-    *("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "olmo", "olmo2", "stablelm"),
-    *("starcoder2", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"),  # the last four: experts
-)
+    *("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "olmo"),
+    *("olmo2", "stablelm", "starcoder2", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"),
+)  # the last four: mixtures of experts
 _EXPERTS = {"num_experts_per_tok": 2, "moe_intermediate_size": 32}
 FAMILY_SETTINGS: dict[str, dict[str, Any]] = {  # what differs from each config's defaults
     "qwen3": {"head_dim": 16},
     "gemma": {"head_dim": 16},  # its default: 256
+    "gemma2": {"head_dim": 16, "query_pre_attn_scalar": 16},
+    "gemma3_text": {"head_dim": 16, "query_pre_attn_scalar": 16},
     "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
     "qwen2_moe": {"num_experts": 4, "shared_expert_intermediate_size": 64, **_EXPERTS},
     "qwen3_moe": {"num_experts": 4, "head_dim": 16, **_EXPERTS},

@@ -11,7 +11,24 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 from peer.errors import CheckpointError, UnsupportedModelError
 from swarm.head import ClientHead
-from tests.support.tiny_model import write_tiny_model
+from tests.support.tiny_model import FAMILIES, write_tiny_model
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_embeddings_and_logits_equal_the_model(family: str, tmp_path: Path) -> None:
+    """What transformers' model computes before its first block and after its last (Gemma's
+    scaled embeddings, Gemma 2's capped logits...), bit for bit."""
+    path = write_tiny_model(tmp_path / family, family, num_layers=2)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    head = ClientHead.from_pretrained(path)
+    ids = torch.tensor([[1, 40, 41, 42, 43]])
+    with torch.no_grad():
+        output = model(ids, output_hidden_states=True)
+    assert torch.equal(head.embed(ids), output.hidden_states[0])
+    model.model.norm = torch.nn.Identity()  # to give the head the last block's output
+    with torch.no_grad():
+        last_block = model(ids, output_hidden_states=True).hidden_states[-1]
+    assert torch.equal(head.logits(last_block), output.logits)
 
 
 def test_a_final_norm_with_a_bias_is_read(tmp_path: Path) -> None:
