@@ -7,8 +7,9 @@ kilobytes), and `read_tensors` / `read_layer_tensors` open each needed file with
 `safetensors.safe_open` and copy out only the named tensors, so memory follows the span.
 
 Families are the decoder blocks called like Llama's (`FAMILIES`: Llama, Mistral, Qwen2/3,
-Phi-3, Gemma 1 to 3, OLMo, OLMo 2, StableLM, StarCoder2, and the mixtures of experts
-Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE); SmolLM2 and TinyLlama are `llama`.
+Phi-3, Gemma 1 to 3, OLMo, OLMo 2, StableLM, StarCoder2, Ministral, SmolLM3, GLM-4,
+Command R (Cohere 1 and 2), and the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE
+and GLM-4.5); SmolLM2 and TinyLlama are `llama`.
 Anything else raises `UnsupportedModelError` naming what is supported.
 """
 
@@ -87,11 +88,17 @@ FAMILIES: Mapping[str, ModelFamily] = {
         _family("olmo2", "Olmo2"),
         _family("stablelm", "StableLm"),
         _family("starcoder2", "Starcoder2"),
+        _family("ministral", "Ministral"),
+        _family("smollm3", "SmolLM3"),
+        _family("glm4", "Glm4"),
+        _family("cohere", "Cohere"),
+        _family("cohere2", "Cohere2"),
         # mixtures of experts (their checkpoints' per-expert tensors: `peer.expert_weights`)
         _family("mixtral", "Mixtral"),
         _family("qwen2_moe", "Qwen2Moe"),
         _family("qwen3_moe", "Qwen3Moe"),
         _family("olmoe", "Olmoe"),
+        _family("glm4_moe", "Glm4Moe"),
     )
 }
 

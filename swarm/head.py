@@ -78,7 +78,11 @@ class ClientHead:
         """Logits of `hidden_states`, computed on the head's device, returned on the CPU."""
         hidden = hidden_states.to(self.device)
         logits: torch.Tensor = self.model.lm_head(self.model.model.norm(hidden))
+        # what some families' forward does after the LM head
+        scale = getattr(self.config, "logit_scale", None)
+        if scale is not None:  # Command R
+            logits = logits * scale
         cap = getattr(self.config, "final_logit_softcapping", None)
-        if cap is not None:  # Gemma 2 bounds its logits, as its forward does
+        if cap is not None:  # Gemma 2
             logits = torch.tanh(logits / cap) * cap
         return logits.cpu()

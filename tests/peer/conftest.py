@@ -31,7 +31,8 @@ SMALL: dict[str, Any] = {
     "max_position_embeddings": 256,
 }
 
-EXTRA: dict[str, dict[str, Any]] = {"phi3": {"pad_token_id": 0}}  # its default is > vocab_size
+# their default padding token is past SMALL's vocab_size
+EXTRA: dict[str, dict[str, Any]] = {f: {"pad_token_id": 0} for f in ("phi3", "smollm3", "glm4")}
 
 MakeCheckpoint = Callable[..., Path]
 

@@ -17,8 +17,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 
 FAMILIES = (
     *("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "olmo"),
-    *("olmo2", "stablelm", "starcoder2", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"),
-)  # the last four: mixtures of experts
+    *("olmo2", "stablelm", "starcoder2", "ministral", "smollm3", "glm4", "cohere", "cohere2"),
+    *("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "glm4_moe"),  # mixtures of experts
+)
 _EXPERTS = {"num_experts_per_tok": 2, "moe_intermediate_size": 32}
 FAMILY_SETTINGS: dict[str, dict[str, Any]] = {  # what differs from each config's defaults
     "qwen3": {"head_dim": 16},
@@ -29,6 +30,10 @@ FAMILY_SETTINGS: dict[str, dict[str, Any]] = {  # what differs from each config'
     "qwen2_moe": {"num_experts": 4, "shared_expert_intermediate_size": 64, **_EXPERTS},
     "qwen3_moe": {"num_experts": 4, "head_dim": 16, **_EXPERTS},
     "olmoe": {"num_experts": 4, "num_experts_per_tok": 2},
+    "glm4_moe": {"n_routed_experts": 4, "head_dim": 16, "first_k_dense_replace": 1, **_EXPERTS},
+    "glm4": {"head_dim": 16},
+    "ministral": {"head_dim": 16},
+    "cohere2": {"head_dim": 16},
 }
 
 
