@@ -264,8 +264,7 @@ class SpanBackend:
             num_layers=end - start,
             batch_size=batch_size,
             max_length=max_length,
-            num_kv_heads=self.span.num_kv_heads,
-            head_dim=self.span.head_dim,
+            layout=self.span.cache_layout,
             dtype=self.dtype,
             device=self.span.device,
         )

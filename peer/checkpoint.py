@@ -8,8 +8,8 @@ kilobytes), and `read_tensors` / `read_layer_tensors` open each needed file with
 
 Families are the decoder blocks called like Llama's (`FAMILIES`: Llama, Mistral, Qwen2/3,
 Phi-3, Gemma 1 to 3, OLMo, OLMo 2, StableLM, StarCoder2, Ministral, SmolLM3, GLM-4,
-Command R (Cohere 1 and 2), and the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE
-and GLM-4.5); SmolLM2 and TinyLlama are `llama`.
+Command R (Cohere 1 and 2), and the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
+GLM-4.5 and DeepSeek V2/V3); SmolLM2 and TinyLlama are `llama`.
 Anything else raises `UnsupportedModelError` naming what is supported.
 """
 
@@ -99,6 +99,8 @@ FAMILIES: Mapping[str, ModelFamily] = {
         _family("qwen3_moe", "Qwen3Moe"),
         _family("olmoe", "Olmoe"),
         _family("glm4_moe", "Glm4Moe"),
+        _family("deepseek_v2", "DeepseekV2"),
+        _family("deepseek_v3", "DeepseekV3"),  # also Kimi K2
     )
 }
 

@@ -23,11 +23,24 @@ from typing import Any
 
 import torch
 
-__all__ = ["SessionCache", "StepCache"]
+__all__ = ["CacheLayout", "SessionCache", "StepCache"]
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """What a block caches per token: keys of `key_heads x key_dim`, values of `value_heads x
+    value_dim` (most families: the key-value heads and the head size for both; DeepSeek: its
+    compressed latent and the shared rotary key part, one "head" each)."""
+
+    key_heads: int
+    key_dim: int
+    value_heads: int
+    value_dim: int
 
 
 class SessionCache:
-    """K/V buffers `[layers, batch, kv_heads, max_length, head_dim]` and the filled length."""
+    """K/V buffers `[layers, batch, heads, max_length, dim]` (`CacheLayout`) and the filled
+    length."""
 
     def __init__(
         self,
@@ -35,14 +48,15 @@ class SessionCache:
         num_layers: int,
         batch_size: int,
         max_length: int,
-        num_kv_heads: int,
-        head_dim: int,
+        layout: CacheLayout,
         dtype: torch.dtype,
         device: torch.device,
     ) -> None:
-        shape = (num_layers, batch_size, num_kv_heads, max_length, head_dim)
-        self.keys = torch.empty(shape, dtype=dtype, device=device)
-        self.values = torch.empty(shape, dtype=dtype, device=device)
+        shape = (num_layers, batch_size)
+        keys = (layout.key_heads, max_length, layout.key_dim)
+        values = (layout.value_heads, max_length, layout.value_dim)
+        self.keys = torch.empty((*shape, *keys), dtype=dtype, device=device)
+        self.values = torch.empty((*shape, *values), dtype=dtype, device=device)
         self.length = 0
         self.batch_size = batch_size
         self.max_length = max_length

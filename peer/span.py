@@ -33,6 +33,7 @@ import torch
 from .checkpoint import Checkpoint, ModelFamily, open_checkpoint, read_layer_tensors
 from .errors import CheckpointError, InvalidRequestError
 from .expert_weights import stack_experts
+from .kv_cache import CacheLayout
 from .masks import masks_for_windows
 
 __all__ = ["SUPPORTED_DTYPES", "Span", "cache_keyword", "load_span", "parse_dtype"]
@@ -81,28 +82,28 @@ class Span:
     def hidden_size(self) -> int:
         return int(self.config.hidden_size)
 
-    @property
-    def num_kv_heads(self) -> int:
-        return int(self.config.num_key_value_heads)
-
-    @property
-    def head_dim(self) -> int:
-        head_dim = getattr(self.config, "head_dim", None)
-        return int(head_dim or self.config.hidden_size // self.config.num_attention_heads)
-
-    @property
-    def cache_bytes_per_token(self) -> int:
-        """Bytes of K and V for one token in every block of the span."""
-        element = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * element
+    @functools.cached_property
+    def cache_layout(self) -> CacheLayout:
+        """What the blocks write to their KV cache per token, found by running the first block
+        on one token with a cache that records it: families differ (grouped heads, head sizes,
+        DeepSeek's compressed latents), and so do transformers versions."""
+        probe = _LayoutProbe()
+        hidden = torch.zeros(1, 1, self.hidden_size, dtype=self.dtype, device=self.device)
+        position = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            self.run_layers(hidden, 0, 1, position_ids=position, past=[0], cache=probe)
+        if probe.layout is None:
+            raise CheckpointError(f"a {self.family.name} block wrote nothing to its KV cache")
+        return probe.layout
 
     def shape_key(self) -> str:
         """Identifies the compute shape (not the weights): used to cache throughput."""
         c = self.config
         experts = getattr(c, "num_local_experts", None) or getattr(c, "num_experts", None)
+        kv = self.cache_layout
         return (
             f"{self.family.name}-h{c.hidden_size}-i{c.intermediate_size}-a{c.num_attention_heads}"
-            f"-kv{self.num_kv_heads}-d{self.head_dim}"
+            f"-k{kv.key_heads}x{kv.key_dim}-v{kv.value_heads}x{kv.value_dim}"
             + (f"-e{experts}x{c.num_experts_per_tok}" if experts else "")
         )
 
@@ -137,6 +138,18 @@ class Span:
             )
             hidden = output[0] if isinstance(output, tuple) else output
         return hidden
+
+
+class _LayoutProbe:
+    """A stand-in KV cache that notes the shapes a block writes and hands them back."""
+
+    layout: CacheLayout | None = None
+
+    def update(
+        self, keys: torch.Tensor, values: torch.Tensor, *_: Any, **__: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.layout = CacheLayout(keys.shape[1], keys.shape[3], values.shape[1], values.shape[3])
+        return keys, values
 
 
 @functools.cache
@@ -223,7 +236,7 @@ def load_span(
         torch_dtype,
         torch_device,
     )
-    return Span(
+    span = Span(
         family=checkpoint.family,
         config=config,
         start=start,
@@ -235,3 +248,6 @@ def load_span(
         dtype=torch_dtype,
         device=torch_device,
     )
+    layout = span.cache_layout  # probed now, in the thread that loads and computes
+    logger.debug("KV cache per token and block: %s", layout)
+    return span

@@ -46,7 +46,7 @@ def assert_rounding_close(got: torch.Tensor, expected: torch.Tensor) -> None:
 
 def build_checkpoint(directory: Path, family: str, seed: int = 0, **overrides: Any) -> Path:
     shard = overrides.pop("max_shard_size", None)
-    config = tiny_config(family, **{**SMALL, **EXTRA.get(family, {}), **overrides})
+    config = tiny_config(family, SMALL, **{**EXTRA.get(family, {}), **overrides})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # non-trivial norms and biases, so that loading them is checked

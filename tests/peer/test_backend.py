@@ -16,6 +16,7 @@ from peer.errors import (
     SessionLimitError,
     SessionNotFoundError,
 )
+from peer.kv_cache import CacheLayout
 
 from .conftest import Reference, assert_rounding_close
 
@@ -101,6 +102,24 @@ def test_other_bad_requests(backend: SpanBackend) -> None:
     assert issubclass(InvalidRequestError, PeerError)
 
 
+@pytest.mark.parametrize(
+    ("family", "expected"),
+    [
+        ("llama", CacheLayout(2, 16, 2, 16)),  # grouped heads: 2 key-value heads of 64 / 4
+        ("qwen3", CacheLayout(2, 16, 2, 16)),  # its head size is set, not derived
+        ("deepseek_v3", CacheLayout(1, 16, 1, 8)),  # kv_lora_rank, then qk_rope_head_dim
+    ],
+)
+def test_the_cache_holds_what_the_blocks_write(
+    family: str, expected: CacheLayout, checkpoints: dict[str, Path]
+) -> None:
+    backend = SpanBackend.load(checkpoints[family], 1, 3)
+    assert backend.span.cache_layout == expected
+    backend.open_session("s", max_length=10, batch_size=2)  # buffers of that layout
+    for length in (4, 1, 1):
+        assert backend.step("s", _hidden(batch=2, length=length)).shape == (2, length, 64)
+
+
 def test_forward_caps(checkpoints: dict[str, Path]) -> None:
     config = BackendConfig(max_forward_tokens=20, max_batch_size=4)
     backend = SpanBackend.load(checkpoints["llama"], 0, 1, config=config)
@@ -131,6 +150,7 @@ EQUAL = {"a": (1, 4), "b": (2, 4), "c": (1, 4)}
         ("mixtral", 64, MIXED),  # experts: each token routed on its own, merged or not
         ("qwen2_moe", 64, MIXED),
         ("gemma2", 64, MIXED),  # eager attention: additive masks over right-padded rows
+        ("deepseek_v3", 64, MIXED),  # caches a latent and a rotary part, one "head" each
     ],
 )
 def test_step_many_equals_single_steps(

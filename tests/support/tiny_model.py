@@ -19,8 +19,15 @@ FAMILIES = (
     *("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "olmo"),
     *("olmo2", "stablelm", "starcoder2", "ministral", "smollm3", "glm4", "cohere", "cohere2"),
     *("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "glm4_moe"),  # mixtures of experts
+    *("deepseek_v2", "deepseek_v3"),  # experts, and attention over a compressed latent
 )
 _EXPERTS = {"num_experts_per_tok": 2, "moe_intermediate_size": 32}
+_DEEPSEEK = {
+    **{"n_routed_experts": 4, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1},
+    **{"num_key_value_heads": 4, "q_lora_rank": 32, "kv_lora_rank": 16, "v_head_dim": 16},
+    **{"qk_rope_head_dim": 8, "qk_nope_head_dim": 8},
+    **_EXPERTS,
+}
 FAMILY_SETTINGS: dict[str, dict[str, Any]] = {  # what differs from each config's defaults
     "qwen3": {"head_dim": 16},
     "gemma": {"head_dim": 16},  # its default: 256
@@ -34,13 +41,15 @@ FAMILY_SETTINGS: dict[str, dict[str, Any]] = {  # what differs from each config'
     "glm4": {"head_dim": 16},
     "ministral": {"head_dim": 16},
     "cohere2": {"head_dim": 16},
+    **dict.fromkeys(("deepseek_v2", "deepseek_v3"), _DEEPSEEK),
 }
 
 
-def tiny_config(family: str, **settings: Any) -> PretrainedConfig:
-    """The config of a `family` model with its tiny-model settings, then `settings`."""
+def tiny_config(family: str, defaults: dict[str, Any], **settings: Any) -> PretrainedConfig:
+    """The config of a tiny `family` model: `defaults`, the family's own settings over them,
+    then `settings`."""
     config: PretrainedConfig = AutoConfig.for_model(
-        family, **{**FAMILY_SETTINGS.get(family, {}), **settings}
+        family, **{**defaults, **FAMILY_SETTINGS.get(family, {}), **settings}
     )
     return config
 
@@ -85,7 +94,7 @@ def write_tiny_model(
 ) -> Path:
     """Write a tiny `family` model (weights, config, tokenizer) to `directory`; return it."""
     tokenizer = tiny_tokenizer()
-    settings: dict[str, Any] = {
+    defaults: dict[str, Any] = {
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": num_layers,
@@ -96,10 +105,9 @@ def write_tiny_model(
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
-        **config,
     }
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, **settings))
+    model = AutoModelForCausalLM.from_config(tiny_config(family, defaults, **config))
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
