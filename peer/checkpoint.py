@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, UnsupportedModelError
+from .fp8_weights import DEFAULT_BLOCK, SCALE_SUFFIX, Fp8Pairs, block_size
 
 if TYPE_CHECKING:
     import torch
@@ -113,6 +114,7 @@ class Checkpoint:
     family: ModelFamily
     config: PretrainedConfig
     tensor_files: Mapping[str, str]  # tensor name -> file name inside `path`
+    fp8_block: tuple[int, int] | None = None  # quantized to FP8 by blocks of this size
 
     @property
     def num_layers(self) -> int:
@@ -180,13 +182,15 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path} has no config.json")
-    family = detect_family(_read_json(path / "config.json"))
+    raw_config = _read_json(path / "config.json")
+    family = detect_family(raw_config)
+    fp8 = block_size(raw_config)
     config_class = family.load(family.config_class)
     try:
         config = config_class.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, TypeError) as error:
         raise CheckpointError(f"cannot parse config.json: {error}") from error
-    checkpoint = Checkpoint(path, family, config, _index_tensors(path))
+    checkpoint = Checkpoint(path, family, config, _index_tensors(path), fp8)
     for layer in range(checkpoint.num_layers):
         if not checkpoint.layer_tensor_names(layer):
             raise CheckpointError(f"the checkpoint has no tensors for block {layer}")
@@ -194,7 +198,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def read_tensors(
-    checkpoint_dir: str | Path | Checkpoint,
+    checkpoint: str | Path | Checkpoint,
     names: Iterable[str],
     *,
     dtype: torch.dtype | None = None,
@@ -204,31 +208,38 @@ def read_tensors(
     left out of the result (e.g. `lm_head.weight` of a model with tied embeddings).
 
     Floating-point tensors are cast to `dtype` (when given) one by one as they are read, so the
-    peak memory is the result plus one tensor.
+    peak memory is the result plus one tensor. In an FP8 checkpoint, a weight comes
+    dequantized with its scales (`peer.fp8_weights`), which are not returned themselves.
     """
-    if isinstance(checkpoint_dir, Checkpoint):
-        directory, files = checkpoint_dir.path, checkpoint_dir.tensor_files
-    else:
-        directory = Path(checkpoint_dir)
-        files = _index_tensors(directory)
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = open_checkpoint(checkpoint)
+    files = checkpoint.tensor_files
+    wanted = [name for name in dict.fromkeys(names) if name in files]
+    block = checkpoint.fp8_block
+    quantized = [name for name in wanted if block and name + SCALE_SUFFIX in files]
+    pairs = Fp8Pairs(quantized, block or DEFAULT_BLOCK)
+    wanted += [scale for scale in pairs.scales if scale not in wanted]
     by_file: dict[str, list[str]] = {}
-    for name in dict.fromkeys(names):
-        if name in files:
-            by_file.setdefault(files[name], []).append(name)
+    for name in wanted:
+        by_file.setdefault(files[name], []).append(name)
     from safetensors import safe_open
 
     result: dict[str, torch.Tensor] = {}
     for file, file_names in by_file.items():
         try:
-            with safe_open(str(directory / file), framework="pt", device=str(device)) as handle:
+            with safe_open(
+                str(checkpoint.path / file), framework="pt", device=str(device)
+            ) as handle:
                 for name in file_names:
-                    tensor = handle.get_tensor(name)
+                    if (taken := pairs.take(name, handle.get_tensor(name))) is None:
+                        continue  # an FP8 weight or its scales: the other is still to come
+                    name, tensor = taken
                     if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
                         tensor = tensor.to(dtype)
                     result[name] = tensor
         except Exception as error:  # SafetensorError, OSError, a tensor missing from its shard
             raise CheckpointError(f"cannot read tensors from {file}: {error}") from error
-    logger.debug("read %d tensors from %d files of %s", len(result), len(by_file), directory)
+    logger.debug("read %d tensors from %d files of %s", len(result), len(by_file), checkpoint.path)
     return result
 
 

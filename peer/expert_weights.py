@@ -6,8 +6,9 @@ apart, as they were published: `mlp.experts.3.gate_proj.weight`, or Mixtral's
 tensors, `mlp.experts.gate_up_proj` (experts x 2*intermediate x hidden: each expert's gate rows,
 then its up rows) and `mlp.experts.down_proj` (experts x hidden x intermediate), and converts
 when it loads a whole model. A peer loads one block at a time, so `stack_experts` does that
-conversion for one block, and only when the block expects stacked tensors (transformers 4
-keeps one module per expert), so the same checkpoint serves under either version.
+conversion for one block, in place, and only when the block expects stacked tensors
+(transformers 4 keeps one module per expert), so the same checkpoint serves under either
+version.
 """
 
 from __future__ import annotations
@@ -26,31 +27,27 @@ _GATE_UP_DOWN = (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"))  # M
 _MIXTRAL_MODULE = "block_sparse_moe."
 
 
-def stack_experts(
-    tensors: Mapping[str, torch.Tensor], expected: Collection[str]
-) -> dict[str, torch.Tensor]:
-    """One block's `tensors`, with per-expert weights stacked if `expected` (the names the
-    block's `state_dict` holds) names stacked ones; unchanged otherwise."""
+def stack_experts(tensors: dict[str, torch.Tensor], expected: Collection[str]) -> None:
+    """Stack one block's per-expert weights in `tensors`, in place, if `expected` (the names
+    the block's `state_dict` holds) names stacked ones. Each expert's tensor leaves `tensors`
+    as it is copied, so loading a block takes its stacked experts plus one expert's memory."""
     if not any(name.endswith("experts.gate_up_proj") for name in expected):
-        return dict(tensors)
+        return
     renamed = not any(name.startswith(_MIXTRAL_MODULE) for name in expected)
-    result: dict[str, torch.Tensor] = {}
     experts: dict[str, dict[str, dict[int, torch.Tensor]]] = {}
-    for name, tensor in tensors.items():
+    for name in list(tensors):
+        new_name = name
         if renamed and name.startswith(_MIXTRAL_MODULE):
-            name = "mlp." + name.removeprefix(_MIXTRAL_MODULE)
-        if match := _EXPERT.match(name):
+            new_name = "mlp." + name.removeprefix(_MIXTRAL_MODULE)
+        if match := _EXPERT.match(new_name):
             projections = experts.setdefault(match["experts"], {})
-            projections.setdefault(match["projection"], {})[int(match["index"])] = tensor
-        else:
-            result[name] = tensor
+            projections.setdefault(match["projection"], {})[int(match["index"])] = tensors.pop(name)
+        elif new_name != name:
+            tensors[new_name] = tensors.pop(name)
     for prefix, projections in experts.items():
         gate, up, down = _names(prefix, projections)
-        result[f"{prefix}.gate_up_proj"] = torch.cat(
-            [_stack(prefix, gate, projections[gate]), _stack(prefix, up, projections[up])], dim=1
-        )
-        result[f"{prefix}.down_proj"] = _stack(prefix, down, projections[down])
-    return result
+        tensors[f"{prefix}.gate_up_proj"] = _stack(prefix, [gate, up], projections)
+        tensors[f"{prefix}.down_proj"] = _stack(prefix, [down], projections)
 
 
 def _names(prefix: str, projections: Mapping[str, object]) -> tuple[str, str, str]:
@@ -62,7 +59,21 @@ def _names(prefix: str, projections: Mapping[str, object]) -> tuple[str, str, st
     )
 
 
-def _stack(prefix: str, projection: str, by_index: Mapping[int, torch.Tensor]) -> torch.Tensor:
-    if sorted(by_index) != list(range(len(by_index))):
-        raise CheckpointError(f"{prefix}: {projection} is missing for some experts")
-    return torch.stack([by_index[index] for index in range(len(by_index))])
+def _stack(
+    prefix: str, parts: list[str], projections: dict[str, dict[int, torch.Tensor]]
+) -> torch.Tensor:
+    """`[experts, rows of every part, columns]`: each expert's `parts` one under the other."""
+    count = len(projections[parts[0]])
+    for part in parts:
+        if sorted(projections[part]) != list(range(count)):
+            raise CheckpointError(f"{prefix}: {part} is missing for some experts")
+    first = [projections[part][0] for part in parts]
+    rows = sum(tensor.shape[0] for tensor in first)
+    stacked = first[0].new_empty((count, rows, *first[0].shape[1:]))
+    for index in range(count):
+        row = 0
+        for part in parts:
+            tensor = projections[part].pop(index)  # freed once copied
+            stacked[index, row : row + tensor.shape[0]] = tensor
+            row += tensor.shape[0]
+    return stacked

@@ -184,7 +184,7 @@ def _build_layer(
     with torch.device("meta"):
         module: torch.nn.Module = layer_class(config, layer)  # global index: picks layer_types
     tensors = read_layer_tensors(checkpoint, layer, dtype=dtype, device=device)
-    tensors = stack_experts(tensors, module.state_dict().keys())
+    stack_experts(tensors, module.state_dict().keys())
     try:
         module.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as error:
@@ -228,13 +228,14 @@ def load_span(
     with torch.device(torch_device):
         rotary: torch.nn.Module = rotary_class(config=config)
     logger.info(
-        "loaded blocks %d..%d of %s (%s) as %s on %s",
+        "loaded blocks %d..%d of %s (%s) as %s on %s%s",
         start,
         end,
         checkpoint.path,
         checkpoint.family.name,
         torch_dtype,
         torch_device,
+        ", dequantized from FP8" if checkpoint.fp8_block else "",
     )
     span = Span(
         family=checkpoint.family,

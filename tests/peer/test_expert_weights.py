@@ -24,10 +24,10 @@ def test_stacked_like_transformers_loads_them(
     of the model transformers loaded from it (its own conversion), block by block."""
     checkpoint = open_checkpoint(checkpoints[family])
     for layer in range(checkpoint.num_layers):
-        on_disk = read_layer_tensors(checkpoint, layer)
-        assert any(".experts.0." in name for name in on_disk)
+        stacked = read_layer_tensors(checkpoint, layer)
+        assert any(".experts.0." in name for name in stacked)
         expected = references[family].model.model.layers[layer].state_dict()
-        stacked = stack_experts(on_disk, expected.keys())
+        stack_experts(stacked, expected.keys())
         assert stacked.keys() == expected.keys()
         for name, tensor in expected.items():
             assert torch.equal(stacked[name], tensor), name
@@ -45,7 +45,8 @@ def _experts(
 
 def test_mixtral_names_and_layout() -> None:
     tensors = _experts(3)
-    stacked = stack_experts(tensors, STACKED)
+    stacked = dict(tensors)
+    stack_experts(stacked, STACKED)
     assert sorted(stacked) == sorted(STACKED)
     gate_up = stacked["mlp.experts.gate_up_proj"]
     assert gate_up.shape == (3, 12, 4)  # each expert's gate rows, then its up rows
@@ -60,7 +61,9 @@ def test_mixtral_names_and_layout() -> None:
 def test_a_block_with_one_module_per_expert_takes_them_as_they_are() -> None:
     """transformers 4 keeps a module per expert: nothing is stacked or renamed."""
     tensors = _experts(2)
-    assert stack_experts(tensors, tensors.keys()) == tensors
+    unchanged = dict(tensors)
+    stack_experts(tensors, list(tensors))
+    assert tensors == unchanged
 
 
 def test_a_missing_expert_or_projection_is_a_checkpoint_error() -> None:

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, FineGrainedFP8Config
 
 from routing.client import ChainFailedError, ClientConfig
 from swarm import DistributedModelForCausalLM
 from swarm.errors import SwarmError
+from tests.support.fp8_checkpoint import BLOCK, to_fp8
 from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import FAMILIES, write_tiny_model
 
@@ -96,6 +97,19 @@ def test_a_bfloat16_swarm_with_a_bfloat16_head_equals_local_bfloat16_generate(
         assert model.head.dtype == torch.bfloat16
         output = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False)
     assert output[0, PROMPT.shape[1] :].tolist() == expected
+
+
+def test_an_fp8_checkpoint_generates_what_transformers_dequantized_does(tmp_path: Path) -> None:
+    """DeepSeek V3 as it ships: FP8 weights by blocks, experts, a compressed KV cache."""
+    checkpoint = to_fp8(write_tiny_model(tmp_path / "fp8", "deepseek_v3", seed=3))
+    quantization = FineGrainedFP8Config(dequantize=True, weight_block_size=BLOCK)
+    local = AutoModelForCausalLM.from_pretrained(checkpoint, quantization_config=quantization)
+    reference = local.generate(
+        PROMPT, attention_mask=torch.ones_like(PROMPT), max_new_tokens=NEW_TOKENS, do_sample=False
+    )
+    with _swarm_and_model(checkpoint, CHAINS[2]) as (_, model):
+        output = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert output[0].tolist() == reference[0].tolist()
 
 
 def test_a_float32_and_a_bfloat16_peer_give_what_the_client_in_the_middle_gives(
