@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, cast
 
 import torch
+import trio
 from transformers import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
@@ -110,14 +111,39 @@ _ARGUMENTS = frozenset(
 )
 
 
+def left_padding(attention_mask: Any, input_ids: torch.Tensor) -> list[int]:
+    """How many padding tokens precede each row's prompt, from transformers' `attention_mask`
+    (as `**tokenizer(texts, padding=True, return_tensors="pt")` passes it). Prompts of a
+    decoder-only model are padded on the left; any other mask is an error."""
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise GenerationError(f"input_ids must be [batch, length], not {list(input_ids.shape)}")
+    if attention_mask is None:
+        return [0] * input_ids.shape[0]
+    mask = torch.as_tensor(attention_mask).bool()
+    if mask.shape != input_ids.shape:
+        raise GenerationError(
+            f"attention_mask is {list(mask.shape)}, input_ids {list(input_ids.shape)}"
+        )
+    padding = []
+    for row in mask:
+        pads = int((~row).sum())
+        if pads == len(row) or not bool(row[pads:].all()):
+            raise GenerationError(
+                "attention_mask must pad on the left and leave every row a token "
+                "(tokenizer.padding_side = 'left')"
+            )
+        padding.append(pads)
+    return padding
+
+
 def check_attention_mask(attention_mask: Any, input_ids: torch.Tensor) -> None:
-    """Accept transformers' `attention_mask` (as `**tokenizer(...)` passes it) if it masks
-    nothing: generation takes one sequence, without padding."""
+    """Accept transformers' `attention_mask` where it must mask nothing (a session's turn, a
+    batch forward)."""
     if attention_mask is None:
         return
     mask = torch.as_tensor(attention_mask)
     if mask.shape != input_ids.shape or not bool(mask.all()):
-        raise GenerationError("attention_mask must be all ones: one sequence, no padding")
+        raise GenerationError("attention_mask must be all ones: no padding here")
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -201,6 +227,75 @@ async def generate_tokens(
         yield int(token)
         if int(token) in eos or (stopping and bool(stopping(state.input_ids, scores).all())):
             return
+
+
+async def generate_batch(
+    head: LanguageModelHead,
+    pipelines: Sequence[HiddenStatePipeline],
+    input_ids: torch.Tensor,
+    padding: Sequence[int],
+    config: SamplingConfig,
+    *,
+    pad_token_id: int | None = None,
+    tokenizer: Any = None,
+) -> torch.Tensor:
+    """What transformers' `generate()` returns for a batch of left-padded prompts: the
+    prompts, then the new tokens, a finished row padded with `pad_token_id` (the first EOS
+    if not given). Each row runs through its own pipeline, all at once: the peers merge the
+    rows' steps into one forward. The rows share one set of logits processors, stopping
+    criteria and random generator, as in transformers, so that seeded sampling draws alike."""
+    processors = build_logits_processors(config)
+    stopping = build_stopping_criteria(config, tokenizer)
+    generator = torch.Generator(device=input_ids.device)
+    if config.seed is not None:
+        generator.manual_seed(config.seed)
+    eos = torch.tensor(config.eos_token_ids, dtype=torch.long)
+    if pad_token_id is None and len(eos):
+        pad_token_id = int(eos[0])
+    rows = input_ids.shape[0]
+    unfinished = torch.ones(rows, dtype=torch.bool)
+    fresh = [input_ids[row, pads:] for row, pads in enumerate(padding)]
+    logits = torch.empty(0)
+    for _ in range(config.max_new_tokens):
+        # without EOS a row that met a stop string goes on, as in transformers
+        active = [row for row in range(rows) if unfinished[row] or not len(eos)]
+        last = await _last_hidden_states(head, pipelines, fresh, active)
+        step_logits = head.logits(torch.cat([last[row] for row in active]))[:, -1, :].float()
+        if not len(logits):
+            logits = torch.zeros(rows, step_logits.shape[-1])
+        logits[active] = step_logits  # a finished row keeps its last logits: its token is pad
+        scores = processors(cast(torch.LongTensor, input_ids), logits.clone())
+        tokens = _choose(scores, config.do_sample, generator)
+        if len(eos) and pad_token_id is not None:
+            tokens = torch.where(unfinished, tokens, pad_token_id)
+        input_ids = torch.cat([input_ids, tokens[:, None].to(input_ids.dtype)], dim=-1)
+        fresh = [tokens[row : row + 1] for row in range(rows)]
+        done = torch.isin(tokens, eos)
+        if stopping:
+            done |= stopping(input_ids, scores)
+        unfinished &= ~done
+        if not unfinished.any():
+            break
+    return input_ids
+
+
+async def _last_hidden_states(
+    head: LanguageModelHead,
+    pipelines: Sequence[HiddenStatePipeline],
+    fresh: Sequence[torch.Tensor],
+    rows: Sequence[int],
+) -> dict[int, torch.Tensor]:
+    """Each row's new tokens through its pipeline, concurrently: the last position's state."""
+    last: dict[int, torch.Tensor] = {}
+
+    async def step(row: int) -> None:
+        hidden = await pipelines[row].step(head.embed(fresh[row][None, :]))
+        last[row] = hidden[:, -1:, :]
+
+    async with trio.open_nursery() as nursery:
+        for row in rows:
+            nursery.start_soon(step, row)
+    return last
 
 
 def _choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator) -> torch.Tensor:

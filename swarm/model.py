@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -45,7 +45,15 @@ from routing.transport import TcpTransport
 from security import Identity
 
 from .errors import SwarmError
-from .generation import GenerationState, SamplingConfig, check_attention_mask, generate_tokens
+from .generation import (
+    GenerationError,
+    GenerationState,
+    SamplingConfig,
+    check_attention_mask,
+    generate_batch,
+    generate_tokens,
+    left_padding,
+)
 from .head import ClientHead
 from .trio_thread import TrioThread
 
@@ -131,20 +139,60 @@ class DistributedModelForCausalLM:
         return InferenceSession(self, max_length)
 
     def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """Like transformers' `generate` (batch of one): prompt plus new tokens.
+        """Like transformers' `generate`: the prompts followed by the new tokens.
 
         Arguments: max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
         eos_token_id, stop_strings (with `tokenizer=`), seed, streamer (called with each
-        new token id). Unset ones come from the model's generation config. `max_length`
-        (prompt included) stands for `max_new_tokens` if that is not given. An
-        `attention_mask` of ones is accepted (`**tokenizer(text, return_tensors="pt")`
-        works), `pad_token_id` and `use_cache` are ignored; anything else is a
-        GenerationError that names it.
+        new token id; one sequence only). Unset ones come from the model's generation config.
+        `max_length` (prompt included) stands for `max_new_tokens` if that is not given.
+        `use_cache` is ignored; anything else is a GenerationError that names it.
+
+        A batch (`**tokenizer(texts, padding=True, return_tensors="pt")` with the tokenizer
+        padding on the left) runs every row through its own sessions at once, and pads
+        a finished row with `pad_token_id` (the generation config's, else the first EOS),
+        as transformers does.
         """
+        padding = left_padding(kwargs.pop("attention_mask", None), input_ids)
         _max_length_as_new_tokens(kwargs, input_ids)
         config = self.sampling_config(**kwargs)
+        if input_ids.shape[0] > 1 or any(padding):
+            return self._generate_batch(input_ids, padding, config, kwargs)
         with self.inference_session(int(input_ids.shape[1]) + config.max_new_tokens) as session:
             return session.generate(input_ids, **kwargs)
+
+    def _generate_batch(
+        self,
+        input_ids: torch.Tensor,
+        padding: list[int],
+        config: SamplingConfig,
+        options: dict[str, Any],
+    ) -> torch.Tensor:
+        if options.get("streamer") is not None:
+            raise GenerationError("a streamer takes one sequence, not a batch")
+        pad_token_id = options.get("pad_token_id")
+        if pad_token_id is None:
+            pad_token_id = getattr(self.generation_config, "pad_token_id", None)
+        lengths = [int(input_ids.shape[1]) - pads + config.max_new_tokens for pads in padding]
+
+        async def run() -> torch.Tensor:
+            async with AsyncExitStack() as chains:
+                pipelines = [
+                    await chains.enter_async_context(
+                        InferenceChain(self._view, self._view.rpc, length)
+                    )
+                    for length in lengths
+                ]
+                return await generate_batch(
+                    self.head,
+                    pipelines,
+                    input_ids,
+                    padding,
+                    config,
+                    pad_token_id=pad_token_id,
+                    tokenizer=options.get("tokenizer"),
+                )
+
+        return self._loop.run(run)
 
     def forward(
         self,

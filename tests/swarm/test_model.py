@@ -178,6 +178,58 @@ def test_seeded_sampling_equals_local_generate(checkpoints: dict[str, Path]) -> 
     assert output[0, PROMPT.shape[1] :].tolist() == expected
 
 
+TEXTS = ["a b c d", "The quick brown fox", "Hello"]  # different lengths: left padding
+
+
+def _batch_and_local(checkpoint: Path, **options: Any) -> tuple[dict[str, Any], torch.Tensor]:
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, padding_side="left")
+    batch = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    assert not bool(batch["attention_mask"].all())
+    local = AutoModelForCausalLM.from_pretrained(checkpoint)
+    seed = options.pop("seed", None)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return batch, local.generate(**batch, **options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"do_sample": False},
+        {"do_sample": True, "temperature": 0.7, "top_k": 20, "seed": 5},
+        {"do_sample": False, "repetition_penalty": 1.3},
+    ],
+    ids=["greedy", "sampling", "penalty"],
+)
+def test_a_batch_of_prompts_equals_transformers_batched_generate(
+    checkpoints: dict[str, Path], options: dict[str, Any]
+) -> None:
+    """Left-padded prompts, each row through its own sessions: transformers' whole output,
+    padding included; seeded sampling draws from one generator for all rows, like it."""
+    checkpoint = checkpoints["llama"]
+    batch, expected = _batch_and_local(checkpoint, max_new_tokens=NEW_TOKENS, **options)
+    with _swarm_and_model(checkpoint, CHAINS[2]) as (swarm, model):
+        output = model.generate(**batch, max_new_tokens=NEW_TOKENS, **options)
+        assert torch.equal(output, expected)
+        assert all(_until(lambda p=p: swarm.sessions(p) == 0) for p in swarm.peers)
+
+
+def test_a_row_that_ends_is_padded_like_transformers_pads_it(checkpoints: dict[str, Path]) -> None:
+    checkpoint = checkpoints["qwen2"]
+    _, free = _batch_and_local(checkpoint, max_new_tokens=NEW_TOKENS, do_sample=False)
+    eos = int(free[0, -NEW_TOKENS + 3])  # a token the first row makes early on
+    options = {"max_new_tokens": NEW_TOKENS, "do_sample": False, "eos_token_id": eos}
+    batch, expected = _batch_and_local(checkpoint, pad_token_id=0, **options)
+    assert (expected[0, -3:] == 0).all()  # the first row ended and was padded
+    with _swarm_and_model(checkpoint, CHAINS[1]) as (_, model):
+        assert torch.equal(model.generate(**batch, pad_token_id=0, **options), expected)
+        with pytest.raises(SwarmError, match="pad on the left"):
+            right = batch["attention_mask"].flip(-1)
+            model.generate(batch["input_ids"], attention_mask=right, max_new_tokens=2)
+        with pytest.raises(SwarmError, match="streamer"):
+            model.generate(**batch, max_new_tokens=2, streamer=print)
+
+
 def test_a_session_continues_a_conversation(checkpoints: dict[str, Path]) -> None:
     checkpoint = checkpoints["qwen2"]
     second_turn = torch.tensor([[50, 51, 52]])
