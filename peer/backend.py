@@ -62,6 +62,11 @@ class SessionInfo:
     end: int
     max_length: int
     batch_size: int
+    padding: tuple[int, ...] = ()  # left padding of each row's first tokens; () for none
+
+    @property
+    def row_padding(self) -> tuple[int, ...]:
+        return self.padding or (0,) * self.batch_size
 
 
 @dataclass(frozen=True)
@@ -237,8 +242,11 @@ class SpanBackend:
         batch_size: int = 1,
         start: int | None = None,
         end: int | None = None,
+        padding: Sequence[int] = (),
     ) -> SessionInfo:
-        """Reserve `batch_size * max_length` cache tokens for blocks `start..end-1`."""
+        """Reserve `batch_size * max_length` cache tokens for blocks `start..end-1`. `padding`:
+        how many of each row's first tokens are padding (prompts of different lengths, padded
+        on the left), which no token attends to."""
         start, end = self._range(start, end)
         if not isinstance(session_id, str) or not session_id:
             raise InvalidRequestError("session id must be a non-empty string")
@@ -251,6 +259,14 @@ class SpanBackend:
         if not isinstance(batch_size, int) or not 1 <= batch_size <= self.config.max_batch_size:
             raise InvalidRequestError(
                 f"batch_size {batch_size} must be within 1..{self.config.max_batch_size}"
+            )
+        if padding and (
+            len(padding) != batch_size
+            or not all(isinstance(p, int) and 0 <= p < max_length for p in padding)
+        ):
+            raise InvalidRequestError(
+                f"padding must be {batch_size} counts within 0..{max_length - 1}, "
+                f"not {list(padding)[:8]}"
             )
         if len(self._sessions) >= self.config.max_sessions:
             raise SessionLimitError(f"{len(self._sessions)} sessions open, the limit")
@@ -268,7 +284,7 @@ class SpanBackend:
             dtype=self.dtype,
             device=self.span.device,
         )
-        info = SessionInfo(session_id, start, end, max_length, batch_size)
+        info = SessionInfo(session_id, start, end, max_length, batch_size, tuple(padding))
         self._sessions[session_id] = _Session(info, cache)
         self._reserved_tokens += tokens
         logger.debug("opened session %s: %s", session_id, info)
@@ -343,15 +359,25 @@ class SpanBackend:
         with torch.no_grad():
             cache = StepCache([s.cache for s in sessions], q_len, layer_offset=first)
             past = cache.past_lengths
+            pads = [pad for session in sessions for pad in session.info.row_padding]
             hidden = torch.cat([h.to(device) for h in hiddens]) if len(hiddens) > 1 else hiddens[0]
             hidden = hidden.to(device)
-            if len(set(past)) == 1:
-                positions = (torch.arange(q_len, device=device) + past[0])[None, :]
-            else:
-                offsets = torch.tensor(past, device=device)
-                positions = offsets[:, None] + torch.arange(q_len, device=device)[None, :]
+            positions = _positions(past, pads, q_len, device)
             output = self.span.run_layers(
-                hidden, first, last, position_ids=positions, past=past, cache=cache
+                hidden, first, last, position_ids=positions, past=past, pads=pads, cache=cache
             )
             cache.commit()
         return output.cpu()
+
+
+def _positions(
+    past: Sequence[int], pads: Sequence[int], q_len: int, device: torch.device
+) -> torch.Tensor:
+    """Position ids of the new tokens, `[1 or rows, q_len]`: counted from each row's first
+    token after its padding; a padding token gets 1, as in transformers."""
+    new = torch.arange(q_len, device=device)
+    if len(set(past)) == 1 and not any(pads):
+        return (new + past[0])[None, :]
+    index = torch.tensor(past, device=device)[:, None] + new[None, :]
+    start = torch.tensor(pads, device=device)[:, None]
+    return torch.where(index >= start, index - start, 1)

@@ -4,7 +4,9 @@ Layout: row `r` of a batch has `past[r]` cached tokens at key positions `0..past
 `q_len` new tokens right after them, so its queries sit at positions `past[r] + i`. Keys past
 `past[r] + q_len - 1` are padding (another row is longer): the causal rule already hides them,
 so padding needs no extra term. A key is visible when `key <= query` and, with a window `w`,
-`key > query - w` (transformers' `sliding_window_overlay`).
+`key > query - w` (transformers' `sliding_window_overlay`). A row whose prompt was padded on
+the left (a batch of prompts of different lengths) hides its first `pads[r]` keys too, as
+transformers' padding mask does; a padding token's own query then sees nothing, as there.
 
 `None` means "let SDPA do it" exactly when transformers' own mask code skips the mask
 (`_ignore_causal_mask_sdpa`): every row has the same past, no window comes into play, and
@@ -32,11 +34,14 @@ def causal_mask(
     device: torch.device,
     *,
     additive: torch.dtype | None = None,
+    pads: Sequence[int] = (),
 ) -> torch.Tensor | None:
     """Mask of shape `[rows or 1, 1, q_len, max(past) + q_len]` (True = attend), or None;
-    with `additive`, scores to add (0 or the lowest value of that dtype), never None."""
+    with `additive`, scores to add (0 or the lowest value of that dtype), never None. `pads`:
+    each row's left padding (none if empty)."""
     kv_len = max(past) + q_len
-    uniform = len(set(past)) == 1
+    padded = any(pads)
+    uniform = len(set(past)) == 1 and not padded
     trivial = uniform and (window is None or kv_len < window) and (q_len == 1 or past[0] == 0)
     if trivial and additive is None:
         return None
@@ -47,6 +52,8 @@ def causal_mask(
     visible = keys <= queries[:, :, None]
     if window is not None:
         visible &= keys > queries[:, :, None] - window
+    if padded:
+        visible &= keys >= torch.tensor(list(pads), device=device)[:, None, None]
     if additive is not None:
         hidden = torch.full(visible.shape, torch.finfo(additive).min, dtype=additive, device=device)
         return hidden.masked_fill(visible, 0.0)[:, None, :, :]
@@ -60,9 +67,10 @@ def masks_for_windows(
     device: torch.device,
     *,
     additive: torch.dtype | None = None,
+    pads: Sequence[int] = (),
 ) -> Mapping[int | None, torch.Tensor | None]:
     """One mask per distinct window among the blocks that will run."""
     return {
-        window: causal_mask(past, q_len, window, device, additive=additive)
+        window: causal_mask(past, q_len, window, device, additive=additive, pads=pads)
         for window in set(windows)
     }

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -100,9 +100,10 @@ class InferenceScheduler:
         batch_size: int = 1,
         start: int | None = None,
         end: int | None = None,
+        padding: Sequence[int] = (),
     ) -> SessionInfo:
         info = await self._worker.submit(
-            self.backend.open_session, session_id, max_length, batch_size, start, end
+            self.backend.open_session, session_id, max_length, batch_size, start, end, padding
         )
         self._last_active[session_id] = trio.current_time()
         self._reaper_wakeup.set()

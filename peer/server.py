@@ -136,7 +136,12 @@ class SpanServer:
             )
             try:  # opened inside: a cancel that lands as the session opens still closes it
                 info = await self.scheduler.open_session(
-                    session_id, request.max_length, request.batch_size, request.start, request.end
+                    session_id,
+                    request.max_length,
+                    request.batch_size,
+                    request.start,
+                    request.end,
+                    request.padding,
                 )
                 self._sessions[session_id] = session
                 opened = SessionOpened(

@@ -115,13 +115,16 @@ class Span:
         *,
         position_ids: torch.Tensor,
         past: Sequence[int],
+        pads: Sequence[int] = (),
         cache: Any = None,
     ) -> torch.Tensor:
         """Run local blocks `first`..`last - 1` over new tokens that follow `past` cached ones
-        (per row of the batch)."""
+        (per row of the batch), the first `pads` of a row being left padding."""
         additive = hidden.dtype if self.config._attn_implementation == "eager" else None
         windows = self.windows[first:last]
-        masks = masks_for_windows(windows, past, hidden.shape[1], hidden.device, additive=additive)
+        masks = masks_for_windows(
+            windows, past, hidden.shape[1], hidden.device, additive=additive, pads=pads
+        )
         embeddings: dict[str | None, Any] = {}  # cos and sin, per kind of rotary
         for local in range(first, last):
             kind = self.rotary_kinds[local]

@@ -3,7 +3,8 @@
 Methods (block indices are the model's, `end` exclusive):
 - `span.info` (unary): `{}` -> the peer's announcement fields plus `max_session_length`.
 - `span.forward` (unary): `{"start", "end", "tensor"}` + bytes -> `{"tensor"}` + bytes.
-- `span.inference` (stream): `{"open": {"max_length", "batch_size", "start", "end"}}` ->
+- `span.inference` (stream): `{"open": {"max_length", "batch_size", "start", "end"}}`, with
+  `"padding": [n, ...]` for rows whose first n tokens are left padding (a batch of prompts) ->
   `{"opened": {"session", "start", "end", "max_length"}}`; then per step
   `{"step": n, "tensor"}` + bytes -> `{"step": n, "tensor", "server_ms", "compute_ms"}` +
   bytes (the time the peer spent on the step, from receiving it to replying, and the part
@@ -51,19 +52,26 @@ class SessionRequest:
     end: int
     max_length: int
     batch_size: int = 1
+    padding: tuple[int, ...] = ()  # per row; () when no row is padded
 
     def header(self) -> dict[str, Any]:
-        return {"open": {"start": self.start, "end": self.end, "max_length": self.max_length,
-                         "batch_size": self.batch_size}}  # fmt: skip
+        fields = {"start": self.start, "end": self.end, "max_length": self.max_length,
+                  "batch_size": self.batch_size}  # fmt: skip
+        return {"open": fields | ({"padding": list(self.padding)} if any(self.padding) else {})}
 
     @classmethod
     def parse(cls, header: Mapping[str, Any]) -> SessionRequest:
         fields = _map(header, "open")
+        batch_size = _int(fields, "batch_size")
+        padding = fields.get("padding", [])
+        if not isinstance(padding, list) or len(padding) != (batch_size if padding else 0):
+            raise ProtocolError("'padding' must list one count per row of the batch")
         return cls(
             start=_int(fields, "start"),
             end=_int(fields, "end"),
             max_length=_int(fields, "max_length"),
-            batch_size=_int(fields, "batch_size"),
+            batch_size=batch_size,
+            padding=tuple(_int({"padding": count}, "padding") for count in padding),
         )
 
 

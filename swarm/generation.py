@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, cast
 
 import torch
-import trio
 from transformers import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
@@ -231,9 +230,8 @@ async def generate_tokens(
 
 async def generate_batch(
     head: LanguageModelHead,
-    pipelines: Sequence[HiddenStatePipeline],
+    pipeline: HiddenStatePipeline,
     input_ids: torch.Tensor,
-    padding: Sequence[int],
     config: SamplingConfig,
     *,
     pad_token_id: int | None = None,
@@ -241,9 +239,10 @@ async def generate_batch(
 ) -> torch.Tensor:
     """What transformers' `generate()` returns for a batch of left-padded prompts: the
     prompts, then the new tokens, a finished row padded with `pad_token_id` (the first EOS
-    if not given). Each row runs through its own pipeline, all at once: the peers merge the
-    rows' steps into one forward. The rows share one set of logits processors, stopping
-    criteria and random generator, as in transformers, so that seeded sampling draws alike."""
+    if not given). The pipeline's sessions know each row's padding; every step sends all
+    rows at once, a finished one too, as transformers computes it. The rows share the logits
+    processors, stopping criteria and random generator, as there, so seeded sampling draws
+    alike."""
     processors = build_logits_processors(config)
     stopping = build_stopping_criteria(config, tokenizer)
     generator = torch.Generator(device=input_ids.device)
@@ -252,24 +251,17 @@ async def generate_batch(
     eos = torch.tensor(config.eos_token_ids, dtype=torch.long)
     if pad_token_id is None and len(eos):
         pad_token_id = int(eos[0])
-    rows = input_ids.shape[0]
-    unfinished = torch.ones(rows, dtype=torch.bool)
-    fresh = [input_ids[row, pads:] for row, pads in enumerate(padding)]
-    logits = torch.empty(0)
+    unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool)
+    fresh = input_ids
     for _ in range(config.max_new_tokens):
-        # without EOS a row that met a stop string goes on, as in transformers
-        active = [row for row in range(rows) if unfinished[row] or not len(eos)]
-        last = await _last_hidden_states(head, pipelines, fresh, active)
-        step_logits = head.logits(torch.cat([last[row] for row in active]))[:, -1, :].float()
-        if not len(logits):
-            logits = torch.zeros(rows, step_logits.shape[-1])
-        logits[active] = step_logits  # a finished row keeps its last logits: its token is pad
-        scores = processors(cast(torch.LongTensor, input_ids), logits.clone())
+        hidden = await pipeline.step(head.embed(fresh))
+        logits = head.logits(hidden[:, -1:, :])[:, -1, :].to(torch.float32)
+        scores = processors(cast(torch.LongTensor, input_ids), logits)
         tokens = _choose(scores, config.do_sample, generator)
-        if len(eos) and pad_token_id is not None:
+        if len(eos) and pad_token_id is not None:  # without EOS, transformers pads nothing
             tokens = torch.where(unfinished, tokens, pad_token_id)
-        input_ids = torch.cat([input_ids, tokens[:, None].to(input_ids.dtype)], dim=-1)
-        fresh = [tokens[row : row + 1] for row in range(rows)]
+        fresh = tokens[:, None].to(input_ids.dtype)
+        input_ids = torch.cat([input_ids, fresh], dim=-1)
         done = torch.isin(tokens, eos)
         if stopping:
             done |= stopping(input_ids, scores)
@@ -277,25 +269,6 @@ async def generate_batch(
         if not unfinished.any():
             break
     return input_ids
-
-
-async def _last_hidden_states(
-    head: LanguageModelHead,
-    pipelines: Sequence[HiddenStatePipeline],
-    fresh: Sequence[torch.Tensor],
-    rows: Sequence[int],
-) -> dict[int, torch.Tensor]:
-    """Each row's new tokens through its pipeline, concurrently: the last position's state."""
-    last: dict[int, torch.Tensor] = {}
-
-    async def step(row: int) -> None:
-        hidden = await pipelines[row].step(head.embed(fresh[row][None, :]))
-        last[row] = hidden[:, -1:, :]
-
-    async with trio.open_nursery() as nursery:
-        for row in rows:
-            nursery.start_soon(step, row)
-    return last
 
 
 def _choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator) -> torch.Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
-from contextlib import AsyncExitStack, aclosing
+from contextlib import aclosing
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -148,9 +148,9 @@ class DistributedModelForCausalLM:
         `use_cache` is ignored; anything else is a GenerationError that names it.
 
         A batch (`**tokenizer(texts, padding=True, return_tensors="pt")` with the tokenizer
-        padding on the left) runs every row through its own sessions at once, and pads
-        a finished row with `pad_token_id` (the generation config's, else the first EOS),
-        as transformers does.
+        padding on the left) runs as one, through sessions that know each row's padding, and
+        a finished row is padded with `pad_token_id` (the generation config's, else the first
+        EOS), as transformers does.
         """
         padding = left_padding(kwargs.pop("attention_mask", None), input_ids)
         _max_length_as_new_tokens(kwargs, input_ids)
@@ -172,21 +172,14 @@ class DistributedModelForCausalLM:
         pad_token_id = options.get("pad_token_id")
         if pad_token_id is None:
             pad_token_id = getattr(self.generation_config, "pad_token_id", None)
-        lengths = [int(input_ids.shape[1]) - pads + config.max_new_tokens for pads in padding]
+        max_length = int(input_ids.shape[1]) + config.max_new_tokens
 
         async def run() -> torch.Tensor:
-            async with AsyncExitStack() as chains:
-                pipelines = [
-                    await chains.enter_async_context(
-                        InferenceChain(self._view, self._view.rpc, length)
-                    )
-                    for length in lengths
-                ]
+            async with InferenceChain(self._view, self._view.rpc, max_length, padding) as chain:
                 return await generate_batch(
                     self.head,
-                    pipelines,
+                    chain,
                     input_ids,
-                    padding,
                     config,
                     pad_token_id=pad_token_id,
                     tokenizer=options.get("tokenizer"),

@@ -68,12 +68,18 @@ class ChainFailedError(NoRouteError):
 
 
 class InferenceChain:
-    """Use as `async with InferenceChain(view, rpc, max_length) as chain: await chain.step(h)`."""
+    """Use as `async with InferenceChain(view, rpc, max_length) as chain: await chain.step(h)`.
 
-    def __init__(self, view: SwarmView, rpc: RPCHost, max_length: int) -> None:
+    `padding`: one entry per row of the batch, how many of its first tokens are left padding
+    (prompts of different lengths); one row without padding by default."""
+
+    def __init__(
+        self, view: SwarmView, rpc: RPCHost, max_length: int, padding: Sequence[int] = (0,)
+    ) -> None:
         self.view = view
         self.rpc = rpc
         self.max_length = max_length
+        self.padding = tuple(padding)
         self.hops: list[HopSession] = []
         self.failovers: list[Failover] = []
         self._closed = False
@@ -107,7 +113,8 @@ class InferenceChain:
 
     def _timeout(self, hidden: torch.Tensor) -> float:
         config = self.view.config
-        return config.step_timeout + config.step_timeout_per_token * int(hidden.shape[1])
+        tokens = int(hidden.shape[0]) * int(hidden.shape[1])
+        return config.step_timeout + config.step_timeout_per_token * tokens
 
     async def step(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states of new positions in, the last block's output out."""
@@ -216,7 +223,8 @@ class InferenceChain:
         for _ in range(self.view.config.max_failovers):
             peers = self.view.peers  # as routed (a refresh may replace the view meanwhile)
             try:
-                route = self.view.route(start, end, tokens_needed=self.max_length)
+                tokens = self.max_length * len(self.padding)  # the cache the sessions reserve
+                route = self.view.route(start, end, tokens_needed=tokens)
             except NoRouteError as error:
                 if not refreshed:  # the swarm may have changed since the view was read
                     await self.view.refresh()
@@ -253,7 +261,9 @@ class InferenceChain:
         liveness = Liveness(self.view.config.liveness_after, ping)
         session = HopSession(hop, announcement.address, dtype, liveness)
         try:
-            await session.open(self.rpc, self.max_length, self.view.config.open_timeout)
+            await session.open(
+                self.rpc, self.max_length, self.view.config.open_timeout, self.padding
+            )
         except BaseException:
             await session.close()
             raise

@@ -15,7 +15,7 @@ long before the deadline, while one that is only slow (a long prompt) is waited 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 
@@ -95,8 +95,17 @@ class HopSession:
     def tokens(self) -> int:
         return sum(int(x.shape[1]) for x in self.inputs)
 
-    async def open(self, rpc: RPCHost, max_length: int, timeout: float) -> None:  # noqa: ASYNC109
-        request = SessionRequest(self.hop.start, self.hop.end, max_length)
+    async def open(
+        self,
+        rpc: RPCHost,
+        max_length: int,
+        timeout: float,  # noqa: ASYNC109
+        padding: Sequence[int] = (0,),
+    ) -> None:
+        """Open the session: one row per entry of `padding`, its left padding."""
+        request = SessionRequest(
+            self.hop.start, self.hop.end, max_length, len(padding), tuple(padding)
+        )
         deadline = trio.current_time() + timeout
         try:
             with trio.fail_at(deadline):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -173,6 +174,37 @@ def test_step_many_equals_single_steps(
             assert got.shape == expected.shape
             assert_rounding_close(got, expected)
     assert merged_backend.session_length("b") == lengths["b"][1] + 4
+
+
+def test_a_padded_session_merges_with_others(checkpoints: dict[str, Path]) -> None:
+    """Rows padded on the left keep their own mask and positions in a merged step."""
+    merged_backend = SpanBackend.load(checkpoints["llama"], 0, 4)
+    single_backend = SpanBackend.load(checkpoints["llama"], 0, 4)
+    for backend in (merged_backend, single_backend):
+        backend.open_session("padded", max_length=20, batch_size=2, padding=(3, 0))
+        backend.open_session("plain", max_length=20)
+        backend.step("padded", _hidden(2, 6, seed=1))
+        backend.step("plain", _hidden(1, 4, seed=2))
+    for step in range(3):
+        requests = [
+            StepRequest("padded", _hidden(2, 1, seed=10 + step)),
+            StepRequest("plain", _hidden(1, 1, seed=20 + step)),
+        ]
+        merged = merged_backend.step_many(requests)
+        for got, request in zip(merged, requests, strict=True):
+            assert_rounding_close(
+                got, single_backend.step(request.session_id, request.hidden_states)
+            )
+
+
+@pytest.mark.parametrize(
+    "padding", [(1,), (1, 2, 3), (0, 20), (-1, 0), (1.5, 0)], ids=lambda p: str(p)
+)
+def test_bad_padding_is_refused(padding: tuple[Any, ...], checkpoints: dict[str, Path]) -> None:
+    backend = SpanBackend.load(checkpoints["llama"], 0, 1)
+    with pytest.raises(InvalidRequestError, match="padding"):
+        backend.open_session("s", max_length=20, batch_size=2, padding=padding)
+    assert backend.cache_tokens_left == backend.config.max_cache_tokens
 
 
 def test_step_many_matches_transformers(

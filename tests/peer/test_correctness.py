@@ -116,6 +116,44 @@ def test_incremental_decoding_equals_transformers_own(
     assert torch.equal(_incremental(backend, inputs, prompt=5), torch.cat(expected, 1))
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "deepseek_v3"])
+def test_prompts_padded_on_the_left_equal_transformers(
+    family: str, checkpoints: dict[str, Path], references: dict[str, Reference]
+) -> None:
+    """A batch of prompts of different lengths in one session, padded on the left: every
+    step bit for bit what the transformers model computes with the same padding (its mask
+    and position ids, as `generate()` makes them) and its own KV cache."""
+    model = references[family].model
+    padding = (3, 1, 0)
+    ids = _ids(3, 7)
+    mask = torch.ones_like(ids)
+    for row, pads in enumerate(padding):
+        mask[row, :pads] = 0
+    keyword = cache_keyword(type(model).forward)
+    cache = DynamicCache(config=model.config)
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    steps = [(ids, positions)] + [(_ids(3, 1, seed=s), positions[:, -1:] + s) for s in (1, 2, 3)]
+    inputs, expected = [], []
+    with torch.no_grad():
+        for new, new_positions in steps:
+            if new is not ids:  # the mask covers the cache and the new tokens
+                mask = torch.cat([mask, torch.ones_like(new)], dim=1)
+            out = model(
+                new,
+                attention_mask=mask,
+                position_ids=new_positions,
+                use_cache=True,
+                output_hidden_states=True,
+                **{keyword: cache},
+            )
+            inputs.append(out.hidden_states[0])
+            expected.append(out.hidden_states[3])
+    backend = SpanBackend.load(checkpoints[family], 0, 3)
+    backend.open_session("s", max_length=10, batch_size=3, padding=padding)
+    for hidden, wanted in zip(inputs, expected, strict=True):
+        assert torch.equal(backend.step("s", hidden.contiguous()), wanted)
+
+
 def test_chunks_after_the_prompt(
     checkpoints: dict[str, Path], references: dict[str, Reference]
 ) -> None:

@@ -17,6 +17,9 @@ TENSOR = {"dtype": "float32", "shape": [1, 1, 8]}
 def test_round_trips() -> None:
     request = protocol.SessionRequest(start=2, end=5, max_length=64, batch_size=1)
     assert protocol.SessionRequest.parse(request.header()) == request
+    assert "padding" not in request.header()["open"]
+    padded = protocol.SessionRequest(2, 5, 64, batch_size=3, padding=(2, 0, 1))
+    assert protocol.SessionRequest.parse(padded.header()) == padded
     opened = protocol.SessionOpened("abc", 2, 5, 64)
     assert protocol.SessionOpened.parse(opened.header()) == opened
     assert protocol.parse_forward(protocol.forward_header(1, 3, TENSOR)) == (1, 3, TENSOR)
@@ -36,6 +39,10 @@ def test_round_trips() -> None:
         {"open": {"start": 0, "end": 2, "max_length": True, "batch_size": 1}},
         {"open": {"start": -1, "end": 2, "max_length": 8, "batch_size": 1}},
         {"open": {"start": 0, "end": 2**40, "max_length": 8, "batch_size": 1}},
+        {"open": {"start": 0, "end": 2, "max_length": 8, "batch_size": 2, "padding": [1]}},
+        {"open": {"start": 0, "end": 2, "max_length": 8, "batch_size": 1, "padding": ["1"]}},
+        {"open": {"start": 0, "end": 2, "max_length": 8, "batch_size": 1, "padding": -1}},
+        {"open": {"start": 0, "end": 2, "max_length": 8, "batch_size": 1, "padding": [-1]}},
     ],
 )
 def test_malformed_session_requests_are_refused(header: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ is `generate()` of the same checkpoint loaded by transformers.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -228,6 +229,32 @@ def test_a_row_that_ends_is_padded_like_transformers_pads_it(checkpoints: dict[s
             model.generate(batch["input_ids"], attention_mask=right, max_new_tokens=2)
         with pytest.raises(SwarmError, match="streamer"):
             model.generate(**batch, max_new_tokens=2, streamer=print)
+
+
+def test_a_batch_goes_on_through_a_replica_when_its_peer_is_cut_off(
+    checkpoints: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The new peer gets the padded rows' history replayed into a session with the same
+    padding: the output stays transformers'."""
+    checkpoint = checkpoints["mistral"]
+    batch, expected = _batch_and_local(checkpoint, max_new_tokens=NEW_TOKENS, do_sample=False)
+    result: list[torch.Tensor] = []
+    with _swarm_and_model(checkpoint, [(0, 2), (2, 4), (2, 4)]) as (swarm, model):
+        replicas = swarm.peers[1:]
+        for replica in replicas:  # slow enough that the cut lands mid-generation
+            swarm.fault(replica, "delay", 0.05)
+        worker = threading.Thread(
+            target=lambda: result.append(
+                model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
+            )
+        )
+        worker.start()
+        assert _until(lambda: any(swarm.sessions(p) for p in replicas))
+        victim = next(p for p in replicas if swarm.sessions(p))
+        swarm.fault(victim, "cut")
+        worker.join(timeout=60)
+    assert torch.equal(result[0], expected)
+    assert f"peer {victim.peer[:8]} failed" in caplog.text
 
 
 def test_a_session_continues_a_conversation(checkpoints: dict[str, Path]) -> None:

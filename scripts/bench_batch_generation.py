@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Benchmark generation for a batch of prompts: tokens/s through the swarm, batched or not.
+
+For each model (SmolLM2-135M-Instruct by default) and each batch size, `--tokens` new tokens
+are generated greedily for that many prompts of `--prompt-length` random tokens (EOS off, so
+every row makes all its tokens): by the local transformers model in one batched `generate()`
+(the baseline, measured first in this process), then through a swarm of `swarm peer`
+processes on 127.0.0.1 holding the blocks in `--hops` equal spans, once as one batched
+`generate()` (one session per peer holds every row: one forward per step) and once one
+prompt after another. Reported: tokens per second of each, the
+ratio of the batched swarm to the baseline and to one prompt at a time, and whether the
+swarm's tokens equal the baseline's.
+
+    .venv/bin/python scripts/bench_batch_generation.py [--models smollm2 tiny]
+        [--batches 1 4 8] [--tokens 32] [--prompt-length 16] [--hops 2] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts._bench_models import bench_checkpoints  # noqa: E402
+from swarm import DistributedModelForCausalLM  # noqa: E402
+from swarm.local_swarm import LocalSwarm  # noqa: E402
+
+
+def _seconds(call: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
+    began = time.perf_counter()
+    output = call()
+    return time.perf_counter() - began, output
+
+
+def run_model(
+    checkpoint: Path, batches: list[int], new_tokens: int, prompt_length: int, hops: int
+) -> dict[str, Any]:
+    config = AutoConfig.from_pretrained(checkpoint)
+    generator = torch.Generator().manual_seed(0)
+    prompts = torch.randint(
+        5, min(1000, config.vocab_size), (max(batches), prompt_length), generator=generator
+    )
+    options = {"max_new_tokens": new_tokens, "do_sample": False}
+    local = AutoModelForCausalLM.from_pretrained(checkpoint)
+    local.generation_config.eos_token_id = None  # every row makes all its tokens
+    results: dict[str, Any] = {}
+    expected = {}
+    for size in batches:
+        ids = prompts[:size]
+        local.generate(ids, attention_mask=torch.ones_like(ids), **options)  # warm-up
+        seconds, expected[size] = _seconds(
+            lambda ids=ids: local.generate(ids, attention_mask=torch.ones_like(ids), **options)
+        )
+        results[f"batch_{size}"] = {"local_tokens_per_s": size * new_tokens / seconds}
+    blocks = int(config.num_hidden_layers)
+    bounds = [round(i * blocks / hops) for i in range(hops + 1)]
+    with (
+        LocalSwarm(checkpoint, list(itertools.pairwise(bounds)), monitor=False) as swarm,
+        DistributedModelForCausalLM.from_pretrained(
+            checkpoint, initial_peers=[swarm.bootstrap]
+        ) as model,
+    ):
+        model.generation_config.eos_token_id = None
+        model.generate(prompts[:1], **options)  # warm-up: connections, peers' first steps
+        for size in batches:
+            ids = prompts[:size]
+            batched, output = _seconds(lambda ids=ids: model.generate(ids, **options))
+            one_by_one, _ = _seconds(
+                lambda ids=ids: torch.cat([model.generate(row[None], **options) for row in ids])
+            )
+            entry = results[f"batch_{size}"]
+            entry["swarm_batched_tokens_per_s"] = size * new_tokens / batched
+            entry["swarm_one_by_one_tokens_per_s"] = size * new_tokens / one_by_one
+            entry["batched_x_local"] = (
+                entry["swarm_batched_tokens_per_s"] / entry["local_tokens_per_s"]
+            )
+            entry["batched_x_one_by_one"] = one_by_one / batched
+            entry["same_tokens"] = bool(torch.equal(output, expected[size]))
+            local_rate, rate = entry["local_tokens_per_s"], entry["swarm_batched_tokens_per_s"]
+            print(
+                f"  batch {size:2d}: local {local_rate:7.1f} tokens/s, swarm batched "
+                f"{rate:7.1f} (x{entry['batched_x_local']:.2f} local, "
+                f"x{entry['batched_x_one_by_one']:.2f} one by one), one by one "
+                f"{entry['swarm_one_by_one_tokens_per_s']:7.1f}; "
+                f"same tokens: {entry['same_tokens']}",
+                flush=True,
+            )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["smollm2"])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--prompt-length", type=int, default=16)
+    parser.add_argument("--hops", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    results: dict[str, Any] = {"tokens": args.tokens, "hops": args.hops}
+    print(f"greedy generation of {args.tokens} tokens per prompt, {args.hops} peers, threads "
+          f"{torch.get_num_threads()}, loopback")  # fmt: skip
+    for name, checkpoint in bench_checkpoints(args.models).items():
+        print(name, flush=True)
+        results[name] = run_model(
+            checkpoint, args.batches, args.tokens, args.prompt_length, args.hops
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
