@@ -212,12 +212,22 @@ class SpanBackend:
 
     # ----- stateless forward -----
     def forward(
-        self, hidden_states: torch.Tensor, start: int | None = None, end: int | None = None
+        self,
+        hidden_states: torch.Tensor,
+        start: int | None = None,
+        end: int | None = None,
+        attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
     ) -> torch.Tensor:
-        """Blocks `start..end-1` over `[batch, length, hidden]`, positions 0..length-1."""
+        """Blocks `start..end-1` over `[batch, length, hidden]`, positions 0..length-1;
+        `attention_mask` (`[batch, length]`, 0 for padding) as transformers' model takes it."""
         start, end = self._range(start, end)
         hidden = self._check_hidden(hidden_states, "forward")
         batch, length, _ = hidden.shape
+        mask = None if attention_mask is None else torch.as_tensor(attention_mask).bool()
+        if mask is not None and mask.shape != (batch, length):
+            raise InvalidRequestError(
+                f"forward: attention_mask {list(mask.shape)} is not {[batch, length]}"
+            )
         if batch * length > self.config.max_forward_tokens:
             raise InvalidRequestError(
                 f"forward: {batch}x{length} tokens exceed the limit "
@@ -231,7 +241,10 @@ class SpanBackend:
         with torch.no_grad():
             hidden = hidden.to(self.span.device)
             positions = torch.arange(length, device=self.span.device)[None, :]
-            output = self.span.run_layers(hidden, first, last, position_ids=positions, past=[0])
+            keys = None if mask is None else mask.to(self.span.device)
+            output = self.span.run_layers(
+                hidden, first, last, position_ids=positions, past=[0], keys=keys
+            )
         return output.cpu()
 
     # ----- sessions -----
@@ -363,8 +376,12 @@ class SpanBackend:
             hidden = torch.cat([h.to(device) for h in hiddens]) if len(hiddens) > 1 else hiddens[0]
             hidden = hidden.to(device)
             positions = _positions(past, pads, q_len, device)
+            keys = None
+            if any(pads):  # each row's first `pad` keys are its left padding
+                indices = torch.arange(max(past) + q_len, device=device)
+                keys = indices[None, :] >= torch.tensor(pads, device=device)[:, None]
             output = self.span.run_layers(
-                hidden, first, last, position_ids=positions, past=past, pads=pads, cache=cache
+                hidden, first, last, position_ids=positions, past=past, keys=keys, cache=cache
             )
             cache.commit()
         return output.cpu()

@@ -4,9 +4,10 @@ Layout: row `r` of a batch has `past[r]` cached tokens at key positions `0..past
 `q_len` new tokens right after them, so its queries sit at positions `past[r] + i`. Keys past
 `past[r] + q_len - 1` are padding (another row is longer): the causal rule already hides them,
 so padding needs no extra term. A key is visible when `key <= query` and, with a window `w`,
-`key > query - w` (transformers' `sliding_window_overlay`). A row whose prompt was padded on
-the left (a batch of prompts of different lengths) hides its first `pads[r]` keys too, as
-transformers' padding mask does; a padding token's own query then sees nothing, as there.
+`key > query - w` (transformers' `sliding_window_overlay`). `keys` hides padding as
+transformers' padding mask does: row `r` sees key `k` only where `keys[r, k]` (a batch of
+prompts padded on the left, or a batch forward's `attention_mask`); a padding token's own
+query may then see nothing, as there.
 
 `None` means "let SDPA do it" exactly when transformers' own mask code skips the mask
 (`_ignore_causal_mask_sdpa`): every row has the same past, no window comes into play, and
@@ -34,26 +35,25 @@ def causal_mask(
     device: torch.device,
     *,
     additive: torch.dtype | None = None,
-    pads: Sequence[int] = (),
+    keys: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Mask of shape `[rows or 1, 1, q_len, max(past) + q_len]` (True = attend), or None;
-    with `additive`, scores to add (0 or the lowest value of that dtype), never None. `pads`:
-    each row's left padding (none if empty)."""
+    with `additive`, scores to add (0 or the lowest value of that dtype), never None.
+    `keys`: `[rows, max(past) + q_len]`, False for padding (none if None)."""
     kv_len = max(past) + q_len
-    padded = any(pads)
-    uniform = len(set(past)) == 1 and not padded
+    uniform = len(set(past)) == 1 and keys is None
     trivial = uniform and (window is None or kv_len < window) and (q_len == 1 or past[0] == 0)
     if trivial and additive is None:
         return None
     rows = past[:1] if uniform else past
     offsets = torch.tensor(list(rows), dtype=torch.long, device=device)
     queries = offsets[:, None] + torch.arange(q_len, device=device)[None, :]  # [R, q]
-    keys = torch.arange(kv_len, device=device)[None, None, :]  # [1, 1, kv]
-    visible = keys <= queries[:, :, None]
+    indices = torch.arange(kv_len, device=device)[None, None, :]  # [1, 1, kv]
+    visible = indices <= queries[:, :, None]
     if window is not None:
-        visible &= keys > queries[:, :, None] - window
-    if padded:
-        visible &= keys >= torch.tensor(list(pads), device=device)[:, None, None]
+        visible &= indices > queries[:, :, None] - window
+    if keys is not None:
+        visible = visible & keys[:, None, :]
     if additive is not None:
         hidden = torch.full(visible.shape, torch.finfo(additive).min, dtype=additive, device=device)
         return hidden.masked_fill(visible, 0.0)[:, None, :, :]
@@ -67,10 +67,10 @@ def masks_for_windows(
     device: torch.device,
     *,
     additive: torch.dtype | None = None,
-    pads: Sequence[int] = (),
+    keys: torch.Tensor | None = None,
 ) -> Mapping[int | None, torch.Tensor | None]:
     """One mask per distinct window among the blocks that will run."""
     return {
-        window: causal_mask(past, q_len, window, device, additive=additive, pads=pads)
+        window: causal_mask(past, q_len, window, device, additive=additive, keys=keys)
         for window in set(windows)
     }

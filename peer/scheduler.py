@@ -89,9 +89,15 @@ class InferenceScheduler:
 
     # ----- API for the RPC handlers -----
     async def forward(
-        self, hidden_states: torch.Tensor, start: int | None = None, end: int | None = None
+        self,
+        hidden_states: torch.Tensor,
+        start: int | None = None,
+        end: int | None = None,
+        attention_mask: Sequence[Sequence[int]] | None = None,
     ) -> torch.Tensor:
-        return await self._worker.submit(self.backend.forward, hidden_states, start, end)
+        return await self._worker.submit(
+            self.backend.forward, hidden_states, start, end, attention_mask
+        )
 
     async def open_session(
         self,

@@ -116,9 +116,9 @@ class SpanServer:
 
     async def forward(self, request: Packet, context: CallContext) -> Packet:
         with _as_handler_errors():
-            start, end, tensor = parse_forward(request.header)
+            start, end, tensor, mask = parse_forward(request.header)
             hidden = decode_tensor(tensor, request.body)
-            output = await self.scheduler.forward(hidden, start, end)
+            output = await self.scheduler.forward(hidden, start, end, mask)
         header, body = encode_tensor(output)
         return Packet({"tensor": header}, body)
 

@@ -115,15 +115,15 @@ class Span:
         *,
         position_ids: torch.Tensor,
         past: Sequence[int],
-        pads: Sequence[int] = (),
+        keys: torch.Tensor | None = None,
         cache: Any = None,
     ) -> torch.Tensor:
         """Run local blocks `first`..`last - 1` over new tokens that follow `past` cached ones
-        (per row of the batch), the first `pads` of a row being left padding."""
+        (per row of the batch); `keys`: which of a row's keys are not padding (`peer.masks`)."""
         additive = hidden.dtype if self.config._attn_implementation == "eager" else None
         windows = self.windows[first:last]
         masks = masks_for_windows(
-            windows, past, hidden.shape[1], hidden.device, additive=additive, pads=pads
+            windows, past, hidden.shape[1], hidden.device, additive=additive, keys=keys
         )
         embeddings: dict[str | None, Any] = {}  # cos and sin, per kind of rotary
         for local in range(first, last):

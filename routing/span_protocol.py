@@ -2,7 +2,8 @@
 
 Methods (block indices are the model's, `end` exclusive):
 - `span.info` (unary): `{}` -> the peer's announcement fields plus `max_session_length`.
-- `span.forward` (unary): `{"start", "end", "tensor"}` + bytes -> `{"tensor"}` + bytes.
+- `span.forward` (unary): `{"start", "end", "tensor"}` + bytes -> `{"tensor"}` + bytes;
+  `"attention_mask"` (rows of 0 and 1, 0 for padding) as transformers' model takes it.
 - `span.inference` (stream): `{"open": {"max_length", "batch_size", "start", "end"}}`, with
   `"padding": [n, ...]` for rows whose first n tokens are left padding (a batch of prompts) ->
   `{"opened": {"session", "start", "end", "max_length"}}`; then per step
@@ -145,13 +146,30 @@ class RelayJoin:
         return cls(_text(fields, "session"), _text(fields, "token"))
 
 
-def forward_header(start: int, end: int, tensor: Mapping[str, Any]) -> dict[str, Any]:
-    return {"start": start, "end": end, "tensor": dict(tensor)}
+def forward_header(
+    start: int,
+    end: int,
+    tensor: Mapping[str, Any],
+    attention_mask: Sequence[Sequence[int]] | None = None,
+) -> dict[str, Any]:
+    header = {"start": start, "end": end, "tensor": dict(tensor)}
+    if attention_mask is not None:
+        header["attention_mask"] = [list(row) for row in attention_mask]
+    return header
 
 
-def parse_forward(header: Mapping[str, Any]) -> tuple[int, int, Mapping[str, Any]]:
-    """(start, end, tensor header) of a forward request."""
-    return _int(header, "start"), _int(header, "end"), tensor_header(header)
+def parse_forward(
+    header: Mapping[str, Any],
+) -> tuple[int, int, Mapping[str, Any], list[list[int]] | None]:
+    """(start, end, tensor header, attention mask: rows of 0 and 1, or None) of a forward."""
+    mask = header.get("attention_mask")
+    if mask is not None and not (
+        isinstance(mask, list)
+        and all(isinstance(row, list) and len(row) == len(mask[0]) for row in mask)
+        and all(type(value) is int and value in (0, 1) for row in mask for value in row)
+    ):
+        raise ProtocolError("'attention_mask' must be rows of 0 and 1, all of one length")
+    return _int(header, "start"), _int(header, "end"), tensor_header(header), mask
 
 
 def step_header(

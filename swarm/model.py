@@ -193,12 +193,13 @@ class DistributedModelForCausalLM:
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> CausalLMOutput:
-        """Logits of every position of a batch of equal-length sequences, as transformers'
-        `model(input_ids)`; with `labels` (-100: ignored), also the mean next-token loss.
+        """Logits of every position of a batch, as transformers' `model(input_ids,
+        attention_mask)`; with `labels` (-100: ignored), also the mean next-token loss.
 
         Stateless: the blocks run through `span.forward` on replicas drawn by their spare
-        throughput (`routing.client.forward`), and no session is kept. An `attention_mask`
-        of ones is accepted; padding is refused.
+        throughput (`routing.client.forward`), and no session is kept. `attention_mask` (0
+        for padding, on either side) hides keys as in transformers, whose positions count
+        from the first column whatever the padding.
         """
         from transformers.modeling_outputs import CausalLMOutput
 
@@ -206,8 +207,15 @@ class DistributedModelForCausalLM:
             raise SwarmError(f"input_ids must be [batch, length], not {list(input_ids.shape)}")
         if labels is not None and labels.shape != input_ids.shape:
             raise SwarmError(f"labels must have the shape of input_ids, {list(input_ids.shape)}")
-        check_attention_mask(attention_mask, input_ids)
-        through_swarm = partial(forward_through_swarm, self._view, rng=self._rng)
+        mask = None
+        if attention_mask is not None:
+            mask = torch.as_tensor(attention_mask)
+            if mask.shape != input_ids.shape or not bool(((mask == 0) | (mask == 1)).all()):
+                raise SwarmError("attention_mask must be 0 and 1, in the shape of input_ids")
+            mask = None if bool(mask.all()) else mask  # nothing hidden: as without one
+        through_swarm = partial(
+            forward_through_swarm, self._view, rng=self._rng, attention_mask=mask
+        )
         hidden = self._loop.run(through_swarm, self.head.embed(input_ids))
         logits = self.head.logits(hidden)
         loss = None if labels is None else _causal_lm_loss(logits, labels)

@@ -37,9 +37,15 @@ REFUSED_REQUESTS = frozenset({"invalid_request", "bad_request"})  # the same on 
 
 
 async def forward_through_swarm(
-    view: SwarmView, hidden: torch.Tensor, *, rng: random.Random
+    view: SwarmView,
+    hidden: torch.Tensor,
+    *,
+    rng: random.Random,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`hidden` ([batch, length, hidden], positions 0..length-1) through blocks 0..N-1."""
+    """`hidden` ([batch, length, hidden], positions 0..length-1) through blocks 0..N-1;
+    `attention_mask` ([batch, length], 0 for padding) as transformers' model takes it."""
+    mask = None if attention_mask is None else attention_mask.int().tolist()
     config = view.config
     tokens = int(hidden.shape[0] * hidden.shape[1])
     timeout = config.step_timeout + config.step_timeout_per_token * tokens
@@ -58,7 +64,7 @@ async def forward_through_swarm(
                 raise ChainFailedError(error.missing, last_error) from last_error
             raise
         try:
-            hidden = await _forward_hop(view, hop, peers[hop.peer], hidden, timeout)
+            hidden = await _forward_hop(view, hop, peers[hop.peer], hidden, mask, timeout)
         except LINK_ERRORS as error:
             if isinstance(error, RemoteError) and error.code in REFUSED_REQUESTS:
                 raise
@@ -81,11 +87,12 @@ async def _forward_hop(
     hop: Hop,
     announcement: PeerAnnouncement,
     hidden: torch.Tensor,
+    mask: list[list[int]] | None,
     timeout: float,  # noqa: ASYNC109
 ) -> torch.Tensor:
     """One peer's blocks [hop.start, hop.end) over `hidden`, in the dtype it computes in."""
     header, body = encode_tensor(hidden.to(DTYPES.get(announcement.dtype, torch.float32)))
-    request = Packet(forward_header(hop.start, hop.end, header), body)
+    request = Packet(forward_header(hop.start, hop.end, header, mask), body)
     reply = await _call_while_alive(view, announcement.address, request, timeout)
     output = decode_tensor(tensor_header(reply.header), reply.body)
     if output.shape != hidden.shape:

@@ -13,6 +13,7 @@ import torch
 from transformers import DynamicCache
 
 from peer.backend import SpanBackend
+from peer.errors import InvalidRequestError
 from peer.span import cache_keyword
 from tests.support.tiny_model import FAMILIES
 
@@ -54,6 +55,23 @@ def test_forward_is_bit_identical(
     backend = SpanBackend.load(checkpoints[family], start, end)
     hidden = reference.blocks(reference.embed(_ids(3, 11)), 0, start)
     assert torch.equal(backend.forward(hidden), reference.blocks(hidden, start, end))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "deepseek_v3"])
+def test_forward_with_padding_is_bit_identical(
+    family: str, checkpoints: dict[str, Path], references: dict[str, Reference]
+) -> None:
+    """Padding on the right and on the left, hidden by `attention_mask` as in transformers."""
+    model = references[family].model
+    ids = _ids(2, 9)
+    mask = torch.ones_like(ids)
+    mask[0, 6:], mask[1, :2] = 0, 0
+    with torch.no_grad():
+        states = model(ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    backend = SpanBackend.load(checkpoints[family], 0, 3)
+    assert torch.equal(backend.forward(states[0], attention_mask=mask.tolist()), states[3])
+    with pytest.raises(InvalidRequestError, match="attention_mask"):
+        backend.forward(states[0], attention_mask=mask[:, 1:])
 
 
 def test_forward_sub_range_of_span(

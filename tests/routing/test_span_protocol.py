@@ -22,7 +22,9 @@ def test_round_trips() -> None:
     assert protocol.SessionRequest.parse(padded.header()) == padded
     opened = protocol.SessionOpened("abc", 2, 5, 64)
     assert protocol.SessionOpened.parse(opened.header()) == opened
-    assert protocol.parse_forward(protocol.forward_header(1, 3, TENSOR)) == (1, 3, TENSOR)
+    assert protocol.parse_forward(protocol.forward_header(1, 3, TENSOR)) == (1, 3, TENSOR, None)
+    masked = protocol.forward_header(1, 3, TENSOR, [[0, 1], [1, 1]])
+    assert protocol.parse_forward(masked) == (1, 3, TENSOR, [[0, 1], [1, 1]])
     assert protocol.parse_step(protocol.step_header(7, TENSOR)) == (7, TENSOR)
     assert protocol.server_time(protocol.step_header(7, TENSOR, 2.5)) == 0.0025
     timed = protocol.step_header(7, TENSOR, 2.5, 2.0)
@@ -48,6 +50,14 @@ def test_round_trips() -> None:
 def test_malformed_session_requests_are_refused(header: dict[str, Any]) -> None:
     with pytest.raises(ProtocolError):
         protocol.SessionRequest.parse(header)
+
+
+@pytest.mark.parametrize(
+    "mask", [1, [1, 0], [[0, 2]], [[0, 1], [1]], [[True, False]], [[0.0, 1.0]], [["1"]]]
+)
+def test_malformed_forward_masks_are_refused(mask: Any) -> None:
+    with pytest.raises(ProtocolError, match="attention_mask"):
+        protocol.parse_forward({**protocol.forward_header(0, 1, TENSOR), "attention_mask": mask})
 
 
 @pytest.mark.parametrize(

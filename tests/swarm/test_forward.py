@@ -43,6 +43,28 @@ def test_logits_and_loss_equal_the_local_models(tiny: Path) -> None:
         assert model(ids).loss is None
 
 
+def test_padding_on_either_side_is_hidden_as_transformers_hides_it(tiny: Path) -> None:
+    """Rows of different lengths, padded on the right (a tokenizer's default) or the left:
+    logits and loss (padding labelled -100) as transformers' model gives them."""
+    ids = _batch(rows=3)
+    right = torch.ones_like(ids)
+    right[0, 7:], right[1, 10:] = 0, 0
+    with (
+        ThreadSwarm(tiny, [(0, 2), (2, 4)]) as swarm,
+        DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[swarm.bootstrap]) as model,
+    ):
+        for mask in (right, right.flip(-1)):
+            labels = ids.masked_fill(mask == 0, -100)
+            with torch.no_grad():
+                local = AutoModelForCausalLM.from_pretrained(tiny)
+                expected = local(ids, attention_mask=mask, labels=labels)
+            output = model(ids, attention_mask=mask, labels=labels)
+            torch.testing.assert_close(output.logits, expected.logits, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(output.loss, expected.loss, rtol=1e-5, atol=1e-5)
+            unmasked = model(ids, labels=labels)  # the mask matters
+            assert not torch.allclose(unmasked.logits, expected.logits, atol=1e-3)
+
+
 def test_a_request_every_peer_refuses_fails_at_once_without_bans(
     tiny: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -54,8 +76,9 @@ def test_a_request_every_peer_refuses_fails_at_once_without_bans(
         with pytest.raises(RemoteError, match="invalid_request"):
             model(too_long)
         assert not [r for r in caplog.records if "failed a forward" in r.getMessage()]
-        with pytest.raises(SwarmError, match="attention_mask must be all ones"):
-            model(_batch(), attention_mask=torch.zeros(3, 12))
+        for mask in (torch.full((3, 12), 2), torch.ones(3, 11)):
+            with pytest.raises(SwarmError, match="attention_mask must be 0 and 1"):
+                model(_batch(), attention_mask=mask)
         with pytest.raises(SwarmError, match=r"\[batch, length\]"):
             model(torch.tensor([1, 2, 3]))
         with pytest.raises(SwarmError, match="labels must have the shape of input_ids"):
