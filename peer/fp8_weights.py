@@ -37,8 +37,14 @@ def block_size(config: Mapping[str, Any]) -> tuple[int, int] | None:
             f"quantized checkpoints ({method!r}) are not supported, FP8 by blocks is; "
             "use the model's unquantized release"
         )
-    rows, columns = quantization.get("weight_block_size") or DEFAULT_BLOCK
-    return int(rows), int(columns)
+    block = quantization.get("weight_block_size") or DEFAULT_BLOCK
+    if not (
+        isinstance(block, (list, tuple))
+        and len(block) == 2
+        and all(type(size) is int and size > 0 for size in block)
+    ):
+        raise CheckpointError(f"weight_block_size must be two sizes, not {block!r}")
+    return block[0], block[1]
 
 
 def dequantize(

@@ -55,8 +55,8 @@ def causal_mask(
     if keys is not None:
         visible = visible & keys[:, None, :]
     if additive is not None:
-        hidden = torch.full(visible.shape, torch.finfo(additive).min, dtype=additive, device=device)
-        return hidden.masked_fill(visible, 0.0)[:, None, :, :]
+        lowest = torch.full(visible.shape, torch.finfo(additive).min, dtype=additive, device=device)
+        return lowest.masked_fill(visible, 0.0)[:, None, :, :]
     return visible[:, None, :, :]
 
 

@@ -136,8 +136,8 @@ def left_padding(attention_mask: Any, input_ids: torch.Tensor) -> list[int]:
 
 
 def check_attention_mask(attention_mask: Any, input_ids: torch.Tensor) -> None:
-    """Accept transformers' `attention_mask` where it must mask nothing (a session's turn, a
-    batch forward)."""
+    """Accept transformers' `attention_mask` where it must mask nothing (a session's turn:
+    one sequence, which continues)."""
     if attention_mask is None:
         return
     mask = torch.as_tensor(attention_mask)

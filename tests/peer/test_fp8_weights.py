@@ -61,7 +61,12 @@ def test_scales_read_along_and_not_returned(make_checkpoint: MakeCheckpoint) -> 
 def test_other_quantizations_are_refused(make_checkpoint: MakeCheckpoint) -> None:
     path = make_checkpoint("llama")
     config = json.loads((path / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "gptq", "bits": 4}
-    (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UnsupportedModelError, match="'gptq'"):
-        open_checkpoint(path)
+    for quantization, error, message in [
+        ({"quant_method": "gptq", "bits": 4}, UnsupportedModelError, "'gptq'"),
+        ({"quant_method": "fp8", "weight_block_size": [128]}, CheckpointError, "two sizes"),
+    ]:
+        (path / "config.json").write_text(
+            json.dumps(config | {"quantization_config": quantization})
+        )
+        with pytest.raises(error, match=message):
+            open_checkpoint(path)
