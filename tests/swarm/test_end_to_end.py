@@ -110,8 +110,14 @@ def test_default_model_through_the_swarm_equals_local(smollm2: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     input_ids = prompt_ids(tokenizer, QUESTION, chat=True)
     expected = _local_greedy(smollm2, input_ids, 16)
+    local = AutoModelForCausalLM.from_pretrained(smollm2)
     with torch.no_grad():
-        local_loss = AutoModelForCausalLM.from_pretrained(smollm2)(input_ids, labels=input_ids).loss
+        local_loss = local(input_ids, labels=input_ids).loss
+    texts = [QUESTION, "Name three colours.", "2 + 2 ="]  # a batch, padded on the left
+    batch = dict(AutoTokenizer.from_pretrained(smollm2, padding_side="left")(
+        texts, padding=True, return_tensors="pt"
+    ))  # fmt: skip
+    expected_batch = local.generate(**batch, max_new_tokens=12, do_sample=False)
     with (
         ThreadSwarm(smollm2, [(0, 12), (12, 30)]) as swarm,
         DistributedModelForCausalLM.from_pretrained(
@@ -120,9 +126,11 @@ def test_default_model_through_the_swarm_equals_local(smollm2: Path) -> None:
     ):
         output = model.generate(input_ids, max_new_tokens=16, do_sample=False)
         loss = model(input_ids, labels=input_ids).loss  # batch forward, stateless
+        output_batch = model.generate(**batch, max_new_tokens=12, do_sample=False)
     assert output[0, input_ids.shape[1] :].tolist() == expected
     torch.testing.assert_close(loss, local_loss, rtol=1e-5, atol=1e-5)
     assert "Paris" in tokenizer.decode(expected, skip_special_tokens=True)
+    assert torch.equal(output_batch, expected_batch)
 
 
 def test_the_demo_answers_on_the_default_model_through_a_failure() -> None:
