@@ -19,8 +19,9 @@ Outputs are returned on the CPU (ready for the wire codec), in the span's dtype.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -210,7 +211,7 @@ class SpanBackend:
             )
         return session, hidden
 
-    # ----- stateless forward -----
+    # ----- stateless forward and backward -----
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -220,32 +221,70 @@ class SpanBackend:
     ) -> torch.Tensor:
         """Blocks `start..end-1` over `[batch, length, hidden]`, positions 0..length-1;
         `attention_mask` (`[batch, length]`, 0 for padding) as transformers' model takes it."""
+        run = self._stateless(hidden_states, start, end, attention_mask, "forward")
+        with torch.no_grad():
+            return run(hidden_states.to(self.span.device)).cpu()
+
+    def backward(
+        self,
+        inputs: torch.Tensor,
+        grad_outputs: torch.Tensor,
+        start: int | None = None,
+        end: int | None = None,
+        attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
+    ) -> torch.Tensor:
+        """The gradient with respect to `inputs` of blocks `start..end-1`, given the gradient
+        of their outputs (both `[batch, length, hidden]`), as `forward` runs them. The forward
+        is computed again with gradients on; the blocks' own weights get none (frozen)."""
+        run = self._stateless(inputs, start, end, attention_mask, "backward")
+        grad = self._check_hidden(grad_outputs, "backward: the output gradient")
+        if grad.shape != inputs.shape:
+            raise InvalidRequestError(
+                f"backward: an output gradient of {list(grad.shape)} for inputs of "
+                f"{list(inputs.shape)}"
+            )
+        with torch.enable_grad():
+            leaf = inputs.to(self.span.device).detach().requires_grad_(True)
+            output = run(leaf)
+            (gradient,) = torch.autograd.grad(output, leaf, grad.to(self.span.device))
+        return gradient.cpu()
+
+    def _stateless(
+        self,
+        hidden_states: torch.Tensor,
+        start: int | None,
+        end: int | None,
+        attention_mask: torch.Tensor | Sequence[Sequence[int]] | None,
+        what: str,
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Check a stateless request; return the blocks' run over its hidden states."""
         start, end = self._range(start, end)
-        hidden = self._check_hidden(hidden_states, "forward")
+        hidden = self._check_hidden(hidden_states, what)
         batch, length, _ = hidden.shape
         mask = None if attention_mask is None else torch.as_tensor(attention_mask).bool()
         if mask is not None and mask.shape != (batch, length):
             raise InvalidRequestError(
-                f"forward: attention_mask {list(mask.shape)} is not {[batch, length]}"
+                f"{what}: attention_mask {list(mask.shape)} is not {[batch, length]}"
             )
         if batch * length > self.config.max_forward_tokens:
             raise InvalidRequestError(
-                f"forward: {batch}x{length} tokens exceed the limit "
-                f"{self.config.max_forward_tokens}"
+                f"{what}: {batch}x{length} tokens exceed the limit {self.config.max_forward_tokens}"
             )
         if length > self.max_session_length:
             raise InvalidRequestError(
-                f"forward: length {length} exceeds the context length {self.max_session_length}"
+                f"{what}: length {length} exceeds the context length {self.max_session_length}"
             )
         first, last = start - self.span.start, end - self.span.start
-        with torch.no_grad():
-            hidden = hidden.to(self.span.device)
-            positions = torch.arange(length, device=self.span.device)[None, :]
-            keys = None if mask is None else mask.to(self.span.device)
-            output = self.span.run_layers(
-                hidden, first, last, position_ids=positions, past=[0], keys=keys
-            )
-        return output.cpu()
+        positions = torch.arange(length, device=self.span.device)[None, :]
+        keys = None if mask is None else mask.to(self.span.device)
+        return partial(
+            self.span.run_layers,
+            first=first,
+            last=last,
+            position_ids=positions,
+            past=[0],
+            keys=keys,
+        )
 
     # ----- sessions -----
     def open_session(

@@ -99,6 +99,18 @@ class InferenceScheduler:
             self.backend.forward, hidden_states, start, end, attention_mask
         )
 
+    async def backward(
+        self,
+        inputs: torch.Tensor,
+        grad_outputs: torch.Tensor,
+        start: int | None = None,
+        end: int | None = None,
+        attention_mask: Sequence[Sequence[int]] | None = None,
+    ) -> torch.Tensor:
+        return await self._worker.submit(
+            self.backend.backward, inputs, grad_outputs, start, end, attention_mask
+        )
+
     async def open_session(
         self,
         session_id: str,

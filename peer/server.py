@@ -31,6 +31,7 @@ import trio
 from routing.errors import HandlerError, ProtocolError, StreamClosedError
 from routing.rpc import BidiStream, CallContext, Packet, RPCHost
 from routing.span_protocol import (
+    BACKWARD,
     FORWARD,
     INFERENCE,
     INFO,
@@ -108,6 +109,7 @@ class SpanServer:
     def register(self) -> None:
         self.rpc.add_unary(INFO, self.info)
         self.rpc.add_unary(FORWARD, self.forward)
+        self.rpc.add_unary(BACKWARD, self.backward)
         self.rpc.add_stream(INFERENCE, self.inference)
         self.rpc.add_stream(RELAY, self.relay)
 
@@ -119,6 +121,16 @@ class SpanServer:
             start, end, tensor, mask = parse_forward(request.header)
             hidden = decode_tensor(tensor, request.body)
             output = await self.scheduler.forward(hidden, start, end, mask)
+        header, body = encode_tensor(output)
+        return Packet({"tensor": header}, body)
+
+    async def backward(self, request: Packet, context: CallContext) -> Packet:
+        with _as_handler_errors():
+            start, end, tensor, mask = parse_forward(request.header)
+            pair = decode_tensor(tensor, request.body)
+            if pair.dim() != 4 or pair.shape[0] != 2:
+                raise HandlerError("bad_request", "backward takes [2, batch, length, hidden]")
+            output = await self.scheduler.backward(pair[0], pair[1], start, end, mask)
         header, body = encode_tensor(output)
         return Packet({"tensor": header}, body)
 

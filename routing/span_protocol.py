@@ -4,6 +4,9 @@ Methods (block indices are the model's, `end` exclusive):
 - `span.info` (unary): `{}` -> the peer's announcement fields plus `max_session_length`.
 - `span.forward` (unary): `{"start", "end", "tensor"}` + bytes -> `{"tensor"}` + bytes;
   `"attention_mask"` (rows of 0 and 1, 0 for padding) as transformers' model takes it.
+- `span.backward` (unary): the same request, its tensor `[2, batch, length, hidden]`: the
+  span's inputs and the gradient of its outputs -> `{"tensor"}` + bytes: the gradient of its
+  inputs (the blocks' weights are frozen).
 - `span.inference` (stream): `{"open": {"max_length", "batch_size", "start", "end"}}`, with
   `"padding": [n, ...]` for rows whose first n tokens are left padding (a batch of prompts) ->
   `{"opened": {"session", "start", "end", "max_length"}}`; then per step
@@ -38,6 +41,7 @@ from .errors import AddressError, ProtocolError
 
 INFO = "span.info"
 FORWARD = "span.forward"
+BACKWARD = "span.backward"
 INFERENCE = "span.inference"
 RELAY = "span.relay"
 

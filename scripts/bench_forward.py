@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""Benchmark batch forward: `model(input_ids)` through 1 and 2 peers vs local transformers.
+"""Benchmark batch forward and training steps through 1 and 2 peers vs local transformers.
 
 For each model (SmolLM2-135M-Instruct by default), a local baseline is measured first in
 this process: transformers' model, one forward over a batch of `--batch` sequences of
-`--length` tokens, to the logits. Then a swarm of `swarm peer` processes on 127.0.0.1
-serves the blocks as one span, or split into two, and the client runs the same forward
-through it (`span.forward`, stateless; its embeddings and LM head here). Reported: the
-median and min..max of `--runs` calls (after one warm-up), tokens per second, and the ratio
-to the local baseline of the same run; the swarm's logits are checked against the local
-ones.
+`--length` tokens, to the logits; and one training step: forward from `inputs_embeds` that
+require grad, the loss, and its backward to them (the blocks frozen). Then a swarm of
+`swarm peer` processes on 127.0.0.1 serves the blocks as one span, or split into two, and
+the client runs the same through it (`span.forward`, `span.backward`; its embeddings and LM
+head here). Reported: the median and min..max of `--runs` calls (after one warm-up), tokens
+per second, and the ratio to the local baseline of the same run; the swarm's logits and
+gradients are checked against the local ones.
 
     .venv/bin/python scripts/bench_forward.py [--models smollm2 tiny] [--batch 4]
         [--length 128] [--hops 1 2] [--runs 5] [--json PATH]
@@ -48,6 +49,26 @@ def _timed(call: Callable[[], torch.Tensor], runs: int) -> tuple[list[float], to
     return seconds, logits
 
 
+def _train_step(model: Any, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Forward from `embeddings`, the loss, its backward; the gradient of the embeddings."""
+    leaf = embeddings.detach().requires_grad_(True)
+    model(inputs_embeds=leaf, labels=labels).loss.backward()
+    assert leaf.grad is not None
+    return leaf.grad
+
+
+def _report(name: str, seconds: list[float], tokens: int, base: float | None) -> dict[str, Any]:
+    entry = median_range(seconds, "_ms", 1000)
+    median, spread = entry["median_ms"], f"{entry['min_ms']:.0f}..{entry['max_ms']:.0f} ms"
+    ratio = ""
+    if base is not None:
+        entry["x_local"] = median / base
+        ratio = f"  x{entry['x_local']:.2f} local"
+    print(f"  {name:18} {median:9.1f} ms {tokens / median * 1000:9.0f} tokens/s{ratio}  "
+          f"({spread})", flush=True)  # fmt: skip
+    return entry
+
+
 def run_model(
     checkpoint: Path, shape: tuple[int, int], hops: list[int], runs: int
 ) -> dict[str, Any]:
@@ -55,12 +76,13 @@ def run_model(
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(5, min(1000, config.vocab_size), shape, generator=generator)
     tokens = ids.numel()
-    local = AutoModelForCausalLM.from_pretrained(checkpoint)
+    local = AutoModelForCausalLM.from_pretrained(checkpoint).requires_grad_(False)
+    embeddings = local.get_input_embeddings()(ids).detach()
     with torch.inference_mode():
         seconds, expected = _timed(lambda: local(ids).logits, runs)
-    results: dict[str, Any] = {"local": median_range(seconds, "_ms", 1000)}
-    base = results["local"]["median_ms"]
-    print(f"  local     {base:9.1f} ms {tokens / base * 1000:9.0f} tokens/s", flush=True)
+    results: dict[str, Any] = {"local": _report("local forward", seconds, tokens, None)}
+    seconds, expected_grad = _timed(lambda: _train_step(local, embeddings, ids), runs)
+    results["local_train"] = _report("local train step", seconds, tokens, None)
     blocks = int(config.num_hidden_layers)
     for count in hops:
         bounds = [round(i * blocks / count) for i in range(count + 1)]
@@ -71,15 +93,19 @@ def run_model(
             ) as model,
         ):
             seconds, logits = _timed(lambda: model(ids).logits, runs)
-        entry = median_range(seconds, "_ms", 1000)
-        entry["x_local"] = entry["median_ms"] / base
-        entry["max_abs_logit_error"] = float((logits - expected).abs().max())
-        results[f"{count}_peers"] = entry
-        median, spread = entry["median_ms"], f"{entry['min_ms']:.0f}..{entry['max_ms']:.0f} ms"
+            entry = _report(
+                f"{count} peers forward", seconds, tokens, results["local"]["median_ms"]
+            )
+            entry["max_abs_logit_error"] = float((logits - expected).abs().max())
+            results[f"{count}_peers"] = entry
+            seconds, grad = _timed(lambda: _train_step(model, embeddings, ids), runs)
+            base = results["local_train"]["median_ms"]
+            entry = _report(f"{count} peers train step", seconds, tokens, base)
+            entry["max_abs_grad_error"] = float((grad - expected_grad).abs().max())
+            results[f"{count}_peers_train"] = entry
         print(
-            f"  {count} peers {median:9.1f} ms {tokens / median * 1000:9.0f} tokens/s"
-            f"  x{entry['x_local']:.2f} local  ({spread}; logits within "
-            f"{entry['max_abs_logit_error']:.1e})",
+            f"  logits within {results[f'{count}_peers']['max_abs_logit_error']:.1e}, "
+            f"gradients within {entry['max_abs_grad_error']:.1e}",
             flush=True,
         )
     return results
@@ -96,7 +122,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     results: dict[str, Any] = {"batch": args.batch, "length": args.length, "runs": args.runs}
-    print(f"batch forward of {args.batch}x{args.length} tokens to the logits, threads "
+    print(f"batch forward of {args.batch}x{args.length} tokens to the logits, and a training "
+          f"step (forward, loss, backward to the embeddings), threads "
           f"{torch.get_num_threads()}, loopback; median (min..max) of {args.runs}")  # fmt: skip
     for name, checkpoint in bench_checkpoints(args.models).items():
         print(name, flush=True)

@@ -55,7 +55,7 @@ class ClientHead:
         missing = [name for name, p in model.named_parameters() if p.is_meta]
         if missing:
             raise CheckpointError(f"the checkpoint has no tensors for {missing}")
-        model.eval()
+        model.eval().requires_grad_(False)  # frozen, as the peers' blocks are
         logger.info("client head of %s loaded (%d tensors)", path.name, len(tensors))
         return cls(model)
 
@@ -67,15 +67,19 @@ class ClientHead:
     def device(self) -> torch.device:
         return self.model.model.embed_tokens.weight.device  # type: ignore[no-any-return]
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Embeddings of `input_ids`, computed on the head's device, returned on the CPU."""
         hidden: torch.Tensor = self.model.model.embed_tokens(input_ids.to(self.device))
         return hidden.cpu()
 
-    @torch.inference_mode()
     def logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Logits of `hidden_states`, computed on the head's device, returned on the CPU."""
+        """Logits of `hidden_states`, computed on the head's device, returned on the CPU;
+        differentiable in `hidden_states` when they require grad (the head stays frozen)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and hidden_states.requires_grad):
+            return self._logits(hidden_states)
+
+    def _logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden = hidden_states.to(self.device)
         logits: torch.Tensor = self.model.lm_head(self.model.model.norm(hidden))
         # what some families' forward does after the LM head

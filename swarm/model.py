@@ -36,7 +36,6 @@ from routing.client import (
     InferenceChain,
     StepTiming,
     SwarmView,
-    forward_through_swarm,
 )
 from routing.dht import DHTConfig, DHTNode
 from routing.path_selection import Hop
@@ -55,6 +54,7 @@ from .generation import (
     left_padding,
 )
 from .head import ClientHead
+from .remote_blocks import SwarmCall, through_swarm
 from .trio_thread import TrioThread
 
 if TYPE_CHECKING:
@@ -189,9 +189,10 @@ class DistributedModelForCausalLM:
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> CausalLMOutput:
         """Logits of every position of a batch, as transformers' `model(input_ids,
         attention_mask)`; with `labels` (-100: ignored), also the mean next-token loss.
@@ -199,27 +200,39 @@ class DistributedModelForCausalLM:
         Stateless: the blocks run through `span.forward` on replicas drawn by their spare
         throughput (`routing.client.forward`), and no session is kept. `attention_mask` (0
         for padding, on either side) hides keys as in transformers, whose positions count
-        from the first column whatever the padding.
+        from the first column whatever the padding. `inputs_embeds` (instead of
+        `input_ids`, as in transformers) may require grad: the loss then backpropagates
+        through the peers (`span.backward`) to it, for training a soft prompt or adapters
+        on the client while the blocks stay frozen.
         """
         from transformers.modeling_outputs import CausalLMOutput
 
-        if input_ids.dim() != 2:
-            raise SwarmError(f"input_ids must be [batch, length], not {list(input_ids.shape)}")
-        if labels is not None and labels.shape != input_ids.shape:
-            raise SwarmError(f"labels must have the shape of input_ids, {list(input_ids.shape)}")
+        if inputs_embeds is None:
+            if input_ids is None or input_ids.dim() != 2:
+                got = None if input_ids is None else list(input_ids.shape)
+                raise SwarmError(f"input_ids must be [batch, length], not {got}")
+            inputs_embeds = self.head.embed(input_ids)
+        elif input_ids is not None or inputs_embeds.dim() != 3:
+            raise SwarmError("inputs_embeds, [batch, length, hidden], come instead of input_ids")
+        shape = inputs_embeds.shape[:2]
+        if labels is not None and labels.shape != shape:
+            raise SwarmError(f"labels must be {list(shape)}, as the inputs")
         mask = None
         if attention_mask is not None:
             mask = torch.as_tensor(attention_mask)
-            if mask.shape != input_ids.shape or not bool(((mask == 0) | (mask == 1)).all()):
-                raise SwarmError("attention_mask must be 0 and 1, in the shape of input_ids")
+            if mask.shape != shape or not bool(((mask == 0) | (mask == 1)).all()):
+                raise SwarmError("attention_mask must be 0 and 1, in the shape of the inputs")
             mask = None if bool(mask.all()) else mask  # nothing hidden: as without one
-        through_swarm = partial(
-            forward_through_swarm, self._view, rng=self._rng, attention_mask=mask
-        )
-        hidden = self._loop.run(through_swarm, self.head.embed(input_ids))
+        call = SwarmCall(self._loop.run, self._view, self._rng, mask)
+        hidden = through_swarm(inputs_embeds, call)
         logits = self.head.logits(hidden)
         loss = None if labels is None else _causal_lm_loss(logits, labels)
         return CausalLMOutput(loss=loss, logits=logits)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        """The token embeddings, as transformers' models give them (to build `inputs_embeds`)."""
+        embeddings: torch.nn.Module = self.head.model.model.embed_tokens
+        return embeddings
 
     __call__ = forward
 

@@ -1,4 +1,4 @@
-"""Batch forward through the swarm: whole sequences' hidden states through every block.
+"""Batch forward and backward through the swarm: whole sequences through every block.
 
 Stateless (`span.forward`: no session, no cache), so each call picks its chain for
 throughput rather than latency: `SwarmView.spread` draws, at every block boundary, a replica
@@ -8,6 +8,11 @@ drawn again from the peers left; nothing needs replaying. While a call is unansw
 peer must answer a ping every `liveness_after` seconds, as a hop of a chain must. A request
 the peers refuse as such (`invalid_request`: too many tokens, too long) is raised at once,
 not retried.
+
+Backward (`span.backward`) goes back through the hops a forward recorded in its `trace`,
+each given the input it took and the gradient of its output; a hop that fails then is
+banned, and its blocks are run forward again from that input over other peers, and
+backward through those.
 """
 
 from __future__ import annotations
@@ -23,17 +28,20 @@ from ..announcement import PeerAnnouncement
 from ..errors import PeerUnresponsiveError, ProtocolError, RemoteError
 from ..path_selection import Hop, NoRouteError
 from ..rpc import Packet
-from ..span_protocol import FORWARD, forward_header, tensor_header
+from ..span_protocol import BACKWARD, FORWARD, forward_header, tensor_header
 from ..tensor_codec import decode_tensor, encode_tensor
 from .chain import DTYPES, ChainFailedError
 from .hop_session import LINK_ERRORS
 from .swarm_view import SwarmView
 
-__all__ = ["forward_through_swarm"]
+__all__ = ["Trace", "backward_through_swarm", "forward_through_swarm"]
 
 logger = logging.getLogger(__name__)
 
 REFUSED_REQUESTS = frozenset({"invalid_request", "bad_request"})  # the same on every peer
+
+
+Trace = list[tuple[Hop, torch.Tensor]]  # each hop of a forward, and the input it took
 
 
 async def forward_through_swarm(
@@ -42,19 +50,20 @@ async def forward_through_swarm(
     *,
     rng: random.Random,
     attention_mask: torch.Tensor | None = None,
+    blocks: tuple[int, int] | None = None,
+    trace: Trace | None = None,
 ) -> torch.Tensor:
-    """`hidden` ([batch, length, hidden], positions 0..length-1) through blocks 0..N-1;
-    `attention_mask` ([batch, length], 0 for padding) as transformers' model takes it."""
-    mask = None if attention_mask is None else attention_mask.int().tolist()
+    """`hidden` ([batch, length, hidden], positions 0..length-1) through `blocks` (all by
+    default); `attention_mask` ([batch, length], 0 for padding) as transformers' model
+    takes it. `trace`, if given, gets each hop and its input, for `backward_through_swarm`."""
     config = view.config
-    tokens = int(hidden.shape[0] * hidden.shape[1])
-    timeout = config.step_timeout + config.step_timeout_per_token * tokens
-    boundary, failures, refreshed = 0, 0, False
+    boundary, end = blocks or (0, view.num_blocks)
+    failures, refreshed = 0, False
     last_error: BaseException | None = None
-    while boundary < view.num_blocks:
+    while boundary < end:
         peers = view.peers  # as drawn (a refresh may replace the view meanwhile)
         try:
-            hop = view.spread(boundary, rng)[0]
+            drawn = view.spread(boundary, rng)[0]
         except NoRouteError as error:
             if not refreshed:  # the swarm may have changed since the view was read
                 await view.refresh()
@@ -63,50 +72,110 @@ async def forward_through_swarm(
             if last_error is not None:
                 raise ChainFailedError(error.missing, last_error) from last_error
             raise
+        hop = Hop(drawn.peer, drawn.start, min(drawn.end, end))
         try:
-            hidden = await _forward_hop(view, hop, peers[hop.peer], hidden, mask, timeout)
+            output = await _call_hop(view, FORWARD, hop, peers[hop.peer], hidden, attention_mask)
         except LINK_ERRORS as error:
             if isinstance(error, RemoteError) and error.code in REFUSED_REQUESTS:
                 raise
             failures += 1
             last_error = error
-            seconds = view.bans.ban(hop.peer)
-            logger.warning(
-                "peer %s failed a forward over blocks %d..%d (%s); banned for %.0f s",
-                hop.peer[:8], hop.start, hop.end - 1, error, seconds,
-            )  # fmt: skip
+            _ban(view, hop, "forward", error)
             if failures > config.max_failovers:
                 raise
             continue
+        if trace is not None:
+            trace.append((hop, hidden))
+        hidden = output
         boundary = hop.end
     return hidden
 
 
-async def _forward_hop(
+async def backward_through_swarm(
     view: SwarmView,
+    trace: Trace,
+    grad: torch.Tensor,
+    *,
+    rng: random.Random,
+    attention_mask: torch.Tensor | None = None,
+    failures: int = 0,
+) -> torch.Tensor:
+    """The gradient with respect to the first hop's input, given that of the last hop's
+    output: back through the hops of `trace` (a forward's). `failures`: so far, of at most
+    `max_failovers`."""
+    for hop, inputs in reversed(trace):
+        announcement = view.peers.get(hop.peer)
+        try:
+            if announcement is None:
+                raise NoRouteError(list(range(hop.start, hop.end)))
+            pair = torch.stack([inputs, grad.to(inputs.dtype)])
+            grad = await _call_hop(view, BACKWARD, hop, announcement, pair, attention_mask)
+        except (*LINK_ERRORS, NoRouteError) as error:
+            if isinstance(error, RemoteError) and error.code in REFUSED_REQUESTS:
+                raise
+            _ban(view, hop, "backward", error)
+            failures += 1
+            if failures > view.config.max_failovers:
+                raise
+            again: Trace = []  # the same blocks over other peers, from the same input
+            await forward_through_swarm(
+                view,
+                inputs,
+                rng=rng,
+                attention_mask=attention_mask,
+                blocks=(hop.start, hop.end),
+                trace=again,
+            )
+            grad = await backward_through_swarm(
+                view, again, grad, rng=rng, attention_mask=attention_mask, failures=failures
+            )
+    return grad
+
+
+def _ban(view: SwarmView, hop: Hop, what: str, error: BaseException) -> None:
+    seconds = view.bans.ban(hop.peer)
+    logger.warning(
+        "peer %s failed a %s over blocks %d..%d (%s); banned for %.0f s",
+        hop.peer[:8], what, hop.start, hop.end - 1, error, seconds,
+    )  # fmt: skip
+
+
+def _timeout(view: SwarmView, hidden: torch.Tensor) -> float:
+    tokens = int(hidden.shape[-3] * hidden.shape[-2])
+    return view.config.step_timeout + view.config.step_timeout_per_token * tokens
+
+
+async def _call_hop(
+    view: SwarmView,
+    method: str,
     hop: Hop,
     announcement: PeerAnnouncement,
-    hidden: torch.Tensor,
-    mask: list[list[int]] | None,
-    timeout: float,  # noqa: ASYNC109
+    tensor: torch.Tensor,
+    attention_mask: torch.Tensor | None,
 ) -> torch.Tensor:
-    """One peer's blocks [hop.start, hop.end) over `hidden`, in the dtype it computes in."""
-    header, body = encode_tensor(hidden.to(DTYPES.get(announcement.dtype, torch.float32)))
+    """One peer's blocks [hop.start, hop.end) forward (over `[batch, length, hidden]`) or
+    backward (over that and the output gradient, stacked), in the dtype it computes in;
+    the result in the dtype of `tensor`."""
+    header, body = encode_tensor(tensor.to(DTYPES.get(announcement.dtype, torch.float32)))
+    mask = None if attention_mask is None else attention_mask.int().tolist()
     request = Packet(forward_header(hop.start, hop.end, header, mask), body)
-    reply = await _call_while_alive(view, announcement.address, request, timeout)
+    reply = await _call_while_alive(
+        view, announcement.address, method, request, _timeout(view, tensor)
+    )
     output = decode_tensor(tensor_header(reply.header), reply.body)
-    if output.shape != hidden.shape:
-        raise ProtocolError(f"forward: a reply of shape {list(output.shape)}")
-    return output.to(hidden.dtype)
+    if output.shape != tensor.shape[-3:]:
+        raise ProtocolError(f"{method}: a reply of shape {list(output.shape)}")
+    return output.to(tensor.dtype)
 
 
 async def _call_while_alive(
     view: SwarmView,
     address: PeerAddress,
+    method: str,
     request: Packet,
     timeout: float,  # noqa: ASYNC109
 ) -> Packet:
-    """`span.forward` on `address`, given up as soon as the peer misses a ping."""
+    """`method` on `address`, given up as soon as the peer misses a ping."""
     reply: Packet | None = None
     failure: BaseException | None = None
     async with trio.open_nursery() as nursery:
@@ -114,7 +183,7 @@ async def _call_while_alive(
         async def call() -> None:
             nonlocal reply, failure
             try:
-                reply = await view.rpc.call(address, FORWARD, request, timeout=timeout)
+                reply = await view.rpc.call(address, method, request, timeout=timeout)
             except LINK_ERRORS as error:
                 failure = error
             nursery.cancel_scope.cancel()
@@ -127,7 +196,8 @@ async def _call_while_alive(
         raise failure
     if reply is None:
         peer = address.peer_id.short()
-        raise PeerUnresponsiveError(f"{peer} answered neither the forward nor a ping")
+        what = method.removeprefix("span.")
+        raise PeerUnresponsiveError(f"{peer} answered neither the {what} nor a ping")
     return reply
 
 

@@ -74,6 +74,28 @@ def test_forward_with_padding_is_bit_identical(
         backend.forward(states[0], attention_mask=mask[:, 1:])
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma2", "mixtral", "deepseek_v3"])
+def test_backward_equals_autograd_through_the_model(
+    family: str, checkpoints: dict[str, Path], references: dict[str, Reference]
+) -> None:
+    """The gradient with respect to the span's inputs, as autograd gives it through the
+    transformers model's own forward (padding included)."""
+    model = references[family].model
+    ids = _ids(2, 9)
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    with torch.enable_grad():
+        embeddings = model.model.embed_tokens(ids).detach().requires_grad_(True)
+        states = model(inputs_embeds=embeddings, attention_mask=mask, output_hidden_states=True)
+        first = states.hidden_states[0]  # what block 0 takes (Gemma scales the embeddings)
+        first.retain_grad()
+        grad_outputs = torch.randn_like(states.hidden_states[3])
+        states.hidden_states[3].backward(grad_outputs)
+    backend = SpanBackend.load(checkpoints[family], 0, 3)
+    got = backend.backward(first.detach(), grad_outputs, attention_mask=mask.tolist())
+    torch.testing.assert_close(got, first.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_forward_sub_range_of_span(
     checkpoints: dict[str, Path], references: dict[str, Reference]
 ) -> None:

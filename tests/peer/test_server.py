@@ -150,6 +150,34 @@ async def test_bad_forwards_get_typed_errors_and_the_peer_goes_on(served: Served
     assert (await served.forward(hidden)).shape == hidden.shape
 
 
+BAD_BACKWARDS = {
+    "not a pair": ({"dtype": "float32", "shape": [1, 2, HIDDEN]}, 8 * HIDDEN),
+    "three tensors": ({"dtype": "float32", "shape": [3, 1, 2, HIDDEN]}, 24 * HIDDEN),
+    "a mask of another shape": ({"dtype": "float32", "shape": [2, 1, 2, HIDDEN]}, 16 * HIDDEN),
+}
+
+
+async def test_backward_equals_the_local_blocks_and_bad_ones_get_typed_errors(
+    served: Served,
+) -> None:
+    reference = SpanBackend.load(served.checkpoint, 1, 3)
+    inputs, grads = torch.randn(2, 2, 5, HIDDEN).unbind(0)
+    header, body = encode_tensor(torch.stack([inputs, grads]))
+    mask = [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    request = Packet(protocol.forward_header(1, 3, header, mask), body)
+    reply = await served.client.call(served.peer, protocol.BACKWARD, request, timeout=5)
+    expected = reference.backward(inputs, grads, attention_mask=mask)
+    assert torch.equal(decode_tensor(reply.header["tensor"], reply.body), expected)
+    for name, (tensor, size) in BAD_BACKWARDS.items():
+        bad = protocol.forward_header(1, 3, tensor, [[1]] if "mask" in name else None)
+        with pytest.raises(RemoteError) as caught:
+            await served.client.call(
+                served.peer, protocol.BACKWARD, Packet(bad, bytes(size)), timeout=5
+            )
+        assert caught.value.code in ("bad_request", "invalid_request"), name
+    assert (await served.forward(inputs)).shape == inputs.shape  # and it goes on
+
+
 BAD_OPENINGS = {
     "a step first": {"step": 0, "tensor": {"dtype": "float32", "shape": [1, 1, HIDDEN]}},
     "max_length over the cache budget": protocol.SessionRequest(1, 3, 10_000).header(),

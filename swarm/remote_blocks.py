@@ -1,0 +1,71 @@
+"""The swarm's blocks as one step of torch's autograd, so that a client can train through them.
+
+`through_swarm(hidden, call)` runs every block over `hidden` through the peers' stateless
+`span.forward` and records each hop and the input it took; its backward sends the gradient
+back through those hops (`span.backward`: each peer runs its blocks again with gradients on
+and returns the gradient of its input). The blocks stay frozen, as on every peer: what trains
+is on the client, such as a soft prompt in front of the embeddings, or adapters around the
+head. `call` carries the client's event loop and view into the function.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+
+from routing.client import SwarmView
+from routing.client.forward import Trace, backward_through_swarm, forward_through_swarm
+
+__all__ = ["RemoteBlocks", "SwarmCall", "through_swarm"]
+
+
+@dataclass(frozen=True)
+class SwarmCall:
+    """What a forward or backward through the swarm needs from the client."""
+
+    run: Callable[[Callable[[], Awaitable[torch.Tensor]]], torch.Tensor]  # in the client's loop
+    view: SwarmView
+    rng: random.Random
+    attention_mask: torch.Tensor | None = None
+
+
+def through_swarm(hidden: torch.Tensor, call: SwarmCall) -> torch.Tensor:
+    """Every block over `hidden` (`[batch, length, hidden]`), differentiable in `hidden`."""
+    output: torch.Tensor = RemoteBlocks.apply(hidden, call)  # type: ignore[no-untyped-call]
+    return output
+
+
+class RemoteBlocks(torch.autograd.Function):
+    """`[batch, length, hidden]` in, the last block's output out; differentiable in `hidden`."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, call: SwarmCall) -> torch.Tensor:
+        trace: Trace = []
+        through = partial(
+            forward_through_swarm,
+            call.view,
+            hidden.detach(),
+            rng=call.rng,
+            attention_mask=call.attention_mask,
+            trace=trace,
+        )
+        ctx.trace, ctx.call = trace, call
+        return call.run(through)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        call: SwarmCall = ctx.call
+        back = partial(
+            backward_through_swarm,
+            call.view,
+            ctx.trace,
+            grad.contiguous(),
+            rng=call.rng,
+            attention_mask=call.attention_mask,
+        )
+        return call.run(back), None
