@@ -118,6 +118,8 @@ def test_default_model_through_the_swarm_equals_local(smollm2: Path) -> None:
         texts, padding=True, return_tensors="pt"
     ))  # fmt: skip
     expected_batch = local.generate(**batch, max_new_tokens=12, do_sample=False)
+    embeddings = local.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+    local.requires_grad_(False)(inputs_embeds=embeddings, labels=input_ids).loss.backward()
     with (
         ThreadSwarm(smollm2, [(0, 12), (12, 30)]) as swarm,
         DistributedModelForCausalLM.from_pretrained(
@@ -127,10 +129,14 @@ def test_default_model_through_the_swarm_equals_local(smollm2: Path) -> None:
         output = model.generate(input_ids, max_new_tokens=16, do_sample=False)
         loss = model(input_ids, labels=input_ids).loss  # batch forward, stateless
         output_batch = model.generate(**batch, max_new_tokens=12, do_sample=False)
+        ours = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+        model(inputs_embeds=ours, labels=input_ids).loss.backward()  # back through the peers
     assert output[0, input_ids.shape[1] :].tolist() == expected
     torch.testing.assert_close(loss, local_loss, rtol=1e-5, atol=1e-5)
     assert "Paris" in tokenizer.decode(expected, skip_special_tokens=True)
     assert torch.equal(output_batch, expected_batch)
+    assert ours.grad is not None and embeddings.grad is not None
+    torch.testing.assert_close(ours.grad, embeddings.grad, rtol=1e-4, atol=1e-7)
 
 
 def test_the_demo_answers_on_the_default_model_through_a_failure() -> None:
