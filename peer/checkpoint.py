@@ -9,7 +9,8 @@ kilobytes), and `read_tensors` / `read_layer_tensors` open each needed file with
 Families are the decoder blocks called like Llama's (`FAMILIES`: Llama, Mistral, Qwen2/3,
 Phi-3, Gemma 1 to 3, OLMo, OLMo 2, StableLM, StarCoder2, Ministral, SmolLM3, GLM-4,
 Command R (Cohere 1 and 2), and the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
-GLM-4.5 and DeepSeek V2/V3); SmolLM2 and TinyLlama are `llama`.
+GLM-4.5 and DeepSeek V2/V3); SmolLM2 and TinyLlama are `llama`. An image-text checkpoint
+whose `text_config` is one of these opens as its language model (`TEXT_LAYOUTS`).
 Anything else raises `UnsupportedModelError` naming what is supported.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +45,12 @@ logger = logging.getLogger(__name__)
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-_LAYER_RE = re.compile(r"^(?:model\.)?layers\.(\d+)\.(.+)$")
+# Where the decoder model's tensors are (`<prefix>layers.N.`, `<prefix>embed_tokens.`,
+# `<prefix>norm.`), and then its LM head's (`<head prefix>lm_head.`): a language model's own
+# layout, or the language model inside a multimodal checkpoint (the hub's layout, then
+# transformers' newer one).
+TEXT_LAYOUTS = {"model.": "", "": "", "language_model.model.": "language_model.",
+                "model.language_model.": ""}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ class Checkpoint:
     config: PretrainedConfig
     tensor_files: Mapping[str, str]  # tensor name -> file name inside `path`
     fp8_block: tuple[int, int] | None = None  # quantized to FP8 by blocks of this size
+    prefix: str = "model."  # of the decoder model's tensors (`TEXT_LAYOUTS`)
 
     @property
     def num_layers(self) -> int:
@@ -126,7 +132,23 @@ class Checkpoint:
 
     def layer_tensor_names(self, layer: int) -> list[str]:
         """Names of the checkpoint tensors that belong to block `layer`."""
-        return [n for n in self.tensor_files if (m := _LAYER_RE.match(n)) and int(m[1]) == layer]
+        start = f"{self.prefix}layers.{layer}."
+        return [name for name in self.tensor_files if name.startswith(start)]
+
+    def head_tensor_names(self) -> dict[str, str]:
+        """The embeddings', final norm's and LM head's tensors, named as in a language
+        model's own checkpoint (`model.norm.weight`) -> as in this one."""
+        head_prefix = TEXT_LAYOUTS[self.prefix]
+        names = {}
+        for name in self.tensor_files:
+            for start, canonical in [
+                (f"{self.prefix}embed_tokens.", "model.embed_tokens."),
+                (f"{self.prefix}norm.", "model.norm."),
+                (f"{head_prefix}lm_head.", "lm_head."),
+            ]:
+                if name.startswith(start):
+                    names[canonical + name.removeprefix(start)] = name
+        return names
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -140,15 +162,26 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def detect_family(config: Mapping[str, Any]) -> ModelFamily:
-    """The family of a parsed `config.json`, or `UnsupportedModelError`."""
+    """The family of a parsed `config.json` (of its language model's, `text_config`, for a
+    multimodal checkpoint), or `UnsupportedModelError`."""
     model_type = config.get("model_type")
     family = FAMILIES.get(model_type) if isinstance(model_type, str) else None
+    if family is None and isinstance(config.get("text_config"), Mapping):
+        return detect_family(config["text_config"])
     if family is None:
         raise UnsupportedModelError(
             f"model_type {model_type!r} is not supported; supported: {', '.join(FAMILIES)} "
-            "(SmolLM2 and TinyLlama are llama)"
+            "(SmolLM2 and TinyLlama are llama; a multimodal checkpoint's language model)"
         )
     return family
+
+
+def _text_model_prefix(files: Mapping[str, str]) -> str:
+    """Where the decoder model's tensors are (`TEXT_LAYOUTS`)."""
+    for prefix in TEXT_LAYOUTS:
+        if f"{prefix}embed_tokens.weight" in files:
+            return prefix
+    return "model."
 
 
 def _index_tensors(path: Path) -> dict[str, str]:
@@ -187,10 +220,15 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     fp8 = block_size(raw_config)
     config_class = family.load(family.config_class)
     try:
-        config = config_class.from_pretrained(str(path), local_files_only=True)
+        if raw_config.get("model_type") in FAMILIES:
+            config = config_class.from_pretrained(str(path), local_files_only=True)
+            config._name_or_path = str(path)  # as transformers' AutoConfig names it
+        else:  # a multimodal checkpoint: its language model
+            config = config_class.from_dict(raw_config["text_config"])
     except (OSError, ValueError, TypeError) as error:
         raise CheckpointError(f"cannot parse config.json: {error}") from error
-    checkpoint = Checkpoint(path, family, config, _index_tensors(path), fp8)
+    files = _index_tensors(path)
+    checkpoint = Checkpoint(path, family, config, files, fp8, _text_model_prefix(files))
     for layer in range(checkpoint.num_layers):
         if not checkpoint.layer_tensor_names(layer):
             raise CheckpointError(f"the checkpoint has no tensors for block {layer}")
@@ -253,11 +291,8 @@ def read_layer_tensors(
     """The tensors of block `layer`, named relative to the block (`self_attn.q_proj.weight`)."""
     if not 0 <= layer < checkpoint.num_layers:
         raise CheckpointError(f"block {layer} is outside 0..{checkpoint.num_layers - 1}")
-    names = checkpoint.layer_tensor_names(layer)
-    tensors = read_tensors(checkpoint, names, dtype=dtype, device=device)
-    local: dict[str, torch.Tensor] = {}
-    for name, tensor in tensors.items():
-        match = _LAYER_RE.match(name)
-        if match is not None:
-            local[match[2]] = tensor
-    return local
+    tensors = read_tensors(
+        checkpoint, checkpoint.layer_tensor_names(layer), dtype=dtype, device=device
+    )
+    start = f"{checkpoint.prefix}layers.{layer}."
+    return {name.removeprefix(start): tensor for name, tensor in tensors.items()}

@@ -22,15 +22,13 @@ from peer.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
-HEAD_MODULES = ("model.embed_tokens.", "model.norm.", "lm_head.")  # a norm may have a bias
-
 
 class ClientHead:
     """Embeddings in, logits out; implements `generation.LanguageModelHead`."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, config: Any = None) -> None:
         self.model = model
-        self.config = model.config
+        self.config = config or model.config  # the checkpoint's, as transformers loads it
 
     @classmethod
     def from_pretrained(
@@ -43,9 +41,9 @@ class ClientHead:
         with torch.device(device), init_empty_weights(include_buffers=False):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
         model.model.layers = torch.nn.ModuleList()
-        tensors = read_tensors(
-            checkpoint, [n for n in checkpoint.tensor_files if n.startswith(HEAD_MODULES)]
-        )
+        names = checkpoint.head_tensor_names()  # ours -> the checkpoint's (multimodal: inside)
+        read = read_tensors(checkpoint, list(names.values()))
+        tensors = {ours: read[theirs] for ours, theirs in names.items() if theirs in read}
         if "lm_head.weight" not in tensors:  # tied to the embeddings
             tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
         state = {name: tensor.to(device=device, dtype=dtype) for name, tensor in tensors.items()}
@@ -57,7 +55,7 @@ class ClientHead:
             raise CheckpointError(f"the checkpoint has no tensors for {missing}")
         model.eval().requires_grad_(False)  # frozen, as the peers' blocks are
         logger.info("client head of %s loaded (%d tensors)", path.name, len(tensors))
-        return cls(model)
+        return cls(model, config)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -97,14 +97,14 @@ class DistributedModelForCausalLM:
         `dtype`: of the head (embeddings, final norm, LM head); use the peers' dtype
         ("bfloat16" for a bfloat16 swarm) to get what the local model in that dtype gives.
         """
-        from transformers import AutoConfig, GenerationConfig
+        from transformers import GenerationConfig
 
         path = Path(checkpoint).expanduser()
         peers = [p if isinstance(p, PeerAddress) else PeerAddress.parse(p) for p in initial_peers]
         if not peers:
             raise SwarmError("initial_peers is empty: give the address of a peer of the swarm")
         head = ClientHead.from_pretrained(path, dtype=parse_dtype(dtype), device=device)
-        hf_config = AutoConfig.from_pretrained(path)
+        hf_config = head.config  # the language model's (of a multimodal checkpoint too)
         try:
             generation_config = GenerationConfig.from_pretrained(path)
         except OSError:  # no generation_config.json

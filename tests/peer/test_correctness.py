@@ -15,7 +15,7 @@ from transformers import DynamicCache
 from peer.backend import SpanBackend
 from peer.errors import InvalidRequestError
 from peer.span import cache_keyword
-from tests.support.tiny_model import FAMILIES
+from tests.support.tiny_model import FAMILIES, write_tiny_multimodal
 
 from .conftest import MakeCheckpoint, Reference, assert_rounding_close
 
@@ -94,6 +94,21 @@ def test_backward_equals_autograd_through_the_model(
     backend = SpanBackend.load(checkpoints[family], 0, 3)
     got = backend.backward(first.detach(), grad_outputs, attention_mask=mask.tolist())
     torch.testing.assert_close(got, first.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llava"])
+def test_the_language_model_of_a_multimodal_checkpoint(kind: str, tmp_path: Path) -> None:
+    """Its blocks, read from inside the image-text checkpoint, equal the hidden states that
+    transformers' image-text model computes for a text-only input."""
+    from transformers import AutoModelForImageTextToText
+
+    path = write_tiny_multimodal(tmp_path / kind, kind)
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    with torch.no_grad():
+        states = model(_ids(2, 9), output_hidden_states=True).hidden_states
+    backend = SpanBackend.load(path, 1, 3)
+    assert torch.equal(backend.forward(states[1]), states[3])
+    assert_rounding_close(_incremental(backend, states[1], prompt=4), states[3])
 
 
 def test_forward_sub_range_of_span(

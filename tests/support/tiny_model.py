@@ -111,3 +111,35 @@ def write_tiny_model(
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def write_tiny_multimodal(directory: Path, kind: str = "gemma3", *, seed: int = 0) -> Path:
+    """A tiny image-text model (`gemma3`: Gemma 3, its embeddings tied; `llava`: a Llama
+    language model with its own LM head), saved as transformers saves them, with the text
+    tokenizer; its language model has 4 blocks."""
+    from transformers import AutoModelForImageTextToText, Gemma3Config, LlavaConfig
+
+    tokenizer = tiny_tokenizer()
+    text = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+            "num_attention_heads": 4, "num_key_value_heads": 2}  # fmt: skip
+    text["vocab_size"] = len(tokenizer)
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 32, "patch_size": 16}  # fmt: skip
+    config: PretrainedConfig
+    if kind == "gemma3":
+        config = Gemma3Config(
+            text_config={**text, "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 5},
+            vision_config=vision,
+            mm_tokens_per_image=4,
+            **{"image_token_index": 3, "boi_token_index": 4, "eoi_token_index": 5},
+        )
+    else:
+        config = LlavaConfig(
+            text_config={**text, "model_type": "llama"},
+            vision_config={**vision, "model_type": "clip_vision_model", "projection_dim": 32},
+            image_token_index=3,
+        )
+    torch.manual_seed(seed)
+    AutoModelForImageTextToText.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

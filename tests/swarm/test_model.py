@@ -24,7 +24,7 @@ from swarm import DistributedModelForCausalLM
 from swarm.errors import SwarmError
 from tests.support.fp8_checkpoint import BLOCK, to_fp8
 from tests.support.thread_swarm import ThreadSwarm
-from tests.support.tiny_model import FAMILIES, write_tiny_model
+from tests.support.tiny_model import FAMILIES, write_tiny_model, write_tiny_multimodal
 
 CHAINS = {1: [(0, 4)], 2: [(0, 2), (2, 4)], 3: [(0, 1), (1, 3), (3, 4)]}
 PROMPT = torch.tensor([[1, 40, 41, 42, 43, 44, 45]])
@@ -110,6 +110,25 @@ def test_an_fp8_checkpoint_generates_what_transformers_dequantized_does(tmp_path
     )
     with _swarm_and_model(checkpoint, CHAINS[2]) as (_, model):
         output = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert output[0].tolist() == reference[0].tolist()
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llava"])
+def test_a_multimodal_checkpoints_language_model_generates_like_transformers(
+    kind: str, tmp_path: Path
+) -> None:
+    """Peers serve the language model inside an image-text checkpoint; the client's head
+    is that model's: text in, text out, as transformers' image-text model gives it."""
+    from transformers import AutoModelForImageTextToText
+
+    checkpoint = write_tiny_multimodal(tmp_path / kind, kind, seed=3)
+    local = AutoModelForImageTextToText.from_pretrained(checkpoint)
+    reference = local.generate(
+        PROMPT, attention_mask=torch.ones_like(PROMPT), max_new_tokens=NEW_TOKENS, do_sample=False
+    )
+    with _swarm_and_model(checkpoint, CHAINS[2]) as (_, model):
+        output = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False)
+        assert model.config.to_dict() == local.config.text_config.to_dict()
     assert output[0].tolist() == reference[0].tolist()
 
 
