@@ -30,6 +30,7 @@ from .checkpoint import Checkpoint
 from .errors import (
     CacheBudgetError,
     InvalidRequestError,
+    MixedLengthsError,
     SessionExistsError,
     SessionLimitError,
     SessionNotFoundError,
@@ -379,9 +380,14 @@ class SpanBackend:
         outputs: list[torch.Tensor | None] = [None] * len(requests)
         for members in groups.values():
             for chunk in self._chunks(members, checked):
-                merged = self._run_sessions(
-                    [checked[i][0] for i in chunk], [checked[i][1] for i in chunk]
-                )
+                try:
+                    merged = self._run_sessions(
+                        [checked[i][0] for i in chunk], [checked[i][1] for i in chunk]
+                    )
+                except MixedLengthsError:  # nothing was committed: one session at a time
+                    for i in chunk:
+                        outputs[i] = self._run_sessions([checked[i][0]], [checked[i][1]])
+                    continue
                 row = 0
                 for i in chunk:
                     rows = checked[i][0].info.batch_size

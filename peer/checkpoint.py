@@ -9,8 +9,9 @@ kilobytes), and `read_tensors` / `read_layer_tensors` open each needed file with
 Families are the decoder blocks called like Llama's (`FAMILIES`: Llama, Mistral, Qwen2/3,
 Phi-3, Gemma 1 to 3, OLMo, OLMo 2, StableLM, StarCoder2, Ministral, SmolLM3, GLM-4,
 Command R (Cohere 1 and 2), and the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
-GLM-4.5 and DeepSeek V2/V3); SmolLM2 and TinyLlama are `llama`. An image-text checkpoint
-whose `text_config` is one of these opens as its language model (`TEXT_LAYOUTS`).
+GLM-4.5, DeepSeek V2/V3, Llama 4 and gpt-oss); SmolLM2 and TinyLlama are `llama`. An
+image-text checkpoint whose `text_config` is one of these opens as its language model
+(`TEXT_LAYOUTS`).
 Anything else raises `UnsupportedModelError` naming what is supported.
 """
 
@@ -107,6 +108,8 @@ FAMILIES: Mapping[str, ModelFamily] = {
         _family("glm4_moe", "Glm4Moe"),
         _family("deepseek_v2", "DeepseekV2"),
         _family("deepseek_v3", "DeepseekV3"),  # also Kimi K2
+        _family("llama4_text", "Llama4Text", module="llama4", config="Llama4TextConfig"),
+        _family("gpt_oss", "GptOss"),
     )
 }
 

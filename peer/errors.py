@@ -14,6 +14,7 @@ __all__ = [
     "CacheBudgetError",
     "CheckpointError",
     "InvalidRequestError",
+    "MixedLengthsError",
     "PeerError",
     "SessionExistsError",
     "SessionLimitError",
@@ -75,3 +76,10 @@ class WorkerClosedError(PeerError):
     """The compute worker is not running (not started yet, or shut down)."""
 
     code: ClassVar[str] = "worker_closed"
+
+
+class MixedLengthsError(PeerError):
+    """Merged steps of sessions of different lengths reached a block that needs one length
+    for all rows (Llama 4's attention temperature); the steps are run one by one instead."""
+
+    code: ClassVar[str] = "mixed_lengths"

@@ -9,8 +9,9 @@ Why a preallocated ("static") cache rather than transformers' `DynamicCache`:
   O(T) copy per token, O(T^2) per session);
 - a step through one session returns views `[..., :length]` of the buffers, no copy at all.
 
-`StepCache` is what the decoder layers receive as `past_key_values`: they only ever call
-`update(key, value, layer_idx)` (checked for the supported families). With several sessions in
+`StepCache` is what the decoder layers receive as their cache: they call
+`update(key, value, layer_idx)`, and Llama 4's `get_seq_length()` (checked for the supported
+families). With several sessions in
 one batch, each session's rows are written to its own buffers and the layer gets the caches
 gathered into one right-padded tensor (see `peer.masks` for why padding needs no extra mask).
 """
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .errors import MixedLengthsError
 
 __all__ = ["CacheLayout", "SessionCache", "StepCache"]
 
@@ -90,6 +93,14 @@ class StepCache:
     def past_lengths(self) -> list[int]:
         """The cached length of every row before this step (for positions and masks)."""
         return [e.cache.length for e in self._entries for _ in range(e.cache.batch_size)]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """The cached length before this step, which some blocks read (Llama 4's attention
+        temperature): one for all rows, or `MixedLengthsError`."""
+        lengths = set(self.past_lengths)
+        if len(lengths) != 1:
+            raise MixedLengthsError(f"rows of {sorted(lengths)} cached tokens in one step")
+        return lengths.pop()
 
     def update(
         self,

@@ -4,7 +4,9 @@ Layout: row `r` of a batch has `past[r]` cached tokens at key positions `0..past
 `q_len` new tokens right after them, so its queries sit at positions `past[r] + i`. Keys past
 `past[r] + q_len - 1` are padding (another row is longer): the causal rule already hides them,
 so padding needs no extra term. A key is visible when `key <= query` and, with a window `w`,
-`key > query - w` (transformers' `sliding_window_overlay`). `keys` hides padding as
+`key > query - w` (transformers' `sliding_window_overlay`); with chunks of `c` (Llama 4's
+chunked attention), when `key // c == query // c`, both counted from the row's first token
+after its left padding (`chunked_overlay`). `keys` hides padding as
 transformers' padding mask does: row `r` sees key `k` only where `keys[r, k]` (a batch of
 prompts padded on the left, or a batch forward's `attention_mask`); a padding token's own
 query may then see nothing, as there.
@@ -22,16 +24,29 @@ lowest value where not, always a tensor, as transformers builds it for eager.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["causal_mask", "masks_for_windows"]
+__all__ = ["FULL", "Locality", "causal_mask", "masks_for_blocks"]
+
+
+@dataclass(frozen=True)
+class Locality:
+    """What a block attends to besides the past: everything (the default), its last `window`
+    tokens, or the tokens of its own `chunk`."""
+
+    window: int | None = None
+    chunk: int | None = None
+
+
+FULL = Locality()
 
 
 def causal_mask(
     past: Sequence[int],
     q_len: int,
-    window: int | None,
+    locality: Locality,
     device: torch.device,
     *,
     additive: torch.dtype | None = None,
@@ -41,8 +56,10 @@ def causal_mask(
     with `additive`, scores to add (0 or the lowest value of that dtype), never None.
     `keys`: `[rows, max(past) + q_len]`, False for padding (none if None)."""
     kv_len = max(past) + q_len
+    window, chunk = locality.window, locality.chunk
+    local = min((size for size in (window, chunk) if size is not None), default=None)
     uniform = len(set(past)) == 1 and keys is None
-    trivial = uniform and (window is None or kv_len < window) and (q_len == 1 or past[0] == 0)
+    trivial = uniform and (local is None or kv_len < local) and (q_len == 1 or past[0] == 0)
     if trivial and additive is None:
         return None
     rows = past[:1] if uniform else past
@@ -52,6 +69,11 @@ def causal_mask(
     visible = indices <= queries[:, :, None]
     if window is not None:
         visible &= indices > queries[:, :, None] - window
+    if chunk is not None:  # counted from each row's first token after its left padding
+        start = torch.zeros(len(rows), 1, 1, dtype=torch.long, device=device)
+        if keys is not None:
+            start = (keys.long().cumsum(-1) == 0).sum(-1)[:, None, None]
+        visible = visible & ((indices - start) // chunk == (queries[:, :, None] - start) // chunk)
     if keys is not None:
         visible = visible & keys[:, None, :]
     if additive is not None:
@@ -60,17 +82,17 @@ def causal_mask(
     return visible[:, None, :, :]
 
 
-def masks_for_windows(
-    windows: Iterable[int | None],
+def masks_for_blocks(
+    localities: Iterable[Locality],
     past: Sequence[int],
     q_len: int,
     device: torch.device,
     *,
     additive: torch.dtype | None = None,
     keys: torch.Tensor | None = None,
-) -> Mapping[int | None, torch.Tensor | None]:
-    """One mask per distinct window among the blocks that will run."""
+) -> Mapping[Locality, torch.Tensor | None]:
+    """One mask per distinct locality among the blocks that will run."""
     return {
-        window: causal_mask(past, q_len, window, device, additive=additive, keys=keys)
-        for window in set(windows)
+        locality: causal_mask(past, q_len, locality, device, additive=additive, keys=keys)
+        for locality in set(localities)
     }

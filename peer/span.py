@@ -12,7 +12,8 @@ Afterwards:
   block's layer type (another base for sliding-window blocks);
 - attention runs through PyTorch SDPA (`config._attn_implementation = "sdpa"`, transformers'
   default), with boolean masks built by `peer.masks`; a family that caps its attention scores
-  (Gemma 2) runs transformers' eager attention, with additive masks.
+  (Gemma 2) or adds attention sinks (gpt-oss) runs transformers' eager attention, with
+  additive masks.
 
 Block indices in this package's public API are the model's (global) indices; `Span` converts.
 """
@@ -34,7 +35,7 @@ from .checkpoint import Checkpoint, ModelFamily, open_checkpoint, read_layer_ten
 from .errors import CheckpointError, InvalidRequestError
 from .expert_weights import stack_experts
 from .kv_cache import CacheLayout
-from .masks import masks_for_windows
+from .masks import FULL, Locality, masks_for_blocks
 
 __all__ = ["SUPPORTED_DTYPES", "Span", "cache_keyword", "load_span", "parse_dtype"]
 
@@ -69,7 +70,7 @@ class Span:
     end: int
     layers: torch.nn.ModuleList
     rotary: torch.nn.Module
-    windows: tuple[int | None, ...]  # sliding window of each block, None for full attention
+    localities: tuple[Locality, ...]  # of each block: full, sliding window or chunks
     rotary_kinds: tuple[str | None, ...]  # Gemma 3: the layer type whose rotary a block takes
     dtype: torch.dtype
     device: torch.device
@@ -121,10 +122,10 @@ class Span:
         """Run local blocks `first`..`last - 1` over new tokens that follow `past` cached ones
         (per row of the batch); `keys`: which of a row's keys are not padding (`peer.masks`)."""
         additive = hidden.dtype if self.config._attn_implementation == "eager" else None
-        windows = self.windows[first:last]
-        masks = masks_for_windows(
-            windows, past, hidden.shape[1], hidden.device, additive=additive, keys=keys
-        )
+        masks = masks_for_blocks(
+            self.localities[first:last], past, hidden.shape[1], hidden.device,
+            additive=additive, keys=keys,
+        )  # fmt: skip
         embeddings: dict[str | None, Any] = {}  # cos and sin, per kind of rotary
         for local in range(first, last):
             kind = self.rotary_kinds[local]
@@ -133,7 +134,7 @@ class Span:
             layer = self.layers[local]
             output = layer(
                 hidden,
-                attention_mask=masks[self.windows[local]],
+                attention_mask=masks[self.localities[local]],
                 position_ids=position_ids,
                 use_cache=cache is not None,
                 position_embeddings=embeddings[kind],
@@ -154,6 +155,9 @@ class _LayoutProbe:
         self.layout = CacheLayout(keys.shape[1], keys.shape[3], values.shape[1], values.shape[3])
         return keys, values
 
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0  # nothing cached before the probe's one token
+
 
 @functools.cache
 def cache_keyword(function: Callable[..., Any]) -> str:
@@ -163,13 +167,16 @@ def cache_keyword(function: Callable[..., Any]) -> str:
     return "cache" if "cache" in inspect.signature(function).parameters else "past_key_values"
 
 
-def _window(config: Any, layer: int) -> int | None:
-    """The sliding window of block `layer` (global index), None for full attention."""
-    window = getattr(config, "sliding_window", None)
+def _locality(config: Any, layer: int) -> Locality:
+    """What block `layer` (global index) attends to besides its past."""
     layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None and layer_types[layer] != "sliding_attention":
-        return None  # Qwen2/3 and Qwen2-MoE choose per block (Qwen2-MoE's "no window" is 0)
-    return int(window) if window else None  # Mistral, Phi-3: one window for every block
+    kind = layer_types[layer] if layer_types is not None else None
+    if kind == "chunked_attention":  # Llama 4
+        return Locality(chunk=int(config.attention_chunk_size))
+    window = getattr(config, "sliding_window", None)
+    if kind not in (None, "sliding_attention") or not window:
+        return FULL  # Qwen2-MoE's "no window" is 0
+    return Locality(window=int(window))  # per block (Qwen2/3), or one for all (Mistral, Phi-3)
 
 
 def _rotary_kind(rotary: torch.nn.Module, config: Any, layer: int) -> str | None:
@@ -227,6 +234,8 @@ def load_span(
         _build_layer(checkpoint, config, layer, layer - start, torch_dtype, str(torch_device))
         for layer in range(start, end)
     )
+    if any(hasattr(layer.self_attn, "sinks") for layer in layers):  # gpt-oss: not in SDPA
+        config._attn_implementation = "eager"  # the blocks read it when they run
     rotary_class = checkpoint.family.load(checkpoint.family.rotary_class)
     with torch.device(torch_device):
         rotary: torch.nn.Module = rotary_class(config=config)
@@ -247,7 +256,7 @@ def load_span(
         end=end,
         layers=layers,
         rotary=rotary.eval(),
-        windows=tuple(_window(config, layer) for layer in range(start, end)),
+        localities=tuple(_locality(config, layer) for layer in range(start, end)),
         rotary_kinds=tuple(_rotary_kind(rotary, config, layer) for layer in range(start, end)),
         dtype=torch_dtype,
         device=torch_device,

@@ -16,7 +16,11 @@ from typing import Any
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.masking_utils import (
+    create_causal_mask,
+    create_chunked_causal_mask,
+    create_sliding_window_causal_mask,
+)
 
 from peer.span import cache_keyword
 from tests.support.tiny_model import FAMILIES, tiny_config
@@ -103,6 +107,8 @@ class Reference:
         masks = {"full_attention": create_causal_mask(**mask_args)}
         if getattr(self.config, "sliding_window", None) is not None:
             masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
+        if getattr(self.config, "attention_chunk_size", None) is not None:
+            masks["chunked_attention"] = create_chunked_causal_mask(**mask_args)
         layer_types = getattr(self.config, "layer_types", None)
         with torch.no_grad():
             rotary = self.model.model.rotary_emb

@@ -152,6 +152,8 @@ EQUAL = {"a": (1, 4), "b": (2, 4), "c": (1, 4)}
         ("qwen2_moe", 64, MIXED),
         ("gemma2", 64, MIXED),  # eager attention: additive masks over right-padded rows
         ("deepseek_v3", 64, MIXED),  # caches a latent and a rotary part, one "head" each
+        ("llama4_text", 64, MIXED),  # needs one length per step: the sessions run apart
+        ("llama4_text", 64, EQUAL),  # one length: merged
     ],
 )
 def test_step_many_equals_single_steps(

@@ -57,7 +57,7 @@ def test_forward_is_bit_identical(
     assert torch.equal(backend.forward(hidden), reference.blocks(hidden, start, end))
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2", "deepseek_v3"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "deepseek_v3", "llama4_text"])
 def test_forward_with_padding_is_bit_identical(
     family: str, checkpoints: dict[str, Path], references: dict[str, Reference]
 ) -> None:
@@ -168,10 +168,14 @@ def test_incremental_decoding_equals_transformers_own(
             step = model(ids[:, a:b], use_cache=True, output_hidden_states=True, **{keyword: cache})
             expected.append(step.hidden_states[3])
     backend = SpanBackend.load(checkpoints[family], 0, 3)
-    assert torch.equal(_incremental(backend, inputs, prompt=5), torch.cat(expected, 1))
+    got, wanted = _incremental(backend, inputs, prompt=5), torch.cat(expected, 1)
+    if family == "llama4_text":  # transformers' cache keeps only the current chunk's keys:
+        assert_rounding_close(got, wanted)  # a sum over fewer keys rounds otherwise (2e-8)
+    else:
+        assert torch.equal(got, wanted)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "deepseek_v3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "deepseek_v3", "llama4_text"])
 def test_prompts_padded_on_the_left_equal_transformers(
     family: str, checkpoints: dict[str, Path], references: dict[str, Reference]
 ) -> None:
@@ -206,7 +210,11 @@ def test_prompts_padded_on_the_left_equal_transformers(
     backend = SpanBackend.load(checkpoints[family], 0, 3)
     backend.open_session("s", max_length=10, batch_size=3, padding=padding)
     for hidden, wanted in zip(inputs, expected, strict=True):
-        assert torch.equal(backend.step("s", hidden.contiguous()), wanted)
+        got = backend.step("s", hidden.contiguous())
+        if family == "llama4_text":  # as in the test above: transformers' cache drops keys
+            assert_rounding_close(got, wanted)
+        else:
+            assert torch.equal(got, wanted)
 
 
 def test_chunks_after_the_prompt(
@@ -234,7 +242,7 @@ def test_sliding_window(family: str, make_checkpoint: MakeCheckpoint) -> None:
     if per_block:  # mixed layer types: some full, some sliding
         assert set(reference.config.layer_types) == {"full_attention", "sliding_attention"}
     backend = SpanBackend.load(path, 0, 4)
-    assert any(window == 5 for window in backend.span.windows)
+    assert any(locality.window == 5 for locality in backend.span.localities)
     hidden = reference.embed(_ids(2, 13))
     expected = reference.blocks(hidden, 0, 4)
     assert torch.equal(backend.forward(hidden), expected)

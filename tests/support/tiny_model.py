@@ -20,6 +20,7 @@ FAMILIES = (
     *("olmo2", "stablelm", "starcoder2", "ministral", "smollm3", "glm4", "cohere", "cohere2"),
     *("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "glm4_moe"),  # mixtures of experts
     *("deepseek_v2", "deepseek_v3"),  # experts, and attention over a compressed latent
+    *("llama4_text", "gpt_oss"),  # experts; chunked attention, and attention sinks
 )
 _EXPERTS = {"num_experts_per_tok": 2, "moe_intermediate_size": 32}
 _DEEPSEEK = {
@@ -42,6 +43,11 @@ FAMILY_SETTINGS: dict[str, dict[str, Any]] = {  # what differs from each config'
     "ministral": {"head_dim": 16},
     "cohere2": {"head_dim": 16},
     **dict.fromkeys(("deepseek_v2", "deepseek_v3"), _DEEPSEEK),
+    "llama4_text": {  # chunks of 4 tokens, so that short tests cross chunks
+        **{"num_local_experts": 4, "num_experts_per_tok": 1, "intermediate_size_mlp": 128},
+        **{"head_dim": 16, "attention_chunk_size": 4},
+    },
+    "gpt_oss": {"num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 16},
 }
 
 
