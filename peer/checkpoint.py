@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, UnsupportedModelError
-from .fp8_weights import DEFAULT_BLOCK, SCALE_SUFFIX, Fp8Pairs, block_size
+from .quantized_weights import Quantization, QuantizedPairs, quantization, quantized_weights
 
 if TYPE_CHECKING:
     import torch
@@ -122,7 +122,7 @@ class Checkpoint:
     family: ModelFamily
     config: PretrainedConfig
     tensor_files: Mapping[str, str]  # tensor name -> file name inside `path`
-    fp8_block: tuple[int, int] | None = None  # quantized to FP8 by blocks of this size
+    quantization: Quantization | None = None  # how its weights are stored, if quantized
     prefix: str = "model."  # of the decoder model's tensors (`TEXT_LAYOUTS`)
 
     @property
@@ -220,7 +220,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path} has no config.json")
     raw_config = _read_json(path / "config.json")
     family = detect_family(raw_config)
-    fp8 = block_size(raw_config)
+    quantized = quantization(raw_config)
     config_class = family.load(family.config_class)
     try:
         if raw_config.get("model_type") in FAMILIES:
@@ -231,7 +231,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     except (OSError, ValueError, TypeError) as error:
         raise CheckpointError(f"cannot parse config.json: {error}") from error
     files = _index_tensors(path)
-    checkpoint = Checkpoint(path, family, config, files, fp8, _text_model_prefix(files))
+    checkpoint = Checkpoint(path, family, config, files, quantized, _text_model_prefix(files))
     for layer in range(checkpoint.num_layers):
         if not checkpoint.layer_tensor_names(layer):
             raise CheckpointError(f"the checkpoint has no tensors for block {layer}")
@@ -249,17 +249,17 @@ def read_tensors(
     left out of the result (e.g. `lm_head.weight` of a model with tied embeddings).
 
     Floating-point tensors are cast to `dtype` (when given) one by one as they are read, so the
-    peak memory is the result plus one tensor. In an FP8 checkpoint, a weight comes
-    dequantized with its scales (`peer.fp8_weights`), which are not returned themselves.
+    peak memory is the result plus one tensor. A quantized weight comes dequantized from its
+    stored values and scales (`peer.quantized_weights`), which are not returned themselves.
     """
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = open_checkpoint(checkpoint)
     files = checkpoint.tensor_files
     wanted = [name for name in dict.fromkeys(names) if name in files]
-    block = checkpoint.fp8_block
-    quantized = [name for name in wanted if block and name + SCALE_SUFFIX in files]
-    pairs = Fp8Pairs(quantized, block or DEFAULT_BLOCK)
-    wanted += [scale for scale in pairs.scales if scale not in wanted]
+    quantized = checkpoint.quantization or Quantization("fp8")
+    weights = quantized_weights(wanted, files, quantized) if checkpoint.quantization else []
+    pairs = QuantizedPairs(weights, quantized)
+    wanted = list(dict.fromkeys([*wanted, *pairs.stored]))
     by_file: dict[str, list[str]] = {}
     for name in wanted:
         by_file.setdefault(files[name], []).append(name)
@@ -273,7 +273,7 @@ def read_tensors(
             ) as handle:
                 for name in file_names:
                     if (taken := pairs.take(name, handle.get_tensor(name))) is None:
-                        continue  # an FP8 weight or its scales: the other is still to come
+                        continue  # a quantized weight's values or scales: the other comes later
                     name, tensor = taken
                     if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
                         tensor = tensor.to(dtype)

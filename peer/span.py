@@ -247,7 +247,7 @@ def load_span(
         checkpoint.family.name,
         torch_dtype,
         torch_device,
-        ", dequantized from FP8" if checkpoint.fp8_block else "",
+        f", dequantized from {checkpoint.quantization.method}" if checkpoint.quantization else "",
     )
     span = Span(
         family=checkpoint.family,

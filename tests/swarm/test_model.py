@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, FineGrainedFP8Config
+from transformers import AutoModelForCausalLM, AutoTokenizer, FineGrainedFP8Config, Mxfp4Config
 
 from routing.client import ChainFailedError, ClientConfig
 from swarm import DistributedModelForCausalLM
 from swarm.errors import SwarmError
-from tests.support.fp8_checkpoint import BLOCK, to_fp8
+from tests.support.quantized_checkpoint import BLOCK, to_fp8, to_mxfp4
 from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import FAMILIES, write_tiny_model, write_tiny_multimodal
 
@@ -100,10 +100,19 @@ def test_a_bfloat16_swarm_with_a_bfloat16_head_equals_local_bfloat16_generate(
     assert output[0, PROMPT.shape[1] :].tolist() == expected
 
 
-def test_an_fp8_checkpoint_generates_what_transformers_dequantized_does(tmp_path: Path) -> None:
-    """DeepSeek V3 as it ships: FP8 weights by blocks, experts, a compressed KV cache."""
-    checkpoint = to_fp8(write_tiny_model(tmp_path / "fp8", "deepseek_v3", seed=3))
-    quantization = FineGrainedFP8Config(dequantize=True, weight_block_size=BLOCK)
+@pytest.mark.parametrize("family", ["deepseek_v3", "gpt_oss"])
+def test_a_quantized_checkpoint_generates_what_transformers_dequantized_does(
+    family: str, tmp_path: Path
+) -> None:
+    """As they ship: DeepSeek V3 with FP8 weights by blocks (and a compressed KV cache),
+    gpt-oss with MXFP4 experts (and attention sinks)."""
+    checkpoint = write_tiny_model(tmp_path / family, family, seed=3)
+    quantization: Any
+    if family == "gpt_oss":
+        checkpoint, quantization = to_mxfp4(checkpoint), Mxfp4Config(dequantize=True)
+    else:
+        checkpoint = to_fp8(checkpoint)
+        quantization = FineGrainedFP8Config(dequantize=True, weight_block_size=BLOCK)
     local = AutoModelForCausalLM.from_pretrained(checkpoint, quantization_config=quantization)
     reference = local.generate(
         PROMPT, attention_mask=torch.ones_like(PROMPT), max_new_tokens=NEW_TOKENS, do_sample=False

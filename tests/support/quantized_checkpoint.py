@@ -1,4 +1,5 @@
-"""An FP8 checkpoint quantized by blocks, as DeepSeek V3 ships, made from a float one."""
+"""Quantized checkpoints made from float ones: FP8 by blocks, as DeepSeek V3 ships, and
+MXFP4 experts, as gpt-oss ships."""
 
 from __future__ import annotations
 
@@ -41,5 +42,33 @@ def to_fp8(path: Path, block: tuple[int, int] = BLOCK) -> Path:
         **{"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic"},
         "weight_block_size": list(block),
     }
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+FP4_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+
+
+def _quantize_mxfp4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[experts, in, out]` -> blocks `[experts, out, in / 32, 16]` and their exponents."""
+    rows = weight.transpose(1, 2)  # [experts, out, in]
+    groups = rows.reshape(*rows.shape[:2], -1, 32)
+    amax = groups.abs().amax(-1).clamp(min=1e-30)
+    exponents = torch.ceil(torch.log2(amax / 6.0)).to(torch.int32)
+    scaled = groups / torch.exp2(exponents.float())[..., None]
+    nearest = (scaled.abs()[..., None] - FP4_VALUES).abs().argmin(-1)  # index 0..7
+    codes = (nearest + 8 * (scaled < 0)).to(torch.uint8)  # the sign is the high bit
+    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return blocks, (exponents + 127).to(torch.uint8)
+
+
+def to_mxfp4(path: Path) -> Path:
+    """Quantize the experts of every block to MXFP4, as gpt-oss ships."""
+    tensors = load_file(path / "model.safetensors")
+    for name in [n for n in tensors if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        tensors[name + "_blocks"], tensors[name + "_scales"] = _quantize_mxfp4(tensors.pop(name))
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4"}
     (path / "config.json").write_text(json.dumps(config))
     return path

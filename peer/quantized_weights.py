@@ -1,0 +1,183 @@
+"""Quantized checkpoints, dequantized as they are read: FP8 by blocks, and MXFP4.
+
+- FP8 by blocks (`"quant_method": "fp8"`: DeepSeek V3, Kimi K2, the FP8 releases of Qwen3 and
+  GLM-4.5): a linear layer's weight in float8 (e4m3), and next to it `<name>_scale_inv`, one
+  float32 scale per block of `weight_block_size` (128 x 128) of the weight, the last blocks of
+  a row or a column cut short where its size is not a multiple (as DeepSeek's own code reads
+  them). The weight is its values times their block's scale, in float32 as transformers
+  computes it.
+- MXFP4 (`"quant_method": "mxfp4"`: gpt-oss's experts): `<name>_blocks`, 4-bit floats (e2m1)
+  two to a byte, the low nibble first, in groups of 32 along each row of `[experts, out, in]`,
+  and `<name>_scales`, one power of two per group (a byte, biased by 127). The weight is the
+  values times their group's power of two, transposed to transformers' `[experts, in, out]`.
+
+Either way a weight comes out of its pair of stored tensors once both are read
+(`QuantizedPairs`), and the reader casts it to the peer's dtype at once, so a peer serves such a
+checkpoint in bfloat16 (or any dtype, on any device) with the memory of that dtype. Other
+quantization methods are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError, UnsupportedModelError
+
+__all__ = [
+    "Quantization",
+    "QuantizedPairs",
+    "dequantize_fp8",
+    "dequantize_mxfp4",
+    "quantization",
+    "quantized_weights",
+]
+
+DEFAULT_BLOCK = (128, 128)
+FP4_VALUES = (
+    0.0,
+    0.5,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    4.0,
+    6.0,
+    -0.0,
+    -0.5,
+    -1.0,
+    -1.5,
+    -2.0,
+    -3.0,
+    -4.0,
+    -6.0,
+)
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How a checkpoint stores its quantized weights."""
+
+    method: str  # "fp8" or "mxfp4"
+    block: tuple[int, int] = DEFAULT_BLOCK  # FP8's
+
+    @property
+    def suffixes(self) -> tuple[str, str]:
+        """What the stored values and scales add to the weight's name."""
+        return ("", "_scale_inv") if self.method == "fp8" else ("_blocks", "_scales")
+
+    def dequantize(self, name: str, values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        if self.method == "fp8":
+            return dequantize_fp8(name, values, scales, self.block)
+        return dequantize_mxfp4(name, values, scales)
+
+
+def quantization(config: Mapping[str, Any]) -> Quantization | None:
+    """How a parsed `config.json` says its weights are quantized; None if they are not; an
+    error for a quantization this module cannot undo."""
+    settings = config.get("quantization_config")
+    if settings is None:
+        return None
+    method = settings.get("quant_method") if isinstance(settings, Mapping) else None
+    if method == "mxfp4":
+        return Quantization("mxfp4")
+    if method != "fp8":
+        raise UnsupportedModelError(
+            f"quantized checkpoints ({method!r}) are not supported, FP8 by blocks and MXFP4 "
+            "are; use the model's unquantized release"
+        )
+    block = settings.get("weight_block_size") or DEFAULT_BLOCK
+    if not (
+        isinstance(block, (list, tuple))
+        and len(block) == 2
+        and all(type(size) is int and size > 0 for size in block)
+    ):
+        raise CheckpointError(f"weight_block_size must be two sizes, not {block!r}")
+    return Quantization("fp8", (block[0], block[1]))
+
+
+def dequantize_fp8(
+    name: str, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]
+) -> torch.Tensor:
+    """The float32 weight: `weight` (float8) times the scale of the block each element is in."""
+    rows, columns = weight.shape[-2:]
+    grid = (-(-rows // block[0]), -(-columns // block[1]))
+    if weight.dim() < 2 or tuple(scale_inv.shape[-2:]) != grid:
+        raise CheckpointError(
+            f"{name}: {tuple(scale_inv.shape)} scales do not fit a {tuple(weight.shape)} weight "
+            f"in blocks of {block}"
+        )
+    scales = scale_inv.to(torch.float32)
+    scales = scales.repeat_interleave(block[0], dim=-2).repeat_interleave(block[1], dim=-1)
+    return weight.to(torch.float32) * scales[..., :rows, :columns]
+
+
+def dequantize_mxfp4(name: str, blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The float32 weight `[experts, in, out]` of `blocks` (`[experts, out, groups, 16]` bytes)
+    and `scales` (`[experts, out, groups]` biased exponents)."""
+    if (
+        blocks.dtype != torch.uint8
+        or blocks.dim() != 4
+        or tuple(blocks.shape[:-1]) != tuple(scales.shape)
+    ):
+        raise CheckpointError(
+            f"{name}: MXFP4 blocks {tuple(blocks.shape)} ({blocks.dtype}) do not fit scales "
+            f"{tuple(scales.shape)}"
+        )
+    table = torch.tensor(FP4_VALUES, dtype=torch.float32, device=blocks.device)
+    values = torch.stack([table[(blocks & 0x0F).long()], table[(blocks >> 4).long()]], dim=-1)
+    exponents = scales.to(torch.int32) - 127
+    values = torch.ldexp(values.flatten(-2), exponents[..., None])  # [experts, out, groups, 32]
+    return values.flatten(-2).transpose(1, 2).contiguous()
+
+
+class QuantizedPairs:
+    """Pairs each quantized weight's stored values and scales as a read yields them, in
+    either order (they may lie in different shards), and hands the weight out, dequantized,
+    once both are in."""
+
+    def __init__(self, weights: Collection[str], quantization: Quantization) -> None:
+        self._weights = set(weights)
+        self._quantization = quantization
+        self._waiting: dict[str, torch.Tensor] = {}
+
+    @property
+    def stored(self) -> list[str]:
+        """The names of the stored tensors to read for the weights."""
+        values, scales = self._quantization.suffixes
+        return [weight + suffix for weight in self._weights for suffix in (values, scales)]
+
+    def take(self, name: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+        """`(name, tensor)` for a tensor of no pair; `(weight, dequantized)` for the second of
+        a pair; None for the first."""
+        values, scales = self._quantization.suffixes
+        is_scales = name.endswith(scales)
+        weight = name.removesuffix(scales) if is_scales else name.removesuffix(values)
+        if weight not in self._weights or not (is_scales or name.endswith(values)):
+            return name, tensor
+        other = weight + (values if is_scales else scales)
+        if other not in self._waiting:
+            self._waiting[name] = tensor
+            return None
+        first = self._waiting.pop(other)
+        stored_values, stored_scales = (first, tensor) if is_scales else (tensor, first)
+        return weight, self._quantization.dequantize(weight, stored_values, stored_scales)
+
+
+def quantized_weights(
+    names: Collection[str], files: Collection[str], quantization: Quantization
+) -> list[str]:
+    """The weights that the stored tensors `names` belong to and that `files` (every stored
+    tensor) holds quantized."""
+    values, scales = quantization.suffixes
+
+    def weight(name: str) -> str:
+        if name.endswith(scales):
+            return name.removesuffix(scales)
+        return name.removesuffix(values) if values else name
+
+    candidates = {weight(name) for name in names}
+    return sorted(w for w in candidates if w + values in files and w + scales in files)
