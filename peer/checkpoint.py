@@ -272,7 +272,7 @@ def read_tensors(
                 str(checkpoint.path / file), framework="pt", device=str(device)
             ) as handle:
                 for name in file_names:
-                    if (taken := pairs.take(name, handle.get_tensor(name))) is None:
+                    if (taken := pairs.take(name, handle.get_tensor(name), dtype)) is None:
                         continue  # a quantized weight's values or scales: the other comes later
                     name, tensor = taken
                     if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:

@@ -12,8 +12,8 @@
   values times their group's power of two, transposed to transformers' `[experts, in, out]`.
 
 Either way a weight comes out of its pair of stored tensors once both are read
-(`QuantizedPairs`), and the reader casts it to the peer's dtype at once, so a peer serves such a
-checkpoint in bfloat16 (or any dtype, on any device) with the memory of that dtype. Other
+(`QuantizedPairs`), in the peer's dtype (MXFP4 one expert at a time), so a peer serves such
+a checkpoint in bfloat16 (or any dtype, on any device) with the memory of that dtype. Other
 quantization methods are refused.
 """
 
@@ -69,10 +69,12 @@ class Quantization:
         """What the stored values and scales add to the weight's name."""
         return ("", "_scale_inv") if self.method == "fp8" else ("_blocks", "_scales")
 
-    def dequantize(self, name: str, values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    def dequantize(
+        self, name: str, values: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
         if self.method == "fp8":
-            return dequantize_fp8(name, values, scales, self.block)
-        return dequantize_mxfp4(name, values, scales)
+            return dequantize_fp8(name, values, scales, self.block).to(dtype)
+        return dequantize_mxfp4(name, values, scales, dtype)
 
 
 def quantization(config: Mapping[str, Any]) -> Quantization | None:
@@ -115,9 +117,13 @@ def dequantize_fp8(
     return weight.to(torch.float32) * scales[..., :rows, :columns]
 
 
-def dequantize_mxfp4(name: str, blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """The float32 weight `[experts, in, out]` of `blocks` (`[experts, out, groups, 16]` bytes)
-    and `scales` (`[experts, out, groups]` biased exponents)."""
+def dequantize_mxfp4(
+    name: str, blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The weight `[experts, in, out]` of `blocks` (`[experts, out, groups, 16]` bytes) and
+    `scales` (`[experts, out, groups]` biased exponents), in `dtype`: computed one expert at a
+    time in float32 (exact: 4-bit values times powers of two), so that a layer's experts cost
+    their size in `dtype` plus one expert's."""
     if (
         blocks.dtype != torch.uint8
         or blocks.dim() != 4
@@ -128,10 +134,15 @@ def dequantize_mxfp4(name: str, blocks: torch.Tensor, scales: torch.Tensor) -> t
             f"{tuple(scales.shape)}"
         )
     table = torch.tensor(FP4_VALUES, dtype=torch.float32, device=blocks.device)
-    values = torch.stack([table[(blocks & 0x0F).long()], table[(blocks >> 4).long()]], dim=-1)
-    exponents = scales.to(torch.int32) - 127
-    values = torch.ldexp(values.flatten(-2), exponents[..., None])  # [experts, out, groups, 32]
-    return values.flatten(-2).transpose(1, 2).contiguous()
+    experts, rows, groups, _ = blocks.shape
+    weight = torch.empty((experts, groups * 32, rows), dtype=dtype, device=blocks.device)
+    for expert in range(experts):
+        packed = blocks[expert]
+        values = torch.stack([table[(packed & 0x0F).long()], table[(packed >> 4).long()]], -1)
+        exponents = scales[expert].to(torch.int32)[..., None] - 127
+        values = torch.ldexp(values.flatten(-2), exponents)  # [out, groups, 32]
+        weight[expert] = values.flatten(-2).T
+    return weight
 
 
 class QuantizedPairs:
@@ -150,9 +161,11 @@ class QuantizedPairs:
         values, scales = self._quantization.suffixes
         return [weight + suffix for weight in self._weights for suffix in (values, scales)]
 
-    def take(self, name: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor] | None:
-        """`(name, tensor)` for a tensor of no pair; `(weight, dequantized)` for the second of
-        a pair; None for the first."""
+    def take(
+        self, name: str, tensor: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> tuple[str, torch.Tensor] | None:
+        """`(name, tensor)` for a tensor of no pair; `(weight, dequantized)` (in `dtype`, else
+        float32) for the second of a pair; None for the first."""
         values, scales = self._quantization.suffixes
         is_scales = name.endswith(scales)
         weight = name.removesuffix(scales) if is_scales else name.removesuffix(values)
@@ -164,7 +177,10 @@ class QuantizedPairs:
             return None
         first = self._waiting.pop(other)
         stored_values, stored_scales = (first, tensor) if is_scales else (tensor, first)
-        return weight, self._quantization.dequantize(weight, stored_values, stored_scales)
+        dequantized = self._quantization.dequantize(
+            weight, stored_values, stored_scales, dtype or torch.float32
+        )
+        return weight, dequantized
 
 
 def quantized_weights(
