@@ -1,4 +1,4 @@
-"""Boolean attention masks for SDPA: causal, optionally sliding-window, right-padded rows.
+"""Attention masks: causal, with a sliding window or chunks per block, over padded rows.
 
 Layout: row `r` of a batch has `past[r]` cached tokens at key positions `0..past[r]-1` and its
 `q_len` new tokens right after them, so its queries sit at positions `past[r] + i`. Keys past
@@ -16,7 +16,7 @@ query may then see nothing, as there.
 either one query token (attend to everything) or no past (`is_causal=True`). Using the same
 skip keeps the stateless forward bit-identical to the transformers model.
 
-Eager attention (Gemma 2, which caps its attention scores, a thing SDPA cannot do) adds its
+Eager attention (Gemma 2's capped scores and gpt-oss's sinks, which SDPA cannot do) adds its
 mask to the scores instead: `additive=dtype` gives 0 where a key is visible and the dtype's
 lowest value where not, always a tensor, as transformers builds it for eager.
 """
