@@ -46,6 +46,8 @@ INFERENCE = "span.inference"
 RELAY = "span.relay"
 
 MAX_RELAY_HOPS = 64  # the rest of a chain one step may name
+MAX_MASK_CELLS = 1 << 18  # of a forward's attention_mask: checked before its values are
+MAX_PADDED_ROWS = 1 << 12  # of a session's padding, likewise
 MAX_TOKEN_LENGTH = 64  # characters of a session id or a relay token
 
 
@@ -69,8 +71,14 @@ class SessionRequest:
         fields = _map(header, "open")
         batch_size = _int(fields, "batch_size")
         padding = fields.get("padding", [])
-        if not isinstance(padding, list) or len(padding) != (batch_size if padding else 0):
-            raise ProtocolError("'padding' must list one count per row of the batch")
+        if (
+            not isinstance(padding, list)
+            or len(padding) != (batch_size if padding else 0)
+            or len(padding) > MAX_PADDED_ROWS  # before the loop below reads it
+        ):
+            raise ProtocolError(
+                f"'padding' must list one count per row of the batch, at most {MAX_PADDED_ROWS}"
+            )
         return cls(
             start=_int(fields, "start"),
             end=_int(fields, "end"),
@@ -167,12 +175,18 @@ def parse_forward(
 ) -> tuple[int, int, Mapping[str, Any], list[list[int]] | None]:
     """(start, end, tensor header, attention mask: rows of 0 and 1, or None) of a forward."""
     mask = header.get("attention_mask")
-    if mask is not None and not (
+    width = len(mask[0]) if isinstance(mask, list) and mask and isinstance(mask[0], list) else 0
+    if mask is not None and not (  # sizes first: the loops below read remote input
         isinstance(mask, list)
-        and all(isinstance(row, list) and len(row) == len(mask[0]) for row in mask)
+        and len(mask) <= MAX_MASK_CELLS
+        and len(mask) * width <= MAX_MASK_CELLS
+        and all(isinstance(row, list) and len(row) == width for row in mask)
         and all(type(value) is int and value in (0, 1) for row in mask for value in row)
     ):
-        raise ProtocolError("'attention_mask' must be rows of 0 and 1, all of one length")
+        raise ProtocolError(
+            f"'attention_mask' must be rows of 0 and 1, all of one length, at most "
+            f"{MAX_MASK_CELLS} in all"
+        )
     return _int(header, "start"), _int(header, "end"), tensor_header(header), mask
 
 

@@ -45,6 +45,15 @@ def test_round_trips() -> None:
         {"open": {"start": 0, "end": 2, "max_length": 8, "batch_size": 1, "padding": ["1"]}},
         {"open": {"start": 0, "end": 2, "max_length": 8, "batch_size": 1, "padding": -1}},
         {"open": {"start": 0, "end": 2, "max_length": 8, "batch_size": 1, "padding": [-1]}},
+        {
+            "open": {
+                "start": 0,
+                "end": 2,
+                "max_length": 8,
+                "batch_size": 5000,
+                "padding": [0] * 5000,
+            }
+        },
     ],
 )
 def test_malformed_session_requests_are_refused(header: dict[str, Any]) -> None:
@@ -53,7 +62,17 @@ def test_malformed_session_requests_are_refused(header: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "mask", [1, [1, 0], [[0, 2]], [[0, 1], [1]], [[True, False]], [[0.0, 1.0]], [["1"]]]
+    "mask",
+    [
+        1,
+        [1, 0],
+        [[0, 2]],
+        [[0, 1], [1]],
+        [[True, False]],
+        [[0.0, 1.0]],
+        [["1"]],
+        [[1] * 1025] * 256,
+    ],
 )
 def test_malformed_forward_masks_are_refused(mask: Any) -> None:
     with pytest.raises(ProtocolError, match="attention_mask"):
