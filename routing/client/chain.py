@@ -111,11 +111,6 @@ class InferenceChain:
             for hop in hops:
                 nursery.start_soon(hop.close)
 
-    def _timeout(self, hidden: torch.Tensor) -> float:
-        config = self.view.config
-        tokens = int(hidden.shape[0]) * int(hidden.shape[1])
-        return config.step_timeout + config.step_timeout_per_token * tokens
-
     async def step(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states of new positions in, the last block's output out."""
         index = 0
@@ -124,7 +119,7 @@ class InferenceChain:
             onward = self._relay_targets(index)
             at, sent = index, False
             try:
-                await self.hops[index].send(hidden, self._timeout(hidden), onward)
+                await self.hops[index].send(hidden, self.view.config.deadline(hidden), onward)
                 sent = True
                 for at in range(index, index + len(onward) + 1):
                     hop = self.hops[at]
@@ -132,7 +127,9 @@ class InferenceChain:
                     if at > index:  # relayed: if it is late, the client sends a copy too
                         hop.expect()
                         resend = Resend(onward[at - index :], self._copy_after(at))
-                    output, relayed = await hop.receive(hidden, self._timeout(hidden), resend)
+                    output, relayed = await hop.receive(
+                        hidden, self.view.config.deadline(hidden), resend
+                    )
                     self.view.bans.succeeded(hop.hop.peer)
                     if at > index and not hop.timings[-1].relayed:  # the copy was first
                         self._not_relaying.add(self.hops[at - 1].hop.peer)
@@ -241,7 +238,7 @@ class InferenceChain:
                     session = await self._open(current, peers[current.peer])
                     opened.append(session)
                     if replay is not None:
-                        replay = await session.step(replay, self._timeout(replay))
+                        replay = await session.step(replay, self.view.config.deadline(replay))
                 return opened
             except LINK_ERRORS as error:
                 logger.warning("peer %s failed joining the chain: %s", current.peer[:8], error)

@@ -140,11 +140,6 @@ def _ban(view: SwarmView, hop: Hop, what: str, error: BaseException) -> None:
     )  # fmt: skip
 
 
-def _timeout(view: SwarmView, hidden: torch.Tensor) -> float:
-    tokens = int(hidden.shape[-3] * hidden.shape[-2])
-    return view.config.step_timeout + view.config.step_timeout_per_token * tokens
-
-
 async def _call_hop(
     view: SwarmView,
     method: str,
@@ -160,7 +155,7 @@ async def _call_hop(
     mask = None if attention_mask is None else attention_mask.int().tolist()
     request = Packet(forward_header(hop.start, hop.end, header, mask), body)
     reply = await _call_while_alive(
-        view, announcement.address, method, request, _timeout(view, tensor)
+        view, announcement.address, method, request, view.config.deadline(tensor)
     )
     output = decode_tensor(tensor_header(reply.header), reply.body)
     if output.shape != tensor.shape[-3:]:

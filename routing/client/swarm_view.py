@@ -15,6 +15,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -28,6 +29,9 @@ from ..path_selection import Candidate, Hop, fastest_chain, spread_choice
 from ..rpc import RPCHost
 from .bans import Bans
 from .rtt import RttTable
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,11 @@ class ClientConfig:
     open_timeout: float = 10.0  # connect + open a session
     max_failovers: int = 16  # per step, before the step fails
     relay: bool = True  # peers pass hidden states straight to the next hop (where they can)
+
+    def deadline(self, hidden: torch.Tensor) -> float:
+        """Seconds a hop may take over `hidden` (`[..., batch, length, hidden]`)."""
+        tokens = int(hidden.shape[-3]) * int(hidden.shape[-2])
+        return self.step_timeout + self.step_timeout_per_token * tokens
 
 
 def usable_announcements(
