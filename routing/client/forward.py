@@ -57,6 +57,7 @@ async def forward_through_swarm(
     default); `attention_mask` ([batch, length], 0 for padding) as transformers' model
     takes it. `trace`, if given, gets each hop and its input, for `backward_through_swarm`."""
     config = view.config
+    mask = _wire_mask(attention_mask)
     boundary, end = blocks or (0, view.num_blocks)
     failures, refreshed = 0, False
     last_error: BaseException | None = None
@@ -74,7 +75,7 @@ async def forward_through_swarm(
             raise
         hop = Hop(drawn.peer, drawn.start, min(drawn.end, end))
         try:
-            output = await _call_hop(view, FORWARD, hop, peers[hop.peer], hidden, attention_mask)
+            output = await _call_hop(view, FORWARD, hop, peers[hop.peer], hidden, mask)
         except LINK_ERRORS as error:
             if isinstance(error, RemoteError) and error.code in REFUSED_REQUESTS:
                 raise
@@ -103,13 +104,14 @@ async def backward_through_swarm(
     """The gradient with respect to the first hop's input, given that of the last hop's
     output: back through the hops of `trace` (a forward's). `failures`: so far, of at most
     `max_failovers`."""
+    mask = _wire_mask(attention_mask)
     for hop, inputs in reversed(trace):
         announcement = view.peers.get(hop.peer)
         try:
             if announcement is None:
                 raise NoRouteError(list(range(hop.start, hop.end)))
             pair = torch.stack([inputs, grad.to(inputs.dtype)])
-            grad = await _call_hop(view, BACKWARD, hop, announcement, pair, attention_mask)
+            grad = await _call_hop(view, BACKWARD, hop, announcement, pair, mask)
         except (*LINK_ERRORS, NoRouteError) as error:
             if isinstance(error, RemoteError) and error.code in REFUSED_REQUESTS:
                 raise
@@ -132,6 +134,11 @@ async def backward_through_swarm(
     return grad
 
 
+def _wire_mask(attention_mask: torch.Tensor | None) -> list[list[int]] | None:
+    """The attention mask as `span.forward` and `span.backward` take it, made once per call."""
+    return None if attention_mask is None else attention_mask.int().tolist()
+
+
 def _ban(view: SwarmView, hop: Hop, what: str, error: BaseException) -> None:
     seconds = view.bans.ban(hop.peer)
     logger.warning(
@@ -146,13 +153,12 @@ async def _call_hop(
     hop: Hop,
     announcement: PeerAnnouncement,
     tensor: torch.Tensor,
-    attention_mask: torch.Tensor | None,
+    mask: list[list[int]] | None,
 ) -> torch.Tensor:
     """One peer's blocks [hop.start, hop.end) forward (over `[batch, length, hidden]`) or
     backward (over that and the output gradient, stacked), in the dtype it computes in;
-    the result in the dtype of `tensor`."""
+    the result in the dtype of `tensor`. `mask`: the attention mask as the wire takes it."""
     header, body = encode_tensor(tensor.to(DTYPES.get(announcement.dtype, torch.float32)))
-    mask = None if attention_mask is None else attention_mask.int().tolist()
     request = Packet(forward_header(hop.start, hop.end, header, mask), body)
     reply = await _call_while_alive(
         view, announcement.address, method, request, view.config.deadline(tensor)
