@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, UnsupportedModelError
-from .quantized_weights import Quantization, QuantizedPairs, quantization, quantized_weights
+from .quantized_weights import Quantization, QuantizedPairs, quantization
 
 if TYPE_CHECKING:
     import torch
@@ -256,9 +256,7 @@ def read_tensors(
         checkpoint = open_checkpoint(checkpoint)
     files = checkpoint.tensor_files
     wanted = [name for name in dict.fromkeys(names) if name in files]
-    quantized = checkpoint.quantization or Quantization("fp8")
-    weights = quantized_weights(wanted, files, quantized) if checkpoint.quantization else []
-    pairs = QuantizedPairs(weights, quantized)
+    pairs = QuantizedPairs(wanted, files, checkpoint.quantization)
     wanted = list(dict.fromkeys([*wanted, *pairs.stored]))
     by_file: dict[str, list[str]] = {}
     for name in wanted:

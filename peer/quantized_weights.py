@@ -33,7 +33,6 @@ __all__ = [
     "dequantize_fp8",
     "dequantize_mxfp4",
     "quantization",
-    "quantized_weights",
 ]
 
 DEFAULT_BLOCK = (128, 128)
@@ -68,6 +67,13 @@ class Quantization:
     def suffixes(self) -> tuple[str, str]:
         """What the stored values and scales add to the weight's name."""
         return ("", "_scale_inv") if self.method == "fp8" else ("_blocks", "_scales")
+
+    def weight_of(self, name: str) -> str:
+        """The weight a stored tensor is part of (its own name if it is no part of one)."""
+        values, scales = self.suffixes
+        if name.endswith(scales):
+            return name.removesuffix(scales)
+        return name.removesuffix(values) if values else name
 
     def dequantize(
         self, name: str, values: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype
@@ -148,52 +154,44 @@ def dequantize_mxfp4(
 class QuantizedPairs:
     """Pairs each quantized weight's stored values and scales as a read yields them, in
     either order (they may lie in different shards), and hands the weight out, dequantized,
-    once both are in."""
+    once both are in. `names`: the stored tensors asked for; `files`: every stored tensor."""
 
-    def __init__(self, weights: Collection[str], quantization: Quantization) -> None:
-        self._weights = set(weights)
+    def __init__(
+        self, names: Collection[str], files: Collection[str], quantization: Quantization | None
+    ) -> None:
         self._quantization = quantization
+        self._weights: set[str] = set()
+        if quantization is not None:
+            values, scales = quantization.suffixes
+            candidates = {quantization.weight_of(name) for name in names}
+            self._weights = {w for w in candidates if w + values in files and w + scales in files}
         self._waiting: dict[str, torch.Tensor] = {}
 
     @property
     def stored(self) -> list[str]:
         """The names of the stored tensors to read for the weights."""
+        if self._quantization is None:
+            return []
         values, scales = self._quantization.suffixes
-        return [weight + suffix for weight in self._weights for suffix in (values, scales)]
+        return [weight + suffix for weight in sorted(self._weights) for suffix in (values, scales)]
 
     def take(
         self, name: str, tensor: torch.Tensor, dtype: torch.dtype | None = None
     ) -> tuple[str, torch.Tensor] | None:
         """`(name, tensor)` for a tensor of no pair; `(weight, dequantized)` (in `dtype`, else
         float32) for the second of a pair; None for the first."""
-        values, scales = self._quantization.suffixes
-        is_scales = name.endswith(scales)
-        weight = name.removesuffix(scales) if is_scales else name.removesuffix(values)
-        if weight not in self._weights or not (is_scales or name.endswith(values)):
+        quantization = self._quantization
+        if quantization is None or (weight := quantization.weight_of(name)) not in self._weights:
             return name, tensor
+        values, scales = quantization.suffixes
+        is_scales = name == weight + scales
         other = weight + (values if is_scales else scales)
         if other not in self._waiting:
             self._waiting[name] = tensor
             return None
         first = self._waiting.pop(other)
         stored_values, stored_scales = (first, tensor) if is_scales else (tensor, first)
-        dequantized = self._quantization.dequantize(
+        dequantized = quantization.dequantize(
             weight, stored_values, stored_scales, dtype or torch.float32
         )
         return weight, dequantized
-
-
-def quantized_weights(
-    names: Collection[str], files: Collection[str], quantization: Quantization
-) -> list[str]:
-    """The weights that the stored tensors `names` belong to and that `files` (every stored
-    tensor) holds quantized."""
-    values, scales = quantization.suffixes
-
-    def weight(name: str) -> str:
-        if name.endswith(scales):
-            return name.removesuffix(scales)
-        return name.removesuffix(values) if values else name
-
-    candidates = {weight(name) for name in names}
-    return sorted(w for w in candidates if w + values in files and w + scales in files)
