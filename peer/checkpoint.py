@@ -133,9 +133,13 @@ class Checkpoint:
     def hidden_size(self) -> int:
         return int(self.config.hidden_size)
 
+    def layer_prefix(self, layer: int) -> str:
+        """What the names of block `layer`'s tensors start with."""
+        return f"{self.prefix}layers.{layer}."
+
     def layer_tensor_names(self, layer: int) -> list[str]:
         """Names of the checkpoint tensors that belong to block `layer`."""
-        start = f"{self.prefix}layers.{layer}."
+        start = self.layer_prefix(layer)
         return [name for name in self.tensor_files if name.startswith(start)]
 
     def head_tensor_names(self) -> dict[str, str]:
@@ -295,5 +299,5 @@ def read_layer_tensors(
     tensors = read_tensors(
         checkpoint, checkpoint.layer_tensor_names(layer), dtype=dtype, device=device
     )
-    start = f"{checkpoint.prefix}layers.{layer}."
+    start = checkpoint.layer_prefix(layer)
     return {name.removeprefix(start): tensor for name, tensor in tensors.items()}

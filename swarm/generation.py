@@ -208,9 +208,7 @@ async def generate_tokens(
         raise GenerationError("generation takes input_ids of shape (1, length)")
     processors = build_logits_processors(config)
     stopping = build_stopping_criteria(config, tokenizer)
-    generator = torch.Generator(device=state.input_ids.device)
-    if config.seed is not None:
-        generator.manual_seed(config.seed)
+    generator = _generator(config, state.input_ids.device)
     eos = set(config.eos_token_ids)
     for _ in range(config.max_new_tokens):
         fresh = state.input_ids[:, state.processed :]
@@ -245,9 +243,7 @@ async def generate_batch(
     alike."""
     processors = build_logits_processors(config)
     stopping = build_stopping_criteria(config, tokenizer)
-    generator = torch.Generator(device=input_ids.device)
-    if config.seed is not None:
-        generator.manual_seed(config.seed)
+    generator = _generator(config, input_ids.device)
     eos = torch.tensor(config.eos_token_ids, dtype=torch.long)
     if pad_token_id is None and len(eos):
         pad_token_id = int(eos[0])
@@ -269,6 +265,15 @@ async def generate_batch(
         if not unfinished.any():
             break
     return input_ids
+
+
+def _generator(config: SamplingConfig, device: torch.device) -> torch.Generator:
+    """The sampling draws' own generator: seeded, it draws what `torch.manual_seed(seed)`
+    then transformers' `generate()` would."""
+    generator = torch.Generator(device=device)
+    if config.seed is not None:
+        generator.manual_seed(config.seed)
+    return generator
 
 
 def _choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator) -> torch.Tensor:
