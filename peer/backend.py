@@ -14,12 +14,14 @@ Every input is validated against the model before anything runs or is allocated;
 raise `InvalidRequestError` (or another `PeerError`), never `assert`, and leave all sessions as
 they were. Not thread-safe: `peer.worker.ComputeWorker` calls it from one thread.
 Outputs are returned on the CPU (ready for the wire codec), in the span's dtype.
+A step of one token in all runs on `one_token_threads` torch threads when that is set.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -97,6 +99,8 @@ class SpanBackend:
         self.max_session_length = self.config.max_session_length or context or 2048
         self._sessions: dict[str, _Session] = {}
         self._reserved_tokens = 0
+        # torch threads for steps of one token in all (None: the thread's own); peer/throughput.py
+        self.one_token_threads: int | None = None
 
     @classmethod
     def load(
@@ -414,7 +418,8 @@ class SpanBackend:
         first, last = info.start - self.span.start, info.end - self.span.start
         q_len = hiddens[0].shape[1]
         device = self.span.device
-        with torch.no_grad():
+        tokens = sum(session.info.batch_size for session in sessions) * q_len
+        with torch.no_grad(), self._threads(tokens):
             cache = StepCache([s.cache for s in sessions], q_len, layer_offset=first)
             past = cache.past_lengths
             pads = [pad for session in sessions for pad in session.info.row_padding]
@@ -430,6 +435,19 @@ class SpanBackend:
             )
             cache.commit()
         return output.cpu()
+
+    @contextmanager
+    def _threads(self, tokens: int) -> Iterator[None]:
+        """Run a step of one token on `one_token_threads`, then restore the thread's count."""
+        if tokens != 1 or self.one_token_threads is None:
+            yield
+            return
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.one_token_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
 
 def _positions(

@@ -304,5 +304,10 @@ async def _load(config: PeerConfig, worker: ComputeWorker, blocks: tuple[int, in
     else:
         measured = await worker.submit(get_throughput, backend, config.cache_dir)
     per_block = measured.inference_tokens_per_s * measured.num_layers
-    logger.info("throughput: %.1f tokens/s through the span", measured.inference_tokens_per_s)
+    backend.one_token_threads = measured.one_token_threads
+    logger.info(
+        "throughput: %.1f tokens/s through the span (one-token steps on %d torch threads)",
+        measured.inference_tokens_per_s,
+        measured.one_token_threads,
+    )
     return _Peer(config, backend, per_block)

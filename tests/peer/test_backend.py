@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from peer.errors import (
     SessionNotFoundError,
 )
 from peer.kv_cache import CacheLayout
+from peer.span import Span
 
 from .conftest import Reference, assert_rounding_close
 
@@ -254,3 +256,39 @@ def test_step_many_groups_ranges_and_rejects_atomically(checkpoints: dict[str, P
     with pytest.raises(InvalidRequestError, match="hidden size"):
         backend.step_many([StepRequest("more", _hidden()), StepRequest("full", _hidden(width=8))])
     assert [backend.session_length(s) for s in ("full", "part", "more", "long")] == [1, 1, 1, 3]
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    kept = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(kept)
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_steps_of_one_token_run_on_their_own_threads(
+    backend: SpanBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a step of one token in all switches, and the thread gets its count back after it,
+    also when the blocks fail."""
+    seen: list[int] = []
+    run_layers = Span.run_layers
+
+    def recording(span: Span, *args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        if len(seen) == 5:
+            raise RuntimeError("blocks failed")
+        return run_layers(span, *args, **kwargs)
+
+    monkeypatch.setattr(Span, "run_layers", recording)
+    backend.open_session("a", max_length=8)
+    backend.open_session("b", max_length=8, batch_size=2)
+    backend.step("a", _hidden(length=3))  # feature off: the thread's own count
+    backend.one_token_threads = 1
+    backend.step("a", _hidden())
+    backend.step("b", _hidden(batch=2))  # two tokens in all
+    backend.step_many([StepRequest("a", _hidden())])
+    with pytest.raises(RuntimeError, match="blocks failed"):
+        backend.step("a", _hidden())
+    assert seen == [2, 1, 2, 1, 1] and torch.get_num_threads() == 2

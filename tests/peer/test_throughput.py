@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from peer import throughput
-from peer.backend import SpanBackend
-from peer.throughput import Throughput, get_throughput, throughput_key
+from peer.backend import BackendConfig, SpanBackend
+from peer.throughput import (
+    Throughput,
+    fewest_threads,
+    get_throughput,
+    measure_throughput,
+    thread_counts,
+    throughput_key,
+)
 
 from .conftest import MakeCheckpoint
+
+
+@pytest.fixture
+def four_threads() -> Iterator[None]:
+    kept = torch.get_num_threads()
+    torch.set_num_threads(4)
+    yield
+    torch.set_num_threads(kept)
 
 
 def test_measured_once_then_cached(
@@ -53,3 +72,85 @@ def test_the_key_tells_mixtures_of_experts_apart(make_checkpoint: MakeCheckpoint
         ]
     }
     assert len(keys) == 3 and all("mixtral" in key for key in keys)
+
+
+def test_thread_counts_tried() -> None:
+    assert thread_counts(1) == [1]
+    assert thread_counts(2) == [1, 2]
+    assert thread_counts(6) == [1, 2, 4, 6]
+    assert thread_counts(16) == [1, 2, 4, 8, 16]
+
+
+@pytest.mark.parametrize(
+    ("rates", "chosen"),
+    [
+        ({1: 96.0, 2: 100.0}, 1),  # within 5 %: fewer threads
+        ({1: 90.0, 2: 100.0}, 2),
+        ({1: 40.0, 2: 80.0, 4: 100.0, 8: 98.0}, 4),
+        ({1: 100.0, 2: 60.0}, 1),
+    ],
+)
+def test_the_fewest_threads_near_the_fastest_win(rates: dict[int, float], chosen: int) -> None:
+    assert fewest_threads(rates) == chosen
+
+
+def test_the_measurement_chooses_the_fewest_threads_near_the_fastest(
+    checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = SpanBackend.load(checkpoints["llama"], 0, 2)
+    fastest = {1: 1 / 30, 2: 1 / 55, 4: 1 / 56}  # seconds per step
+    monkeypatch.setattr(throughput, "_fastest_steps", lambda *_: fastest)
+    measured = measure_throughput(backend)
+    assert measured.one_token_threads == 2 and measured.inference_tokens_per_s == pytest.approx(55)
+
+
+@pytest.mark.usefixtures("four_threads")
+@pytest.mark.parametrize(("session_length", "turns"), [(None, 3), (8, 1)])
+def test_thread_counts_take_turns_step_by_step(
+    checkpoints: dict[str, Path], session_length: int | None, turns: int
+) -> None:
+    """After the prompt and warm-up, each count runs one step in turn (as many turns as the
+    session's length allows); the backend's own choice is left as it was."""
+    config = BackendConfig(max_session_length=session_length)
+    backend = SpanBackend.load(checkpoints["llama"], 0, 2, config=config)
+    backend.one_token_threads = 1
+    seen: list[int | None] = []
+    step = backend.step
+
+    def recording(*args: Any) -> torch.Tensor:
+        seen.append(backend.one_token_threads)
+        return step(*args)
+
+    backend.step = recording  # type: ignore[method-assign]
+    measured = measure_throughput(backend, steps=3, warmup=2)
+    assert seen == [1, 1, 1] + [1, 2, 4] * turns
+    assert measured.one_token_threads in (1, 2, 4) and measured.inference_tokens_per_s > 0
+    assert backend.one_token_threads == 1 and backend.active_sessions == 0
+
+
+def test_peers_of_one_machine_measure_one_at_a_time(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    backend = SpanBackend.load(checkpoints["llama"], 0, 2)
+    results: list[Throughput] = []
+    with (tmp_path / "throughput.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another peer is measuring
+        other = threading.Thread(target=lambda: results.append(get_throughput(backend, tmp_path)))
+        other.start()
+        other.join(timeout=1.0)
+        assert other.is_alive() and not results
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    other.join(timeout=60)
+    assert not other.is_alive() and results[0].num_layers == 2
+
+
+def test_a_cache_entry_of_an_older_version_is_measured_again(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    backend = SpanBackend.load(checkpoints["llama"], 0, 2)
+    old = {"inference_tokens_per_s": 1.0, "forward_tokens_per_s": 2.0, "num_layers": 2}
+    (tmp_path / "throughput.json").write_text(json.dumps({throughput_key(backend): old}))
+    measured = get_throughput(backend, tmp_path)
+    assert measured.inference_tokens_per_s != 1.0
+    stored = json.loads((tmp_path / "throughput.json").read_text())[throughput_key(backend)]
+    assert stored["one_token_threads"] == measured.one_token_threads
