@@ -7,11 +7,11 @@ kilobytes), and `read_tensors` / `read_layer_tensors` open each needed file with
 `safetensors.safe_open` and copy out only the named tensors, so memory follows the span.
 
 Families are the decoder blocks called like Llama's (`FAMILIES`: Llama, Mistral, Qwen2/3,
-Phi-3, Gemma 1 to 3, OLMo, OLMo 2, StableLM, StarCoder2, Ministral, SmolLM3, GLM-4,
+Phi-2 and 3, Gemma 1 to 3, OLMo, OLMo 2, StableLM, StarCoder2, Ministral, SmolLM3, GLM-4,
 Command R (Cohere 1 and 2), and the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
-GLM-4.5, DeepSeek V2/V3, Llama 4 and gpt-oss); SmolLM2 and TinyLlama are `llama`. An
-image-text checkpoint whose `text_config` is one of these opens as its language model
-(`TEXT_LAYOUTS`).
+GLM-4.5, DeepSeek V2/V3, Llama 4 and gpt-oss), and Falcon and BLOOM (ALiBi positions); SmolLM2
+and TinyLlama are `llama`. An image-text checkpoint whose `text_config` is one of these opens
+as its language model (`TEXT_LAYOUTS`).
 Anything else raises `UnsupportedModelError` naming what is supported.
 """
 
@@ -21,7 +21,7 @@ import importlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,35 +48,58 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # Where the decoder model's tensors are (`<prefix>layers.N.`, `<prefix>embed_tokens.`,
 # `<prefix>norm.`), and then its LM head's (`<head prefix>lm_head.`): a language model's own
-# layout, or the language model inside a multimodal checkpoint (the hub's layout, then
-# transformers' newer one).
-TEXT_LAYOUTS = {"model.": "", "": "", "language_model.model.": "language_model.",
-                "model.language_model.": ""}  # fmt: skip
+# layout (`model.`, `transformer.` for Falcon and BLOOM, or none: BigScience's BLOOM), or the
+# language model inside a multimodal checkpoint (the hub's layout, then transformers' newer one).
+TEXT_LAYOUTS = {
+    "model.": "",
+    "transformer.": "",
+    "": "",
+    "language_model.model.": "language_model.",
+    "model.language_model.": "",
+}
 
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """Where transformers keeps one family's block: module, config, layer and rotary classes."""
+    """Where transformers keeps one family's block (module, config, layer and rotary classes;
+    no rotary: ALiBi) and what its causal LM names the decoder's parts."""
 
     name: str
     module: str
     config_class: str
     layer_class: str
-    rotary_class: str
+    rotary_class: str | None
+    decoder: str = "model"  # the causal LM's attribute holding the decoder model
+    blocks: str = "layers"
+    embeddings: str = "embed_tokens"
+    final_norm: str = "norm"
+    embedding_norm: str | None = None  # applied to the embeddings before the first block
 
     def load(self, attribute: str) -> Any:
         """Import one class of the family (transformers is imported here, not at import time)."""
         return getattr(importlib.import_module(self.module), attribute)
 
 
-def _family(name: str, prefix: str, *, module: str = "", config: str = "") -> ModelFamily:
+_GPT2_NAMES = {"decoder": "transformer", "blocks": "h", "embeddings": "word_embeddings",
+               "final_norm": "ln_f"}  # fmt: skip
+
+
+def _family(
+    name: str,
+    prefix: str,
+    *,
+    module: str = "",
+    config: str = "",
+    layer: str = "",
+    alibi: bool = False,
+) -> ModelFamily:
     module = module or name
     return ModelFamily(
         name=name,
         module=f"transformers.models.{module}.modeling_{module}",
         config_class=config or f"{prefix}Config",
-        layer_class=f"{prefix}DecoderLayer",
-        rotary_class=f"{prefix}RotaryEmbedding",
+        layer_class=layer or f"{prefix}DecoderLayer",
+        rotary_class=None if alibi else f"{prefix}RotaryEmbedding",
     )
 
 
@@ -88,6 +111,7 @@ FAMILIES: Mapping[str, ModelFamily] = {
         _family("qwen2", "Qwen2"),
         _family("qwen3", "Qwen3"),
         _family("phi3", "Phi3"),
+        replace(_family("phi", "Phi"), final_norm="final_layernorm"),  # Phi-1, 1.5 and 2
         _family("gemma", "Gemma"),
         _family("gemma2", "Gemma2"),
         _family("gemma3_text", "Gemma3", module="gemma3", config="Gemma3TextConfig"),
@@ -110,6 +134,13 @@ FAMILIES: Mapping[str, ModelFamily] = {
         _family("deepseek_v3", "DeepseekV3"),  # also Kimi K2
         _family("llama4_text", "Llama4Text", module="llama4", config="Llama4TextConfig"),
         _family("gpt_oss", "GptOss"),
+        # the families of the first swarms, named the GPT-2 way; BLOOM's positions are ALiBi
+        replace(_family("falcon", "Falcon"), **_GPT2_NAMES),
+        replace(
+            _family("bloom", "Bloom", layer="BloomBlock", alibi=True),
+            embedding_norm="word_embeddings_layernorm",
+            **_GPT2_NAMES,
+        ),
     )
 }
 
@@ -135,7 +166,7 @@ class Checkpoint:
 
     def layer_prefix(self, layer: int) -> str:
         """What the names of block `layer`'s tensors start with."""
-        return f"{self.prefix}layers.{layer}."
+        return f"{self.prefix}{self.family.blocks}.{layer}."
 
     def layer_tensor_names(self, layer: int) -> list[str]:
         """Names of the checkpoint tensors that belong to block `layer`."""
@@ -143,16 +174,15 @@ class Checkpoint:
         return [name for name in self.tensor_files if name.startswith(start)]
 
     def head_tensor_names(self) -> dict[str, str]:
-        """The embeddings', final norm's and LM head's tensors, named as in a language
-        model's own checkpoint (`model.norm.weight`) -> as in this one."""
-        head_prefix = TEXT_LAYOUTS[self.prefix]
+        """The embeddings', their norm's (BLOOM), the final norm's and the LM head's tensors,
+        named as in the family's causal LM (`model.norm.weight`) -> as in this checkpoint."""
+        family = self.family
+        parts = [family.embeddings, family.final_norm, *filter(None, [family.embedding_norm])]
+        starts = [(f"{self.prefix}{part}.", f"{family.decoder}.{part}.") for part in parts]
+        starts.append((f"{TEXT_LAYOUTS[self.prefix]}lm_head.", "lm_head."))
         names = {}
         for name in self.tensor_files:
-            for start, canonical in [
-                (f"{self.prefix}embed_tokens.", "model.embed_tokens."),
-                (f"{self.prefix}norm.", "model.norm."),
-                (f"{head_prefix}lm_head.", "lm_head."),
-            ]:
+            for start, canonical in starts:
                 if name.startswith(start):
                     names[canonical + name.removeprefix(start)] = name
         return names
@@ -183,12 +213,12 @@ def detect_family(config: Mapping[str, Any]) -> ModelFamily:
     return family
 
 
-def _text_model_prefix(files: Mapping[str, str]) -> str:
+def _text_model_prefix(files: Mapping[str, str], family: ModelFamily) -> str:
     """Where the decoder model's tensors are (`TEXT_LAYOUTS`)."""
     for prefix in TEXT_LAYOUTS:
-        if f"{prefix}embed_tokens.weight" in files:
+        if f"{prefix}{family.embeddings}.weight" in files:
             return prefix
-    return "model."
+    return f"{family.decoder}."
 
 
 def _index_tensors(path: Path) -> dict[str, str]:
@@ -234,8 +264,12 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             config = config_class.from_dict(raw_config["text_config"])
     except (OSError, ValueError, TypeError) as error:
         raise CheckpointError(f"cannot parse config.json: {error}") from error
+    if family.name == "falcon" and getattr(config, "alibi", False):
+        raise UnsupportedModelError("Falcon with ALiBi positions (falcon-rw) is not supported")
     files = _index_tensors(path)
-    checkpoint = Checkpoint(path, family, config, files, quantized, _text_model_prefix(files))
+    checkpoint = Checkpoint(
+        path, family, config, files, quantized, _text_model_prefix(files, family)
+    )
     for layer in range(checkpoint.num_layers):
         if not checkpoint.layer_tensor_names(layer):
             raise CheckpointError(f"the checkpoint has no tensors for block {layer}")

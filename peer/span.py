@@ -9,11 +9,12 @@ Afterwards:
 - `self_attn.layer_idx` is renumbered to 0..n-1, so a KV cache holds the span's blocks only;
 - the rotary embedding is rebuilt from the config on the real device (its `inv_freq` buffer is
   computed, not stored in checkpoints), in float32 as transformers does; Gemma 3's takes the
-  block's layer type (another base for sliding-window blocks);
+  block's layer type (another base for sliding-window blocks). BLOOM has none: its blocks take
+  ALiBi biases, built as transformers builds them from each key's position in its row;
 - attention runs through PyTorch SDPA (`config._attn_implementation = "sdpa"`, transformers'
   default), with boolean masks built by `peer.masks`; a family that caps its attention scores
-  (Gemma 2) or adds attention sinks (gpt-oss) runs transformers' eager attention, with
-  additive masks.
+  (Gemma 2), adds attention sinks (gpt-oss) or ALiBi biases (BLOOM) runs transformers' eager
+  attention, with additive masks.
 
 Block indices in this package's public API are the model's (global) indices; `Span` converts.
 """
@@ -69,7 +70,7 @@ class Span:
     start: int
     end: int
     layers: torch.nn.ModuleList
-    rotary: torch.nn.Module
+    rotary: torch.nn.Module | None  # None: ALiBi (BLOOM)
     localities: tuple[Locality, ...]  # of each block: full, sliding window or chunks
     rotary_kinds: tuple[str | None, ...]  # Gemma 3: the layer type whose rotary a block takes
     dtype: torch.dtype
@@ -101,9 +102,11 @@ class Span:
         """Identifies the compute shape (not the weights): used to cache throughput."""
         c = self.config
         experts = getattr(c, "num_local_experts", None) or getattr(c, "num_experts", None)
+        inner = getattr(c, "intermediate_size", None) or getattr(c, "ffn_hidden_size", None)
         kv = self.cache_layout
         return (
-            f"{self.family.name}-h{c.hidden_size}-i{c.intermediate_size}-a{c.num_attention_heads}"
+            f"{self.family.name}-h{c.hidden_size}-i{inner or 4 * c.hidden_size}"
+            f"-a{c.num_attention_heads}"
             f"-k{kv.key_heads}x{kv.key_dim}-v{kv.value_heads}x{kv.value_dim}"
             + (f"-e{experts}x{c.num_experts_per_tok}" if experts else "")
         )
@@ -127,21 +130,35 @@ class Span:
             additive=additive, keys=keys,
         )  # fmt: skip
         embeddings: dict[str | None, Any] = {}  # cos and sin, per kind of rotary
+        alibi = self._alibi(hidden, past, keys) if self.rotary is None else None
         for local in range(first, last):
             kind = self.rotary_kinds[local]
-            if kind not in embeddings:
+            if self.rotary is not None and kind not in embeddings:
                 embeddings[kind] = self.rotary(hidden, position_ids, *([kind] if kind else []))
             layer = self.layers[local]
+            forward = type(layer).forward
             output = layer(
                 hidden,
                 attention_mask=masks[self.localities[local]],
                 position_ids=position_ids,
                 use_cache=cache is not None,
-                position_embeddings=embeddings[kind],
-                **{cache_keyword(type(layer).forward): cache},
+                position_embeddings=embeddings.get(kind),
+                **{cache_keyword(forward): cache},
+                **({"alibi": alibi} if _takes_alibi(forward) else {}),  # Falcon's: None
             )
             hidden = output[0] if isinstance(output, tuple) else output
         return hidden
+
+    def _alibi(
+        self, hidden: torch.Tensor, past: Sequence[int], keys: torch.Tensor | None
+    ) -> torch.Tensor:
+        """BLOOM's biases `[rows * heads, 1, keys]`: a key's position among its row's real
+        keys (rows' keys start at 0, `peer.masks`) times each head's slope."""
+        if keys is None:
+            keys = torch.ones(hidden.shape[0], max(past) + hidden.shape[1], device=hidden.device)
+        build = self.family.load("build_alibi_tensor")
+        alibi: torch.Tensor = build(keys.long(), self.config.n_head, dtype=hidden.dtype)
+        return alibi
 
 
 class _LayoutProbe:
@@ -163,8 +180,14 @@ class _LayoutProbe:
 def cache_keyword(function: Callable[..., Any]) -> str:
     """The name a transformers function takes the KV cache under: `cache` since transformers
     5.x renamed it (the old `past_key_values` warns on every call and goes in 5.40), else
-    `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(function).parameters else "past_key_values"
+    `past_key_values` (Falcon and BLOOM: `layer_past`)."""
+    parameters = inspect.signature(function).parameters
+    return next((name for name in ("cache", "layer_past") if name in parameters), "past_key_values")
+
+
+@functools.cache
+def _takes_alibi(function: Callable[..., Any]) -> bool:
+    return "alibi" in inspect.signature(function).parameters
 
 
 def _locality(config: Any, layer: int) -> Locality:
@@ -179,12 +202,17 @@ def _locality(config: Any, layer: int) -> Locality:
     return Locality(window=int(window))  # per block (Qwen2/3), or one for all (Mistral, Phi-3)
 
 
-def _rotary_kind(rotary: torch.nn.Module, config: Any, layer: int) -> str | None:
+def _rotary_kind(rotary: torch.nn.Module | None, config: Any, layer: int) -> str | None:
     """The layer type block `layer`'s rotary embedding is computed for, if the family's rotary
     takes one (Gemma 3: another base for its sliding-window blocks); None otherwise."""
-    if "layer_type" not in inspect.signature(rotary.forward).parameters:
+    if rotary is None or "layer_type" not in inspect.signature(rotary.forward).parameters:
         return None
     return str(config.layer_types[layer])
+
+
+def _attention(block: torch.nn.Module) -> Any:
+    """A block's attention module (`self_attention` in Falcon and BLOOM)."""
+    return block.self_attn if hasattr(block, "self_attn") else block.self_attention
 
 
 def _build_layer(
@@ -202,8 +230,7 @@ def _build_layer(
     meta = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if meta:
         raise CheckpointError(f"block {layer} is missing tensors: {meta}")
-    attention: Any = module.self_attn
-    attention.layer_idx = local  # the span's cache is local: 0..n-1
+    _attention(module).layer_idx = local  # the span's cache is local: 0..n-1
     return module.eval().requires_grad_(False)
 
 
@@ -225,20 +252,23 @@ def load_span(
         )
     torch_device = torch.device(device)
     config = copy.deepcopy(checkpoint.config)
-    # SDPA, transformers' default, unless the family caps attention scores (Gemma 2)
+    # SDPA, transformers' default, unless the family caps attention scores (Gemma 2) or adds
+    # ALiBi biases (BLOOM)
     capped = getattr(config, "attn_logit_softcapping", None) is not None
-    config._attn_implementation = "eager" if capped else "sdpa"
+    alibi = checkpoint.family.rotary_class is None
+    config._attn_implementation = "eager" if capped or alibi else "sdpa"
     if hasattr(config, "_experts_implementation"):  # transformers 5: what its models default to
         config._experts_implementation = "grouped_mm"
     layers = torch.nn.ModuleList(
         _build_layer(checkpoint, config, layer, layer - start, torch_dtype, str(torch_device))
         for layer in range(start, end)
     )
-    if any(hasattr(layer.self_attn, "sinks") for layer in layers):  # gpt-oss: not in SDPA
+    if any(hasattr(_attention(layer), "sinks") for layer in layers):  # gpt-oss: not in SDPA
         config._attn_implementation = "eager"  # the blocks read it when they run
-    rotary_class = checkpoint.family.load(checkpoint.family.rotary_class)
-    with torch.device(torch_device):
-        rotary: torch.nn.Module = rotary_class(config=config)
+    rotary: torch.nn.Module | None = None
+    if checkpoint.family.rotary_class is not None:
+        with torch.device(torch_device):
+            rotary = checkpoint.family.load(checkpoint.family.rotary_class)(config=config)
     logger.info(
         "loaded blocks %d..%d of %s (%s) as %s on %s%s",
         start,
@@ -255,7 +285,7 @@ def load_span(
         start=start,
         end=end,
         layers=layers,
-        rotary=rotary.eval(),
+        rotary=rotary.eval() if rotary is not None else None,
         localities=tuple(_locality(config, layer) for layer in range(start, end)),
         rotary_kinds=tuple(_rotary_kind(rotary, config, layer) for layer in range(start, end)),
         dtype=torch_dtype,

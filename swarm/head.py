@@ -1,4 +1,5 @@
-"""The part of the model a client holds: token embeddings, the final norm and the LM head.
+"""The part of the model a client holds: token embeddings (BLOOM: and their norm), the final
+norm and the LM head.
 
 The model is built with its parameters on the meta device (no memory), its decoder blocks are
 dropped, and only the head's tensors are read from the checkpoint and assigned. Using the
@@ -17,7 +18,7 @@ import torch
 from accelerate import init_empty_weights
 from transformers import AutoModelForCausalLM
 
-from peer.checkpoint import open_checkpoint, read_tensors
+from peer.checkpoint import ModelFamily, open_checkpoint, read_tensors
 from peer.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -26,9 +27,15 @@ logger = logging.getLogger(__name__)
 class ClientHead:
     """Embeddings in, logits out; implements `generation.LanguageModelHead`."""
 
-    def __init__(self, model: Any, config: Any = None) -> None:
+    def __init__(self, model: Any, family: ModelFamily, config: Any = None) -> None:
         self.model = model
+        self.family = family
         self.config = config or model.config  # the checkpoint's, as transformers loads it
+        decoder = getattr(model, family.decoder)
+        self.embeddings: torch.nn.Embedding = getattr(decoder, family.embeddings)
+        self._norm: torch.nn.Module = getattr(decoder, family.final_norm)
+        norm = family.embedding_norm
+        self._embedding_norm: torch.nn.Module | None = getattr(decoder, norm) if norm else None
 
     @classmethod
     def from_pretrained(
@@ -40,35 +47,47 @@ class ClientHead:
         # real: computed, not stored, such as Gemma's embedding scale
         with torch.device(device), init_empty_weights(include_buffers=False):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
-        model.model.layers = torch.nn.ModuleList()
+        family = checkpoint.family
+        decoder = getattr(model, family.decoder)
+        setattr(decoder, family.blocks, torch.nn.ModuleList())
         names = checkpoint.head_tensor_names()  # ours -> the checkpoint's (multimodal: inside)
         read = read_tensors(checkpoint, list(names.values()))
         tensors = {ours: read[theirs] for ours, theirs in names.items() if theirs in read}
+        embedding_weight = f"{family.decoder}.{family.embeddings}.weight"
         if "lm_head.weight" not in tensors:  # tied to the embeddings
-            tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+            tensors["lm_head.weight"] = tensors[embedding_weight]
         state = {name: tensor.to(device=device, dtype=dtype) for name, tensor in tensors.items()}
         model.load_state_dict(state, strict=False, assign=True)
         if getattr(config, "tie_word_embeddings", False):
-            model.lm_head.weight = model.model.embed_tokens.weight
+            model.lm_head.weight = getattr(decoder, family.embeddings).weight
         missing = [name for name, p in model.named_parameters() if p.is_meta]
         if missing:
             raise CheckpointError(f"the checkpoint has no tensors for {missing}")
         model.eval().requires_grad_(False)  # frozen, as the peers' blocks are
         logger.info("client head of %s loaded (%d tensors)", path.name, len(tensors))
-        return cls(model, config)
+        return cls(model, family, config)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.model.embed_tokens.weight.dtype  # type: ignore[no-any-return]
+        return self.embeddings.weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.model.model.embed_tokens.weight.device  # type: ignore[no-any-return]
+        return self.embeddings.weight.device
 
     @torch.no_grad()
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Embeddings of `input_ids`, computed on the head's device, returned on the CPU."""
-        hidden: torch.Tensor = self.model.model.embed_tokens(input_ids.to(self.device))
+        """The first block's input for `input_ids`, computed on the head's device, returned on
+        the CPU."""
+        return self.blocks_input(self.embeddings(input_ids.to(self.device)))
+
+    def blocks_input(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """What the first block takes for these token embeddings: themselves, or BLOOM's
+        normed ones (on the CPU, differentiable in `inputs_embeds` when they require grad)."""
+        if self._embedding_norm is None:
+            return inputs_embeds.cpu()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and inputs_embeds.requires_grad):
+            hidden: torch.Tensor = self._embedding_norm(inputs_embeds.to(self.device))
         return hidden.cpu()
 
     def logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -79,7 +98,7 @@ class ClientHead:
 
     def _logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden = hidden_states.to(self.device)
-        logits: torch.Tensor = self.model.lm_head(self.model.model.norm(hidden))
+        logits: torch.Tensor = self.model.lm_head(self._norm(hidden))
         # what some families' forward does after the LM head
         scale = getattr(self.config, "logit_scale", None)
         if scale is not None:  # Command R

@@ -211,10 +211,12 @@ class DistributedModelForCausalLM:
             if input_ids is None or input_ids.dim() != 2:
                 got = None if input_ids is None else list(input_ids.shape)
                 raise SwarmError(f"input_ids must be [batch, length], not {got}")
-            inputs_embeds = self.head.embed(input_ids)
+            hidden = self.head.embed(input_ids)
         elif input_ids is not None or inputs_embeds.dim() != 3:
             raise SwarmError("inputs_embeds, [batch, length, hidden], come instead of input_ids")
-        shape = inputs_embeds.shape[:2]
+        else:
+            hidden = self.head.blocks_input(inputs_embeds)
+        shape = hidden.shape[:2]
         if labels is not None and labels.shape != shape:
             raise SwarmError(f"labels must be {list(shape)}, as the inputs")
         mask = None
@@ -224,15 +226,14 @@ class DistributedModelForCausalLM:
                 raise SwarmError("attention_mask must be 0 and 1, in the shape of the inputs")
             mask = None if bool(mask.all()) else mask  # nothing hidden: as without one
         call = SwarmCall(self._loop.run, self._view, self._rng, mask)
-        hidden = through_swarm(inputs_embeds, call)
+        hidden = through_swarm(hidden, call)
         logits = self.head.logits(hidden)
         loss = None if labels is None else _causal_lm_loss(logits, labels)
         return CausalLMOutput(loss=loss, logits=logits)
 
     def get_input_embeddings(self) -> torch.nn.Module:
         """The token embeddings, as transformers' models give them (to build `inputs_embeds`)."""
-        embeddings: torch.nn.Module = self.head.model.model.embed_tokens
-        return embeddings
+        return self.head.embeddings
 
     __call__ = forward
 

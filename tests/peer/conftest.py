@@ -22,8 +22,10 @@ from transformers.masking_utils import (
     create_sliding_window_causal_mask,
 )
 
+from peer.checkpoint import FAMILIES
 from peer.span import cache_keyword
-from tests.support.tiny_model import FAMILIES, tiny_config
+from tests.support.tiny_model import FAMILIES as TINY_FAMILIES
+from tests.support.tiny_model import tiny_config
 
 SMALL: dict[str, Any] = {
     "hidden_size": 64,
@@ -68,7 +70,8 @@ def build_checkpoint(directory: Path, family: str, seed: int = 0, **overrides: A
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One checkpoint per family, built once for the whole test session."""
     return {
-        family: build_checkpoint(tmp_path_factory.mktemp(family), family) for family in FAMILIES
+        family: build_checkpoint(tmp_path_factory.mktemp(family), family)
+        for family in TINY_FAMILIES
     }
 
 
@@ -88,10 +91,15 @@ class Reference:
     def __init__(self, path: Path) -> None:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         self.config = self.model.config
+        self.family = FAMILIES[self.config.model_type]
+        self.decoder: Any = getattr(self.model, self.family.decoder)  # `model.model`, mostly
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """The first block's input (BLOOM norms the embeddings)."""
         with torch.no_grad():
-            result: torch.Tensor = self.model.model.embed_tokens(ids)
+            result: torch.Tensor = getattr(self.decoder, self.family.embeddings)(ids)
+            if self.family.embedding_norm:
+                result = getattr(self.decoder, self.family.embedding_norm)(result)
         return result
 
     def blocks(self, hidden: torch.Tensor, start: int, end: int) -> torch.Tensor:
@@ -104,6 +112,8 @@ class Reference:
             cache_keyword(create_causal_mask): None,
             "position_ids": positions,
         }
+        if self.family.name == "falcon":  # its model always builds the mask
+            mask_args["allow_is_causal_skip"] = False
         masks = {"full_attention": create_causal_mask(**mask_args)}
         if getattr(self.config, "sliding_window", None) is not None:
             masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
@@ -111,21 +121,37 @@ class Reference:
             masks["chunked_attention"] = create_chunked_causal_mask(**mask_args)
         layer_types = getattr(self.config, "layer_types", None)
         with torch.no_grad():
-            rotary = self.model.model.rotary_emb
-            per_type = "layer_type" in inspect.signature(rotary.forward).parameters  # Gemma 3
+            rotary = getattr(self.decoder, "rotary_emb", None)
+            per_type = (
+                rotary is not None and "layer_type" in inspect.signature(rotary.forward).parameters
+            )  # Gemma 3
             kinds = set(layer_types) if per_type else {None}
-            embeddings = {k: rotary(hidden, positions, *([k] if k else [])) for k in kinds}
+            embeddings = (
+                {k: rotary(hidden, positions, *([k] if k else [])) for k in kinds}
+                if rotary is not None
+                else {}
+            )
+            extra = {}
+            if self.family.name == "bloom":
+                alibi = self.family.load("build_alibi_tensor")
+                extra["alibi"] = alibi(
+                    torch.ones(hidden.shape[:2], dtype=torch.long), self.config.n_head, hidden.dtype
+                )
+            elif self.family.name == "falcon":
+                extra["alibi"] = None
             for index in range(start, end):
                 if layer_types is not None:
                     mask = masks[layer_types[index]]
                 else:  # Mistral, Phi-3, StarCoder2, Mixtral: one window (or none) for all
                     mask = masks.get("sliding_attention", masks["full_attention"])
-                hidden = self.model.model.layers[index](
+                output = getattr(self.decoder, self.family.blocks)[index](
                     hidden,
                     attention_mask=mask,
                     position_ids=positions,
-                    position_embeddings=embeddings[layer_types[index] if per_type else None],
+                    position_embeddings=embeddings.get(layer_types[index] if per_type else None),
+                    **extra,
                 )
+                hidden = output[0] if isinstance(output, tuple) else output
         return hidden
 
 

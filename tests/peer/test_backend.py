@@ -156,6 +156,8 @@ EQUAL = {"a": (1, 4), "b": (2, 4), "c": (1, 4)}
         ("deepseek_v3", 64, MIXED),  # caches a latent and a rotary part, one "head" each
         ("llama4_text", 64, MIXED),  # needs one length per step: the sessions run apart
         ("llama4_text", 64, EQUAL),  # one length: merged
+        ("falcon", 64, MIXED),
+        ("bloom", 64, MIXED),  # ALiBi: positions over right-padded rows
     ],
 )
 def test_step_many_equals_single_steps(

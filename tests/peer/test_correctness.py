@@ -15,7 +15,7 @@ from transformers import DynamicCache
 from peer.backend import SpanBackend
 from peer.errors import InvalidRequestError
 from peer.span import cache_keyword
-from tests.support.tiny_model import FAMILIES, write_tiny_multimodal
+from tests.support.tiny_model import FAMILIES, strip_prefix, write_tiny_multimodal
 
 from .conftest import MakeCheckpoint, Reference, assert_rounding_close
 
@@ -57,7 +57,9 @@ def test_forward_is_bit_identical(
     assert torch.equal(backend.forward(hidden), reference.blocks(hidden, start, end))
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2", "deepseek_v3", "llama4_text"])
+@pytest.mark.parametrize(
+    "family", ["llama", "gemma2", "deepseek_v3", "llama4_text", "falcon", "bloom"]
+)
 def test_forward_with_padding_is_bit_identical(
     family: str, checkpoints: dict[str, Path], references: dict[str, Reference]
 ) -> None:
@@ -74,7 +76,7 @@ def test_forward_with_padding_is_bit_identical(
         backend.forward(states[0], attention_mask=mask[:, 1:])
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2", "mixtral", "deepseek_v3"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "mixtral", "deepseek_v3", "bloom"])
 def test_backward_equals_autograd_through_the_model(
     family: str, checkpoints: dict[str, Path], references: dict[str, Reference]
 ) -> None:
@@ -85,9 +87,9 @@ def test_backward_equals_autograd_through_the_model(
     mask = torch.ones_like(ids)
     mask[0, 6:] = 0
     with torch.enable_grad():
-        embeddings = model.model.embed_tokens(ids).detach().requires_grad_(True)
+        embeddings = model.get_input_embeddings()(ids).detach().requires_grad_(True)
         states = model(inputs_embeds=embeddings, attention_mask=mask, output_hidden_states=True)
-        first = states.hidden_states[0]  # what block 0 takes (Gemma scales the embeddings)
+        first = states.hidden_states[0]  # what block 0 takes (Gemma scales them, BLOOM norms)
         first.retain_grad()
         grad_outputs = torch.randn_like(states.hidden_states[3])
         states.hidden_states[3].backward(grad_outputs)
@@ -109,6 +111,32 @@ def test_the_language_model_of_a_multimodal_checkpoint(kind: str, tmp_path: Path
     backend = SpanBackend.load(path, 1, 3)
     assert torch.equal(backend.forward(states[1]), states[3])
     assert_rounding_close(_incremental(backend, states[1], prompt=4), states[3])
+
+
+@pytest.mark.parametrize("layout", ["falcon-7b", "falcon-sequential", "bloom-bare"])
+def test_other_layouts_of_falcon_and_bloom(layout: str, make_checkpoint: MakeCheckpoint) -> None:
+    """Falcon 7B (one key-value head, attention and MLP in parallel), Falcon's sequential
+    variant with biases, and BLOOM as BigScience saved it (no `transformer.` in the names):
+    bit for bit what the transformers model computes, in one forward and step by step."""
+    if layout == "bloom-bare":
+        path = strip_prefix(make_checkpoint("bloom"), "transformer.")
+    else:
+        settings: dict[str, object] = {"multi_query": True, "parallel_attn": True}
+        if layout == "falcon-sequential":
+            settings = {
+                "multi_query": False,
+                "num_kv_heads": 4,
+                "parallel_attn": False,
+                "bias": True,
+            }
+        path = make_checkpoint("falcon", new_decoder_architecture=False, **settings)
+    reference = Reference(path)
+    hidden = reference.embed(_ids(2, 9))
+    backend = SpanBackend.load(path, 1, 4)
+    assert backend.span.cache_layout.key_heads == (1 if layout == "falcon-7b" else 4)
+    inputs = reference.blocks(hidden, 0, 1)
+    assert torch.equal(backend.forward(inputs), reference.blocks(inputs, 1, 4))
+    assert_rounding_close(_incremental(backend, inputs, prompt=4), reference.blocks(inputs, 1, 4))
 
 
 def test_forward_sub_range_of_span(
@@ -175,7 +203,9 @@ def test_incremental_decoding_equals_transformers_own(
         assert torch.equal(got, wanted)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "deepseek_v3", "llama4_text"])
+@pytest.mark.parametrize(
+    "family", ["llama", "qwen2", "gemma2", "deepseek_v3", "llama4_text", "falcon", "bloom"]
+)
 def test_prompts_padded_on_the_left_equal_transformers(
     family: str, checkpoints: dict[str, Path], references: dict[str, Reference]
 ) -> None:

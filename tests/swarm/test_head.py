@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 from peer.errors import CheckpointError, UnsupportedModelError
 from swarm.head import ClientHead
-from tests.support.tiny_model import FAMILIES, write_tiny_model
+from tests.support.tiny_model import FAMILIES, strip_prefix, write_tiny_model
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -25,10 +25,23 @@ def test_embeddings_and_logits_equal_the_model(family: str, tmp_path: Path) -> N
     with torch.no_grad():
         output = model(ids, output_hidden_states=True)
     assert torch.equal(head.embed(ids), output.hidden_states[0])
-    model.model.norm = torch.nn.Identity()  # to give the head the last block's output
+    decoder = getattr(model, head.family.decoder)
+    setattr(decoder, head.family.final_norm, torch.nn.Identity())  # the last block's output
     with torch.no_grad():
         last_block = model(ids, output_hidden_states=True).hidden_states[-1]
     assert torch.equal(head.logits(last_block), output.logits)
+
+
+def test_bloom_as_bigscience_saved_it(tmp_path: Path) -> None:
+    """No `transformer.` in the tensor names; the LM head tied to the embeddings."""
+    path = write_tiny_model(tmp_path / "bloom", "bloom", num_layers=2)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    head = ClientHead.from_pretrained(strip_prefix(path, "transformer."))
+    ids = torch.tensor([[1, 40, 41, 42]])
+    hidden = torch.randn(1, 3, model.config.hidden_size)
+    with torch.no_grad():
+        assert torch.equal(head.embed(ids), model(ids, output_hidden_states=True).hidden_states[0])
+        assert torch.equal(head.logits(hidden), model.lm_head(model.transformer.ln_f(hidden)))
 
 
 def test_a_final_norm_with_a_bias_is_read(tmp_path: Path) -> None:
