@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from .adapters import Adapters
 from .checkpoint import Checkpoint
 from .errors import (
     CacheBudgetError,
@@ -67,6 +68,7 @@ class SessionInfo:
     max_length: int
     batch_size: int
     padding: tuple[int, ...] = ()  # left padding of each row's first tokens; () for none
+    adapter: str | None = None  # the LoRA adapter its steps run with (`peer.adapters`)
 
     @property
     def row_padding(self) -> tuple[int, ...]:
@@ -99,6 +101,7 @@ class SpanBackend:
         self.max_session_length = self.config.max_session_length or context or 2048
         self._sessions: dict[str, _Session] = {}
         self._reserved_tokens = 0
+        self.adapters = Adapters()  # LoRA adapters, loaded by `peer.adapters.load_adapter`
         # torch threads for steps of one token in all (None: the thread's own); peer/throughput.py
         self.one_token_threads: int | None = None
 
@@ -223,11 +226,14 @@ class SpanBackend:
         start: int | None = None,
         end: int | None = None,
         attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        *,
+        adapter: str | None = None,
     ) -> torch.Tensor:
         """Blocks `start..end-1` over `[batch, length, hidden]`, positions 0..length-1;
-        `attention_mask` (`[batch, length]`, 0 for padding) as transformers' model takes it."""
+        `attention_mask` (`[batch, length]`, 0 for padding) as transformers' model takes it;
+        `adapter`: a LoRA adapter of this peer's to run them with."""
         run = self._stateless(hidden_states, start, end, attention_mask, "forward")
-        with torch.no_grad():
+        with torch.no_grad(), self.adapters.using(adapter):
             return run(hidden_states.to(self.span.device)).cpu()
 
     def backward(
@@ -237,6 +243,8 @@ class SpanBackend:
         start: int | None = None,
         end: int | None = None,
         attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        *,
+        adapter: str | None = None,
     ) -> torch.Tensor:
         """The gradient with respect to `inputs` of blocks `start..end-1`, given the gradient
         of their outputs (both `[batch, length, hidden]`), as `forward` runs them. The forward
@@ -248,7 +256,7 @@ class SpanBackend:
                 f"backward: an output gradient of {list(grad.shape)} for inputs of "
                 f"{list(inputs.shape)}"
             )
-        with torch.enable_grad():
+        with torch.enable_grad(), self.adapters.using(adapter):
             leaf = inputs.to(self.span.device).detach().requires_grad_(True)
             output = run(leaf)
             (gradient,) = torch.autograd.grad(output, leaf, grad.to(self.span.device))
@@ -300,11 +308,13 @@ class SpanBackend:
         start: int | None = None,
         end: int | None = None,
         padding: Sequence[int] = (),
+        adapter: str | None = None,
     ) -> SessionInfo:
         """Reserve `batch_size * max_length` cache tokens for blocks `start..end-1`. `padding`:
         how many of each row's first tokens are padding (prompts of different lengths, padded
-        on the left), which no token attends to."""
+        on the left), which no token attends to; `adapter`: the LoRA adapter its steps take."""
         start, end = self._range(start, end)
+        self.adapters.check(adapter)
         if not isinstance(session_id, str) or not session_id:
             raise InvalidRequestError("session id must be a non-empty string")
         if session_id in self._sessions:
@@ -341,7 +351,7 @@ class SpanBackend:
             dtype=self.dtype,
             device=self.span.device,
         )
-        info = SessionInfo(session_id, start, end, max_length, batch_size, tuple(padding))
+        info = SessionInfo(session_id, start, end, max_length, batch_size, tuple(padding), adapter)
         self._sessions[session_id] = _Session(info, cache)
         self._reserved_tokens += tokens
         logger.debug("opened session %s: %s", session_id, info)
@@ -376,11 +386,11 @@ class SpanBackend:
         if len(set(ids)) != len(ids):
             raise InvalidRequestError("step_many: a session appears twice in one batch")
         checked = [self._check_step(request) for request in requests]
-        groups: dict[tuple[int, int, int], list[int]] = {}
+        groups: dict[tuple[int, int, int, str | None], list[int]] = {}
         for index, (session, hidden) in enumerate(checked):
-            groups.setdefault((session.info.start, session.info.end, hidden.shape[1]), []).append(
-                index
-            )
+            info = session.info
+            key = (info.start, info.end, hidden.shape[1], info.adapter)
+            groups.setdefault(key, []).append(index)
         outputs: list[torch.Tensor | None] = [None] * len(requests)
         for members in groups.values():
             for chunk in self._chunks(members, checked):
@@ -419,7 +429,7 @@ class SpanBackend:
         q_len = hiddens[0].shape[1]
         device = self.span.device
         tokens = sum(session.info.batch_size for session in sessions) * q_len
-        with torch.no_grad(), self._threads(tokens):
+        with torch.no_grad(), self._threads(tokens), self.adapters.using(info.adapter):
             cache = StepCache([s.cache for s in sessions], q_len, layer_offset=first)
             past = cache.past_lengths
             pads = [pad for session in sessions for pad in session.info.row_padding]

@@ -30,6 +30,7 @@ from routing.rpc import RPCConfig, RPCHost
 from routing.transport import Transport
 from security import Identity
 
+from .adapters import load_adapter
 from .announcer import Announcer, AnnouncerConfig
 from .backend import BackendConfig, SpanBackend
 from .block_choice import claim_span
@@ -71,6 +72,7 @@ class PeerConfig:
     announcer: AnnouncerConfig = field(default_factory=AnnouncerConfig)
     dht: DHTConfig = field(default_factory=DHTConfig)
     rpc: RPCConfig = field(default_factory=RPCConfig)
+    adapters: tuple[Path, ...] = ()  # PEFT LoRA directories, served on request by name
 
     @property
     def name(self) -> str:
@@ -111,6 +113,7 @@ class _Peer:
             sessions=self.backend.active_sessions,
             dtype=self.config.dtype,
             version=VERSION,
+            adapters=self.backend.adapters.names,
         )
 
     def info(self) -> dict[str, Any]:
@@ -230,10 +233,13 @@ def _rebalancer(
 
 
 def _load_span(config: PeerConfig, start: int, end: int) -> SpanBackend:
-    return SpanBackend.load(
+    backend = SpanBackend.load(
         config.checkpoint, start, end, dtype=config.dtype, device=config.device,
         config=config.backend,
     )  # fmt: skip
+    for adapter in config.adapters:
+        load_adapter(adapter, backend.span, backend.adapters)
+    return backend
 
 
 async def _choose_blocks(

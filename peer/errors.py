@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AdapterError",
     "CacheBudgetError",
     "CheckpointError",
     "InvalidRequestError",
@@ -19,6 +20,7 @@ __all__ = [
     "SessionExistsError",
     "SessionLimitError",
     "SessionNotFoundError",
+    "UnknownAdapterError",
     "UnsupportedModelError",
     "WorkerClosedError",
 ]
@@ -83,3 +85,15 @@ class MixedLengthsError(PeerError):
     for all rows (Llama 4's attention temperature); the steps are run one by one instead."""
 
     code: ClassVar[str] = "mixed_lengths"
+
+
+class AdapterError(PeerError):
+    """A LoRA adapter directory is unreadable, or asks for what a peer cannot apply."""
+
+    code: ClassVar[str] = "bad_adapter"
+
+
+class UnknownAdapterError(InvalidRequestError):
+    """A request names an adapter this peer does not have."""
+
+    code: ClassVar[str] = "unknown_adapter"

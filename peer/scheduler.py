@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import outcome
@@ -94,10 +95,11 @@ class InferenceScheduler:
         start: int | None = None,
         end: int | None = None,
         attention_mask: Sequence[Sequence[int]] | None = None,
+        *,
+        adapter: str | None = None,
     ) -> torch.Tensor:
-        return await self._worker.submit(
-            self.backend.forward, hidden_states, start, end, attention_mask
-        )
+        forward = partial(self.backend.forward, adapter=adapter)
+        return await self._worker.submit(forward, hidden_states, start, end, attention_mask)
 
     async def backward(
         self,
@@ -106,10 +108,11 @@ class InferenceScheduler:
         start: int | None = None,
         end: int | None = None,
         attention_mask: Sequence[Sequence[int]] | None = None,
+        *,
+        adapter: str | None = None,
     ) -> torch.Tensor:
-        return await self._worker.submit(
-            self.backend.backward, inputs, grad_outputs, start, end, attention_mask
-        )
+        backward = partial(self.backend.backward, adapter=adapter)
+        return await self._worker.submit(backward, inputs, grad_outputs, start, end, attention_mask)
 
     async def open_session(
         self,
@@ -119,10 +122,13 @@ class InferenceScheduler:
         start: int | None = None,
         end: int | None = None,
         padding: Sequence[int] = (),
+        *,
+        adapter: str | None = None,
     ) -> SessionInfo:
         info = await self._worker.submit(
-            self.backend.open_session, session_id, max_length, batch_size, start, end, padding
-        )
+            self.backend.open_session, session_id, max_length, batch_size, start, end, padding,
+            adapter,
+        )  # fmt: skip
         self._last_active[session_id] = trio.current_time()
         self._reaper_wakeup.set()
         return info

@@ -36,10 +36,10 @@ from routing.span_protocol import (
     INFERENCE,
     INFO,
     RELAY,
+    ForwardRequest,
     RelayJoin,
     SessionOpened,
     SessionRequest,
-    parse_forward,
     parse_relay,
     parse_step,
     step_header,
@@ -118,19 +118,24 @@ class SpanServer:
 
     async def forward(self, request: Packet, context: CallContext) -> Packet:
         with _as_handler_errors():
-            start, end, tensor, mask = parse_forward(request.header)
-            hidden = decode_tensor(tensor, request.body)
-            output = await self.scheduler.forward(hidden, start, end, mask)
+            forward = ForwardRequest.parse(request.header)
+            hidden = decode_tensor(forward.tensor, request.body)
+            output = await self.scheduler.forward(
+                hidden, forward.start, forward.end, forward.attention_mask, adapter=forward.adapter
+            )
         header, body = encode_tensor(output)
         return Packet({"tensor": header}, body)
 
     async def backward(self, request: Packet, context: CallContext) -> Packet:
         with _as_handler_errors():
-            start, end, tensor, mask = parse_forward(request.header)
-            pair = decode_tensor(tensor, request.body)
+            backward = ForwardRequest.parse(request.header)
+            pair = decode_tensor(backward.tensor, request.body)
             if pair.dim() != 4 or pair.shape[0] != 2:
                 raise HandlerError("bad_request", "backward takes [2, batch, length, hidden]")
-            output = await self.scheduler.backward(pair[0], pair[1], start, end, mask)
+            output = await self.scheduler.backward(
+                pair[0], pair[1], backward.start, backward.end, backward.attention_mask,
+                adapter=backward.adapter,
+            )  # fmt: skip
         header, body = encode_tensor(output)
         return Packet({"tensor": header}, body)
 
@@ -154,6 +159,7 @@ class SpanServer:
                     request.start,
                     request.end,
                     request.padding,
+                    adapter=request.adapter,
                 )
                 self._sessions[session_id] = session
                 opened = SessionOpened(

@@ -22,6 +22,7 @@ from .errors import AddressError, ProtocolError
 
 PROTOCOL_VERSION = 1
 MAX_ANNOUNCEMENT_BYTES = 4096
+MAX_ADAPTERS = 8  # announced per peer
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
 
@@ -82,6 +83,7 @@ class PeerAnnouncement:
     version: str
     rtt_hints: dict[str, float] = field(default_factory=dict)  # peer id -> seconds
     protocol: int = PROTOCOL_VERSION
+    adapters: tuple[str, ...] = ()  # the LoRA adapters it runs on request, by name
 
     def __post_init__(self) -> None:
         if not MODEL_NAME_PATTERN.match(self.model):
@@ -92,6 +94,10 @@ class PeerAnnouncement:
             raise ProtocolError("throughput must be a finite number >= 0")
         if self.cache_tokens_left < 0 or self.sessions < 0:
             raise ProtocolError("counts must be >= 0")
+        if len(self.adapters) > MAX_ADAPTERS or not all(
+            isinstance(name, str) and MODEL_NAME_PATTERN.match(name) for name in self.adapters
+        ):
+            raise ProtocolError(f"adapters must be at most {MAX_ADAPTERS} names")
 
     @property
     def blocks(self) -> range:
@@ -102,6 +108,7 @@ class PeerAnnouncement:
         fields = asdict(self)
         fields["address"] = str(self.address)
         fields["state"] = self.state.value
+        fields["adapters"] = list(self.adapters)
         return fields
 
     def encode(self) -> bytes:
@@ -137,6 +144,7 @@ class PeerAnnouncement:
                 version=_typed(fields, "version", str),
                 rtt_hints=_rtt_hints(fields.get("rtt_hints", {})),
                 protocol=_typed(fields, "protocol", int),
+                adapters=_adapters(fields.get("adapters", [])),
             )
         except (ValueError, AddressError) as error:  # an unknown state, a bad address
             raise ProtocolError(f"invalid announcement: {error}") from None
@@ -147,6 +155,12 @@ def _typed(fields: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> 
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ProtocolError(f"announcement field {name!r} is missing or of the wrong type")
     return value
+
+
+def _adapters(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_ADAPTERS:
+        raise ProtocolError(f"adapters must be a list of at most {MAX_ADAPTERS} names")
+    return tuple(value)  # each checked by the record itself
 
 
 def _rtt_hints(value: Any) -> dict[str, float]:

@@ -28,11 +28,13 @@ LOAD_PENALTY_PER_SESSION = 0.1
 
 
 class NoRouteError(RoutingError):
-    """No chain covers the model: `missing` lists the blocks that nobody serves."""
+    """No chain covers the model: `missing` lists the blocks that nobody serves (with the
+    LoRA `adapter` the client runs, if it runs one)."""
 
-    def __init__(self, missing: Sequence[int]) -> None:
+    def __init__(self, missing: Sequence[int], adapter: str | None = None) -> None:
         self.missing = tuple(missing)
-        super().__init__(f"no peer serves block(s) {_ranges(self.missing)}")
+        with_adapter = f" with adapter {adapter!r}" if adapter else ""
+        super().__init__(f"no peer serves block(s) {_ranges(self.missing)}{with_adapter}")
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,14 @@
 Methods (block indices are the model's, `end` exclusive):
 - `span.info` (unary): `{}` -> the peer's announcement fields plus `max_session_length`.
 - `span.forward` (unary): `{"start", "end", "tensor"}` + bytes -> `{"tensor"}` + bytes;
-  `"attention_mask"` (rows of 0 and 1, 0 for padding) as transformers' model takes it.
+  `"attention_mask"` (rows of 0 and 1, 0 for padding) as transformers' model takes it, and
+  `"adapter"`: the name of a LoRA adapter the peer announces, to run the blocks with.
 - `span.backward` (unary): the same request, its tensor `[2, batch, length, hidden]`: the
   span's inputs and the gradient of its outputs -> `{"tensor"}` + bytes: the gradient of its
   inputs (the blocks' weights are frozen).
 - `span.inference` (stream): `{"open": {"max_length", "batch_size", "start", "end"}}`, with
-  `"padding": [n, ...]` for rows whose first n tokens are left padding (a batch of prompts) ->
+  `"padding": [n, ...]` for rows whose first n tokens are left padding (a batch of prompts)
+  and `"adapter"` as in `span.forward` ->
   `{"opened": {"session", "start", "end", "max_length"}}`; then per step
   `{"step": n, "tensor"}` + bytes -> `{"step": n, "tensor", "server_ms", "compute_ms"}` +
   bytes (the time the peer spent on the step, from receiving it to replying, and the part
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .address import PeerAddress
+from .announcement import MODEL_NAME_PATTERN
 from .errors import AddressError, ProtocolError
 
 INFO = "span.info"
@@ -60,11 +63,18 @@ class SessionRequest:
     max_length: int
     batch_size: int = 1
     padding: tuple[int, ...] = ()  # per row; () when no row is padded
+    adapter: str | None = None
 
     def header(self) -> dict[str, Any]:
-        fields = {"start": self.start, "end": self.end, "max_length": self.max_length,
-                  "batch_size": self.batch_size}  # fmt: skip
-        return {"open": fields | ({"padding": list(self.padding)} if any(self.padding) else {})}
+        fields: dict[str, Any] = {
+            "start": self.start,
+            "end": self.end,
+            "max_length": self.max_length,
+            "batch_size": self.batch_size,
+        }
+        if any(self.padding):
+            fields["padding"] = list(self.padding)
+        return {"open": fields | _adapter_field(self.adapter)}
 
     @classmethod
     def parse(cls, header: Mapping[str, Any]) -> SessionRequest:
@@ -85,6 +95,7 @@ class SessionRequest:
             max_length=_int(fields, "max_length"),
             batch_size=batch_size,
             padding=tuple(_int({"padding": count}, "padding") for count in padding),
+            adapter=_adapter(fields),
         )
 
 
@@ -158,36 +169,39 @@ class RelayJoin:
         return cls(_text(fields, "session"), _text(fields, "token"))
 
 
-def forward_header(
-    start: int,
-    end: int,
-    tensor: Mapping[str, Any],
-    attention_mask: Sequence[Sequence[int]] | None = None,
-) -> dict[str, Any]:
-    header = {"start": start, "end": end, "tensor": dict(tensor)}
-    if attention_mask is not None:
-        header["attention_mask"] = [list(row) for row in attention_mask]
-    return header
+@dataclass(frozen=True)
+class ForwardRequest:
+    """A `span.forward` or `span.backward` request, but for its tensor's bytes."""
 
+    start: int
+    end: int
+    tensor: Mapping[str, Any]  # `routing.tensor_codec`'s header
+    attention_mask: list[list[int]] | None = None  # rows of 0 and 1, 0 for padding
+    adapter: str | None = None
 
-def parse_forward(
-    header: Mapping[str, Any],
-) -> tuple[int, int, Mapping[str, Any], list[list[int]] | None]:
-    """(start, end, tensor header, attention mask: rows of 0 and 1, or None) of a forward."""
-    mask = header.get("attention_mask")
-    width = len(mask[0]) if isinstance(mask, list) and mask and isinstance(mask[0], list) else 0
-    if mask is not None and not (  # sizes first: the loops below read remote input
-        isinstance(mask, list)
-        and len(mask) <= MAX_MASK_CELLS
-        and len(mask) * width <= MAX_MASK_CELLS
-        and all(isinstance(row, list) and len(row) == width for row in mask)
-        and all(type(value) is int and value in (0, 1) for row in mask for value in row)
-    ):
-        raise ProtocolError(
-            f"'attention_mask' must be rows of 0 and 1, all of one length, at most "
-            f"{MAX_MASK_CELLS} in all"
-        )
-    return _int(header, "start"), _int(header, "end"), tensor_header(header), mask
+    def header(self) -> dict[str, Any]:
+        header = {"start": self.start, "end": self.end, "tensor": dict(self.tensor)}
+        if self.attention_mask is not None:
+            header["attention_mask"] = [list(row) for row in self.attention_mask]
+        return header | _adapter_field(self.adapter)
+
+    @classmethod
+    def parse(cls, header: Mapping[str, Any]) -> ForwardRequest:
+        tensor = tensor_header(header)  # and the header is a map
+        mask = header.get("attention_mask")
+        width = len(mask[0]) if isinstance(mask, list) and mask and isinstance(mask[0], list) else 0
+        if mask is not None and not (  # sizes first: the loops below read remote input
+            isinstance(mask, list)
+            and len(mask) <= MAX_MASK_CELLS
+            and len(mask) * width <= MAX_MASK_CELLS
+            and all(isinstance(row, list) and len(row) == width for row in mask)
+            and all(type(value) is int and value in (0, 1) for row in mask for value in row)
+        ):
+            raise ProtocolError(
+                f"'attention_mask' must be rows of 0 and 1, all of one length, at most "
+                f"{MAX_MASK_CELLS} in all"
+            )
+        return cls(_int(header, "start"), _int(header, "end"), tensor, mask, _adapter(header))
 
 
 def step_header(
@@ -265,6 +279,17 @@ def _int(fields: Mapping[str, Any], name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
         raise ProtocolError(f"field {name!r} must be a non-negative integer")
     return value
+
+
+def _adapter(fields: Mapping[str, Any]) -> str | None:
+    value = fields.get("adapter")
+    if value is not None and not (isinstance(value, str) and MODEL_NAME_PATTERN.match(value)):
+        raise ProtocolError("field 'adapter' must name an adapter (letters, digits, ._-)")
+    return value
+
+
+def _adapter_field(adapter: str | None) -> dict[str, Any]:
+    return {} if adapter is None else {"adapter": adapter}
 
 
 def _text(fields: Mapping[str, Any], name: str, *, empty: bool = False) -> str:

@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     peer.add_argument("--cache-tokens", type=int, help="KV cache budget in tokens")
     peer.add_argument("--max-sessions", type=int, help="concurrent inference sessions")
     peer.add_argument("--model-name", help="the model's name in the swarm (default: derived)")
+    peer.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="a PEFT LoRA adapter directory to serve too, named as the directory (repeatable)",
+    )
 
     generate = commands.add_parser("generate", help="generate text through the swarm")
     generate.add_argument("model", help="the checkpoint the peers serve (its head runs here)")
@@ -90,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     generate.add_argument("--chat", action="store_true", help="apply the chat template")
     generate.add_argument("--model-name", help="the model's name in the swarm (default: derived)")
+    generate.add_argument("--adapter", help="run the peers' LoRA adapter of this name")
     generate.add_argument("--device", default="cpu", help="where the head runs")
     generate.add_argument(
         "--dtype",

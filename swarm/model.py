@@ -30,6 +30,7 @@ import torch
 from peer.model_name import model_name
 from peer.span import parse_dtype
 from routing.address import PeerAddress
+from routing.announcement import MODEL_NAME_PATTERN
 from routing.client import (
     ClientConfig,
     Failover,
@@ -91,11 +92,14 @@ class DistributedModelForCausalLM:
         device: str = "cpu",
         dtype: str | torch.dtype = torch.float32,
         config: ClientConfig | None = None,
+        adapter: str | None = None,
     ) -> DistributedModelForCausalLM:
         """Load the head of `checkpoint` and join the swarm through `initial_peers`.
 
         `dtype`: of the head (embeddings, final norm, LM head); use the peers' dtype
         ("bfloat16" for a bfloat16 swarm) to get what the local model in that dtype gives.
+        `adapter`: the name of a LoRA adapter that peers serve (`swarm peer --adapter DIR`):
+        generation, forward and backward then run through peers that announce it, with it.
         """
         from transformers import GenerationConfig
 
@@ -103,6 +107,8 @@ class DistributedModelForCausalLM:
         peers = [p if isinstance(p, PeerAddress) else PeerAddress.parse(p) for p in initial_peers]
         if not peers:
             raise SwarmError("initial_peers is empty: give the address of a peer of the swarm")
+        if adapter is not None and not MODEL_NAME_PATTERN.match(adapter):
+            raise SwarmError(f"{adapter!r} cannot be an adapter's name (letters, digits, ._-)")
         head = ClientHead.from_pretrained(path, dtype=parse_dtype(dtype), device=device)
         hf_config = head.config  # the language model's (of a multimodal checkpoint too)
         try:
@@ -117,7 +123,8 @@ class DistributedModelForCausalLM:
             dht = DHTNode(rpc, DHTConfig(client_mode=True))
             loop.start_service(partial(dht.run, initial_peers=peers))
             name = model_name_in_swarm or model_name(path)
-            view = SwarmView(rpc, dht, name, int(hf_config.num_hidden_layers), config)
+            blocks = int(hf_config.num_hidden_layers)
+            view = SwarmView(rpc, dht, name, blocks, config, adapter=adapter)
             loop.start_service(view.run)  # reads the swarm now, then every refresh_period
         except BaseException:
             loop.close()

@@ -259,7 +259,11 @@ class InferenceChain:
         session = HopSession(hop, announcement.address, dtype, liveness)
         try:
             await session.open(
-                self.rpc, self.max_length, self.view.config.open_timeout, self.padding
+                self.rpc,
+                self.max_length,
+                self.view.config.open_timeout,
+                self.padding,
+                adapter=self.view.adapter,
             )
         except BaseException:
             await session.close()

@@ -28,7 +28,7 @@ from ..announcement import PeerAnnouncement
 from ..errors import PeerUnresponsiveError, ProtocolError, RemoteError
 from ..path_selection import Hop, NoRouteError
 from ..rpc import Packet
-from ..span_protocol import BACKWARD, FORWARD, forward_header, tensor_header
+from ..span_protocol import BACKWARD, FORWARD, ForwardRequest, tensor_header
 from ..tensor_codec import decode_tensor, encode_tensor
 from .chain import DTYPES, ChainFailedError
 from .hop_session import LINK_ERRORS
@@ -159,7 +159,8 @@ async def _call_hop(
     backward (over that and the output gradient, stacked), in the dtype it computes in;
     the result in the dtype of `tensor`. `mask`: the attention mask as the wire takes it."""
     header, body = encode_tensor(tensor.to(DTYPES.get(announcement.dtype, torch.float32)))
-    request = Packet(forward_header(hop.start, hop.end, header, mask), body)
+    forward = ForwardRequest(hop.start, hop.end, header, mask, view.adapter)
+    request = Packet(forward.header(), body)
     reply = await _call_while_alive(
         view, announcement.address, method, request, view.config.deadline(tensor)
     )

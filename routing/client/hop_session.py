@@ -101,10 +101,13 @@ class HopSession:
         max_length: int,
         timeout: float,  # noqa: ASYNC109
         padding: Sequence[int] = (0,),
+        *,
+        adapter: str | None = None,
     ) -> None:
-        """Open the session: one row per entry of `padding`, its left padding."""
+        """Open the session: one row per entry of `padding`, its left padding; its steps run
+        with the peer's LoRA `adapter` of that name, if given."""
         request = SessionRequest(
-            self.hop.start, self.hop.end, max_length, len(padding), tuple(padding)
+            self.hop.start, self.hop.end, max_length, len(padding), tuple(padding), adapter
         )
         deadline = trio.current_time() + timeout
         try:

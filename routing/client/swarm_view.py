@@ -5,15 +5,17 @@ is `online`, names this model, fits its length and carries the signer's own addr
 pings those peers concurrently and folds the RTTs into smoothed values. `run()` refreshes
 every `refresh_period` seconds, so that peers that join are used and the load figures stay
 current. `route()` turns the view into the fastest chain over a block range
-(`routing.path_selection`), leaving out banned peers, peers short of cache, and peers that
-did not answer their last ping (until one answers again).
+(`routing.path_selection`), leaving out banned peers, peers short of cache, peers that
+did not answer their last ping (until one answers again), and, for a client that runs a LoRA
+adapter, peers that do not announce it.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,7 +27,7 @@ from ..address import PeerAddress
 from ..announcement import PeerAnnouncement, PeerState, block_key
 from ..dht import DHTNode
 from ..errors import ProtocolError, RoutingError
-from ..path_selection import Candidate, Hop, fastest_chain, spread_choice
+from ..path_selection import Candidate, Hop, NoRouteError, fastest_chain, spread_choice
 from ..rpc import RPCHost
 from .bans import Bans
 from .rtt import RttTable
@@ -115,6 +117,7 @@ class SwarmView:
         num_blocks: int,
         config: ClientConfig | None = None,
         *,
+        adapter: str | None = None,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self.rpc = rpc
@@ -122,6 +125,7 @@ class SwarmView:
         self.model = model
         self.num_blocks = num_blocks
         self.config = config or ClientConfig()
+        self.adapter = adapter  # a LoRA adapter every hop must run (peers that announce it)
         self.peers: dict[str, PeerAnnouncement] = {}
         self.rtts = RttTable()
         self.bans = Bans(clock)
@@ -174,25 +178,37 @@ class SwarmView:
                 rtt=self.rtts.get(peer),
             )
             for peer, announcement in self.peers.items()
+            if self.adapter is None or self.adapter in announcement.adapters
         ]
 
     def route(self, start: int, end: int, tokens_needed: int = 0) -> list[Hop]:
         """The fastest chain over blocks [start, end); NoRouteError names what is missing."""
-        return fastest_chain(
-            self.candidates(),
-            self.num_blocks,
-            start=start,
-            end=end,
-            tokens_needed=tokens_needed,
-            banned=self._avoided(),
-        )
+        with self._naming_the_adapter():
+            return fastest_chain(
+                self.candidates(),
+                self.num_blocks,
+                start=start,
+                end=end,
+                tokens_needed=tokens_needed,
+                banned=self._avoided(),
+            )
 
     def spread(self, start: int, rng: random.Random) -> list[Hop]:
         """A chain over blocks [start, N) for batch forward, replicas drawn by spare
         throughput (`routing.path_selection.spread_choice`); leaves out whom `route` does."""
-        return spread_choice(
-            self.candidates(), self.num_blocks, rng=rng, banned=self._avoided(), start=start
-        )
+        with self._naming_the_adapter():
+            return spread_choice(
+                self.candidates(), self.num_blocks, rng=rng, banned=self._avoided(), start=start
+            )
+
+    @contextmanager
+    def _naming_the_adapter(self) -> Iterator[None]:
+        try:
+            yield
+        except NoRouteError as error:
+            if self.adapter is None or type(error) is not NoRouteError:
+                raise
+            raise NoRouteError(error.missing, self.adapter) from None
 
     def _avoided(self) -> frozenset[str]:
         """Banned peers, and peers that did not answer their last ping."""

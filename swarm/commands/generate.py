@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         model_name_in_swarm=swarm_name(args.model, args.model_name),
         device=args.device,
         dtype=args.dtype,
+        adapter=args.adapter,
     ) as model:
         config = model.sampling_config(**options)
         with model.inference_session(int(input_ids.shape[1]) + config.max_new_tokens) as session:

@@ -38,6 +38,7 @@ def peer_config(args: argparse.Namespace) -> PeerConfig:
         initial_peers=tuple(PeerAddress.parse(text) for text in args.initial_peers),
         cache_dir=cache_dir(),
         backend=backend,
+        adapters=tuple(args.adapter),
     )
 
 

@@ -78,6 +78,7 @@ class PeerRow:
     expiration: float  # of its freshest record
     rtt: float | None  # seconds, measured by the monitor; None: unknown or unreachable
     last_seen: float | None  # wall clock of its last answer to our ping
+    adapters: tuple[str, ...] = ()  # the LoRA adapters it runs (names checked on decoding)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +96,7 @@ class PeerRow:
             "expiration": self.expiration,
             "rtt": self.rtt,
             "last_seen": self.last_seen,
+            "adapters": list(self.adapters),
         }
 
 
@@ -253,6 +255,7 @@ def _row(
         expiration=expiration,
         rtt=observations.rtts.get(peer_id),
         last_seen=observations.last_seen.get(peer_id),
+        adapters=announcement.adapters,
     )
 
 

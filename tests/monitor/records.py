@@ -25,6 +25,7 @@ def announcement(
     throughput: float = 100.0,
     port: int = 4000,
     version: str = "0.1.0",
+    adapters: tuple[str, ...] = (),
 ) -> PeerAnnouncement:
     return PeerAnnouncement(
         address=PeerAddress("10.0.0.7", port, peer_id),
@@ -37,6 +38,7 @@ def announcement(
         sessions=1,
         dtype="bfloat16",
         version=version,
+        adapters=adapters,
     )
 
 
@@ -78,11 +80,13 @@ class SwarmRecords:
         throughput: float = 100.0,
         version: str = "0.1.0",
         expiration: float = NOW + TTL,
+        adapters: tuple[str, ...] = (),
     ) -> PeerId:
         """A fresh peer announcing [start, end) of `model`; returns its id."""
         peer_id = Identity.generate().peer_id
         record = announcement(
-            peer_id, model, start, end, state=state, throughput=throughput, version=version
-        )
+            peer_id, model, start, end, state=state, throughput=throughput, version=version,
+            adapters=adapters,
+        )  # fmt: skip
         self.announce(record, expiration=expiration)
         return peer_id

@@ -224,11 +224,11 @@ def test_a_peer_that_missed_two_pings_is_unreachable_and_covers_nothing() -> Non
     assert states[killed] == states[stuck] == "unreachable"
 
 
-def test_rtts_and_last_seen_reach_the_table_and_json() -> None:
+def test_rtts_last_seen_and_adapters_reach_the_table_and_json() -> None:
     records = SwarmRecords()
     records.add_model("tiny", 2)
     fast = records.peer("tiny", 0, 1, version="<img src=x onerror=alert(1)>" + "x" * 100)
-    silent = records.peer("tiny", 1, 2)
+    silent = records.peer("tiny", 1, 2, adapters=("tuned", "chat-v2"))
 
     snapshot = snapshot_of(records, rtts={fast: 0.012, silent: None}, last_seen={fast: NOW - 3})
     data = json.loads(snapshot.to_json())
@@ -238,6 +238,10 @@ def test_rtts_and_last_seen_reach_the_table_and_json() -> None:
     assert rows[str(fast)]["rtt"] == 0.012 and rows[str(fast)]["last_seen"] == NOW - 3
     assert rows[str(silent)]["rtt"] is None and rows[str(silent)]["last_seen"] is None
     assert rows[str(fast)]["short_id"] == fast.short()
+    assert rows[str(fast)]["adapters"] == [] and rows[str(silent)]["adapters"] == [
+        "tuned",
+        "chat-v2",
+    ]
     assert rows[str(fast)]["version"] == ("<img src=x onerror=alert(1)>" + "x" * 100)[:64]
     assert PeerAddress.parse(rows[str(fast)]["address"]).peer_id == fast
     assert model["full_chain"] is True and model["gaps"] == []

@@ -88,8 +88,10 @@ def make_checkpoint(tmp_path: Path) -> MakeCheckpoint:
 class Reference:
     """A transformers model loaded from the checkpoint, run block by block."""
 
-    def __init__(self, path: Path) -> None:
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    def __init__(self, path: Path, model: Any = None) -> None:
+        """`model`: another one than the checkpoint's (one with an adapter merged)."""
+        self.model = model or AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        self.model.eval()
         self.config = self.model.config
         self.family = FAMILIES[self.config.model_type]
         self.decoder: Any = getattr(self.model, self.family.decoder)  # `model.model`, mostly

@@ -162,7 +162,7 @@ async def test_a_peer_moves_to_a_gap_when_one_opens(
             await trio.sleep(0.1)
     hidden = torch.randn(1, 3, 64)
     header, body = encode_tensor(hidden)
-    request = Packet(protocol.forward_header(4, 8, header), body)
+    request = Packet(protocol.ForwardRequest(4, 8, header).header(), body)
     reply = await client.call(moving, protocol.FORWARD, request, timeout=5)
     assert decode_tensor(reply.header["tensor"], reply.body).shape == hidden.shape
     nursery.cancel_scope.cancel()

@@ -47,7 +47,7 @@ class Served:
 
     async def forward(self, hidden: torch.Tensor, start: int = 1, end: int = 3) -> torch.Tensor:
         header, body = encode_tensor(hidden)
-        request = Packet(protocol.forward_header(start, end, header), body)
+        request = Packet(protocol.ForwardRequest(start, end, header).header(), body)
         reply = await self.client.call(self.peer, protocol.FORWARD, request, timeout=5)
         return decode_tensor(reply.header["tensor"], reply.body)
 
@@ -164,12 +164,12 @@ async def test_backward_equals_the_local_blocks_and_bad_ones_get_typed_errors(
     inputs, grads = torch.randn(2, 2, 5, HIDDEN).unbind(0)
     header, body = encode_tensor(torch.stack([inputs, grads]))
     mask = [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
-    request = Packet(protocol.forward_header(1, 3, header, mask), body)
+    request = Packet(protocol.ForwardRequest(1, 3, header, mask).header(), body)
     reply = await served.client.call(served.peer, protocol.BACKWARD, request, timeout=5)
     expected = reference.backward(inputs, grads, attention_mask=mask)
     assert torch.equal(decode_tensor(reply.header["tensor"], reply.body), expected)
     for name, (tensor, size) in BAD_BACKWARDS.items():
-        bad = protocol.forward_header(1, 3, tensor, [[1]] if "mask" in name else None)
+        bad = protocol.ForwardRequest(1, 3, tensor, [[1]] if "mask" in name else None).header()
         with pytest.raises(RemoteError) as caught:
             await served.client.call(
                 served.peer, protocol.BACKWARD, Packet(bad, bytes(size)), timeout=5

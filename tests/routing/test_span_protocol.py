@@ -22,9 +22,14 @@ def test_round_trips() -> None:
     assert protocol.SessionRequest.parse(padded.header()) == padded
     opened = protocol.SessionOpened("abc", 2, 5, 64)
     assert protocol.SessionOpened.parse(opened.header()) == opened
-    assert protocol.parse_forward(protocol.forward_header(1, 3, TENSOR)) == (1, 3, TENSOR, None)
-    masked = protocol.forward_header(1, 3, TENSOR, [[0, 1], [1, 1]])
-    assert protocol.parse_forward(masked) == (1, 3, TENSOR, [[0, 1], [1, 1]])
+    tuned = protocol.SessionRequest(2, 5, 64, adapter="tuned-1")
+    assert protocol.SessionRequest.parse(tuned.header()) == tuned
+    for forward in [
+        protocol.ForwardRequest(1, 3, TENSOR),
+        protocol.ForwardRequest(1, 3, TENSOR, [[0, 1], [1, 1]], adapter="tuned-1"),
+    ]:
+        assert protocol.ForwardRequest.parse(forward.header()) == forward
+    assert "adapter" not in protocol.ForwardRequest(1, 3, TENSOR).header()
     assert protocol.parse_step(protocol.step_header(7, TENSOR)) == (7, TENSOR)
     assert protocol.server_time(protocol.step_header(7, TENSOR, 2.5)) == 0.0025
     timed = protocol.step_header(7, TENSOR, 2.5, 2.0)
@@ -76,7 +81,20 @@ def test_malformed_session_requests_are_refused(header: dict[str, Any]) -> None:
 )
 def test_malformed_forward_masks_are_refused(mask: Any) -> None:
     with pytest.raises(ProtocolError, match="attention_mask"):
-        protocol.parse_forward({**protocol.forward_header(0, 1, TENSOR), "attention_mask": mask})
+        protocol.ForwardRequest.parse(
+            {**protocol.ForwardRequest(0, 1, TENSOR).header(), "attention_mask": mask}
+        )
+
+
+@pytest.mark.parametrize("adapter", ["", "a b", 3, "x" * 200, ["tuned"]])
+def test_malformed_adapter_names_are_refused(adapter: Any) -> None:
+    with pytest.raises(ProtocolError, match="adapter"):
+        protocol.ForwardRequest.parse(
+            {**protocol.ForwardRequest(0, 1, TENSOR).header(), "adapter": adapter}
+        )
+    opening = protocol.SessionRequest(0, 1, 8).header()
+    with pytest.raises(ProtocolError, match="adapter"):
+        protocol.SessionRequest.parse({"open": {**opening["open"], "adapter": adapter}})
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,17 @@
-"""Which DHT records a client may route through (`usable_announcements`, pure)."""
+"""Which DHT records a client may route through (`usable_announcements`, pure), and which
+peers a client running a LoRA adapter routes through."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from routing.address import PeerAddress
 from routing.announcement import PeerAnnouncement, PeerState
-from routing.client.swarm_view import usable_announcements
+from routing.client.swarm_view import SwarmView, usable_announcements
+from routing.errors import ProtocolError
+from routing.path_selection import NoRouteError
 from security import Identity, PeerId
 
 
@@ -34,3 +39,39 @@ def test_only_online_records_of_this_model_that_fit_and_name_their_signer() -> N
     }
     usable = usable_announcements(records, "tiny-model", num_blocks=4)
     assert usable == {str(good.peer_id): records[good.peer_id]}
+
+
+def test_the_adapters_a_peer_runs_travel_in_its_record() -> None:
+    record = _announcement(Identity.generate(), adapters=("tuned", "chat-v2"))
+    assert PeerAnnouncement.decode(record.encode()) == record
+    assert PeerAnnouncement.decode(_announcement(Identity.generate()).encode()).adapters == ()
+    fields = record.to_fields()
+    for bad in [["a b"], "tuned", [1], ["x"] * 9]:
+        with pytest.raises(ProtocolError, match="adapters"):
+            PeerAnnouncement.from_fields({**fields, "adapters": bad})
+
+
+def test_a_client_with_an_adapter_routes_through_the_peers_that_run_it() -> None:
+    plain, tuned_head, tuned_tail = (Identity.generate() for _ in range(3))
+    view = SwarmView(
+        None,
+        None,
+        "tiny-model",
+        4,
+        adapter="tuned",
+        clock=lambda: 0.0,  # type: ignore[arg-type]
+    )
+    view.peers = {
+        str(plain.peer_id): _announcement(plain, throughput=1000.0),
+        str(tuned_head.peer_id): _announcement(tuned_head, end=2, adapters=("tuned",)),
+        str(tuned_tail.peer_id): _announcement(tuned_tail, start=2, adapters=("other", "tuned")),
+    }
+    assert [hop.peer for hop in view.route(0, 4)] == [
+        str(tuned_head.peer_id),
+        str(tuned_tail.peer_id),
+    ]
+    view.adapter = None
+    assert [hop.peer for hop in view.route(0, 4)] == [str(plain.peer_id)]
+    view.adapter = "missing"
+    with pytest.raises(NoRouteError, match=r"block\(s\) 0-3 with adapter 'missing'"):
+        view.route(0, 4)
