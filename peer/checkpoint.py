@@ -9,10 +9,10 @@ kilobytes), and `read_tensors` / `read_layer_tensors` open each needed file with
 Families are the decoder blocks called like Llama's (`FAMILIES`: Llama, Mistral, Qwen2/3,
 Phi-2 and 3, Gemma 1 to 3, OLMo, OLMo 2, StableLM, StarCoder2, Ministral, SmolLM3, GLM-4,
 Command R (Cohere 1 and 2), and the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
-GLM-4.5, DeepSeek V2/V3, Llama 4 and gpt-oss), and Falcon and BLOOM (ALiBi positions); SmolLM2
-and TinyLlama are `llama`. An image-text checkpoint whose `text_config` is one of these opens
-as its language model (`TEXT_LAYOUTS`).
-Anything else raises `UnsupportedModelError` naming what is supported.
+GLM-4.5, DeepSeek V2/V3, Llama 4 and gpt-oss), and GPT-J, GPT-NeoX (Pythia), Falcon and BLOOM
+(ALiBi positions); SmolLM2 and TinyLlama are `llama`. An image-text checkpoint whose
+`text_config` is one of these opens as its language model (`TEXT_LAYOUTS`). Anything else
+raises `UnsupportedModelError` naming what is supported.
 """
 
 from __future__ import annotations
@@ -47,16 +47,10 @@ logger = logging.getLogger(__name__)
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # Where the decoder model's tensors are (`<prefix>layers.N.`, `<prefix>embed_tokens.`,
-# `<prefix>norm.`), and then its LM head's (`<head prefix>lm_head.`): a language model's own
-# layout (`model.`, `transformer.` for Falcon and BLOOM, or none: BigScience's BLOOM), or the
-# language model inside a multimodal checkpoint (the hub's layout, then transformers' newer one).
-TEXT_LAYOUTS = {
-    "model.": "",
-    "transformer.": "",
-    "": "",
-    "language_model.model.": "language_model.",
-    "model.language_model.": "",
-}
+# `<prefix>norm.`), and then its LM head's (`<head prefix>lm_head.`), besides the family's own
+# layout (`model.`, `transformer.`...): no prefix (BigScience's BLOOM), or the language model
+# inside a multimodal checkpoint (the hub's layout, then transformers' newer one).
+TEXT_LAYOUTS = {"": "", "language_model.model.": "language_model.", "model.language_model.": ""}
 
 
 @dataclass(frozen=True)
@@ -74,6 +68,7 @@ class ModelFamily:
     embeddings: str = "embed_tokens"
     final_norm: str = "norm"
     embedding_norm: str | None = None  # applied to the embeddings before the first block
+    old_lm_head: str = "lm_head"  # what checkpoints saved before transformers 5 name it
 
     def load(self, attribute: str) -> Any:
         """Import one class of the family (transformers is imported here, not at import time)."""
@@ -135,6 +130,14 @@ FAMILIES: Mapping[str, ModelFamily] = {
         _family("llama4_text", "Llama4Text", module="llama4", config="Llama4TextConfig"),
         _family("gpt_oss", "GptOss"),
         # the families of the first swarms, named the GPT-2 way; BLOOM's positions are ALiBi
+        replace(_family("gptj", "GPTJ", layer="GPTJBlock"), **{**_GPT2_NAMES, "embeddings": "wte"}),
+        replace(
+            _family("gpt_neox", "GPTNeoX", layer="GPTNeoXLayer"),
+            decoder="gpt_neox",
+            embeddings="embed_in",
+            final_norm="final_layer_norm",
+            old_lm_head="embed_out",
+        ),  # Pythia too
         replace(_family("falcon", "Falcon"), **_GPT2_NAMES),
         replace(
             _family("bloom", "Bloom", layer="BloomBlock", alibi=True),
@@ -179,7 +182,8 @@ class Checkpoint:
         family = self.family
         parts = [family.embeddings, family.final_norm, *filter(None, [family.embedding_norm])]
         starts = [(f"{self.prefix}{part}.", f"{family.decoder}.{part}.") for part in parts]
-        starts.append((f"{TEXT_LAYOUTS[self.prefix]}lm_head.", "lm_head."))
+        for head in {"lm_head", family.old_lm_head}:
+            starts.append((f"{TEXT_LAYOUTS.get(self.prefix, '')}{head}.", "lm_head."))
         names = {}
         for name in self.tensor_files:
             for start, canonical in starts:
@@ -215,7 +219,7 @@ def detect_family(config: Mapping[str, Any]) -> ModelFamily:
 
 def _text_model_prefix(files: Mapping[str, str], family: ModelFamily) -> str:
     """Where the decoder model's tensors are (`TEXT_LAYOUTS`)."""
-    for prefix in TEXT_LAYOUTS:
+    for prefix in (f"{family.decoder}.", *TEXT_LAYOUTS):
         if f"{prefix}{family.embeddings}.weight" in files:
             return prefix
     return f"{family.decoder}."

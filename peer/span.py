@@ -211,8 +211,12 @@ def _rotary_kind(rotary: torch.nn.Module | None, config: Any, layer: int) -> str
 
 
 def _attention(block: torch.nn.Module) -> Any:
-    """A block's attention module (`self_attention` in Falcon and BLOOM)."""
-    return block.self_attn if hasattr(block, "self_attn") else block.self_attention
+    """A block's attention module (`self_attention` in Falcon and BLOOM, `attention` in
+    GPT-NeoX, `attn` in GPT-J)."""
+    for name in ("self_attn", "self_attention", "attention", "attn"):
+        if hasattr(block, name):
+            return getattr(block, name)
+    raise CheckpointError(f"a {type(block).__name__} has no attention module that we know")
 
 
 def _build_layer(

@@ -15,7 +15,7 @@ from transformers import DynamicCache
 from peer.backend import SpanBackend
 from peer.errors import InvalidRequestError
 from peer.span import cache_keyword
-from tests.support.tiny_model import FAMILIES, strip_prefix, write_tiny_multimodal
+from tests.support.tiny_model import FAMILIES, rename_tensors, write_tiny_multimodal
 
 from .conftest import MakeCheckpoint, Reference, assert_rounding_close
 
@@ -119,7 +119,7 @@ def test_other_layouts_of_falcon_and_bloom(layout: str, make_checkpoint: MakeChe
     variant with biases, and BLOOM as BigScience saved it (no `transformer.` in the names):
     bit for bit what the transformers model computes, in one forward and step by step."""
     if layout == "bloom-bare":
-        path = strip_prefix(make_checkpoint("bloom"), "transformer.")
+        path = rename_tensors(make_checkpoint("bloom"), "transformer.")
     else:
         settings: dict[str, object] = {"multi_query": True, "parallel_attn": True}
         if layout == "falcon-sequential":

@@ -21,7 +21,7 @@ FAMILIES = (
     *("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "glm4_moe"),  # mixtures of experts
     *("deepseek_v2", "deepseek_v3"),  # experts, and attention over a compressed latent
     *("llama4_text", "gpt_oss"),  # experts; chunked attention, and attention sinks
-    *("falcon", "bloom", "phi"),  # named the GPT-2 way; BLOOM: ALiBi; Phi-2: final_layernorm
+    *("falcon", "bloom", "phi", "gptj", "gpt_neox"),  # other names; BLOOM: ALiBi
 )
 _EXPERTS = {"num_experts_per_tok": 2, "moe_intermediate_size": 32}
 _DEEPSEEK = {
@@ -50,6 +50,7 @@ FAMILY_SETTINGS: dict[str, dict[str, Any]] = {  # what differs from each config'
     },
     "gpt_oss": {"num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 16},
     "falcon": {"new_decoder_architecture": True, "num_kv_heads": 2},  # Falcon 40B and 180B
+    "gptj": {"rotary_dim": 8},  # of the head size, 16
 }
 
 
@@ -153,11 +154,16 @@ def write_tiny_multimodal(directory: Path, kind: str = "gemma3", *, seed: int = 
     return directory
 
 
-def strip_prefix(path: Path, prefix: str) -> Path:
-    """Save a one-file checkpoint's tensors without `prefix` (BigScience saved BLOOM so)."""
+def rename_tensors(path: Path, old: str, new: str = "") -> Path:
+    """Save a one-file checkpoint's tensors with the prefix `old` turned into `new`, as older
+    or other writers named them (BigScience's BLOOM: no `transformer.`; GPT-NeoX before
+    transformers 5: `embed_out` for its LM head)."""
     from safetensors.torch import load_file, save_file
 
     file = path / "model.safetensors"
-    tensors = {name.removeprefix(prefix): t for name, t in load_file(file).items()}
+    tensors = {
+        new + name.removeprefix(old) if name.startswith(old) else name: t
+        for name, t in load_file(file).items()
+    }
     save_file(tensors, file, metadata={"format": "pt"})
     return path

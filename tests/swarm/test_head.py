@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 from peer.errors import CheckpointError, UnsupportedModelError
 from swarm.head import ClientHead
-from tests.support.tiny_model import FAMILIES, strip_prefix, write_tiny_model
+from tests.support.tiny_model import FAMILIES, rename_tensors, write_tiny_model
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -36,12 +36,23 @@ def test_bloom_as_bigscience_saved_it(tmp_path: Path) -> None:
     """No `transformer.` in the tensor names; the LM head tied to the embeddings."""
     path = write_tiny_model(tmp_path / "bloom", "bloom", num_layers=2)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
-    head = ClientHead.from_pretrained(strip_prefix(path, "transformer."))
+    head = ClientHead.from_pretrained(rename_tensors(path, "transformer."))
     ids = torch.tensor([[1, 40, 41, 42]])
     hidden = torch.randn(1, 3, model.config.hidden_size)
     with torch.no_grad():
         assert torch.equal(head.embed(ids), model(ids, output_hidden_states=True).hidden_states[0])
         assert torch.equal(head.logits(hidden), model.lm_head(model.transformer.ln_f(hidden)))
+
+
+def test_gpt_neox_as_saved_before_transformers_5(tmp_path: Path) -> None:
+    """Pythia and GPT-NeoX checkpoints name their LM head `embed_out`."""
+    path = write_tiny_model(tmp_path / "gpt_neox", "gpt_neox", num_layers=2)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    head = ClientHead.from_pretrained(rename_tensors(path, "lm_head.", "embed_out."))
+    hidden = torch.randn(1, 3, model.config.hidden_size)
+    with torch.no_grad():
+        expected = model.lm_head(model.gpt_neox.final_layer_norm(hidden))
+    assert torch.equal(head.logits(hidden), expected)
 
 
 def test_a_final_norm_with_a_bias_is_read(tmp_path: Path) -> None:
