@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from routing.announcement import MODEL_NAME_PATTERN
+from routing.announcement import MAX_ADAPTERS, MODEL_NAME_PATTERN
 
 from .errors import AdapterError, UnknownAdapterError
 from .span import Span
@@ -118,6 +118,8 @@ def load_adapter(path: str | Path, span: Span, adapters: Adapters) -> str:
         raise AdapterError(f"an adapter's name (its directory's) cannot be {name!r}")
     if name in adapters.names:
         raise AdapterError(f"two adapters are named {name!r}")
+    if len(adapters.names) >= MAX_ADAPTERS:
+        raise AdapterError(f"a peer serves at most {MAX_ADAPTERS} adapters (its record lists them)")
     rank, scale = _config(path)
     family = span.family
     pattern = re.compile(

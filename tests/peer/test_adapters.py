@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from peer.adapters import LoraLinear, load_adapter
 from peer.backend import SpanBackend, StepRequest
 from peer.errors import AdapterError, InvalidRequestError, UnknownAdapterError
+from routing.announcement import MAX_ADAPTERS
 from tests.support.lora import merged_model, write_lora
 
 from .conftest import MakeCheckpoint, Reference, assert_rounding_close
@@ -166,7 +167,9 @@ def test_what_a_peer_cannot_apply_is_refused(
         load_adapter(adapter, backend.span, backend.adapters)
 
 
-def test_unreadable_and_misnamed_adapters(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+def test_unreadable_misnamed_and_too_many_adapters(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
     backend = SpanBackend.load(checkpoints["llama"], 0, 2)
     with pytest.raises(AdapterError, match=r"adapter_config\.json"):
         load_adapter(tmp_path / "missing", backend.span, backend.adapters)
@@ -178,3 +181,13 @@ def test_unreadable_and_misnamed_adapters(checkpoints: dict[str, Path], tmp_path
     with pytest.raises(AdapterError, match="name"):
         load_adapter(badly_named, backend.span, backend.adapters)
     assert backend.adapters.names == ()
+    names = tuple(f"a{i}" for i in range(MAX_ADAPTERS))
+    backend.adapters.names = names
+    with pytest.raises(AdapterError, match=f"at most {MAX_ADAPTERS}"):
+        load_adapter(
+            write_lora(tmp_path / "one-more", checkpoints["llama"]), backend.span, backend.adapters
+        )
+    with pytest.raises(AdapterError, match="two adapters are named 'a0'"):
+        load_adapter(
+            write_lora(tmp_path / "a0", checkpoints["llama"]), backend.span, backend.adapters
+        )
