@@ -32,6 +32,7 @@ import torch
 from routing.announcement import MAX_ADAPTERS, MODEL_NAME_PATTERN
 
 from .errors import AdapterError, UnknownAdapterError
+from .int8_weights import Int8Linear
 from .span import Span
 
 __all__ = ["Adapters", "LoraLinear", "load_adapter"]
@@ -71,7 +72,7 @@ class Adapters:
 class LoraLinear(torch.nn.Module):
     """A block's linear layer, plus the low-rank update of the adapter in use, if it has one."""
 
-    def __init__(self, base: torch.nn.Linear, adapters: Adapters) -> None:
+    def __init__(self, base: torch.nn.Linear | Int8Linear, adapters: Adapters) -> None:
         super().__init__()
         self.base = base
         self.adapters = adapters
@@ -172,7 +173,7 @@ def _attach(
     except AttributeError:
         raise AdapterError(f"{where}: the block has no such layer") from None
     if not isinstance(target, LoraLinear):
-        if not isinstance(target, torch.nn.Linear):
+        if not isinstance(target, torch.nn.Linear | Int8Linear):
             raise AdapterError(f"{where}: not a linear layer ({type(target).__name__})")
         target = LoraLinear(target, adapters)
         setattr(parent, leaf, target)

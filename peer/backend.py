@@ -115,8 +115,12 @@ class SpanBackend:
         dtype: str | torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         config: BackendConfig | None = None,
+        quantization: str | None = None,
     ) -> SpanBackend:
-        return cls(load_span(checkpoint, start, end, dtype=dtype, device=device), config)
+        span = load_span(
+            checkpoint, start, end, dtype=dtype, device=device, quantization=quantization
+        )
+        return cls(span, config)
 
     # ----- state for announcements -----
     @property

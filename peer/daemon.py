@@ -73,6 +73,7 @@ class PeerConfig:
     dht: DHTConfig = field(default_factory=DHTConfig)
     rpc: RPCConfig = field(default_factory=RPCConfig)
     adapters: tuple[Path, ...] = ()  # PEFT LoRA directories, served on request by name
+    quantization: str | None = None  # "int8": int8 weights (`peer.int8_weights`)
 
     @property
     def name(self) -> str:
@@ -235,7 +236,7 @@ def _rebalancer(
 def _load_span(config: PeerConfig, start: int, end: int) -> SpanBackend:
     backend = SpanBackend.load(
         config.checkpoint, start, end, dtype=config.dtype, device=config.device,
-        config=config.backend,
+        config=config.backend, quantization=config.quantization,
     )  # fmt: skip
     for adapter in config.adapters:
         load_adapter(adapter, backend.span, backend.adapters)

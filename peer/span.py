@@ -35,13 +35,15 @@ import torch
 from .checkpoint import Checkpoint, ModelFamily, open_checkpoint, read_layer_tensors
 from .errors import CheckpointError, InvalidRequestError
 from .expert_weights import stack_experts
+from .int8_weights import quantize_linears
 from .kv_cache import CacheLayout
 from .masks import FULL, Locality, masks_for_blocks
 
-__all__ = ["SUPPORTED_DTYPES", "Span", "cache_keyword", "load_span", "parse_dtype"]
+__all__ = ["QUANTIZATIONS", "SUPPORTED_DTYPES", "Span", "cache_keyword", "load_span", "parse_dtype"]
 
 logger = logging.getLogger(__name__)
 
+QUANTIZATIONS = (None, "int8")
 SUPPORTED_DTYPES: Mapping[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -75,6 +77,7 @@ class Span:
     rotary_kinds: tuple[str | None, ...]  # Gemma 3: the layer type whose rotary a block takes
     dtype: torch.dtype
     device: torch.device
+    quantization: str | None = None  # "int8": the blocks' linear layers (`peer.int8_weights`)
 
     @property
     def num_layers(self) -> int:
@@ -109,6 +112,7 @@ class Span:
             f"-a{c.num_attention_heads}"
             f"-k{kv.key_heads}x{kv.key_dim}-v{kv.value_heads}x{kv.value_dim}"
             + (f"-e{experts}x{c.num_experts_per_tok}" if experts else "")
+            + (f"-{self.quantization}" if self.quantization else "")
         )
 
     def run_layers(
@@ -220,7 +224,13 @@ def _attention(block: torch.nn.Module) -> Any:
 
 
 def _build_layer(
-    checkpoint: Checkpoint, config: Any, layer: int, local: int, dtype: torch.dtype, device: str
+    checkpoint: Checkpoint,
+    config: Any,
+    layer: int,
+    local: int,
+    dtype: torch.dtype,
+    device: str,
+    quantization: str | None,
 ) -> torch.nn.Module:
     layer_class = checkpoint.family.load(checkpoint.family.layer_class)
     with torch.device("meta"):
@@ -235,6 +245,8 @@ def _build_layer(
     if meta:
         raise CheckpointError(f"block {layer} is missing tensors: {meta}")
     _attention(module).layer_idx = local  # the span's cache is local: 0..n-1
+    if quantization == "int8":  # block by block: the float weights of one block at a time
+        quantize_linears(module, dtype)
     return module.eval().requires_grad_(False)
 
 
@@ -245,11 +257,15 @@ def load_span(
     *,
     dtype: str | torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    quantization: str | None = None,
 ) -> Span:
-    """Load blocks `start`..`end - 1` (model indices) of a local checkpoint."""
+    """Load blocks `start`..`end - 1` (model indices) of a local checkpoint; `quantization`:
+    None, or "int8" for int8 weights (`peer.int8_weights`)."""
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = open_checkpoint(checkpoint)
     torch_dtype = parse_dtype(dtype)
+    if quantization not in QUANTIZATIONS:
+        raise InvalidRequestError(f"quantization {quantization!r} is not one of {QUANTIZATIONS}")
     if not 0 <= start < end <= checkpoint.num_layers:
         raise InvalidRequestError(
             f"span {start}..{end} is not inside the model's blocks 0..{checkpoint.num_layers}"
@@ -264,7 +280,9 @@ def load_span(
     if hasattr(config, "_experts_implementation"):  # transformers 5: what its models default to
         config._experts_implementation = "grouped_mm"
     layers = torch.nn.ModuleList(
-        _build_layer(checkpoint, config, layer, layer - start, torch_dtype, str(torch_device))
+        _build_layer(
+            checkpoint, config, layer, layer - start, torch_dtype, str(torch_device), quantization
+        )
         for layer in range(start, end)
     )
     if any(hasattr(_attention(layer), "sinks") for layer in layers):  # gpt-oss: not in SDPA
@@ -274,7 +292,7 @@ def load_span(
         with torch.device(torch_device):
             rotary = checkpoint.family.load(checkpoint.family.rotary_class)(config=config)
     logger.info(
-        "loaded blocks %d..%d of %s (%s) as %s on %s%s",
+        "loaded blocks %d..%d of %s (%s) as %s on %s%s%s",
         start,
         end,
         checkpoint.path,
@@ -282,6 +300,7 @@ def load_span(
         torch_dtype,
         torch_device,
         f", dequantized from {checkpoint.quantization.method}" if checkpoint.quantization else "",
+        f", {quantization} weights" if quantization else "",
     )
     span = Span(
         family=checkpoint.family,
@@ -294,6 +313,7 @@ def load_span(
         rotary_kinds=tuple(_rotary_kind(rotary, config, layer) for layer in range(start, end)),
         dtype=torch_dtype,
         device=torch_device,
+        quantization=quantization,
     )
     layout = span.cache_layout  # probed now, in the thread that loads and computes
     logger.debug("KV cache per token and block: %s", layout)

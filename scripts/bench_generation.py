@@ -6,7 +6,8 @@ For each model (a tiny random Llama and SmolLM2-135M-Instruct by default) and ea
 transformers' model loaded in that dtype with its KV cache, one token per forward (the same
 thread count as the peers). Then a swarm of `swarm peer --dtype D --device DEV` processes on
 127.0.0.1 splits the blocks into 1, 2 or 3 equal spans, and the client generates through it
-(its embeddings and LM head in the same dtype, like the local model). Per-token figures are
+(its embeddings and LM head in the same dtype, like the local model); `--quantize int8`
+gives the peers int8 weights, against the same local baseline. Per-token figures are
 medians over the decoding steps (the prompt's step excluded), with the interquartile range;
 "x local" is the ratio to the local baseline of the same run, "+ms/hop" is
 (swarm - local) / hops. A 512-token prefill is timed `--prefill-runs` times (one step
@@ -14,7 +15,7 @@ through the chain against one local forward): median and min..max.
 
     .venv/bin/python scripts/bench_generation.py [--tokens 48] [--models tiny smollm2]
         [--dtypes float32 bfloat16] [--hops 1 2 3] [--prefill-runs 3] [--device cpu]
-        [--json PATH]
+        [--quantize int8] [--json PATH]
 """
 
 from __future__ import annotations
@@ -93,12 +94,24 @@ def local_baseline(
 
 
 def swarm_run(
-    checkpoint: Path, hops: int, tokens: int, dtype: str, device: str, prefill_runs: int
+    checkpoint: Path,
+    hops: int,
+    tokens: int,
+    dtype: str,
+    device: str,
+    prefill_runs: int,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     num_blocks = int(AutoConfig.from_pretrained(checkpoint).num_hidden_layers)
     bounds = [round(i * num_blocks / hops) for i in range(hops + 1)]
     spans = list(itertools.pairwise(bounds))
-    options = ["--dtype", dtype, "--device", device]
+    options = [
+        "--dtype",
+        dtype,
+        "--device",
+        device,
+        *(["--quantize", quantize] if quantize else []),
+    ]
     with (
         LocalSwarm(checkpoint, spans, monitor=False, peer_options=options) as swarm,
         DistributedModelForCausalLM.from_pretrained(
@@ -144,6 +157,9 @@ def main() -> None:
     parser.add_argument("--hops", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--prefill-runs", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (local and peers)")
+    parser.add_argument(
+        "--quantize", choices=["int8"], help="int8 peers (against the local model unquantized)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -154,6 +170,7 @@ def main() -> None:
         "tokens": args.tokens,
         "prefill_tokens": PREFILL,
         "prefill_runs": args.prefill_runs,
+        "quantize": args.quantize,
     }
     print(f"threads {torch.get_num_threads()}, {args.device}, loopback; ms/token: median (IQR) "
           f"over {args.tokens} tokens; prefill {PREFILL}: median (min..max) of "
@@ -170,14 +187,16 @@ def main() -> None:
             for hops in args.hops:
                 logger.info("%s %s: %d peers", name, dtype, hops)
                 run = swarm_run(
-                    checkpoint, hops, args.tokens, dtype, args.device, args.prefill_runs
-                )
+                    checkpoint, hops, args.tokens, dtype, args.device, args.prefill_runs,
+                    args.quantize,
+                )  # fmt: skip
                 run["x_local"] = run["per_token"]["median_ms"] / local["per_token"]["median_ms"]
                 if run["prefill"] is not None:
                     prefill_ms = run["prefill"]["median_ms"]
                     run["prefill_x_local"] = prefill_ms / local["prefill"]["median_ms"]
                 entry[f"{hops}_peers"] = run
-                print(_row(name, dtype, hops, run, local), flush=True)
+                label = f"{dtype}+{args.quantize}" if args.quantize else dtype
+                print(_row(name, label, hops, run, local), flush=True)
             results[name][dtype] = entry
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -39,6 +39,7 @@ def peer_config(args: argparse.Namespace) -> PeerConfig:
         cache_dir=cache_dir(),
         backend=backend,
         adapters=tuple(args.adapter),
+        quantization=args.quantize,
     )
 
 

@@ -1,10 +1,12 @@
 """Quantized checkpoints made from float ones: FP8 by blocks, as DeepSeek V3 ships, and
-MXFP4 experts, as gpt-oss ships."""
+MXFP4 experts, as gpt-oss ships; and the reference for int8 peers: the model whose block
+weights are their int8-rounded ones."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -72,3 +74,21 @@ def to_mxfp4(path: Path) -> Path:
     config["quantization_config"] = {"quant_method": "mxfp4"}
     (path / "config.json").write_text(json.dumps(config))
     return path
+
+
+def dequantized_int8_model(path: Path, dtype: torch.dtype, lora: Path | None = None) -> Any:
+    """The checkpoint's transformers model in `dtype`, every linear layer of its blocks given
+    the weight an int8 peer multiplies by (a LoRA adapter's update merged first, if given)."""
+    from transformers import AutoModelForCausalLM
+
+    from peer.int8_weights import Int8Linear
+    from tests.support.lora import merged_model
+
+    model = merged_model(path, lora) if lora else AutoModelForCausalLM.from_pretrained(path)
+    model = model.to(dtype).eval()
+    blocks = getattr(getattr(model, "model", None), "layers", None) or model.transformer.h
+    with torch.no_grad():
+        for module in blocks.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(Int8Linear(module).dequantized())
+    return model

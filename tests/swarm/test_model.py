@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, FineGrainedFP8Conf
 from routing.client import ChainFailedError, ClientConfig
 from swarm import DistributedModelForCausalLM
 from swarm.errors import SwarmError
-from tests.support.quantized_checkpoint import BLOCK, to_fp8, to_mxfp4
+from tests.support.quantized_checkpoint import BLOCK, dequantized_int8_model, to_fp8, to_mxfp4
 from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import FAMILIES, write_tiny_model, write_tiny_multimodal
 
@@ -118,6 +118,37 @@ def test_a_quantized_checkpoint_generates_what_transformers_dequantized_does(
         PROMPT, attention_mask=torch.ones_like(PROMPT), max_new_tokens=NEW_TOKENS, do_sample=False
     )
     with _swarm_and_model(checkpoint, CHAINS[2]) as (_, model):
+        output = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert output[0].tolist() == reference[0].tolist()
+
+
+def test_int8_peers_generate_what_the_model_with_their_weights_does(
+    checkpoints: dict[str, Path],
+) -> None:
+    """`swarm peer --quantize int8 --dtype float16`, against the local model whose block
+    weights are the int8-rounded ones (float16 activations on both sides)."""
+    checkpoint = checkpoints["llama"]
+    local = dequantized_int8_model(checkpoint, torch.float16)
+    reference = local.generate(
+        PROMPT, attention_mask=torch.ones_like(PROMPT), max_new_tokens=NEW_TOKENS, do_sample=False
+    )
+    unquantized = (
+        AutoModelForCausalLM.from_pretrained(checkpoint)
+        .to(torch.float16)
+        .generate(
+            PROMPT,
+            attention_mask=torch.ones_like(PROMPT),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+        )
+    )
+    assert reference.tolist() != unquantized.tolist()  # the rounding shows in the tokens
+    with (
+        ThreadSwarm(checkpoint, CHAINS[2], dtype="float16", quantization="int8") as swarm,
+        DistributedModelForCausalLM.from_pretrained(
+            checkpoint, initial_peers=[swarm.bootstrap], dtype="float16"
+        ) as model,
+    ):
         output = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False)
     assert output[0].tolist() == reference[0].tolist()
 
