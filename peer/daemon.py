@@ -115,6 +115,7 @@ class _Peer:
             dtype=self.config.dtype,
             version=VERSION,
             adapters=self.backend.adapters.names,
+            quantization=self.config.quantization or "",
         )
 
     def info(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ PROTOCOL_VERSION = 1
 MAX_ANNOUNCEMENT_BYTES = 4096
 MAX_ADAPTERS = 8  # announced per peer
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+QUANTIZATION_PATTERN = re.compile(r"^[a-z0-9_]{0,16}$")
 
 
 class PeerState(enum.Enum):
@@ -84,6 +85,7 @@ class PeerAnnouncement:
     rtt_hints: dict[str, float] = field(default_factory=dict)  # peer id -> seconds
     protocol: int = PROTOCOL_VERSION
     adapters: tuple[str, ...] = ()  # the LoRA adapters it runs on request, by name
+    quantization: str = ""  # of its weights: "" (its dtype's), or "int8"
 
     def __post_init__(self) -> None:
         if not MODEL_NAME_PATTERN.match(self.model):
@@ -98,6 +100,8 @@ class PeerAnnouncement:
             isinstance(name, str) and MODEL_NAME_PATTERN.match(name) for name in self.adapters
         ):
             raise ProtocolError(f"adapters must be at most {MAX_ADAPTERS} names")
+        if not QUANTIZATION_PATTERN.match(self.quantization):
+            raise ProtocolError("quantization must be a short name, or empty")
 
     @property
     def blocks(self) -> range:
@@ -145,13 +149,17 @@ class PeerAnnouncement:
                 rtt_hints=_rtt_hints(fields.get("rtt_hints", {})),
                 protocol=_typed(fields, "protocol", int),
                 adapters=_adapters(fields.get("adapters", [])),
+                quantization=_typed(fields, "quantization", str, default=""),
             )
         except (ValueError, AddressError) as error:  # an unknown state, a bad address
             raise ProtocolError(f"invalid announcement: {error}") from None
 
 
-def _typed(fields: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = fields.get(name)
+def _typed(
+    fields: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None
+) -> Any:
+    """`fields[name]` if it is a `kind` (`default` if absent and not None)."""
+    value = fields.get(name, default)
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ProtocolError(f"announcement field {name!r} is missing or of the wrong type")
     return value

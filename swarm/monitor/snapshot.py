@@ -79,6 +79,7 @@ class PeerRow:
     rtt: float | None  # seconds, measured by the monitor; None: unknown or unreachable
     last_seen: float | None  # wall clock of its last answer to our ping
     adapters: tuple[str, ...] = ()  # the LoRA adapters it runs (names checked on decoding)
+    quantization: str = ""  # of its weights ("int8"), checked on decoding
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +98,7 @@ class PeerRow:
             "rtt": self.rtt,
             "last_seen": self.last_seen,
             "adapters": list(self.adapters),
+            "quantization": self.quantization,
         }
 
 
@@ -256,6 +258,7 @@ def _row(
         rtt=observations.rtts.get(peer_id),
         last_seen=observations.last_seen.get(peer_id),
         adapters=announcement.adapters,
+        quantization=announcement.quantization,
     )
 
 

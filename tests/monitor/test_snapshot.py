@@ -238,10 +238,8 @@ def test_rtts_last_seen_and_adapters_reach_the_table_and_json() -> None:
     assert rows[str(fast)]["rtt"] == 0.012 and rows[str(fast)]["last_seen"] == NOW - 3
     assert rows[str(silent)]["rtt"] is None and rows[str(silent)]["last_seen"] is None
     assert rows[str(fast)]["short_id"] == fast.short()
-    assert rows[str(fast)]["adapters"] == [] and rows[str(silent)]["adapters"] == [
-        "tuned",
-        "chat-v2",
-    ]
+    assert rows[str(fast)]["adapters"] == [] and rows[str(fast)]["quantization"] == ""
+    assert rows[str(silent)]["adapters"] == ["tuned", "chat-v2"]
     assert rows[str(fast)]["version"] == ("<img src=x onerror=alert(1)>" + "x" * 100)[:64]
     assert PeerAddress.parse(rows[str(fast)]["address"]).peer_id == fast
     assert model["full_chain"] is True and model["gaps"] == []

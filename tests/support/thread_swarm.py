@@ -117,16 +117,19 @@ class ThreadSwarm:
     def stop_peer(self, peer: ThreadPeer) -> None:
         self.loop.run(_cancel, peer.scope)
 
-    def sessions(self, peer: ThreadPeer) -> int:
-        """What the peer reports over `span.info`."""
+    def info(self, peer: ThreadPeer) -> dict[str, Any]:
+        """What the peer reports over `span.info` (its announcement's fields, and more)."""
         assert self._probe is not None
         probe = self._probe
 
-        async def ask() -> int:
+        async def ask() -> dict[str, Any]:
             reply = await probe.call(peer.address, span_protocol.INFO, Packet({}), timeout=5)
-            return int(reply.header["sessions"])
+            return dict(reply.header)
 
         return self.loop.run(ask)
+
+    def sessions(self, peer: ThreadPeer) -> int:
+        return int(self.info(peer)["sessions"])
 
 
 async def _cancel(scope: trio.CancelScope) -> None:

@@ -45,6 +45,7 @@ def test_a_client_generates_with_the_adapter_it_names(tmp_path: Path) -> None:
             checkpoint, initial_peers=[swarm.bootstrap], adapter="tuned"
         ) as model:
             assert _new_tokens(model) == tuned
+            assert [swarm.info(peer)["adapters"] for peer in swarm.peers] == [["tuned"]] * 2 + [[]]
             ids = torch.randint(5, 200, (2, 9), generator=torch.Generator().manual_seed(0))
             with torch.no_grad():
                 expected = merged(ids).logits

@@ -150,6 +150,7 @@ def test_int8_peers_generate_what_the_model_with_their_weights_does(
         ) as model,
     ):
         output = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False)
+        assert {swarm.info(peer)["quantization"] for peer in swarm.peers} == {"int8"}
     assert output[0].tolist() == reference[0].tolist()
 
 

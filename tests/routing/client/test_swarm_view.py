@@ -41,14 +41,20 @@ def test_only_online_records_of_this_model_that_fit_and_name_their_signer() -> N
     assert usable == {str(good.peer_id): records[good.peer_id]}
 
 
-def test_the_adapters_a_peer_runs_travel_in_its_record() -> None:
-    record = _announcement(Identity.generate(), adapters=("tuned", "chat-v2"))
+def test_the_adapters_and_quantization_of_a_peer_travel_in_its_record() -> None:
+    record = _announcement(Identity.generate(), adapters=("tuned", "chat-v2"), quantization="int8")
     assert PeerAnnouncement.decode(record.encode()) == record
-    assert PeerAnnouncement.decode(_announcement(Identity.generate()).encode()).adapters == ()
+    plain = PeerAnnouncement.decode(_announcement(Identity.generate()).encode())
+    assert plain.adapters == () and plain.quantization == ""
     fields = record.to_fields()
     for bad in [["a b"], "tuned", [1], ["x"] * 9]:
         with pytest.raises(ProtocolError, match="adapters"):
             PeerAnnouncement.from_fields({**fields, "adapters": bad})
+    for wrong in ["<b>int8</b>", "x" * 17, 8]:
+        with pytest.raises(ProtocolError, match="quantization"):
+            PeerAnnouncement.from_fields({**fields, "quantization": wrong})
+    del fields["quantization"], fields["adapters"]  # a record of a peer without either
+    assert PeerAnnouncement.from_fields(fields).quantization == ""
 
 
 def test_a_client_with_an_adapter_routes_through_the_peers_that_run_it() -> None:
