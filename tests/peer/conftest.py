@@ -9,7 +9,7 @@ rotary embedding and mask functions gives any block range, including the last on
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,14 @@ def build_checkpoint(directory: Path, family: str, seed: int = 0, **overrides: A
     kwargs = {"max_shard_size": shard} if shard else {}
     model.save_pretrained(directory, **kwargs)
     return directory
+
+
+@pytest.fixture
+def torch_threads() -> Iterator[Callable[[int], None]]:
+    """Sets torch's thread count for a test; the count is given back afterwards."""
+    kept = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(kept)
 
 
 @pytest.fixture(scope="session")

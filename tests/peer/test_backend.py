@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -260,20 +260,14 @@ def test_step_many_groups_ranges_and_rejects_atomically(checkpoints: dict[str, P
     assert [backend.session_length(s) for s in ("full", "part", "more", "long")] == [1, 1, 1, 3]
 
 
-@pytest.fixture
-def two_threads() -> Iterator[None]:
-    kept = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(kept)
-
-
-@pytest.mark.usefixtures("two_threads")
 def test_steps_of_one_token_run_on_their_own_threads(
-    backend: SpanBackend, monkeypatch: pytest.MonkeyPatch
+    backend: SpanBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    torch_threads: Callable[[int], None],
 ) -> None:
     """Only a step of one token in all switches, and the thread gets its count back after it,
     also when the blocks fail."""
+    torch_threads(2)
     seen: list[int] = []
     run_layers = Span.run_layers
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,6 @@ from peer.throughput import (
 )
 
 from .conftest import MakeCheckpoint
-
-
-@pytest.fixture
-def four_threads() -> Iterator[None]:
-    kept = torch.get_num_threads()
-    torch.set_num_threads(4)
-    yield
-    torch.set_num_threads(kept)
 
 
 def test_measured_once_then_cached(
@@ -104,13 +96,16 @@ def test_the_measurement_chooses_the_fewest_threads_near_the_fastest(
     assert measured.one_token_threads == 2 and measured.inference_tokens_per_s == pytest.approx(55)
 
 
-@pytest.mark.usefixtures("four_threads")
 @pytest.mark.parametrize(("session_length", "turns"), [(None, 3), (8, 1)])
 def test_thread_counts_take_turns_step_by_step(
-    checkpoints: dict[str, Path], session_length: int | None, turns: int
+    checkpoints: dict[str, Path],
+    session_length: int | None,
+    turns: int,
+    torch_threads: Callable[[int], None],
 ) -> None:
     """After the prompt and warm-up, each count runs one step in turn (as many turns as the
     session's length allows); the backend's own choice is left as it was."""
+    torch_threads(4)
     config = BackendConfig(max_session_length=session_length)
     backend = SpanBackend.load(checkpoints["llama"], 0, 2, config=config)
     backend.one_token_threads = 1
