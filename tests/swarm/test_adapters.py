@@ -69,11 +69,14 @@ def test_an_adapter_no_peer_runs_is_named_in_the_error(tmp_path: Path) -> None:
 
 
 def test_the_commands_take_adapters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`swarm peer --adapter DIR` (repeatable) and `swarm generate --adapter NAME`."""
+    """`swarm peer --adapter DIR` (repeatable, with `--quantize int8` too) and `swarm generate
+    --adapter NAME`."""
     checkpoint = write_tiny_model(tmp_path / "tiny", seed=3)
     adapter, other = (write_lora(tmp_path / n, checkpoint, seed=1) for n in ("tuned", "other"))
     args = ["peer", str(checkpoint), "--adapter", str(adapter), "--adapter", str(other)]
-    assert peer_config(build_parser().parse_args(args)).adapters == (adapter, other)
+    config = peer_config(build_parser().parse_args([*args, "--quantize", "int8"]))
+    assert config.adapters == (adapter, other) and config.quantization == "int8"
+    assert peer_config(build_parser().parse_args(args)).quantization is None
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     ids = prompt_ids(tokenizer, "Hello", chat=False)
     output = merged_model(checkpoint, adapter).generate(
