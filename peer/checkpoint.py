@@ -129,7 +129,7 @@ FAMILIES: Mapping[str, ModelFamily] = {
         _family("deepseek_v3", "DeepseekV3"),  # also Kimi K2
         _family("llama4_text", "Llama4Text", module="llama4", config="Llama4TextConfig"),
         _family("gpt_oss", "GptOss"),
-        # the families of the first swarms, named the GPT-2 way; BLOOM's positions are ALiBi
+        # named the GPT-2 way (`transformer.h.N`), or GPT-NeoX's; BLOOM's positions are ALiBi
         replace(_family("gptj", "GPTJ", layer="GPTJBlock"), **{**_GPT2_NAMES, "embeddings": "wte"}),
         replace(
             _family("gpt_neox", "GPTNeoX", layer="GPTNeoXLayer"),
