@@ -6,10 +6,11 @@ as the block loads (so a span that would not fit in bfloat16 loads one block at 
 in the peer's dtype, bfloat16 or float16, and the product runs in PyTorch's int8-weight kernel
 (`aten._weight_int8pack_mm`), which reads half the bytes of a bfloat16 weight: on a CPU a
 one-token step is bound by those bytes. Its kernel for float32 activations is slower than a
-float32 product, so float32 peers are refused. Two cases multiply by the dequantized weight
-instead: a forward with gradients (`span.backward`; the kernel has no backward), and a step
-of `DEQUANTIZE_FROM_ROWS` tokens or more (a long prompt), where one dequantization costs
-less than the kernel's time, which grows with the rows. The experts of a
+float32 product, so float32 peers are refused. Three cases multiply by the dequantized weight
+instead: a forward with gradients (`span.backward`; the kernel has no backward), a step of
+`DEQUANTIZE_FROM_ROWS` tokens or more (a long prompt), where one dequantization costs less
+than the kernel's time, which grows with the rows, and a GPU (PyTorch's CUDA kernel for it is
+a simple float32 one): there int8 weights save memory only (not run on a GPU yet). The experts of a
 mixture (stacked tensors, not linear layers) keep the peer's dtype.
 
 What it costs in quality is what rounding each weight to 255 levels of its row costs: on
@@ -54,7 +55,7 @@ class Int8Linear(torch.nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         rows = hidden.reshape(-1, self.in_features)
         gradients = torch.is_grad_enabled() and hidden.requires_grad
-        if gradients or rows.shape[0] >= DEQUANTIZE_FROM_ROWS:
+        if gradients or rows.shape[0] >= DEQUANTIZE_FROM_ROWS or hidden.device.type != "cpu":
             return torch.nn.functional.linear(hidden, self.dequantized(), self.bias)
         output: torch.Tensor = torch.ops.aten._weight_int8pack_mm(
             rows, self.weight_int8, self.scale
