@@ -1,7 +1,8 @@
 """A swarm inside the test process: a DHT node and `serve_peer` peers in one trio loop in a
 thread, on 127.0.0.1 TCP, so a `DistributedModelForCausalLM` can join it like a real one
-(in milliseconds, without a process per peer). `stop_peer` stops one the clean way; `fault`
-delays, stalls or cuts its connections (each peer sits behind a `FaultRelay`)."""
+(in milliseconds, without a process per peer). `stop_peer` stops one the clean way, and
+returns once it is gone; `fault` delays, stalls or cuts its connections (each peer sits
+behind a `FaultRelay`)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class ThreadPeer:
     end: int
     scope: trio.CancelScope
     relay: FaultRelay  # every connection the peer accepts passes through it
+    stopped: trio.Event  # set once it serves no more (after its goodbye)
 
     @property
     def peer(self) -> str:
@@ -96,12 +98,16 @@ class ThreadSwarm:
             **(self.config | options),
         )
         relay = FaultRelay(TcpTransport())
-        with trio.CancelScope() as scope:
-            async with trio.open_nursery() as nursery:
-                address = await nursery.start(
-                    partial(serve_peer, config, Identity.generate(), relay)
-                )
-                task_status.started(ThreadPeer(address, start, end, scope, relay))
+        stopped = trio.Event()
+        try:
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    address = await nursery.start(
+                        partial(serve_peer, config, Identity.generate(), relay)
+                    )
+                    task_status.started(ThreadPeer(address, start, end, scope, relay, stopped))
+        finally:
+            stopped.set()
 
     def peer(self, peer_id: str) -> ThreadPeer:
         return next(p for p in self.peers if p.peer == peer_id)
@@ -115,7 +121,14 @@ class ThreadSwarm:
         self.loop.run(apply)
 
     def stop_peer(self, peer: ThreadPeer) -> None:
-        self.loop.run(_cancel, peer.scope)
+        """Stop `peer` as its daemon stops on Ctrl-C; return once it serves no more (a peer
+        still serves while it announces `offline`)."""
+
+        async def stop() -> None:
+            peer.scope.cancel()
+            await peer.stopped.wait()
+
+        self.loop.run(stop)
 
     def info(self, peer: ThreadPeer) -> dict[str, Any]:
         """What the peer reports over `span.info` (its announcement's fields, and more)."""
@@ -130,7 +143,3 @@ class ThreadSwarm:
 
     def sessions(self, peer: ThreadPeer) -> int:
         return int(self.info(peer)["sessions"])
-
-
-async def _cancel(scope: trio.CancelScope) -> None:
-    scope.cancel()
