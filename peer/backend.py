@@ -5,7 +5,8 @@ It owns a loaded `Span` and serves:
   `start..end-1` (model indices), positions 0..T-1, causal attention;
 - inference sessions: `open_session` reserves `batch_size * max_length` cache tokens against the
   budget (refused at once when over, before allocating), `step` appends to the session's KV
-  cache (prompt first, then single tokens, or any chunk), `close_session` frees it;
+  cache (prompt first, then single tokens, or any chunk), after putting its rows in a new
+  order if asked (`reorder`, for beam search), `close_session` frees it;
 - `step_many`: steps of several sessions; those with the same block range and the same number
   of new tokens are merged into one forward over the concatenated batch (right-padded caches,
   causal mask), which turns per-session matrix-vector products into one matrix product.
@@ -83,6 +84,7 @@ class StepRequest:
     hidden_states: torch.Tensor
     start: int | None = None
     end: int | None = None
+    reorder: tuple[int, ...] = ()  # row i of the cache becomes row reorder[i] first
 
 
 class _Session:
@@ -221,6 +223,7 @@ class SpanBackend:
                 f"{what}: {session.cache.length} + {hidden.shape[1]} tokens exceed "
                 f"its max_length {info.max_length}"
             )
+        _check_reorder(request.reorder, info, what)
         return session, hidden
 
     # ----- stateless forward and backward -----
@@ -375,10 +378,15 @@ class SpanBackend:
         hidden_states: torch.Tensor,
         start: int | None = None,
         end: int | None = None,
+        *,
+        reorder: Sequence[int] = (),
     ) -> torch.Tensor:
-        """Append `[batch, length, hidden]` to the session; returns the blocks' output."""
-        session, hidden = self._check_step(StepRequest(session_id, hidden_states, start, end))
-        return self._run_sessions([session], [hidden])
+        """Append `[batch, length, hidden]` to the session; returns the blocks' output.
+        `reorder` (beam search): first, row i of the cache becomes what row `reorder[i]` was;
+        rows of different left padding do not mix."""
+        request = StepRequest(session_id, hidden_states, start, end, tuple(reorder))
+        session, hidden = self._check_step(request)
+        return self._run_sessions([session], [hidden], [request.reorder])
 
     def step_many(self, requests: Sequence[StepRequest]) -> list[torch.Tensor]:
         """Steps of distinct sessions, merged where they share a range and a length.
@@ -400,11 +408,15 @@ class SpanBackend:
             for chunk in self._chunks(members, checked):
                 try:
                     merged = self._run_sessions(
-                        [checked[i][0] for i in chunk], [checked[i][1] for i in chunk]
+                        [checked[i][0] for i in chunk],
+                        [checked[i][1] for i in chunk],
+                        [requests[i].reorder for i in chunk],
                     )
                 except MixedLengthsError:  # nothing was committed: one session at a time
                     for i in chunk:
-                        outputs[i] = self._run_sessions([checked[i][0]], [checked[i][1]])
+                        outputs[i] = self._run_sessions(
+                            [checked[i][0]], [checked[i][1]], [requests[i].reorder]
+                        )
                     continue
                 row = 0
                 for i in chunk:
@@ -427,14 +439,19 @@ class SpanBackend:
             rows += size
         return chunks
 
-    def _run_sessions(self, sessions: list[_Session], hiddens: list[torch.Tensor]) -> torch.Tensor:
+    def _run_sessions(
+        self,
+        sessions: list[_Session],
+        hiddens: list[torch.Tensor],
+        reorders: list[tuple[int, ...]],
+    ) -> torch.Tensor:
         info = sessions[0].info
         first, last = info.start - self.span.start, info.end - self.span.start
         q_len = hiddens[0].shape[1]
         device = self.span.device
         tokens = sum(session.info.batch_size for session in sessions) * q_len
         with torch.no_grad(), self._threads(tokens), self.adapters.using(info.adapter):
-            cache = StepCache([s.cache for s in sessions], q_len, layer_offset=first)
+            cache = StepCache([s.cache for s in sessions], q_len, first, reorders)
             past = cache.past_lengths
             pads = [pad for session in sessions for pad in session.info.row_padding]
             hidden = torch.cat([h.to(device) for h in hiddens]) if len(hiddens) > 1 else hiddens[0]
@@ -462,6 +479,21 @@ class SpanBackend:
             yield
         finally:
             torch.set_num_threads(previous)
+
+
+def _check_reorder(reorder: tuple[int, ...], info: SessionInfo, what: str) -> None:
+    """A new order of the session's rows, each taken from a row of the same left padding."""
+    if not reorder:
+        return
+    padding = info.row_padding
+    if len(reorder) != info.batch_size or not all(
+        isinstance(row, int) and 0 <= row < info.batch_size and padding[row] == padding[index]
+        for index, row in enumerate(reorder)
+    ):
+        raise InvalidRequestError(
+            f"{what}: reorder must name, for each of its {info.batch_size} rows, a row of the "
+            f"same padding, not {list(reorder)[:8]}"
+        )
 
 
 def _positions(

@@ -14,6 +14,10 @@ Why a preallocated ("static") cache rather than transformers' `DynamicCache`:
 families). With several sessions in
 one batch, each session's rows are written to its own buffers and the layer gets the caches
 gathered into one right-padded tensor (see `peer.masks` for why padding needs no extra mask).
+
+Beam search reorders a session's rows before a step (`order`: row i becomes what row
+`order[i]` was). The step reads the cached tokens through that order, and the buffers take it
+in `commit()`, so that a failed step still leaves the session as it was.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class SessionCache:
 class _Entry:
     cache: SessionCache
     rows: slice  # the session's rows in the batch
+    order: torch.Tensor | None  # its rows' new order before this step, if any
 
 
 class StepCache:
@@ -79,10 +84,19 @@ class StepCache:
     `commit()`, after every block ran: a failed step leaves the sessions as they were.
     """
 
-    def __init__(self, caches: Sequence[SessionCache], q_len: int, layer_offset: int) -> None:
+    def __init__(
+        self,
+        caches: Sequence[SessionCache],
+        q_len: int,
+        layer_offset: int,
+        orders: Sequence[Sequence[int]] = (),
+    ) -> None:
+        """`orders`: per cache, the order of its rows before this step (() for none)."""
         entries, row = [], 0
-        for cache in caches:
-            entries.append(_Entry(cache, slice(row, row + cache.batch_size)))
+        for cache, order in zip(caches, orders or [()] * len(caches), strict=True):
+            rows = slice(row, row + cache.batch_size)
+            index = torch.tensor(order, device=cache.keys.device) if order else None
+            entries.append(_Entry(cache, rows, index))
             row += cache.batch_size
         self._entries = entries
         self._q_len = q_len
@@ -117,14 +131,14 @@ class StepCache:
             entry.cache.keys[index, :, :, start:stop] = key_states[entry.rows]
             entry.cache.values[index, :, :, start:stop] = value_states[entry.rows]
         if len(self._entries) == 1:
-            length = self._lengths[0]
-            cache = self._entries[0].cache
-            return cache.keys[index, :, :, :length], cache.values[index, :, :, :length]
+            entry, length = self._entries[0], self._lengths[0]
+            keys = _cached(entry, entry.cache.keys, index, length)
+            return keys, _cached(entry, entry.cache.values, index, length)
         return self._gather(key_states, index, True), self._gather(value_states, index, False)
 
     def _gather(self, like: torch.Tensor, index: int, keys: bool) -> torch.Tensor:
         parts = [
-            (e.cache.keys if keys else e.cache.values)[index, :, :, :length]
+            _cached(e, e.cache.keys if keys else e.cache.values, index, length)
             for e, length in zip(self._entries, self._lengths, strict=True)
         ]
         if len(set(self._lengths)) == 1:
@@ -139,4 +153,18 @@ class StepCache:
 
     def commit(self) -> None:
         for entry, length in zip(self._entries, self._lengths, strict=True):
-            entry.cache.length = length
+            cache = entry.cache
+            if entry.order is not None:  # the tokens before this step's, in their new order
+                for buffers in (cache.keys, cache.values):
+                    buffers[:, :, :, : cache.length] = buffers[:, entry.order, :, : cache.length]
+            cache.length = length
+
+
+def _cached(entry: _Entry, buffers: torch.Tensor, layer: int, length: int) -> torch.Tensor:
+    """One layer's keys or values of `entry`'s rows, up to `length`, its new rows' too: a
+    view of the buffers, or with a new order, the earlier tokens gathered in it."""
+    cached = buffers[layer, :, :, :length]
+    if entry.order is None:
+        return cached
+    past = entry.cache.length
+    return torch.cat([cached[entry.order, :, :past], cached[:, :, past:]], dim=2)

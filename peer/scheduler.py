@@ -148,8 +148,10 @@ class InferenceScheduler:
         hidden_states: torch.Tensor,
         start: int | None = None,
         end: int | None = None,
+        *,
+        reorder: tuple[int, ...] = (),
     ) -> torch.Tensor:
-        output, _ = await self.step_timed(session_id, hidden_states, start, end)
+        output, _ = await self.step_timed(session_id, hidden_states, start, end, reorder=reorder)
         return output
 
     async def step_timed(
@@ -158,17 +160,19 @@ class InferenceScheduler:
         hidden_states: torch.Tensor,
         start: int | None = None,
         end: int | None = None,
+        *,
+        reorder: tuple[int, ...] = (),
     ) -> tuple[torch.Tensor, float]:
-        """`step`, and the seconds the compute thread spent on it (its whole batch, if merged)."""
-        request = StepRequest(session_id, hidden_states, start, end)
+        """`step`, and the seconds the compute thread spent on it (its whole batch, if merged);
+        `reorder`: see `SpanBackend.step`."""
+        request = StepRequest(session_id, hidden_states, start, end, reorder)
         self._busy[session_id] = self._busy.get(session_id, 0) + 1
         try:
             alone = self.backend.active_sessions == 1  # nothing to merge with: skip a hop
             if not alone and self._batchable(hidden_states):
                 return await self._step_batched(request)
-            return await self._worker.submit(
-                _timed, self.backend.step, session_id, hidden_states, start, end
-            )
+            step = partial(self.backend.step, reorder=reorder)
+            return await self._worker.submit(_timed, step, session_id, hidden_states, start, end)
         finally:
             self._busy[session_id] -= 1
             if not self._busy[session_id]:
@@ -246,7 +250,9 @@ class InferenceScheduler:
                 self.steps_batched += len(requests)
                 return [outcome.Value(output) for output in outputs]
         return [
-            outcome.capture(self.backend.step, r.session_id, r.hidden_states, r.start, r.end)
+            outcome.capture(
+                self.backend.step, r.session_id, r.hidden_states, r.start, r.end, reorder=r.reorder
+            )
             for r in requests
         ]
 

@@ -41,6 +41,7 @@ from routing.span_protocol import (
     SessionOpened,
     SessionRequest,
     parse_relay,
+    parse_reorder,
     parse_step,
     step_header,
 )
@@ -208,13 +209,16 @@ class SpanServer:
                 raise HandlerError("step_order", f"step {step} where {session.steps} was due")
             relay = parse_relay(packet.header)
             output, compute = await self.scheduler.step_timed(
-                session.id, decode_tensor(tensor, packet.body)
+                session.id, decode_tensor(tensor, packet.body), reorder=parse_reorder(packet.header)
             )
             session.steps += 1
             header, body = encode_tensor(output)
             relayed = None
             if relay:
-                onward = Packet(step_header(relay[0].step, header, relay=relay[1:]), body)
+                following = step_header(
+                    relay[0].step, header, relay=relay[1:], reorder=relay[0].reorder
+                )
+                onward = Packet(following, body)
                 relayed = await session.links.send(relay[0], onward)
             spent_ms = (time.perf_counter() - began) * 1000
             reply = step_header(

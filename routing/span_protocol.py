@@ -14,12 +14,15 @@ Methods (block indices are the model's, `end` exclusive):
   `{"opened": {"session", "start", "end", "max_length"}}`; then per step
   `{"step": n, "tensor"}` + bytes -> `{"step": n, "tensor", "server_ms", "compute_ms"}` +
   bytes (the time the peer spent on the step, from receiving it to replying, and the part
-  of it its compute thread ran the blocks; both for timing only). The client ends the
-  stream to close the session; failures come back as remote errors with a code.
+  of it its compute thread ran the blocks; both for timing only). A step may carry
+  `"reorder": [r, ...]` (beam search): first, row i of the session's cache becomes what row
+  r_i was. The client ends the stream to close the session; failures come back as remote
+  errors with a code.
 - Relay (a pipeline through the chain). `opened` carries a `relay` token: whoever holds it
   may push steps into that session. A step may carry `"relay": [{"to", "session", "token",
   "step"}, ...]`, the rest of the chain: the peer sends its output as step `step` of the
-  first of them (with the others as that step's own `relay`), then answers its client as
+  first of them (with the others as that step's own `relay`, and the target's `"reorder"`,
+  if it has one, as that step's), then answers its client as
   usual, adding `"relayed": true|false` (whether the output went out). The next peer
   answers *its* client as if the client had sent the step, adding `"from_relay": true`.
   A step may thus reach a peer twice (relayed, and from a client that found it late): the
@@ -50,7 +53,7 @@ RELAY = "span.relay"
 
 MAX_RELAY_HOPS = 64  # the rest of a chain one step may name
 MAX_MASK_CELLS = 1 << 18  # of a forward's attention_mask: checked before its values are
-MAX_PADDED_ROWS = 1 << 12  # of a session's padding, likewise
+MAX_ROWS = 1 << 12  # of a session's padding or a step's reorder, likewise
 MAX_TOKEN_LENGTH = 64  # characters of a session id or a relay token
 
 
@@ -84,10 +87,10 @@ class SessionRequest:
         if (
             not isinstance(padding, list)
             or len(padding) != (batch_size if padding else 0)
-            or len(padding) > MAX_PADDED_ROWS  # before the loop below reads it
+            or len(padding) > MAX_ROWS  # before the loop below reads it
         ):
             raise ProtocolError(
-                f"'padding' must list one count per row of the batch, at most {MAX_PADDED_ROWS}"
+                f"'padding' must list one count per row of the batch, at most {MAX_ROWS}"
             )
         return cls(
             start=_int(fields, "start"),
@@ -134,10 +137,11 @@ class RelayTarget:
     session: str
     token: str
     step: int
+    reorder: tuple[int, ...] = ()  # that step's new order of the session's rows, if any
 
     def wire(self) -> dict[str, Any]:
         return {"to": str(self.address), "session": self.session, "token": self.token,
-                "step": self.step}  # fmt: skip
+                "step": self.step} | _reorder_field(self.reorder)  # fmt: skip
 
     @classmethod
     def parse(cls, fields: Any) -> RelayTarget:
@@ -150,7 +154,13 @@ class RelayTarget:
             address = PeerAddress.parse(to)
         except AddressError as error:
             raise ProtocolError(f"bad relay address: {error}") from None
-        return cls(address, _text(fields, "session"), _text(fields, "token"), _int(fields, "step"))
+        return cls(
+            address,
+            _text(fields, "session"),
+            _text(fields, "token"),
+            _int(fields, "step"),
+            parse_reorder(fields),
+        )
 
 
 @dataclass(frozen=True)
@@ -213,8 +223,9 @@ def step_header(
     relay: Sequence[RelayTarget] = (),
     relayed: bool | None = None,
     from_relay: bool = False,
+    reorder: Sequence[int] = (),
 ) -> dict[str, Any]:
-    header: dict[str, Any] = {"step": step, "tensor": dict(tensor)}
+    header: dict[str, Any] = {"step": step, "tensor": dict(tensor)} | _reorder_field(reorder)
     if server_ms is not None:
         header["server_ms"] = server_ms
     if compute_ms is not None:
@@ -234,6 +245,19 @@ def parse_relay(header: Mapping[str, Any]) -> tuple[RelayTarget, ...]:
     if not isinstance(targets, list) or len(targets) > MAX_RELAY_HOPS:
         raise ProtocolError(f"relay must be a list of at most {MAX_RELAY_HOPS} targets")
     return tuple(RelayTarget.parse(target) for target in targets)
+
+
+def parse_reorder(fields: Mapping[str, Any]) -> tuple[int, ...]:
+    """A step's new order of the session's rows (empty: as they are); the peer checks it
+    against the session."""
+    reorder = fields.get("reorder", [])
+    if not isinstance(reorder, list) or len(reorder) > MAX_ROWS:
+        raise ProtocolError(f"'reorder' must list at most {MAX_ROWS} rows")
+    return tuple(_int({"reorder": row}, "reorder") for row in reorder)
+
+
+def _reorder_field(reorder: Sequence[int]) -> dict[str, Any]:
+    return {"reorder": list(reorder)} if reorder else {}
 
 
 def was_relayed(header: Mapping[str, Any]) -> bool:

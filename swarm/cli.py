@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float)
     generate.add_argument("--repetition-penalty", type=float)
     generate.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    generate.add_argument(
+        "--num-beams",
+        type=int,
+        default=1,
+        help="beam search over this many beams (prints at the end)",
+    )
     generate.add_argument("--chat", action="store_true", help="apply the chat template")
     generate.add_argument("--model-name", help="the model's name in the swarm (default: derived)")
     generate.add_argument("--adapter", help="run the peers' LoRA adapter of this name")

@@ -63,10 +63,20 @@ class SamplingConfig:
     eos_token_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
     seed: int | None = None
+    num_beams: int = 1  # beam search above 1 (`swarm.beam_search`)
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False  # True, False or "never"
+    num_return_sequences: int = 1  # of the beams, per prompt
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise GenerationError("max_new_tokens must be >= 0")
+        if self.num_beams < 1:
+            raise GenerationError("num_beams must be >= 1")
+        if self.early_stopping not in (True, False, "never"):
+            raise GenerationError("early_stopping must be True, False or 'never'")
+        if not 1 <= self.num_return_sequences <= self.num_beams:
+            raise GenerationError("num_return_sequences must be within 1..num_beams")
         if self.do_sample and self.temperature <= 0:
             raise GenerationError("temperature must be > 0 when sampling")
         if not 0 < self.top_p <= 1:
@@ -86,6 +96,10 @@ class SamplingConfig:
             "repetition_penalty": _or(getattr(generation_config, "repetition_penalty", None), 1.0),
             "eos_token_ids": _as_tuple(eos),
         }
+        for name in ("num_beams", "length_penalty", "early_stopping", "num_return_sequences"):
+            value = getattr(generation_config, name, None)
+            if value is not None:
+                values[name] = value
         max_new = getattr(generation_config, "max_new_tokens", None)
         if max_new is not None:
             values["max_new_tokens"] = max_new

@@ -44,6 +44,7 @@ from routing.rpc import RPCHost
 from routing.transport import TcpTransport
 from security import Identity
 
+from .beam_search import generate_beams
 from .errors import SwarmError
 from .generation import (
     GenerationError,
@@ -158,11 +159,15 @@ class DistributedModelForCausalLM:
         padding on the left) runs as one, through sessions that know each row's padding, and
         a finished row is padded with `pad_token_id` (the generation config's, else the first
         EOS), as transformers does.
+
+        Beam search: num_beams (above 1), length_penalty, early_stopping,
+        num_return_sequences; each prompt's beams are rows of the same sessions, which the
+        peers reorder between steps (`swarm.beam_search`).
         """
         padding = left_padding(kwargs.pop("attention_mask", None), input_ids)
         _max_length_as_new_tokens(kwargs, input_ids)
         config = self.sampling_config(**kwargs)
-        if input_ids.shape[0] > 1 or any(padding):
+        if input_ids.shape[0] > 1 or any(padding) or config.num_beams > 1:
             return self._generate_batch(input_ids, padding, config, kwargs)
         with self.inference_session(int(input_ids.shape[1]) + config.max_new_tokens) as session:
             return session.generate(input_ids, **kwargs)
@@ -175,15 +180,17 @@ class DistributedModelForCausalLM:
         options: dict[str, Any],
     ) -> torch.Tensor:
         if options.get("streamer") is not None:
-            raise GenerationError("a streamer takes one sequence, not a batch")
+            raise GenerationError("a streamer takes one sequence, not a batch or beams")
         pad_token_id = options.get("pad_token_id")
         if pad_token_id is None:
             pad_token_id = getattr(self.generation_config, "pad_token_id", None)
         max_length = int(input_ids.shape[1]) + config.max_new_tokens
+        generate = generate_beams if config.num_beams > 1 else generate_batch
+        rows = [pad for pad in padding for _ in range(config.num_beams)]  # a beam per row
 
         async def run() -> torch.Tensor:
-            async with InferenceChain(self._view, self._view.rpc, max_length, padding) as chain:
-                return await generate_batch(
+            async with InferenceChain(self._view, self._view.rpc, max_length, rows) as chain:
+                return await generate(
                     self.head,
                     chain,
                     input_ids,
@@ -335,6 +342,8 @@ class InferenceSession:
         check_attention_mask(options.pop("attention_mask", None), input_ids)
         _max_length_as_new_tokens(options, input_ids)
         config = self.model.sampling_config(**options)
+        if config.num_beams > 1:
+            raise GenerationError("beam search runs in model.generate(), not in a session")
         if self._state is None:
             self._state = GenerationState(input_ids)
         else:

@@ -19,8 +19,9 @@ answer to a ping while a step is late), the chain:
 4. retries the current step from that hop on.
 Hops after a failed one that a relayed step may or may not have reached are rebuilt the same
 way, on the same peers if the route still picks them, without a ban.
-The computation is the same, so the generated tokens do not change. `failovers` records each
-recovery (for the demo and the benchmark).
+The computation is the same, so the generated tokens do not change (a hop's history takes a
+beam search's `reorder` as its peer's cache does). `failovers` records each recovery (for the
+demo and the benchmark).
 """
 
 from __future__ import annotations
@@ -110,6 +111,12 @@ class InferenceChain:
         async with trio.open_nursery() as nursery:
             for hop in hops:
                 nursery.start_soon(hop.close)
+
+    def reorder(self, order: Sequence[int]) -> None:
+        """Before the next step, row i of every hop's session becomes what row `order[i]` is
+        (beam search keeps the best continuations); rows of different padding do not mix."""
+        for hop in self.hops:
+            hop.reorder(order)
 
     async def step(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states of new positions in, the last block's output out."""

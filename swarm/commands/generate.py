@@ -1,7 +1,8 @@
 """`swarm generate MODEL PROMPT`: stream a continuation through the swarm to stdout.
 
 Only the continuation goes to stdout, as it streams (the text printed so far is always the
-decode of the tokens so far); logs and progress go to stderr.
+decode of the tokens so far); logs and progress go to stderr. With `--num-beams`, the best
+beam is printed once the search ends (until then no beam is sure to be the one).
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         adapter=args.adapter,
     ) as model:
+        if args.num_beams > 1:
+            beams = {"num_beams": args.num_beams, "do_sample": options["do_sample"] or False}
+            output = model.generate(input_ids, tokenizer=tokenizer, **(options | beams))
+            text = decode_text(tokenizer, output[0, input_ids.shape[1] :].tolist())
+            sys.stdout.write(text + "\n")
+            return 0
         config = model.sampling_config(**options)
         with model.inference_session(int(input_ids.shape[1]) + config.max_new_tokens) as session:
             tokens: list[int] = []

@@ -115,7 +115,7 @@ def test_relay_fields_round_trip() -> None:
     assert protocol.SessionOpened.parse(without).relay == ""  # a peer that does not relay
     targets = (
         protocol.RelayTarget(ADDRESS, "s1", "t1", 3),
-        protocol.RelayTarget(ADDRESS, "s2", "t2", 0),
+        protocol.RelayTarget(ADDRESS, "s2", "t2", 0, reorder=(1, 1, 0)),
     )
     header = protocol.step_header(7, TENSOR, relay=targets)
     assert protocol.parse_relay(header) == targets
@@ -147,6 +147,16 @@ TARGET = {"to": str(ADDRESS), "session": "s", "token": "t", "step": 0}
 def test_malformed_relay_targets_are_refused(relay: Any) -> None:
     with pytest.raises(ProtocolError):
         protocol.parse_relay({"step": 0, "tensor": TENSOR, "relay": relay})
+
+
+def test_a_steps_reorder_round_trips_and_malformed_ones_are_refused() -> None:
+    assert protocol.parse_reorder(protocol.step_header(7, TENSOR, reorder=(2, 0, 0))) == (2, 0, 0)
+    assert protocol.parse_reorder(protocol.step_header(7, TENSOR)) == ()
+    for reorder in ({"0": 1}, [0, -1], [0, True], [0, 1.0], [0] * (protocol.MAX_ROWS + 1)):
+        with pytest.raises(ProtocolError, match="reorder"):
+            protocol.parse_reorder({"step": 0, "tensor": TENSOR, "reorder": reorder})
+    with pytest.raises(ProtocolError, match="reorder"):
+        protocol.parse_relay({"relay": [{**TARGET, "reorder": "0"}]})
 
 
 @pytest.mark.parametrize(

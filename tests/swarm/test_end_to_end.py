@@ -118,6 +118,8 @@ def test_default_model_through_the_swarm_equals_local(smollm2: Path) -> None:
         texts, padding=True, return_tensors="pt"
     ))  # fmt: skip
     expected_batch = local.generate(**batch, max_new_tokens=12, do_sample=False)
+    beams = {"max_new_tokens": 12, "do_sample": False, "num_beams": 3}
+    expected_beams = local.generate(input_ids, attention_mask=torch.ones_like(input_ids), **beams)
     embeddings = local.get_input_embeddings()(input_ids).detach().requires_grad_(True)
     local.requires_grad_(False)(inputs_embeds=embeddings, labels=input_ids).loss.backward()
     with (
@@ -129,12 +131,14 @@ def test_default_model_through_the_swarm_equals_local(smollm2: Path) -> None:
         output = model.generate(input_ids, max_new_tokens=16, do_sample=False)
         loss = model(input_ids, labels=input_ids).loss  # batch forward, stateless
         output_batch = model.generate(**batch, max_new_tokens=12, do_sample=False)
+        output_beams = model.generate(input_ids, **beams)
         ours = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
         model(inputs_embeds=ours, labels=input_ids).loss.backward()  # back through the peers
     assert output[0, input_ids.shape[1] :].tolist() == expected
     torch.testing.assert_close(loss, local_loss, rtol=1e-5, atol=1e-5)
     assert "Paris" in tokenizer.decode(expected, skip_special_tokens=True)
     assert torch.equal(output_batch, expected_batch)
+    assert torch.equal(output_beams, expected_beams)
     assert ours.grad is not None and embeddings.grad is not None
     torch.testing.assert_close(ours.grad, embeddings.grad, rtol=1e-4, atol=1e-7)
 

@@ -92,6 +92,18 @@ def test_stdout_is_the_continuation_as_it_streams(
     assert expected not in capsys.readouterr().err  # logs only on stderr
 
 
+def test_beam_search_prints_the_best_beam(
+    tiny: Path, swarm: ThreadSwarm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = _expected(tiny, chat=False, new_tokens=16, seed=None, num_beams=3, do_sample=False)
+    stdout = Recorder()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    status = main(["generate", str(tiny), PROMPT, "--initial-peers", swarm.bootstrap,
+                   "--max-new-tokens", "16", "--num-beams", "3"])  # fmt: skip
+    assert status == 0
+    assert "".join(stdout.writes) == expected + "\n"
+
+
 def test_a_bad_peer_address_is_a_clean_error(
     tiny: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -226,8 +226,8 @@ def test_generate_takes_what_the_tokenizer_returns_like_transformers(
         assert torch.equal(model.generate(**encoded, max_new_tokens=8, do_sample=False), expected)
         length = encoded["input_ids"].shape[1] + 8  # transformers' max_length: prompt included
         assert torch.equal(model.generate(**encoded, max_length=length, do_sample=False), expected)
-        with pytest.raises(SwarmError, match="num_beams"):
-            model.generate(**encoded, max_new_tokens=8, num_beams=2)
+        with pytest.raises(SwarmError, match="no_repeat_ngram_size"):
+            model.generate(**encoded, max_new_tokens=8, no_repeat_ngram_size=2)
 
 
 def test_seeded_sampling_equals_local_generate(checkpoints: dict[str, Path]) -> None:
