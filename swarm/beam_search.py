@@ -8,7 +8,9 @@ finished hypotheses, scored by total log-probability over `generated ** length_p
 best `num_beams` others run on. Before the next step the pipeline reorders its rows (each
 peer its cache) so that row i holds the beam that continuation i came from. A batch item is
 done when no running beam can beat its worst finished one (`early_stopping`: False, True or
-"never", with transformers' meaning), and generation ends when every item is done.
+"never", with transformers' meaning), and generation ends when every item is done. With
+`do_sample`, the continuations weighed are drawn by probability (beam sampling), from the
+seeded generator of `swarm.generation`.
 
 `BeamState` is the pure core (tensors in, tensors out); `generate_beams` drives it over a
 `ReorderablePipeline`.
@@ -33,6 +35,7 @@ from .generation import (
     SamplingConfig,
     build_logits_processors,
     build_stopping_criteria,
+    sampling_generator,
 )
 
 __all__ = ["BeamState", "ReorderablePipeline", "generate_beams"]
@@ -77,15 +80,28 @@ class BeamState:
         """The running sequences, one row per beam: `[items * beams, length]`."""
         return self.running[:, :, : self.length].flatten(0, 1)
 
-    def advance(self, log_probs: torch.Tensor, stopping: StoppingCriteriaList) -> list[int]:
+    def advance(
+        self,
+        log_probs: torch.Tensor,
+        stopping: StoppingCriteriaList,
+        generator: torch.Generator | None = None,
+    ) -> list[int]:
         """Take the next token's log-probabilities (`[items * beams, vocabulary]`, processed);
-        return each new row's source row, for the pipeline's reorder."""
+        return each new row's source row, for the pipeline's reorder. With `generator`, the
+        candidates are drawn by their probability instead of taken best first (beam
+        sampling)."""
         items, k = self.running_scores.shape
         vocabulary = log_probs.shape[-1]
         totals = (log_probs.view(items, k, vocabulary) + self.running_scores[..., None]).view(
             items, k * vocabulary
         )
-        scores, flat = torch.topk(totals, self.candidates)
+        if generator is None:
+            scores, flat = torch.topk(totals, self.candidates)
+        else:
+            probabilities = torch.softmax(totals, dim=-1)
+            drawn = torch.multinomial(probabilities, self.candidates, generator=generator)
+            scores, order = totals.gather(1, drawn).sort(dim=-1, descending=True)
+            flat = drawn.gather(1, order)
         source = flat // vocabulary
         sequences = _gather(self.running, source)
         sequences[:, :, self.length] = flat % vocabulary
@@ -160,14 +176,13 @@ async def generate_beams(
     best `num_return_sequences` per prompt, the prompt then its tokens, shorter ones
     filled with `pad_token_id` (else the first EOS). `pipeline` has `num_beams` rows per
     prompt, each prompt's next to each other."""
-    if config.do_sample:
-        raise GenerationError("beam search samples nothing here: pass do_sample=False")
     if config.max_new_tokens < 1:
         raise GenerationError("beam search takes max_new_tokens >= 1")
     eos = config.eos_token_ids
     state = BeamState(input_ids, config, fill=(pad_token_id or eos[0]) if eos else -1)
     processors: LogitsProcessorList = build_logits_processors(config)
     stopping = _stopping_criteria(config, tokenizer, state.max_length)
+    generator = sampling_generator(config, input_ids.device) if config.do_sample else None
     fresh = state.rows
     while True:
         hidden = await pipeline.step(head.embed(fresh))
@@ -175,7 +190,7 @@ async def generate_beams(
         log_probs = processors(
             cast(torch.LongTensor, state.rows), torch.log_softmax(logits, dim=-1)
         )
-        order = state.advance(log_probs, stopping)
+        order = state.advance(log_probs, stopping, generator)
         if state.done:
             return state.best()
         pipeline.reorder(order)

@@ -186,12 +186,14 @@ def build_logits_processors(config: SamplingConfig) -> LogitsProcessorList:
     if config.repetition_penalty != 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
     if config.do_sample:
+        # beams keep a token that is not EOS to go on with, as transformers' do
+        keep = max(2, len(config.eos_token_ids) + 1) if config.num_beams > 1 else 1
         if config.temperature != 1.0:
             processors.append(TemperatureLogitsWarper(config.temperature))
         if config.top_k:
-            processors.append(TopKLogitsWarper(top_k=config.top_k))
+            processors.append(TopKLogitsWarper(top_k=config.top_k, min_tokens_to_keep=keep))
         if config.top_p < 1.0:
-            processors.append(TopPLogitsWarper(top_p=config.top_p))
+            processors.append(TopPLogitsWarper(top_p=config.top_p, min_tokens_to_keep=keep))
     return processors
 
 
@@ -222,7 +224,7 @@ async def generate_tokens(
         raise GenerationError("generation takes input_ids of shape (1, length)")
     processors = build_logits_processors(config)
     stopping = build_stopping_criteria(config, tokenizer)
-    generator = _generator(config, state.input_ids.device)
+    generator = sampling_generator(config, state.input_ids.device)
     eos = set(config.eos_token_ids)
     for _ in range(config.max_new_tokens):
         fresh = state.input_ids[:, state.processed :]
@@ -257,7 +259,7 @@ async def generate_batch(
     alike."""
     processors = build_logits_processors(config)
     stopping = build_stopping_criteria(config, tokenizer)
-    generator = _generator(config, input_ids.device)
+    generator = sampling_generator(config, input_ids.device)
     eos = torch.tensor(config.eos_token_ids, dtype=torch.long)
     if pad_token_id is None and len(eos):
         pad_token_id = int(eos[0])
@@ -281,7 +283,7 @@ async def generate_batch(
     return input_ids
 
 
-def _generator(config: SamplingConfig, device: torch.device) -> torch.Generator:
+def sampling_generator(config: SamplingConfig, device: torch.device) -> torch.Generator:
     """The sampling draws' own generator: seeded, it draws what `torch.manual_seed(seed)`
     then transformers' `generate()` would."""
     generator = torch.Generator(device=device)

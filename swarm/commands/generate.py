@@ -55,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
         adapter=args.adapter,
     ) as model:
         if args.num_beams > 1:
-            beams = {"num_beams": args.num_beams, "do_sample": options["do_sample"] or False}
-            output = model.generate(input_ids, tokenizer=tokenizer, **(options | beams))
+            output = model.generate(
+                input_ids, tokenizer=tokenizer, num_beams=args.num_beams, **options
+            )
             text = decode_text(tokenizer, output[0, input_ids.shape[1] :].tolist())
             sys.stdout.write(text + "\n")
             return 0

@@ -27,7 +27,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _local(checkpoint: Path, inputs: dict[str, torch.Tensor], **options: Any) -> torch.Tensor:
     model = AutoModelForCausalLM.from_pretrained(checkpoint)
-    return model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, **options)
+    options = {"do_sample": False} | options
+    seed = options.pop("seed", None)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return model.generate(**inputs, max_new_tokens=NEW_TOKENS, **options)
 
 
 def _prompt() -> dict[str, torch.Tensor]:
@@ -48,15 +52,19 @@ def test_beam_search_equals_transformers(tiny: Path, hops: int) -> None:
     [
         {"num_beams": 3, "num_return_sequences": 3, "length_penalty": 0.5},
         {"num_beams": 2, "early_stopping": "never", "repetition_penalty": 1.3},
+        {"num_beams": 3, "num_return_sequences": 2, "do_sample": True, "temperature": 0.8,
+         "top_k": 20, "top_p": 0.9, "seed": 5},
     ],
-    ids=["three-returned", "never-stop-early"],
-)
+    ids=["three-returned", "never-stop-early", "sampling"],
+)  # fmt: skip
 def test_beam_search_arguments_mean_what_they_mean_in_transformers(
     tiny: Path, options: dict[str, Any]
 ) -> None:
     expected = _local(tiny, _prompt(), **options)
     with _swarm_and_model(tiny, CHAINS[2]) as (_, model):
-        output = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False, **options)
+        output = model.generate(
+            PROMPT, max_new_tokens=NEW_TOKENS, **({"do_sample": False} | options)
+        )
     assert torch.equal(output, expected)
 
 
@@ -114,7 +122,6 @@ def test_beam_search_goes_on_through_a_replica_when_its_peer_is_cut_off(
 def test_what_beam_search_does_not_take_is_a_clear_error(tiny: Path) -> None:
     with _swarm_and_model(tiny, CHAINS[1]) as (_, model):
         for options, match in [
-            ({"do_sample": True}, "do_sample=False"),
             ({"streamer": print}, "streamer"),
             ({"num_return_sequences": 5}, "num_return_sequences"),
             ({"early_stopping": "sometimes"}, "early_stopping"),
