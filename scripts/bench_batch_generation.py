@@ -9,10 +9,13 @@ processes on 127.0.0.1 holding the blocks in `--hops` equal spans, once as one b
 `generate()` (one session per peer holds every row: one forward per step) and once one
 prompt after another. Reported: tokens per second of each, the
 ratio of the batched swarm to the baseline and to one prompt at a time, and whether the
-swarm's tokens equal the baseline's.
+swarm's tokens equal the baseline's. Then beam search of the first prompt over `--beams`
+beams, locally and through the swarm (the peers reorder their caches' rows every step):
+milliseconds per step of the search, their ratio, and whether the outputs are equal.
 
     .venv/bin/python scripts/bench_batch_generation.py [--models smollm2 tiny]
-        [--batches 1 4 8] [--tokens 32] [--prompt-length 16] [--hops 2] [--json PATH]
+        [--batches 1 4 8] [--tokens 32] [--prompt-length 16] [--hops 2] [--beams 4]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -45,7 +48,12 @@ def _seconds(call: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
 
 
 def run_model(
-    checkpoint: Path, batches: list[int], new_tokens: int, prompt_length: int, hops: int
+    checkpoint: Path,
+    batches: list[int],
+    new_tokens: int,
+    prompt_length: int,
+    hops: int,
+    beams: int,
 ) -> dict[str, Any]:
     config = AutoConfig.from_pretrained(checkpoint)
     generator = torch.Generator().manual_seed(0)
@@ -64,6 +72,12 @@ def run_model(
             lambda ids=ids: local.generate(ids, attention_mask=torch.ones_like(ids), **options)
         )
         results[f"batch_{size}"] = {"local_tokens_per_s": size * new_tokens / seconds}
+    first = prompts[:1]
+    beam_options = options | {"num_beams": beams}
+    local.generate(first, attention_mask=torch.ones_like(first), **beam_options)  # warm-up
+    local_beams, expected_beams = _seconds(
+        lambda: local.generate(first, attention_mask=torch.ones_like(first), **beam_options)
+    )
     blocks = int(config.num_hidden_layers)
     bounds = [round(i * blocks / hops) for i in range(hops + 1)]
     with (
@@ -97,6 +111,20 @@ def run_model(
                 f"same tokens: {entry['same_tokens']}",
                 flush=True,
             )
+        swarm_beams, output = _seconds(lambda: model.generate(first, **beam_options))
+    steps = new_tokens  # EOS off: the search runs to the last token
+    results[f"beams_{beams}"] = entry = {
+        "local_ms_per_step": 1000 * local_beams / steps,
+        "swarm_ms_per_step": 1000 * swarm_beams / steps,
+        "swarm_x_local": swarm_beams / local_beams,
+        "same_tokens": bool(torch.equal(output, expected_beams)),
+    }
+    print(
+        f"  {beams} beams: local {entry['local_ms_per_step']:.1f} ms per step, swarm "
+        f"{entry['swarm_ms_per_step']:.1f} (x{entry['swarm_x_local']:.2f}); "
+        f"same tokens: {entry['same_tokens']}",
+        flush=True,
+    )
     return results
 
 
@@ -107,6 +135,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--prompt-length", type=int, default=16)
     parser.add_argument("--hops", type=int, default=2)
+    parser.add_argument("--beams", type=int, default=4)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -116,7 +145,7 @@ def main() -> None:
     for name, checkpoint in bench_checkpoints(args.models).items():
         print(name, flush=True)
         results[name] = run_model(
-            checkpoint, args.batches, args.tokens, args.prompt_length, args.hops
+            checkpoint, args.batches, args.tokens, args.prompt_length, args.hops, args.beams
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
