@@ -18,6 +18,7 @@ seeded generator of `swarm.generation`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
 import torch
@@ -169,18 +170,20 @@ async def generate_beams(
     input_ids: torch.Tensor,
     config: SamplingConfig,
     *,
+    padding: Sequence[int] = (),
     pad_token_id: int | None = None,
     tokenizer: Any = None,
 ) -> torch.Tensor:
-    """What transformers' `generate(num_beams=...)` returns for left-padded prompts: the
-    best `num_return_sequences` per prompt, the prompt then its tokens, shorter ones
-    filled with `pad_token_id` (else the first EOS). `pipeline` has `num_beams` rows per
-    prompt, each prompt's next to each other."""
+    """What transformers' `generate(num_beams=...)` returns for left-padded prompts
+    (`padding`: each prompt's count): the best `num_return_sequences` per prompt, the
+    prompt then its tokens, shorter ones filled with `pad_token_id` (else the first EOS).
+    `pipeline` has `num_beams` rows per prompt, each prompt's next to each other."""
     if config.max_new_tokens < 1:
         raise GenerationError("beam search takes max_new_tokens >= 1")
     eos = config.eos_token_ids
     state = BeamState(input_ids, config, fill=(pad_token_id or eos[0]) if eos else -1)
-    processors: LogitsProcessorList = build_logits_processors(config)
+    rows = [pad for pad in padding for _ in range(config.num_beams)]
+    processors: LogitsProcessorList = build_logits_processors(config, input_ids.shape[1], rows)
     stopping = _stopping_criteria(config, tokenizer, state.max_length)
     generator = sampling_generator(config, input_ids.device) if config.do_sample else None
     fresh = state.rows

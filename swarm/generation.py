@@ -21,6 +21,9 @@ from typing import Any, Protocol, cast
 import torch
 from transformers import (
     LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    MinPLogitsWarper,
+    NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
     StoppingCriteriaList,
     StopStringCriteria,
@@ -67,6 +70,9 @@ class SamplingConfig:
     length_penalty: float = 1.0
     early_stopping: bool | str = False  # True, False or "never"
     num_return_sequences: int = 1  # of the beams, per prompt
+    no_repeat_ngram_size: int = 0  # n-grams that may occur once (0: any)
+    min_new_tokens: int = 0  # before which EOS cannot come
+    min_p: float | None = None  # sampling: tokens under min_p times the likeliest are out
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -83,6 +89,10 @@ class SamplingConfig:
             raise GenerationError("top_p must be in (0, 1]")
         if self.repetition_penalty <= 0:
             raise GenerationError("repetition_penalty must be > 0")
+        if self.no_repeat_ngram_size < 0 or self.min_new_tokens < 0:
+            raise GenerationError("no_repeat_ngram_size and min_new_tokens must be >= 0")
+        if self.min_p is not None and not 0 <= self.min_p <= 1:
+            raise GenerationError("min_p must be in [0, 1]")
 
     @classmethod
     def from_generation_config(cls, generation_config: Any, **overrides: Any) -> SamplingConfig:
@@ -96,7 +106,7 @@ class SamplingConfig:
             "repetition_penalty": _or(getattr(generation_config, "repetition_penalty", None), 1.0),
             "eos_token_ids": _as_tuple(eos),
         }
-        for name in ("num_beams", "length_penalty", "early_stopping", "num_return_sequences"):
+        for name in _FROM_GENERATION_CONFIG:
             value = getattr(generation_config, name, None)
             if value is not None:
                 values[name] = value
@@ -118,6 +128,10 @@ class SamplingConfig:
         return cls(**values)
 
 
+_FROM_GENERATION_CONFIG = (
+    *("num_beams", "length_penalty", "early_stopping", "num_return_sequences"),
+    *("no_repeat_ngram_size", "min_new_tokens", "min_p"),
+)
 IGNORED_ARGUMENTS = frozenset({"pad_token_id", "use_cache"})  # transformers' that mean nothing here
 _ARGUMENTS = frozenset(
     {f.name for f in fields(SamplingConfig) if f.name != "eos_token_ids"} | {"eos_token_id"}
@@ -180,11 +194,25 @@ class GenerationState:
     new_tokens: list[int] = field(default_factory=list)
 
 
-def build_logits_processors(config: SamplingConfig) -> LogitsProcessorList:
-    """The processors `generate()` would use for these arguments, in its order."""
+def build_logits_processors(
+    config: SamplingConfig, prompt_length: int, padding: Sequence[int] = ()
+) -> LogitsProcessorList:
+    """The processors `generate()` would use for these arguments, in its order, for prompts
+    of `prompt_length` tokens whose rows begin with `padding` padding tokens (ignored by the
+    repetition penalty, as there)."""
     processors = LogitsProcessorList()
     if config.repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+        ignored = torch.tensor(padding) if any(padding) else None
+        penalty = RepetitionPenaltyLogitsProcessor(config.repetition_penalty, ignored)
+        processors.append(penalty)
+    if config.no_repeat_ngram_size:
+        processors.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+    if config.min_new_tokens and config.eos_token_ids:
+        processors.append(
+            MinNewTokensLengthLogitsProcessor(
+                prompt_length, config.min_new_tokens, list(config.eos_token_ids)
+            )
+        )
     if config.do_sample:
         # beams keep a token that is not EOS to go on with, as transformers' do
         keep = max(2, len(config.eos_token_ids) + 1) if config.num_beams > 1 else 1
@@ -194,6 +222,8 @@ def build_logits_processors(config: SamplingConfig) -> LogitsProcessorList:
             processors.append(TopKLogitsWarper(top_k=config.top_k, min_tokens_to_keep=keep))
         if config.top_p < 1.0:
             processors.append(TopPLogitsWarper(top_p=config.top_p, min_tokens_to_keep=keep))
+        if config.min_p is not None:
+            processors.append(MinPLogitsWarper(min_p=config.min_p, min_tokens_to_keep=keep))
     return processors
 
 
@@ -222,7 +252,7 @@ async def generate_tokens(
     """
     if state.input_ids.dim() != 2 or state.input_ids.shape[0] != 1:
         raise GenerationError("generation takes input_ids of shape (1, length)")
-    processors = build_logits_processors(config)
+    processors = build_logits_processors(config, state.input_ids.shape[1])
     stopping = build_stopping_criteria(config, tokenizer)
     generator = sampling_generator(config, state.input_ids.device)
     eos = set(config.eos_token_ids)
@@ -248,16 +278,18 @@ async def generate_batch(
     input_ids: torch.Tensor,
     config: SamplingConfig,
     *,
+    padding: Sequence[int] = (),
     pad_token_id: int | None = None,
     tokenizer: Any = None,
 ) -> torch.Tensor:
-    """What transformers' `generate()` returns for a batch of left-padded prompts: the
-    prompts, then the new tokens, a finished row padded with `pad_token_id` (the first EOS
-    if not given). The pipeline's sessions know each row's padding; every step sends all
+    """What transformers' `generate()` returns for a batch of left-padded prompts (`padding`:
+    each row's count): the prompts, then the new tokens, a finished row padded with
+    `pad_token_id` (the first EOS if not given). The pipeline's sessions know each row's
+    padding too; every step sends all
     rows at once, a finished one too, as transformers computes it. The rows share the logits
     processors, stopping criteria and random generator, as there, so seeded sampling draws
     alike."""
-    processors = build_logits_processors(config)
+    processors = build_logits_processors(config, input_ids.shape[1], padding)
     stopping = build_stopping_criteria(config, tokenizer)
     generator = sampling_generator(config, input_ids.device)
     eos = torch.tensor(config.eos_token_ids, dtype=torch.long)

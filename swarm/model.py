@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextlib import aclosing
 from functools import partial
 from pathlib import Path
@@ -150,10 +150,12 @@ class DistributedModelForCausalLM:
         """Like transformers' `generate`: the prompts followed by the new tokens.
 
         Arguments: max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
-        eos_token_id, stop_strings (with `tokenizer=`), seed, streamer (called with each
-        new token id; one sequence only). Unset ones come from the model's generation config.
-        `max_length` (prompt included) stands for `max_new_tokens` if that is not given.
-        `use_cache` is ignored; anything else is a GenerationError that names it.
+        eos_token_id, stop_strings (with `tokenizer=`), seed, no_repeat_ngram_size,
+        min_new_tokens, min_p, streamer (a callable given each new token id, or
+        transformers' `TextStreamer` and the like; one sequence only). Unset ones come from
+        the model's generation config. `max_length` (prompt included) stands for
+        `max_new_tokens` if that is not given. `use_cache` is ignored; anything else is a
+        GenerationError that names it.
 
         A batch (`**tokenizer(texts, padding=True, return_tensors="pt")` with the tokenizer
         padding on the left) runs as one, through sessions that know each row's padding, and
@@ -195,6 +197,7 @@ class DistributedModelForCausalLM:
                     chain,
                     input_ids,
                     config,
+                    padding=padding,
                     pad_token_id=pad_token_id,
                     tokenizer=options.get("tokenizer"),
                 )
@@ -323,11 +326,17 @@ class InferenceSession:
         """`input_ids` followed by the new tokens (see `DistributedModelForCausalLM.generate`).
         Without a streamer, the whole loop runs in the event loop's thread, with no hop
         between threads per token."""
-        streamer: Callable[[int], object] | None = kwargs.pop("streamer", None)
+        streamer = kwargs.pop("streamer", None)
         new_tokens = []
         if streamer is None:
             tokens = self._tokens(input_ids, kwargs.pop("tokenizer", None), kwargs)
             new_tokens = self.model._loop.run(_collect, tokens)
+        elif hasattr(streamer, "put"):  # transformers' (TextStreamer...): as generate() feeds it
+            streamer.put(input_ids.cpu())
+            for token in self.stream(input_ids, **kwargs):
+                new_tokens.append(token)
+                streamer.put(torch.tensor([token]))
+            streamer.end()
         else:
             for token in self.stream(input_ids, **kwargs):
                 new_tokens.append(token)

@@ -147,8 +147,8 @@ def test_bad_arguments_are_typed_errors() -> None:
 def test_transformers_arguments_we_do_not_use_are_named_or_ignored() -> None:
     from transformers import GenerationConfig
 
-    with pytest.raises(GenerationError, match="no_repeat_ngram_size"):
-        SamplingConfig.from_generation_config(GenerationConfig(), no_repeat_ngram_size=2)
+    with pytest.raises(GenerationError, match="typical_p"):
+        SamplingConfig.from_generation_config(GenerationConfig(), typical_p=0.9)
     config = SamplingConfig.from_generation_config(GenerationConfig(), pad_token_id=0)
     assert config == SamplingConfig.from_generation_config(GenerationConfig())
     ids = torch.tensor([[5, 6, 7]])

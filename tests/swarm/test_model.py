@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, FineGrainedFP8Config, Mxfp4Config
+from transformers.generation.streamers import BaseStreamer
 
 from routing.client import ChainFailedError, ClientConfig
 from swarm import DistributedModelForCausalLM
@@ -226,8 +227,8 @@ def test_generate_takes_what_the_tokenizer_returns_like_transformers(
         assert torch.equal(model.generate(**encoded, max_new_tokens=8, do_sample=False), expected)
         length = encoded["input_ids"].shape[1] + 8  # transformers' max_length: prompt included
         assert torch.equal(model.generate(**encoded, max_length=length, do_sample=False), expected)
-        with pytest.raises(SwarmError, match="no_repeat_ngram_size"):
-            model.generate(**encoded, max_new_tokens=8, no_repeat_ngram_size=2)
+        with pytest.raises(SwarmError, match="typical_p"):
+            model.generate(**encoded, max_new_tokens=8, typical_p=0.9)
 
 
 def test_seeded_sampling_equals_local_generate(checkpoints: dict[str, Path]) -> None:
@@ -237,6 +238,60 @@ def test_seeded_sampling_equals_local_generate(checkpoints: dict[str, Path]) -> 
     with _swarm_and_model(checkpoint, CHAINS[2]) as (_, model):
         output = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, seed=11, **options)
     assert output[0, PROMPT.shape[1] :].tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "without"),
+    [
+        ({"no_repeat_ngram_size": 2}, "no_repeat_ngram_size"),
+        ({"min_new_tokens": 12, "eos_token_id": 61}, "min_new_tokens"),  # 61: the 3rd token
+        ({"do_sample": True, "temperature": 0.2, "min_p": 0.5, "seed": 3}, "min_p"),
+    ],
+    ids=["no-repeat-ngram", "min-new-tokens", "min-p"],
+)
+def test_more_of_transformers_arguments_mean_the_same(
+    checkpoints: dict[str, Path], options: dict[str, Any], without: str
+) -> None:
+    """Each changes the tokens (checked first), and the swarm's are transformers'."""
+    checkpoint = checkpoints["llama"]
+    options = {"do_sample": False, "max_new_tokens": NEW_TOKENS} | options
+    seed = options.pop("seed", None)
+    expected = _local(checkpoint, PROMPT, seed, **options)
+    plain = {name: value for name, value in options.items() if name != without}
+    assert expected != _local(checkpoint, PROMPT, seed, **plain)
+    with _swarm_and_model(checkpoint, CHAINS[2]) as (_, model):
+        output = model.generate(PROMPT, seed=seed, **options)
+    assert output[0, PROMPT.shape[1] :].tolist() == expected
+
+
+class StreamerRecorder(BaseStreamer):
+    """A transformers streamer that notes every call it gets."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        self.calls.append(value.tolist())
+
+    def end(self) -> None:
+        self.calls.append("end")
+
+
+def test_streamers_hear_what_transformers_tells_them(checkpoints: dict[str, Path]) -> None:
+    """transformers' kind (`TextStreamer`...): the prompt, each token, then `end()`; ours: a
+    callable given each token id."""
+    checkpoint = checkpoints["qwen2"]
+    options = {"max_new_tokens": 8, "do_sample": False}
+    local, ours, tokens = StreamerRecorder(), StreamerRecorder(), []
+    AutoModelForCausalLM.from_pretrained(checkpoint).generate(
+        PROMPT, attention_mask=torch.ones_like(PROMPT), streamer=local, **options
+    )
+    with _swarm_and_model(checkpoint, CHAINS[2]) as (_, model):
+        model.generate(PROMPT, streamer=ours, **options)
+        model.generate(PROMPT, streamer=tokens.append, **options)
+    assert ours.calls == local.calls
+    assert local.calls[0] == PROMPT.tolist() and local.calls[-1] == "end"
+    assert [[token] for token in tokens] == local.calls[1:-1]
 
 
 TEXTS = ["a b c d", "The quick brown fox", "Hello"]  # different lengths: left padding
@@ -273,6 +328,21 @@ def test_a_batch_of_prompts_equals_transformers_batched_generate(
         output = model.generate(**batch, max_new_tokens=NEW_TOKENS, **options)
         assert torch.equal(output, expected)
         assert all(_until(lambda p=p: swarm.sessions(p) == 0) for p in swarm.peers)
+
+
+@pytest.mark.parametrize("pad", [8, 74])  # tokens these rows make: penalised if counted
+def test_the_repetition_penalty_skips_the_padding_as_transformers_does(
+    checkpoints: dict[str, Path], pad: int
+) -> None:
+    checkpoint = checkpoints["llama"]
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, padding_side="left")
+    tokenizer.pad_token_id = pad
+    batch = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    options = {"max_new_tokens": NEW_TOKENS, "do_sample": False, "repetition_penalty": 1.3,
+               "pad_token_id": pad}  # fmt: skip
+    expected = AutoModelForCausalLM.from_pretrained(checkpoint).generate(**batch, **options)
+    with _swarm_and_model(checkpoint, CHAINS[1]) as (_, model):
+        assert torch.equal(model.generate(**batch, **options), expected)
 
 
 def test_a_row_that_ends_is_padded_like_transformers_pads_it(checkpoints: dict[str, Path]) -> None:
