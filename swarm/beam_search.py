@@ -133,7 +133,8 @@ class BeamState:
         just[:, k:] = False
         ranked = scores / generated**self.config.length_penalty
         full = self.is_finished.all(dim=-1, keepdim=True) & (self.config.early_stopping is True)
-        ranked = ranked + (full | ~self.improvable | ~just).float() * EXCLUDED
+        for excluded in (full, ~self.improvable, ~just):  # each adds, as in transformers
+            ranked = ranked + excluded.float() * EXCLUDED
         merged_scores = torch.cat([self.finished_scores, ranked], dim=1)
         best = torch.topk(merged_scores, k).indices
         self.finished = _gather(torch.cat([self.finished, sequences], dim=1), best)

@@ -115,6 +115,8 @@ class InferenceChain:
     def reorder(self, order: Sequence[int]) -> None:
         """Before the next step, row i of every hop's session becomes what row `order[i]` is
         (beam search keeps the best continuations); rows of different padding do not mix."""
+        if list(order) == list(range(len(order))):
+            return
         for hop in self.hops:
             hop.reorder(order)
 
