@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-k", type=int)
     generate.add_argument("--top-p", type=float)
     generate.add_argument("--repetition-penalty", type=float)
+    generate.add_argument("--no-repeat-ngram-size", type=int, help="n-grams may occur once")
+    generate.add_argument("--min-p", type=float, help="sampling: drop tokens under P x the top")
     generate.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     generate.add_argument(
         "--num-beams",

@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         "top_k": args.top_k,
         "top_p": args.top_p,
         "repetition_penalty": args.repetition_penalty,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "min_p": args.min_p,
         "seed": args.seed,
     }
     with DistributedModelForCausalLM.from_pretrained(

@@ -68,8 +68,11 @@ def _expected(tiny: Path, *, chat: bool, new_tokens: int, seed: int | None, **kw
              "--seed", "5"],
             {"do_sample": True, "temperature": 0.8, "top_k": 30, "top_p": 0.9, "seed": 5},
         ),
+        (["--no-repeat-ngram-size", "2"], {"do_sample": False, "no_repeat_ngram_size": 2}),
+        (["--do-sample", "--temperature", "0.2", "--min-p", "0.5", "--seed", "3"],
+         {"do_sample": True, "temperature": 0.2, "min_p": 0.5, "seed": 3}),
     ],
-    ids=["greedy", "chat", "repetition-penalty", "sampling"],
+    ids=["greedy", "chat", "repetition-penalty", "sampling", "no-repeat-ngram", "min-p"],
 )  # fmt: skip
 def test_stdout_is_the_continuation_as_it_streams(
     tiny: Path,
