@@ -4,7 +4,6 @@ mid-search is rebuilt from the history in the beams' current order."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from swarm.generation import GenerationError
 from tests.support.tiny_model import write_tiny_model
 
-from .test_model import CHAINS, PROMPT, TEXTS, _swarm_and_model, _until
+from .test_model import (
+    CHAINS,
+    PROMPT,
+    TEXTS,
+    _swarm_and_model,
+    _until,
+    generate_while_cutting_a_replica,
+)
 
 NEW_TOKENS = 16
 
@@ -100,21 +106,8 @@ def test_beam_search_goes_on_through_a_replica_when_its_peer_is_cut_off(
 ) -> None:
     """The replica gets the beams' history in their order of the moment: the same output."""
     expected = _local(tiny, _prompt(), num_beams=4)
-    result: list[torch.Tensor] = []
-    with _swarm_and_model(tiny, [(0, 2), (2, 4), (2, 4)]) as (swarm, model):
-        replicas = swarm.peers[1:]
-        for replica in replicas:  # slow enough that the cut lands mid-search
-            swarm.fault(replica, "delay", 0.05)
-        worker = threading.Thread(
-            target=lambda: result.append(
-                model.generate(PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False, num_beams=4)
-            )
-        )
-        worker.start()
-        assert _until(lambda: any(swarm.sessions(p) for p in replicas))
-        victim = next(p for p in replicas if swarm.sessions(p))
-        swarm.fault(victim, "cut")
-        worker.join(timeout=60)
+    options = {"max_new_tokens": NEW_TOKENS, "do_sample": False, "num_beams": 4}
+    result, victim = generate_while_cutting_a_replica(tiny, input_ids=PROMPT, **options)
     assert torch.equal(result[0], expected)
     assert f"peer {victim.peer[:8]} failed" in caplog.text
 

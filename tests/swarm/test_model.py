@@ -24,7 +24,7 @@ from routing.client import ChainFailedError, ClientConfig
 from swarm import DistributedModelForCausalLM
 from swarm.errors import SwarmError
 from tests.support.quantized_checkpoint import BLOCK, dequantized_int8_model, to_fp8, to_mxfp4
-from tests.support.thread_swarm import ThreadSwarm
+from tests.support.thread_swarm import ThreadPeer, ThreadSwarm
 from tests.support.tiny_model import FAMILIES, write_tiny_model, write_tiny_multimodal
 
 CHAINS = {1: [(0, 4)], 2: [(0, 2), (2, 4)], 3: [(0, 1), (1, 3), (3, 4)]}
@@ -361,6 +361,25 @@ def test_a_row_that_ends_is_padded_like_transformers_pads_it(checkpoints: dict[s
             model.generate(**batch, max_new_tokens=2, streamer=print)
 
 
+def generate_while_cutting_a_replica(
+    checkpoint: Path, **options: Any
+) -> tuple[list[torch.Tensor], ThreadPeer]:
+    """`generate(**options)` through a first peer and two replicas of the rest, slowed down
+    so that the link of the replica in use is cut mid-generation: its output, and that peer."""
+    result: list[torch.Tensor] = []
+    with _swarm_and_model(checkpoint, [(0, 2), (2, 4), (2, 4)]) as (swarm, model):
+        replicas = swarm.peers[1:]
+        for replica in replicas:
+            swarm.fault(replica, "delay", 0.05)
+        worker = threading.Thread(target=lambda: result.append(model.generate(**options)))
+        worker.start()
+        assert _until(lambda: any(swarm.sessions(p) for p in replicas))
+        victim = next(p for p in replicas if swarm.sessions(p))
+        swarm.fault(victim, "cut")
+        worker.join(timeout=60)
+    return result, victim
+
+
 def test_a_batch_goes_on_through_a_replica_when_its_peer_is_cut_off(
     checkpoints: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -368,21 +387,8 @@ def test_a_batch_goes_on_through_a_replica_when_its_peer_is_cut_off(
     padding: the output stays transformers'."""
     checkpoint = checkpoints["mistral"]
     batch, expected = _batch_and_local(checkpoint, max_new_tokens=NEW_TOKENS, do_sample=False)
-    result: list[torch.Tensor] = []
-    with _swarm_and_model(checkpoint, [(0, 2), (2, 4), (2, 4)]) as (swarm, model):
-        replicas = swarm.peers[1:]
-        for replica in replicas:  # slow enough that the cut lands mid-generation
-            swarm.fault(replica, "delay", 0.05)
-        worker = threading.Thread(
-            target=lambda: result.append(
-                model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
-            )
-        )
-        worker.start()
-        assert _until(lambda: any(swarm.sessions(p) for p in replicas))
-        victim = next(p for p in replicas if swarm.sessions(p))
-        swarm.fault(victim, "cut")
-        worker.join(timeout=60)
+    options = {"max_new_tokens": NEW_TOKENS, "do_sample": False}
+    result, victim = generate_while_cutting_a_replica(checkpoint, **batch, **options)
     assert torch.equal(result[0], expected)
     assert f"peer {victim.peer[:8]} failed" in caplog.text
 
