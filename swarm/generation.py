@@ -285,10 +285,9 @@ async def generate_batch(
     """What transformers' `generate()` returns for a batch of left-padded prompts (`padding`:
     each row's count): the prompts, then the new tokens, a finished row padded with
     `pad_token_id` (the first EOS if not given). The pipeline's sessions know each row's
-    padding too; every step sends all
-    rows at once, a finished one too, as transformers computes it. The rows share the logits
-    processors, stopping criteria and random generator, as there, so seeded sampling draws
-    alike."""
+    padding too; every step sends all rows at once, a finished one too, as transformers
+    computes it. The rows share the logits processors, stopping criteria and random
+    generator, as there, so seeded sampling draws alike."""
     processors = build_logits_processors(config, input_ids.shape[1], padding)
     stopping = build_stopping_criteria(config, tokenizer)
     generator = sampling_generator(config, input_ids.device)
