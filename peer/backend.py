@@ -5,8 +5,9 @@ It owns a loaded `Span` and serves:
   `start..end-1` (model indices), positions 0..T-1, causal attention;
 - inference sessions: `open_session` reserves `batch_size * max_length` cache tokens against the
   budget (refused at once when over, before allocating), `step` appends to the session's KV
-  cache (prompt first, then single tokens, or any chunk), after putting its rows in a new
-  order if asked (`reorder`, for beam search), `close_session` frees it;
+  cache (prompt first, then single tokens, or any chunk), after dropping the tokens past a
+  `position` (speculative decoding's rejected drafts) and putting its rows in a new order
+  (`reorder`, for beam search) if asked, `close_session` frees it;
 - `step_many`: steps of several sessions; those with the same block range and the same number
   of new tokens are merged into one forward over the concatenated batch (right-padded caches,
   causal mask), which turns per-session matrix-vector products into one matrix product.
@@ -85,6 +86,7 @@ class StepRequest:
     start: int | None = None
     end: int | None = None
     reorder: tuple[int, ...] = ()  # row i of the cache becomes row reorder[i] first
+    position: int | None = None  # the cached tokens to keep, the others dropped first
 
 
 class _Session:
@@ -218,9 +220,15 @@ class SpanBackend:
             raise InvalidRequestError(
                 f"{what}: batch {hidden.shape[0]} differs from the session's {info.batch_size}"
             )
-        if session.cache.length + hidden.shape[1] > info.max_length:
+        position = session.cache.length if request.position is None else request.position
+        if not isinstance(position, int) or not 0 <= position <= session.cache.length:
             raise InvalidRequestError(
-                f"{what}: {session.cache.length} + {hidden.shape[1]} tokens exceed "
+                f"{what}: position {position} is not within its {session.cache.length} "
+                "cached tokens"
+            )
+        if position + hidden.shape[1] > info.max_length:
+            raise InvalidRequestError(
+                f"{what}: {position} + {hidden.shape[1]} tokens exceed "
                 f"its max_length {info.max_length}"
             )
         _check_reorder(request.reorder, info, what)
@@ -380,13 +388,15 @@ class SpanBackend:
         end: int | None = None,
         *,
         reorder: Sequence[int] = (),
+        position: int | None = None,
     ) -> torch.Tensor:
         """Append `[batch, length, hidden]` to the session; returns the blocks' output.
-        `reorder` (beam search): first, row i of the cache becomes what row `reorder[i]` was;
-        rows of different left padding do not mix."""
-        request = StepRequest(session_id, hidden_states, start, end, tuple(reorder))
+        First, `position` (speculative decoding): only the first `position` cached tokens
+        are kept (a failed step leaves the session so); `reorder` (beam search): row i of the
+        cache becomes what row `reorder[i]` was; rows of different left padding do not mix."""
+        request = StepRequest(session_id, hidden_states, start, end, tuple(reorder), position)
         session, hidden = self._check_step(request)
-        return self._run_sessions([session], [hidden], [request.reorder])
+        return self._run_sessions([session], [hidden], [request])
 
     def step_many(self, requests: Sequence[StepRequest]) -> list[torch.Tensor]:
         """Steps of distinct sessions, merged where they share a range and a length.
@@ -410,12 +420,12 @@ class SpanBackend:
                     merged = self._run_sessions(
                         [checked[i][0] for i in chunk],
                         [checked[i][1] for i in chunk],
-                        [requests[i].reorder for i in chunk],
+                        [requests[i] for i in chunk],
                     )
                 except MixedLengthsError:  # nothing was committed: one session at a time
                     for i in chunk:
                         outputs[i] = self._run_sessions(
-                            [checked[i][0]], [checked[i][1]], [requests[i].reorder]
+                            [checked[i][0]], [checked[i][1]], [requests[i]]
                         )
                     continue
                 row = 0
@@ -443,15 +453,21 @@ class SpanBackend:
         self,
         sessions: list[_Session],
         hiddens: list[torch.Tensor],
-        reorders: list[tuple[int, ...]],
+        requests: list[StepRequest],
     ) -> torch.Tensor:
+        """One forward over the sessions' steps (checked), each session first cut back to
+        its request's `position`; the rows' new orders are committed with the step."""
+        for session, request in zip(sessions, requests, strict=True):
+            if request.position is not None:
+                session.cache.length = request.position
         info = sessions[0].info
         first, last = info.start - self.span.start, info.end - self.span.start
         q_len = hiddens[0].shape[1]
         device = self.span.device
         tokens = sum(session.info.batch_size for session in sessions) * q_len
         with torch.no_grad(), self._threads(tokens), self.adapters.using(info.adapter):
-            cache = StepCache([s.cache for s in sessions], q_len, first, reorders)
+            orders = [request.reorder for request in requests]
+            cache = StepCache([s.cache for s in sessions], q_len, first, orders)
             past = cache.past_lengths
             pads = [pad for session in sessions for pad in session.info.row_padding]
             hidden = torch.cat([h.to(device) for h in hiddens]) if len(hiddens) > 1 else hiddens[0]

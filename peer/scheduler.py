@@ -150,8 +150,11 @@ class InferenceScheduler:
         end: int | None = None,
         *,
         reorder: tuple[int, ...] = (),
+        position: int | None = None,
     ) -> torch.Tensor:
-        output, _ = await self.step_timed(session_id, hidden_states, start, end, reorder=reorder)
+        output, _ = await self.step_timed(
+            session_id, hidden_states, start, end, reorder=reorder, position=position
+        )
         return output
 
     async def step_timed(
@@ -162,16 +165,17 @@ class InferenceScheduler:
         end: int | None = None,
         *,
         reorder: tuple[int, ...] = (),
+        position: int | None = None,
     ) -> tuple[torch.Tensor, float]:
         """`step`, and the seconds the compute thread spent on it (its whole batch, if merged);
-        `reorder`: see `SpanBackend.step`."""
-        request = StepRequest(session_id, hidden_states, start, end, reorder)
+        `reorder` and `position`: see `SpanBackend.step`."""
+        request = StepRequest(session_id, hidden_states, start, end, reorder, position)
         self._busy[session_id] = self._busy.get(session_id, 0) + 1
         try:
             alone = self.backend.active_sessions == 1  # nothing to merge with: skip a hop
             if not alone and self._batchable(hidden_states):
                 return await self._step_batched(request)
-            step = partial(self.backend.step, reorder=reorder)
+            step = partial(self.backend.step, reorder=reorder, position=position)
             return await self._worker.submit(_timed, step, session_id, hidden_states, start, end)
         finally:
             self._busy[session_id] -= 1
@@ -251,7 +255,11 @@ class InferenceScheduler:
                 return [outcome.Value(output) for output in outputs]
         return [
             outcome.capture(
-                self.backend.step, r.session_id, r.hidden_states, r.start, r.end, reorder=r.reorder
+                partial(self.backend.step, reorder=r.reorder, position=r.position),
+                r.session_id,
+                r.hidden_states,
+                r.start,
+                r.end,
             )
             for r in requests
         ]

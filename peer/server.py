@@ -40,6 +40,7 @@ from routing.span_protocol import (
     RelayJoin,
     SessionOpened,
     SessionRequest,
+    parse_position,
     parse_relay,
     parse_reorder,
     parse_step,
@@ -208,15 +209,23 @@ class SpanServer:
             if step > session.steps:
                 raise HandlerError("step_order", f"step {step} where {session.steps} was due")
             relay = parse_relay(packet.header)
+            position = parse_position(packet.header)
             output, compute = await self.scheduler.step_timed(
-                session.id, decode_tensor(tensor, packet.body), reorder=parse_reorder(packet.header)
+                session.id,
+                decode_tensor(tensor, packet.body),
+                reorder=parse_reorder(packet.header),
+                position=position,
             )
             session.steps += 1
             header, body = encode_tensor(output)
             relayed = None
             if relay:
                 following = step_header(
-                    relay[0].step, header, relay=relay[1:], reorder=relay[0].reorder
+                    relay[0].step,
+                    header,
+                    relay=relay[1:],
+                    reorder=relay[0].reorder,
+                    position=position,
                 )
                 onward = Packet(following, body)
                 relayed = await session.links.send(relay[0], onward)

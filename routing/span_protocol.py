@@ -15,14 +15,15 @@ Methods (block indices are the model's, `end` exclusive):
   `{"step": n, "tensor"}` + bytes -> `{"step": n, "tensor", "server_ms", "compute_ms"}` +
   bytes (the time the peer spent on the step, from receiving it to replying, and the part
   of it its compute thread ran the blocks; both for timing only). A step may carry
-  `"reorder": [r, ...]` (beam search): first, row i of the session's cache becomes what row
-  r_i was. The client ends the stream to close the session; failures come back as remote
-  errors with a code.
+  `"position": p` (speculative decoding): its tokens follow the first p cached ones, and
+  any after them are dropped first; and `"reorder": [r, ...]` (beam search): then row i of
+  the session's cache becomes what row r_i was. The client ends the stream to close the
+  session; failures come back as remote errors with a code.
 - Relay (a pipeline through the chain). `opened` carries a `relay` token: whoever holds it
   may push steps into that session. A step may carry `"relay": [{"to", "session", "token",
   "step"}, ...]`, the rest of the chain: the peer sends its output as step `step` of the
-  first of them (with the others as that step's own `relay`, and the target's `"reorder"`,
-  if it has one, as that step's), then answers its client as
+  first of them (with the others as that step's own `relay`, its own `"position"`, and the
+  target's `"reorder"`, if it has one), then answers its client as
   usual, adding `"relayed": true|false` (whether the output went out). The next peer
   answers *its* client as if the client had sent the step, adding `"from_relay": true`.
   A step may thus reach a peer twice (relayed, and from a client that found it late): the
@@ -224,8 +225,11 @@ def step_header(
     relayed: bool | None = None,
     from_relay: bool = False,
     reorder: Sequence[int] = (),
+    position: int | None = None,
 ) -> dict[str, Any]:
     header: dict[str, Any] = {"step": step, "tensor": dict(tensor)} | _reorder_field(reorder)
+    if position is not None:
+        header["position"] = position
     if server_ms is not None:
         header["server_ms"] = server_ms
     if compute_ms is not None:
@@ -254,6 +258,12 @@ def parse_reorder(fields: Mapping[str, Any]) -> tuple[int, ...]:
     if not isinstance(reorder, list) or len(reorder) > MAX_ROWS:
         raise ProtocolError(f"'reorder' must list at most {MAX_ROWS} rows")
     return tuple(_int({"reorder": row}, "reorder") for row in reorder)
+
+
+def parse_position(header: Mapping[str, Any]) -> int | None:
+    """How many cached tokens a step's tokens follow (None: all of them); the peer checks it
+    against the session."""
+    return None if header.get("position") is None else _int(header, "position")
 
 
 def _reorder_field(reorder: Sequence[int]) -> dict[str, Any]:

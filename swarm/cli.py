@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--min-p", type=float, help="sampling: drop tokens under P x the top")
     generate.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     generate.add_argument(
+        "--assistant", help="a small local checkpoint that drafts tokens (greedy decoding)"
+    )
+    generate.add_argument(
         "--num-beams",
         type=int,
         default=1,

@@ -57,6 +57,7 @@ from .generation import (
 )
 from .head import ClientHead
 from .remote_blocks import SwarmCall, through_swarm
+from .speculative import DEFAULT_DRAFT_TOKENS, Drafter, check_drafting, speculative_tokens
 from .trio_thread import TrioThread
 
 if TYPE_CHECKING:
@@ -183,6 +184,8 @@ class DistributedModelForCausalLM:
     ) -> torch.Tensor:
         if options.get("streamer") is not None:
             raise GenerationError("a streamer takes one sequence, not a batch or beams")
+        if options.get("assistant_model") is not None:
+            raise GenerationError("an assistant model drafts for one sequence, greedy")
         pad_token_id = options.get("pad_token_id")
         if pad_token_id is None:
             pad_token_id = getattr(self.generation_config, "pad_token_id", None)
@@ -255,9 +258,13 @@ class DistributedModelForCausalLM:
     __call__ = forward
 
     def sampling_config(self, **kwargs: Any) -> SamplingConfig:
-        not_sampling = ("streamer", "tokenizer", "attention_mask")
-        options = {k: v for k, v in kwargs.items() if k not in not_sampling}
+        options = {k: v for k, v in kwargs.items() if k not in _NOT_SAMPLING}
         return SamplingConfig.from_generation_config(self.generation_config, **options)
+
+
+_NOT_SAMPLING = frozenset(
+    {"streamer", "tokenizer", "attention_mask", "assistant_model", "num_assistant_tokens"}
+)  # generate() arguments that are not the sampling config's
 
 
 class InferenceSession:
@@ -268,6 +275,7 @@ class InferenceSession:
         self.max_length = max_length
         self._chain = InferenceChain(model._view, model._view.rpc, max_length)
         self._state: GenerationState | None = None
+        self._drafter: Drafter | None = None  # the assistant model's, kept across turns
 
     def __enter__(self) -> InferenceSession:
         try:
@@ -350,9 +358,15 @@ class InferenceSession:
         """The generation loop for the next turn, not started yet."""
         check_attention_mask(options.pop("attention_mask", None), input_ids)
         _max_length_as_new_tokens(options, input_ids)
+        assistant = options.pop("assistant_model", None)
+        draft_tokens = options.pop("num_assistant_tokens", None) or DEFAULT_DRAFT_TOKENS
         config = self.model.sampling_config(**options)
         if config.num_beams > 1:
             raise GenerationError("beam search runs in model.generate(), not in a session")
+        if assistant is not None:
+            check_drafting(config, input_ids)
+            if self._drafter is None or self._drafter.model is not assistant:
+                self._drafter = Drafter(assistant)
         if self._state is None:
             self._state = GenerationState(input_ids)
         else:
@@ -361,6 +375,16 @@ class InferenceSession:
             raise SwarmError(
                 f"{self._state.input_ids.shape[1]} tokens + {config.max_new_tokens} new "
                 f"exceed the session's max_length {self.max_length}"
+            )
+        if self._drafter is not None and assistant is not None:
+            return speculative_tokens(
+                self.model.head,
+                self._chain,
+                self._state,
+                config,
+                self._drafter,
+                draft_tokens,
+                tokenizer,
             )
         return generate_tokens(self.model.head, self._chain, self._state, config, tokenizer)
 

@@ -20,8 +20,8 @@ answer to a ping while a step is late), the chain:
 Hops after a failed one that a relayed step may or may not have reached are rebuilt the same
 way, on the same peers if the route still picks them, without a ban.
 The computation is the same, so the generated tokens do not change (a hop's history takes a
-beam search's `reorder` as its peer's cache does). `failovers` records each recovery (for the
-demo and the benchmark).
+beam search's `reorder` and a speculative decoding's `truncate` as its peer's cache does).
+`failovers` records each recovery (for the demo and the benchmark).
 """
 
 from __future__ import annotations
@@ -111,6 +111,12 @@ class InferenceChain:
         async with trio.open_nursery() as nursery:
             for hop in hops:
                 nursery.start_soon(hop.close)
+
+    def truncate(self, tokens: int) -> None:
+        """Before the next step, every hop's session keeps only its first `tokens` positions
+        (speculative decoding drops the drafts the model did not take)."""
+        for hop in self.hops:
+            hop.truncate(tokens)
 
     def reorder(self, order: Sequence[int]) -> None:
         """Before the next step, row i of every hop's session becomes what row `order[i]` is

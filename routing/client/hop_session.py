@@ -4,8 +4,9 @@ It keeps every input of every step it served (`inputs`), so that if the peer fai
 replacement can be given the same history and rebuild the same cache. A step is `send` then
 `receive`; with relay, the input may instead come from the previous peer, and only `receive`
 is called (its input still joins the history; if the answer is late, the client sends its own
-copy too, and the peer takes the first). `reorder` (beam search) puts the rows in a new order
-before the next step: the history at once, the peer's cache with that step.
+copy too, and the peer takes the first). `truncate` (speculative decoding: rejected drafts)
+and `reorder` (beam search) change the history at once, and the peer's cache with the next
+step.
 
 A step that does not answer within its deadline is a failure like any other: the stream is
 abandoned (the peer is told to cancel). While an answer is late, the peer must answer a ping
@@ -86,6 +87,7 @@ class HopSession:
         self._liveness = liveness
         self.inputs: list[torch.Tensor] = []  # sent so far, in order
         self._reorder: tuple[int, ...] = ()  # for the peer, with the next step
+        self._position: int | None = None  # likewise: the cached tokens it is to keep
         self._stack = AsyncExitStack()
         self._stream: BidiStream | None = None
         self._opened: SessionOpened | None = None
@@ -134,6 +136,13 @@ class HopSession:
         if opened is None or not opened.relay or self._stream is None:
             return None
         return RelayTarget(self.address, opened.session, opened.relay, self._steps, self._reorder)
+
+    def truncate(self, tokens: int) -> None:
+        """Keep only the first `tokens` positions: in the history now, at the peer with the
+        next step."""
+        if tokens < self.tokens:
+            self.inputs = [torch.cat(self.inputs, dim=1)[:, :tokens]]
+            self._position = tokens
 
     def reorder(self, order: Sequence[int]) -> None:
         """Row i becomes what row `order[i]` is: in the history now, at the peer with the
@@ -190,7 +199,7 @@ class HopSession:
         if number != self._steps or output.shape != hidden.shape:
             raise ProtocolError(f"step {self._steps}: a reply of shape {list(output.shape)}")
         self._steps += 1
-        self._reorder = ()
+        self._reorder, self._position = (), None
         self.inputs.append(hidden)
         self.timings.append(
             StepTiming(
@@ -211,7 +220,10 @@ class HopSession:
         if self._stream is None:
             raise ProtocolError("the session is not open")
         header, body = encode_tensor(hidden.to(self.dtype))
-        packet = Packet(step_header(self._steps, header, relay=relay, reorder=self._reorder), body)
+        fields = step_header(
+            self._steps, header, relay=relay, reorder=self._reorder, position=self._position
+        )
+        packet = Packet(fields, body)
         try:
             with trio.fail_after(timeout):
                 await self._stream.send(packet)

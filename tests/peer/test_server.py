@@ -206,16 +206,19 @@ async def test_bad_sessions_get_typed_errors_and_leave_nothing(served: Served) -
 
 
 @pytest.mark.parametrize(
-    "reorder", [[0, 5], [0], "01", [0, None]], ids=["out of range", "short", "text", "null"]
-)
-async def test_a_bad_reorder_is_a_typed_error_and_frees_the_session(
-    served: Served, reorder: Any
+    "edit",
+    [{"reorder": [0, 5]}, {"reorder": [0]}, {"reorder": "01"}, {"reorder": [0, None]},
+     {"position": 1}, {"position": -1}, {"position": "0"}],
+    ids=["out of range", "short", "text", "null", "position ahead", "negative", "position text"],
+)  # fmt: skip
+async def test_a_bad_cache_edit_is_a_typed_error_and_frees_the_session(
+    served: Served, edit: dict[str, Any]
 ) -> None:
     async with served.client.open_stream(served.peer, protocol.INFERENCE) as stream:
         await stream.send(Packet(protocol.SessionRequest(1, 3, 8, batch_size=2).header()))
         await stream.receive()
         header, body = encode_tensor(torch.randn(2, 1, HIDDEN))
-        await stream.send(Packet(protocol.step_header(0, header) | {"reorder": reorder}, body))
+        await stream.send(Packet(protocol.step_header(0, header) | edit, body))
         with pytest.raises(RemoteError) as caught:
             await stream.receive()
         assert caught.value.code in ("bad_request", "invalid_request")

@@ -149,6 +149,14 @@ def test_malformed_relay_targets_are_refused(relay: Any) -> None:
         protocol.parse_relay({"step": 0, "tensor": TENSOR, "relay": relay})
 
 
+def test_a_steps_position_round_trips_and_malformed_ones_are_refused() -> None:
+    assert protocol.parse_position(protocol.step_header(7, TENSOR, position=12)) == 12
+    assert protocol.parse_position(protocol.step_header(7, TENSOR)) is None
+    for position in (-1, "3", 2.5, True, [1]):
+        with pytest.raises(ProtocolError, match="position"):
+            protocol.parse_position({"step": 0, "tensor": TENSOR, "position": position})
+
+
 def test_a_steps_reorder_round_trips_and_malformed_ones_are_refused() -> None:
     assert protocol.parse_reorder(protocol.step_header(7, TENSOR, reorder=(2, 0, 0))) == (2, 0, 0)
     assert protocol.parse_reorder(protocol.step_header(7, TENSOR)) == ()

@@ -107,6 +107,18 @@ def test_beam_search_prints_the_best_beam(
     assert "".join(stdout.writes) == expected + "\n"
 
 
+def test_an_assistant_drafts_and_the_text_is_the_greedy_one(
+    tiny: Path, swarm: ThreadSwarm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = _expected(tiny, chat=False, new_tokens=16, seed=None, do_sample=False)
+    stdout = Recorder()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    status = main(["generate", str(tiny), PROMPT, "--initial-peers", swarm.bootstrap,
+                   "--max-new-tokens", "16", "--assistant", str(tiny)])  # fmt: skip
+    assert status == 0
+    assert "".join(stdout.writes) == expected + "\n"
+
+
 def test_a_bad_peer_address_is_a_clean_error(
     tiny: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

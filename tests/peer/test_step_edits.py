@@ -1,6 +1,8 @@
-"""A step's `reorder` (beam search): the session's rows take a new order before its tokens.
+"""What a step may do to the session's cache before its tokens: keep only the first
+`position` tokens (speculative decoding drops rejected drafts), put the rows in a new order
+(`reorder`, beam search).
 
-The reference is a session that was given its history in that order from the start."""
+The reference is a session that was given the history so edited from the start."""
 
 from __future__ import annotations
 
@@ -100,3 +102,53 @@ def test_a_step_that_fails_leaves_the_old_order(
     monkeypatch.undo()
     token = _hidden(3, 1, seed=3)
     assert_rounding_close(backend.step("s", token), backend.step("reference", token))
+
+
+@pytest.mark.parametrize("family", ["llama", "bloom", "deepseek_v2", "gemma2"])
+def test_a_step_after_a_position_equals_the_history_cut_there(
+    family: str, checkpoints: dict[str, Path]
+) -> None:
+    backend = SpanBackend.load(checkpoints[family], 0, 4)
+    history = _hidden(2, 9, seed=1)
+    _session(backend, "drafts", history)
+    for step, position in enumerate([6, 7, 3]):  # back, not moving, back again
+        tokens = _hidden(2, 2, seed=10 + step)
+        got = backend.step("drafts", tokens, position=position)
+        history = torch.cat([history[:, :position], tokens], dim=1)
+        backend.open_session(f"reference {step}", max_length=16, batch_size=2)
+        expected = backend.step(f"reference {step}", history)[:, -2:]
+        assert_rounding_close(got, expected)
+        assert backend.session_length("drafts") == position + 2
+
+
+def test_merged_steps_take_each_sessions_position(checkpoints: dict[str, Path]) -> None:
+    backend = SpanBackend.load(checkpoints["llama"], 0, 4)
+    single = SpanBackend.load(checkpoints["llama"], 0, 4)
+    for each in (backend, single):
+        _session(each, "a", _hidden(1, 6, seed=1))
+        _session(each, "b", _hidden(3, 4, seed=2))
+    requests = [
+        StepRequest("a", _hidden(1, 1, seed=3), position=2),
+        StepRequest("b", _hidden(3, 1, seed=4), reorder=ORDER, position=3),
+    ]
+    merged = backend.step_many(requests)
+    for got, request in zip(merged, requests, strict=True):
+        expected = single.step(
+            request.session_id,
+            request.hidden_states,
+            reorder=request.reorder,
+            position=request.position,
+        )
+        assert_rounding_close(got, expected)
+
+
+@pytest.mark.parametrize(("position", "tokens"), [(6, 1), (-1, 1), (5, 12)])
+def test_a_bad_position_is_refused_and_changes_nothing(
+    position: int, tokens: int, checkpoints: dict[str, Path]
+) -> None:
+    """Past the cached tokens, negative, or a step that would not fit the session."""
+    backend = SpanBackend.load(checkpoints["llama"], 0, 4)
+    _session(backend, "s", _hidden(1, 5, seed=1))
+    with pytest.raises(InvalidRequestError, match=r"position|max_length"):
+        backend.step("s", _hidden(1, tokens, seed=2), position=position)
+    assert backend.session_length("s") == 5

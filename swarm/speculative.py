@@ -1,0 +1,127 @@
+"""Speculative decoding: a small local model drafts tokens, the swarm checks them in one step.
+
+Per round, the assistant model (on the client) proposes `k` tokens greedily. One step
+through the swarm runs the tokens not yet seen plus the `k` drafts, and gives the model's
+own choice after each of them. The drafts it agrees with are kept, plus its own next token:
+1 to `k + 1` tokens for one trip through the chain instead of one. The peers then drop
+the rejected drafts from their caches (the next step's `position`; the client's copy of
+each hop's history likewise). The tokens are the model's greedy ones whatever the assistant
+proposes; only the number of trips changes. The logits processors and stopping criteria
+apply position by position, as in `generate_tokens`.
+
+`Drafter` keeps the assistant's cache between rounds while its tokens stay a prefix of the
+sequence, and starts it again after a rejection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any, Protocol, cast
+
+import torch
+import trio
+from transformers import DynamicCache
+
+from peer.span import cache_keyword
+
+from .generation import (
+    GenerationError,
+    GenerationState,
+    HiddenStatePipeline,
+    LanguageModelHead,
+    SamplingConfig,
+    build_logits_processors,
+    build_stopping_criteria,
+)
+
+__all__ = ["Drafter", "TruncatablePipeline", "check_drafting", "speculative_tokens"]
+
+DEFAULT_DRAFT_TOKENS = 4
+
+
+class TruncatablePipeline(HiddenStatePipeline, Protocol):
+    """A pipeline that can drop the positions after the first `tokens` before its next step."""
+
+    def truncate(self, tokens: int) -> None: ...
+
+
+class Drafter:
+    """The assistant model's greedy proposals, from its own cache of the sequence so far."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self._keyword = cache_keyword(model.forward)
+        self._cache: DynamicCache | None = None
+        self._cached = torch.zeros(1, 0, dtype=torch.long)  # the token ids in the cache
+
+    def propose(self, input_ids: torch.Tensor, count: int) -> list[int]:
+        """The `count` tokens the assistant would write after `input_ids` (`[1, length]`)."""
+        seen = self._cached.shape[1]
+        if self._cache is None or not torch.equal(input_ids[:, :seen], self._cached):
+            self._cache, seen = DynamicCache(), 0  # a rejected draft is in it: start again
+        device = self.model.device
+        fresh = input_ids[:, seen:]
+        tokens: list[int] = []
+        with torch.no_grad():
+            for _ in range(count):
+                logits = self.model(fresh.to(device), **{self._keyword: self._cache}).logits
+                token = int(logits[0, -1].argmax())
+                tokens.append(token)
+                fresh = torch.tensor([[token]])
+        self._cached = torch.cat([input_ids, torch.tensor([tokens[:-1]])], dim=1)
+        return tokens
+
+
+def check_drafting(config: SamplingConfig, input_ids: torch.Tensor) -> None:
+    """What an assistant model can draft for: greedy decoding of one sequence."""
+    if config.do_sample or config.num_beams > 1:
+        raise GenerationError("an assistant model drafts for greedy decoding only")
+    if input_ids.shape[0] != 1:
+        raise GenerationError("an assistant model drafts for one sequence")
+
+
+async def speculative_tokens(
+    head: LanguageModelHead,
+    pipeline: TruncatablePipeline,
+    state: GenerationState,
+    config: SamplingConfig,
+    drafter: Drafter,
+    draft_tokens: int = DEFAULT_DRAFT_TOKENS,
+    tokenizer: Any = None,
+) -> AsyncGenerator[int, None]:
+    """Yield the new token ids of greedy generation as rounds confirm them, extending `state`
+    as `generate_tokens` does."""
+    check_drafting(config, state.input_ids)
+    processors = build_logits_processors(config, state.input_ids.shape[1])
+    stopping = build_stopping_criteria(config, tokenizer)
+    eos = set(config.eos_token_ids)
+    left = config.max_new_tokens
+    while left > 0:
+        fresh = state.input_ids[:, state.processed :]
+        if fresh.shape[1] == 0:
+            raise GenerationError("nothing new to process: add tokens before generating")
+        count = min(draft_tokens, left - 1)  # the round adds up to count + 1 tokens
+        drafts = []
+        if count:
+            drafts = await trio.to_thread.run_sync(drafter.propose, state.input_ids, count)
+        ids = torch.cat([state.input_ids, torch.tensor([drafts], dtype=torch.long)], dim=1)
+        hidden = await pipeline.step(head.embed(ids[:, state.processed :]))
+        logits = head.logits(hidden[:, -(count + 1) :, :]).to(torch.float32)
+        length = state.input_ids.shape[1]
+        try:
+            for offset in range(count + 1):  # the model's token after each draft it took
+                prefix = ids[:, : length + offset]
+                scores = processors(cast(torch.LongTensor, prefix), logits[:, offset, :])
+                token = int(scores.argmax(dim=-1))
+                state.input_ids = torch.cat([prefix, torch.tensor([[token]])], dim=-1)
+                state.processed = length + offset  # `token` is not in the caches yet
+                state.new_tokens.append(token)
+                left -= 1
+                yield token
+                finished = stopping and bool(stopping(state.input_ids, scores).all())
+                if token in eos or finished:
+                    return
+                if offset == count or token != drafts[offset]:
+                    break
+        finally:  # the caches drop what follows the tokens taken, ended early or not
+            pipeline.truncate(state.processed)

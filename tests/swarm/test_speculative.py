@@ -1,0 +1,120 @@
+"""Speculative decoding through the swarm gives the model's own greedy tokens, in fewer trips.
+
+An assistant that is the model itself has every draft taken (the fewest trips); one of other
+random weights has nearly every draft rejected, so the peers drop drafts from their caches
+at almost every step. The reference is transformers' greedy `generate()` without any
+assistant."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from swarm.generation import GenerationError
+from tests.support.tiny_model import write_tiny_model
+
+from .test_model import CHAINS, PROMPT, _swarm_and_model, generate_while_cutting_a_replica
+
+NEW_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("speculative")
+    return {
+        "target": write_tiny_model(root / "target", "llama", seed=3),
+        "other": write_tiny_model(root / "other", "llama", seed=4),
+    }
+
+
+def _local(checkpoint: Path, prompt: torch.Tensor, **options: Any) -> list[int]:
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    options = {"max_new_tokens": NEW_TOKENS, "do_sample": False} | options
+    output = model.generate(prompt, attention_mask=torch.ones_like(prompt), **options)
+    return [int(t) for t in output[0, prompt.shape[1] :]]
+
+
+@pytest.mark.parametrize("hops", [1, 2, 3])
+@pytest.mark.parametrize("assistant", ["target", "other"])
+def test_the_tokens_are_the_models_greedy_ones(
+    models: dict[str, Path], hops: int, assistant: str
+) -> None:
+    expected = _local(models["target"], PROMPT)
+    draft = AutoModelForCausalLM.from_pretrained(models[assistant])
+    with (
+        _swarm_and_model(models["target"], CHAINS[hops]) as (_, model),
+        model.inference_session(max_length=64) as session,
+    ):
+        output = session.generate(
+            PROMPT, max_new_tokens=NEW_TOKENS, assistant_model=draft, num_assistant_tokens=4
+        )
+        steps = len(session.timings[0][1])
+    assert output[0, PROMPT.shape[1] :].tolist() == expected
+    if assistant == "target":  # every draft taken: 5 tokens a trip
+        assert steps == math.ceil(NEW_TOKENS / 5)
+    else:
+        assert steps > NEW_TOKENS / 2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"repetition_penalty": 1.3}, {"eos_token_id": 256}, {"max_new_tokens": 3}],
+    ids=["penalty", "eos-mid-round", "fewer-tokens-than-drafts"],
+)
+def test_the_generation_arguments_apply_token_by_token(
+    models: dict[str, Path], options: dict[str, Any]
+) -> None:
+    expected = _local(models["target"], PROMPT, **options)
+    if "eos_token_id" in options:
+        assert len(expected) < NEW_TOKENS  # 256 is a token the model makes early on
+    draft = AutoModelForCausalLM.from_pretrained(models["target"])
+    with _swarm_and_model(models["target"], CHAINS[2]) as (_, model):
+        output = model.generate(
+            PROMPT, **({"max_new_tokens": NEW_TOKENS} | options), assistant_model=draft
+        )
+    assert output[0, PROMPT.shape[1] :].tolist() == expected
+
+
+def test_a_session_continues_after_drafts_were_dropped(models: dict[str, Path]) -> None:
+    """A turn may end with rejected drafts in the peers' caches: the next turn's first step
+    drops them."""
+    second_turn = torch.tensor([[50, 51, 52]])
+    draft = AutoModelForCausalLM.from_pretrained(models["other"])
+    with (
+        _swarm_and_model(models["target"], CHAINS[2]) as (_, model),
+        model.inference_session(max_length=64) as session,
+    ):
+        first = session.generate(PROMPT, max_new_tokens=8, assistant_model=draft)
+        second = session.generate(second_turn, max_new_tokens=8, assistant_model=draft)
+        third = session.generate(torch.tensor([[60]]), max_new_tokens=4)  # no assistant
+    whole = torch.cat([first, second_turn], dim=-1)
+    assert second[0, 3:].tolist() == _local(models["target"], whole, max_new_tokens=8)
+    whole = torch.cat([whole, second[:, 3:], torch.tensor([[60]])], dim=-1)
+    assert third[0, 1:].tolist() == _local(models["target"], whole, max_new_tokens=4)
+
+
+def test_a_peer_cut_off_mid_speculation_changes_no_token(
+    models: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The replica gets the history with the rejected drafts already dropped."""
+    expected = _local(models["target"], PROMPT)
+    draft = AutoModelForCausalLM.from_pretrained(models["other"])
+    options = {"max_new_tokens": NEW_TOKENS, "do_sample": False, "assistant_model": draft}
+    result, victim = generate_while_cutting_a_replica(models["target"], input_ids=PROMPT, **options)
+    assert result[0][0, PROMPT.shape[1] :].tolist() == expected
+    assert f"peer {victim.peer[:8]} failed" in caplog.text
+
+
+def test_what_an_assistant_cannot_draft_for_is_a_clear_error(models: dict[str, Path]) -> None:
+    draft = AutoModelForCausalLM.from_pretrained(models["other"])
+    with _swarm_and_model(models["target"], CHAINS[1]) as (_, model):
+        for options in ({"do_sample": True}, {"num_beams": 2}):
+            with pytest.raises(GenerationError, match="greedy"):
+                model.generate(PROMPT, max_new_tokens=4, assistant_model=draft, **options)
+        with pytest.raises(GenerationError, match="one sequence"):
+            model.generate(PROMPT.repeat(2, 1), max_new_tokens=4, assistant_model=draft)
