@@ -9,8 +9,8 @@ each hop's history likewise). The tokens are the model's greedy ones whatever th
 proposes; only the number of trips changes. The logits processors and stopping criteria
 apply position by position, as in `generate_tokens`.
 
-`Drafter` keeps the assistant's cache between rounds while its tokens stay a prefix of the
-sequence, and starts it again after a rejection.
+`Drafter` keeps the assistant's cache between rounds, cut back to what the sequence still
+shares with it.
 """
 
 from __future__ import annotations
@@ -56,9 +56,11 @@ class Drafter:
 
     def propose(self, input_ids: torch.Tensor, count: int) -> list[int]:
         """The `count` tokens the assistant would write after `input_ids` (`[1, length]`)."""
-        seen = self._cached.shape[1]
-        if self._cache is None or not torch.equal(input_ids[:, :seen], self._cached):
-            self._cache, seen = DynamicCache(), 0  # a rejected draft is in it: start again
+        if self._cache is None:
+            self._cache = DynamicCache()
+        seen = min(_common_prefix(self._cached, input_ids), input_ids.shape[1] - 1)
+        if seen < self._cached.shape[1]:  # drop its rejected drafts (a negative count)
+            self._cache.crop(seen - self._cached.shape[1])
         device = self.model.device
         fresh = input_ids[:, seen:]
         tokens: list[int] = []
@@ -78,6 +80,13 @@ def check_drafting(config: SamplingConfig, input_ids: torch.Tensor) -> None:
         raise GenerationError("an assistant model drafts for greedy decoding only")
     if input_ids.shape[0] != 1:
         raise GenerationError("an assistant model drafts for one sequence")
+
+
+def _common_prefix(first: torch.Tensor, second: torch.Tensor) -> int:
+    """How many leading token ids two `[1, length]` sequences share."""
+    length = min(first.shape[1], second.shape[1])
+    differ = (first[0, :length] != second[0, :length]).nonzero()
+    return int(differ[0]) if len(differ) else length
 
 
 async def speculative_tokens(

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from swarm.generation import GenerationError
+from swarm.speculative import Drafter
 from tests.support.tiny_model import write_tiny_model
 
 from .test_model import CHAINS, PROMPT, _swarm_and_model, generate_while_cutting_a_replica
@@ -37,6 +38,22 @@ def _local(checkpoint: Path, prompt: torch.Tensor, **options: Any) -> list[int]:
     options = {"max_new_tokens": NEW_TOKENS, "do_sample": False} | options
     output = model.generate(prompt, attention_mask=torch.ones_like(prompt), **options)
     return [int(t) for t in output[0, prompt.shape[1] :]]
+
+
+def test_the_drafter_proposes_the_assistants_greedy_tokens_after_any_prefix(
+    models: dict[str, Path],
+) -> None:
+    """Its cache is cut back to what each new sequence shares with it (drafts rejected, a
+    new turn) and grown from there."""
+    assistant = AutoModelForCausalLM.from_pretrained(models["other"])
+    drafter = Drafter(assistant)
+    ids = PROMPT
+    for step, keep in enumerate([None, 9, 4, 12, 2]):
+        if keep is not None:  # the sequence goes on from `keep` of its tokens, differently
+            ids = torch.cat([ids[:, :keep], torch.tensor([[step + 70]])], dim=1)
+        expected = _local(models["other"], ids, max_new_tokens=4)
+        assert drafter.propose(ids, 4) == expected
+        ids = torch.cat([ids, torch.tensor([expected])], dim=1)
 
 
 @pytest.mark.parametrize("hops", [1, 2, 3])
