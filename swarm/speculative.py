@@ -51,13 +51,11 @@ class Drafter:
     def __init__(self, model: Any) -> None:
         self.model = model
         self._keyword = cache_keyword(model.forward)
-        self._cache: DynamicCache | None = None
+        self._cache = DynamicCache()
         self._cached = torch.zeros(1, 0, dtype=torch.long)  # the token ids in the cache
 
     def propose(self, input_ids: torch.Tensor, count: int) -> list[int]:
         """The `count` tokens the assistant would write after `input_ids` (`[1, length]`)."""
-        if self._cache is None:
-            self._cache = DynamicCache()
         seen = min(_common_prefix(self._cached, input_ids), input_ids.shape[1] - 1)
         if seen < self._cached.shape[1]:  # drop its rejected drafts (a negative count)
             self._cache.crop(seen - self._cached.shape[1])

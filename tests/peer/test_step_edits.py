@@ -19,6 +19,8 @@ from peer.span import Span
 from .conftest import assert_rounding_close
 
 ORDER = (2, 0, 0)  # rows may repeat (two beams from one) and vanish
+# rotary, ALiBi, a compressed latent cache, a sliding window
+CACHE_KINDS = ["llama", "bloom", "deepseek_v2", "gemma2"]
 
 
 def _hidden(batch: int, length: int, seed: int) -> torch.Tensor:
@@ -30,11 +32,10 @@ def _session(backend: SpanBackend, session_id: str, history: torch.Tensor, **opt
     backend.step(session_id, history)
 
 
-@pytest.mark.parametrize("family", ["llama", "bloom", "deepseek_v2", "gemma2"])
+@pytest.mark.parametrize("family", CACHE_KINDS)
 def test_a_reordered_step_equals_the_history_in_that_order(
     family: str, checkpoints: dict[str, Path]
 ) -> None:
-    """Rotary, ALiBi, a compressed latent cache, a sliding window: the cache's rows move."""
     backend = SpanBackend.load(checkpoints[family], 0, 4)
     history = _hidden(3, 5, seed=1)
     _session(backend, "beams", history)
@@ -104,7 +105,7 @@ def test_a_step_that_fails_leaves_the_old_order(
     assert_rounding_close(backend.step("s", token), backend.step("reference", token))
 
 
-@pytest.mark.parametrize("family", ["llama", "bloom", "deepseek_v2", "gemma2"])
+@pytest.mark.parametrize("family", CACHE_KINDS)
 def test_a_step_after_a_position_equals_the_history_cut_there(
     family: str, checkpoints: dict[str, Path]
 ) -> None:
