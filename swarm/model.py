@@ -359,14 +359,16 @@ class InferenceSession:
         check_attention_mask(options.pop("attention_mask", None), input_ids)
         _max_length_as_new_tokens(options, input_ids)
         assistant = options.pop("assistant_model", None)
-        draft_tokens = options.pop("num_assistant_tokens", None) or DEFAULT_DRAFT_TOKENS
+        draft_tokens = options.pop("num_assistant_tokens", DEFAULT_DRAFT_TOKENS)
         config = self.model.sampling_config(**options)
         if config.num_beams > 1:
             raise GenerationError("beam search runs in model.generate(), not in a session")
+        drafter = None
         if assistant is not None:
-            check_drafting(config, input_ids)
+            check_drafting(config, input_ids, draft_tokens)
             if self._drafter is None or self._drafter.model is not assistant:
                 self._drafter = Drafter(assistant)
+            drafter = self._drafter
         if self._state is None:
             self._state = GenerationState(input_ids)
         else:
@@ -376,15 +378,9 @@ class InferenceSession:
                 f"{self._state.input_ids.shape[1]} tokens + {config.max_new_tokens} new "
                 f"exceed the session's max_length {self.max_length}"
             )
-        if self._drafter is not None and assistant is not None:
+        if drafter is not None:
             return speculative_tokens(
-                self.model.head,
-                self._chain,
-                self._state,
-                config,
-                self._drafter,
-                draft_tokens,
-                tokenizer,
+                self.model.head, self._chain, self._state, config, drafter, draft_tokens, tokenizer
             )
         return generate_tokens(self.model.head, self._chain, self._state, config, tokenizer)
 

@@ -72,12 +72,15 @@ class Drafter:
         return tokens
 
 
-def check_drafting(config: SamplingConfig, input_ids: torch.Tensor) -> None:
-    """What an assistant model can draft for: greedy decoding of one sequence."""
+def check_drafting(config: SamplingConfig, input_ids: torch.Tensor, draft_tokens: int) -> None:
+    """What an assistant model can draft for: greedy decoding of one sequence, 1 or more
+    tokens a round."""
     if config.do_sample or config.num_beams > 1:
         raise GenerationError("an assistant model drafts for greedy decoding only")
     if input_ids.shape[0] != 1:
         raise GenerationError("an assistant model drafts for one sequence")
+    if not isinstance(draft_tokens, int) or draft_tokens < 1:
+        raise GenerationError(f"num_assistant_tokens must be >= 1, not {draft_tokens!r}")
 
 
 def _common_prefix(first: torch.Tensor, second: torch.Tensor) -> int:
@@ -98,7 +101,7 @@ async def speculative_tokens(
 ) -> AsyncGenerator[int, None]:
     """Yield the new token ids of greedy generation as rounds confirm them, extending `state`
     as `generate_tokens` does."""
-    check_drafting(config, state.input_ids)
+    check_drafting(config, state.input_ids, draft_tokens)
     processors = build_logits_processors(config, state.input_ids.shape[1])
     stopping = build_stopping_criteria(config, tokenizer)
     eos = set(config.eos_token_ids)

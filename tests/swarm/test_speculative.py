@@ -135,3 +135,5 @@ def test_what_an_assistant_cannot_draft_for_is_a_clear_error(models: dict[str, P
                 model.generate(PROMPT, max_new_tokens=4, assistant_model=draft, **options)
         with pytest.raises(GenerationError, match="one sequence"):
             model.generate(PROMPT.repeat(2, 1), max_new_tokens=4, assistant_model=draft)
+        with pytest.raises(GenerationError, match="num_assistant_tokens"):
+            model.generate(PROMPT, max_new_tokens=4, assistant_model=draft, num_assistant_tokens=0)
