@@ -12,10 +12,12 @@ assistant, and with each assistant drafting `--drafts` tokens a round:
 - "first-N": the model cut to its first N blocks (`--draft-blocks`), a crude assistant.
 Reported: milliseconds per token (the whole generation over its tokens), the ratio to the
 local baseline and to the swarm without an assistant, tokens per trip through the chain,
-and whether the tokens equal the baseline's.
+and whether the tokens equal the baseline's. With `--delay-ms D`, the peers run in this
+process instead (`tests/support/thread_swarm.py`), each behind a relay that holds every
+chunk of every connection D ms each way, as across a network: the case the method is for.
 
     .venv/bin/python scripts/bench_speculative.py [--models smollm2 tiny] [--tokens 48]
-        [--hops 2] [--drafts 4] [--draft-blocks 10] [--json PATH]
+        [--hops 2] [--drafts 4] [--draft-blocks 10] [--delay-ms 0] [--json PATH]
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,7 @@ from scripts._bench_models import bench_checkpoints  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
 from swarm.generation import prompt_ids  # noqa: E402
 from swarm.local_swarm import LocalSwarm  # noqa: E402
+from tests.support.thread_swarm import ThreadSwarm  # noqa: E402
 
 QUESTION = "What is the capital of France, and what is it known for?"
 
@@ -51,8 +56,21 @@ def _first_blocks(checkpoint: Path, blocks: int) -> Any:
     return model
 
 
+@contextmanager
+def _swarm(checkpoint: Path, spans: list[tuple[int, int]], delay: float) -> Iterator[str]:
+    """A swarm serving `spans`; its bootstrap address."""
+    if not delay:
+        with LocalSwarm(checkpoint, spans, monitor=False) as swarm:
+            yield swarm.bootstrap
+        return
+    with ThreadSwarm(checkpoint, spans) as threads:
+        for peer in threads.peers:
+            threads.fault(peer, "delay", delay)
+        yield threads.bootstrap
+
+
 def run_model(
-    checkpoint: Path, tokens: int, hops: int, drafts: int, draft_blocks: int
+    checkpoint: Path, tokens: int, hops: int, drafts: int, draft_blocks: int, delay: float
 ) -> dict[str, Any]:
     ids = prompt_ids(AutoTokenizer.from_pretrained(checkpoint), QUESTION, chat=True)
     options = {"max_new_tokens": tokens, "do_sample": False, "eos_token_id": None}
@@ -68,10 +86,8 @@ def run_model(
     assistants[f"first-{draft_blocks}"] = _first_blocks(checkpoint, min(draft_blocks, blocks))
     bounds = [round(i * blocks / hops) for i in range(hops + 1)]
     with (
-        LocalSwarm(checkpoint, list(itertools.pairwise(bounds)), monitor=False) as swarm,
-        DistributedModelForCausalLM.from_pretrained(
-            checkpoint, initial_peers=[swarm.bootstrap]
-        ) as model,
+        _swarm(checkpoint, list(itertools.pairwise(bounds)), delay) as bootstrap,
+        DistributedModelForCausalLM.from_pretrained(checkpoint, initial_peers=[bootstrap]) as model,
     ):
         model.generate(ids, **options)  # warm-up: connections, peers' first steps
         for name, assistant in assistants.items():
@@ -105,16 +121,19 @@ def main() -> None:
     parser.add_argument("--hops", type=int, default=2)
     parser.add_argument("--drafts", type=int, default=4)
     parser.add_argument("--draft-blocks", type=int, default=10)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    results: dict[str, Any] = {"tokens": args.tokens, "hops": args.hops, "drafts": args.drafts}
+    results: dict[str, Any] = {"tokens": args.tokens, "hops": args.hops, "drafts": args.drafts,
+                               "delay_ms": args.delay_ms}  # fmt: skip
     print(f"greedy generation of {args.tokens} tokens, {args.hops} peers, {args.drafts} drafts "
-          f"a round, threads {torch.get_num_threads()}, loopback")  # fmt: skip
+          f"a round, threads {torch.get_num_threads()}, loopback, {args.delay_ms} ms one-way "
+          "delay on every link")  # fmt: skip
     for name, checkpoint in bench_checkpoints(args.models).items():
         print(name, flush=True)
         results[name] = run_model(
-            checkpoint, args.tokens, args.hops, args.drafts, args.draft_blocks
+            checkpoint, args.tokens, args.hops, args.drafts, args.draft_blocks, args.delay_ms / 1000
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
