@@ -42,6 +42,35 @@ def _add_network_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    """What `generate` and `chat` share: the model, the swarm, and the sampling."""
+    parser.add_argument("model", help="the checkpoint the peers serve (its head runs here)")
+    parser.add_argument(
+        "--initial-peers", nargs="+", required=True, metavar="ADDR", help="HOST:PORT/PEER_ID"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy")
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--repetition-penalty", type=float)
+    parser.add_argument("--no-repeat-ngram-size", type=int, help="n-grams may occur once")
+    parser.add_argument("--min-p", type=float, help="sampling: drop tokens under P x the top")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    parser.add_argument(
+        "--assistant", help="a small local checkpoint that drafts tokens (greedy decoding)"
+    )
+    parser.add_argument("--model-name", help="the model's name in the swarm (default: derived)")
+    parser.add_argument("--adapter", help="run the peers' LoRA adapter of this name")
+    parser.add_argument("--device", default="cpu", help="where the head runs")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPES,
+        help="of the head (use the peers' dtype)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swarm", description="A peer-to-peer inference swarm for large language models."
@@ -89,23 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     generate = commands.add_parser("generate", help="generate text through the swarm")
-    generate.add_argument("model", help="the checkpoint the peers serve (its head runs here)")
+    _add_client_options(generate)
     generate.add_argument("prompt")
-    generate.add_argument(
-        "--initial-peers", nargs="+", required=True, metavar="ADDR", help="HOST:PORT/PEER_ID"
-    )
-    generate.add_argument("--max-new-tokens", type=int, default=64)
-    generate.add_argument("--do-sample", action="store_true", help="sample instead of greedy")
-    generate.add_argument("--temperature", type=float)
-    generate.add_argument("--top-k", type=int)
-    generate.add_argument("--top-p", type=float)
-    generate.add_argument("--repetition-penalty", type=float)
-    generate.add_argument("--no-repeat-ngram-size", type=int, help="n-grams may occur once")
-    generate.add_argument("--min-p", type=float, help="sampling: drop tokens under P x the top")
-    generate.add_argument("--seed", type=int, default=0, help="seed of the sampler")
-    generate.add_argument(
-        "--assistant", help="a small local checkpoint that drafts tokens (greedy decoding)"
-    )
     generate.add_argument(
         "--num-beams",
         type=int,
@@ -113,14 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="beam search over this many beams (prints at the end)",
     )
     generate.add_argument("--chat", action="store_true", help="apply the chat template")
-    generate.add_argument("--model-name", help="the model's name in the swarm (default: derived)")
-    generate.add_argument("--adapter", help="run the peers' LoRA adapter of this name")
-    generate.add_argument("--device", default="cpu", help="where the head runs")
-    generate.add_argument(
-        "--dtype",
-        default="float32",
-        choices=DTYPES,
-        help="of the head (use the peers' dtype)",
+
+    chat = commands.add_parser("chat", help="a conversation through the swarm, on stdin")
+    _add_client_options(chat)
+    chat.add_argument("--system", help="a system message to begin with")
+    chat.add_argument(
+        "--max-length", type=int, default=2048, help="tokens the conversation may reach"
     )
 
     monitor = commands.add_parser("monitor", help="serve the swarm monitor page")
@@ -149,6 +161,7 @@ COMMAND_MODULES = {
     "dht": "swarm.commands.dht",
     "peer": "swarm.commands.peer",
     "generate": "swarm.commands.generate",
+    "chat": "swarm.commands.chat",
     "monitor": "swarm.commands.monitor",
     "demo": "swarm.commands.demo",
 }

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..checkpoints import resolve_checkpoint, swarm_name
 from ..generation import prompt_ids
+
+if TYPE_CHECKING:
+    from ..model import DistributedModelForCausalLM
 
 
 def decode_text(tokenizer: Any, tokens: list[int]) -> str:
@@ -31,20 +36,9 @@ def write_new_text(tokenizer: Any, tokens: list[int], printed: str) -> str:
     return text
 
 
-def run(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
-
-    from ..model import DistributedModelForCausalLM
-
-    checkpoint = resolve_checkpoint(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    assistant = None
-    if args.assistant:
-        from transformers import AutoModelForCausalLM
-
-        assistant = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(args.assistant))
-    input_ids = prompt_ids(tokenizer, args.prompt, chat=args.chat)
-    options = {
+def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`generate()`'s arguments from the command line's (None: the model's default)."""
+    return {
         "max_new_tokens": args.max_new_tokens,
         "do_sample": True if args.do_sample else None,
         "temperature": args.temperature,
@@ -55,14 +49,41 @@ def run(args: argparse.Namespace) -> int:
         "min_p": args.min_p,
         "seed": args.seed,
     }
-    with DistributedModelForCausalLM.from_pretrained(
+
+
+def drafting_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`assistant_model=` from `--assistant` (a local checkpoint), if given."""
+    if not args.assistant:
+        return {}
+    from transformers import AutoModelForCausalLM
+
+    return {
+        "assistant_model": AutoModelForCausalLM.from_pretrained(resolve_checkpoint(args.assistant))
+    }
+
+
+def open_model(args: argparse.Namespace, checkpoint: Path) -> DistributedModelForCausalLM:
+    """The client for `args.model`, joined to the swarm at `--initial-peers`."""
+    from ..model import DistributedModelForCausalLM
+
+    return DistributedModelForCausalLM.from_pretrained(
         checkpoint,
         initial_peers=args.initial_peers,
         model_name_in_swarm=swarm_name(args.model, args.model_name),
         device=args.device,
         dtype=args.dtype,
         adapter=args.adapter,
-    ) as model:
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    checkpoint = resolve_checkpoint(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    input_ids = prompt_ids(tokenizer, args.prompt, chat=args.chat)
+    options = sampling_options(args)
+    with open_model(args, checkpoint) as model:
         if args.num_beams > 1:
             output = model.generate(
                 input_ids, tokenizer=tokenizer, num_beams=args.num_beams, **options
@@ -72,11 +93,20 @@ def run(args: argparse.Namespace) -> int:
             return 0
         config = model.sampling_config(**options)
         with model.inference_session(int(input_ids.shape[1]) + config.max_new_tokens) as session:
-            tokens: list[int] = []
-            printed = ""
-            drafting = {"assistant_model": assistant} if assistant is not None else {}
-            for token in session.stream(input_ids, tokenizer=tokenizer, **options, **drafting):
-                tokens.append(token)
-                printed = write_new_text(tokenizer, tokens, printed)
-    sys.stdout.write(decode_text(tokenizer, tokens)[len(printed) :] + "\n")
+            stream = session.stream(
+                input_ids, tokenizer=tokenizer, **options, **drafting_options(args)
+            )
+            write_stream(tokenizer, stream)
     return 0
+
+
+def write_stream(tokenizer: Any, tokens: Iterable[int]) -> list[int]:
+    """Print the text of `tokens` as they come, then a new line; the tokens."""
+    seen: list[int] = []
+    printed = ""
+    for token in tokens:
+        seen.append(token)
+        printed = write_new_text(tokenizer, seen, printed)
+    sys.stdout.write(decode_text(tokenizer, seen)[len(printed) :] + "\n")
+    sys.stdout.flush()
+    return seen

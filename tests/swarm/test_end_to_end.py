@@ -1,11 +1,13 @@
 """The commands people run, as processes on loopback: `swarm dht`, `swarm peer`, `swarm
-generate`, `swarm demo`; peers killed by pid; the real default model (SmolLM2-135M-Instruct).
+generate`, `swarm demo`; peers killed by pid; the real default model (SmolLM2-135M-Instruct),
+also in `swarm chat`.
 
 References: the local transformers model's `generate()` on the same checkpoint.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -20,12 +22,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from swarm import DistributedModelForCausalLM
+from swarm.cli import main
 from swarm.default_model import prepare_default_model
 from swarm.generation import prompt_ids
 from swarm.local_swarm import LocalSwarm
 from tests.support.processes import ROOT
 from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import write_tiny_model
+
+from .test_generate_cli import _local_chat
 
 pytestmark = pytest.mark.slow
 
@@ -141,6 +146,24 @@ def test_default_model_through_the_swarm_equals_local(smollm2: Path) -> None:
     assert torch.equal(output_beams, expected_beams)
     assert ours.grad is not None and embeddings.grad is not None
     torch.testing.assert_close(ours.grad, embeddings.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_a_chat_on_the_default_model_goes_on_in_one_session(
+    smollm2: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each turn sends only what the chat template adds: SmolLM2's answers encode back to
+    the tokens it generated, so the session never starts again."""
+    turns = ["What is the capital of France?", "And of Italy?", "Thanks!"]
+    expected = _local_chat(smollm2, turns, new_tokens=16)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(turns)))
+    with ThreadSwarm(smollm2, [(0, 15), (15, 30)]) as swarm:
+        status = main(["chat", str(smollm2), "--initial-peers", swarm.bootstrap,
+                       "--max-new-tokens", "16"])  # fmt: skip
+    assert status == 0
+    out, err = capsys.readouterr()
+    assert out == "".join(answer + "\n" for answer in expected)
+    assert "Rome" in expected[1]
+    assert "sending it all" not in err
 
 
 def test_the_demo_answers_on_the_default_model_through_a_failure() -> None:

@@ -4,6 +4,7 @@ the local transformers model's `generate()` (greedy, seeded sampling, the chat t
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from swarm.cli import main
+from swarm.commands.chat import new_tokens
 from swarm.generation import prompt_ids
 from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import write_tiny_model
@@ -132,3 +134,69 @@ def test_the_command_offers_the_dtypes_peers_support() -> None:
     from swarm.cli import DTYPES
 
     assert list(SUPPORTED_DTYPES) == DTYPES
+
+
+def _local_chat(tiny: Path, turns: list[str], new_tokens: int) -> list[str]:
+    """Each answer of transformers' greedy `generate()` to the whole conversation so far."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    messages: list[dict[str, str]] = []
+    answers = []
+    for turn in turns:
+        messages.append({"role": "user", "content": turn})
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
+        output = model.generate(ids, attention_mask=torch.ones_like(ids),
+                                max_new_tokens=new_tokens, do_sample=False)  # fmt: skip
+        answer = str(tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True))
+        answers.append(answer)
+        messages.append({"role": "assistant", "content": answer})
+    return answers
+
+
+def test_chat_answers_each_turn_as_transformers_would(
+    tiny: Path,
+    swarm: ThreadSwarm,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Random weights answer with tokens whose text rarely encodes back to them, so here the
+    session mostly starts again with the whole conversation (SmolLM2's goes on: see
+    tests/swarm/test_end_to_end.py): the answers are transformers' either way."""
+    turns = ["Hello there", "And after that?", "Thanks"]
+    expected = _local_chat(tiny, turns, new_tokens=12)
+    stdout = Recorder()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join([*turns, "/exit", "ignored"])))
+    status = main(["chat", str(tiny), "--initial-peers", swarm.bootstrap,
+                   "--max-new-tokens", "12", "--max-length", "256"])  # fmt: skip
+    assert status == 0
+    assert "".join(stdout.writes) == "".join(answer + "\n" for answer in expected)
+    assert "> " in capsys.readouterr().err  # the prompt marker is not in stdout
+
+
+def test_a_turn_sends_what_the_template_adds_to_the_session() -> None:
+    held = torch.tensor([[1, 2, 3]])
+    assert new_tokens(None, held) is held
+    assert new_tokens(held, torch.tensor([[1, 2, 3, 4, 5]])).tolist() == [[4, 5]]
+    assert new_tokens(held, torch.tensor([[1, 2, 9, 4, 5]])) is None  # another history
+    assert new_tokens(held, torch.tensor([[1, 2, 3]])) is None  # nothing new
+
+
+def test_chat_resets_and_refuses_a_conversation_over_its_length(
+    tiny: Path,
+    swarm: ThreadSwarm,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    expected = _local_chat(tiny, ["Hello there"], new_tokens=8)
+    stdout = Recorder()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    lines = ["Something first", "/reset", "Hello there", "word " * 80]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines)))
+    status = main(["chat", str(tiny), "--initial-peers", swarm.bootstrap,
+                   "--max-new-tokens", "8", "--max-length", "64"])  # fmt: skip
+    assert status == 0
+    assert "".join(stdout.writes).endswith(expected[0] + "\n")  # as if the first was not said
+    assert "would pass --max-length 64" in capsys.readouterr().err

@@ -1,0 +1,123 @@
+"""`swarm chat MODEL`: a conversation through the swarm, one message per line of stdin.
+
+Each reply streams to stdout (then a new line); the prompt marker, logs and progress go to
+stderr. The conversation is one inference session: each turn renders the whole conversation
+with the tokenizer's chat template and sends only what follows the tokens the session
+already holds. When the template does not extend them (a reply whose text encodes to other
+tokens than were generated), the session starts again with the whole conversation. `/reset`
+forgets the conversation; end of input (Ctrl-D) or `/exit` ends it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..checkpoints import resolve_checkpoint
+from .generate import decode_text, drafting_options, open_model, sampling_options, write_stream
+
+if TYPE_CHECKING:
+    from ..model import DistributedModelForCausalLM, InferenceSession
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Conversation:
+    """The messages so far, as the chat template takes them."""
+
+    system: str | None = None
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+
+    def prompt(self, tokenizer: Any) -> torch.Tensor:
+        """The whole conversation's token ids, ready for the assistant's next message."""
+        encoded = tokenizer.apply_chat_template(
+            self.messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        return torch.as_tensor(encoded["input_ids"])
+
+
+def new_tokens(held: torch.Tensor | None, prompt: torch.Tensor) -> torch.Tensor | None:
+    """What `prompt` adds to the tokens a session holds; None if it does not extend them."""
+    if held is None:
+        return prompt
+    length = held.shape[1]
+    if prompt.shape[1] <= length or not torch.equal(prompt[:, :length], held):
+        return None
+    return prompt[:, length:]
+
+
+class Chat:
+    """One conversation over one model: a session reopened when it cannot go on."""
+
+    def __init__(self, model: DistributedModelForCausalLM, args: argparse.Namespace) -> None:
+        self.model = model
+        self.max_length = args.max_length
+        self.options = sampling_options(args) | drafting_options(args)
+        self.conversation = Conversation(args.system)
+        self.session: InferenceSession | None = None
+        self._open = ExitStack()  # the session's
+
+    def close(self) -> None:
+        self._open.close()
+        self.session = None
+
+    def reset(self) -> None:
+        self.close()
+        self.conversation.reset()
+
+    def reply(self, tokenizer: Any, message: str) -> None:
+        """Stream the answer to `message` to stdout."""
+        self.conversation.messages.append({"role": "user", "content": message})
+        prompt = self.conversation.prompt(tokenizer)
+        held = None if self.session is None else self.session.input_ids
+        fresh = new_tokens(held, prompt)
+        if fresh is None:
+            logger.info("the chat template does not extend the conversation: sending it all")
+            self.close()
+            fresh = prompt
+        if prompt.shape[1] + self.options["max_new_tokens"] > self.max_length:
+            self.conversation.messages.pop()
+            logger.error("the conversation would pass --max-length %d: /reset", self.max_length)
+            return
+        if self.session is None:
+            self.session = self._open.enter_context(self.model.inference_session(self.max_length))
+        stream = self.session.stream(fresh, tokenizer=tokenizer, **self.options)
+        tokens = write_stream(tokenizer, stream)
+        answer = decode_text(tokenizer, tokens)
+        self.conversation.messages.append({"role": "assistant", "content": answer})
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    checkpoint = resolve_checkpoint(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    with open_model(args, checkpoint) as model:
+        chat = Chat(model, args)
+        try:
+            while True:
+                sys.stderr.write("> ")
+                sys.stderr.flush()
+                line = sys.stdin.readline()
+                message = line.strip()
+                if not line or message == "/exit":
+                    return 0
+                if message == "/reset":
+                    chat.reset()
+                elif message:
+                    chat.reply(tokenizer, message)
+        finally:
+            chat.close()
