@@ -14,7 +14,6 @@ import argparse
 import logging
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,14 +27,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@dataclass
 class Conversation:
     """The messages so far, as the chat template takes them."""
 
-    system: str | None = None
-    messages: list[dict[str, str]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
+    def __init__(self, system: str | None = None) -> None:
+        self.system = system
+        self.messages: list[dict[str, str]] = []
         self.reset()
 
     def reset(self) -> None:
