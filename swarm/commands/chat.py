@@ -79,16 +79,16 @@ class Chat:
         """Stream the answer to `message` to stdout."""
         self.conversation.messages.append({"role": "user", "content": message})
         prompt = self.conversation.prompt(tokenizer)
+        if prompt.shape[1] + self.options["max_new_tokens"] > self.max_length:
+            self.conversation.messages.pop()
+            logger.error("the conversation would pass --max-length %d: /reset", self.max_length)
+            return
         held = None if self.session is None else self.session.input_ids
         fresh = new_tokens(held, prompt)
         if fresh is None:
             logger.info("the chat template does not extend the conversation: sending it all")
             self.close()
             fresh = prompt
-        if prompt.shape[1] + self.options["max_new_tokens"] > self.max_length:
-            self.conversation.messages.pop()
-            logger.error("the conversation would pass --max-length %d: /reset", self.max_length)
-            return
         if self.session is None:
             self.session = self._open.enter_context(self.model.inference_session(self.max_length))
         stream = self.session.stream(fresh, tokenizer=tokenizer, **self.options)
