@@ -4,15 +4,17 @@ An adapter is a PEFT LoRA directory (`adapter_config.json` with `"peft_type": "L
 `adapter_model.safetensors`) trained on the same base model; its name in the swarm is the
 directory's name. `load_adapter` reads only the low-rank pairs of the span's blocks
 (`base_model.model.<decoder>.<blocks>.N.<module>.lora_A.weight` and `lora_B`) and wraps each
-linear layer they target in a `LoraLinear`, which adds `lora_B(lora_A(x)) * scale` (PEFT's
-`scale = lora_alpha / r`, or `/ sqrt(r)` with rsLoRA) when a request names that adapter, and
-is the plain layer otherwise: a peer's base outputs do not change when it loads adapters.
+linear layer they target (int8 ones too, and GPT-2's `Conv1D`, for which PEFT sets
+`fan_in_fan_out`: it changes how PEFT merges, not what it computes) in a `LoraLinear`, which
+adds `lora_B(lora_A(x)) * scale` (PEFT's `scale = lora_alpha / r`, or `/ sqrt(r)` with
+rsLoRA) when a request names that adapter, and is the plain layer otherwise: a peer's base
+outputs do not change when it loads adapters.
 
 `Adapters.using(name)` selects the adapter of the request that runs (the compute thread runs
 one at a time, so one selection serves every wrapped layer of the span). Anything the peer
 cannot apply as PEFT would (weight-decomposed DoRA, biases, per-module ranks or alphas,
-layers outside the blocks such as the embeddings or the LM head, fan-in-fan-out weights) is
-refused at load with `AdapterError`, naming it.
+layers outside the blocks such as the embeddings or the LM head) is refused at load with
+`AdapterError`, naming it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 from routing.announcement import MAX_ADAPTERS, MODEL_NAME_PATTERN
 
 from .errors import AdapterError, UnknownAdapterError
-from .int8_weights import Int8Linear
+from .int8_weights import Int8Linear, as_linear
 from .span import Span
 
 __all__ = ["Adapters", "LoraLinear", "load_adapter"]
@@ -42,8 +44,8 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 # PEFT settings that change what a LoRA layer computes, which a peer does not apply
-_REFUSED_IF_SET = ("use_dora", "fan_in_fan_out", "modules_to_save", "rank_pattern",
-                   "alpha_pattern", "lora_bias")  # fmt: skip
+_REFUSED_IF_SET = ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern",
+                   "lora_bias")  # fmt: skip
 
 
 @dataclass
@@ -72,10 +74,13 @@ class Adapters:
 class LoraLinear(torch.nn.Module):
     """A block's linear layer, plus the low-rank update of the adapter in use, if it has one."""
 
-    def __init__(self, base: torch.nn.Linear | Int8Linear, adapters: Adapters) -> None:
+    def __init__(
+        self, base: torch.nn.Module, adapters: Adapters, features: tuple[int, int]
+    ) -> None:
         super().__init__()
         self.base = base
         self.adapters = adapters
+        self.features = features  # the base's inputs and outputs
         self.updates: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -173,15 +178,16 @@ def _attach(
     except AttributeError:
         raise AdapterError(f"{where}: the block has no such layer") from None
     if not isinstance(target, LoraLinear):
-        if not isinstance(target, torch.nn.Linear | Int8Linear):
+        linear = target if isinstance(target, Int8Linear) else as_linear(target)
+        if linear is None:
             raise AdapterError(f"{where}: not a linear layer ({type(target).__name__})")
-        target = LoraLinear(target, adapters)
+        target = LoraLinear(target, adapters, (linear.in_features, linear.out_features))
         setattr(parent, leaf, target)
     down, up = pair["A"], pair["B"]
-    base = target.base
-    if down.shape != (rank, base.in_features) or up.shape != (base.out_features, rank):
+    inputs, outputs = target.features
+    if down.shape != (rank, inputs) or up.shape != (outputs, rank):
         raise AdapterError(
             f"{where}: lora_A {list(down.shape)} and lora_B {list(up.shape)} do not fit "
-            f"[{rank}, {base.in_features}] and [{base.out_features}, {rank}]"
+            f"[{rank}, {inputs}] and [{outputs}, {rank}]"
         )
     target.updates[name] = (down, up, scale)

@@ -103,6 +103,8 @@ class SpanBackend:
         self.config = config or BackendConfig()
         context = int(getattr(span.config, "max_position_embeddings", 0) or 0)
         self.max_session_length = self.config.max_session_length or context or 2048
+        if span.positions is not None:  # learned positions (GPT-2) end there
+            self.max_session_length = min(self.max_session_length, span.positions.num_embeddings)
         self._sessions: dict[str, _Session] = {}
         self._reserved_tokens = 0
         self.adapters = Adapters()  # LoRA adapters, loaded by `peer.adapters.load_adapter`

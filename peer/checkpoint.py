@@ -9,10 +9,11 @@ kilobytes), and `read_tensors` / `read_layer_tensors` open each needed file with
 Families are the decoder blocks called like Llama's (`FAMILIES`: Llama, Mistral, Qwen2/3,
 Phi-2 and 3, Gemma 1 to 3, OLMo, OLMo 2, StableLM, StarCoder2, Ministral, SmolLM3, GLM-4,
 Command R (Cohere 1 and 2), and the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
-GLM-4.5, DeepSeek V2/V3, Llama 4 and gpt-oss), and GPT-J, GPT-NeoX (Pythia), Falcon and BLOOM
-(ALiBi positions); SmolLM2 and TinyLlama are `llama`. An image-text checkpoint whose
-`text_config` is one of these opens as its language model (`TEXT_LAYOUTS`). Anything else
-raises `UnsupportedModelError` naming what is supported.
+GLM-4.5, DeepSeek V2/V3, Llama 4 and gpt-oss), and GPT-J, GPT-NeoX (Pythia), Falcon, BLOOM
+(ALiBi positions), GPT-2 and GPT-BigCode (StarCoder 1, SantaCoder; learned positions, which
+the peer running block 0 adds); SmolLM2 and TinyLlama are `llama`. An image-text checkpoint
+whose `text_config` is one of these opens as its language model (`TEXT_LAYOUTS`). Anything
+else raises `UnsupportedModelError` naming what is supported.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ TEXT_LAYOUTS = {"": "", "language_model.model.": "language_model.", "model.langu
 @dataclass(frozen=True)
 class ModelFamily:
     """Where transformers keeps one family's block (module, config, layer and rotary classes;
-    no rotary: ALiBi) and what its causal LM names the decoder's parts."""
+    no rotary: learned positions or ALiBi) and what its causal LM names the decoder's parts."""
 
     name: str
     module: str
@@ -69,14 +70,25 @@ class ModelFamily:
     final_norm: str = "norm"
     embedding_norm: str | None = None  # applied to the embeddings before the first block
     old_lm_head: str = "lm_head"  # what checkpoints saved before transformers 5 name it
+    learned_positions: str | None = None  # the decoder's position embeddings (GPT-2: `wpe`)
+    unused: tuple[str, ...] = ()  # tensors of a block older checkpoints saved, not read
+
+    @property
+    def alibi(self) -> bool:
+        """Whether its blocks take ALiBi biases for positions (BLOOM)."""
+        return self.rotary_class is None and self.learned_positions is None
 
     def load(self, attribute: str) -> Any:
         """Import one class of the family (transformers is imported here, not at import time)."""
         return getattr(importlib.import_module(self.module), attribute)
 
 
-_GPT2_NAMES = {"decoder": "transformer", "blocks": "h", "embeddings": "word_embeddings",
-               "final_norm": "ln_f"}  # fmt: skip
+_GPT2_NAMES: dict[str, Any] = {
+    "decoder": "transformer",
+    "blocks": "h",
+    "embeddings": "word_embeddings",
+    "final_norm": "ln_f",
+}
 
 
 def _family(
@@ -86,7 +98,7 @@ def _family(
     module: str = "",
     config: str = "",
     layer: str = "",
-    alibi: bool = False,
+    rotary: bool = True,
 ) -> ModelFamily:
     module = module or name
     return ModelFamily(
@@ -94,7 +106,18 @@ def _family(
         module=f"transformers.models.{module}.modeling_{module}",
         config_class=config or f"{prefix}Config",
         layer_class=layer or f"{prefix}DecoderLayer",
-        rotary_class=None if alibi else f"{prefix}RotaryEmbedding",
+        rotary_class=f"{prefix}RotaryEmbedding" if rotary else None,
+    )
+
+
+def _learned_positions(name: str, prefix: str) -> ModelFamily:
+    """A family of GPT-2's: its names, and learned position embeddings (`wpe`)."""
+    family = replace(_family(name, prefix, layer=f"{prefix}Block", rotary=False), **_GPT2_NAMES)
+    return replace(
+        family,
+        embeddings="wte",
+        learned_positions="wpe",
+        unused=("attn.bias", "attn.masked_bias"),  # causal masks, once saved as tensors
     )
 
 
@@ -140,10 +163,12 @@ FAMILIES: Mapping[str, ModelFamily] = {
         ),  # Pythia too
         replace(_family("falcon", "Falcon"), **_GPT2_NAMES),
         replace(
-            _family("bloom", "Bloom", layer="BloomBlock", alibi=True),
+            _family("bloom", "Bloom", layer="BloomBlock", rotary=False),
             embedding_norm="word_embeddings_layernorm",
             **_GPT2_NAMES,
         ),
+        _learned_positions("gpt2", "GPT2"),
+        _learned_positions("gpt_bigcode", "GPTBigCode"),  # StarCoder 1, SantaCoder
     )
 }
 
@@ -173,8 +198,12 @@ class Checkpoint:
 
     def layer_tensor_names(self, layer: int) -> list[str]:
         """Names of the checkpoint tensors that belong to block `layer`."""
-        start = self.layer_prefix(layer)
-        return [name for name in self.tensor_files if name.startswith(start)]
+        start, unused = self.layer_prefix(layer), self.family.unused
+        return [
+            name
+            for name in self.tensor_files
+            if name.startswith(start) and name.removeprefix(start) not in unused
+        ]
 
     def head_tensor_names(self) -> dict[str, str]:
         """The embeddings', their norm's (BLOOM), the final norm's and the LM head's tensors,

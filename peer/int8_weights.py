@@ -1,7 +1,8 @@
 """Weight-only int8: a peer's linear layers keep int8 weights, one scale per output row.
 
-`swarm peer --quantize int8` turns every `torch.nn.Linear` of each block into an `Int8Linear`
-as the block loads (so a span that would not fit in bfloat16 loads one block at a time):
+`swarm peer --quantize int8` turns every `torch.nn.Linear` of each block (and GPT-2's
+`Conv1D`, a linear layer that stores its weight transposed) into an `Int8Linear` as the block
+loads (so a span that would not fit in bfloat16 loads one block at a time):
 `weight ≈ int8 * scale`, the scale of a row its largest magnitude over 127. Activations stay
 in the peer's dtype, bfloat16 or float16, and the product runs in PyTorch's int8-weight kernel
 (`aten._weight_int8pack_mm`), which reads half the bytes of a bfloat16 weight: on a CPU a
@@ -25,7 +26,7 @@ import torch
 
 from .errors import InvalidRequestError
 
-__all__ = ["INT8_DTYPES", "Int8Linear", "quantize_linears"]
+__all__ = ["INT8_DTYPES", "Int8Linear", "as_linear", "quantize_linears"]
 
 INT8_DTYPES = (torch.bfloat16, torch.float16)  # the activations int8 weights run with
 DEQUANTIZE_FROM_ROWS = 256  # tokens in a step from which the dequantized weight is faster
@@ -40,7 +41,7 @@ class Int8Linear(torch.nn.Module):
 
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
-        weight = linear.weight.detach().float()
+        weight = linear.weight.detach().float().contiguous()  # Conv1D's: a transposed view
         scale = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
         self.in_features = linear.in_features
         self.out_features = linear.out_features
@@ -64,16 +65,34 @@ class Int8Linear(torch.nn.Module):
         return output + self.bias if self.bias is not None else output
 
 
+def as_linear(module: torch.nn.Module) -> torch.nn.Linear | None:
+    """`module` if it is a linear layer, GPT-2's `Conv1D` as the linear layer it is (the
+    weight a view of its own), None otherwise."""
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(module, torch.nn.Linear):
+        return module
+    if not isinstance(module, Conv1D):
+        return None
+    inputs, outputs = module.weight.shape
+    linear = torch.nn.Linear(inputs, outputs, bias=False, device="meta")
+    linear.weight = torch.nn.Parameter(module.weight.detach().t(), requires_grad=False)
+    linear.bias = module.bias
+    return linear
+
+
 def quantize_linears(module: torch.nn.Module, dtype: torch.dtype) -> int:
-    """Turn every `torch.nn.Linear` inside `module` into an `Int8Linear`; returns how many."""
+    """Turn every linear layer inside `module` (`as_linear`) into an `Int8Linear`; returns
+    how many."""
     if dtype not in INT8_DTYPES:
         raise InvalidRequestError(
             f"int8 weights run with bfloat16 or float16 activations, not {dtype} (--dtype)"
         )
     count = 0
     for name, child in list(module.named_children()):
-        if isinstance(child, torch.nn.Linear):
-            setattr(module, name, Int8Linear(child))
+        linear = as_linear(child)
+        if linear is not None:
+            setattr(module, name, Int8Linear(linear))
             count += 1
         else:
             count += quantize_linears(child, dtype)

@@ -10,7 +10,10 @@ Afterwards:
 - the rotary embedding is rebuilt from the config on the real device (its `inv_freq` buffer is
   computed, not stored in checkpoints), in float32 as transformers does; Gemma 3's takes the
   block's layer type (another base for sliding-window blocks). BLOOM has none: its blocks take
-  ALiBi biases, built as transformers builds them from each key's position in its row;
+  ALiBi biases, built as transformers builds them from each key's position in its row. GPT-2
+  has none either: its positions are learned embeddings, which the span holding block 0 adds
+  to the token embeddings the client sends, at the position ids it computes for rotary
+  families (so padding, reordered rows and cut caches need nothing from the client);
 - attention runs through PyTorch SDPA (`config._attn_implementation = "sdpa"`, transformers'
   default), with boolean masks built by `peer.masks`; a family that caps its attention scores
   (Gemma 2), adds attention sinks (gpt-oss) or ALiBi biases (BLOOM) runs transformers' eager
@@ -32,7 +35,13 @@ from typing import Any
 
 import torch
 
-from .checkpoint import Checkpoint, ModelFamily, open_checkpoint, read_layer_tensors
+from .checkpoint import (
+    Checkpoint,
+    ModelFamily,
+    open_checkpoint,
+    read_layer_tensors,
+    read_tensors,
+)
 from .errors import CheckpointError, InvalidRequestError
 from .expert_weights import stack_experts
 from .int8_weights import quantize_linears
@@ -72,12 +81,13 @@ class Span:
     start: int
     end: int
     layers: torch.nn.ModuleList
-    rotary: torch.nn.Module | None  # None: ALiBi (BLOOM)
+    rotary: torch.nn.Module | None  # None: learned positions or ALiBi (BLOOM)
     localities: tuple[Locality, ...]  # of each block: full, sliding window or chunks
     rotary_kinds: tuple[str | None, ...]  # Gemma 3: the layer type whose rotary a block takes
     dtype: torch.dtype
     device: torch.device
     quantization: str | None = None  # "int8": the blocks' linear layers (`peer.int8_weights`)
+    positions: torch.nn.Embedding | None = None  # learned ones, added before block 0 (GPT-2)
 
     @property
     def num_layers(self) -> int:
@@ -134,7 +144,9 @@ class Span:
             additive=additive, keys=keys,
         )  # fmt: skip
         embeddings: dict[str | None, Any] = {}  # cos and sin, per kind of rotary
-        alibi = self._alibi(hidden, past, keys) if self.rotary is None else None
+        alibi = self._alibi(hidden, past, keys) if self.family.alibi else None
+        if first == 0 and self.positions is not None:  # block 0's input: tokens and positions
+            hidden = hidden + self.positions(position_ids)
         for local in range(first, last):
             kind = self.rotary_kinds[local]
             if self.rotary is not None and kind not in embeddings:
@@ -250,6 +262,20 @@ def _build_layer(
     return module.eval().requires_grad_(False)
 
 
+def _learned_positions(
+    checkpoint: Checkpoint, dtype: torch.dtype, device: torch.device
+) -> torch.nn.Embedding:
+    """The model's position embeddings (GPT-2's `wpe`), read from the checkpoint."""
+    name = f"{checkpoint.prefix}{checkpoint.family.learned_positions}.weight"
+    weight = read_tensors(checkpoint, [name], dtype=dtype, device=device).get(name)
+    if weight is None:
+        raise CheckpointError(f"the checkpoint has no {name}, the model's position embeddings")
+    positions, width = weight.shape
+    embedding = torch.nn.Embedding(positions, width, device="meta")
+    embedding.weight = torch.nn.Parameter(weight, requires_grad=False)
+    return embedding
+
+
 def load_span(
     checkpoint: str | Path | Checkpoint,
     start: int,
@@ -275,8 +301,7 @@ def load_span(
     # SDPA, transformers' default, unless the family caps attention scores (Gemma 2) or adds
     # ALiBi biases (BLOOM)
     capped = getattr(config, "attn_logit_softcapping", None) is not None
-    alibi = checkpoint.family.rotary_class is None
-    config._attn_implementation = "eager" if capped or alibi else "sdpa"
+    config._attn_implementation = "eager" if capped or checkpoint.family.alibi else "sdpa"
     if hasattr(config, "_experts_implementation"):  # transformers 5: what its models default to
         config._experts_implementation = "grouped_mm"
     layers = torch.nn.ModuleList(
@@ -291,6 +316,9 @@ def load_span(
     if checkpoint.family.rotary_class is not None:
         with torch.device(torch_device):
             rotary = checkpoint.family.load(checkpoint.family.rotary_class)(config=config)
+    positions = None
+    if checkpoint.family.learned_positions and start == 0:
+        positions = _learned_positions(checkpoint, torch_dtype, torch_device)
     logger.info(
         "loaded blocks %d..%d of %s (%s) as %s on %s%s%s",
         start,
@@ -314,6 +342,7 @@ def load_span(
         dtype=torch_dtype,
         device=torch_device,
         quantization=quantization,
+        positions=positions,
     )
     layout = span.cache_layout  # probed now, in the thread that loads and computes
     logger.debug("KV cache per token and block: %s", layout)

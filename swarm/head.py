@@ -1,5 +1,5 @@
 """The part of the model a client holds: token embeddings (BLOOM: and their norm), the final
-norm and the LM head.
+norm and the LM head (learned position embeddings, GPT-2's, are the first peer's: `peer.span`).
 
 The model is built with its parameters on the meta device (no memory), its decoder blocks are
 dropped, and only the head's tensors are read from the checkpoint and assigned. Using the
@@ -50,6 +50,8 @@ class ClientHead:
         family = checkpoint.family
         decoder = getattr(model, family.decoder)
         setattr(decoder, family.blocks, torch.nn.ModuleList())
+        if family.learned_positions:  # GPT-2's: the peer running block 0 adds them
+            delattr(decoder, family.learned_positions)
         names = checkpoint.head_tensor_names()  # ours -> the checkpoint's (multimodal: inside)
         read = read_tensors(checkpoint, list(names.values()))
         tensors = {ours: read[theirs] for ours, theirs in names.items() if theirs in read}

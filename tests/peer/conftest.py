@@ -37,8 +37,11 @@ SMALL: dict[str, Any] = {
     "max_position_embeddings": 256,
 }
 
-# their default padding token is past SMALL's vocab_size
-EXTRA: dict[str, dict[str, Any]] = {f: {"pad_token_id": 0} for f in ("phi3", "smollm3", "glm4")}
+# their default padding (GPT-2's: BOS and EOS) token is past SMALL's vocab_size
+EXTRA: dict[str, dict[str, Any]] = {
+    **{f: {"pad_token_id": 0} for f in ("phi3", "smollm3", "glm4")},
+    **{f: {"bos_token_id": 1, "eos_token_id": 1} for f in ("gpt2", "gpt_bigcode")},
+}
 
 MakeCheckpoint = Callable[..., Path]
 
@@ -105,7 +108,8 @@ class Reference:
         self.decoder: Any = getattr(self.model, self.family.decoder)  # `model.model`, mostly
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """The first block's input (BLOOM norms the embeddings)."""
+        """What the client sends to block 0: the token embeddings (BLOOM norms them; GPT-2's
+        block 0 adds learned positions to them)."""
         with torch.no_grad():
             result: torch.Tensor = getattr(self.decoder, self.family.embeddings)(ids)
             if self.family.embedding_norm:
@@ -113,8 +117,11 @@ class Reference:
         return result
 
     def blocks(self, hidden: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        """Blocks start..end-1 over a full sequence, as transformers' model forward runs them."""
+        """Blocks start..end-1 over a full sequence, as transformers' model forward runs them
+        (from block 0: over the embeddings `embed` gives)."""
         positions = torch.arange(hidden.shape[1])[None, :]
+        if start == 0 and self.family.learned_positions:
+            hidden = hidden + getattr(self.decoder, self.family.learned_positions)(positions)
         mask_args = {
             "config": self.config,
             "inputs_embeds": hidden,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import safetensors
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config
+from transformers import OPTConfig, OPTForCausalLM, Qwen2Config
 
 from peer.backend import SpanBackend
 from peer.checkpoint import open_checkpoint, read_tensors
@@ -77,13 +77,12 @@ def test_family_detection(checkpoints: dict[str, Path]) -> None:
 
 
 def test_unsupported_model(tmp_path: Path) -> None:
-    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=64)).save_pretrained(
-        tmp_path
-    )
+    config = OPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, vocab_size=64)
+    OPTForCausalLM(config).save_pretrained(tmp_path)
     with pytest.raises(UnsupportedModelError, match=r"llama.*mistral.*qwen2.*qwen3") as info:
         open_checkpoint(tmp_path)
     assert isinstance(info.value, PeerError)
-    assert "gpt2" in str(info.value)
+    assert "'opt'" in str(info.value)
 
 
 def test_falcon_with_alibi_is_refused(make_checkpoint: MakeCheckpoint) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from peer.backend import SpanBackend
+from peer.backend import BackendConfig, SpanBackend
 from peer.errors import InvalidRequestError
 from peer.span import cache_keyword
 from tests.support.tiny_model import FAMILIES, rename_tensors, write_tiny_multimodal
@@ -37,8 +37,7 @@ def test_reference_helper_matches_model_forward(
     with torch.no_grad():
         states = reference.model(ids, output_hidden_states=True).hidden_states
     embeddings = reference.embed(ids)
-    assert torch.equal(states[0], embeddings)
-    for block in range(1, 4):  # the last entry is after the final norm
+    for block in range(4):  # the last entry is after the final norm
         assert torch.equal(reference.blocks(embeddings, 0, block), states[block])
 
 
@@ -58,25 +57,28 @@ def test_forward_is_bit_identical(
 
 
 @pytest.mark.parametrize(
-    "family", ["llama", "gemma2", "deepseek_v3", "llama4_text", "falcon", "bloom"]
+    "family", ["llama", "gemma2", "deepseek_v3", "llama4_text", "falcon", "bloom", "gpt2"]
 )
 def test_forward_with_padding_is_bit_identical(
     family: str, checkpoints: dict[str, Path], references: dict[str, Reference]
 ) -> None:
     """Padding on the right and on the left, hidden by `attention_mask` as in transformers."""
-    model = references[family].model
+    reference = references[family]
     ids = _ids(2, 9)
     mask = torch.ones_like(ids)
     mask[0, 6:], mask[1, :2] = 0, 0
     with torch.no_grad():
-        states = model(ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        states = reference.model(ids, attention_mask=mask, output_hidden_states=True).hidden_states
     backend = SpanBackend.load(checkpoints[family], 0, 3)
-    assert torch.equal(backend.forward(states[0], attention_mask=mask.tolist()), states[3])
+    embeddings = reference.embed(ids)
+    assert torch.equal(backend.forward(embeddings, attention_mask=mask.tolist()), states[3])
     with pytest.raises(InvalidRequestError, match="attention_mask"):
-        backend.forward(states[0], attention_mask=mask[:, 1:])
+        backend.forward(embeddings, attention_mask=mask[:, 1:])
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2", "mixtral", "deepseek_v3", "bloom"])
+@pytest.mark.parametrize(
+    "family", ["llama", "gemma2", "mixtral", "deepseek_v3", "bloom", "gpt_bigcode"]
+)
 def test_backward_equals_autograd_through_the_model(
     family: str, checkpoints: dict[str, Path], references: dict[str, Reference]
 ) -> None:
@@ -94,7 +96,8 @@ def test_backward_equals_autograd_through_the_model(
         grad_outputs = torch.randn_like(states.hidden_states[3])
         states.hidden_states[3].backward(grad_outputs)
     backend = SpanBackend.load(checkpoints[family], 0, 3)
-    got = backend.backward(first.detach(), grad_outputs, attention_mask=mask.tolist())
+    sent = embeddings if references[family].family.learned_positions else first  # see `embed`
+    got = backend.backward(sent.detach(), grad_outputs, attention_mask=mask.tolist())
     torch.testing.assert_close(got, first.grad, rtol=1e-5, atol=1e-6)
 
 
@@ -137,6 +140,37 @@ def test_other_layouts_of_falcon_and_bloom(layout: str, make_checkpoint: MakeChe
     inputs = reference.blocks(hidden, 0, 1)
     assert torch.equal(backend.forward(inputs), reference.blocks(inputs, 1, 4))
     assert_rounding_close(_incremental(backend, inputs, prompt=4), reference.blocks(inputs, 1, 4))
+
+
+def test_gpt2_as_openai_saved_it(make_checkpoint: MakeCheckpoint) -> None:
+    """No `transformer.` in the names, and each block's causal mask saved as a tensor
+    (`h.N.attn.bias`, `attn.masked_bias`), which a span does not read: the blocks, from
+    block 0 (which adds the position embeddings), equal transformers' model."""
+    from safetensors.torch import load_file, save_file
+
+    path = rename_tensors(make_checkpoint("gpt2"), "transformer.")
+    tensors = load_file(path / "model.safetensors")
+    for layer in range(4):
+        tensors[f"h.{layer}.attn.bias"] = torch.ones(1, 1, 256, 256).tril()
+        tensors[f"h.{layer}.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    reference = Reference(path)
+    hidden = reference.embed(_ids(2, 9))
+    backend = SpanBackend.load(path, 0, 4)
+    assert torch.equal(backend.forward(hidden), reference.blocks(hidden, 0, 4))
+    assert_rounding_close(_incremental(backend, hidden, prompt=4), reference.blocks(hidden, 0, 4))
+
+
+def test_learned_positions_bound_the_sessions(checkpoints: dict[str, Path]) -> None:
+    """GPT-2 has no position past its table (256 here), whatever the peer's own cap."""
+    config = BackendConfig(max_session_length=1000)
+    first = SpanBackend.load(checkpoints["gpt2"], 0, 2, config=config)
+    assert first.max_session_length == 256
+    with pytest.raises(InvalidRequestError, match=r"within 1\.\.256"):
+        first.open_session("s", max_length=257)
+    with pytest.raises(InvalidRequestError, match="context length 256"):
+        first.forward(torch.zeros(1, 257, 64))
+    assert SpanBackend.load(checkpoints["gpt2"], 2, 4, config=config).max_session_length == 1000
 
 
 def test_forward_sub_range_of_span(
@@ -189,8 +223,8 @@ def test_incremental_decoding_equals_transformers_own(
     ids = _ids(1, 12)
     cache = DynamicCache(config=model.config)
     expected = []
+    inputs = references[family].embed(ids)
     with torch.no_grad():
-        inputs = model(ids, output_hidden_states=True).hidden_states[0]
         for a, b in [(0, 5), *((t, t + 1) for t in range(5, 12))]:
             keyword = cache_keyword(type(model).forward)
             step = model(ids[:, a:b], use_cache=True, output_hidden_states=True, **{keyword: cache})
@@ -204,7 +238,8 @@ def test_incremental_decoding_equals_transformers_own(
 
 
 @pytest.mark.parametrize(
-    "family", ["llama", "qwen2", "gemma2", "deepseek_v3", "llama4_text", "falcon", "bloom"]
+    "family",
+    ["llama", "qwen2", "gemma2", "deepseek_v3", "llama4_text", "falcon", "bloom", "gpt2"],
 )
 def test_prompts_padded_on_the_left_equal_transformers(
     family: str, checkpoints: dict[str, Path], references: dict[str, Reference]
@@ -235,7 +270,7 @@ def test_prompts_padded_on_the_left_equal_transformers(
                 output_hidden_states=True,
                 **{keyword: cache},
             )
-            inputs.append(out.hidden_states[0])
+            inputs.append(references[family].embed(new))
             expected.append(out.hidden_states[3])
     backend = SpanBackend.load(checkpoints[family], 0, 3)
     backend.open_session("s", max_length=10, batch_size=3, padding=padding)

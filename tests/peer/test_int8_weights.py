@@ -51,7 +51,7 @@ def test_float32_activations_are_refused() -> None:
         quantize_linears(torch.nn.Sequential(torch.nn.Linear(4, 4)), torch.float32)
 
 
-@pytest.mark.parametrize("family", ["llama", "falcon", "bloom", "mixtral"])
+@pytest.mark.parametrize("family", ["llama", "falcon", "bloom", "mixtral", "gpt2"])
 def test_a_span_equals_the_model_with_dequantized_weights(
     family: str, checkpoints: dict[str, Path]
 ) -> None:

@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
+from peer.int8_weights import as_linear
+
 TARGETS = ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")
 
 
@@ -32,9 +34,10 @@ def write_lora(
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.endswith(tuple(targets)):
-            down = torch.randn(rank, module.in_features, generator=generator) * 0.1
-            up = torch.randn(module.out_features, rank, generator=generator) * 0.1
+        linear = as_linear(module)  # GPT-2's Conv1D too
+        if linear is not None and name.endswith(tuple(targets)):
+            down = torch.randn(rank, linear.in_features, generator=generator) * 0.1
+            up = torch.randn(linear.out_features, rank, generator=generator) * 0.1
             tensors[f"base_model.model.{name}.lora_A.weight"] = down
             tensors[f"base_model.model.{name}.lora_B.weight"] = up
     directory.mkdir(parents=True, exist_ok=True)
@@ -65,5 +68,7 @@ def merged_model(checkpoint: Path, adapter: Path) -> Any:
             if name.endswith(".lora_A.weight"):
                 path = name.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
                 up = tensors[name.replace("lora_A", "lora_B")]
-                modules[path].weight += scale * (up @ down)
+                linear = as_linear(modules[path])  # GPT-2's Conv1D: a transposed view
+                assert linear is not None
+                linear.weight += scale * (up @ down)
     return model

@@ -81,7 +81,7 @@ def dequantized_int8_model(path: Path, dtype: torch.dtype, lora: Path | None = N
     the weight an int8 peer multiplies by (a LoRA adapter's update merged first, if given)."""
     from transformers import AutoModelForCausalLM
 
-    from peer.int8_weights import Int8Linear
+    from peer.int8_weights import Int8Linear, as_linear
     from tests.support.lora import merged_model
 
     model = merged_model(path, lora) if lora else AutoModelForCausalLM.from_pretrained(path)
@@ -89,6 +89,6 @@ def dequantized_int8_model(path: Path, dtype: torch.dtype, lora: Path | None = N
     blocks = getattr(getattr(model, "model", None), "layers", None) or model.transformer.h
     with torch.no_grad():
         for module in blocks.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight.copy_(Int8Linear(module).dequantized())
+            if (linear := as_linear(module)) is not None:  # GPT-2's Conv1D: a transposed view
+                linear.weight.copy_(Int8Linear(linear).dequantized())
     return model

@@ -22,6 +22,7 @@ FAMILIES = (
     *("deepseek_v2", "deepseek_v3"),  # experts, and attention over a compressed latent
     *("llama4_text", "gpt_oss"),  # experts; chunked attention, and attention sinks
     *("falcon", "bloom", "phi", "gptj", "gpt_neox"),  # other names; BLOOM: ALiBi
+    *("gpt2", "gpt_bigcode"),  # learned positions
 )
 _EXPERTS = {"num_experts_per_tok": 2, "moe_intermediate_size": 32}
 _DEEPSEEK = {

@@ -89,9 +89,14 @@ def test_beams_that_reach_eos_end_the_search_as_in_transformers(
     assert torch.equal(output, expected)
 
 
-def test_a_batch_of_prompts_searches_its_beams_within_each_prompt(tiny: Path) -> None:
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_batch_of_prompts_searches_its_beams_within_each_prompt(
+    tiny: Path, family: str, tmp_path: Path
+) -> None:
     """Left-padded prompts: each prompt's beams share its padding, so its rows reorder among
-    themselves."""
+    themselves (GPT-2: and keep their positions, which the first peer adds)."""
+    if family != "llama":
+        tiny = write_tiny_model(tmp_path / family, family, seed=3)
     tokenizer = AutoTokenizer.from_pretrained(tiny, padding_side="left")
     batch = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"))
     options = {"num_beams": 3, "num_return_sequences": 2}

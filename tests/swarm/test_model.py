@@ -330,6 +330,19 @@ def test_a_batch_of_prompts_equals_transformers_batched_generate(
         assert all(_until(lambda p=p: swarm.sessions(p) == 0) for p in swarm.peers)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode"])
+def test_learned_positions_count_from_each_rows_first_token(
+    checkpoints: dict[str, Path], family: str
+) -> None:
+    """GPT-2's positions are added by the peer of block 0, as transformers' `generate()`
+    numbers them for left-padded rows."""
+    checkpoint = checkpoints[family]
+    batch, expected = _batch_and_local(checkpoint, max_new_tokens=NEW_TOKENS, do_sample=False)
+    with _swarm_and_model(checkpoint, CHAINS[2]) as (_, model):
+        output = model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert torch.equal(output, expected)
+
+
 @pytest.mark.parametrize("pad", [8, 74])  # tokens these rows make: penalised if counted
 def test_the_repetition_penalty_skips_the_padding_as_transformers_does(
     checkpoints: dict[str, Path], pad: int
@@ -393,8 +406,9 @@ def test_a_batch_goes_on_through_a_replica_when_its_peer_is_cut_off(
     assert f"peer {victim.peer[:8]} failed" in caplog.text
 
 
-def test_a_session_continues_a_conversation(checkpoints: dict[str, Path]) -> None:
-    checkpoint = checkpoints["qwen2"]
+@pytest.mark.parametrize("family", ["qwen2", "gpt2"])  # GPT-2: positions go on from the past
+def test_a_session_continues_a_conversation(checkpoints: dict[str, Path], family: str) -> None:
+    checkpoint = checkpoints[family]
     second_turn = torch.tensor([[50, 51, 52]])
     with (
         _swarm_and_model(checkpoint, CHAINS[2]) as (_, model),

@@ -115,6 +115,21 @@ def test_a_session_continues_after_drafts_were_dropped(models: dict[str, Path]) 
     assert third[0, 1:].tolist() == _local(models["target"], whole, max_new_tokens=4)
 
 
+def test_learned_positions_go_back_with_the_dropped_drafts(tmp_path: Path) -> None:
+    """GPT-2: the first peer numbers the tokens after a cut from the position kept."""
+    target = write_tiny_model(tmp_path / "target", "gpt2", seed=3)
+    other = write_tiny_model(tmp_path / "other", "gpt2", seed=4)
+    draft = AutoModelForCausalLM.from_pretrained(other)
+    with (
+        _swarm_and_model(target, CHAINS[2]) as (_, model),
+        model.inference_session(max_length=64) as session,
+    ):
+        output = session.generate(PROMPT, max_new_tokens=NEW_TOKENS, assistant_model=draft)
+        steps = len(session.timings[0][1])
+    assert output[0, PROMPT.shape[1] :].tolist() == _local(target, PROMPT)
+    assert steps < NEW_TOKENS  # some drafts were taken, others dropped
+
+
 def test_a_peer_cut_off_mid_speculation_changes_no_token(
     models: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -39,11 +39,12 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return ids, mask, ids.masked_fill(mask == 0, -100)
 
 
-@pytest.mark.parametrize("family", ["llama", "bloom"])
+@pytest.mark.parametrize("family", ["llama", "bloom", "gpt2"])
 def test_the_gradient_of_the_inputs_equals_the_local_models(
     family: str, tiny: Path, tmp_path: Path
 ) -> None:
-    """BLOOM norms the embeddings in the client's head: the gradient goes back through it."""
+    """BLOOM norms the embeddings in the client's head: the gradient goes back through it.
+    GPT-2's first peer adds the positions to the embeddings: the gradient goes through."""
     if family != "llama":
         tiny = write_tiny_model(tmp_path / family, family, seed=7)
     ids, mask, labels = _batch()
