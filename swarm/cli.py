@@ -42,12 +42,26 @@ def _add_network_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_client_options(parser: argparse.ArgumentParser) -> None:
-    """What `generate` and `chat` share: the model, the swarm, and the sampling."""
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """What every client command takes: the model and the swarm."""
     parser.add_argument("model", help="the checkpoint the peers serve (its head runs here)")
     parser.add_argument(
         "--initial-peers", nargs="+", required=True, metavar="ADDR", help="HOST:PORT/PEER_ID"
     )
+    parser.add_argument("--model-name", help="the model's name in the swarm (default: derived)")
+    parser.add_argument("--adapter", help="run the peers' LoRA adapter of this name")
+    parser.add_argument("--device", default="cpu", help="where the head runs")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPES,
+        help="of the head (use the peers' dtype)",
+    )
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    """What `generate` and `chat` share: the model, the swarm, and the sampling."""
+    _add_model_options(parser)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy")
     parser.add_argument("--temperature", type=float)
@@ -59,15 +73,6 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     parser.add_argument(
         "--assistant", help="a small local checkpoint that drafts tokens (greedy decoding)"
-    )
-    parser.add_argument("--model-name", help="the model's name in the swarm (default: derived)")
-    parser.add_argument("--adapter", help="run the peers' LoRA adapter of this name")
-    parser.add_argument("--device", default="cpu", help="where the head runs")
-    parser.add_argument(
-        "--dtype",
-        default="float32",
-        choices=DTYPES,
-        help="of the head (use the peers' dtype)",
     )
 
 
@@ -135,6 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-length", type=int, default=2048, help="tokens the conversation may reach"
     )
 
+    api = commands.add_parser("api", help="serve OpenAI's completions API for a model")
+    _add_model_options(api)
+    api.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--served-model-name", help='what requests name as "model" (default: '
+                     "the model's name in the swarm)")  # fmt: skip
+    api.add_argument("--max-tokens", type=int, default=1024, help="the most a request may ask")
+    api.add_argument("--max-concurrent", type=int, default=8, help="generations at once")
+    api.add_argument(
+        "--api-key-file",
+        type=Path,
+        help="require Authorization: Bearer KEY, KEY read from this file (or $SWARM_API_KEY)",
+    )
+
     monitor = commands.add_parser("monitor", help="serve the swarm monitor page")
     _add_network_options(monitor)
     monitor.add_argument(
@@ -162,6 +181,7 @@ COMMAND_MODULES = {
     "peer": "swarm.commands.peer",
     "generate": "swarm.commands.generate",
     "chat": "swarm.commands.chat",
+    "api": "swarm.commands.api",
     "monitor": "swarm.commands.monitor",
     "demo": "swarm.commands.demo",
 }

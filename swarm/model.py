@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Sequence
 from contextlib import aclosing
 from functools import partial
 from pathlib import Path
@@ -314,7 +314,7 @@ class InferenceSession:
 
     def stream(
         self, input_ids: torch.Tensor, *, tokenizer: Any = None, **kwargs: Any
-    ) -> Iterator[int]:
+    ) -> Generator[int, None, None]:
         """Yield new token ids as they come. `input_ids`: the next turn (only it is sent)."""
         tokens = self._tokens(input_ids, tokenizer, kwargs)
 

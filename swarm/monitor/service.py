@@ -19,8 +19,9 @@ from routing.rpc import RPCHost
 from routing.transport import Transport
 from security import Identity, SecurityError
 
+from ..http_server import HttpConfig, HttpServer
 from .collector import Collector, CollectorConfig
-from .http import HttpConfig, HttpServer, load_page, monitor_handler
+from .http import load_page, monitor_handler
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ async def serve_monitor(
             dht, RPCPinger(rpc, timeout=collector_config.ping_timeout), collector_config
         )
         await nursery.start(collector.run)
-        server = HttpServer(monitor_handler(collector.latest, page), http_config)
+        server = HttpServer(monitor_handler(collector.latest, page), http_config, "monitor")
         bound_host, bound_port = await nursery.start(server.run, host, port)
         task_status.started(page_url(bound_host, bound_port))
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import h11
 import trio
 
-from swarm.monitor.http import HttpConfig, HttpServer, load_page, monitor_handler
+from swarm.http_server import HttpConfig, HttpServer
+from swarm.monitor.http import load_page, monitor_handler
 from swarm.monitor.snapshot import Observations, SwarmSnapshot, build_snapshot
 
 from .records import NOW, SwarmRecords
@@ -37,7 +38,7 @@ def state_with_one_model() -> SwarmSnapshot:
 async def server(
     snapshot: SwarmSnapshot | None, config: HttpConfig | None = None
 ) -> AsyncIterator[tuple[str, int]]:
-    http = HttpServer(monitor_handler(lambda: snapshot, load_page()), config)
+    http = HttpServer(monitor_handler(lambda: snapshot, load_page()), config, "monitor")
     async with trio.open_nursery() as nursery:
         yield await nursery.start(http.run, "127.0.0.1", 0)
         nursery.cancel_scope.cancel()

@@ -1,6 +1,6 @@
 """The commands people run, as processes on loopback: `swarm dht`, `swarm peer`, `swarm
 generate`, `swarm demo`; peers killed by pid; the real default model (SmolLM2-135M-Instruct),
-also in `swarm chat`.
+also in `swarm chat` and through `swarm api`.
 
 References: the local transformers model's `generate()` on the same checkpoint.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+import trio
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from swarm import DistributedModelForCausalLM
@@ -30,6 +31,7 @@ from tests.support.processes import ROOT
 from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import write_tiny_model
 
+from .test_api import api, call
 from .test_generate_cli import _local_chat
 
 pytestmark = pytest.mark.slow
@@ -164,6 +166,39 @@ def test_a_chat_on_the_default_model_goes_on_in_one_session(
     assert out == "".join(answer + "\n" for answer in expected)
     assert "Rome" in expected[1]
     assert "sending it all" not in err
+
+
+@pytest.fixture
+def smollm2_client(smollm2: Path) -> Iterator[DistributedModelForCausalLM]:
+    """A client of SmolLM2 through 2 in-process peers (started outside the test's loop)."""
+    with (
+        ThreadSwarm(smollm2, [(0, 15), (15, 30)]) as swarm,
+        DistributedModelForCausalLM.from_pretrained(
+            smollm2, initial_peers=[swarm.bootstrap]
+        ) as model,
+    ):
+        yield model
+
+
+async def test_openais_client_chats_with_the_default_model(
+    smollm2: Path, smollm2_client: DistributedModelForCausalLM
+) -> None:
+    """`swarm api` on SmolLM2 through 2 peers: the answer transformers' greedy `generate()`
+    gives on the chat template, whole and streamed."""
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    expected = tokenizer.decode(
+        _local_greedy(smollm2, prompt_ids(tokenizer, QUESTION, chat=True), 16),
+        skip_special_tokens=True,
+    )
+    options = {"model": "smol", "max_tokens": 16, "temperature": 0,
+               "messages": [{"role": "user", "content": QUESTION}]}  # fmt: skip
+    async with api(smollm2, smollm2_client, "smol") as client:
+        whole = await call(client.chat.completions.create, **options)
+        chunks = await trio.to_thread.run_sync(
+            lambda: list(client.chat.completions.create(**options, stream=True))
+        )
+    assert whole.choices[0].message.content == expected and "Paris" in expected
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
 
 
 def test_the_demo_answers_on_the_default_model_through_a_failure() -> None:

@@ -1,0 +1,211 @@
+"""The JSON bodies of `/v1/completions` and `/v1/chat/completions`, read and checked.
+
+The fields mean what OpenAI's API says they mean. Those the swarm cannot honour (several
+choices, log probabilities, penalties on presence and frequency, tools...) are accepted only
+at their neutral value, and refused by name otherwise; a field the API does not have is an
+error too, as OpenAI's API answers it. `temperature` 0 is greedy decoding; above 0 the tokens
+are sampled with that temperature and `top_p` (no top-k: OpenAI has none).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import SwarmError
+
+__all__ = ["ApiError", "ChatMessage", "CompletionRequest", "read_request"]
+
+MAX_STOP_SEQUENCES = 4
+ROLES = ("system", "user", "assistant")
+# fields accepted only at their neutral value (what the field means if absent)
+NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "n": (None, 1),
+    "best_of": (None, 1),
+    "echo": (None, False),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "suffix": (None, ""),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "response_format": (None, {"type": "text"}),
+}
+IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls")
+COMMON = ("model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
+          "stream_options", *NEUTRAL, *IGNORED)  # fmt: skip
+FIELDS = {
+    "completion": (*COMMON, "prompt"),
+    "chat": (*COMMON, "messages", "max_completion_tokens"),
+}
+
+
+class ApiError(SwarmError):
+    """A request the API refuses, as OpenAI's API describes it: HTTP status, message, the
+    field at fault and an error code."""
+
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def to_json(self) -> dict[str, Any]:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {
+            "error": {
+                "message": self.message,
+                "type": kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One request, either kind: a `prompt` (completions) or `messages` (chat)."""
+
+    kind: str  # "completion" or "chat"
+    model: str
+    prompt: str = ""
+    messages: tuple[ChatMessage, ...] = ()
+    max_tokens: int | None = None  # None: the server's default for the kind
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stream: bool = False
+    include_usage: bool = False  # in a last chunk of the stream
+
+    def generate_options(self, max_tokens: int) -> dict[str, Any]:
+        """`generate()`'s arguments for this request."""
+        options: dict[str, Any] = {
+            "max_new_tokens": max_tokens,
+            "do_sample": self.temperature > 0,
+            "top_k": 0,
+            "top_p": self.top_p,
+            "repetition_penalty": 1.0,
+            "seed": self.seed,
+        }
+        if self.temperature > 0:
+            options["temperature"] = self.temperature
+        if self.stop:
+            options["stop_strings"] = list(self.stop)
+        return options
+
+
+def read_request(kind: str, body: bytes) -> CompletionRequest:
+    """The request of `kind` ("completion" or "chat") in `body`, or `ApiError` (400)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiError(400, f"the body is not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    for name in data:
+        if name not in FIELDS[kind]:
+            raise ApiError(400, f"unrecognized request argument: {name}", name)
+    for name, neutral in NEUTRAL.items():
+        if name in data and data[name] not in neutral:
+            raise ApiError(400, f"{name}={data[name]!r} is not supported here", name)
+    model = _field(data, "model", str)
+    if model is None:
+        raise ApiError(400, "model is required", "model")
+    fields: dict[str, Any] = {"kind": kind, "model": model}
+    if kind == "chat":
+        fields["messages"] = _messages(data.get("messages"))
+        tokens = _field(data, "max_completion_tokens", int)
+        fields["max_tokens"] = _field(data, "max_tokens", int) if tokens is None else tokens
+    else:
+        prompt = data.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt:
+            raise ApiError(400, "prompt must be one non-empty string", "prompt")
+        fields["prompt"] = prompt
+        fields["max_tokens"] = _field(data, "max_tokens", int)
+    if fields["max_tokens"] is not None and fields["max_tokens"] < 1:
+        raise ApiError(400, "max_tokens must be at least 1", "max_tokens")
+    temperature = _number(data, "temperature", 0.0, 2.0)
+    top_p = _number(data, "top_p", 0.0, 1.0)
+    if top_p is not None and top_p == 0:
+        raise ApiError(400, "top_p must be above 0", "top_p")
+    fields["temperature"] = 1.0 if temperature is None else temperature
+    fields["top_p"] = 1.0 if top_p is None else top_p
+    fields["seed"] = _field(data, "seed", int)
+    fields["stop"] = _stop(data.get("stop"))
+    fields["stream"] = bool(_field(data, "stream", bool))
+    options = _field(data, "stream_options", dict) or {}
+    fields["include_usage"] = options.get("include_usage") is True
+    return CompletionRequest(**fields)
+
+
+def _field(data: dict[str, Any], name: str, kind: type) -> Any:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ApiError(400, f"{name} must be {kind.__name__}, not {value!r}"[:200], name)
+    return value
+
+
+def _number(data: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ApiError(400, f"{name} must be a number", name)
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be within {low}..{high}", name)
+    return float(value)
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    stops = [value] if isinstance(value, str) else value
+    if stops is None:
+        return ()
+    if (
+        not isinstance(stops, list)
+        or len(stops) > MAX_STOP_SEQUENCES
+        or not all(isinstance(s, str) and s for s in stops)
+    ):
+        raise ApiError(400, f"stop must be a string or up to {MAX_STOP_SEQUENCES} strings", "stop")
+    return tuple(stops)
+
+
+def _messages(value: Any) -> tuple[ChatMessage, ...]:
+    if not isinstance(value, list) or not value:
+        raise ApiError(400, "messages must be a non-empty list", "messages")
+    messages = []
+    for index, message in enumerate(value):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise ApiError(400, f"{where} must have a role among {', '.join(ROLES)}", where)
+        messages.append(ChatMessage(message["role"], _content(message.get("content"), where)))
+    return tuple(messages)
+
+
+def _content(value: Any, where: str) -> str:
+    """A message's text: a string, or a list of text parts."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        for part in value
+    ):
+        return "".join(part["text"] for part in value)
+    raise ApiError(400, f"{where}.content must be text (images and the like are not served)", where)

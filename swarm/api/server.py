@@ -1,0 +1,318 @@
+"""`ApiServer`: OpenAI's completions and chat completions API, generated through the swarm.
+
+Routes: `GET /v1/models` (and `/v1/models/ID`), `POST /v1/completions`, `POST
+/v1/chat/completions`; with `"stream": true` the answer comes as server-sent events, one
+`data: {...}` chunk per piece of text and `data: [DONE]` at the end, as OpenAI's clients
+read them. Every request opens its own inference session (a chat request renders its
+messages with the model's chat template), closed when the answer ends, fails, or its client
+goes away. The model's facade blocks, so each generation runs in a worker thread and hands
+its tokens to the server's event loop; at most `max_concurrent` run at once, the others
+wait their turn. With an API key, a request must carry `Authorization: Bearer KEY`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import closing, suppress
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import torch
+import trio
+
+from routing.errors import RoutingError
+
+from ..errors import SwarmError
+from ..http_server import HttpConfig, HttpServer, Request, Response, Write
+from .completion_text import CompletionText
+from .requests import ApiError, CompletionRequest, read_request
+
+if TYPE_CHECKING:
+    from ..model import DistributedModelForCausalLM
+
+logger = logging.getLogger(__name__)
+
+ROUTES = {"/v1/completions": "completion", "/v1/chat/completions": "chat"}
+COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    model_id: str  # what requests name as "model"
+    max_tokens: int = 1024  # the most new tokens a request may ask for; chat's default
+    max_concurrent: int = 8  # generations at once; more requests wait
+    api_key: str | None = None
+    http: HttpConfig = field(
+        default_factory=lambda: HttpConfig(max_body_bytes=1 << 20, request_timeout=30.0)
+    )
+
+
+class ApiServer:
+    """The API of one model, over a client joined to the swarm."""
+
+    def __init__(
+        self, model: DistributedModelForCausalLM, tokenizer: Any, config: ApiConfig
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.created = int(time.time())
+        self.eos = frozenset(model.sampling_config().eos_token_ids)
+        # the peers' sessions end there (unless they were given more)
+        self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        self._generations = trio.CapacityLimiter(config.max_concurrent)
+
+    async def run(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled; reports the API's base URL (`http://HOST:PORT/v1`)."""
+        server = HttpServer(self.handle, self.config.http, "api")
+        async with trio.open_nursery() as nursery:
+            bound_host, bound_port = await nursery.start(server.run, host, port)
+            shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+            task_status.started(f"http://{shown}:{bound_port}/v1")
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+            if request.path == "/v1/models" or request.path.startswith("/v1/models/"):
+                _only(request, "GET")
+                return self._models(request.path.removeprefix("/v1/models").strip("/"))
+            kind = ROUTES.get(request.path)
+            if kind is None:
+                raise ApiError(404, f"no route {request.path}", code="not_found")
+            _only(request, "POST")
+            return await self._complete(read_request(kind, request.body))
+        except ApiError as error:
+            return _json(error.status, error.to_json())
+
+    def _authorize(self, request: Request) -> None:
+        key = self.config.api_key
+        given = request.headers.get("authorization", "")
+        if key is not None and not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            raise ApiError(401, "a valid API key is required (Authorization: Bearer KEY)",
+                           code="invalid_api_key")  # fmt: skip
+
+    def _models(self, wanted: str) -> Response:
+        model = {
+            "id": self.config.model_id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "swarm",
+        }
+        if not wanted:
+            return _json(200, {"object": "list", "data": [model]})
+        if wanted != self.config.model_id:
+            raise ApiError(404, f"the model {wanted!r} does not exist", code="model_not_found")
+        return _json(200, model)
+
+    async def _complete(self, request: CompletionRequest) -> Response:
+        if request.model != self.config.model_id:
+            raise ApiError(
+                404,
+                f"the model {request.model!r} does not exist; this server has "
+                f"{self.config.model_id!r}",
+                "model",
+                "model_not_found",
+            )
+        default = COMPLETION_DEFAULT_TOKENS if request.kind == "completion" else None
+        max_tokens = request.max_tokens or default or self.config.max_tokens
+        if max_tokens > self.config.max_tokens:
+            raise ApiError(400, f"max_tokens may be at most {self.config.max_tokens}", "max_tokens")
+        input_ids = self._input_ids(request)
+        if self.context and input_ids.shape[1] + max_tokens > self.context:
+            raise ApiError(
+                400,
+                f"{input_ids.shape[1]} prompt tokens + {max_tokens} new ones exceed the model's "
+                f"context of {self.context} tokens",
+                "max_tokens",
+                "context_length_exceeded",
+            )
+        answer = _Answer(
+            request, self.config.model_id, int(input_ids.shape[1]), max_tokens, self.eos
+        )
+        text = CompletionText(self.tokenizer, request.stop)
+        options = request.generate_options(max_tokens)
+        if request.stream:
+            stream = partial(self._stream, input_ids, options, text, answer)
+            return Response(200, content_type="text/event-stream", stream=stream)
+
+        async def collect(token: int) -> None:
+            text.add(token)
+
+        try:
+            await self._generate(input_ids, options, collect)
+        except (RoutingError, SwarmError) as error:
+            raise _generation_error(error) from None
+        return _json(200, answer.whole(text))
+
+    def _input_ids(self, request: CompletionRequest) -> torch.Tensor:
+        if request.kind == "completion":
+            ids = self.tokenizer(request.prompt, return_tensors="pt")["input_ids"]
+        else:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ApiError(400, "this model has no chat template: use /v1/completions")
+            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )["input_ids"]
+        ids = torch.as_tensor(ids)
+        if ids.shape[1] == 0:
+            raise ApiError(400, "the prompt has no tokens", "prompt")
+        return ids
+
+    async def _stream(
+        self,
+        input_ids: torch.Tensor,
+        options: dict[str, Any],
+        text: CompletionText,
+        answer: _Answer,
+        write: Write,
+    ) -> None:
+        """Server-sent events: the pieces of text as they come, the end, `[DONE]`."""
+        await write(_event(answer.chunk("", first=True)))
+
+        async def send(token: int) -> None:
+            if piece := text.add(token):
+                await write(_event(answer.chunk(piece)))
+
+        try:
+            await self._generate(input_ids, options, send)
+        except (RoutingError, SwarmError) as error:  # the status is sent: say it in the stream
+            await write(_event(_generation_error(error).to_json()))
+        else:
+            if piece := text.finish():
+                await write(_event(answer.chunk(piece)))
+            await write(_event(answer.chunk("", reason=answer.reason(text))))
+            if answer.request.include_usage:
+                await write(_event(answer.usage_chunk(len(text.tokens))))
+        await write(b"data: [DONE]\n\n")
+
+    async def _generate(
+        self,
+        input_ids: torch.Tensor,
+        options: dict[str, Any],
+        consume: Callable[[int], Awaitable[None]],
+    ) -> None:
+        """Generate in a worker thread; `consume` each token in this loop as it comes. When
+        `consume` fails or this is cancelled, no one receives any more: the thread stops at its
+        next token and closes its session before this returns."""
+        send, receive = trio.open_memory_channel[int](math.inf)
+        try:
+            async with self._generations, trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    partial(trio.to_thread.run_sync, self._work, input_ids, options, send)
+                )
+                async with receive:
+                    async for token in receive:
+                        await consume(token)
+        except BaseExceptionGroup as group:  # one side failed (the other ends quietly): its error
+            if len(group.exceptions) != 1:
+                raise
+            raise group.exceptions[0] from None
+
+    def _work(
+        self,
+        input_ids: torch.Tensor,
+        options: dict[str, Any],
+        send: trio.MemorySendChannel[int],
+    ) -> None:
+        """In a worker thread: one inference session, its tokens handed to the loop."""
+        try:
+            length = int(input_ids.shape[1]) + int(options["max_new_tokens"])
+            with (
+                self.model.inference_session(length) as session,
+                closing(session.stream(input_ids, tokenizer=self.tokenizer, **options)) as stream,
+            ):
+                for token in stream:
+                    trio.from_thread.run_sync(send.send_nowait, token)
+        except trio.BrokenResourceError:
+            pass  # nobody reads the tokens any more: the session closes
+        finally:
+            with suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(send.close)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """The JSON of one request's answer, whole or in chunks, as OpenAI's API shapes it."""
+
+    request: CompletionRequest
+    model_id: str
+    prompt_tokens: int
+    max_tokens: int
+    eos: frozenset[int]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def _head(self, chunk: bool = False) -> dict[str, Any]:
+        chat = self.request.kind == "chat"
+        kind = "chat.completion" + (".chunk" if chunk else "") if chat else "text_completion"
+        prefix = "chatcmpl" if chat else "cmpl"
+        return {"id": f"{prefix}-{self.id}", "object": kind, "created": self.created,
+                "model": self.model_id}  # fmt: skip
+
+    def reason(self, text: CompletionText) -> str:
+        """`length` if the tokens ran out before EOS or a stop sequence, else `stop`."""
+        full = len(text.tokens) >= self.max_tokens
+        ended = text.stopped or text.tokens[-1] in self.eos
+        return "length" if full and not ended else "stop"
+
+    def usage(self, completion_tokens: int) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        }
+
+    def whole(self, text: CompletionText) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": self.reason(text)}
+        if self.request.kind == "chat":
+            choice["message"] = {"role": "assistant", "content": text.text}
+        else:
+            choice["text"] = text.text
+        return {**self._head(), "choices": [choice], "usage": self.usage(len(text.tokens))}
+
+    def chunk(self, piece: str, *, first: bool = False, reason: str | None = None) -> Any:
+        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": reason}
+        if self.request.kind == "chat":
+            delta: dict[str, str] = {"role": "assistant"} if first else {}
+            if piece or first:
+                delta["content"] = piece
+            choice["delta"] = delta
+        else:
+            choice["text"] = piece
+        return {**self._head(chunk=True), "choices": [choice]}
+
+    def usage_chunk(self, completion_tokens: int) -> Any:
+        return {**self._head(chunk=True), "choices": [], "usage": self.usage(completion_tokens)}
+
+
+def _only(request: Request, method: str) -> None:
+    if request.method != method:
+        raise ApiError(405, f"{request.path} takes {method}, not {request.method}")
+
+
+def _generation_error(error: Exception) -> ApiError:
+    if isinstance(error, RoutingError):
+        return ApiError(503, f"the swarm could not serve this request: {error}")
+    return ApiError(400, str(error))
+
+
+def _json(status: int, body: Any) -> Response:
+    return Response(status, json.dumps(body, ensure_ascii=False).encode(), "application/json")
+
+
+def _event(body: Any) -> bytes:
+    return b"data: " + json.dumps(body, ensure_ascii=False).encode("utf-8") + b"\n\n"

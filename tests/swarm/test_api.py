@@ -1,0 +1,358 @@
+"""`swarm api`: OpenAI's own Python client against the server, generating through real peers
+(in-process, on loopback), compared with the local transformers model's `generate()`."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import openai
+import pytest
+import torch
+import trio
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from swarm import DistributedModelForCausalLM
+from swarm.api.completion_text import CompletionText
+from swarm.api.requests import ApiError, read_request
+from swarm.api.server import ApiConfig, ApiServer
+from swarm.cli import build_parser
+from swarm.commands.api import api_key
+from swarm.errors import SwarmError
+from swarm.processes import SwarmProcess
+from tests.support.thread_swarm import ThreadSwarm
+from tests.support.tiny_model import write_tiny_model
+
+from .test_model import _until
+
+MODEL = "tiny-api"
+PROMPT = "The quick brown fox"
+TIMEOUT = 60  # seconds: every request is bounded
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("api") / MODEL, seed=3)
+
+
+@pytest.fixture(scope="module")
+def swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM]]:
+    with (
+        ThreadSwarm(tiny, [(0, 2), (2, 4)]) as peers,
+        DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[peers.bootstrap]) as model,
+    ):
+        yield peers, model
+
+
+@asynccontextmanager
+async def api(
+    checkpoint: Path, model: DistributedModelForCausalLM, model_id: str = MODEL, **config: Any
+) -> AsyncIterator[openai.OpenAI]:
+    """The server in this test's loop, and an OpenAI client of it (no retries)."""
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    server = ApiServer(model, tokenizer, ApiConfig(model_id, **config))
+    async with trio.open_nursery() as nursery:
+        base_url = await nursery.start(server.run)
+        key = config.get("api_key") or "unused"
+        yield openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=TIMEOUT)
+        nursery.cancel_scope.cancel()
+
+
+def call(function: Callable[..., Any], **kwargs: Any) -> Any:
+    """A blocking client call, run in a thread so that the server can answer it."""
+    return trio.to_thread.run_sync(lambda: function(**kwargs))
+
+
+def local(tiny: Path, input_ids: torch.Tensor, seed: int | None = None, **options: Any) -> str:
+    """The new text of transformers' `generate()` on the same checkpoint."""
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    if seed is not None:
+        torch.manual_seed(seed)
+    output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **options)
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    return str(tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True))
+
+
+def prompt_ids(tiny: Path) -> torch.Tensor:
+    return torch.as_tensor(AutoTokenizer.from_pretrained(tiny)(PROMPT)["input_ids"])[None]
+
+
+def chat_ids(tiny: Path, messages: list[dict[str, str]]) -> torch.Tensor:
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    encoded = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    return torch.as_tensor(encoded["input_ids"])
+
+
+def raw(base_url: str, method: str, path: str, body: bytes | int = b"") -> http.client.HTTPResponse:
+    """One request on a new connection, its response left to read; a body given as a number
+    is announced (Content-Length), not sent."""
+    url = urlsplit(base_url)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=TIMEOUT)
+    connection.putrequest(method, url.path.rstrip("/") + path)
+    connection.putheader("Content-Length", str(body if isinstance(body, int) else len(body)))
+    connection.endheaders(b"" if isinstance(body, int) else body)
+    return connection.getresponse()
+
+
+async def test_a_completion_equals_transformers_greedy_text(tiny: Path, swarm: Any) -> None:
+    expected = local(tiny, prompt_ids(tiny), max_new_tokens=12, do_sample=False)
+    async with api(tiny, swarm[1]) as client:
+        result = await call(
+            client.completions.create, model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0
+        )
+    assert result.choices[0].text == expected
+    assert result.choices[0].finish_reason == "length"
+    assert result.model == MODEL and result.object == "text_completion"
+    assert result.usage is not None
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (
+        prompt_ids(tiny).shape[1],
+        12,
+    )
+    assert all(_until(lambda p=p: swarm[0].sessions(p) == 0) for p in swarm[0].peers)
+
+
+async def test_a_streamed_completion_adds_up_to_the_same_text(tiny: Path, swarm: Any) -> None:
+    expected = local(tiny, prompt_ids(tiny), max_new_tokens=12, do_sample=False)
+    async with api(tiny, swarm[1]) as client:
+
+        def stream() -> list[Any]:
+            return list(
+                client.completions.create(
+                    model=MODEL,
+                    prompt=PROMPT,
+                    max_tokens=12,
+                    temperature=0,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+            )
+
+        chunks = await trio.to_thread.run_sync(stream)
+    pieces = [chunk.choices[0].text for chunk in chunks if chunk.choices]
+    assert "".join(pieces) == expected and len([p for p in pieces if p]) > 1
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+
+
+async def test_a_chat_completion_equals_transformers_on_the_chat_template(
+    tiny: Path, swarm: Any
+) -> None:
+    messages = [
+        {"role": "system", "content": "You are brief."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+    expected = local(tiny, chat_ids(tiny, messages), max_new_tokens=10, do_sample=False)
+    async with api(tiny, swarm[1]) as client:
+        options = {"model": MODEL, "messages": messages, "max_tokens": 10, "temperature": 0}
+        whole = await call(client.chat.completions.create, **options)
+        chunks = await trio.to_thread.run_sync(
+            lambda: list(client.chat.completions.create(**options, stream=True))
+        )
+    assert whole.choices[0].message.role == "assistant"
+    assert whole.choices[0].message.content == expected
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+async def test_seeded_sampling_draws_what_transformers_draws(tiny: Path, swarm: Any) -> None:
+    """temperature and top_p as OpenAI means them: no top-k."""
+    options = {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "top_k": 0}
+    expected = local(tiny, prompt_ids(tiny), seed=7, max_new_tokens=12, **options)
+    assert expected != local(tiny, prompt_ids(tiny), max_new_tokens=12, do_sample=False)
+    async with api(tiny, swarm[1]) as client:
+        result = await call(
+            client.completions.create,
+            model=MODEL,
+            prompt=PROMPT,
+            max_tokens=12,
+            temperature=0.8,
+            top_p=0.9,
+            seed=7,
+        )
+    assert result.choices[0].text == expected
+
+
+async def test_a_stop_sequence_ends_the_text_before_it(tiny: Path, swarm: Any) -> None:
+    full = local(tiny, prompt_ids(tiny), max_new_tokens=16, do_sample=False)
+    stop = full[6:9]  # three characters from the middle of the greedy text
+    expected = full[: full.index(stop)]
+    async with api(tiny, swarm[1]) as client:
+        options = {"model": MODEL, "prompt": PROMPT, "max_tokens": 16, "temperature": 0}
+        whole = await call(client.completions.create, **options, stop=[stop, "never seen"])
+        chunks = await trio.to_thread.run_sync(
+            lambda: list(client.completions.create(**options, stop=stop, stream=True))
+        )
+    assert whole.choices[0].text == expected and whole.choices[0].finish_reason == "stop"
+    assert whole.usage is not None and whole.usage.completion_tokens < 16  # it stopped there
+    assert "".join(c.choices[0].text for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+async def test_bad_requests_get_openai_errors_and_the_server_serves_on(
+    tiny: Path, swarm: Any
+) -> None:
+    async with api(tiny, swarm[1]) as client:
+        with pytest.raises(openai.NotFoundError, match="does not exist"):
+            await call(client.completions.create, model="other", prompt=PROMPT)
+        with pytest.raises(openai.BadRequestError, match="n=2"):
+            await call(client.completions.create, model=MODEL, prompt=PROMPT, n=2)
+        with pytest.raises(openai.BadRequestError, match="max_tokens may be at most"):
+            await call(client.completions.create, model=MODEL, prompt=PROMPT, max_tokens=5000)
+        with pytest.raises(openai.BadRequestError, match="context of 512 tokens"):
+            await call(client.completions.create, model=MODEL, prompt=PROMPT, max_tokens=1000)
+        requests: list[tuple[str, str, bytes | int]] = [
+            ("POST", "/completions", b"{not json"),
+            ("POST", "/completions", json.dumps({"model": MODEL, "prompt": "x", "x": 1}).encode()),
+            ("GET", "/completions", b""),
+            ("POST", "/elsewhere", b"{}"),
+            ("POST", "/chat/completions", 2 << 20),  # over the cap of a body
+        ]
+        statuses = []
+        for method, path, body in requests:
+            reply = await trio.to_thread.run_sync(raw, str(client.base_url), method, path, body)
+            statuses.append(reply.status)
+            if reply.status != 413:
+                assert json.loads(reply.read())["error"]["message"]
+        assert statuses == [400, 400, 405, 404, 413]
+        models = await call(client.models.list)
+        assert [m.id for m in models.data] == [MODEL]
+        result = await call(
+            client.completions.create, model=MODEL, prompt=PROMPT, max_tokens=3, temperature=0
+        )
+        assert result.usage is not None and result.usage.completion_tokens == 3
+
+
+async def test_with_a_key_only_requests_that_carry_it_are_served(tiny: Path, swarm: Any) -> None:
+    async with api(tiny, swarm[1], api_key="s3cret") as client:
+        wrong = client.with_options(api_key="guess")
+        with pytest.raises(openai.AuthenticationError):
+            await call(wrong.models.list)
+        assert [m.id for m in (await call(client.models.list)).data] == [MODEL]
+
+
+async def test_a_client_gone_mid_stream_frees_its_sessions(tiny: Path, swarm: Any) -> None:
+    """Its generation stops at once: with 50 ms more per step, its 400 tokens would hold
+    the sessions for 20 s."""
+    peers, model = swarm
+    async with api(tiny, model) as client:
+        body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 400, "stream": True}
+
+        def read_a_little() -> list[bytes]:
+            reply = raw(str(client.base_url), "POST", "/completions", json.dumps(body).encode())
+            lines = [reply.readline() for _ in range(4)]  # two events, each and its blank line
+            reply.close()  # and the connection with it, mid-stream
+            return lines
+
+        peers.fault(peers.peers[0], "delay", 0.05)
+        try:
+            first = await trio.to_thread.run_sync(read_a_little)
+            gone = await trio.to_thread.run_sync(
+                lambda: all(_until(lambda p=p: peers.sessions(p) == 0) for p in peers.peers)
+            )
+        finally:
+            peers.fault(peers.peers[0], "delay", 0.0)
+        assert all(b'"finish_reason": null' in line for line in first[::2]) and gone
+        result = await call(
+            client.completions.create, model=MODEL, prompt=PROMPT, max_tokens=2, temperature=0
+        )
+        assert result.choices[0].finish_reason == "length"
+
+
+def test_the_text_holds_back_what_may_start_a_stop_sequence(tiny: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    tokens = tokenizer("The capital of France is Paris.")["input_ids"]
+    text = CompletionText(tokenizer, ("Paris!", "of Fr"))
+    pieces = [text.add(token) for token in tokens]
+    assert text.stopped and text.text == "The capital "
+    assert "".join(pieces) + text.finish() == "The capital "
+    assert text.add(tokens[0]) == ""  # nothing after a stop
+    plain = CompletionText(tokenizer, ("Paris!",))
+    pieces = [plain.add(token) for token in tokens]
+    assert not plain.stopped and plain.finish() == ""
+    assert pieces[-2:] == ["", "Paris."]  # "Paris" waits: "Paris!" would stop the text
+    assert "".join(pieces) == "The capital of France is Paris."
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"prompt": "x"}, "model is required"),
+        ({"model": "m"}, "prompt must be"),
+        ({"model": "m", "prompt": ["a", "b"]}, "prompt must be"),
+        ({"model": "m", "prompt": "x", "temperature": 3}, "temperature must be within"),
+        ({"model": "m", "prompt": "x", "top_p": 0}, "top_p must be above 0"),
+        ({"model": "m", "prompt": "x", "max_tokens": 0}, "max_tokens must be at least 1"),
+        ({"model": "m", "prompt": "x", "max_tokens": True}, "max_tokens must be int"),
+        ({"model": "m", "prompt": "x", "stop": ["a"] * 5}, "stop must be"),
+        ({"model": "m", "prompt": "x", "logprobs": 2}, "logprobs=2 is not supported"),
+        ({"model": "m", "prompt": "x", "presence_penalty": 0.5}, "presence_penalty"),
+        ({"model": "m", "messages": []}, "unrecognized request argument: messages"),
+    ],
+)
+def test_what_a_completion_request_may_not_say(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(ApiError, match=message) as info:
+        read_request("completion", json.dumps(body).encode())
+    assert info.value.status == 400 and info.value.to_json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("messages", "message"),
+    [
+        ([], "messages must be a non-empty list"),
+        ([{"role": "robot", "content": "x"}], "must have a role"),
+        ([{"role": "user", "content": [{"type": "image_url"}]}], "must be text"),
+    ],
+)
+def test_what_a_chat_request_may_not_say(messages: Any, message: str) -> None:
+    body = {"model": "m", "messages": messages}
+    with pytest.raises(ApiError, match=message):
+        read_request("chat", json.dumps(body).encode())
+    parts = {"model": "m", "messages": [{"role": "user", "content": [{"type": "text",
+             "text": "a"}, {"type": "text", "text": "b"}]}]}  # fmt: skip
+    assert read_request("chat", json.dumps(parts).encode()).messages[0].content == "ab"
+
+
+def test_the_swarm_api_command_serves_with_a_key_and_stops_on_sigterm(
+    tiny: Path, swarm: Any, tmp_path: Path
+) -> None:
+    """`swarm api` as a process, joined to the swarm: it prints its base URL, answers as the
+    in-process server does, and stops cleanly."""
+    (tmp_path / "key").write_text("s3cret\n")
+    args = ["api", str(tiny), "--initial-peers", swarm[0].bootstrap, "--port", "0",
+            "--served-model-name", "served", "--api-key-file", str(tmp_path / "key")]  # fmt: skip
+    process = SwarmProcess(args)
+    try:
+        base_url = process.wait_ready(timeout=120)
+        client = openai.OpenAI(base_url=base_url, api_key="s3cret", max_retries=0, timeout=TIMEOUT)
+        result = client.completions.create(
+            model="served", prompt=PROMPT, max_tokens=12, temperature=0
+        )
+        expected = local(tiny, prompt_ids(tiny), max_new_tokens=12, do_sample=False)
+        assert result.choices[0].text == expected
+        with pytest.raises(openai.AuthenticationError):
+            client.with_options(api_key="guess").models.list()
+    finally:
+        code = process.stop()
+    assert code == 0, process.stderr()
+
+
+def test_the_command_reads_its_key_from_a_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = ["api", "m", "--initial-peers", "127.0.0.1:1/x"]
+    monkeypatch.setenv("SWARM_API_KEY", "from-env")
+    assert api_key(build_parser().parse_args(base)) == "from-env"
+    (tmp_path / "key").write_text("from-file\n")
+    args = build_parser().parse_args([*base, "--api-key-file", str(tmp_path / "key")])
+    assert api_key(args) == "from-file"
+    (tmp_path / "key").write_text("\n")
+    with pytest.raises(SwarmError, match="empty"):
+        api_key(args)
