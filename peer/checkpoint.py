@@ -110,7 +110,7 @@ def _family(
     )
 
 
-def _learned_positions(name: str, prefix: str) -> ModelFamily:
+def _gpt2_like(name: str, prefix: str) -> ModelFamily:
     """A family of GPT-2's: its names, and learned position embeddings (`wpe`)."""
     family = replace(_family(name, prefix, layer=f"{prefix}Block", rotary=False), **_GPT2_NAMES)
     return replace(
@@ -167,8 +167,8 @@ FAMILIES: Mapping[str, ModelFamily] = {
             embedding_norm="word_embeddings_layernorm",
             **_GPT2_NAMES,
         ),
-        _learned_positions("gpt2", "GPT2"),
-        _learned_positions("gpt_bigcode", "GPTBigCode"),  # StarCoder 1, SantaCoder
+        _gpt2_like("gpt2", "GPT2"),
+        _gpt2_like("gpt_bigcode", "GPTBigCode"),  # StarCoder 1, SantaCoder
     )
 }
 

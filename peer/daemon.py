@@ -116,12 +116,11 @@ class _Peer:
             version=VERSION,
             adapters=self.backend.adapters.names,
             quantization=self.config.quantization or "",
+            max_session_length=self.backend.max_session_length,
         )
 
     def info(self) -> dict[str, Any]:
-        fields = self.announcement(PeerState.ONLINE).to_fields()
-        fields["max_session_length"] = self.backend.max_session_length
-        return fields
+        return self.announcement(PeerState.ONLINE).to_fields()
 
 
 async def serve_peer(

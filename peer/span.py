@@ -262,7 +262,7 @@ def _build_layer(
     return module.eval().requires_grad_(False)
 
 
-def _learned_positions(
+def _read_positions(
     checkpoint: Checkpoint, dtype: torch.dtype, device: torch.device
 ) -> torch.nn.Embedding:
     """The model's position embeddings (GPT-2's `wpe`), read from the checkpoint."""
@@ -318,7 +318,7 @@ def load_span(
             rotary = checkpoint.family.load(checkpoint.family.rotary_class)(config=config)
     positions = None
     if checkpoint.family.learned_positions and start == 0:
-        positions = _learned_positions(checkpoint, torch_dtype, torch_device)
+        positions = _read_positions(checkpoint, torch_dtype, torch_device)
     logger.info(
         "loaded blocks %d..%d of %s (%s) as %s on %s%s%s",
         start,

@@ -29,12 +29,19 @@ LOAD_PENALTY_PER_SESSION = 0.1
 
 class NoRouteError(RoutingError):
     """No chain covers the model: `missing` lists the blocks that nobody serves (with the
-    LoRA `adapter` the client runs, if it runs one)."""
+    LoRA `adapter` the client runs, if it runs one; under a `condition`, such as room for the
+    session, if only that is what is missing)."""
 
-    def __init__(self, missing: Sequence[int], adapter: str | None = None) -> None:
+    def __init__(
+        self, missing: Sequence[int], adapter: str | None = None, condition: str = ""
+    ) -> None:
         self.missing = tuple(missing)
+        self.condition = condition
         with_adapter = f" with adapter {adapter!r}" if adapter else ""
-        super().__init__(f"no peer serves block(s) {_ranges(self.missing)}{with_adapter}")
+        super().__init__(
+            f"no peer serves block(s) {_ranges(self.missing)}{with_adapter}"
+            + (f" {condition}" if condition else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,12 @@ class Candidate:
     sessions: int = 0
     cache_tokens_left: int = 2**62
     rtt: float | None = None
+    max_session_length: int = 0  # the longest session it opens (0: it does not say)
+
+    def fits(self, session_length: int, tokens_needed: int) -> bool:
+        """Whether it can open a session of this length that needs this much cache."""
+        longest = self.max_session_length or session_length
+        return self.cache_tokens_left >= tokens_needed and longest >= session_length
 
 
 @dataclass(frozen=True)
@@ -76,16 +89,17 @@ def fastest_chain(
     start: int = 0,
     end: int | None = None,
     tokens_needed: int = 0,
+    session_length: int = 0,
     banned: frozenset[str] = frozenset(),
 ) -> list[Hop]:
-    """The chain over blocks [start, end) with the lowest expected time per token."""
+    """The chain over blocks [start, end) with the lowest expected time per token, for a
+    session of `session_length` tokens that needs `tokens_needed` of each peer's cache."""
     end = num_blocks if end is None else end
-    usable = [
-        c
-        for c in candidates
-        if c.peer not in banned and c.cache_tokens_left >= tokens_needed and c.throughput > 0
-    ]
-    _check_coverage(usable, start, end)
+    serving = [c for c in candidates if c.peer not in banned and c.throughput > 0]
+    _check_coverage(serving, start, end)
+    usable = [c for c in serving if c.fits(session_length, tokens_needed)]
+    condition = f"with room for a session of {session_length} tokens"
+    _check_coverage(usable, start, end, condition if session_length else "with room in its cache")
     best = {start: 0.0}
     previous: dict[int, Hop] = {}
     queue = [(0.0, start)]
@@ -138,13 +152,15 @@ def spread_choice(
     return chain
 
 
-def _check_coverage(candidates: Sequence[Candidate], start: int, end: int) -> None:
+def _check_coverage(
+    candidates: Sequence[Candidate], start: int, end: int, condition: str = ""
+) -> None:
     covered: set[int] = set()
     for candidate in candidates:
         covered.update(range(max(candidate.start, start), min(candidate.end, end)))
     missing = [block for block in range(start, end) if block not in covered]
     if missing:
-        raise NoRouteError(missing)
+        raise NoRouteError(missing, condition=condition)
 
 
 def _ranges(blocks: Sequence[int]) -> str:

@@ -236,7 +236,7 @@ class InferenceChain:
             peers = self.view.peers  # as routed (a refresh may replace the view meanwhile)
             try:
                 tokens = self.max_length * len(self.padding)  # the cache the sessions reserve
-                route = self.view.route(start, end, tokens_needed=tokens)
+                route = self.view.route(start, end, tokens, self.max_length)
             except NoRouteError as error:
                 if not refreshed:  # the swarm may have changed since the view was read
                     await self.view.refresh()

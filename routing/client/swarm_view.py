@@ -176,13 +176,17 @@ class SwarmView:
                 sessions=announcement.sessions,
                 cache_tokens_left=announcement.cache_tokens_left,
                 rtt=self.rtts.get(peer),
+                max_session_length=announcement.max_session_length,
             )
             for peer, announcement in self.peers.items()
             if self.adapter is None or self.adapter in announcement.adapters
         ]
 
-    def route(self, start: int, end: int, tokens_needed: int = 0) -> list[Hop]:
-        """The fastest chain over blocks [start, end); NoRouteError names what is missing."""
+    def route(
+        self, start: int, end: int, tokens_needed: int = 0, session_length: int = 0
+    ) -> list[Hop]:
+        """The fastest chain over blocks [start, end) for a session of `session_length` tokens
+        that needs `tokens_needed` cache tokens; NoRouteError names what is missing."""
         with self._naming_the_adapter():
             return fastest_chain(
                 self.candidates(),
@@ -190,6 +194,7 @@ class SwarmView:
                 start=start,
                 end=end,
                 tokens_needed=tokens_needed,
+                session_length=session_length,
                 banned=self._avoided(),
             )
 
@@ -208,7 +213,7 @@ class SwarmView:
         except NoRouteError as error:
             if self.adapter is None or type(error) is not NoRouteError:
                 raise
-            raise NoRouteError(error.missing, self.adapter) from None
+            raise NoRouteError(error.missing, self.adapter, error.condition) from None
 
     def _avoided(self) -> frozenset[str]:
         """Banned peers, and peers that did not answer their last ping."""

@@ -53,6 +53,10 @@ class ApiConfig:
         default_factory=lambda: HttpConfig(max_body_bytes=1 << 20, request_timeout=30.0)
     )
 
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1 or self.max_concurrent < 1:
+            raise SwarmError("the API's max_tokens and max_concurrent must be at least 1")
+
 
 class ApiServer:
     """The API of one model, over a client joined to the swarm."""

@@ -49,6 +49,21 @@ def test_peers_short_of_cache_are_left_out() -> None:
     assert fastest_chain([full, roomy], 8, tokens_needed=512) == [Hop("roomy", 0, 8)]
 
 
+def test_peers_whose_sessions_are_too_short_are_left_out() -> None:
+    """A peer that opens sessions of at most 512 tokens is no route for 1,024; one that does
+    not say (an older record) is tried. When nobody fits, the error says why."""
+    short = Candidate("short", 0, 8, throughput=1000, rtt=0.001, max_session_length=512)
+    long = Candidate("long", 0, 8, throughput=100, rtt=0.01, max_session_length=4096)
+    unsaid = Candidate("unsaid", 0, 8, throughput=10, rtt=0.01)
+    assert fastest_chain([short, long], 8, session_length=1024) == [Hop("long", 0, 8)]
+    assert fastest_chain([short, long], 8, session_length=512) == [Hop("short", 0, 8)]
+    assert fastest_chain([short, unsaid], 8, session_length=1024) == [Hop("unsaid", 0, 8)]
+    with pytest.raises(NoRouteError, match="0-7 with room for a session of 8192 tokens"):
+        fastest_chain([short, long], 8, session_length=8192)
+    with pytest.raises(NoRouteError, match="with room in its cache"):
+        fastest_chain([short], 8, tokens_needed=2**63)
+
+
 def test_overlapping_spans_use_part_of_a_span() -> None:
     a = Candidate("a", 0, 6, throughput=1000, rtt=0.01)
     b = Candidate("b", 4, 10, throughput=1000, rtt=0.01)

@@ -356,3 +356,5 @@ def test_the_command_reads_its_key_from_a_file_or_the_environment(
     (tmp_path / "key").write_text("\n")
     with pytest.raises(SwarmError, match="empty"):
         api_key(args)
+    with pytest.raises(SwarmError, match="at least 1"):
+        ApiConfig("m", max_concurrent=0)

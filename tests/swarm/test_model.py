@@ -20,7 +20,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, FineGrainedFP8Config, Mxfp4Config
 from transformers.generation.streamers import BaseStreamer
 
-from routing.client import ChainFailedError, ClientConfig
+from peer.backend import BackendConfig
+from routing.client import ClientConfig
+from routing.path_selection import NoRouteError
 from swarm import DistributedModelForCausalLM
 from swarm.errors import SwarmError
 from tests.support.quantized_checkpoint import BLOCK, dequantized_int8_model, to_fp8, to_mxfp4
@@ -464,9 +466,30 @@ def test_a_peer_stopping_mid_generation_changes_no_token(checkpoints: dict[str, 
 
 
 def test_a_session_no_peer_accepts_is_a_clear_error(checkpoints: dict[str, Path]) -> None:
+    """Peers announce the longest session they open: the client asks none of them for more
+    (and bans none for refusing it)."""
     with (
         _swarm_and_model(checkpoints["llama"], CHAINS[1]) as (_, model),
-        pytest.raises(ChainFailedError, match="max_length 10000"),
+        pytest.raises(NoRouteError, match="0-3 with room for a session of 10000 tokens"),
         model.inference_session(max_length=10_000),
     ):
         pass
+
+
+def test_a_long_session_goes_to_the_peer_that_takes_it(
+    checkpoints: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Of two replicas, the one whose sessions are at most 64 tokens is left out of a chain
+    for 100; a short session may use either."""
+    short = {"backend": BackendConfig(max_session_length=64)}
+    with (
+        ThreadSwarm(checkpoints["llama"], [(0, 4), (0, 4)], per_peer=[short]) as swarm,
+        DistributedModelForCausalLM.from_pretrained(
+            checkpoints["llama"], initial_peers=[swarm.bootstrap]
+        ) as model,
+    ):
+        for _ in range(4):
+            with model.inference_session(max_length=100) as session:
+                session.generate(PROMPT, max_new_tokens=2)
+                assert [hop.peer for hop in session.route] == [swarm.peers[1].peer]
+    assert "failed" not in caplog.text

@@ -41,7 +41,7 @@ def test_only_online_records_of_this_model_that_fit_and_name_their_signer() -> N
     assert usable == {str(good.peer_id): records[good.peer_id]}
 
 
-def test_the_adapters_and_quantization_of_a_peer_travel_in_its_record() -> None:
+def test_adapters_quantization_and_session_length_travel_in_a_record() -> None:
     record = _announcement(Identity.generate(), adapters=("tuned", "chat-v2"), quantization="int8")
     assert PeerAnnouncement.decode(record.encode()) == record
     plain = PeerAnnouncement.decode(_announcement(Identity.generate()).encode())
@@ -53,8 +53,15 @@ def test_the_adapters_and_quantization_of_a_peer_travel_in_its_record() -> None:
     for wrong in ["<b>int8</b>", "x" * 17, 8]:
         with pytest.raises(ProtocolError, match="quantization"):
             PeerAnnouncement.from_fields({**fields, "quantization": wrong})
-    del fields["quantization"], fields["adapters"]  # a record of a peer without either
-    assert PeerAnnouncement.from_fields(fields).quantization == ""
+    with pytest.raises(ProtocolError, match="max_session_length"):
+        PeerAnnouncement.from_fields({**fields, "max_session_length": "long"})
+    with pytest.raises(ProtocolError, match=">= 0"):
+        PeerAnnouncement.from_fields({**fields, "max_session_length": -1})
+    longest = _announcement(Identity.generate(), max_session_length=2048)
+    assert PeerAnnouncement.decode(longest.encode()).max_session_length == 2048
+    del fields["quantization"], fields["adapters"], fields["max_session_length"]  # older
+    older = PeerAnnouncement.from_fields(fields)
+    assert older.quantization == "" and older.max_session_length == 0
 
 
 def test_a_client_with_an_adapter_routes_through_the_peers_that_run_it() -> None:
