@@ -129,7 +129,8 @@ def load_adapter(path: str | Path, span: Span, adapters: Adapters) -> str:
     rank, scale = _config(path)
     family = span.family
     pattern = re.compile(
-        rf"^base_model\.model\.{family.decoder}\.{family.blocks}\.(\d+)\.(.+)\.lora_([AB])\.weight$"
+        rf"^base_model\.model\.{re.escape(family.decoder)}\.{family.blocks}\.(\d+)\.(.+)"
+        r"\.lora_([AB])\.weight$"
     )
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     try:

@@ -104,7 +104,8 @@ class SpanBackend:
         context = int(getattr(span.config, "max_position_embeddings", 0) or 0)
         self.max_session_length = self.config.max_session_length or context or 2048
         if span.positions is not None:  # learned positions (GPT-2) end there
-            self.max_session_length = min(self.max_session_length, span.positions.num_embeddings)
+            table = span.positions.num_embeddings - span.family.position_offset
+            self.max_session_length = min(self.max_session_length, table)
         self._sessions: dict[str, _Session] = {}
         self._reserved_tokens = 0
         self.adapters = Adapters()  # LoRA adapters, loaded by `peer.adapters.load_adapter`
@@ -307,6 +308,8 @@ class SpanBackend:
         first, last = start - self.span.start, end - self.span.start
         positions = torch.arange(length, device=self.span.device)[None, :]
         keys = None if mask is None else mask.to(self.span.device)
+        if keys is not None and self.span.family.mask_positions:  # OPT: from each row's first
+            positions = keys.long().cumsum(-1) * keys - 1  # padding: -1, as transformers has it
         return partial(
             self.span.run_layers,
             first=first,

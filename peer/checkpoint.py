@@ -10,14 +10,15 @@ Families are the decoder blocks called like Llama's (`FAMILIES`: Llama, Mistral,
 Phi-2 and 3, Gemma 1 to 3, OLMo, OLMo 2, StableLM, StarCoder2, Ministral, SmolLM3, GLM-4,
 Command R (Cohere 1 and 2), and the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
 GLM-4.5, DeepSeek V2/V3, Llama 4 and gpt-oss), and GPT-J, GPT-NeoX (Pythia), Falcon, BLOOM
-(ALiBi positions), GPT-2 and GPT-BigCode (StarCoder 1, SantaCoder; learned positions, which
-the peer running block 0 adds); SmolLM2 and TinyLlama are `llama`. An image-text checkpoint
+(ALiBi positions), GPT-2, GPT-BigCode (StarCoder 1, SantaCoder) and OPT (learned positions,
+which the peer running block 0 adds); SmolLM2 and TinyLlama are `llama`. An image-text checkpoint
 whose `text_config` is one of these opens as its language model (`TEXT_LAYOUTS`). Anything
 else raises `UnsupportedModelError` naming what is supported.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -64,13 +65,17 @@ class ModelFamily:
     config_class: str
     layer_class: str
     rotary_class: str | None
-    decoder: str = "model"  # the causal LM's attribute holding the decoder model
+    decoder: str = "model"  # the causal LM's attribute holding the decoder model (OPT: a path)
     blocks: str = "layers"
     embeddings: str = "embed_tokens"
     final_norm: str = "norm"
     embedding_norm: str | None = None  # applied to the embeddings before the first block
     old_lm_head: str = "lm_head"  # what checkpoints saved before transformers 5 name it
     learned_positions: str | None = None  # the decoder's position embeddings (GPT-2: `wpe`)
+    position_offset: int = 0  # where position 0 is in their table (OPT: 2)
+    mask_positions: bool = False  # a padded batch's positions count from each row's first token
+    input_projection: str | None = None  # OPT 350M: embeddings narrower than the blocks...
+    output_projection: str | None = None  # ...and back before the LM head
     unused: tuple[str, ...] = ()  # tensors of a block older checkpoints saved, not read
 
     @property
@@ -81,6 +86,10 @@ class ModelFamily:
     def load(self, attribute: str) -> Any:
         """Import one class of the family (transformers is imported here, not at import time)."""
         return getattr(importlib.import_module(self.module), attribute)
+
+    def decoder_of(self, model: Any) -> Any:
+        """The decoder model inside the family's causal LM (`model.model`, mostly)."""
+        return functools.reduce(getattr, self.decoder.split("."), model)
 
 
 _GPT2_NAMES: dict[str, Any] = {
@@ -169,6 +178,16 @@ FAMILIES: Mapping[str, ModelFamily] = {
         ),
         _gpt2_like("gpt2", "GPT2"),
         _gpt2_like("gpt_bigcode", "GPTBigCode"),  # StarCoder 1, SantaCoder
+        replace(
+            _family("opt", "OPT", rotary=False),
+            decoder="model.decoder",
+            final_norm="final_layer_norm",
+            learned_positions="embed_positions",
+            position_offset=2,
+            mask_positions=True,
+            input_projection="project_in",  # OPT 350M's, else absent
+            output_projection="project_out",
+        ),
     )
 }
 
@@ -209,7 +228,8 @@ class Checkpoint:
         """The embeddings', their norm's (BLOOM), the final norm's and the LM head's tensors,
         named as in the family's causal LM (`model.norm.weight`) -> as in this checkpoint."""
         family = self.family
-        parts = [family.embeddings, family.final_norm, *filter(None, [family.embedding_norm])]
+        optional = [family.embedding_norm, family.input_projection, family.output_projection]
+        parts = [family.embeddings, family.final_norm, *filter(None, optional)]
         starts = [(f"{self.prefix}{part}.", f"{family.decoder}.{part}.") for part in parts]
         for head in {"lm_head", family.old_lm_head}:
             starts.append((f"{TEXT_LAYOUTS.get(self.prefix, '')}{head}.", "lm_head."))
@@ -247,8 +267,10 @@ def detect_family(config: Mapping[str, Any]) -> ModelFamily:
 
 
 def _text_model_prefix(files: Mapping[str, str], family: ModelFamily) -> str:
-    """Where the decoder model's tensors are (`TEXT_LAYOUTS`)."""
-    for prefix in (f"{family.decoder}.", *TEXT_LAYOUTS):
+    """Where the decoder model's tensors are: in the causal LM, in its base model saved alone
+    (OPT as Meta saved it: `decoder.`), or `TEXT_LAYOUTS`."""
+    base = family.decoder.partition(".")[2]
+    for prefix in (f"{family.decoder}.", *([f"{base}."] if base else []), *TEXT_LAYOUTS):
         if f"{prefix}{family.embeddings}.weight" in files:
             return prefix
     return f"{family.decoder}."

@@ -146,7 +146,7 @@ class Span:
         embeddings: dict[str | None, Any] = {}  # cos and sin, per kind of rotary
         alibi = self._alibi(hidden, past, keys) if self.family.alibi else None
         if first == 0 and self.positions is not None:  # block 0's input: tokens and positions
-            hidden = hidden + self.positions(position_ids)
+            hidden = hidden + self.positions(position_ids + self.family.position_offset)
         for local in range(first, last):
             kind = self.rotary_kinds[local]
             if self.rotary is not None and kind not in embeddings:

@@ -1,5 +1,6 @@
-"""The part of the model a client holds: token embeddings (BLOOM: and their norm), the final
-norm and the LM head (learned position embeddings, GPT-2's, are the first peer's: `peer.span`).
+"""The part of the model a client holds: token embeddings (BLOOM: and their norm; OPT 350M:
+and their projection to the blocks' width), the final norm (OPT 350M: a projection back) and
+the LM head. Learned position embeddings (GPT-2's, OPT's) are the first peer's: `peer.span`.
 
 The model is built with its parameters on the meta device (no memory), its decoder blocks are
 dropped, and only the head's tensors are read from the checkpoint and assigned. Using the
@@ -31,11 +32,13 @@ class ClientHead:
         self.model = model
         self.family = family
         self.config = config or model.config  # the checkpoint's, as transformers loads it
-        decoder = getattr(model, family.decoder)
+        decoder = family.decoder_of(model)
         self.embeddings: torch.nn.Embedding = getattr(decoder, family.embeddings)
-        self._norm: torch.nn.Module = getattr(decoder, family.final_norm)
-        norm = family.embedding_norm
-        self._embedding_norm: torch.nn.Module | None = getattr(decoder, norm) if norm else None
+        # OPT 350M has no final norm (its blocks norm after attention) but projections
+        self._norm: torch.nn.Module = getattr(decoder, family.final_norm) or torch.nn.Identity()
+        self._before_blocks = [_part(decoder, family.input_projection),
+                               _part(decoder, family.embedding_norm)]  # fmt: skip
+        self._projection_out = _part(decoder, family.output_projection)
 
     @classmethod
     def from_pretrained(
@@ -48,7 +51,7 @@ class ClientHead:
         with torch.device(device), init_empty_weights(include_buffers=False):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
         family = checkpoint.family
-        decoder = getattr(model, family.decoder)
+        decoder = family.decoder_of(model)
         setattr(decoder, family.blocks, torch.nn.ModuleList())
         if family.learned_positions:  # GPT-2's: the peer running block 0 adds them
             delattr(decoder, family.learned_positions)
@@ -84,12 +87,13 @@ class ClientHead:
         return self.blocks_input(self.embeddings(input_ids.to(self.device)))
 
     def blocks_input(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        """What the first block takes for these token embeddings: themselves, or BLOOM's
-        normed ones (on the CPU, differentiable in `inputs_embeds` when they require grad)."""
-        if self._embedding_norm is None:
-            return inputs_embeds.cpu()
+        """What the first block takes for these token embeddings: themselves, BLOOM's normed
+        ones or OPT 350M's projected ones (on the CPU, differentiable in `inputs_embeds` when
+        they require grad)."""
+        hidden = inputs_embeds
         with torch.set_grad_enabled(torch.is_grad_enabled() and inputs_embeds.requires_grad):
-            hidden: torch.Tensor = self._embedding_norm(inputs_embeds.to(self.device))
+            for module in filter(None, self._before_blocks):
+                hidden = module(hidden.to(self.device))
         return hidden.cpu()
 
     def logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -99,8 +103,10 @@ class ClientHead:
             return self._logits(hidden_states)
 
     def _logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden = hidden_states.to(self.device)
-        logits: torch.Tensor = self.model.lm_head(self._norm(hidden))
+        hidden = self._norm(hidden_states.to(self.device))
+        if self._projection_out is not None:
+            hidden = self._projection_out(hidden)
+        logits: torch.Tensor = self.model.lm_head(hidden)
         # what some families' forward does after the LM head
         scale = getattr(self.config, "logit_scale", None)
         if scale is not None:  # Command R
@@ -109,3 +115,8 @@ class ClientHead:
         if cap is not None:  # Gemma 2
             logits = torch.tanh(logits / cap) * cap
         return logits.cpu()
+
+
+def _part(decoder: Any, name: str | None) -> torch.nn.Module | None:
+    """The decoder's module of that name, if the family has one and this model too."""
+    return getattr(decoder, name, None) if name else None

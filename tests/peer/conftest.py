@@ -105,23 +105,30 @@ class Reference:
         self.model.eval()
         self.config = self.model.config
         self.family = FAMILIES[self.config.model_type]
-        self.decoder: Any = getattr(self.model, self.family.decoder)  # `model.model`, mostly
+        self.decoder: Any = self.family.decoder_of(self.model)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """What the client sends to block 0: the token embeddings (BLOOM norms them; GPT-2's
-        block 0 adds learned positions to them)."""
+        """What the client sends to block 0: the token embeddings (BLOOM norms them, OPT 350M
+        projects them; GPT-2's block 0 adds learned positions to them)."""
+        family = self.family
         with torch.no_grad():
-            result: torch.Tensor = getattr(self.decoder, self.family.embeddings)(ids)
-            if self.family.embedding_norm:
-                result = getattr(self.decoder, self.family.embedding_norm)(result)
+            result: torch.Tensor = getattr(self.decoder, family.embeddings)(ids)
+            for name in (family.input_projection, family.embedding_norm):
+                if name and getattr(self.decoder, name, None) is not None:
+                    result = getattr(self.decoder, name)(result)
         return result
+
+    def positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """The learned position embeddings (GPT-2's, OPT's) of these positions."""
+        table = getattr(self.decoder, str(self.family.learned_positions)).weight
+        return torch.nn.functional.embedding(positions + self.family.position_offset, table)
 
     def blocks(self, hidden: torch.Tensor, start: int, end: int) -> torch.Tensor:
         """Blocks start..end-1 over a full sequence, as transformers' model forward runs them
         (from block 0: over the embeddings `embed` gives)."""
         positions = torch.arange(hidden.shape[1])[None, :]
         if start == 0 and self.family.learned_positions:
-            hidden = hidden + getattr(self.decoder, self.family.learned_positions)(positions)
+            hidden = hidden + self.positions(positions)
         mask_args = {
             "config": self.config,
             "inputs_embeds": hidden,

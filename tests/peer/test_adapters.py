@@ -36,11 +36,12 @@ TARGETS = {  # besides Llama's names
 }
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "falcon", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "falcon", "gpt2", "opt"])
 def test_a_request_with_an_adapter_equals_the_merged_model(
     family: str, checkpoints: dict[str, Path], references: dict[str, Reference], tmp_path: Path
 ) -> None:
-    """GPT-2's layers are `Conv1D`s (weights transposed), which PEFT marks `fan_in_fan_out`."""
+    """GPT-2's layers are `Conv1D`s (weights transposed), which PEFT marks `fan_in_fan_out`;
+    OPT's decoder is one level deeper (`model.decoder.layers`)."""
     path = checkpoints[family]
     adapter = write_lora(tmp_path / "tuned", path, **TARGETS.get(family, {}))
     merged = Reference(path, merged_model(path, adapter))

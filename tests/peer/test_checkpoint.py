@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import safetensors
 import torch
-from transformers import OPTConfig, OPTForCausalLM, Qwen2Config
+from transformers import Qwen2Config, XGLMConfig, XGLMForCausalLM
 
 from peer.backend import SpanBackend
 from peer.checkpoint import open_checkpoint, read_tensors
@@ -77,12 +77,12 @@ def test_family_detection(checkpoints: dict[str, Path]) -> None:
 
 
 def test_unsupported_model(tmp_path: Path) -> None:
-    config = OPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, vocab_size=64)
-    OPTForCausalLM(config).save_pretrained(tmp_path)
+    config = XGLMConfig(d_model=32, num_layers=2, attention_heads=2, vocab_size=64)
+    XGLMForCausalLM(config).save_pretrained(tmp_path)
     with pytest.raises(UnsupportedModelError, match=r"llama.*mistral.*qwen2.*qwen3") as info:
         open_checkpoint(tmp_path)
     assert isinstance(info.value, PeerError)
-    assert "'opt'" in str(info.value)
+    assert "'xglm'" in str(info.value)
 
 
 def test_falcon_with_alibi_is_refused(make_checkpoint: MakeCheckpoint) -> None:

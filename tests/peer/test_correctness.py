@@ -15,6 +15,7 @@ from transformers import DynamicCache
 from peer.backend import BackendConfig, SpanBackend
 from peer.errors import InvalidRequestError
 from peer.span import cache_keyword
+from swarm.head import ClientHead
 from tests.support.tiny_model import FAMILIES, rename_tensors, write_tiny_multimodal
 
 from .conftest import MakeCheckpoint, Reference, assert_rounding_close
@@ -57,12 +58,14 @@ def test_forward_is_bit_identical(
 
 
 @pytest.mark.parametrize(
-    "family", ["llama", "gemma2", "deepseek_v3", "llama4_text", "falcon", "bloom", "gpt2"]
+    "family", ["llama", "gemma2", "deepseek_v3", "llama4_text", "falcon", "bloom", "gpt2", "opt"]
 )
 def test_forward_with_padding_is_bit_identical(
     family: str, checkpoints: dict[str, Path], references: dict[str, Reference]
 ) -> None:
-    """Padding on the right and on the left, hidden by `attention_mask` as in transformers."""
+    """Padding on the right and on the left, hidden by `attention_mask` as in transformers
+    (which numbers OPT's positions from each row's first token, the others' from the first
+    column)."""
     reference = references[family]
     ids = _ids(2, 9)
     mask = torch.ones_like(ids)
@@ -161,6 +164,41 @@ def test_gpt2_as_openai_saved_it(make_checkpoint: MakeCheckpoint) -> None:
     assert_rounding_close(_incremental(backend, hidden, prompt=4), reference.blocks(hidden, 0, 4))
 
 
+@pytest.mark.parametrize("layout", ["opt-350m", "opt-bare"])
+def test_other_layouts_of_opt(layout: str, make_checkpoint: MakeCheckpoint) -> None:
+    """OPT 350M (embeddings narrower than the blocks, projected in and out by the client's
+    head; norms after attention, none at the end), and OPT as Meta saved it (its base model
+    alone: `decoder.` names): the blocks from block 0 equal transformers' model."""
+    if layout == "opt-bare":
+        path = rename_tensors(make_checkpoint("opt"), "model.")
+    else:
+        path = make_checkpoint("opt", word_embed_proj_dim=32, do_layer_norm_before=False)
+    reference = Reference(path)
+    ids = _ids(2, 9)
+    with torch.no_grad():
+        states = reference.model(ids, output_hidden_states=True).hidden_states
+    hidden = reference.embed(ids)
+    assert torch.equal(reference.blocks(hidden, 0, 0), states[0])
+    backend = SpanBackend.load(path, 0, 4)
+    assert torch.equal(backend.forward(hidden), reference.blocks(hidden, 0, 4))
+    assert_rounding_close(_incremental(backend, hidden, prompt=4), reference.blocks(hidden, 0, 4))
+    head = ClientHead.from_pretrained(path)
+    assert torch.equal(head.embed(ids), hidden)
+    with torch.no_grad():
+        last = reference.blocks(hidden, 0, 4)
+        assert torch.equal(
+            head.logits(last), reference.model.lm_head(_after_blocks(reference, last))
+        )
+
+
+def _after_blocks(reference: Reference, hidden: torch.Tensor) -> torch.Tensor:
+    """OPT's final norm (if it has one) and projection out (if it has one)."""
+    for name in ("final_layer_norm", "project_out"):
+        module = getattr(reference.decoder, name)
+        hidden = hidden if module is None else module(hidden)
+    return hidden
+
+
 def test_learned_positions_bound_the_sessions(checkpoints: dict[str, Path]) -> None:
     """GPT-2 has no position past its table (256 here), whatever the peer's own cap."""
     config = BackendConfig(max_session_length=1000)
@@ -239,7 +277,7 @@ def test_incremental_decoding_equals_transformers_own(
 
 @pytest.mark.parametrize(
     "family",
-    ["llama", "qwen2", "gemma2", "deepseek_v3", "llama4_text", "falcon", "bloom", "gpt2"],
+    ["llama", "qwen2", "gemma2", "deepseek_v3", "llama4_text", "falcon", "bloom", "gpt2", "opt"],
 )
 def test_prompts_padded_on_the_left_equal_transformers(
     family: str, checkpoints: dict[str, Path], references: dict[str, Reference]

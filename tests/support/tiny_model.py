@@ -22,7 +22,7 @@ FAMILIES = (
     *("deepseek_v2", "deepseek_v3"),  # experts, and attention over a compressed latent
     *("llama4_text", "gpt_oss"),  # experts; chunked attention, and attention sinks
     *("falcon", "bloom", "phi", "gptj", "gpt_neox"),  # other names; BLOOM: ALiBi
-    *("gpt2", "gpt_bigcode"),  # learned positions
+    *("gpt2", "gpt_bigcode", "opt"),  # learned positions
 )
 _EXPERTS = {"num_experts_per_tok": 2, "moe_intermediate_size": 32}
 _DEEPSEEK = {
@@ -52,6 +52,7 @@ FAMILY_SETTINGS: dict[str, dict[str, Any]] = {  # what differs from each config'
     "gpt_oss": {"num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 16},
     "falcon": {"new_decoder_architecture": True, "num_kv_heads": 2},  # Falcon 40B and 180B
     "gptj": {"rotary_dim": 8},  # of the head size, 16
+    "opt": {"ffn_dim": 128},
 }
 
 

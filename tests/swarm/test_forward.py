@@ -43,9 +43,15 @@ def test_logits_and_loss_equal_the_local_models(tiny: Path) -> None:
         assert model(ids).loss is None
 
 
-def test_padding_on_either_side_is_hidden_as_transformers_hides_it(tiny: Path) -> None:
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_padding_on_either_side_is_hidden_as_transformers_hides_it(
+    tiny: Path, family: str, tmp_path: Path
+) -> None:
     """Rows of different lengths, padded on the right (a tokenizer's default) or the left:
-    logits and loss (padding labelled -100) as transformers' model gives them."""
+    logits and loss (padding labelled -100) as transformers' model gives them (OPT's count
+    each row's positions from its first token)."""
+    if family != "llama":
+        tiny = write_tiny_model(tmp_path / family, family, seed=5)
     ids = _batch(rows=3)
     right = torch.ones_like(ids)
     right[0, 7:], right[1, 10:] = 0, 0

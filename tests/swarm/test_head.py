@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, OPTConfig
+from transformers import AutoModelForCausalLM, XGLMConfig
 
 from peer.errors import CheckpointError, UnsupportedModelError
 from swarm.head import ClientHead
+from tests.peer.conftest import Reference
 from tests.support.tiny_model import FAMILIES, rename_tensors, write_tiny_model
 
 
@@ -24,11 +25,11 @@ def test_embeddings_and_logits_equal_the_model(family: str, tmp_path: Path) -> N
     ids = torch.tensor([[1, 40, 41, 42, 43]])
     with torch.no_grad():
         output = model(ids, output_hidden_states=True)
-    decoder = getattr(model, head.family.decoder)
+    decoder = head.family.decoder_of(model)
     embeddings = head.embed(ids)
-    if head.family.learned_positions:  # GPT-2's: added by the first peer
-        assert torch.equal(embeddings, decoder.wte(ids))
-        embeddings = embeddings + getattr(decoder, head.family.learned_positions)(torch.arange(5))
+    if head.family.learned_positions:  # GPT-2's, OPT's: added by the first peer
+        assert torch.equal(embeddings, getattr(decoder, head.family.embeddings)(ids))
+        embeddings = embeddings + Reference(path, model).positions(torch.arange(5)[None])
     assert torch.equal(embeddings, output.hidden_states[0])
     setattr(decoder, head.family.final_norm, torch.nn.Identity())  # the last block's output
     with torch.no_grad():
@@ -83,7 +84,7 @@ def test_a_head_tensor_missing_from_the_checkpoint_is_named(tmp_path: Path) -> N
 
 
 def test_an_unsupported_family_is_refused_with_the_supported_ones(tmp_path: Path) -> None:
-    config = OPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, vocab_size=64)
+    config = XGLMConfig(d_model=32, num_layers=2, attention_heads=2, vocab_size=64)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
-    with pytest.raises(UnsupportedModelError, match=r"'opt' is not supported.*mixtral"):
+    with pytest.raises(UnsupportedModelError, match=r"'xglm' is not supported.*mixtral"):
         ClientHead.from_pretrained(tmp_path)

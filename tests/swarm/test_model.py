@@ -332,7 +332,7 @@ def test_a_batch_of_prompts_equals_transformers_batched_generate(
         assert all(_until(lambda p=p: swarm.sessions(p) == 0) for p in swarm.peers)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode"])
+@pytest.mark.parametrize("family", ["gpt2", "gpt_bigcode", "opt"])
 def test_learned_positions_count_from_each_rows_first_token(
     checkpoints: dict[str, Path], family: str
 ) -> None:
