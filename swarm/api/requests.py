@@ -123,7 +123,7 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
         if name in data and data[name] not in neutral:
             raise ApiError(400, f"{name}={data[name]!r} is not supported here", name)
     model = _field(data, "model", str)
-    if model is None:
+    if not model:
         raise ApiError(400, "model is required", "model")
     fields: dict[str, Any] = {"kind": kind, "model": model}
     if kind == "chat":
@@ -147,6 +147,8 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
     fields["temperature"] = 1.0 if temperature is None else temperature
     fields["top_p"] = 1.0 if top_p is None else top_p
     fields["seed"] = _field(data, "seed", int)
+    if fields["seed"] is not None and not -(2**63) <= fields["seed"] < 2**63:
+        raise ApiError(400, "seed must be a 64-bit integer", "seed")
     fields["stop"] = _stop(data.get("stop"))
     fields["stream"] = bool(_field(data, "stream", bool))
     options = _field(data, "stream_options", dict) or {}

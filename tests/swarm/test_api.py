@@ -15,6 +15,8 @@ import openai
 import pytest
 import torch
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from swarm import DistributedModelForCausalLM
@@ -285,6 +287,8 @@ def test_the_text_holds_back_what_may_start_a_stop_sequence(tiny: Path) -> None:
     ("body", "message"),
     [
         ({"prompt": "x"}, "model is required"),
+        ({"model": "", "prompt": "x"}, "model is required"),
+        ({"model": "m", "prompt": "x", "seed": 2**64}, "seed must be a 64-bit integer"),
         ({"model": "m"}, "prompt must be"),
         ({"model": "m", "prompt": ["a", "b"]}, "prompt must be"),
         ({"model": "m", "prompt": "x", "temperature": 3}, "temperature must be within"),
@@ -342,6 +346,35 @@ def test_the_swarm_api_command_serves_with_a_key_and_stops_on_sigterm(
     finally:
         code = process.stop()
     assert code == 0, process.stderr()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+FIELD_NAMES = st.sampled_from(
+    ["model", "prompt", "messages", "max_tokens", "temperature", "top_p", "seed", "stop",
+     "stream", "stream_options", "n", "logprobs", "role", "content"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    kind=st.sampled_from(["completion", "chat"]),
+    body=st.dictionaries(FIELD_NAMES, JSON, max_size=6) | JSON,
+    raw=st.binary(max_size=64),
+)
+def test_any_body_is_a_request_or_an_api_error(kind: str, body: Any, raw: bytes) -> None:
+    """Remote input: whatever JSON (or bytes) comes, the answer is a request or a 400."""
+    for data in (json.dumps(body).encode(), raw):
+        try:
+            request = read_request(kind, data)
+        except ApiError as error:
+            assert error.status == 400 and error.message
+        else:
+            assert request.kind == kind and request.model
+            assert request.generate_options(request.max_tokens or 1)["max_new_tokens"] >= 1
 
 
 def test_the_command_reads_its_key_from_a_file_or_the_environment(
