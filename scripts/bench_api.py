@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Benchmark `swarm api`: what OpenAI's API costs on top of generating from Python.
+
+For each model (SmolLM2-135M-Instruct and a tiny random Llama by default), a swarm of
+`swarm peer` processes on 127.0.0.1 holds the blocks in `--hops` equal spans, and one client
+generates `--tokens` greedy tokens of a prompt (EOS off: the model's generation config loses
+it) `--runs` times in each of three ways, in turn: `session.generate()` in Python (the
+baseline), and through `ApiServer` in this process, its HTTP on loopback, read by OpenAI's
+own client, as one JSON answer and as a stream of server-sent events. Reported: milliseconds
+per token (the median run's whole request over its tokens), the ratio to the baseline, and
+for the stream the time to its first piece of text; and whether the texts equal the
+baseline's.
+
+    .venv/bin/python scripts/bench_api.py [--models smollm2 tiny] [--tokens 48] [--hops 2]
+        [--runs 5] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import torch
+import trio
+from transformers import AutoConfig, AutoTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts._bench_models import bench_checkpoints  # noqa: E402
+from swarm import DistributedModelForCausalLM  # noqa: E402
+from swarm.api.server import ApiConfig, ApiServer  # noqa: E402
+from swarm.local_swarm import LocalSwarm  # noqa: E402
+
+PROMPT = "The capital of France is"
+MODEL_ID = "bench"
+
+
+def _python(model: DistributedModelForCausalLM, ids: torch.Tensor, tokens: int) -> list[int]:
+    with model.inference_session(ids.shape[1] + tokens) as session:
+        output = session.generate(ids, max_new_tokens=tokens, do_sample=False)
+    return [int(t) for t in output[0, ids.shape[1] :]]
+
+
+def _through_api(
+    model: DistributedModelForCausalLM, tokenizer: Any, tokens: int, runs: int
+) -> dict[str, list[Any]]:
+    """Whole and streamed requests, `runs` each in turn: seconds, first-piece seconds, texts."""
+    server = ApiServer(model, tokenizer, ApiConfig(MODEL_ID, max_tokens=tokens))
+    found: dict[str, list[Any]] = {"whole": [], "stream": [], "first": [], "texts": []}
+
+    def requests(base_url: str) -> None:
+        client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+        options = {"model": MODEL_ID, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0}
+        for _ in range(runs):
+            began = time.perf_counter()
+            whole = client.completions.create(**options)
+            found["whole"].append(time.perf_counter() - began)
+            began, first, pieces = time.perf_counter(), None, []
+            for chunk in client.completions.create(**options, stream=True):
+                if chunk.choices and chunk.choices[0].text:
+                    first = first or time.perf_counter() - began
+                    pieces.append(chunk.choices[0].text)
+            found["stream"].append(time.perf_counter() - began)
+            found["first"].append(first)
+            found["texts"] += [whole.choices[0].text, "".join(pieces)]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            base_url = await nursery.start(server.run)
+            await trio.to_thread.run_sync(requests, base_url)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return found
+
+
+def run_model(checkpoint: Path, tokens: int, hops: int, runs: int) -> dict[str, Any]:
+    blocks = AutoConfig.from_pretrained(checkpoint).num_hidden_layers
+    bounds = [round(i * blocks / hops) for i in range(hops + 1)]
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    ids = torch.as_tensor(tokenizer(PROMPT)["input_ids"])[None]
+    with (
+        LocalSwarm(checkpoint, list(itertools.pairwise(bounds)), monitor=False) as s,
+        DistributedModelForCausalLM.from_pretrained(checkpoint, initial_peers=[s.bootstrap]) as m,
+    ):
+        m.generation_config.eos_token_id = None  # EOS off: every run makes all its tokens
+        _python(m, ids, tokens)  # warm-up
+        python = []
+        for _ in range(runs):
+            began = time.perf_counter()
+            expected = _python(m, ids, tokens)
+            python.append(time.perf_counter() - began)
+        api = _through_api(m, tokenizer, tokens, runs)
+    text = tokenizer.decode(expected, skip_special_tokens=True)
+    per_token = {way: statistics.median(api[way]) / tokens * 1000 for way in ("whole", "stream")}
+    baseline = statistics.median(python) / tokens * 1000
+    return {
+        "tokens": tokens,
+        "hops": hops,
+        "python_ms_per_token": baseline,
+        "api_ms_per_token": per_token["whole"],
+        "api_x_python": per_token["whole"] / baseline,
+        "stream_ms_per_token": per_token["stream"],
+        "stream_x_python": per_token["stream"] / baseline,
+        "stream_first_text_ms": statistics.median(api["first"]) * 1000,
+        "same_text": all(t == text for t in api["texts"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["smollm2", "tiny"])
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--hops", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    results = {
+        name: run_model(path, args.tokens, args.hops, args.runs)
+        for name, path in bench_checkpoints(args.models).items()
+    }
+    print(f"{'model':10} {'python':>9} {'api':>16} {'stream':>16} {'first text':>11} same")
+    for name, r in results.items():
+        print(
+            f"{name:10} {r['python_ms_per_token']:7.2f}ms "
+            f"{r['api_ms_per_token']:7.2f}ms x{r['api_x_python']:.2f} "
+            f"{r['stream_ms_per_token']:7.2f}ms x{r['stream_x_python']:.2f} "
+            f"{r['stream_first_text_ms']:9.1f}ms {r['same_text']}"
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
