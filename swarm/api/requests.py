@@ -121,7 +121,7 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
             raise ApiError(400, f"unrecognized request argument: {name}", name)
     for name, neutral in NEUTRAL.items():
         if name in data and data[name] not in neutral:
-            raise ApiError(400, f"{name}={data[name]!r} is not supported here", name)
+            raise ApiError(400, f"{name}={data[name]!r}"[:100] + " is not supported here", name)
     model = _field(data, "model", str)
     if not model:
         raise ApiError(400, "model is required", "model")

@@ -152,8 +152,9 @@ class ApiServer:
             stream = partial(self._stream, input_ids, options, text, answer)
             return Response(200, content_type="text/event-stream", stream=stream)
 
-        async def collect(token: int) -> None:
+        async def collect(token: int) -> bool:
             text.add(token)
+            return not text.stopped
 
         try:
             await self._generate(input_ids, options, collect)
@@ -187,9 +188,10 @@ class ApiServer:
         """Server-sent events: the pieces of text as they come, the end, `[DONE]`."""
         await write(_event(answer.chunk("", first=True)))
 
-        async def send(token: int) -> None:
+        async def send(token: int) -> bool:
             if piece := text.add(token):
                 await write(_event(answer.chunk(piece)))
+            return not text.stopped
 
         try:
             await self._generate(input_ids, options, send)
@@ -207,11 +209,12 @@ class ApiServer:
         self,
         input_ids: torch.Tensor,
         options: dict[str, Any],
-        consume: Callable[[int], Awaitable[None]],
+        consume: Callable[[int], Awaitable[bool]],
     ) -> None:
-        """Generate in a worker thread; `consume` each token in this loop as it comes. When
-        `consume` fails or this is cancelled, no one receives any more: the thread stops at its
-        next token and closes its session before this returns."""
+        """Generate in a worker thread; `consume` each token in this loop as it comes, until it
+        says it wants no more. Then, or when it fails or this is cancelled, no one receives
+        any more: the thread stops at its next token and closes its session before this
+        returns."""
         send, receive = trio.open_memory_channel[int](math.inf)
         try:
             async with self._generations, trio.open_nursery() as nursery:
@@ -220,7 +223,8 @@ class ApiServer:
                 )
                 async with receive:
                     async for token in receive:
-                        await consume(token)
+                        if not await consume(token):
+                            break
         except BaseExceptionGroup as group:  # one side failed (the other ends quietly): its error
             if len(group.exceptions) != 1:
                 raise
