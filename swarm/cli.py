@@ -50,6 +50,11 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model-name", help="the model's name in the swarm (default: derived)")
     parser.add_argument("--adapter", help="run the peers' LoRA adapter of this name")
+    parser.add_argument(
+        "--exact-weights",
+        action="store_true",
+        help="only through peers with the checkpoint's own weights (no int8 peers)",
+    )
     parser.add_argument("--device", default="cpu", help="where the head runs")
     parser.add_argument(
         "--dtype",

@@ -6,8 +6,8 @@ pings those peers concurrently and folds the RTTs into smoothed values. `run()` 
 every `refresh_period` seconds, so that peers that join are used and the load figures stay
 current. `route()` turns the view into the fastest chain over a block range
 (`routing.path_selection`), leaving out banned peers, peers short of cache, peers that
-did not answer their last ping (until one answers again), and, for a client that runs a LoRA
-adapter, peers that do not announce it.
+did not answer their last ping (until one answers again), for a client that runs a LoRA
+adapter, peers that do not announce it, and for one that asks for exact weights, int8 peers.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class ClientConfig:
     open_timeout: float = 10.0  # connect + open a session
     max_failovers: int = 16  # per step, before the step fails
     relay: bool = True  # peers pass hidden states straight to the next hop (where they can)
+    exact_weights: bool = False  # only peers with the checkpoint's own weights (no int8 ones)
 
     def deadline(self, hidden: torch.Tensor) -> float:
         """Seconds a hop may take over `hidden` (`[..., batch, length, hidden]`)."""
@@ -179,7 +180,8 @@ class SwarmView:
                 max_session_length=announcement.max_session_length,
             )
             for peer, announcement in self.peers.items()
-            if self.adapter is None or self.adapter in announcement.adapters
+            if (self.adapter is None or self.adapter in announcement.adapters)
+            and not (self.config.exact_weights and announcement.quantization)
         ]
 
     def route(
@@ -187,7 +189,7 @@ class SwarmView:
     ) -> list[Hop]:
         """The fastest chain over blocks [start, end) for a session of `session_length` tokens
         that needs `tokens_needed` cache tokens; NoRouteError names what is missing."""
-        with self._naming_the_adapter():
+        with self._naming_what_is_asked():
             return fastest_chain(
                 self.candidates(),
                 self.num_blocks,
@@ -201,19 +203,23 @@ class SwarmView:
     def spread(self, start: int, rng: random.Random) -> list[Hop]:
         """A chain over blocks [start, N) for batch forward, replicas drawn by spare
         throughput (`routing.path_selection.spread_choice`); leaves out whom `route` does."""
-        with self._naming_the_adapter():
+        with self._naming_what_is_asked():
             return spread_choice(
                 self.candidates(), self.num_blocks, rng=rng, banned=self._avoided(), start=start
             )
 
     @contextmanager
-    def _naming_the_adapter(self) -> Iterator[None]:
+    def _naming_what_is_asked(self) -> Iterator[None]:
+        """A NoRouteError says which adapter and which weights the client asked for."""
         try:
             yield
         except NoRouteError as error:
-            if self.adapter is None or type(error) is not NoRouteError:
+            exact = self.config.exact_weights
+            if (self.adapter is None and not exact) or type(error) is not NoRouteError:
                 raise
-            raise NoRouteError(error.missing, self.adapter, error.condition) from None
+            weights = "with the checkpoint's own weights (no int8 peer)" if exact else ""
+            condition = ", ".join(filter(None, [error.condition, weights]))
+            raise NoRouteError(error.missing, self.adapter, condition) from None
 
     def _avoided(self) -> frozenset[str]:
         """Banned peers, and peers that did not answer their last ping."""

@@ -64,6 +64,8 @@ def drafting_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def open_model(args: argparse.Namespace, checkpoint: Path) -> DistributedModelForCausalLM:
     """The client for `args.model`, joined to the swarm at `--initial-peers`."""
+    from routing.client import ClientConfig
+
     from ..model import DistributedModelForCausalLM
 
     return DistributedModelForCausalLM.from_pretrained(
@@ -72,6 +74,7 @@ def open_model(args: argparse.Namespace, checkpoint: Path) -> DistributedModelFo
         model_name_in_swarm=swarm_name(args.model, args.model_name),
         device=args.device,
         dtype=args.dtype,
+        config=ClientConfig(exact_weights=args.exact_weights),
         adapter=args.adapter,
     )
 

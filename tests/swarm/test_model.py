@@ -24,6 +24,7 @@ from peer.backend import BackendConfig
 from routing.client import ClientConfig
 from routing.path_selection import NoRouteError
 from swarm import DistributedModelForCausalLM
+from swarm.cli import main
 from swarm.errors import SwarmError
 from tests.support.quantized_checkpoint import BLOCK, dequantized_int8_model, to_fp8, to_mxfp4
 from tests.support.thread_swarm import ThreadPeer, ThreadSwarm
@@ -155,6 +156,37 @@ def test_int8_peers_generate_what_the_model_with_their_weights_does(
         output = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False)
         assert {swarm.info(peer)["quantization"] for peer in swarm.peers} == {"int8"}
     assert output[0].tolist() == reference[0].tolist()
+
+
+def test_a_client_that_asks_for_exact_weights_avoids_int8_peers(
+    checkpoints: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ClientConfig(exact_weights=True)` (`--exact-weights`): of an int8 replica and a float16
+    one, only the float16 one (though 10 ms farther away), so the tokens are the float16
+    model's; with int8 peers only, a clear error."""
+    checkpoint = checkpoints["llama"]
+    local = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float16)
+    expected = local.generate(
+        PROMPT, attention_mask=torch.ones_like(PROMPT), max_new_tokens=NEW_TOKENS, do_sample=False
+    )
+    int8 = {"quantization": "int8"}
+    exact = ClientConfig(exact_weights=True)
+    with ThreadSwarm(checkpoint, [(0, 4), (0, 4)], dtype="float16", per_peer=[int8]) as swarm:
+        swarm.fault(swarm.peers[1], "delay", 0.01)  # measured by the client's pings
+        with (
+            DistributedModelForCausalLM.from_pretrained(
+                checkpoint, initial_peers=[swarm.bootstrap], dtype="float16", config=exact
+            ) as model,
+            model.inference_session(max_length=64) as session,
+        ):
+            output = session.generate(PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False)
+            assert [hop.peer for hop in session.route] == [swarm.peers[1].peer]
+    assert output.tolist() == expected.tolist()
+    with ThreadSwarm(checkpoint, [(0, 4)], dtype="float16", quantization="int8") as swarm:
+        status = main(["generate", str(checkpoint), "Hi", "--initial-peers", swarm.bootstrap,
+                       "--dtype", "float16", "--exact-weights"])  # fmt: skip
+    assert status == 1
+    assert "0-3 with the checkpoint's own weights (no int8 peer)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["gemma3", "llava"])
