@@ -98,8 +98,10 @@ def fastest_chain(
     serving = [c for c in candidates if c.peer not in banned and c.throughput > 0]
     _check_coverage(serving, start, end)
     usable = [c for c in serving if c.fits(session_length, tokens_needed)]
-    condition = f"with room for a session of {session_length} tokens"
-    _check_coverage(usable, start, end, condition if session_length else "with room in its cache")
+    room = (
+        f"room for a session of {session_length} tokens" if session_length else "room in its cache"
+    )
+    _check_coverage(usable, start, end, f"with {room}")
     best = {start: 0.0}
     previous: dict[int, Hop] = {}
     queue = [(0.0, start)]

@@ -159,7 +159,9 @@ class ApiServer:
         try:
             await self._generate(input_ids, options, collect)
         except (RoutingError, SwarmError) as error:
+            logger.warning("a %s failed: %s", request.kind, error)
             raise _generation_error(error) from None
+        answer.log(text)
         return _json(200, answer.whole(text))
 
     def _input_ids(self, request: CompletionRequest) -> torch.Tensor:
@@ -196,8 +198,10 @@ class ApiServer:
         try:
             await self._generate(input_ids, options, send)
         except (RoutingError, SwarmError) as error:  # the status is sent: say it in the stream
+            logger.warning("a streamed %s failed: %s", answer.request.kind, error)
             await write(_event(_generation_error(error).to_json()))
         else:
+            answer.log(text)
             if piece := text.finish():
                 await write(_event(answer.chunk(piece)))
             await write(_event(answer.chunk("", reason=answer.reason(text))))
@@ -276,6 +280,10 @@ class _Answer:
         full = len(text.tokens) >= self.max_tokens
         ended = text.stopped or text.tokens[-1] in self.eos
         return "length" if full and not ended else "stop"
+
+    def log(self, text: CompletionText) -> None:
+        logger.info("%s %s: %d prompt tokens, %d new (%s)", self.request.kind, self.id[:8],
+                    self.prompt_tokens, len(text.tokens), self.reason(text))  # fmt: skip
 
     def usage(self, completion_tokens: int) -> dict[str, int]:
         return {

@@ -67,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
             _say(
                 "\nThe swarm keeps running on 127.0.0.1 (Ctrl-C stops it). Add a peer:\n"
                 f"  swarm peer MODEL --initial-peers {swarm.bootstrap} --num-blocks 10\n"
-                "(other machines join a swarm started with `swarm dht --host 0.0.0.0`)\n"
+                "(other machines join a swarm started with `swarm dht --host 0.0.0.0`),\n"
+                "serve OpenAI's API for it:\n"
+                f"  swarm api MODEL --initial-peers {swarm.bootstrap}\n"
                 "or generate from Python:\n"
                 "  from swarm import DistributedModelForCausalLM\n"
                 "  model = DistributedModelForCausalLM.from_pretrained(\n"
