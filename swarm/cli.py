@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--max-tokens", type=int, default=1024, help="the most a request may ask")
     api.add_argument("--max-concurrent", type=int, default=8, help="generations at once")
     api.add_argument(
+        "--idle-sessions", type=int, default=4, help="sessions kept for conversations' next turns"
+    )
+    api.add_argument("--idle-seconds", type=float, default=120.0, help="how long each is kept")
+    api.add_argument(
         "--api-key-file",
         type=Path,
         help="require Authorization: Bearer KEY, KEY read from this file (or $SWARM_API_KEY)",

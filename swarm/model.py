@@ -277,7 +277,8 @@ class InferenceSession:
         self._state: GenerationState | None = None
         self._drafter: Drafter | None = None  # the assistant model's, kept across turns
 
-    def __enter__(self) -> InferenceSession:
+    def open(self) -> InferenceSession:
+        """Open the remote sessions (what `with` does; `close()` ends them)."""
         try:
             self.model._loop.run(self._chain.__aenter__)
         except BaseException:
@@ -285,13 +286,19 @@ class InferenceSession:
             raise
         return self
 
+    def close(self) -> None:
+        self.model._loop.run(self._chain.close)
+
+    def __enter__(self) -> InferenceSession:
+        return self.open()
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.model._loop.run(self._chain.close)
+        self.close()
 
     @property
     def route(self) -> list[Hop]:

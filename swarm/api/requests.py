@@ -81,7 +81,7 @@ class CompletionRequest:
 
     kind: str  # "completion" or "chat"
     model: str
-    prompt: str = ""
+    prompt: str | tuple[int, ...] = ""  # text, or token ids
     messages: tuple[ChatMessage, ...] = ()
     max_tokens: int | None = None  # None: the server's default for the kind
     temperature: float = 1.0
@@ -131,12 +131,7 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
         tokens = _field(data, "max_completion_tokens", int)
         fields["max_tokens"] = _field(data, "max_tokens", int) if tokens is None else tokens
     else:
-        prompt = data.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt:
-            raise ApiError(400, "prompt must be one non-empty string", "prompt")
-        fields["prompt"] = prompt
+        fields["prompt"] = _prompt(data.get("prompt"))
         fields["max_tokens"] = _field(data, "max_tokens", int)
     if fields["max_tokens"] is not None and fields["max_tokens"] < 1:
         raise ApiError(400, "max_tokens must be at least 1", "max_tokens")
@@ -174,6 +169,21 @@ def _number(data: dict[str, Any], name: str, low: float, high: float) -> float |
     if not low <= value <= high:
         raise ApiError(400, f"{name} must be within {low}..{high}", name)
     return float(value)
+
+
+def _prompt(value: Any) -> str | tuple[int, ...]:
+    """One prompt: a string, or token ids (a list of one of either is that one)."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str | list):
+        value = value[0]
+    if isinstance(value, str) and value:
+        return value
+    if (
+        isinstance(value, list)
+        and value
+        and all(type(token) is int and token >= 0 for token in value)
+    ):
+        return tuple(value)
+    raise ApiError(400, "prompt must be one non-empty string or list of token ids", "prompt")
 
 
 def _stop(value: Any) -> tuple[str, ...]:

@@ -3,11 +3,14 @@
 Routes: `GET /v1/models` (and `/v1/models/ID`), `POST /v1/completions`, `POST
 /v1/chat/completions`; with `"stream": true` the answer comes as server-sent events, one
 `data: {...}` chunk per piece of text and `data: [DONE]` at the end, as OpenAI's clients
-read them. Every request opens its own inference session (a chat request renders its
-messages with the model's chat template), closed when the answer ends, fails, or its client
-goes away. The model's facade blocks, so each generation runs in a worker thread and hands
-its tokens to the server's event loop; at most `max_concurrent` run at once, the others
-wait their turn. With an API key, a request must carry `Authorization: Bearer KEY`.
+read them. A request takes a waiting inference session whose tokens its own begin with, and
+sends only the rest (`session_pool.py`: a conversation's next turn), or opens one (a chat
+request renders its messages with the model's chat template). After a whole answer the
+session waits for the next turn; when the answer fails, is cut by a stop sequence or its
+client goes away, it is closed. The model's facade blocks, so each generation runs in a
+worker thread and hands its tokens to the server's event loop; at most `max_concurrent` run
+at once, the others wait their turn. With an API key, a request must carry
+`Authorization: Bearer KEY`.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ from ..errors import SwarmError
 from ..http_server import HttpConfig, HttpServer, Request, Response, Write
 from .completion_text import CompletionText
 from .requests import ApiError, CompletionRequest, read_request
+from .session_pool import IdleSession, SessionPool
 
 if TYPE_CHECKING:
-    from ..model import DistributedModelForCausalLM
+    from ..model import DistributedModelForCausalLM, InferenceSession
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,9 @@ class ApiConfig:
     max_tokens: int = 1024  # the most new tokens a request may ask for; chat's default
     max_concurrent: int = 8  # generations at once; more requests wait
     api_key: str | None = None
+    idle_sessions: int = 4  # sessions that wait for a conversation's next turn
+    idle_seconds: float = 120.0  # how long each may wait
+    headroom: int = 512  # tokens a new session keeps for the turns after its first
     http: HttpConfig = field(
         default_factory=lambda: HttpConfig(max_body_bytes=1 << 20, request_timeout=30.0)
     )
@@ -56,6 +63,8 @@ class ApiConfig:
     def __post_init__(self) -> None:
         if self.max_tokens < 1 or self.max_concurrent < 1:
             raise SwarmError("the API's max_tokens and max_concurrent must be at least 1")
+        if self.idle_sessions < 0 or self.idle_seconds < 0 or self.headroom < 0:
+            raise SwarmError("the API's idle sessions, seconds and headroom must be >= 0")
 
 
 class ApiServer:
@@ -72,6 +81,7 @@ class ApiServer:
         # the peers' sessions end there (unless they were given more)
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self._generations = trio.CapacityLimiter(config.max_concurrent)
+        self.sessions = SessionPool(config.idle_sessions, config.idle_seconds, trio.current_time)
 
     async def run(
         self,
@@ -82,10 +92,25 @@ class ApiServer:
     ) -> None:
         """Serve until cancelled; reports the API's base URL (`http://HOST:PORT/v1`)."""
         server = HttpServer(self.handle, self.config.http, "api")
-        async with trio.open_nursery() as nursery:
-            bound_host, bound_port = await nursery.start(server.run, host, port)
-            shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-            task_status.started(f"http://{shown}:{bound_port}/v1")
+        try:
+            async with trio.open_nursery() as nursery:
+                bound_host, bound_port = await nursery.start(server.run, host, port)
+                nursery.start_soon(self._close_expired_sessions)
+                shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+                task_status.started(f"http://{shown}:{bound_port}/v1")
+        finally:
+            await self._close(self.sessions.drain())
+
+    async def _close_expired_sessions(self) -> None:
+        while True:
+            await trio.sleep(max(self.config.idle_seconds / 4, 0.05))
+            await self._close(self.sessions.expired())
+
+    async def _close(self, waiting: list[IdleSession]) -> None:
+        """Close sessions that wait no more (shielded: the server may be stopping)."""
+        with trio.CancelScope(shield=True):
+            for idle in waiting:
+                await trio.to_thread.run_sync(idle.session.close)
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -165,7 +190,12 @@ class ApiServer:
         return _json(200, answer.whole(text))
 
     def _input_ids(self, request: CompletionRequest) -> torch.Tensor:
-        if request.kind == "completion":
+        if isinstance(request.prompt, tuple):  # token ids
+            vocabulary = int(self.model.config.vocab_size)
+            if max(request.prompt) >= vocabulary:
+                raise ApiError(400, f"token ids must be below {vocabulary}", "prompt")
+            ids = torch.tensor([request.prompt])
+        elif request.kind == "completion":
             ids = self.tokenizer(request.prompt, return_tensors="pt")["input_ids"]
         else:
             if not getattr(self.tokenizer, "chat_template", None):
@@ -220,11 +250,14 @@ class ApiServer:
         any more: the thread stops at its next token and closes its session before this
         returns."""
         send, receive = trio.open_memory_channel[int](math.inf)
+        needed = int(input_ids.shape[1]) + int(options["max_new_tokens"])
+        idle = self.sessions.take(input_ids[0].tolist(), needed)
+        whole: list[tuple[InferenceSession, list[int]]] = []  # the session, if its answer
+        # ended whole, and all it holds
+        work = partial(self._work, input_ids, options, send, idle, whole)
         try:
             async with self._generations, trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    partial(trio.to_thread.run_sync, self._work, input_ids, options, send)
-                )
+                nursery.start_soon(trio.to_thread.run_sync, work)
                 async with receive:
                     async for token in receive:
                         if not await consume(token):
@@ -233,27 +266,46 @@ class ApiServer:
             if len(group.exceptions) != 1:
                 raise
             raise group.exceptions[0] from None
+        finally:
+            for session, tokens in whole:  # it waits for the next turn
+                await self._close(self.sessions.put(session, tokens, session.max_length))
 
     def _work(
         self,
         input_ids: torch.Tensor,
         options: dict[str, Any],
         send: trio.MemorySendChannel[int],
+        idle: IdleSession | None,
+        whole: list[tuple[InferenceSession, list[int]]],
     ) -> None:
-        """In a worker thread: one inference session, its tokens handed to the loop."""
+        """In a worker thread: generate in the waiting session (sending what follows its
+        tokens) or a new one, handing the tokens to the loop; the session goes to `whole`
+        if its answer ends whole, else it is closed."""
         try:
-            length = int(input_ids.shape[1]) + int(options["max_new_tokens"])
-            with (
-                self.model.inference_session(length) as session,
-                closing(session.stream(input_ids, tokenizer=self.tokenizer, **options)) as stream,
-            ):
-                for token in stream:
-                    trio.from_thread.run_sync(send.send_nowait, token)
-        except trio.BrokenResourceError:
-            pass  # nobody reads the tokens any more: the session closes
+            if idle is None:
+                session = self.model.inference_session(self._session_length(input_ids, options))
+                session.open()
+            else:
+                session, input_ids = idle.session, input_ids[:, len(idle.tokens) :]
+            try:
+                with closing(session.stream(input_ids, tokenizer=self.tokenizer, **options)) as s:
+                    for token in s:
+                        trio.from_thread.run_sync(send.send_nowait, token)
+                history = session.input_ids
+                whole.append((session, [] if history is None else history[0].tolist()))
+            except trio.BrokenResourceError:
+                pass  # nobody reads the tokens any more
+            finally:
+                if not whole:
+                    session.close()
         finally:
             with suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(send.close)
+
+    def _session_length(self, input_ids: torch.Tensor, options: dict[str, Any]) -> int:
+        """This turn, and room for the next ones, within the model's context."""
+        length = int(input_ids.shape[1]) + int(options["max_new_tokens"]) + self.config.headroom
+        return min(length, self.context) if self.context else length
 
 
 @dataclass(frozen=True)

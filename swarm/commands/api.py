@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         max_concurrent=args.max_concurrent,
         api_key=api_key(args),
+        idle_sessions=args.idle_sessions,
+        idle_seconds=args.idle_seconds,
     )
     with open_model(args, checkpoint) as model:
         return run_service(partial(ApiServer(model, tokenizer, config).run, args.host, args.port))

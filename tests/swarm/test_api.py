@@ -23,6 +23,7 @@ from swarm import DistributedModelForCausalLM
 from swarm.api.completion_text import CompletionText
 from swarm.api.requests import ApiError, read_request
 from swarm.api.server import ApiConfig, ApiServer
+from swarm.api.session_pool import SessionPool
 from swarm.cli import build_parser
 from swarm.commands.api import api_key
 from swarm.errors import SwarmError
@@ -266,6 +267,71 @@ async def test_a_client_gone_mid_stream_frees_its_sessions(tiny: Path, swarm: An
             client.completions.create, model=MODEL, prompt=PROMPT, max_tokens=2, temperature=0
         )
         assert result.choices[0].finish_reason == "length"
+
+
+async def test_a_conversations_next_turn_goes_on_in_its_session(tiny: Path, swarm: Any) -> None:
+    """Prompts as token ids: the second begins with all the first session holds (its prompt
+    and answer), so it takes that session and sends only the rest; an unrelated prompt opens
+    another. Each answer is transformers' greedy one on its whole prompt."""
+    peers, model = swarm
+    first = prompt_ids(tiny)[0].tolist()
+    reference = AutoModelForCausalLM.from_pretrained(tiny)
+    ids = torch.tensor([first])
+    answer = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6,
+                            do_sample=False)[0].tolist()  # fmt: skip
+    second = [*answer, 50, 51, 52]
+    async with api(tiny, model) as client:
+        options = {"model": MODEL, "max_tokens": 6, "temperature": 0}
+        one = await call(client.completions.create, prompt=first, **options)
+        sessions = await trio.to_thread.run_sync(lambda: [peers.sessions(p) for p in peers.peers])
+        two = await call(client.completions.create, prompt=second, **options)
+        after = await trio.to_thread.run_sync(lambda: [peers.sessions(p) for p in peers.peers])
+        await call(client.completions.create, prompt=[7, 8, 9], **options)
+        other = await trio.to_thread.run_sync(lambda: [peers.sessions(p) for p in peers.peers])
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    assert one.choices[0].text == tokenizer.decode(answer[len(first) :], skip_special_tokens=True)
+    assert two.choices[0].text == local(tiny, torch.tensor([second]), max_new_tokens=6,
+                                        do_sample=False)  # fmt: skip
+    assert sessions == after == [1, 1] and other == [2, 2]
+
+
+async def test_waiting_sessions_close_after_a_while(tiny: Path, swarm: Any) -> None:
+    peers, model = swarm
+    async with api(tiny, model, idle_seconds=0.3) as client:
+        await call(client.completions.create, model=MODEL, prompt=PROMPT, max_tokens=2)
+        closed = await trio.to_thread.run_sync(
+            lambda: all(_until(lambda p=p: peers.sessions(p) == 0) for p in peers.peers)
+        )
+    assert closed
+
+
+def test_the_pool_hands_out_the_longest_history_a_prompt_goes_on_from() -> None:
+    now = [0.0]
+    pool = SessionPool(max_idle=3, idle_seconds=10.0, clock=lambda: now[0])
+    pool.put("short", [1, 2], max_length=100)
+    pool.put("long", [1, 2, 3, 4], max_length=8)
+    taken = pool.take([1, 2, 3, 4, 5], needed=8)
+    assert taken is not None and taken.session == "long"  # the longest history
+    pool.put("long", [1, 2, 3, 4], max_length=8)
+    for tokens, needed, expected in [
+        ([1, 2, 3, 4], 10, "short"),  # "long" holds all of it: nothing new to send
+        ([1, 2, 3, 4, 5], 9, "short"),  # "long" has no room for 9 tokens
+        ([9, 1, 2], 3, None),  # no history it goes on from
+    ]:
+        taken = pool.take(tokens, needed)
+        assert (taken and taken.session) == expected
+        if taken is not None:
+            pool.put(taken.session, taken.tokens, taken.max_length)
+    assert len(pool) == 2
+    now[0] = 5.0
+    assert pool.put("a", [5], max_length=10) == []
+    assert [idle.session for idle in pool.put("b", [6], 10)] == ["long"]  # the oldest leaves
+    now[0] = 12.0
+    assert [idle.session for idle in pool.expired()] == ["short"]
+    now[0] = 15.0
+    assert [idle.session for idle in pool.expired()] == ["a", "b"] and len(pool) == 0
+    pool.put("c", [7], 10)
+    assert [idle.session for idle in pool.drain()] == ["c"] and len(pool) == 0
 
 
 def test_the_text_holds_back_what_may_start_a_stop_sequence(tiny: Path) -> None:

@@ -169,36 +169,42 @@ def test_a_chat_on_the_default_model_goes_on_in_one_session(
 
 
 @pytest.fixture
-def smollm2_client(smollm2: Path) -> Iterator[DistributedModelForCausalLM]:
-    """A client of SmolLM2 through 2 in-process peers (started outside the test's loop)."""
+def smollm2_swarm(smollm2: Path) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM]]:
+    """SmolLM2 through 2 in-process peers, and a client (started outside the test's loop)."""
     with (
         ThreadSwarm(smollm2, [(0, 15), (15, 30)]) as swarm,
         DistributedModelForCausalLM.from_pretrained(
             smollm2, initial_peers=[swarm.bootstrap]
         ) as model,
     ):
-        yield model
+        yield swarm, model
 
 
 async def test_openais_client_chats_with_the_default_model(
-    smollm2: Path, smollm2_client: DistributedModelForCausalLM
+    smollm2: Path, smollm2_swarm: tuple[ThreadSwarm, DistributedModelForCausalLM]
 ) -> None:
-    """`swarm api` on SmolLM2 through 2 peers: the answer transformers' greedy `generate()`
-    gives on the chat template, whole and streamed."""
-    tokenizer = AutoTokenizer.from_pretrained(smollm2)
-    expected = tokenizer.decode(
-        _local_greedy(smollm2, prompt_ids(tokenizer, QUESTION, chat=True), 16),
-        skip_special_tokens=True,
-    )
-    options = {"model": "smol", "max_tokens": 16, "temperature": 0,
-               "messages": [{"role": "user", "content": QUESTION}]}  # fmt: skip
-    async with api(smollm2, smollm2_client, "smol") as client:
-        whole = await call(client.chat.completions.create, **options)
+    """`swarm api` on SmolLM2 through 2 peers: the answers transformers' greedy `generate()`
+    gives on the chat template, whole and streamed; the second turn goes on in the session
+    of the first (SmolLM2's answers render back to the tokens it generated)."""
+    swarm, model = smollm2_swarm
+    turns = [QUESTION, "And of Italy?"]
+    expected = _local_chat(smollm2, turns, new_tokens=16)
+    options = {"model": "smol", "max_tokens": 16, "temperature": 0}
+    first = [{"role": "user", "content": QUESTION}]
+    async with api(smollm2, model, "smol") as client:
+        whole = await call(client.chat.completions.create, messages=first, **options)
         chunks = await trio.to_thread.run_sync(
-            lambda: list(client.chat.completions.create(**options, stream=True))
+            lambda: list(client.chat.completions.create(messages=first, **options, stream=True))
         )
-    assert whole.choices[0].message.content == expected and "Paris" in expected
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+        answer = whole.choices[0].message.content
+        second = [*first, {"role": "assistant", "content": answer},
+                  {"role": "user", "content": turns[1]}]  # fmt: skip
+        again = await call(client.chat.completions.create, messages=second, **options)
+        sessions = await trio.to_thread.run_sync(lambda: [swarm.sessions(p) for p in swarm.peers])
+    assert answer == expected[0] and "Paris" in answer
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected[0]
+    assert again.choices[0].message.content == expected[1] and "Rome" in expected[1]
+    assert sessions == [2, 2]  # the first request's session went on; the streamed one waits
 
 
 def test_the_demo_answers_on_the_default_model_through_a_failure() -> None:
