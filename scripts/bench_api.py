@@ -9,7 +9,9 @@ baseline), and through `ApiServer` in this process, its HTTP on loopback, read b
 own client, as one JSON answer and as a stream of server-sent events. Reported: milliseconds
 per token (the median run's whole request over its tokens), the ratio to the baseline, and
 for the stream the time to its first piece of text; and whether the texts equal the
-baseline's.
+baseline's. Then a conversation's second turn, after a first turn of ~400 prompt tokens:
+the time to its first token when the first turn's session is kept and goes on (the server's
+default) and when every request opens a new session (`idle_sessions=0`).
 
     .venv/bin/python scripts/bench_api.py [--models smollm2 tiny] [--tokens 48] [--hops 2]
         [--runs 5] [--json PATH]
@@ -42,6 +44,7 @@ from swarm.local_swarm import LocalSwarm  # noqa: E402
 
 PROMPT = "The capital of France is"
 MODEL_ID = "bench"
+HISTORY_REPEATS = 40  # the first turn's prompt: the prompt that many times (~400 tokens)
 
 
 def _python(model: DistributedModelForCausalLM, ids: torch.Tensor, tokens: int) -> list[int]:
@@ -83,6 +86,40 @@ def _through_api(
     return found
 
 
+def _second_turns(
+    model: DistributedModelForCausalLM,
+    tokenizer: Any,
+    first: list[int],
+    answer: list[int],
+    runs: int,
+    idle_sessions: int,
+) -> list[float]:
+    """Seconds to the first token of a conversation's second turn (a request for one token
+    right after the first turn), with sessions kept between turns or not (`idle_sessions`)."""
+    config = ApiConfig(MODEL_ID, max_tokens=len(answer), idle_sessions=idle_sessions)
+    server = ApiServer(model, tokenizer, config)
+    second = [*first, *answer, *tokenizer(" And then?")["input_ids"]]
+    seconds: list[float] = []
+
+    def requests(base_url: str) -> None:
+        client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+        options = {"model": MODEL_ID, "temperature": 0}
+        for _ in range(runs):
+            client.completions.create(prompt=first, max_tokens=len(answer), **options)
+            began = time.perf_counter()
+            client.completions.create(prompt=second, max_tokens=1, **options)
+            seconds.append(time.perf_counter() - began)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            base_url = await nursery.start(server.run)
+            await trio.to_thread.run_sync(requests, base_url)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return seconds
+
+
 def run_model(checkpoint: Path, tokens: int, hops: int, runs: int) -> dict[str, Any]:
     blocks = AutoConfig.from_pretrained(checkpoint).num_hidden_layers
     bounds = [round(i * blocks / hops) for i in range(hops + 1)]
@@ -100,6 +137,15 @@ def run_model(checkpoint: Path, tokens: int, hops: int, runs: int) -> dict[str, 
             expected = _python(m, ids, tokens)
             python.append(time.perf_counter() - began)
         api = _through_api(m, tokenizer, tokens, runs)
+        long = tokenizer((PROMPT + " Paris. ") * HISTORY_REPEATS)["input_ids"]
+        history = long + _python(m, torch.tensor([long]), tokens)
+        turns = {
+            kept: statistics.median(
+                _second_turns(m, tokenizer, long, history[len(long) :], runs, kept)
+            )
+            * 1000
+            for kept in (4, 0)
+        }
     text = tokenizer.decode(expected, skip_special_tokens=True)
     per_token = {way: statistics.median(api[way]) / tokens * 1000 for way in ("whole", "stream")}
     baseline = statistics.median(python) / tokens * 1000
@@ -113,6 +159,9 @@ def run_model(checkpoint: Path, tokens: int, hops: int, runs: int) -> dict[str, 
         "stream_x_python": per_token["stream"] / baseline,
         "stream_first_text_ms": statistics.median(api["first"]) * 1000,
         "same_text": all(t == text for t in api["texts"]),
+        "history_tokens": len(history),
+        "second_turn_ms_session_kept": turns[4],
+        "second_turn_ms_new_session": turns[0],
     }
 
 
@@ -136,6 +185,12 @@ def main() -> None:
             f"{r['api_ms_per_token']:7.2f}ms x{r['api_x_python']:.2f} "
             f"{r['stream_ms_per_token']:7.2f}ms x{r['stream_x_python']:.2f} "
             f"{r['stream_first_text_ms']:9.1f}ms {r['same_text']}"
+        )
+    print("second turn's first token after a history of N tokens: session kept / new session")
+    for name, r in results.items():
+        print(
+            f"{name:10} N={r['history_tokens']}: {r['second_turn_ms_session_kept']:.1f} ms / "
+            f"{r['second_turn_ms_new_session']:.1f} ms"
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
