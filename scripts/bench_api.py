@@ -26,6 +26,7 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,18 @@ def _python(model: DistributedModelForCausalLM, ids: torch.Tensor, tokens: int) 
     return [int(t) for t in output[0, ids.shape[1] :]]
 
 
+def _serve_while(server: ApiServer, requests: Callable[[str], None]) -> None:
+    """Run `server` while `requests(base_url)` runs in a thread."""
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            base_url = await nursery.start(server.run)
+            await trio.to_thread.run_sync(requests, base_url)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
 def _through_api(
     model: DistributedModelForCausalLM, tokenizer: Any, tokens: int, runs: int
 ) -> dict[str, list[Any]]:
@@ -76,13 +89,7 @@ def _through_api(
             found["first"].append(first)
             found["texts"] += [whole.choices[0].text, "".join(pieces)]
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            base_url = await nursery.start(server.run)
-            await trio.to_thread.run_sync(requests, base_url)
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
+    _serve_while(server, requests)
     return found
 
 
@@ -110,13 +117,7 @@ def _second_turns(
             client.completions.create(prompt=second, max_tokens=1, **options)
             seconds.append(time.perf_counter() - began)
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            base_url = await nursery.start(server.run)
-            await trio.to_thread.run_sync(requests, base_url)
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
+    _serve_while(server, requests)
     return seconds
 
 
