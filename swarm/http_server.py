@@ -98,6 +98,8 @@ class HttpServer:
             await _Connection(stream, self).serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             pass  # the client went away or stalled: nothing to tell it
+        except Exception:  # a body that failed half sent: this connection ends, not the server
+            logger.exception("%s connection failed", self.name)
         finally:
             self._connections.release()
             await stream.aclose()
