@@ -10,6 +10,7 @@ it as `Authorization: Bearer KEY`. SIGINT or SIGTERM stop it.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from functools import partial
 from pathlib import Path
@@ -18,6 +19,9 @@ from ..checkpoints import resolve_checkpoint, swarm_name
 from ..errors import SwarmError
 from .generate import open_model
 from .lifecycle import run_service
+
+logger = logging.getLogger(__name__)
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def api_key(args: argparse.Namespace) -> str | None:
@@ -48,5 +52,8 @@ def run(args: argparse.Namespace) -> int:
         idle_sessions=args.idle_sessions,
         idle_seconds=args.idle_seconds,
     )
+    if config.api_key is None and args.host not in LOOPBACK:
+        logger.warning("serving on %s without an API key: anyone who reaches it can use it",
+                       args.host)  # fmt: skip
     with open_model(args, checkpoint) as model:
         return run_service(partial(ApiServer(model, tokenizer, config).run, args.host, args.port))
