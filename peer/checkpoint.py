@@ -9,11 +9,12 @@ kilobytes), and `read_tensors` / `read_layer_tensors` open each needed file with
 Families are the decoder blocks called like Llama's (`FAMILIES`: Llama, Mistral, Qwen2/3,
 Phi-2 and 3, Gemma 1 to 3, OLMo, OLMo 2, StableLM, StarCoder2, Ministral, SmolLM3, GLM-4,
 Command R (Cohere 1 and 2), and the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
-GLM-4.5, DeepSeek V2/V3, Llama 4 and gpt-oss), and GPT-J, GPT-NeoX (Pythia), Falcon, BLOOM
-(ALiBi positions), GPT-2, GPT-BigCode (StarCoder 1, SantaCoder) and OPT (learned positions,
-which the peer running block 0 adds); SmolLM2 and TinyLlama are `llama`. An image-text checkpoint
-whose `text_config` is one of these opens as its language model (`TEXT_LAYOUTS`). Anything
-else raises `UnsupportedModelError` naming what is supported.
+GLM-4.5, DeepSeek V2/V3, Llama 4 and gpt-oss), and GPT-J, GPT-NeoX (Pythia), Falcon (the RW
+models: ALiBi positions), BLOOM (ALiBi positions), GPT-2, GPT-BigCode (StarCoder 1,
+SantaCoder) and OPT (learned positions, which the peer running block 0 adds); SmolLM2 and
+TinyLlama are `llama`. An image-text checkpoint whose `text_config` is one of these opens as
+its language model (`TEXT_LAYOUTS`). Anything else raises `UnsupportedModelError` naming what
+is supported.
 """
 
 from __future__ import annotations
@@ -319,8 +320,6 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             config = config_class.from_dict(raw_config["text_config"])
     except (OSError, ValueError, TypeError) as error:
         raise CheckpointError(f"cannot parse config.json: {error}") from error
-    if family.name == "falcon" and getattr(config, "alibi", False):
-        raise UnsupportedModelError("Falcon with ALiBi positions (falcon-rw) is not supported")
     files = _index_tensors(path)
     checkpoint = Checkpoint(
         path, family, config, files, quantized, _text_model_prefix(files, family)

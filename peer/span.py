@@ -17,7 +17,8 @@ Afterwards:
 - attention runs through PyTorch SDPA (`config._attn_implementation = "sdpa"`, transformers'
   default), with boolean masks built by `peer.masks`; a family that caps its attention scores
   (Gemma 2), adds attention sinks (gpt-oss) or ALiBi biases (BLOOM) runs transformers' eager
-  attention, with additive masks.
+  attention, with additive masks; Falcon RW's biases are folded into an additive mask, as its
+  transformers model folds them for SDPA.
 
 Block indices in this package's public API are the model's (global) indices; `Span` converts.
 """
@@ -28,6 +29,7 @@ import copy
 import functools
 import inspect
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +90,8 @@ class Span:
     device: torch.device
     quantization: str | None = None  # "int8": the blocks' linear layers (`peer.int8_weights`)
     positions: torch.nn.Embedding | None = None  # learned ones, added before block 0 (GPT-2)
+    alibi: str | None = None  # "scores": ALiBi biases the blocks add (BLOOM); "mask": folded
+    # into the attention mask (Falcon RW, as its transformers model does for SDPA)
 
     @property
     def num_layers(self) -> int:
@@ -138,13 +142,16 @@ class Span:
     ) -> torch.Tensor:
         """Run local blocks `first`..`last - 1` over new tokens that follow `past` cached ones
         (per row of the batch); `keys`: which of a row's keys are not padding (`peer.masks`)."""
-        additive = hidden.dtype if self.config._attn_implementation == "eager" else None
+        eager = self.config._attn_implementation == "eager"
+        additive = hidden.dtype if eager or self.alibi == "mask" else None
         masks = masks_for_blocks(
             self.localities[first:last], past, hidden.shape[1], hidden.device,
             additive=additive, keys=keys,
         )  # fmt: skip
         embeddings: dict[str | None, Any] = {}  # cos and sin, per kind of rotary
-        alibi = self._alibi(hidden, past, keys) if self.family.alibi else None
+        alibi = self._alibi(hidden, past, keys) if self.alibi else None
+        if alibi is not None and self.alibi == "mask":
+            masks = {where: self._fold(alibi, mask) for where, mask in masks.items()}
         if first == 0 and self.positions is not None:  # block 0's input: tokens and positions
             hidden = hidden + self.positions(position_ids + self.family.position_offset)
         for local in range(first, last):
@@ -173,8 +180,19 @@ class Span:
         if keys is None:
             keys = torch.ones(hidden.shape[0], max(past) + hidden.shape[1], device=hidden.device)
         build = self.family.load("build_alibi_tensor")
-        alibi: torch.Tensor = build(keys.long(), self.config.n_head, dtype=hidden.dtype)
+        heads = self.config.num_attention_heads
+        alibi: torch.Tensor = build(keys.long(), heads, dtype=hidden.dtype)
         return alibi
+
+    def _fold(self, alibi: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Falcon RW's mask: the biases over the head size's root where the additive `mask`
+        lets a key be seen, the lowest value where not."""
+        if mask is None:  # cannot be: ALiBi masks are additive, always tensors
+            raise CheckpointError("an ALiBi mask needs the attention mask")
+        heads = self.config.num_attention_heads
+        biases = alibi.reshape(-1, heads, *alibi.shape[1:])
+        scale = math.sqrt(self.config.hidden_size // heads)
+        return torch.masked_fill(biases / scale, mask < -1, torch.finfo(alibi.dtype).min)
 
 
 class _LayoutProbe:
@@ -301,7 +319,8 @@ def load_span(
     # SDPA, transformers' default, unless the family caps attention scores (Gemma 2) or adds
     # ALiBi biases (BLOOM)
     capped = getattr(config, "attn_logit_softcapping", None) is not None
-    config._attn_implementation = "eager" if capped or checkpoint.family.alibi else "sdpa"
+    alibi = "scores" if checkpoint.family.alibi else "mask" if getattr(config, "alibi", 0) else None
+    config._attn_implementation = "eager" if capped or alibi == "scores" else "sdpa"
     if hasattr(config, "_experts_implementation"):  # transformers 5: what its models default to
         config._experts_implementation = "grouped_mm"
     layers = torch.nn.ModuleList(
@@ -343,6 +362,7 @@ def load_span(
         device=torch_device,
         quantization=quantization,
         positions=positions,
+        alibi=alibi,
     )
     layout = span.cache_layout  # probed now, in the thread that loads and computes
     logger.debug("KV cache per token and block: %s", layout)

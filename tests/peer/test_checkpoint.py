@@ -85,11 +85,6 @@ def test_unsupported_model(tmp_path: Path) -> None:
     assert "'xglm'" in str(info.value)
 
 
-def test_falcon_with_alibi_is_refused(make_checkpoint: MakeCheckpoint) -> None:
-    with pytest.raises(UnsupportedModelError, match="falcon-rw"):
-        open_checkpoint(make_checkpoint("falcon", alibi=True))
-
-
 def test_bad_directories(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
     with pytest.raises(CheckpointError, match=r"config\.json"):
         open_checkpoint(tmp_path)

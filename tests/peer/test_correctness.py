@@ -211,6 +211,32 @@ def test_learned_positions_bound_the_sessions(checkpoints: dict[str, Path]) -> N
     assert SpanBackend.load(checkpoints["gpt2"], 2, 4, config=config).max_session_length == 1000
 
 
+FALCON_RW = {"alibi": True, "new_decoder_architecture": False, "multi_query": False,
+             "num_kv_heads": 4, "parallel_attn": False, "bias": True}  # fmt: skip
+
+
+def test_falcon_rw_equals_its_transformers_model(make_checkpoint: MakeCheckpoint) -> None:
+    """Falcon RW: ALiBi biases, which its transformers model folds into the attention mask
+    (over the head size's root) for SDPA: bit for bit in one forward (padded too), and step by
+    step."""
+    path = make_checkpoint("falcon", **FALCON_RW)
+    model = Reference(path).model
+    ids = _ids(2, 9)
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    with torch.no_grad():
+        states = model(ids, output_hidden_states=True).hidden_states
+        padded = model(ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    backend = SpanBackend.load(path, 0, 3)
+    assert torch.equal(backend.forward(states[0]), states[3])
+    assert torch.equal(backend.forward(padded[0], attention_mask=mask.tolist()), padded[3])
+    assert_rounding_close(_incremental(backend, states[0], prompt=4), states[3])
+    assert not torch.allclose(
+        SpanBackend.load(make_checkpoint("falcon", **{**FALCON_RW, "alibi": False}), 0, 3)
+        .forward(states[0]), states[3], atol=1e-3,
+    )  # fmt: skip
+
+
 def test_forward_sub_range_of_span(
     checkpoints: dict[str, Path], references: dict[str, Reference]
 ) -> None:

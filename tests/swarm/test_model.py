@@ -377,6 +377,18 @@ def test_learned_positions_count_from_each_rows_first_token(
     assert torch.equal(output, expected)
 
 
+def test_falcon_rw_generates_what_transformers_does(tmp_path: Path) -> None:
+    """ALiBi folded into the attention mask, over padded rows and a growing cache: a batch of
+    left-padded prompts through 2 peers gives transformers' whole output."""
+    settings = {"alibi": True, "new_decoder_architecture": False, "multi_query": False,
+                "num_kv_heads": 4, "parallel_attn": False, "bias": True}  # fmt: skip
+    checkpoint = write_tiny_model(tmp_path / "falcon-rw", "falcon", seed=3, **settings)
+    batch, expected = _batch_and_local(checkpoint, max_new_tokens=NEW_TOKENS, do_sample=False)
+    with _swarm_and_model(checkpoint, CHAINS[2]) as (_, model):
+        output = model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert torch.equal(output, expected)
+
+
 @pytest.mark.parametrize("pad", [8, 74])  # tokens these rows make: penalised if counted
 def test_the_repetition_penalty_skips_the_padding_as_transformers_does(
     checkpoints: dict[str, Path], pad: int
