@@ -36,6 +36,7 @@ from .generation import (
     SamplingConfig,
     build_logits_processors,
     build_stopping_criteria,
+    logits_after,
     sampling_generator,
 )
 
@@ -189,8 +190,7 @@ async def generate_beams(
     generator = sampling_generator(config, input_ids.device) if config.do_sample else None
     fresh = state.rows
     while True:
-        hidden = await pipeline.step(head.embed(fresh))
-        logits = head.logits(hidden[:, -1:, :])[:, -1, :].to(torch.float32)
+        logits = (await logits_after(head, pipeline, fresh))[:, -1, :]
         log_probs = processors(
             cast(torch.LongTensor, state.rows), torch.log_softmax(logits, dim=-1)
         )

@@ -238,6 +238,15 @@ def build_stopping_criteria(config: SamplingConfig, tokenizer: Any) -> StoppingC
     return criteria
 
 
+async def logits_after(
+    head: LanguageModelHead, pipeline: HiddenStatePipeline, fresh: torch.Tensor, last: int = 1
+) -> torch.Tensor:
+    """`fresh` token ids through the pipeline: the float32 logits of their `last` positions,
+    `[rows, last, vocabulary]`."""
+    hidden = await pipeline.step(head.embed(fresh))
+    return head.logits(hidden[:, -last:, :]).to(torch.float32)
+
+
 async def generate_tokens(
     head: LanguageModelHead,
     pipeline: HiddenStatePipeline,
@@ -261,7 +270,7 @@ async def generate_tokens(
         if fresh.shape[1] == 0:
             raise GenerationError("nothing new to process: add tokens before generating")
         hidden = await pipeline.step(head.embed(fresh))
-        state.processed = state.input_ids.shape[1]
+        state.processed = state.input_ids.shape[1]  # in the caches, whatever happens next
         logits = head.logits(hidden[:, -1:, :])[:, -1, :].to(torch.float32)
         scores = processors(cast(torch.LongTensor, state.input_ids), logits)
         token = _choose(scores, config.do_sample, generator)
@@ -297,8 +306,7 @@ async def generate_batch(
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool)
     fresh = input_ids
     for _ in range(config.max_new_tokens):
-        hidden = await pipeline.step(head.embed(fresh))
-        logits = head.logits(hidden[:, -1:, :])[:, -1, :].to(torch.float32)
+        logits = (await logits_after(head, pipeline, fresh))[:, -1, :]
         scores = processors(cast(torch.LongTensor, input_ids), logits)
         tokens = _choose(scores, config.do_sample, generator)
         if len(eos) and pad_token_id is not None:  # without EOS, transformers pads nothing

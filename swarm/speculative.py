@@ -32,6 +32,7 @@ from .generation import (
     SamplingConfig,
     build_logits_processors,
     build_stopping_criteria,
+    logits_after,
 )
 
 __all__ = ["Drafter", "TruncatablePipeline", "check_drafting", "speculative_tokens"]
@@ -115,8 +116,7 @@ async def speculative_tokens(
         if count:
             drafts = await trio.to_thread.run_sync(drafter.propose, state.input_ids, count)
         ids = torch.cat([state.input_ids, torch.tensor([drafts], dtype=torch.long)], dim=1)
-        hidden = await pipeline.step(head.embed(ids[:, state.processed :]))
-        logits = head.logits(hidden[:, -(count + 1) :, :]).to(torch.float32)
+        logits = await logits_after(head, pipeline, ids[:, state.processed :], count + 1)
         length = state.input_ids.shape[1]
         try:
             for offset in range(count + 1):  # the model's token after each draft it took
