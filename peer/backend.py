@@ -399,7 +399,12 @@ class SpanBackend:
         First, `position` (speculative decoding): only the first `position` cached tokens
         are kept (a failed step leaves the session so); `reorder` (beam search): row i of the
         cache becomes what row `reorder[i]` was; rows of different left padding do not mix."""
-        request = StepRequest(session_id, hidden_states, start, end, tuple(reorder), position)
+        return self.run_step(
+            StepRequest(session_id, hidden_states, start, end, tuple(reorder), position)
+        )
+
+    def run_step(self, request: StepRequest) -> torch.Tensor:
+        """`step`, its arguments as one request (as the scheduler holds them)."""
         session, hidden = self._check_step(request)
         return self._run_sessions([session], [hidden], [request])
 

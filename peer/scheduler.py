@@ -175,8 +175,7 @@ class InferenceScheduler:
             alone = self.backend.active_sessions == 1  # nothing to merge with: skip a hop
             if not alone and self._batchable(hidden_states):
                 return await self._step_batched(request)
-            step = partial(self.backend.step, reorder=reorder, position=position)
-            return await self._worker.submit(_timed, step, session_id, hidden_states, start, end)
+            return await self._worker.submit(_timed, self.backend.run_step, request)
         finally:
             self._busy[session_id] -= 1
             if not self._busy[session_id]:
@@ -253,16 +252,7 @@ class InferenceScheduler:
                 self.batches_run += 1
                 self.steps_batched += len(requests)
                 return [outcome.Value(output) for output in outputs]
-        return [
-            outcome.capture(
-                partial(self.backend.step, reorder=r.reorder, position=r.position),
-                r.session_id,
-                r.hidden_states,
-                r.start,
-                r.end,
-            )
-            for r in requests
-        ]
+        return [outcome.capture(self.backend.run_step, request) for request in requests]
 
     # ----- idle expiry -----
     async def _reap_loop(self) -> None:
