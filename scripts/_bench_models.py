@@ -1,7 +1,9 @@
-"""The models the benchmark scripts run on, by name: "tiny" and "smollm2"."""
+"""The models the benchmark scripts run on, by name ("tiny" and "smollm2"), and how they
+split them between peers."""
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,3 +24,9 @@ def bench_checkpoints(names: Sequence[str]) -> dict[str, Path]:
     if "smollm2" in names:
         checkpoints["smollm2"] = prepare_default_model()
     return checkpoints
+
+
+def equal_spans(blocks: int, hops: int) -> list[tuple[int, int]]:
+    """`blocks` split into `hops` contiguous spans of (nearly) equal size."""
+    bounds = [round(i * blocks / hops) for i in range(hops + 1)]
+    return list(itertools.pairwise(bounds))

@@ -20,7 +20,6 @@ default) and when every request opens a new session (`idle_sessions=0`).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import statistics
@@ -38,7 +37,7 @@ from transformers import AutoConfig, AutoTokenizer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts._bench_models import bench_checkpoints  # noqa: E402
+from scripts._bench_models import bench_checkpoints, equal_spans  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
 from swarm.api.server import ApiConfig, ApiServer  # noqa: E402
 from swarm.local_swarm import LocalSwarm  # noqa: E402
@@ -123,11 +122,10 @@ def _second_turns(
 
 def run_model(checkpoint: Path, tokens: int, hops: int, runs: int) -> dict[str, Any]:
     blocks = AutoConfig.from_pretrained(checkpoint).num_hidden_layers
-    bounds = [round(i * blocks / hops) for i in range(hops + 1)]
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     ids = torch.as_tensor(tokenizer(PROMPT)["input_ids"])[None]
     with (
-        LocalSwarm(checkpoint, list(itertools.pairwise(bounds)), monitor=False) as s,
+        LocalSwarm(checkpoint, equal_spans(blocks, hops), monitor=False) as s,
         DistributedModelForCausalLM.from_pretrained(checkpoint, initial_peers=[s.bootstrap]) as m,
     ):
         m.generation_config.eos_token_id = None  # EOS off: every run makes all its tokens

@@ -21,7 +21,6 @@ milliseconds per step of the search, their ratio, and whether the outputs are eq
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import sys
@@ -36,7 +35,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts._bench_models import bench_checkpoints  # noqa: E402
+from scripts._bench_models import bench_checkpoints, equal_spans  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
 from swarm.local_swarm import LocalSwarm  # noqa: E402
 
@@ -79,9 +78,8 @@ def run_model(
         lambda: local.generate(first, attention_mask=torch.ones_like(first), **beam_options)
     )
     blocks = int(config.num_hidden_layers)
-    bounds = [round(i * blocks / hops) for i in range(hops + 1)]
     with (
-        LocalSwarm(checkpoint, list(itertools.pairwise(bounds)), monitor=False) as swarm,
+        LocalSwarm(checkpoint, equal_spans(blocks, hops), monitor=False) as swarm,
         DistributedModelForCausalLM.from_pretrained(
             checkpoint, initial_peers=[swarm.bootstrap]
         ) as model,

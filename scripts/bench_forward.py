@@ -18,7 +18,6 @@ gradients are checked against the local ones.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import sys
@@ -33,7 +32,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts._bench_models import bench_checkpoints  # noqa: E402
+from scripts._bench_models import bench_checkpoints, equal_spans  # noqa: E402
 from scripts._bench_timing import median_range  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
 from swarm.local_swarm import LocalSwarm  # noqa: E402
@@ -85,9 +84,8 @@ def run_model(
     results["local_train"] = _report("local train step", seconds, tokens, None)
     blocks = int(config.num_hidden_layers)
     for count in hops:
-        bounds = [round(i * blocks / count) for i in range(count + 1)]
         with (
-            LocalSwarm(checkpoint, list(itertools.pairwise(bounds)), monitor=False) as swarm,
+            LocalSwarm(checkpoint, equal_spans(blocks, count), monitor=False) as swarm,
             DistributedModelForCausalLM.from_pretrained(
                 checkpoint, initial_peers=[swarm.bootstrap]
             ) as model,

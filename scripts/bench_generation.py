@@ -21,7 +21,6 @@ through the chain against one local forward): median and min..max.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import statistics
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from peer.span import cache_keyword  # noqa: E402
-from scripts._bench_models import bench_checkpoints  # noqa: E402
+from scripts._bench_models import bench_checkpoints, equal_spans  # noqa: E402
 from scripts._bench_timing import median_range, token_gaps  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
 from swarm.local_swarm import LocalSwarm  # noqa: E402
@@ -103,8 +102,7 @@ def swarm_run(
     quantize: str | None = None,
 ) -> dict[str, Any]:
     num_blocks = int(AutoConfig.from_pretrained(checkpoint).num_hidden_layers)
-    bounds = [round(i * num_blocks / hops) for i in range(hops + 1)]
-    spans = list(itertools.pairwise(bounds))
+    spans = equal_spans(num_blocks, hops)
     options = [
         "--dtype",
         dtype,

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from routing.client import ClientConfig  # noqa: E402
+from scripts._bench_models import equal_spans  # noqa: E402
 from scripts._bench_timing import token_gaps  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
 from tests.support.thread_swarm import ThreadSwarm  # noqa: E402
@@ -42,8 +43,7 @@ BLOCKS = 6
 
 def per_token_ms(checkpoint: Path, hops: int, delay: float, relay: bool, tokens: int) -> float:
     """Median milliseconds between streamed tokens (the prompt's step left out)."""
-    bounds = [round(i * BLOCKS / hops) for i in range(hops + 1)]
-    with ThreadSwarm(checkpoint, list(itertools.pairwise(bounds))) as swarm:
+    with ThreadSwarm(checkpoint, equal_spans(BLOCKS, hops)) as swarm:
         for peer in swarm.peers:
             swarm.fault(peer, "delay", delay)
         with DistributedModelForCausalLM.from_pretrained(

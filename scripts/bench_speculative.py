@@ -23,7 +23,6 @@ chunk of every connection D ms each way, as across a network: the case the metho
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import sys
@@ -39,7 +38,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts._bench_models import bench_checkpoints  # noqa: E402
+from scripts._bench_models import bench_checkpoints, equal_spans  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
 from swarm.generation import prompt_ids  # noqa: E402
 from swarm.local_swarm import LocalSwarm  # noqa: E402
@@ -84,9 +83,8 @@ def run_model(
     blocks = int(AutoConfig.from_pretrained(checkpoint).num_hidden_layers)
     assistants = {"none": None, "itself": local}
     assistants[f"first-{draft_blocks}"] = _first_blocks(checkpoint, min(draft_blocks, blocks))
-    bounds = [round(i * blocks / hops) for i in range(hops + 1)]
     with (
-        _swarm(checkpoint, list(itertools.pairwise(bounds)), delay) as bootstrap,
+        _swarm(checkpoint, equal_spans(blocks, hops), delay) as bootstrap,
         DistributedModelForCausalLM.from_pretrained(checkpoint, initial_peers=[bootstrap]) as model,
     ):
         model.generate(ids, **options)  # warm-up: connections, peers' first steps
