@@ -6,9 +6,10 @@ blocks `[i, j)` costs one round trip to `p` plus the compute of `j - i` blocks t
     cost(p, i, j) = rtt(p) + (j - i) / throughput(p) * load_factor(p)
 
 `throughput` is what the peer announces: tokens per second through ONE block. The load
-factor grows with the sessions a peer already serves; peers without enough cache tokens
-for the session are left out. The cheapest chain is a shortest path over the block
-boundaries 0..N (Dijkstra), which may use part of a peer's span. For batch `forward`, where
+factor grows with the sessions a peer already serves; peers that open no session that long,
+or lack the cache tokens for it, are left out (`NoRoomError` when only room is missing).
+The cheapest chain is a shortest path over the block boundaries 0..N (Dijkstra), which may
+use part of a peer's span. For batch `forward`, where
 throughput matters more than latency, `spread_choice` picks among the replicas of each span
 in proportion to their spare throughput, so concurrent requests spread over the swarm.
 """
@@ -44,6 +45,11 @@ class NoRouteError(RoutingError):
         )
 
 
+class NoRoomError(NoRouteError):
+    """Peers serve every block, but some only on peers without room in their cache for the
+    session now: a retry may succeed once sessions close."""
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One peer as seen by the client: its span, speed, load and distance."""
@@ -57,10 +63,9 @@ class Candidate:
     rtt: float | None = None
     max_session_length: int = 0  # the longest session it opens (0: it does not say)
 
-    def fits(self, session_length: int, tokens_needed: int) -> bool:
-        """Whether it can open a session of this length that needs this much cache."""
-        longest = self.max_session_length or session_length
-        return self.cache_tokens_left >= tokens_needed and longest >= session_length
+    def takes(self, session_length: int) -> bool:
+        """Whether it opens sessions of this length (one that does not say is tried)."""
+        return (self.max_session_length or session_length) >= session_length
 
 
 @dataclass(frozen=True)
@@ -97,11 +102,10 @@ def fastest_chain(
     end = num_blocks if end is None else end
     serving = [c for c in candidates if c.peer not in banned and c.throughput > 0]
     _check_coverage(serving, start, end)
-    usable = [c for c in serving if c.fits(session_length, tokens_needed)]
-    room = (
-        f"room for a session of {session_length} tokens" if session_length else "room in its cache"
-    )
-    _check_coverage(usable, start, end, f"with {room}")
+    long_enough = [c for c in serving if c.takes(session_length)]
+    _check_coverage(long_enough, start, end, f"for sessions of {session_length} tokens")
+    usable = [c for c in long_enough if c.cache_tokens_left >= tokens_needed]
+    _check_coverage(usable, start, end, "with room in its cache", NoRoomError)
     best = {start: 0.0}
     previous: dict[int, Hop] = {}
     queue = [(0.0, start)]
@@ -155,14 +159,18 @@ def spread_choice(
 
 
 def _check_coverage(
-    candidates: Sequence[Candidate], start: int, end: int, condition: str = ""
+    candidates: Sequence[Candidate],
+    start: int,
+    end: int,
+    condition: str = "",
+    error: type[NoRouteError] = NoRouteError,
 ) -> None:
     covered: set[int] = set()
     for candidate in candidates:
         covered.update(range(max(candidate.start, start), min(candidate.end, end)))
     missing = [block for block in range(start, end) if block not in covered]
     if missing:
-        raise NoRouteError(missing, condition=condition)
+        raise error(missing, condition=condition)
 
 
 def _ranges(blocks: Sequence[int]) -> str:

@@ -19,6 +19,9 @@ answer to a ping while a step is late), the chain:
 4. retries the current step from that hop on.
 Hops after a failed one that a relayed step may or may not have reached are rebuilt the same
 way, on the same peers if the route still picks them, without a ban.
+A peer that refuses to open a session is not banned when it only lacks room (it is seen as
+full, and the peers' numbers are asked afresh before the client gives up for want of room:
+`NoRoomError`) or takes no such request (it is left out of this opening only).
 The computation is the same, so the generated tokens do not change (a hop's history takes a
 beam search's `reorder` and a speculative decoding's `truncate` as its peer's cache does).
 `failovers` records each recovery (for the demo and the benchmark).
@@ -37,9 +40,10 @@ import torch
 import trio
 
 from ..announcement import PeerAnnouncement
-from ..path_selection import Hop, NoRouteError
+from ..errors import RemoteError
+from ..path_selection import Hop, NoRoomError, NoRouteError
 from ..rpc import RPCHost
-from ..span_protocol import RelayTarget
+from ..span_protocol import NO_ROOM, REFUSED_REQUEST, RelayTarget
 from .hop_session import LINK_ERRORS, HopSession, Liveness, Resend, StepTiming
 from .swarm_view import SwarmView
 
@@ -105,12 +109,13 @@ class InferenceChain:
         await self.close()
 
     async def close(self) -> None:
-        """Close every session (shielded, bounded); a step still in flight fails, unrouted."""
+        """Close every session (shielded, bounded), and return once the peers have freed
+        their caches; a step still in flight fails, unrouted."""
         self._closed = True
         hops, self.hops = self.hops, []
         async with trio.open_nursery() as nursery:
             for hop in hops:
-                nursery.start_soon(hop.close)
+                nursery.start_soon(partial(hop.close, confirm=True))
 
     def truncate(self, tokens: int) -> None:
         """Before the next step, every hop's session keeps only its first `tokens` positions
@@ -230,14 +235,19 @@ class InferenceChain:
 
         `cause`: the failure that lost these blocks, named if no peer is left for them.
         """
-        refreshed = False
+        refreshed = rechecked = False
+        refused: set[str] = set()  # peers that take no such request (not banned: not broken)
         last_error: BaseException | None = cause
         for _ in range(self.view.config.max_failovers):
             peers = self.view.peers  # as routed (a refresh may replace the view meanwhile)
             try:
                 tokens = self.max_length * len(self.padding)  # the cache the sessions reserve
-                route = self.view.route(start, end, tokens, self.max_length)
+                route = self.view.route(start, end, tokens, self.max_length, frozenset(refused))
             except NoRouteError as error:
+                if isinstance(error, NoRoomError) and not rechecked:  # the room is a minute old
+                    await self.view.recheck(start, end)
+                    rechecked = True
+                    continue
                 if not refreshed:  # the swarm may have changed since the view was read
                     await self.view.refresh()
                     refreshed = True
@@ -256,11 +266,20 @@ class InferenceChain:
                         replay = await session.step(replay, self.view.config.deadline(replay))
                 return opened
             except LINK_ERRORS as error:
-                logger.warning("peer %s failed joining the chain: %s", current.peer[:8], error)
-                last_error = error
-                self.view.bans.ban(current.peer)
                 for session in opened:
                     await session.close()
+                code = error.code if isinstance(error, RemoteError) else ""
+                if code in NO_ROOM:
+                    logger.info("peer %s has no room for the session now", current.peer[:8])
+                    self.view.mark_full(current.peer)
+                    continue
+                last_error = error
+                if code in REFUSED_REQUEST:
+                    logger.warning("peer %s refused the session: %s", current.peer[:8], error)
+                    refused.add(current.peer)
+                else:
+                    logger.warning("peer %s failed joining the chain: %s", current.peer[:8], error)
+                    self.view.bans.ban(current.peer)
             except BaseException:  # cancelled (Ctrl-C in the facade): leave nothing open
                 for session in opened:
                     await session.close()

@@ -73,6 +73,7 @@ class Resend:
 
 
 LINK_ERRORS = (RoutingError, SecurityError)  # what a failing peer or link raises
+CLOSE_TIMEOUT = 2.0  # seconds; closing a session never waits longer for its peer
 
 
 class HopSession:
@@ -93,6 +94,7 @@ class HopSession:
         self._opened: SessionOpened | None = None
         self._steps = 0
         self._began = 0.0  # when the step in flight was sent (or its input became known)
+        self._in_flight = False  # a step awaits its answer
         self.timings: list[StepTiming] = []  # one per step, in order
 
     @property
@@ -171,6 +173,7 @@ class HopSession:
     def expect(self) -> None:
         """Start timing the next step: its input is on its way, sent or relayed."""
         self._began = time.perf_counter()
+        self._in_flight = True
 
     async def receive(
         self,
@@ -199,6 +202,7 @@ class HopSession:
         if number != self._steps or output.shape != hidden.shape:
             raise ProtocolError(f"step {self._steps}: a reply of shape {list(output.shape)}")
         self._steps += 1
+        self._in_flight = False
         self._reorder, self._position = (), None
         self.inputs.append(hidden)
         self.timings.append(
@@ -256,8 +260,15 @@ class HopSession:
                 await late[1]()
                 late = None
 
-    async def close(self) -> None:
-        """End the session (the peer frees its cache)."""
-        self._stream = None
-        with trio.CancelScope(shield=True), trio.move_on_after(2.0), suppress(*LINK_ERRORS):
-            await self._stack.aclose()
+    async def close(self, *, confirm: bool = False) -> None:
+        """End the session (the peer frees its cache). `confirm`: unless a step is in flight
+        (then the peer is told to cancel it), return once the peer has ended the session too,
+        its cache freed; each part is bounded by `CLOSE_TIMEOUT`."""
+        stream, self._stream = self._stream, None
+        with trio.CancelScope(shield=True):
+            if confirm and stream is not None and not self._in_flight:
+                with trio.move_on_after(CLOSE_TIMEOUT), suppress(*LINK_ERRORS):
+                    await stream.end()
+                    await stream.receive()  # nothing comes but the peer's end
+            with trio.move_on_after(CLOSE_TIMEOUT), suppress(*LINK_ERRORS):
+                await self._stack.aclose()

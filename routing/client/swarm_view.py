@@ -8,10 +8,15 @@ current. `route()` turns the view into the fastest chain over a block range
 (`routing.path_selection`), leaving out banned peers, peers short of cache, peers that
 did not answer their last ping (until one answers again), for a client that runs a LoRA
 adapter, peers that do not announce it, and for one that asks for exact weights, int8 peers.
+
+Announcements can be a minute old, so the room they show is a hint: a peer that refuses a
+session for want of room is seen as full (`mark_full`), not banned, and `recheck()` asks
+peers for their numbers now (`span.info`) before a client gives up for want of room.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Iterator
@@ -27,8 +32,16 @@ from ..address import PeerAddress
 from ..announcement import PeerAnnouncement, PeerState, block_key
 from ..dht import DHTNode
 from ..errors import ProtocolError, RoutingError
-from ..path_selection import Candidate, Hop, NoRouteError, fastest_chain, spread_choice
-from ..rpc import RPCHost
+from ..path_selection import (
+    Candidate,
+    Hop,
+    NoRoomError,
+    NoRouteError,
+    fastest_chain,
+    spread_choice,
+)
+from ..rpc import Packet, RPCHost
+from ..span_protocol import INFO
 from .bans import Bans
 from .rtt import RttTable
 
@@ -167,6 +180,35 @@ class SwarmView:
         self.rtts.observe(peer, seconds)
         return True
 
+    async def recheck(self, start: int, end: int) -> None:
+        """Ask the peers serving blocks [start, end) for their announcement now (sessions,
+        cache left), concurrently; one that does not answer keeps what the view had."""
+
+        async def ask(peer: str, known: PeerAnnouncement) -> None:
+            try:
+                reply = await self.rpc.call(
+                    known.address, INFO, Packet({}), timeout=self.config.ping_timeout
+                )
+                fresh = PeerAnnouncement.from_fields(reply.header)
+            except RoutingError as error:
+                logger.debug("peer %s did not say how full it is: %s", peer[:8], error)
+                return
+            signed = {known.address.peer_id: fresh}  # the channel is authenticated as the peer
+            usable = usable_announcements(signed, self.model, self.num_blocks)
+            others = {name: a for name, a in self.peers.items() if name != peer}  # copy on
+            self.peers = others | usable  # write: a chain may be routing over the old dict
+
+        async with trio.open_nursery() as nursery:
+            for peer, announcement in self.peers.items():
+                if announcement.start < end and start < announcement.end:
+                    nursery.start_soon(ask, peer, announcement)
+
+    def mark_full(self, peer: str) -> None:
+        """`peer` refused a session for want of room: routes leave it out for sessions of any
+        size until the next `refresh()` or `recheck()` says otherwise."""
+        if (known := self.peers.get(peer)) is not None:
+            self.peers = self.peers | {peer: dataclasses.replace(known, cache_tokens_left=0)}
+
     def candidates(self) -> list[Candidate]:
         return [
             Candidate(
@@ -185,10 +227,16 @@ class SwarmView:
         ]
 
     def route(
-        self, start: int, end: int, tokens_needed: int = 0, session_length: int = 0
+        self,
+        start: int,
+        end: int,
+        tokens_needed: int = 0,
+        session_length: int = 0,
+        avoid: frozenset[str] = frozenset(),
     ) -> list[Hop]:
         """The fastest chain over blocks [start, end) for a session of `session_length` tokens
-        that needs `tokens_needed` cache tokens; NoRouteError names what is missing."""
+        that needs `tokens_needed` cache tokens, without the peers in `avoid`; NoRouteError
+        names what is missing (NoRoomError if only room is)."""
         with self._naming_what_is_asked():
             return fastest_chain(
                 self.candidates(),
@@ -197,7 +245,7 @@ class SwarmView:
                 end=end,
                 tokens_needed=tokens_needed,
                 session_length=session_length,
-                banned=self._avoided(),
+                banned=self._avoided() | avoid,
             )
 
     def spread(self, start: int, rng: random.Random) -> list[Hop]:
@@ -215,11 +263,12 @@ class SwarmView:
             yield
         except NoRouteError as error:
             exact = self.config.exact_weights
-            if (self.adapter is None and not exact) or type(error) is not NoRouteError:
+            asked = self.adapter is not None or exact
+            if not asked or type(error) not in (NoRouteError, NoRoomError):
                 raise
             weights = "with the checkpoint's own weights (no int8 peer)" if exact else ""
             condition = ", ".join(filter(None, [error.condition, weights]))
-            raise NoRouteError(error.missing, self.adapter, condition) from None
+            raise type(error)(error.missing, self.adapter, condition) from None
 
     def _avoided(self) -> frozenset[str]:
         """Banned peers, and peers that did not answer their last ping."""

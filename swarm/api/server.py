@@ -5,7 +5,8 @@ Routes: `GET /v1/models` (and `/v1/models/ID`), `POST /v1/completions`, `POST
 `data: {...}` chunk per piece of text and `data: [DONE]` at the end, as OpenAI's clients
 read them. A request takes a waiting inference session whose tokens its own begin with, and
 sends only the rest (`session_pool.py`: a conversation's next turn), or opens one (a chat
-request renders its messages with the model's chat template). After a whole answer the
+request renders its messages with the model's chat template; where the peers have no room
+for it, waiting sessions close, the oldest first). After a whole answer the
 session waits for the next turn; when the answer fails, is cut by a stop sequence or its
 client goes away, it is closed. The model's facade blocks, so each generation runs in a
 worker thread and hands its tokens to the server's event loop; at most `max_concurrent` run
@@ -31,6 +32,7 @@ import torch
 import trio
 
 from routing.errors import RoutingError
+from routing.path_selection import NoRoomError
 
 from ..errors import SwarmError
 from ..http_server import HttpConfig, HttpServer, Request, Response, Write
@@ -283,8 +285,7 @@ class ApiServer:
         if its answer ends whole, else it is closed."""
         try:
             if idle is None:
-                session = self.model.inference_session(self._session_length(input_ids, options))
-                session.open()
+                session = self._open_session(self._session_length(input_ids, options))
             else:
                 session, input_ids = idle.session, input_ids[:, len(idle.tokens) :]
             try:
@@ -301,6 +302,19 @@ class ApiServer:
         finally:
             with suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(send.close)
+
+    def _open_session(self, length: int) -> InferenceSession:
+        """A new session (in a worker thread). Where the peers have no room for it, sessions
+        waiting for a conversation's next turn make room, the oldest first."""
+        while True:
+            try:
+                return self.model.inference_session(length).open()
+            except NoRoomError:
+                waiting = trio.from_thread.run_sync(self.sessions.oldest)
+                if waiting is None:
+                    raise
+                logger.info("no room on the peers for a new session: closing a waiting one")
+                waiting.session.close()
 
     def _session_length(self, input_ids: torch.Tensor, options: dict[str, Any]) -> int:
         """This turn, and room for the next ones, within the model's context."""

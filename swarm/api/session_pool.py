@@ -7,7 +7,8 @@ whose tokens begin with all of a waiting session's tokens, and go on after them,
 session and sends only the rest. When the chat template renders the previous answer to the
 tokens the model generated (real models mostly do), every turn of a conversation goes on in
 one session. Waiting sessions hold cache on the peers, so at most `max_idle` wait, each at
-most `idle_seconds`, the oldest leaving first. Pure bookkeeping: the server opens and closes.
+most `idle_seconds`, the oldest leaving first, and sooner when a new session finds no room
+on the peers. Pure bookkeeping: the server opens and closes.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class SessionPool:
         pushed_out = self._waiting[: max(0, len(self._waiting) - self.max_idle)]
         del self._waiting[: len(pushed_out)]
         return pushed_out
+
+    def oldest(self) -> IdleSession | None:
+        """The session that has waited longest, which waits no more (to make room)."""
+        return self._waiting.pop(0) if self._waiting else None
 
     def expired(self) -> list[IdleSession]:
         """The sessions that waited `idle_seconds` or more, which wait no more."""

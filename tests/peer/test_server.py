@@ -7,6 +7,7 @@ the span protocol to it directly, including everything a hostile client could se
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -203,6 +204,34 @@ async def test_bad_sessions_get_typed_errors_and_leave_nothing(served: Served) -
             await stream.receive()
     await _until_no_sessions(served)
     assert (await served.info())["cache_tokens_left"] == 256
+
+
+async def test_a_session_it_has_no_room_for_is_refused_as_full_not_as_invalid(
+    served: Served,
+) -> None:
+    """Clients tell the two apart (`protocol.NO_ROOM`, `protocol.REFUSED_REQUEST`): a peer
+    with no room now is passed over and asked again later; one that takes no such request
+    is left out of that opening only."""
+
+    async def refusal(request: protocol.SessionRequest) -> str:
+        async with served.client.open_stream(served.peer, protocol.INFERENCE) as stream:
+            await stream.send(Packet(request.header()))
+            with pytest.raises(RemoteError) as caught:
+                await stream.receive()
+        return caught.value.code
+
+    assert await refusal(protocol.SessionRequest(1, 3, 200, batch_size=2)) in protocol.NO_ROOM
+    assert await refusal(protocol.SessionRequest(1, 3, 8, batch_size=3)) in protocol.REFUSED_REQUEST
+    unknown = protocol.SessionRequest(1, 3, 8, adapter="missing")
+    assert await refusal(unknown) in protocol.REFUSED_REQUEST
+    async with AsyncExitStack() as stack:
+        for _ in range(4):  # the peer's limit
+            stream = await stack.enter_async_context(
+                served.client.open_stream(served.peer, protocol.INFERENCE)
+            )
+            await stream.send(Packet(protocol.SessionRequest(1, 3, 8).header()))
+            await stream.receive()
+        assert await refusal(protocol.SessionRequest(1, 3, 8)) in protocol.NO_ROOM
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from peer.backend import BackendConfig
 from swarm import DistributedModelForCausalLM
 from swarm.api.completion_text import CompletionText
 from swarm.api.requests import ApiError, read_request
@@ -47,6 +48,17 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM]]:
     with (
         ThreadSwarm(tiny, [(0, 2), (2, 4)]) as peers,
+        DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[peers.bootstrap]) as model,
+    ):
+        yield peers, model
+
+
+@pytest.fixture(scope="module")
+def one_session_swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM]]:
+    """One peer whose cache holds one session of the API's length here (below 2 x 64)."""
+    small = {"backend": BackendConfig(max_cache_tokens=100)}
+    with (
+        ThreadSwarm(tiny, [(0, 4)], **small) as peers,
         DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[peers.bootstrap]) as model,
     ):
         yield peers, model
@@ -293,6 +305,23 @@ async def test_a_conversations_next_turn_goes_on_in_its_session(tiny: Path, swar
     assert two.choices[0].text == local(tiny, torch.tensor([second]), max_new_tokens=6,
                                         do_sample=False)  # fmt: skip
     assert sessions == after == [1, 1] and other == [2, 2]
+
+
+async def test_a_waiting_session_makes_room_for_a_new_conversation(
+    tiny: Path, one_session_swarm: Any
+) -> None:
+    """The peer has room for one session, which waits for its conversation's next turn: an
+    unrelated request closes it rather than fail, and gets transformers' answer."""
+    peers, model = one_session_swarm
+    options = {"model": MODEL, "max_tokens": 4, "temperature": 0}
+    async with api(tiny, model, headroom=50) as client:  # sessions of 3 + 4 + 50 tokens
+        await call(client.completions.create, prompt=[1, 2, 3], **options)
+        waiting = await trio.to_thread.run_sync(peers.sessions, peers.peers[0])
+        other = await call(client.completions.create, prompt=[7, 8, 9], **options)
+        after = await trio.to_thread.run_sync(peers.sessions, peers.peers[0])
+    expected = local(tiny, torch.tensor([[7, 8, 9]]), max_new_tokens=4, do_sample=False)
+    assert other.choices[0].text == expected
+    assert waiting == after == 1
 
 
 async def test_waiting_sessions_close_after_a_while(tiny: Path, swarm: Any) -> None:

@@ -514,7 +514,7 @@ def test_a_session_no_peer_accepts_is_a_clear_error(checkpoints: dict[str, Path]
     (and bans none for refusing it)."""
     with (
         _swarm_and_model(checkpoints["llama"], CHAINS[1]) as (_, model),
-        pytest.raises(NoRouteError, match="0-3 with room for a session of 10000 tokens"),
+        pytest.raises(NoRouteError, match="0-3 for sessions of 10000 tokens"),
         model.inference_session(max_length=10_000),
     ):
         pass

@@ -40,7 +40,7 @@ MODEL = "fake-model"
 NUM_BLOCKS = 4
 HIDDEN = 8
 
-Fault = Literal["none", "stall", "error", "garbage"]
+Fault = Literal["none", "stall", "error", "garbage", "refuse"]  # refuse: sessions, as invalid
 
 
 def reference(hidden: torch.Tensor, start: int = 0, end: int = NUM_BLOCKS) -> torch.Tensor:
@@ -52,7 +52,8 @@ def reference(hidden: torch.Tensor, start: int = 0, end: int = NUM_BLOCKS) -> to
 
 @dataclass
 class FakePeer:
-    """One fake peer; `fault` changes how it answers steps from now on."""
+    """One fake peer; `fault` changes how it answers steps from now on. Its cache takes
+    `cache_tokens` (each session reserves its `max_length`); it refuses a session beyond."""
 
     rpc: RPCHost
     dht: DHTNode
@@ -61,8 +62,10 @@ class FakePeer:
     host: str
     throughput: float
     scope: trio.CancelScope
+    cache_tokens: int = 10_000
     fault: Fault = "none"
     sessions: int = 0  # open now
+    reserved: int = 0  # cache tokens of the sessions open now
     steps: int = 0  # steps answered, all sessions together
     opened: list[tuple[int, int]] = field(default_factory=list)  # spans of sessions opened
 
@@ -78,14 +81,32 @@ class FakePeer:
         """Stop serving at once (its connections break)."""
         self.scope.cancel()
 
+    def announcement(self) -> PeerAnnouncement:
+        return PeerAnnouncement(
+            address=self.rpc.address, model=MODEL, start=self.start, end=self.end,
+            state=PeerState.ONLINE, throughput=self.throughput,
+            cache_tokens_left=self.cache_tokens - self.reserved, sessions=self.sessions,
+            dtype="float32", version="fake",
+        )  # fmt: skip
+
+    async def announce(self) -> None:
+        """Publish its numbers now (a real peer does it every minute)."""
+        for block in range(self.start, self.end):
+            await self.dht.store_own(block_key(MODEL, block), self.announcement().encode(), 600)
+
     async def info(self, request: Packet, context: CallContext) -> Packet:
-        return Packet({"sessions": self.sessions})
+        return Packet(self.announcement().to_fields())
 
     async def inference(self, stream: BidiStream, context: CallContext) -> None:
         request = SessionRequest.parse((await stream.receive()).header)
         if not self.start <= request.start < request.end <= self.end:
             raise HandlerError("bad_span", "not my blocks")
+        if self.fault == "refuse":
+            raise HandlerError("invalid_request", "refusing on purpose")
+        if self.reserved + request.max_length > self.cache_tokens:
+            raise HandlerError("cache_budget", f"{self.cache_tokens - self.reserved} left")
         sums = {b: torch.zeros(1, 1, HIDDEN) for b in range(request.start, request.end)}
+        self.reserved += request.max_length
         self.sessions += 1
         self.opened.append((request.start, request.end))
         try:
@@ -109,6 +130,7 @@ class FakePeer:
                 self.steps += 1
         finally:
             self.sessions -= 1
+            self.reserved -= request.max_length
 
 
 async def start_fake_peer(
@@ -120,12 +142,13 @@ async def start_fake_peer(
     end: int,
     *,
     throughput: float = 1000.0,
+    cache_tokens: int = 10_000,
 ) -> FakePeer:
     """Serve, join the DHT and announce blocks [start, end) as online."""
     rpc = RPCHost(Identity.generate(), network.transport(host))
     scope = trio.CancelScope()
     dht = DHTNode(rpc, DHTConfig(), clock=trio.current_time)
-    peer = FakePeer(rpc, dht, start, end, host, throughput, scope)
+    peer = FakePeer(rpc, dht, start, end, host, throughput, scope, cache_tokens)
     rpc.add_unary(INFO, peer.info)
     rpc.add_stream(INFERENCE, peer.inference)
 
@@ -134,13 +157,7 @@ async def start_fake_peer(
             async with trio.open_nursery() as inner:
                 await inner.start(rpc.run, host, 1)
                 await inner.start(partial(dht.run, initial_peers=[bootstrap]))
-                announcement = PeerAnnouncement(
-                    address=rpc.address, model=MODEL, start=start, end=end,
-                    state=PeerState.ONLINE, throughput=throughput, cache_tokens_left=10_000,
-                    sessions=0, dtype="float32", version="fake",
-                )  # fmt: skip
-                for block in range(start, end):
-                    await dht.store_own(block_key(MODEL, block), announcement.encode(), 600)
+                await peer.announce()
                 task_status.started()
 
     await nursery.start(serve)

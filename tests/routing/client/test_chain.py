@@ -23,6 +23,7 @@ from routing.client import ChainFailedError, ClientConfig, InferenceChain, Swarm
 from routing.dht import DHTConfig, DHTNode, serve_dht_node
 from routing.errors import RemoteError
 from routing.memory_network import MemoryNetwork
+from routing.path_selection import NoRoomError
 from routing.rpc import RPCHost
 from security import Identity
 
@@ -41,11 +42,14 @@ class Net:
     dht: DHTNode
     peers: list[FakePeer] = field(default_factory=list)
 
-    async def peer(self, start: int, end: int, throughput: float = 1000.0) -> FakePeer:
+    async def peer(
+        self, start: int, end: int, throughput: float = 1000.0, cache_tokens: int = 10_000
+    ) -> FakePeer:
         host = f"10.0.1.{len(self.peers) + 1}"
         peer = await start_fake_peer(
-            self.nursery, self.network, host, self.bootstrap, start, end, throughput=throughput
-        )
+            self.nursery, self.network, host, self.bootstrap, start, end,
+            throughput=throughput, cache_tokens=cache_tokens,
+        )  # fmt: skip
         self.peers.append(peer)
         return peer
 
@@ -108,7 +112,7 @@ async def test_outputs_equal_the_reference_and_sessions_close(
         assert [(hop.start, hop.end) for hop in chain.route] == spans
         assert all(peer.sessions == 1 for peer in net.peers)
         await _run_steps(chain, _sequence(12), prompt=5, before_step={})
-    await _eventually(lambda: all(peer.sessions == 0 for peer in net.peers))
+    assert all(peer.sessions == 0 for peer in net.peers)  # closed: the peers said so
     assert all(peer.steps == 8 for peer in net.peers)
 
 
@@ -224,6 +228,58 @@ async def test_a_failover_reads_the_swarm_again_before_giving_up(
         assert chain.route[1].peer == newcomer.peer
         assert [f.peer for f in chain.failovers] == [only.peer]
     torch.testing.assert_close(torch.cat(outputs, dim=1), reference(sequence))
+
+
+async def test_a_full_peer_is_not_banned_and_takes_a_session_once_one_closes(
+    autojump_clock: trio.testing.MockClock, net: Net
+) -> None:
+    """Its cache holds one session. Asked for a second while the DHT still shows it empty, it
+    refuses: the client says there is no room and bans nobody. Once its record shows it full
+    too, the client asks nobody; when the first session closes, the client asks the peer for
+    its numbers afresh instead of trusting the record, and opens one."""
+    peer = await net.peer(0, 4, cache_tokens=64)
+    view = await net.view()
+    async with InferenceChain(view, net.rpc, max_length=64):
+        with pytest.raises(NoRoomError, match=r"block\(s\) 0-3 with room in its cache"):
+            await InferenceChain(view, net.rpc, max_length=64).__aenter__()
+        assert view.bans.banned() == frozenset() and peer.opened == [(0, 4)]
+        await peer.announce()
+        await view.refresh()
+        with pytest.raises(NoRoomError):
+            await InferenceChain(view, net.rpc, max_length=64).__aenter__()
+    async with InferenceChain(view, net.rpc, max_length=64) as chain:
+        await _run_steps(chain, _sequence(6), prompt=3, before_step={})
+    assert peer.opened == [(0, 4), (0, 4)]
+
+
+async def test_a_full_replica_is_passed_over_for_one_with_room(
+    autojump_clock: trio.testing.MockClock, net: Net
+) -> None:
+    full = await net.peer(0, 4, throughput=2000.0, cache_tokens=64)
+    roomy = await net.peer(0, 4)
+    view = await net.view()
+    async with InferenceChain(view, net.rpc, max_length=64) as first:
+        assert [hop.peer for hop in first.route] == [full.peer]
+        async with InferenceChain(view, net.rpc, max_length=64) as second:
+            assert [hop.peer for hop in second.route] == [roomy.peer]
+    assert view.bans.banned() == frozenset()
+
+
+async def test_a_peer_that_refuses_the_request_is_passed_over_not_banned(
+    autojump_clock: trio.testing.MockClock, net: Net
+) -> None:
+    """A refusal of the request (`invalid_request`) says nothing of the peer's health; when
+    every peer refuses, the error is theirs."""
+    refusing = await net.peer(0, 4, throughput=2000.0)
+    other = await net.peer(0, 4)
+    refusing.fault = "refuse"
+    view = await net.view()
+    async with InferenceChain(view, net.rpc, max_length=64) as chain:
+        assert [hop.peer for hop in chain.route] == [other.peer]
+    other.fault = "refuse"
+    with pytest.raises(ChainFailedError, match="invalid_request: refusing on purpose"):
+        await InferenceChain(view, net.rpc, max_length=64).__aenter__()
+    assert view.bans.banned() == frozenset()
 
 
 async def test_a_cancelled_step_is_not_a_failover_and_leaves_no_session(
