@@ -185,13 +185,46 @@ def _as_tuple(value: Any) -> tuple[Any, ...]:
     return (value,)
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The model's log-probability of a token where it stands, and the likeliest tokens
+    there (best first), from its own distribution: before any logits processor."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def token_logprobs(logits: torch.Tensor, tokens: Sequence[int], top: int) -> list[TokenLogprob]:
+    """Per row of `logits` (`[positions, vocabulary]`), the record of `tokens` at that row."""
+    logprobs = torch.log_softmax(logits.to(torch.float32), dim=-1)
+    values, ids = logprobs.topk(top, dim=-1)
+    return [
+        TokenLogprob(
+            token,
+            float(logprobs[row, token]),
+            tuple(zip(ids[row].tolist(), values[row].tolist(), strict=True)),
+        )
+        for row, token in enumerate(tokens)
+    ]
+
+
 @dataclass
 class GenerationState:
-    """Token ids so far, and how much of them the pipeline has already seen."""
+    """Token ids so far, and how much of them the pipeline has already seen. With
+    `logprobs` set to a list, each new token's `TokenLogprob` joins it, with the
+    `top_logprobs` likeliest tokens."""
 
     input_ids: torch.Tensor
     processed: int = 0
     new_tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    top_logprobs: int = 0
+
+    def record(self, logits: torch.Tensor, token: int) -> None:
+        """`token` was chosen from `logits` (`[vocabulary]`, before the processors)."""
+        if self.logprobs is not None:
+            self.logprobs.extend(token_logprobs(logits[None], [token], self.top_logprobs))
 
 
 def build_logits_processors(
@@ -276,6 +309,7 @@ async def generate_tokens(
         token = _choose(scores, config.do_sample, generator)
         state.input_ids = torch.cat([state.input_ids, token.view(1, 1)], dim=-1)
         state.new_tokens.append(int(token))
+        state.record(logits[0], int(token))
         yield int(token)
         if int(token) in eos or (stopping and bool(stopping(state.input_ids, scores).all())):
             return

@@ -50,6 +50,7 @@ from .generation import (
     GenerationError,
     GenerationState,
     SamplingConfig,
+    TokenLogprob,
     check_attention_mask,
     generate_batch,
     generate_tokens,
@@ -319,10 +320,17 @@ class InferenceSession:
         """Every token the session has seen or produced."""
         return None if self._state is None else self._state.input_ids
 
+    @property
+    def logprobs(self) -> list[TokenLogprob]:
+        """The last turn's new tokens' log-probabilities, if it was asked for them
+        (`logprobs=N`: each with the N likeliest tokens at its place)."""
+        return [] if self._state is None else list(self._state.logprobs or ())
+
     def stream(
         self, input_ids: torch.Tensor, *, tokenizer: Any = None, **kwargs: Any
     ) -> Generator[int, None, None]:
-        """Yield new token ids as they come. `input_ids`: the next turn (only it is sent)."""
+        """Yield new token ids as they come. `input_ids`: the next turn (only it is sent);
+        `logprobs=N` records each new token's log-probability (`self.logprobs`)."""
         tokens = self._tokens(input_ids, tokenizer, kwargs)
 
         async def next_token() -> int | None:
@@ -367,6 +375,10 @@ class InferenceSession:
         _max_length_as_new_tokens(options, input_ids)
         assistant = options.pop("assistant_model", None)
         draft_tokens = options.pop("num_assistant_tokens", DEFAULT_DRAFT_TOKENS)
+        logprobs = options.pop("logprobs", None)
+        vocabulary = int(self.model.config.vocab_size)
+        if logprobs is not None and (type(logprobs) is not int or not 0 <= logprobs <= vocabulary):
+            raise GenerationError(f"logprobs must be a count of tokens within 0..{vocabulary}")
         config = self.model.sampling_config(**options)
         if config.num_beams > 1:
             raise GenerationError("beam search runs in model.generate(), not in a session")
@@ -380,6 +392,8 @@ class InferenceSession:
             self._state = GenerationState(input_ids)
         else:
             self._state.input_ids = torch.cat([self._state.input_ids, input_ids], dim=-1)
+        self._state.logprobs = None if logprobs is None else []
+        self._state.top_logprobs = logprobs or 0
         if self._state.input_ids.shape[1] + config.max_new_tokens > self.max_length:
             raise SwarmError(
                 f"{self._state.input_ids.shape[1]} tokens + {config.max_new_tokens} new "

@@ -126,6 +126,7 @@ async def speculative_tokens(
                 state.input_ids = torch.cat([prefix, torch.tensor([[token]])], dim=-1)
                 state.processed = length + offset  # `token` is not in the caches yet
                 state.new_tokens.append(token)
+                state.record(logits[0, offset], token)
                 left -= 1
                 yield token
                 finished = stopping and bool(stopping(state.input_ids, scores).all())

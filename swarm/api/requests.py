@@ -1,10 +1,12 @@
 """The JSON bodies of `/v1/completions` and `/v1/chat/completions`, read and checked.
 
 The fields mean what OpenAI's API says they mean. Those the swarm cannot honour (several
-choices, log probabilities, penalties on presence and frequency, tools...) are accepted only
-at their neutral value, and refused by name otherwise; a field the API does not have is an
-error too, as OpenAI's API answers it. `temperature` 0 is greedy decoding; above 0 the tokens
-are sampled with that temperature and `top_p` (no top-k: OpenAI has none).
+choices, penalties on presence and frequency, tools...) are accepted only at their neutral
+value, and refused by name otherwise; a field the API does not have is an error too, as
+OpenAI's API answers it. `temperature` 0 is greedy decoding; above 0 the tokens are sampled
+with that temperature and `top_p` (no top-k: OpenAI has none). Log probabilities
+(completions: `logprobs` N, `echo`; chat: `logprobs`, `top_logprobs` N) come with whole
+answers only, not streamed.
 """
 
 from __future__ import annotations
@@ -19,14 +21,12 @@ from ..errors import SwarmError
 __all__ = ["ApiError", "ChatMessage", "CompletionRequest", "read_request"]
 
 MAX_STOP_SEQUENCES = 4
+MAX_LOGPROBS = {"completion": 5, "chat": 20}  # the likeliest tokens given per place, at most
 ROLES = ("system", "user", "assistant")
 # fields accepted only at their neutral value (what the field means if absent)
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "n": (None, 1),
     "best_of": (None, 1),
-    "echo": (None, False),
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
     "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0),
     "logit_bias": (None, {}),
@@ -39,8 +39,8 @@ IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls")
 COMMON = ("model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
           "stream_options", *NEUTRAL, *IGNORED)  # fmt: skip
 FIELDS = {
-    "completion": (*COMMON, "prompt"),
-    "chat": (*COMMON, "messages", "max_completion_tokens"),
+    "completion": (*COMMON, "prompt", "logprobs", "echo"),
+    "chat": (*COMMON, "messages", "max_completion_tokens", "logprobs", "top_logprobs"),
 }
 
 
@@ -90,6 +90,8 @@ class CompletionRequest:
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False  # in a last chunk of the stream
+    logprobs: int | None = None  # asked: with this many likeliest tokens per place
+    echo: bool = False  # the prompt comes first in the text (and its log probabilities)
 
     def generate_options(self, max_tokens: int) -> dict[str, Any]:
         """`generate()`'s arguments for this request."""
@@ -105,6 +107,8 @@ class CompletionRequest:
             options["temperature"] = self.temperature
         if self.stop:
             options["stop_strings"] = list(self.stop)
+        if self.logprobs is not None:
+            options["logprobs"] = self.logprobs
         return options
 
 
@@ -133,8 +137,12 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
     else:
         fields["prompt"] = _prompt(data.get("prompt"))
         fields["max_tokens"] = _field(data, "max_tokens", int)
-    if fields["max_tokens"] is not None and fields["max_tokens"] < 1:
-        raise ApiError(400, "max_tokens must be at least 1", "max_tokens")
+    fields["stream"] = bool(_field(data, "stream", bool))
+    fields["logprobs"] = _logprobs(kind, data, fields["stream"])
+    fields["echo"] = bool(_field(data, "echo", bool))
+    least = 0 if fields["echo"] else 1
+    if fields["max_tokens"] is not None and fields["max_tokens"] < least:
+        raise ApiError(400, f"max_tokens must be at least {least}", "max_tokens")
     temperature = _number(data, "temperature", 0.0, 2.0)
     top_p = _number(data, "top_p", 0.0, 1.0)
     if top_p is not None and top_p == 0:
@@ -145,10 +153,28 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
     if fields["seed"] is not None and not -(2**63) <= fields["seed"] < 2**63:
         raise ApiError(400, "seed must be a 64-bit integer", "seed")
     fields["stop"] = _stop(data.get("stop"))
-    fields["stream"] = bool(_field(data, "stream", bool))
     options = _field(data, "stream_options", dict) or {}
     fields["include_usage"] = options.get("include_usage") is True
     return CompletionRequest(**fields)
+
+
+def _logprobs(kind: str, data: dict[str, Any], stream: bool) -> int | None:
+    """How many likeliest tokens per place the request asks for (None: no log probabilities):
+    completions say it in `logprobs`, chat in `top_logprobs` once `logprobs` is true."""
+    if kind == "chat":
+        asked, name = _field(data, "logprobs", bool), "top_logprobs"
+        top: int | None = _field(data, name, int)
+        if top is not None and not asked:
+            raise ApiError(400, "top_logprobs needs logprobs: true", name)
+        top = (top or 0) if asked else None
+    else:
+        name = "logprobs"
+        top = _field(data, name, int)
+    if top is not None and not 0 <= top <= MAX_LOGPROBS[kind]:
+        raise ApiError(400, f"{name} must be within 0..{MAX_LOGPROBS[kind]}", name)
+    if top is not None and stream:
+        raise ApiError(400, "log probabilities come with whole answers here, not streamed", name)
+    return top
 
 
 def _field(data: dict[str, Any], name: str, kind: type) -> Any:

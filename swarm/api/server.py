@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import trio
@@ -35,8 +35,10 @@ from routing.errors import RoutingError
 from routing.path_selection import NoRoomError
 
 from ..errors import SwarmError
+from ..generation import TokenLogprob, token_logprobs
 from ..http_server import HttpConfig, HttpServer, Request, Response, Write
 from .completion_text import CompletionText
+from .logprobs import chat_logprobs, completion_logprobs, scored_tokens
 from .requests import ApiError, CompletionRequest, read_request
 from .session_pool import IdleSession, SessionPool
 
@@ -158,7 +160,9 @@ class ApiServer:
                 "model_not_found",
             )
         default = COMPLETION_DEFAULT_TOKENS if request.kind == "completion" else None
-        max_tokens = request.max_tokens or default or self.config.max_tokens
+        max_tokens = request.max_tokens
+        if max_tokens is None:
+            max_tokens = default or self.config.max_tokens
         if max_tokens > self.config.max_tokens:
             raise ApiError(400, f"max_tokens may be at most {self.config.max_tokens}", "max_tokens")
         input_ids = self._input_ids(request)
@@ -170,8 +174,9 @@ class ApiServer:
                 "max_tokens",
                 "context_length_exceeded",
             )
+        echo = self._echo_text(request, input_ids)
         answer = _Answer(
-            request, self.config.model_id, int(input_ids.shape[1]), max_tokens, self.eos
+            request, self.config.model_id, int(input_ids.shape[1]), max_tokens, self.eos, echo
         )
         text = CompletionText(self.tokenizer, request.stop)
         options = request.generate_options(max_tokens)
@@ -183,13 +188,57 @@ class ApiServer:
             text.add(token)
             return not text.stopped
 
+        records: list[TokenLogprob] = []
+        prompt_records: list[TokenLogprob] = []
         try:
-            await self._generate(input_ids, options, collect)
+            if max_tokens:
+                await self._generate(input_ids, options, collect, records)
+            if request.echo and request.logprobs is not None:
+                prompt_records = await self._prompt_logprobs(input_ids, request.logprobs)
         except (RoutingError, SwarmError) as error:
             logger.warning("a %s failed: %s", request.kind, error)
             raise _generation_error(error) from None
         answer.log(text)
-        return _json(200, answer.whole(text))
+        logprobs = self._logprobs(request, input_ids, prompt_records, text, records)
+        return _json(200, answer.whole(text, logprobs))
+
+    def _echo_text(self, request: CompletionRequest, input_ids: torch.Tensor) -> str:
+        """The prompt as the text of an answer that echoes it ("" if it does not)."""
+        if not request.echo:
+            return ""
+        if isinstance(request.prompt, str):
+            return request.prompt
+        return str(self.tokenizer.decode(input_ids[0], skip_special_tokens=True))
+
+    async def _prompt_logprobs(self, input_ids: torch.Tensor, top: int) -> list[TokenLogprob]:
+        """The log probability of each prompt token after the first, from one forward."""
+
+        def score() -> list[TokenLogprob]:
+            logits = cast(torch.Tensor, self.model(input_ids).logits)[0, :-1]
+            return token_logprobs(logits, input_ids[0, 1:].tolist(), top)
+
+        async with self._generations:
+            return await trio.to_thread.run_sync(score)
+
+    def _logprobs(
+        self,
+        request: CompletionRequest,
+        input_ids: torch.Tensor,
+        prompt_records: list[TokenLogprob],
+        text: CompletionText,
+        records: list[TokenLogprob],
+    ) -> dict[str, Any] | None:
+        """The answer's log probabilities as its kind shapes them, if it asked for them."""
+        if request.logprobs is None:
+            return None
+        scored = []
+        if request.echo:
+            scored = scored_tokens(self.tokenizer, input_ids[0].tolist(), [None, *prompt_records])
+        length = len(text.text) if text.stopped else math.inf
+        generated = records[: len(text.tokens)]  # a token after a stop sequence is not text
+        scored += scored_tokens(self.tokenizer, text.tokens, generated, length)
+        shape = chat_logprobs if request.kind == "chat" else completion_logprobs
+        return shape(self.tokenizer, scored)
 
     def _input_ids(self, request: CompletionRequest) -> torch.Tensor:
         if isinstance(request.prompt, tuple):  # token ids
@@ -220,7 +269,7 @@ class ApiServer:
         write: Write,
     ) -> None:
         """Server-sent events: the pieces of text as they come, the end, `[DONE]`."""
-        await write(_event(answer.chunk("", first=True)))
+        await write(_event(answer.chunk(answer.echo, first=True)))
 
         async def send(token: int) -> bool:
             if piece := text.add(token):
@@ -228,7 +277,8 @@ class ApiServer:
             return not text.stopped
 
         try:
-            await self._generate(input_ids, options, send)
+            if answer.max_tokens:
+                await self._generate(input_ids, options, send)
         except (RoutingError, SwarmError) as error:  # the status is sent: say it in the stream
             logger.warning("a streamed %s failed: %s", answer.request.kind, error)
             await write(_event(_generation_error(error).to_json()))
@@ -246,17 +296,18 @@ class ApiServer:
         input_ids: torch.Tensor,
         options: dict[str, Any],
         consume: Callable[[int], Awaitable[bool]],
+        records: list[TokenLogprob] | None = None,
     ) -> None:
         """Generate in a worker thread; `consume` each token in this loop as it comes, until it
         says it wants no more. Then, or when it fails or this is cancelled, no one receives
         any more: the thread stops at its next token and closes its session before this
-        returns."""
+        returns. `records`: where the tokens' log probabilities go, if `options` ask."""
         send, receive = trio.open_memory_channel[int](math.inf)
         needed = int(input_ids.shape[1]) + int(options["max_new_tokens"])
         idle = self.sessions.take(input_ids[0].tolist(), needed)
         whole: list[tuple[InferenceSession, list[int]]] = []  # the session, if its answer
         # ended whole, and all it holds
-        work = partial(self._work, input_ids, options, send, idle, whole)
+        work = partial(self._work, input_ids, options, send, idle, whole, records)
         try:
             async with self._generations, trio.open_nursery() as nursery:
                 nursery.start_soon(trio.to_thread.run_sync, work)
@@ -279,6 +330,7 @@ class ApiServer:
         send: trio.MemorySendChannel[int],
         idle: IdleSession | None,
         whole: list[tuple[InferenceSession, list[int]]],
+        records: list[TokenLogprob] | None,
     ) -> None:
         """In a worker thread: generate in the waiting session (sending what follows its
         tokens) or a new one, handing the tokens to the loop; the session goes to `whole`
@@ -292,6 +344,8 @@ class ApiServer:
                 with closing(session.stream(input_ids, tokenizer=self.tokenizer, **options)) as s:
                     for token in s:
                         trio.from_thread.run_sync(send.send_nowait, token)
+                if records is not None:
+                    records.extend(session.logprobs)
                 history = session.input_ids
                 whole.append((session, [] if history is None else history[0].tolist()))
             except trio.BrokenResourceError:
@@ -331,6 +385,7 @@ class _Answer:
     prompt_tokens: int
     max_tokens: int
     eos: frozenset[int]
+    echo: str = ""  # the prompt, before the text (completions with `echo`)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -344,7 +399,7 @@ class _Answer:
     def reason(self, text: CompletionText) -> str:
         """`length` if the tokens ran out before EOS or a stop sequence, else `stop`."""
         full = len(text.tokens) >= self.max_tokens
-        ended = text.stopped or text.tokens[-1] in self.eos
+        ended = text.stopped or (bool(text.tokens) and text.tokens[-1] in self.eos)
         return "length" if full and not ended else "stop"
 
     def log(self, text: CompletionText) -> None:
@@ -358,12 +413,16 @@ class _Answer:
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
 
-    def whole(self, text: CompletionText) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": self.reason(text)}
+    def whole(self, text: CompletionText, logprobs: dict[str, Any] | None) -> dict[str, Any]:
+        choice: dict[str, Any] = {
+            "index": 0,
+            "logprobs": logprobs,
+            "finish_reason": self.reason(text),
+        }
         if self.request.kind == "chat":
             choice["message"] = {"role": "assistant", "content": text.text}
         else:
-            choice["text"] = text.text
+            choice["text"] = self.echo + text.text
         return {**self._head(), "choices": [choice], "usage": self.usage(len(text.tokens))}
 
     def chunk(self, piece: str, *, first: bool = False, reason: str | None = None) -> Any:

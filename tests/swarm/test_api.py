@@ -22,12 +22,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from peer.backend import BackendConfig
 from swarm import DistributedModelForCausalLM
 from swarm.api.completion_text import CompletionText
+from swarm.api.logprobs import scored_tokens
 from swarm.api.requests import ApiError, read_request
 from swarm.api.server import ApiConfig, ApiServer
 from swarm.api.session_pool import SessionPool
 from swarm.cli import build_parser
 from swarm.commands.api import api_key
 from swarm.errors import SwarmError
+from swarm.generation import TokenLogprob
 from swarm.processes import SwarmProcess
 from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import write_tiny_model
@@ -137,7 +139,7 @@ async def test_a_streamed_completion_adds_up_to_the_same_text(tiny: Path, swarm:
     expected = local(tiny, prompt_ids(tiny), max_new_tokens=12, do_sample=False)
     async with api(tiny, swarm[1]) as client:
 
-        def stream() -> list[Any]:
+        def stream(echo: bool = False) -> list[Any]:
             return list(
                 client.completions.create(
                     model=MODEL,
@@ -146,12 +148,15 @@ async def test_a_streamed_completion_adds_up_to_the_same_text(tiny: Path, swarm:
                     temperature=0,
                     stream=True,
                     stream_options={"include_usage": True},
+                    echo=echo,
                 )
             )
 
         chunks = await trio.to_thread.run_sync(stream)
+        echoed = await trio.to_thread.run_sync(stream, True)
     pieces = [chunk.choices[0].text for chunk in chunks if chunk.choices]
     assert "".join(pieces) == expected and len([p for p in pieces if p]) > 1
+    assert "".join(c.choices[0].text for c in echoed if c.choices) == PROMPT + expected
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
 
@@ -251,6 +256,65 @@ async def test_with_a_key_only_requests_that_carry_it_are_served(tiny: Path, swa
         with pytest.raises(openai.AuthenticationError):
             await call(wrong.models.list)
         assert [m.id for m in (await call(client.models.list)).data] == [MODEL]
+
+
+def local_logprobs(tiny: Path, tokens: list[int]) -> torch.Tensor:
+    """transformers' log probability of each token after the first, given those before."""
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    with torch.no_grad():
+        logits = model(torch.tensor([tokens])).logits[0, :-1]
+    return torch.log_softmax(logits.float(), dim=-1)[torch.arange(len(tokens) - 1), tokens[1:]]
+
+
+def greedy_tokens(tiny: Path, prompt: list[int], count: int) -> list[int]:
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    ids = torch.tensor([prompt])
+    output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=count,
+                            do_sample=False)  # fmt: skip
+    return list(output[0, len(prompt) :].tolist())
+
+
+async def test_completion_logprobs_are_the_models_own(tiny: Path, swarm: Any) -> None:
+    """Greedy tokens with their log probabilities and the 2 likeliest at each place (the
+    first is the token chosen); with `echo`, the prompt's too, the first token's none."""
+    prompt = prompt_ids(tiny)[0].tolist()
+    new = greedy_tokens(tiny, prompt, 6)
+    async with api(tiny, swarm[1]) as client:
+        options = {"model": MODEL, "prompt": prompt, "temperature": 0, "logprobs": 2}
+        answer = await call(client.completions.create, max_tokens=6, **options)
+        scored = await call(client.completions.create, max_tokens=0, echo=True, **options)
+    logprobs = answer.choices[0].logprobs
+    assert logprobs is not None and "".join(logprobs.tokens) == answer.choices[0].text
+    expected = local_logprobs(tiny, prompt + new)[len(prompt) - 1 :]
+    torch.testing.assert_close(torch.tensor(logprobs.token_logprobs), expected, atol=1e-4, rtol=0)
+    assert all(len(top) == 2 for top in logprobs.top_logprobs)
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    best = [max(top, key=top.get) for top in logprobs.top_logprobs]
+    assert best == [tokenizer.decode([token]) for token in new]  # greedy: the likeliest
+    assert logprobs.text_offset == [len("".join(logprobs.tokens[:i])) for i in range(len(new))]
+    echoed = scored.choices[0].logprobs
+    assert scored.choices[0].text == tokenizer.decode(prompt, skip_special_tokens=True)
+    assert echoed is not None and echoed.token_logprobs[0] is None
+    assert scored.usage is not None and scored.usage.completion_tokens == 0
+    torch.testing.assert_close(
+        torch.tensor(echoed.token_logprobs[1:]), local_logprobs(tiny, prompt), atol=1e-4, rtol=0
+    )
+
+
+async def test_chat_logprobs_follow_the_answer(tiny: Path, swarm: Any) -> None:
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = chat_ids(tiny, messages)[0].tolist()
+    new = greedy_tokens(tiny, prompt, 6)
+    async with api(tiny, swarm[1]) as client:
+        answer = await call(client.chat.completions.create, model=MODEL, messages=messages,
+                            max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)  # fmt: skip
+    content = answer.choices[0].logprobs.content
+    assert "".join(entry.token for entry in content) == answer.choices[0].message.content
+    assert all(bytes(entry.bytes) == entry.token.encode() for entry in content)
+    assert all(len(entry.top_logprobs) == 3 for entry in content)
+    expected = local_logprobs(tiny, prompt + new)[len(prompt) - 1 :]
+    got = torch.tensor([entry.logprob for entry in content])
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
 async def test_a_client_gone_mid_stream_frees_its_sessions(tiny: Path, swarm: Any) -> None:
@@ -378,6 +442,21 @@ def test_the_text_holds_back_what_may_start_a_stop_sequence(tiny: Path) -> None:
     assert "".join(pieces) == "The capital of France is Paris."
 
 
+def test_the_tokens_texts_add_up_to_the_text(tiny: Path) -> None:
+    """Characters split over several tokens show whole in the token that completes them; a
+    stop sequence's cut leaves out the tokens after it; special tokens have no entry."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    text = "Café ☕ naïve 日本語, then   spaces."
+    tokens = [*tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    records = [TokenLogprob(token, -1.0) for token in tokens]
+    scored = scored_tokens(tokenizer, tokens, records)
+    assert "".join(token.text for token in scored) == text
+    assert len(scored) == len(tokens) - 1 and any(token.text == "" for token in scored)
+    cut = scored_tokens(tokenizer, tokens, records, length=len("Café ☕"))
+    assert "".join(token.text for token in cut).startswith("Café ☕")
+    assert len("".join(token.text for token in cut[:-1])) < len("Café ☕")
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -389,9 +468,12 @@ def test_the_text_holds_back_what_may_start_a_stop_sequence(tiny: Path) -> None:
         ({"model": "m", "prompt": "x", "temperature": 3}, "temperature must be within"),
         ({"model": "m", "prompt": "x", "top_p": 0}, "top_p must be above 0"),
         ({"model": "m", "prompt": "x", "max_tokens": 0}, "max_tokens must be at least 1"),
+        ({"model": "m", "prompt": "x", "echo": True, "max_tokens": -1}, "at least 0"),
         ({"model": "m", "prompt": "x", "max_tokens": True}, "max_tokens must be int"),
         ({"model": "m", "prompt": "x", "stop": ["a"] * 5}, "stop must be"),
-        ({"model": "m", "prompt": "x", "logprobs": 2}, "logprobs=2 is not supported"),
+        ({"model": "m", "prompt": "x", "logprobs": 6}, "logprobs must be within 0..5"),
+        ({"model": "m", "prompt": "x", "logprobs": 1, "stream": True}, "not streamed"),
+        ({"model": "m", "prompt": "x", "top_logprobs": 1}, "unrecognized request argument"),
         ({"model": "m", "prompt": "x", "presence_penalty": 0.5}, "presence_penalty"),
         ({"model": "m", "messages": []}, "unrecognized request argument: messages"),
     ],
@@ -414,6 +496,15 @@ def test_what_a_chat_request_may_not_say(messages: Any, message: str) -> None:
     body = {"model": "m", "messages": messages}
     with pytest.raises(ApiError, match=message):
         read_request("chat", json.dumps(body).encode())
+    chat = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    for extra, refusal in [
+        ({"top_logprobs": 2}, "top_logprobs needs logprobs: true"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs must be within 0..20"),
+        ({"logprobs": 1}, "logprobs must be bool"),
+        ({"echo": True}, "unrecognized request argument: echo"),
+    ]:
+        with pytest.raises(ApiError, match=refusal):
+            read_request("chat", json.dumps(chat | extra).encode())
     parts = {"model": "m", "messages": [{"role": "user", "content": [{"type": "text",
              "text": "a"}, {"type": "text", "text": "b"}]}]}  # fmt: skip
     assert read_request("chat", json.dumps(parts).encode()).messages[0].content == "ab"

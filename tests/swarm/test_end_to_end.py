@@ -184,15 +184,17 @@ async def test_openais_client_chats_with_the_default_model(
     smollm2: Path, smollm2_swarm: tuple[ThreadSwarm, DistributedModelForCausalLM]
 ) -> None:
     """`swarm api` on SmolLM2 through 2 peers: the answers transformers' greedy `generate()`
-    gives on the chat template, whole and streamed; the second turn goes on in the session
-    of the first (SmolLM2's answers render back to the tokens it generated)."""
+    gives on the chat template, whole (with log probabilities) and streamed; the second turn
+    goes on in the session of the first (SmolLM2's answers render back to the tokens it
+    generated)."""
     swarm, model = smollm2_swarm
     turns = [QUESTION, "And of Italy?"]
     expected = _local_chat(smollm2, turns, new_tokens=16)
     options = {"model": "smol", "max_tokens": 16, "temperature": 0}
     first = [{"role": "user", "content": QUESTION}]
     async with api(smollm2, model, "smol") as client:
-        whole = await call(client.chat.completions.create, messages=first, **options)
+        whole = await call(client.chat.completions.create, messages=first, **options,
+                           logprobs=True, top_logprobs=2)  # fmt: skip
         chunks = await trio.to_thread.run_sync(
             lambda: list(client.chat.completions.create(messages=first, **options, stream=True))
         )
@@ -202,6 +204,9 @@ async def test_openais_client_chats_with_the_default_model(
         again = await call(client.chat.completions.create, messages=second, **options)
         sessions = await trio.to_thread.run_sync(lambda: [swarm.sessions(p) for p in swarm.peers])
     assert answer == expected[0] and "Paris" in answer
+    content = whole.choices[0].logprobs.content  # greedy: each token the likeliest there
+    assert "".join(entry.token for entry in content) == answer
+    assert all(entry.top_logprobs[0].token == entry.token for entry in content)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected[0]
     assert again.choices[0].message.content == expected[1] and "Rome" in expected[1]
     assert sessions == [2, 2]  # the first request's session went on; the streamed one waits

@@ -274,6 +274,30 @@ def test_seeded_sampling_equals_local_generate(checkpoints: dict[str, Path]) -> 
     assert output[0, PROMPT.shape[1] :].tolist() == expected
 
 
+def test_a_session_records_the_models_own_log_probabilities(checkpoints: dict[str, Path]) -> None:
+    """Sampled at a low temperature, each token's log probability is still the model's own
+    (transformers' logits over the whole sequence), with the 3 likeliest tokens there."""
+    checkpoint = checkpoints["llama"]
+    options = {"do_sample": True, "temperature": 0.3, "seed": 5}
+    with (
+        _swarm_and_model(checkpoint, CHAINS[2]) as (_, model),
+        model.inference_session(max_length=64) as session,
+    ):
+        tokens = list(session.stream(PROMPT, max_new_tokens=8, logprobs=3, **options))
+        records = session.logprobs
+        session.generate(torch.tensor([[50]]), max_new_tokens=2)
+        assert session.logprobs == []  # that turn did not ask
+    local = AutoModelForCausalLM.from_pretrained(checkpoint)
+    with torch.no_grad():
+        logits = local(torch.cat([PROMPT, torch.tensor([tokens])], dim=1)).logits[0]
+    expected = torch.log_softmax(logits[PROMPT.shape[1] - 1 : -1], dim=-1)
+    assert [record.token for record in records] == tokens
+    chosen = torch.tensor([record.logprob for record in records])
+    torch.testing.assert_close(chosen, expected[torch.arange(8), tokens], atol=1e-4, rtol=0)
+    top = expected.topk(3, dim=-1)
+    assert [[token for token, _ in record.top] for record in records] == top.indices.tolist()
+
+
 @pytest.mark.parametrize(
     ("options", "without"),
     [

@@ -68,10 +68,20 @@ def test_the_tokens_are_the_models_greedy_ones(
         model.inference_session(max_length=64) as session,
     ):
         output = session.generate(
-            PROMPT, max_new_tokens=NEW_TOKENS, assistant_model=draft, num_assistant_tokens=4
-        )
+            PROMPT, max_new_tokens=NEW_TOKENS, assistant_model=draft, num_assistant_tokens=4,
+            logprobs=1,
+        )  # fmt: skip
         steps = len(session.timings[0][1])
+        records = session.logprobs
     assert output[0, PROMPT.shape[1] :].tolist() == expected
+    with torch.no_grad():  # each token's log probability is the model's, drafted or not
+        logits = AutoModelForCausalLM.from_pretrained(models["target"])(output).logits[0]
+    logprobs = torch.log_softmax(logits[PROMPT.shape[1] - 1 : -1], dim=-1)
+    chosen = logprobs[torch.arange(NEW_TOKENS), expected]
+    torch.testing.assert_close(
+        torch.tensor([r.logprob for r in records]), chosen, atol=1e-4, rtol=0
+    )
+    assert [r.top[0][0] for r in records] == expected
     if assistant == "target":  # every draft taken: 5 tokens a trip
         assert steps == math.ceil(NEW_TOKENS / 5)
     else:
