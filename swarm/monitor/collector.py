@@ -1,14 +1,15 @@
-"""The monitor's trio side: read the DHT like a client, ping the peers, keep the latest picture.
+"""The monitor's trio side: read the DHT like a client, probe the peers, keep the latest picture.
 
 Every `interval` seconds (half the page's refresh period), one round: read `MODELS_KEY`, then
 the block keys of every model concurrently (a nursery, at most `max_concurrent_gets` lookups
 in flight, each bounded by `get_timeout`), and publish a snapshot at once with the RTTs known
-so far, so a peer that announced `offline` leaves the page on the next refresh. Then ping
-every listed peer concurrently (`ping_timeout` each) and publish the snapshot again with the
-fresh RTTs. A failed read leaves that key empty for the round; it never stops the collector.
+so far, so a peer that announced `offline` leaves the page on the next refresh. Then probe
+every listed peer concurrently (`ping_timeout` each): its RTT, and its load now (sessions,
+cache left) if it says, and publish the snapshot again with them. A failed read leaves that
+key empty for the round; it never stops the collector.
 
-The DHT and the pinger are small protocols, so tests drive the collector with fakes and
-trio's MockClock (the RPC pinger is in `service.py`).
+The DHT and the prober are small protocols, so tests drive the collector with fakes and
+trio's MockClock (the RPC prober is in `service.py`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from routing.errors import AddressError, RoutingError
 from routing.records import DHTValue
 from security import PeerId, SecurityError
 
-from .snapshot import MAX_MODELS, Observations, SwarmSnapshot, build_snapshot, select_models
+from .snapshot import (
+    MAX_MODELS,
+    Observations,
+    PeerLoad,
+    SwarmSnapshot,
+    build_snapshot,
+    select_models,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +44,17 @@ class DHTReader(Protocol):
     async def get(self, key: str) -> Mapping[PeerId, DHTValue]: ...
 
 
-class Pinger(Protocol):
-    async def __call__(self, address: PeerAddress) -> float | None:
-        """Round-trip time in seconds, or None if the peer did not answer."""
+@dataclass(frozen=True)
+class Probe:
+    """A peer's answer to a probe: the round trip in seconds, and its load if it said."""
+
+    rtt: float
+    load: PeerLoad | None = None
+
+
+class Prober(Protocol):
+    async def __call__(self, address: PeerAddress) -> Probe | None:
+        """What the peer answered, or None if it did not answer."""
         ...
 
 
@@ -65,19 +81,20 @@ class Collector:
     def __init__(
         self,
         dht: DHTReader,
-        ping: Pinger,
+        probe: Prober,
         config: CollectorConfig | None = None,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.dht = dht
-        self.ping = ping
+        self.probe = probe
         self.config = config or CollectorConfig()
         self._clock = clock
         self._snapshot: SwarmSnapshot | None = None
         self._rtts: dict[PeerId, float | None] = {}
         self._last_seen: dict[PeerId, float] = {}
         self._missed: dict[PeerId, int] = {}
+        self._loads: dict[PeerId, PeerLoad] = {}
         self._limiter = trio.CapacityLimiter(self.config.max_concurrent_gets)
         self.rounds = 0  # completed rounds, for tests and logs
 
@@ -99,7 +116,7 @@ class Collector:
     async def collect_once(self) -> SwarmSnapshot:
         observations = await self._read()
         self._snapshot = build_snapshot(self._with_measurements(observations))
-        await self._ping_all(self._snapshot.peer_addresses())
+        await self._probe_all(self._snapshot.peer_addresses())
         self._snapshot = build_snapshot(self._with_measurements(observations))
         self.rounds += 1
         return self._snapshot
@@ -110,6 +127,7 @@ class Collector:
             rtts=dict(self._rtts),
             last_seen=dict(self._last_seen),
             missed=dict(self._missed),
+            loads=dict(self._loads),
         )
 
     async def _read(self) -> Observations:
@@ -140,26 +158,29 @@ class Collector:
         logger.info("reading %r from the DHT timed out", key)
         return {}
 
-    async def _ping_all(self, addresses: Mapping[PeerId, str]) -> None:
-        for measured in (self._rtts, self._last_seen, self._missed):
+    async def _probe_all(self, addresses: Mapping[PeerId, str]) -> None:
+        for measured in (self._rtts, self._last_seen, self._missed, self._loads):
             for gone in set(measured) - set(addresses):
                 del measured[gone]
 
-        async def ping_one(peer_id: PeerId, text: str) -> None:
+        async def probe_one(peer_id: PeerId, text: str) -> None:
             try:
                 address = PeerAddress.parse(text)
             except AddressError:
                 return  # the snapshot only lists parsed addresses; defensive all the same
-            rtt = None
+            probe = None
             with trio.move_on_after(self.config.ping_timeout):
-                rtt = await self.ping(address)
-            self._rtts[peer_id] = rtt
-            if rtt is None:
+                probe = await self.probe(address)
+            self._rtts[peer_id] = None if probe is None else probe.rtt
+            self._loads.pop(peer_id, None)
+            if probe is None:
                 self._missed[peer_id] = self._missed.get(peer_id, 0) + 1
-            else:
-                self._last_seen[peer_id] = self._clock()
-                self._missed[peer_id] = 0
+                return
+            self._last_seen[peer_id] = self._clock()
+            self._missed[peer_id] = 0
+            if probe.load is not None:
+                self._loads[peer_id] = probe.load
 
         async with trio.open_nursery() as nursery:
             for peer_id, text in addresses.items():
-                nursery.start_soon(ping_one, peer_id, text)
+                nursery.start_soon(probe_one, peer_id, text)

@@ -13,15 +13,18 @@ from functools import partial
 import trio
 
 from routing.address import PeerAddress
+from routing.announcement import PeerAnnouncement
 from routing.dht import DHTConfig, DHTNode
-from routing.errors import RoutingError
-from routing.rpc import RPCHost
+from routing.errors import ProtocolError, RemoteError, RoutingError
+from routing.rpc import Packet, RPCHost
+from routing.span_protocol import INFO
 from routing.transport import Transport
 from security import Identity, SecurityError
 
 from ..http_server import HttpConfig, HttpServer
-from .collector import Collector, CollectorConfig
+from .collector import Collector, CollectorConfig, Probe
 from .http import load_page, monitor_handler
+from .snapshot import PeerLoad
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ async def serve_monitor(
         await nursery.start(rpc.run_outbound)  # client-mode DHT and pings only dial out
         await nursery.start(partial(dht.run, initial_peers=initial_peers))
         collector = Collector(
-            dht, RPCPinger(rpc, timeout=collector_config.ping_timeout), collector_config
+            dht, RPCProber(rpc, timeout=collector_config.ping_timeout), collector_config
         )
         await nursery.start(collector.run)
         server = HttpServer(monitor_handler(collector.latest, page), http_config, "monitor")
@@ -55,19 +58,32 @@ async def serve_monitor(
         task_status.started(page_url(bound_host, bound_port))
 
 
-class RPCPinger:
-    """The RTT of the RPC host's built-in "ping" to a peer; None if it did not answer."""
+class RPCProber:
+    """Asks a peer for its announcement now (`span.info`): the round trip, and the load it
+    gives; a peer that answers with an error (no span server) gives the round trip alone.
+    None if it did not answer."""
 
     def __init__(self, rpc: RPCHost, timeout: float) -> None:
         self.rpc = rpc
         self.timeout = timeout
 
-    async def __call__(self, address: PeerAddress) -> float | None:
+    async def __call__(self, address: PeerAddress) -> Probe | None:
+        began = trio.current_time()
         try:
-            return await self.rpc.ping(address, timeout=self.timeout)
+            reply = await self.rpc.call(address, INFO, Packet({}), timeout=self.timeout)
+        except RemoteError:
+            return Probe(trio.current_time() - began)
         except (RoutingError, SecurityError) as error:
-            logger.debug("ping %s failed: %s", address.peer_id.short(), error)
+            logger.debug("probing %s failed: %s", address.peer_id.short(), error)
             return None
+        rtt = trio.current_time() - began
+        try:
+            fresh = PeerAnnouncement.from_fields(reply.header)
+        except ProtocolError:
+            return Probe(rtt)
+        if fresh.address.peer_id != address.peer_id:  # it speaks for itself only
+            return Probe(rtt)
+        return Probe(rtt, PeerLoad(fresh.sessions, fresh.cache_tokens_left))
 
 
 def page_url(host: str, port: int) -> str:

@@ -4,7 +4,8 @@ Input (`Observations`) is what a client reads from the DHT, still as signed-and-
 *undecoded* values, so that every judgement about remote data is made here, where it is
 tested: the `ModelEntry` values under `MODELS_KEY`, and per model and block the
 `PeerAnnouncement` values under `block_key(model, block)`, plus what the monitor measured
-itself (ping RTTs, when each peer last answered) and the wall-clock time.
+itself (RTTs, when each peer last answered, the load each one reported when probed) and the
+wall-clock time.
 
 Rules:
 - A model's length is the `num_blocks` most of its live entries agree on (ties: the larger),
@@ -18,6 +19,8 @@ Rules:
 - A peer that missed `UNREACHABLE_AFTER` pings of the monitor in a row is shown as
   `unreachable` whatever it announced, and covers nothing: a killed peer leaves the
   coverage within a few refreshes instead of when its records expire.
+- A peer's sessions and cache tokens left are what it answered the monitor's last probe
+  (its record may be a minute old); its record's, if it did not say.
 - Only `online` peers cover blocks; `joining` peers are listed and counted apart. A full
   chain exists when every block has an online peer (spans are contiguous and a peer can
   serve any sub-range of its span, so covering every block is enough to chain them).
@@ -44,6 +47,14 @@ UNREACHABLE = "unreachable"
 
 
 @dataclass(frozen=True)
+class PeerLoad:
+    """What a peer said of its load when the monitor probed it."""
+
+    sessions: int
+    cache_tokens_left: int
+
+
+@dataclass(frozen=True)
 class Observations:
     """One round of reading the swarm: raw values per subkey, and our own measurements."""
 
@@ -53,6 +64,7 @@ class Observations:
     rtts: Mapping[PeerId, float | None] = field(default_factory=dict)  # None: no answer
     last_seen: Mapping[PeerId, float] = field(default_factory=dict)  # wall clock of last answer
     missed: Mapping[PeerId, int] = field(default_factory=dict)  # pings unanswered in a row
+    loads: Mapping[PeerId, PeerLoad] = field(default_factory=dict)  # as probed, if they said
     refresh: float = 2.0  # the collector's period, shown on the page
 
 
@@ -243,6 +255,8 @@ def _valid(
 def _row(
     peer_id: PeerId, expiration: float, announcement: PeerAnnouncement, observations: Observations
 ) -> PeerRow:
+    announced = PeerLoad(announcement.sessions, announcement.cache_tokens_left)
+    load = observations.loads.get(peer_id, announced)
     return PeerRow(
         peer_id=peer_id,
         address=str(announcement.address),
@@ -250,8 +264,8 @@ def _row(
         end=announcement.end,
         state=_state(peer_id, announcement, observations),
         throughput=announcement.throughput,
-        cache_tokens_left=announcement.cache_tokens_left,
-        sessions=announcement.sessions,
+        cache_tokens_left=load.cache_tokens_left,
+        sessions=load.sessions,
         version=announcement.version[:MAX_TEXT],
         dtype=announcement.dtype[:MAX_TEXT],
         expiration=expiration,

@@ -1,4 +1,4 @@
-"""The collector against a fake DHT and a fake pinger, on trio's MockClock (autojump)."""
+"""The collector against a fake DHT and a fake prober, on trio's MockClock (autojump)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from routing.announcement import MODELS_KEY, PeerState, block_key
 from routing.errors import PeerUnreachableError
 from routing.records import DHTValue
 from security import Identity, PeerId
-from swarm.monitor.collector import Collector, CollectorConfig
-from swarm.monitor.snapshot import SwarmSnapshot
+from swarm.monitor.collector import Collector, CollectorConfig, Probe
+from swarm.monitor.snapshot import PeerLoad, SwarmSnapshot
 
 from .records import NOW, SwarmRecords, announcement
 
@@ -47,14 +47,15 @@ class FakeDHT:
         return dict(self.records.blocks.get(model, {}).get(int(block), {}))
 
 
-class FakePinger:
+class FakeProber:
     def __init__(self) -> None:
         self.rtts: dict[PeerId, float | None] = {}  # missing: answers in PING
+        self.loads: dict[PeerId, PeerLoad] = {}  # missing: says nothing of its load
         self.pinged: list[PeerAddress] = []
-        self.gate: trio.Event | None = None  # when set: pings wait for it
+        self.gate: trio.Event | None = None  # when set: probes wait for it
         self.called = trio.Event()
 
-    async def __call__(self, address: PeerAddress) -> float | None:
+    async def __call__(self, address: PeerAddress) -> Probe | None:
         self.pinged.append(address)
         self.called.set()
         if self.gate is not None:
@@ -63,7 +64,7 @@ class FakePinger:
         if rtt is None:
             await trio.sleep_forever()  # an unreachable peer: the collector's timeout ends it
         await trio.sleep(PING)
-        return rtt
+        return Probe(rtt, self.loads.get(address.peer_id))
 
 
 def swarm_of_blocks(num_blocks: int) -> tuple[SwarmRecords, list[PeerId]]:
@@ -86,7 +87,7 @@ async def wait_for(collector: Collector, ok: object, within: float) -> SwarmSnap
 
 async def test_a_round_reads_models_then_every_block_concurrently(autojump_clock: object) -> None:
     records, peers = swarm_of_blocks(8)
-    dht, pinger = FakeDHT(records), FakePinger()
+    dht, pinger = FakeDHT(records), FakeProber()
     collector = Collector(dht, pinger, CollectorConfig(), clock=wall)
     started = trio.current_time()
 
@@ -106,7 +107,7 @@ async def test_a_round_reads_models_then_every_block_concurrently(autojump_clock
 async def test_concurrency_is_capped(autojump_clock: object) -> None:
     records, _ = swarm_of_blocks(10)
     collector = Collector(
-        FakeDHT(records), FakePinger(), CollectorConfig(max_concurrent_gets=4), clock=wall
+        FakeDHT(records), FakeProber(), CollectorConfig(max_concurrent_gets=4), clock=wall
     )
     started = trio.current_time()
     await collector.collect_once()
@@ -120,7 +121,7 @@ async def test_a_read_that_hangs_or_fails_leaves_a_gap_not_a_stall(autojump_cloc
     dht.hang.add(block_key("tiny", 1))
     dht.fail.add(block_key("tiny", 2))
     config = CollectorConfig(get_timeout=3.0)
-    collector = Collector(dht, FakePinger(), config, clock=wall)
+    collector = Collector(dht, FakeProber(), config, clock=wall)
     started = trio.current_time()
 
     snapshot = await collector.collect_once()
@@ -134,7 +135,7 @@ async def test_an_unreachable_peer_has_no_rtt_but_keeps_its_last_sighting(
     autojump_clock: object,
 ) -> None:
     records, (first, second) = swarm_of_blocks(2)
-    pinger = FakePinger()
+    pinger = FakeProber()
     config = CollectorConfig(ping_timeout=1.5)
     collector = Collector(FakeDHT(records), pinger, config, clock=wall)
     await collector.collect_once()
@@ -156,7 +157,7 @@ async def test_a_peer_that_misses_two_pings_in_a_row_is_unreachable_until_it_ans
     autojump_clock: object,
 ) -> None:
     records, (first, second) = swarm_of_blocks(2)
-    pinger = FakePinger()
+    pinger = FakeProber()
     collector = Collector(FakeDHT(records), pinger, CollectorConfig(ping_timeout=1.0), clock=wall)
 
     def states(snapshot: SwarmSnapshot) -> tuple[str, str, bool]:
@@ -173,9 +174,28 @@ async def test_a_peer_that_misses_two_pings_in_a_row_is_unreachable_until_it_ans
     assert states(await collector.collect_once()) == ("online", "online", True)
 
 
+async def test_a_peers_load_is_what_it_answered_else_its_records(
+    autojump_clock: object,
+) -> None:
+    """The records say 1 session and 4,096 cache tokens left; the first peer answers 3
+    sessions and 512 tokens, the second says nothing of its load."""
+    records, (first, second) = swarm_of_blocks(2)
+    prober = FakeProber()
+    prober.loads[first] = PeerLoad(sessions=3, cache_tokens_left=512)
+    collector = Collector(FakeDHT(records), prober, CollectorConfig(), clock=wall)
+    view = (await collector.collect_once()).model("tiny")
+    assert view is not None
+    rows = {row.peer_id: (row.sessions, row.cache_tokens_left) for row in view.peers}
+    assert rows == {first: (3, 512), second: (1, 4096)}
+    prober.rtts[first] = None  # silent: back to its record
+    view = (await collector.collect_once()).model("tiny")
+    assert view is not None
+    assert {row.peer_id: row.sessions for row in view.peers} == {first: 1, second: 1}
+
+
 async def test_the_picture_is_published_before_the_pings(autojump_clock: object) -> None:
     records, _ = swarm_of_blocks(2)
-    pinger = FakePinger()
+    pinger = FakeProber()
     collector = Collector(FakeDHT(records), pinger, CollectorConfig(), clock=wall)
     pinger.gate = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -200,7 +220,7 @@ async def test_offline_leaves_within_a_refresh_and_silence_at_expiry(
     records.announce(leaving_record, expiration=NOW + 600)
     silent_expiry = NOW + 20.0
     silent = records.peer("tiny", 2, 4, expiration=silent_expiry)
-    collector = Collector(FakeDHT(records), FakePinger(), config, clock=wall)
+    collector = Collector(FakeDHT(records), FakeProber(), config, clock=wall)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(collector.run)  # started: the first snapshot exists

@@ -13,6 +13,8 @@ import trio
 
 from routing.announcement import PeerAnnouncement, PeerState
 from routing.dht import DHTNode, serve_dht_node
+from routing.rpc import CallContext, Packet
+from routing.span_protocol import INFO
 from routing.transport import TcpTransport
 from security import Identity
 from swarm.monitor.collector import CollectorConfig
@@ -59,6 +61,10 @@ def peers(state: dict[str, Any]) -> list[tuple[int, int]]:
     return [(p["start"], p["end"]) for m in state["models"] for p in m["peers"]]
 
 
+def loads(state: dict[str, Any]) -> list[tuple[int, int]]:
+    return [(p["sessions"], p["cache_tokens_left"]) for m in state["models"] for p in m["peers"]]
+
+
 async def test_the_monitor_follows_a_live_swarm() -> None:
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -76,6 +82,12 @@ async def test_the_monitor_follows_a_live_swarm() -> None:
             records = [online(first, 0, 4), online(second, 4, NUM_BLOCKS)]
             for node, record in zip((first, second), records, strict=True):
                 await publish(node, record, NUM_BLOCKS, ttl=30)
+
+            async def busy(request: Packet, context: CallContext) -> Packet:
+                """The second peer's answer to a probe: 2 sessions now, 36 tokens left."""
+                return Packet(replace(records[1], sessions=2, cache_tokens_left=36).to_fields())
+
+            second.rpc.add_unary(INFO, busy)  # the first serves no span: it answers an error
 
             url = await nursery.start(
                 partial(
@@ -95,6 +107,7 @@ async def test_the_monitor_follows_a_live_swarm() -> None:
             assert model["model"] == MODEL and model["full_chain"] is True
             assert [b["throughput"] for b in model["blocks"]] == [10.0] * 4 + [50.0] * 2
             assert all(p["rtt"] is not None and p["rtt"] > 0 for p in model["peers"])
+            state = await state_when(address, lambda s: loads(s) == [(0, 100), (2, 36)], within=5)
             assert (await get(address, "/")).status == 200
 
             await publish(first, replace(records[0], state=PeerState.OFFLINE), NUM_BLOCKS, 30)
