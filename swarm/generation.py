@@ -306,7 +306,7 @@ async def generate_tokens(
         state.processed = state.input_ids.shape[1]  # in the caches, whatever happens next
         logits = head.logits(hidden[:, -1:, :])[:, -1, :].to(torch.float32)
         scores = processors(cast(torch.LongTensor, state.input_ids), logits)
-        token = _choose(scores, config.do_sample, generator)
+        token = choose_tokens(scores, config.do_sample, generator)
         state.input_ids = torch.cat([state.input_ids, token.view(1, 1)], dim=-1)
         state.new_tokens.append(int(token))
         state.record(logits[0], int(token))
@@ -342,7 +342,7 @@ async def generate_batch(
     for _ in range(config.max_new_tokens):
         logits = (await logits_after(head, pipeline, fresh))[:, -1, :]
         scores = processors(cast(torch.LongTensor, input_ids), logits)
-        tokens = _choose(scores, config.do_sample, generator)
+        tokens = choose_tokens(scores, config.do_sample, generator)
         if len(eos) and pad_token_id is not None:  # without EOS, transformers pads nothing
             tokens = torch.where(unfinished, tokens, pad_token_id)
         fresh = tokens[:, None].to(input_ids.dtype)
@@ -365,7 +365,10 @@ def sampling_generator(config: SamplingConfig, device: torch.device) -> torch.Ge
     return generator
 
 
-def _choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator) -> torch.Tensor:
+def choose_tokens(
+    scores: torch.Tensor, do_sample: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Per row of processed `scores`, the likeliest token, or one drawn as transformers draws."""
     if do_sample:
         probs = torch.nn.functional.softmax(scores, dim=-1)
         return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)

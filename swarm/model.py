@@ -186,7 +186,7 @@ class DistributedModelForCausalLM:
         if options.get("streamer") is not None:
             raise GenerationError("a streamer takes one sequence, not a batch or beams")
         if options.get("assistant_model") is not None:
-            raise GenerationError("an assistant model drafts for one sequence, greedy")
+            raise GenerationError("an assistant model drafts for one sequence, not beams")
         pad_token_id = options.get("pad_token_id")
         if pad_token_id is None:
             pad_token_id = getattr(self.generation_config, "pad_token_id", None)

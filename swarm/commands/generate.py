@@ -4,7 +4,8 @@ Only the continuation goes to stdout, as it streams (the text printed so far is 
 decode of the tokens so far); logs and progress go to stderr. With `--num-beams`, the best
 beam is printed once the search ends (until then no beam is sure to be the one). With
 `--assistant`, a small local model drafts tokens that the swarm checks several at a time
-(`swarm.speculative`): the same greedy text in fewer trips.
+(`swarm.speculative`): the same greedy text, or text drawn as sampling draws it, in fewer
+trips.
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
-"""Speculative decoding through the swarm gives the model's own greedy tokens, in fewer trips.
+"""Speculative decoding through the swarm gives the model's own greedy tokens, in fewer trips,
+and samples as the model alone samples.
 
 An assistant that is the model itself has every draft taken (the fewest trips); one of other
 random weights has nearly every draft rejected, so the peers drop drafts from their caches
 at almost every step. The reference is transformers' greedy `generate()` without any
-assistant."""
+assistant; for sampling, the distribution that speculative sampling must reproduce."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from swarm.generation import GenerationError
-from swarm.speculative import Drafter
+from swarm.speculative import Drafter, keep_or_redraw
 from tests.support.tiny_model import write_tiny_model
 
 from .test_model import CHAINS, PROMPT, _swarm_and_model, generate_while_cutting_a_replica
@@ -155,10 +157,51 @@ def test_a_peer_cut_off_mid_speculation_changes_no_token(
 def test_what_an_assistant_cannot_draft_for_is_a_clear_error(models: dict[str, Path]) -> None:
     draft = AutoModelForCausalLM.from_pretrained(models["other"])
     with _swarm_and_model(models["target"], CHAINS[1]) as (_, model):
-        for options in ({"do_sample": True}, {"num_beams": 2}):
-            with pytest.raises(GenerationError, match="greedy"):
-                model.generate(PROMPT, max_new_tokens=4, assistant_model=draft, **options)
+        with pytest.raises(GenerationError, match="not beams"):
+            model.generate(PROMPT, max_new_tokens=4, assistant_model=draft, num_beams=2)
         with pytest.raises(GenerationError, match="one sequence"):
             model.generate(PROMPT.repeat(2, 1), max_new_tokens=4, assistant_model=draft)
         with pytest.raises(GenerationError, match="num_assistant_tokens"):
             model.generate(PROMPT, max_new_tokens=4, assistant_model=draft, num_assistant_tokens=0)
+
+
+def test_speculative_sampling_draws_from_the_models_distribution() -> None:
+    """Drafts drawn from q, kept or redrawn against p: the tokens taken are distributed as p,
+    though q favours other tokens (40,000 seeded draws, each share within 0.01 of p's)."""
+    p_scores = torch.tensor([2.0, 1.0, 0.5, -1.0, 0.0, 1.5])
+    q = torch.softmax(torch.tensor([0.0, 2.0, 2.0, 1.0, -1.0, 0.0]), dim=-1)
+    generator = torch.Generator().manual_seed(0)
+    draws = 40_000
+    drafts = torch.multinomial(q, draws, replacement=True, generator=generator).tolist()
+    taken = Counter(keep_or_redraw(p_scores, draft, q, generator) for draft in drafts)
+    shares = torch.tensor([taken[token] / draws for token in range(6)])
+    torch.testing.assert_close(shares, torch.softmax(p_scores, dim=-1), atol=0.01, rtol=0)
+    assert Counter(drafts)[1] / draws > 0.3 > float(shares[1])  # q's favourite is not p's
+
+
+def test_sampling_with_drafts_keeps_the_models_choice(models: dict[str, Path]) -> None:
+    """Sampling from the one likeliest token (top_k 1) must give the greedy tokens, whatever
+    the assistant draws: its drafts are checked against the model's distribution."""
+    expected = _local(models["target"], PROMPT)
+    draft = AutoModelForCausalLM.from_pretrained(models["other"])
+    options = {"do_sample": True, "top_k": 1, "seed": 7, "assistant_model": draft}
+    with _swarm_and_model(models["target"], CHAINS[2]) as (_, model):
+        output = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, **options)
+    assert output[0, PROMPT.shape[1] :].tolist() == expected
+
+
+def test_seeded_speculative_sampling_repeats_itself_and_takes_a_twins_drafts(
+    models: dict[str, Path],
+) -> None:
+    """With the model as its own assistant, p equals q: every draft is taken (5 tokens a
+    trip); a seed gives the same tokens again, another seed others."""
+    draft = AutoModelForCausalLM.from_pretrained(models["target"])
+    options = {"do_sample": True, "temperature": 1.5, "top_k": 0, "assistant_model": draft}
+    runs = []
+    with _swarm_and_model(models["target"], CHAINS[2]) as (_, model):
+        for seed in (1, 1, 2):
+            with model.inference_session(max_length=64) as session:
+                output = session.generate(PROMPT, max_new_tokens=NEW_TOKENS, seed=seed, **options)
+                runs.append((output[0, PROMPT.shape[1] :].tolist(), len(session.timings[0][1])))
+    assert runs[0] == runs[1] and runs[0][0] != runs[2][0]
+    assert all(trips == math.ceil(NEW_TOKENS / 5) for _, trips in runs)
