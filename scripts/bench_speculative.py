@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark speculative decoding: greedy milliseconds per token through the swarm, with and
+"""Benchmark speculative decoding: milliseconds per token through the swarm, with and
 without an assistant model drafting on the client.
 
 For SmolLM2-135M-Instruct (by default) in float32, `--tokens` greedy tokens of a chat
@@ -15,9 +15,12 @@ local baseline and to the swarm without an assistant, tokens per trip through th
 and whether the tokens equal the baseline's. With `--delay-ms D`, the peers run in this
 process instead (`tests/support/thread_swarm.py`), each behind a relay that holds every
 chunk of every connection D ms each way, as across a network: the case the method is for.
+With `--temperature T`, every generation samples at that temperature (speculative sampling
+with an assistant; seeded, so "same tokens" is not compared).
 
     .venv/bin/python scripts/bench_speculative.py [--models smollm2 tiny] [--tokens 48]
-        [--hops 2] [--drafts 4] [--draft-blocks 10] [--delay-ms 0] [--json PATH]
+        [--hops 2] [--drafts 4] [--draft-blocks 10] [--delay-ms 0] [--temperature 0]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -69,11 +72,20 @@ def _swarm(checkpoint: Path, spans: list[tuple[int, int]], delay: float) -> Iter
 
 
 def run_model(
-    checkpoint: Path, tokens: int, hops: int, drafts: int, draft_blocks: int, delay: float
+    checkpoint: Path,
+    tokens: int,
+    hops: int,
+    drafts: int,
+    draft_blocks: int,
+    delay: float,
+    temperature: float,
 ) -> dict[str, Any]:
     ids = prompt_ids(AutoTokenizer.from_pretrained(checkpoint), QUESTION, chat=True)
-    options = {"max_new_tokens": tokens, "do_sample": False, "eos_token_id": None}
+    options: dict[str, Any] = {"max_new_tokens": tokens, "do_sample": False, "eos_token_id": None}
+    if temperature:
+        options |= {"do_sample": True, "temperature": temperature, "top_k": 0}
     local = AutoModelForCausalLM.from_pretrained(checkpoint)
+    local.generation_config.eos_token_id = None  # EOS off (None as an argument means default)
     local.generate(ids, attention_mask=torch.ones_like(ids), **options)  # warm-up
     began = time.perf_counter()
     expected = local.generate(ids, attention_mask=torch.ones_like(ids), **options)
@@ -87,9 +99,12 @@ def run_model(
         _swarm(checkpoint, equal_spans(blocks, hops), delay) as bootstrap,
         DistributedModelForCausalLM.from_pretrained(checkpoint, initial_peers=[bootstrap]) as model,
     ):
+        model.generation_config.eos_token_id = None
         model.generate(ids, **options)  # warm-up: connections, peers' first steps
         for name, assistant in assistants.items():
             drafting = {} if assistant is None else {"assistant_model": assistant}
+            if temperature:
+                drafting["seed"] = 0
             with model.inference_session(ids.shape[1] + tokens) as session:
                 began = time.perf_counter()
                 output = session.generate(ids, num_assistant_tokens=drafts, **options, **drafting)
@@ -99,7 +114,7 @@ def run_model(
                 "ms_per_token": 1000 * seconds / tokens,
                 "x_local": 1000 * seconds / tokens / local_ms,
                 "tokens_per_trip": tokens / trips,
-                "same_tokens": bool(torch.equal(output, expected)),
+                "same_tokens": None if temperature else bool(torch.equal(output, expected)),
             }
             entry["x_no_assistant"] = entry["ms_per_token"] / results["none"]["ms_per_token"]
             print(
@@ -120,19 +135,27 @@ def main() -> None:
     parser.add_argument("--drafts", type=int, default=4)
     parser.add_argument("--draft-blocks", type=int, default=10)
     parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    results: dict[str, Any] = {"tokens": args.tokens, "hops": args.hops, "drafts": args.drafts,
-                               "delay_ms": args.delay_ms}  # fmt: skip
-    print(f"greedy generation of {args.tokens} tokens, {args.hops} peers, {args.drafts} drafts "
+    results: dict[str, Any] = {
+        "tokens": args.tokens,
+        "hops": args.hops,
+        "drafts": args.drafts,
+        "delay_ms": args.delay_ms,
+        "temperature": args.temperature,
+    }
+    how = f"sampling at {args.temperature}" if args.temperature else "greedy"
+    print(f"{how} generation of {args.tokens} tokens, {args.hops} peers, {args.drafts} drafts "
           f"a round, threads {torch.get_num_threads()}, loopback, {args.delay_ms} ms one-way "
           "delay on every link")  # fmt: skip
     for name, checkpoint in bench_checkpoints(args.models).items():
         print(name, flush=True)
         results[name] = run_model(
-            checkpoint, args.tokens, args.hops, args.drafts, args.draft_blocks, args.delay_ms / 1000
-        )
+            checkpoint, args.tokens, args.hops, args.drafts, args.draft_blocks,
+            args.delay_ms / 1000, args.temperature,
+        )  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
