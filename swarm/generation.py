@@ -14,12 +14,14 @@ session through a chain of peers, or local layers in tests) and to a `LanguageMo
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, cast
 
 import torch
 from transformers import (
+    LogitsProcessor,
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
     MinPLogitsWarper,
@@ -73,6 +75,8 @@ class SamplingConfig:
     no_repeat_ngram_size: int = 0  # n-grams that may occur once (0: any)
     min_new_tokens: int = 0  # before which EOS cannot come
     min_p: float | None = None  # sampling: tokens under min_p times the likeliest are out
+    presence_penalty: float = 0.0  # OpenAI's: off each generated token's logit, once
+    frequency_penalty: float = 0.0  # OpenAI's: off each generated token's logit, per use
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -93,6 +97,8 @@ class SamplingConfig:
             raise GenerationError("no_repeat_ngram_size and min_new_tokens must be >= 0")
         if self.min_p is not None and not 0 <= self.min_p <= 1:
             raise GenerationError("min_p must be in [0, 1]")
+        if not all(math.isfinite(x) for x in (self.presence_penalty, self.frequency_penalty)):
+            raise GenerationError("presence_penalty and frequency_penalty must be finite")
 
     @classmethod
     def from_generation_config(cls, generation_config: Any, **overrides: Any) -> SamplingConfig:
@@ -238,6 +244,12 @@ def build_logits_processors(
         ignored = torch.tensor(padding) if any(padding) else None
         penalty = RepetitionPenaltyLogitsProcessor(config.repetition_penalty, ignored)
         processors.append(penalty)
+    if config.presence_penalty or config.frequency_penalty:
+        processors.append(
+            PresenceFrequencyPenalty(
+                prompt_length, config.presence_penalty, config.frequency_penalty
+            )
+        )
     if config.no_repeat_ngram_size:
         processors.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
     if config.min_new_tokens and config.eos_token_ids:
@@ -258,6 +270,25 @@ def build_logits_processors(
         if config.min_p is not None:
             processors.append(MinPLogitsWarper(min_p=config.min_p, min_tokens_to_keep=keep))
     return processors
+
+
+class PresenceFrequencyPenalty(LogitsProcessor):
+    """OpenAI's presence and frequency penalties: each token generated so far (after the
+    first `prompt_length` of a row) has `presence` taken off its logit once and `frequency`
+    for each time it came."""
+
+    def __init__(self, prompt_length: int, presence: float, frequency: float) -> None:
+        self.prompt_length = prompt_length
+        self.presence = presence
+        self.frequency = frequency
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_length :]
+        counts = torch.zeros_like(scores).scatter_add_(
+            1, generated, torch.ones_like(generated, dtype=scores.dtype)
+        )
+        penalties = counts * self.frequency + (counts > 0).to(scores.dtype) * self.presence
+        return cast(torch.FloatTensor, scores - penalties)
 
 
 def build_stopping_criteria(config: SamplingConfig, tokenizer: Any) -> StoppingCriteriaList:

@@ -1,12 +1,12 @@
 """The JSON bodies of `/v1/completions` and `/v1/chat/completions`, read and checked.
 
 The fields mean what OpenAI's API says they mean. Those the swarm cannot honour (several
-choices, penalties on presence and frequency, tools...) are accepted only at their neutral
-value, and refused by name otherwise; a field the API does not have is an error too, as
-OpenAI's API answers it. `temperature` 0 is greedy decoding; above 0 the tokens are sampled
-with that temperature and `top_p` (no top-k: OpenAI has none). Log probabilities
-(completions: `logprobs` N, `echo`; chat: `logprobs`, `top_logprobs` N) come with whole
-answers only, not streamed.
+choices, tools...) are accepted only at their neutral value, and refused by name otherwise;
+a field the API does not have is an error too, as OpenAI's API answers it. `temperature` 0
+is greedy decoding; above 0 the tokens are sampled with that temperature and `top_p` (no
+top-k: OpenAI has none). The presence and frequency penalties apply to the tokens generated
+(`swarm.generation.PresenceFrequencyPenalty`). Log probabilities (completions: `logprobs` N,
+`echo`; chat: `logprobs`, `top_logprobs` N) come with whole answers only, not streamed.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ ROLES = ("system", "user", "assistant")
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "n": (None, 1),
     "best_of": (None, 1),
-    "presence_penalty": (None, 0, 0.0),
-    "frequency_penalty": (None, 0, 0.0),
     "logit_bias": (None, {}),
     "suffix": (None, ""),
     "tools": (None, []),
@@ -37,7 +35,8 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls")
 COMMON = ("model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
-          "stream_options", *NEUTRAL, *IGNORED)  # fmt: skip
+          "stream_options", "presence_penalty", "frequency_penalty", *NEUTRAL,
+          *IGNORED)  # fmt: skip
 FIELDS = {
     "completion": (*COMMON, "prompt", "logprobs", "echo"),
     "chat": (*COMMON, "messages", "max_completion_tokens", "logprobs", "top_logprobs"),
@@ -87,6 +86,8 @@ class CompletionRequest:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False  # in a last chunk of the stream
@@ -102,6 +103,8 @@ class CompletionRequest:
             "top_p": self.top_p,
             "repetition_penalty": 1.0,
             "seed": self.seed,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
         }
         if self.temperature > 0:
             options["temperature"] = self.temperature
@@ -147,6 +150,8 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
     top_p = _number(data, "top_p", 0.0, 1.0)
     if top_p is not None and top_p == 0:
         raise ApiError(400, "top_p must be above 0", "top_p")
+    for penalty in ("presence_penalty", "frequency_penalty"):
+        fields[penalty] = _number(data, penalty, -2.0, 2.0) or 0.0
     fields["temperature"] = 1.0 if temperature is None else temperature
     fields["top_p"] = 1.0 if top_p is None else top_p
     fields["seed"] = _field(data, "seed", int)

@@ -258,6 +258,27 @@ async def test_with_a_key_only_requests_that_carry_it_are_served(tiny: Path, swa
         assert [m.id for m in (await call(client.models.list)).data] == [MODEL]
 
 
+async def test_presence_and_frequency_penalties_are_openais(tiny: Path, swarm: Any) -> None:
+    """Greedy tokens with OpenAI's penalties, against a loop of transformers' forwards that
+    takes each penalty off the logits of the tokens generated so far, written here anew."""
+    prompt = prompt_ids(tiny)[0].tolist()
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    expected: list[int] = []
+    with torch.no_grad():
+        for _ in range(8):
+            logits = model(torch.tensor([prompt + expected])).logits[0, -1]
+            for token in set(expected):
+                logits[token] -= 0.8 + 1.5 * expected.count(token)
+            expected.append(int(logits.argmax()))
+    plain = greedy_tokens(tiny, prompt, 8)
+    assert expected != plain  # the penalties change the text
+    async with api(tiny, swarm[1]) as client:
+        answer = await call(client.completions.create, model=MODEL, prompt=prompt, max_tokens=8,
+                            temperature=0, presence_penalty=0.8, frequency_penalty=1.5)  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    assert answer.choices[0].text == tokenizer.decode(expected, skip_special_tokens=True)
+
+
 def local_logprobs(tiny: Path, tokens: list[int]) -> torch.Tensor:
     """transformers' log probability of each token after the first, given those before."""
     model = AutoModelForCausalLM.from_pretrained(tiny)
@@ -474,7 +495,8 @@ def test_the_tokens_texts_add_up_to_the_text(tiny: Path) -> None:
         ({"model": "m", "prompt": "x", "logprobs": 6}, "logprobs must be within 0..5"),
         ({"model": "m", "prompt": "x", "logprobs": 1, "stream": True}, "not streamed"),
         ({"model": "m", "prompt": "x", "top_logprobs": 1}, "unrecognized request argument"),
-        ({"model": "m", "prompt": "x", "presence_penalty": 0.5}, "presence_penalty"),
+        ({"model": "m", "prompt": "x", "presence_penalty": 2.5}, "presence_penalty must be within"),
+        ({"model": "m", "prompt": "x", "best_of": 2}, "best_of=2 is not supported"),
         ({"model": "m", "messages": []}, "unrecognized request argument: messages"),
     ],
 )

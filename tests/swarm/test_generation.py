@@ -16,6 +16,7 @@ from peer.span import cache_keyword
 from swarm.generation import (
     GenerationError,
     GenerationState,
+    PresenceFrequencyPenalty,
     SamplingConfig,
     check_attention_mask,
     generate_tokens,
@@ -133,6 +134,14 @@ async def test_continuation_sends_only_new_tokens(model: Any) -> None:
     assert pipeline.calls[5] == 3
     history = torch.cat([PROMPT, torch.tensor([first]), turn], dim=-1)
     assert second == _reference(model, history, None, max_new_tokens=5, do_sample=False)
+
+
+def test_the_presence_and_frequency_penalties_count_the_generated_tokens_only() -> None:
+    """After a prompt of 3 tokens, 5 came twice and 7 once: 5 loses 0.5 + 2 x 0.25, 7 loses
+    0.5 + 0.25, and the prompt's tokens (1, 2, 3) nothing."""
+    penalty = PresenceFrequencyPenalty(prompt_length=3, presence=0.5, frequency=0.25)
+    scores = penalty(torch.tensor([[1, 2, 3, 5, 7, 5]]), torch.zeros(1, 8))
+    assert scores[0].tolist() == [0, 0, 0, 0, 0, -1.0, 0, -0.75]
 
 
 def test_bad_arguments_are_typed_errors() -> None:
