@@ -9,9 +9,9 @@ blocks `[i, j)` costs one round trip to `p` plus the compute of `j - i` blocks t
 factor grows with the sessions a peer already serves; peers that open no session that long,
 or lack the cache tokens for it, are left out (`NoRoomError` when only room is missing).
 The cheapest chain is a shortest path over the block boundaries 0..N (Dijkstra), which may
-use part of a peer's span. For batch `forward`, where
-throughput matters more than latency, `spread_choice` picks among the replicas of each span
-in proportion to their spare throughput, so concurrent requests spread over the swarm.
+use part of a peer's span. For batch `forward`, where throughput matters more than latency,
+`spread_choice` picks among the replicas of each span in proportion to their spare
+throughput, so concurrent requests spread over the swarm.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ The figures are the model's own distribution, before temperature and `top_p`, as
 of `swarm.generation.TokenLogprob` hold them. Entries follow the text: special tokens (which
 the text skips) have none, and neither do tokens after a stop sequence cut the text. A
 token's text is what it adds to the text, so that the tokens add up to it (a character made
-of several tokens shows whole in the last of them); the likeliest tokens show as each
-decodes alone.
+of several tokens shows whole in the last of them), and `text_offset` counts those texts
+(with `echo`, from the prompt's tokens: the prompt itself for the byte-level tokenizers of
+most models). The likeliest tokens show as each decodes alone.
 """
 
 from __future__ import annotations

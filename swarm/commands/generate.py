@@ -11,7 +11,9 @@ trips.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +22,9 @@ from ..checkpoints import resolve_checkpoint, swarm_name
 from ..generation import prompt_ids
 
 if TYPE_CHECKING:
-    from ..model import DistributedModelForCausalLM
+    from ..model import DistributedModelForCausalLM, InferenceSession
+
+logger = logging.getLogger(__name__)
 
 
 def decode_text(tokenizer: Any, tokens: list[int]) -> str:
@@ -100,8 +104,19 @@ def run(args: argparse.Namespace) -> int:
             stream = session.stream(
                 input_ids, tokenizer=tokenizer, **options, **drafting_options(args)
             )
-            write_stream(tokenizer, stream)
+            began = time.perf_counter()
+            tokens = write_stream(tokenizer, stream)
+            logger.info("%s", summary(session, len(tokens), time.perf_counter() - began))
     return 0
+
+
+def summary(session: InferenceSession, tokens: int, seconds: float) -> str:
+    """One line on a generation: its tokens and time, the chain, the failovers."""
+    hops = ", ".join(f"{hop.peer[:8]} (blocks {hop.start}-{hop.end - 1})" for hop in session.route)
+    failovers = ", ".join(f"{f.peer[:8]} after {f.seconds:.2f} s" for f in session.failovers)
+    return (
+        f"{tokens} new tokens in {seconds:.2f} s through {hops}; failovers: {failovers or 'none'}"
+    )
 
 
 def write_stream(tokenizer: Any, tokens: Iterable[int]) -> list[int]:

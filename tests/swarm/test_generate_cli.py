@@ -5,6 +5,7 @@ the local transformers model's `generate()` (greedy, seeded sampling, the chat t
 from __future__ import annotations
 
 import io
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,7 +95,12 @@ def test_stdout_is_the_continuation_as_it_streams(
     assert status == 0
     assert "".join(stdout.writes) == expected + "\n"
     assert len([w for w in stdout.writes if w]) > 2  # streamed, not printed at the end
-    assert expected not in capsys.readouterr().err  # logs only on stderr
+    err = capsys.readouterr().err
+    assert expected not in err  # logs only on stderr, and a summary at the end:
+    assert re.search(
+        r"\d+ new tokens in [\d.]+ s through \w+ \(blocks 0-1\), \w+ \(blocks 2-3\);", err
+    )
+    assert "failovers: none" in err
 
 
 def test_beam_search_prints_the_best_beam(
