@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     api.add_argument("--idle-seconds", type=float, default=120.0, help="how long each is kept")
     api.add_argument(
+        "--room-wait",
+        type=float,
+        default=60.0,
+        help="seconds a request may wait for the answers in flight to free room on the peers",
+    )
+    api.add_argument(
         "--api-key-file",
         type=Path,
         help="require Authorization: Bearer KEY, KEY read from this file (or $SWARM_API_KEY)",

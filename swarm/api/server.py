@@ -22,8 +22,8 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from contextlib import closing, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, closing, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
@@ -60,6 +60,7 @@ class ApiConfig:
     idle_sessions: int = 4  # sessions that wait for a conversation's next turn
     idle_seconds: float = 120.0  # how long each may wait
     headroom: int = 512  # tokens a new session keeps for the turns after its first
+    room_wait: float = 60.0  # seconds a request may wait for room the answers in flight free
     http: HttpConfig = field(
         default_factory=lambda: HttpConfig(max_body_bytes=1 << 20, request_timeout=30.0)
     )
@@ -67,7 +68,7 @@ class ApiConfig:
     def __post_init__(self) -> None:
         if self.max_tokens < 1 or self.max_concurrent < 1:
             raise SwarmError("the API's max_tokens and max_concurrent must be at least 1")
-        if self.idle_sessions < 0 or self.idle_seconds < 0 or self.headroom < 0:
+        if min(self.idle_sessions, self.idle_seconds, self.headroom, self.room_wait) < 0:
             raise SwarmError("the API's idle sessions, seconds and headroom must be >= 0")
 
 
@@ -85,6 +86,9 @@ class ApiServer:
         # the peers' sessions end there (unless they were given more)
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self._generations = trio.CapacityLimiter(config.max_concurrent)
+        self._running = 0  # generations under way
+        self._ended = 0  # generations ended so far
+        self._an_end = trio.Event()  # set (and replaced) whenever one ends
         self.sessions = SessionPool(config.idle_sessions, config.idle_seconds, trio.current_time)
 
     async def run(
@@ -309,7 +313,7 @@ class ApiServer:
         # ended whole, and all it holds
         work = partial(self._work, input_ids, options, send, idle, whole, records)
         try:
-            async with self._generations, trio.open_nursery() as nursery:
+            async with self._generations, self._counted(), trio.open_nursery() as nursery:
                 nursery.start_soon(trio.to_thread.run_sync, work)
                 async with receive:
                     async for token in receive:
@@ -322,6 +326,18 @@ class ApiServer:
         finally:
             for session, tokens in whole:  # it waits for the next turn
                 await self._close(self.sessions.put(session, tokens, session.max_length))
+
+    @asynccontextmanager
+    async def _counted(self) -> AsyncIterator[None]:
+        """One generation under way; its end wakes requests waiting for room."""
+        self._running += 1
+        try:
+            yield
+        finally:
+            self._running -= 1
+            self._ended += 1
+            self._an_end.set()
+            self._an_end = trio.Event()
 
     def _work(
         self,
@@ -359,16 +375,35 @@ class ApiServer:
 
     def _open_session(self, length: int) -> InferenceSession:
         """A new session (in a worker thread). Where the peers have no room for it, sessions
-        waiting for a conversation's next turn make room, the oldest first."""
+        waiting for a conversation's next turn make room, the oldest first; then it waits for
+        answers in flight to end (at most `room_wait` s)."""
+        deadline = trio.from_thread.run_sync(trio.current_time) + self.config.room_wait
+        seen: int = trio.from_thread.run_sync(lambda: self._ended)
         while True:
             try:
                 return self.model.inference_session(length).open()
             except NoRoomError:
                 waiting = trio.from_thread.run_sync(self.sessions.oldest)
-                if waiting is None:
+                if waiting is not None:
+                    logger.info("no room on the peers for a new session: closing a waiting one")
+                    waiting.session.close()
+                    continue
+                ended = trio.from_thread.run(self._another_ends, seen, deadline)
+                if ended is None:
                     raise
-                logger.info("no room on the peers for a new session: closing a waiting one")
-                waiting.session.close()
+                seen = ended
+                logger.info("no room on the peers for a new session: an answer ended, retrying")
+
+    async def _another_ends(self, ended: int, deadline: float) -> int | None:
+        """Once more than `ended` generations have ended, how many; None if no other runs
+        (one that asks counts itself) or at `deadline`."""
+        with trio.move_on_at(deadline):
+            while self._ended == ended:
+                if self._running <= 1:
+                    return None
+                await self._an_end.wait()
+            return self._ended
+        return None
 
     def _session_length(self, input_ids: torch.Tensor, options: dict[str, Any]) -> int:
         """This turn, and room for the next ones, within the model's context."""

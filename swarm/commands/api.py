@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         api_key=api_key(args),
         idle_sessions=args.idle_sessions,
         idle_seconds=args.idle_seconds,
+        room_wait=args.room_wait,
     )
     if config.api_key is None and args.host not in LOOPBACK:
         logger.warning("serving on %s without an API key: anyone who reaches it can use it",

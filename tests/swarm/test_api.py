@@ -409,6 +409,34 @@ async def test_a_waiting_session_makes_room_for_a_new_conversation(
     assert waiting == after == 1
 
 
+async def test_a_request_waits_for_room_an_answer_in_flight_frees(
+    tiny: Path, one_session_swarm: Any
+) -> None:
+    """Two requests at once, on a peer with room for one session (and none kept waiting):
+    the second waits for the first to end instead of failing; both get transformers' answer.
+    Each step takes 20 ms more, so that the first is still running when the second asks."""
+    peers, model = one_session_swarm
+    options = {"model": MODEL, "max_tokens": 12, "temperature": 0}
+    answers: dict[int, str] = {}
+    peers.fault(peers.peers[0], "delay", 0.02)
+    try:
+        async with api(tiny, model, headroom=50, idle_sessions=0) as client:  # 65 tokens each
+
+            async def ask(first: int) -> None:
+                answer = await call(client.completions.create, prompt=[first, 8, 9], **options)
+                answers[first] = answer.choices[0].text
+
+            async with trio.open_nursery() as nursery:
+                for first in (4, 7):
+                    nursery.start_soon(ask, first)
+    finally:
+        peers.fault(peers.peers[0], "delay", 0.0)
+    for first, text in answers.items():
+        ids = torch.tensor([[first, 8, 9]])
+        assert text == local(tiny, ids, max_new_tokens=12, do_sample=False)
+    assert sorted(answers) == [4, 7]
+
+
 async def test_waiting_sessions_close_after_a_while(tiny: Path, swarm: Any) -> None:
     peers, model = swarm
     async with api(tiny, model, idle_seconds=0.3) as client:
