@@ -87,6 +87,7 @@ class ApiServer:
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self._generations = trio.CapacityLimiter(config.max_concurrent)
         self._running = 0  # generations under way
+        self._short_of_room = 0  # of them, those waiting for another to end
         self._ended = 0  # generations ended so far
         self._an_end = trio.Event()  # set (and replaced) whenever one ends
         self.sessions = SessionPool(config.idle_sessions, config.idle_seconds, trio.current_time)
@@ -312,24 +313,26 @@ class ApiServer:
         whole: list[tuple[InferenceSession, list[int]]] = []  # the session, if its answer
         # ended whole, and all it holds
         work = partial(self._work, input_ids, options, send, idle, whole, records)
-        try:
-            async with self._generations, self._counted(), trio.open_nursery() as nursery:
-                nursery.start_soon(trio.to_thread.run_sync, work)
-                async with receive:
-                    async for token in receive:
-                        if not await consume(token):
-                            break
-        except BaseExceptionGroup as group:  # one side failed (the other ends quietly): its error
-            if len(group.exceptions) != 1:
-                raise
-            raise group.exceptions[0] from None
-        finally:
-            for session, tokens in whole:  # it waits for the next turn
-                await self._close(self.sessions.put(session, tokens, session.max_length))
+        async with self._generations, self._counted():
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(trio.to_thread.run_sync, work)
+                    async with receive:
+                        async for token in receive:
+                            if not await consume(token):
+                                break
+            except BaseExceptionGroup as group:  # one side failed (the other ends quietly)
+                if len(group.exceptions) != 1:
+                    raise
+                raise group.exceptions[0] from None
+            finally:
+                for session, tokens in whole:  # it waits for the next turn
+                    await self._close(self.sessions.put(session, tokens, session.max_length))
 
     @asynccontextmanager
     async def _counted(self) -> AsyncIterator[None]:
-        """One generation under way; its end wakes requests waiting for room."""
+        """One generation under way; its end (its session closed or waiting) wakes the
+        requests waiting for room."""
         self._running += 1
         try:
             yield
@@ -395,15 +398,19 @@ class ApiServer:
                 logger.info("no room on the peers for a new session: an answer ended, retrying")
 
     async def _another_ends(self, ended: int, deadline: float) -> int | None:
-        """Once more than `ended` generations have ended, how many; None if no other runs
-        (one that asks counts itself) or at `deadline`."""
-        with trio.move_on_at(deadline):
-            while self._ended == ended:
-                if self._running <= 1:
-                    return None
-                await self._an_end.wait()
-            return self._ended
-        return None
+        """Once more than `ended` generations have ended, how many; None at `deadline`, or
+        if none is generating (the others, if any, wait for room too)."""
+        self._short_of_room += 1
+        try:
+            with trio.move_on_at(deadline):
+                while self._ended == ended:
+                    if self._running <= self._short_of_room:
+                        return None
+                    await self._an_end.wait()
+                return self._ended
+            return None
+        finally:
+            self._short_of_room -= 1
 
     def _session_length(self, input_ids: torch.Tensor, options: dict[str, Any]) -> int:
         """This turn, and room for the next ones, within the model's context."""
