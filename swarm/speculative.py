@@ -82,16 +82,20 @@ class DraftSampler:
 
 
 def keep_or_redraw(
-    scores: torch.Tensor, draft: int, drawn_from: torch.Tensor, generator: torch.Generator
+    scores: torch.Tensor,
+    draft: int,
+    drawn_from: torch.Tensor,
+    uniform: float,
+    generator: torch.Generator,
 ) -> int:
     """Speculative sampling's check of one draft against the model's processed `scores`
-    there (p): keep it with probability min(1, p(draft) / q(draft)), else draw from
-    max(0, p - q) renormalised. Returns the token taken (not the draft if it was rejected:
-    the residual gives the draft no mass)."""
+    there (p): keep it if `uniform` (drawn in [0, 1)) is at most p(draft) / q(draft), else
+    draw from max(0, p - q) renormalised. Returns the token taken (not the draft if it was
+    rejected: the residual gives the draft no mass)."""
     p = torch.softmax(scores.to(torch.float32), dim=-1)
     size = p.shape[-1]  # an assistant's vocabulary may be padded otherwise
     q = torch.nn.functional.pad(drawn_from[:size], (0, max(0, size - drawn_from.shape[-1])))
-    if draft < size and float(torch.rand((), generator=generator)) * q[draft] <= p[draft]:
+    if draft < size and uniform <= float(p[draft] / q[draft]):
         return draft
     residual = (p - q).clamp(min=0)
     if float(residual.sum()) <= 0:  # p == q up to rounding: p itself
@@ -179,6 +183,9 @@ async def speculative_tokens(
         sampler = DraftSampler(processors, generator) if config.do_sample else None
         if count:
             drafts = await trio.to_thread.run_sync(drafter.propose, state.input_ids, count, sampler)
+        # the round's uniform draws come after the drafts' and before the model's own, all at
+        # once, as transformers draws them (so a seed gives what its assisted sampling gives)
+        uniforms = torch.rand(count, generator=generator).tolist() if sampler else []
         ids = torch.cat([state.input_ids, torch.tensor([drafts], dtype=torch.long)], dim=1)
         logits = await logits_after(head, pipeline, ids[:, state.processed :], count + 1)
         length = state.input_ids.shape[1]
@@ -190,8 +197,9 @@ async def speculative_tokens(
                     token = int(scores.argmax(dim=-1))
                 elif offset < count:
                     token = keep_or_redraw(
-                        scores[0], drafts[offset], sampler.drawn_from[offset], generator
-                    )
+                        scores[0], drafts[offset], sampler.drawn_from[offset], uniforms[offset],
+                        generator,
+                    )  # fmt: skip
                 else:  # every draft taken: the model's own draw
                     token = int(choose_tokens(scores, True, generator))
                 state.input_ids = torch.cat([prefix, torch.tensor([[token]])], dim=-1)

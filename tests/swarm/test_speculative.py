@@ -173,10 +173,43 @@ def test_speculative_sampling_draws_from_the_models_distribution() -> None:
     generator = torch.Generator().manual_seed(0)
     draws = 40_000
     drafts = torch.multinomial(q, draws, replacement=True, generator=generator).tolist()
-    taken = Counter(keep_or_redraw(p_scores, draft, q, generator) for draft in drafts)
+    uniforms = torch.rand(draws, generator=generator).tolist()
+    taken = Counter(
+        keep_or_redraw(p_scores, draft, q, uniform, generator)
+        for draft, uniform in zip(drafts, uniforms, strict=True)
+    )
     shares = torch.tensor([taken[token] / draws for token in range(6)])
     torch.testing.assert_close(shares, torch.softmax(p_scores, dim=-1), atol=0.01, rtol=0)
     assert Counter(drafts)[1] / draws > 0.3 > float(shares[1])  # q's favourite is not p's
+
+
+def test_speculative_sampling_draws_what_transformers_assisted_sampling_draws(
+    models: dict[str, Path],
+) -> None:
+    """A seed gives the tokens of transformers' own assisted sampling (4 drafts a round, no
+    confidence cut): the same drafts, uniform draws and redraws, in the same order, through
+    2 peers. At temperature 1: transformers applies a temperature twice to the assistant's
+    distribution, which changes its redraws (both keep the model's distribution exactly)."""
+    options = {"do_sample": True, "top_k": 0, "max_new_tokens": NEW_TOKENS}
+    target = AutoModelForCausalLM.from_pretrained(models["target"])
+    assistant = AutoModelForCausalLM.from_pretrained(models["other"])
+    assistant.generation_config.update(
+        num_assistant_tokens=4, num_assistant_tokens_schedule="constant",
+        assistant_confidence_threshold=0.0,
+    )  # fmt: skip
+    expected = {}
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        output = target.generate(PROMPT, attention_mask=torch.ones_like(PROMPT),
+                                 assistant_model=assistant, **options)  # fmt: skip
+        expected[seed] = output[0, PROMPT.shape[1] :].tolist()
+    with _swarm_and_model(models["target"], CHAINS[2]) as (_, model):
+        got = {
+            seed: model.generate(PROMPT, assistant_model=assistant, num_assistant_tokens=4,
+                                 seed=seed, **options)[0, PROMPT.shape[1] :].tolist()
+            for seed in (1, 2, 3)
+        }  # fmt: skip
+    assert got == expected
 
 
 def test_sampling_with_drafts_keeps_the_models_choice(models: dict[str, Path]) -> None:
