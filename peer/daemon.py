@@ -30,6 +30,7 @@ from routing.rpc import RPCConfig, RPCHost
 from routing.transport import Transport
 from security import Identity
 
+from .activity import ActivityReporter, Load
 from .adapters import load_adapter
 from .announcer import Announcer, AnnouncerConfig
 from .backend import BackendConfig, SpanBackend
@@ -74,6 +75,7 @@ class PeerConfig:
     rpc: RPCConfig = field(default_factory=RPCConfig)
     adapters: tuple[Path, ...] = ()  # PEFT LoRA directories, served on request by name
     quantization: str | None = None  # "int8": int8 weights (`peer.int8_weights`)
+    report_every: float = 60.0  # seconds between activity reports in the log (0: none)
 
     @property
     def name(self) -> str:
@@ -121,6 +123,16 @@ class _Peer:
 
     def info(self) -> dict[str, Any]:
         return self.announcement(PeerState.ONLINE).to_fields()
+
+    def load(self) -> Load:
+        backend = self.backend  # the rebalancer may have moved it to other blocks
+        return Load(
+            backend.start,
+            backend.end,
+            backend.active_sessions,
+            backend.cache_tokens_left,
+            backend.config.max_cache_tokens,
+        )
 
 
 async def serve_peer(
@@ -176,6 +188,9 @@ async def _serve_shielded(
                 accepting=lambda: not control.draining,
             )
             server.register()
+            if config.report_every > 0:
+                reporter = ActivityReporter(server.activity, peer.load, config.report_every)
+                await nursery.start(reporter.run)
             announcer = Announcer(dht, peer.announcement, num_blocks, config.announcer)
             announcing = trio.CancelScope()
             said_goodbye = trio.Event()

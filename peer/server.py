@@ -48,6 +48,7 @@ from routing.span_protocol import (
 )
 from routing.tensor_codec import decode_tensor, encode_tensor
 
+from .activity import Activity
 from .errors import PeerError
 from .relay_links import RelayLinks
 from .scheduler import InferenceScheduler
@@ -106,6 +107,7 @@ class SpanServer:
         self.relay_timeout = relay_timeout  # to open a relay stream and send one step on it
         self.accepting = accepting  # False while draining: new sessions are refused
         self.rpc = rpc  # serves the handlers, and dials the next peers for relay
+        self.activity = Activity()  # what it served, for the operator's reports
         self._sessions: dict[str, _Session] = {}
 
     def register(self) -> None:
@@ -125,6 +127,7 @@ class SpanServer:
             output = await self.scheduler.forward(
                 hidden, forward.start, forward.end, forward.attention_mask, adapter=forward.adapter
             )
+        self.activity.forwards += 1
         header, body = encode_tensor(output)
         return Packet({"tensor": header}, body)
 
@@ -138,6 +141,7 @@ class SpanServer:
                 pair[0], pair[1], backward.start, backward.end, backward.attention_mask,
                 adapter=backward.adapter,
             )  # fmt: skip
+        self.activity.forwards += 1
         header, body = encode_tensor(output)
         return Packet({"tensor": header}, body)
 
@@ -145,6 +149,7 @@ class SpanServer:
         with _as_handler_errors():
             request = SessionRequest.parse((await self._receive(stream)).header)
             if not self.accepting():
+                self.activity.refused += 1
                 raise HandlerError("draining", "this peer takes no new sessions now")
             session_id = f"{context.peer_id.short()}-{secrets.token_hex(6)}"
             session = _Session(
@@ -154,15 +159,20 @@ class SpanServer:
                 RelayLinks(self.rpc, self.relay_timeout),
             )
             try:  # opened inside: a cancel that lands as the session opens still closes it
-                info = await self.scheduler.open_session(
-                    session_id,
-                    request.max_length,
-                    request.batch_size,
-                    request.start,
-                    request.end,
-                    request.padding,
-                    adapter=request.adapter,
-                )
+                try:
+                    info = await self.scheduler.open_session(
+                        session_id,
+                        request.max_length,
+                        request.batch_size,
+                        request.start,
+                        request.end,
+                        request.padding,
+                        adapter=request.adapter,
+                    )
+                except PeerError:
+                    self.activity.refused += 1
+                    raise
+                self.activity.sessions += 1
                 self._sessions[session_id] = session
                 opened = SessionOpened(
                     session_id, info.start, info.end, info.max_length, session.token
@@ -210,13 +220,13 @@ class SpanServer:
                 raise HandlerError("step_order", f"step {step} where {session.steps} was due")
             relay = parse_relay(packet.header)
             position = parse_position(packet.header)
+            hidden = decode_tensor(tensor, packet.body)
             output, compute = await self.scheduler.step_timed(
-                session.id,
-                decode_tensor(tensor, packet.body),
-                reorder=parse_reorder(packet.header),
-                position=position,
+                session.id, hidden, reorder=parse_reorder(packet.header), position=position
             )
             session.steps += 1
+            self.activity.steps += 1
+            self.activity.tokens += int(hidden.shape[0]) * int(hidden.shape[1])
             header, body = encode_tensor(output)
             relayed = None
             if relay:

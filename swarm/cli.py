@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     peer.add_argument("--max-sessions", type=int, help="concurrent inference sessions")
     peer.add_argument("--model-name", help="the model's name in the swarm (default: derived)")
     peer.add_argument(
+        "--report-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="log what the peer served every so often (0: never)",
+    )
+    peer.add_argument(
         "--adapter",
         action="append",
         default=[],

@@ -40,6 +40,7 @@ def peer_config(args: argparse.Namespace) -> PeerConfig:
         backend=backend,
         adapters=tuple(args.adapter),
         quantization=args.quantize,
+        report_every=args.report_every,
     )
 
 

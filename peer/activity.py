@@ -1,0 +1,72 @@
+"""What a peer has done lately, for the person who runs it.
+
+The span server counts what it serves (`Activity`: sessions opened and refused, inference
+steps and their tokens, batch forwards and backwards). Every `every` seconds the reporter
+logs one line on the period just ended, with the load now; a quiet period logs nothing.
+`summary` is the pure part; `ActivityReporter.run` the trio loop around it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+
+import trio
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Activity:
+    """Running totals since the peer started."""
+
+    sessions: int = 0  # inference sessions opened
+    refused: int = 0  # sessions refused (no room, or a request it does not take)
+    steps: int = 0  # inference steps served
+    tokens: int = 0  # positions those steps ran, every row counted
+    forwards: int = 0  # batch forwards and backwards served
+
+
+@dataclass(frozen=True)
+class Load:
+    """The peer's state at a report: what it serves and how full it is."""
+
+    start: int
+    end: int  # exclusive
+    sessions: int  # open now
+    cache_tokens_left: int
+    cache_tokens: int
+
+
+def summary(before: Activity, now: Activity, seconds: float, load: Load) -> str | None:
+    """One line on what happened between two snapshots of the totals; None if nothing did."""
+    done = Activity(**{f.name: getattr(now, f.name) - getattr(before, f.name) for f in fields(now)})
+    if done == Activity():
+        return None
+    return (
+        f"blocks {load.start}..{load.end - 1}, last {seconds:.0f} s: {done.sessions} sessions "
+        f"opened, {done.refused} refused; {done.steps} steps, {done.tokens} tokens "
+        f"({done.tokens / seconds:.1f}/s); {done.forwards} forwards and backwards. Now "
+        f"{load.sessions} sessions open, {load.cache_tokens_left} of {load.cache_tokens} "
+        "cache tokens free"
+    )
+
+
+class ActivityReporter:
+    """Logs `summary` every `every` seconds (see the module doc)."""
+
+    def __init__(self, activity: Activity, load: Callable[[], Load], every: float) -> None:
+        self.activity = activity
+        self.load = load
+        self.every = every
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        before, since = replace(self.activity), trio.current_time()
+        task_status.started()
+        while True:
+            await trio.sleep(self.every)
+            now, at = replace(self.activity), trio.current_time()
+            if (line := summary(before, now, at - since, self.load())) is not None:
+                logger.info("%s", line)
+            before, since = now, at
