@@ -1,7 +1,7 @@
 """The JSON bodies of `/v1/completions` and `/v1/chat/completions`, read and checked.
 
-The fields mean what OpenAI's API says they mean. Those the swarm cannot honour (several
-choices, tools...) are accepted only at their neutral value, and refused by name otherwise;
+The fields mean what OpenAI's API says they mean. Those the swarm cannot honour (`best_of`,
+tools...) are accepted only at their neutral value, and refused by name otherwise;
 a field the API does not have is an error too, as OpenAI's API answers it. `temperature` 0
 is greedy decoding; above 0 the tokens are sampled with that temperature and `top_p` (no
 top-k: OpenAI has none). The presence and frequency penalties apply to the tokens generated
@@ -21,11 +21,11 @@ from ..errors import SwarmError
 __all__ = ["ApiError", "ChatMessage", "CompletionRequest", "read_request"]
 
 MAX_STOP_SEQUENCES = 4
+MAX_CHOICES = 8  # `n`: answers to one request, generated side by side
 MAX_LOGPROBS = {"completion": 5, "chat": 20}  # the likeliest tokens given per place, at most
 ROLES = ("system", "user", "assistant")
 # fields accepted only at their neutral value (what the field means if absent)
 NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "n": (None, 1),
     "best_of": (None, 1),
     "logit_bias": (None, {}),
     "suffix": (None, ""),
@@ -35,7 +35,7 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls")
 COMMON = ("model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
-          "stream_options", "presence_penalty", "frequency_penalty", *NEUTRAL,
+          "stream_options", "presence_penalty", "frequency_penalty", "n", *NEUTRAL,
           *IGNORED)  # fmt: skip
 FIELDS = {
     "completion": (*COMMON, "prompt", "logprobs", "echo"),
@@ -93,16 +93,17 @@ class CompletionRequest:
     include_usage: bool = False  # in a last chunk of the stream
     logprobs: int | None = None  # asked: with this many likeliest tokens per place
     echo: bool = False  # the prompt comes first in the text (and its log probabilities)
+    n: int = 1  # answers, each generated on its own (choice i sampled with seed + i)
 
-    def generate_options(self, max_tokens: int) -> dict[str, Any]:
-        """`generate()`'s arguments for this request."""
+    def generate_options(self, max_tokens: int, choice: int = 0) -> dict[str, Any]:
+        """`generate()`'s arguments for this request's answer number `choice`."""
         options: dict[str, Any] = {
             "max_new_tokens": max_tokens,
             "do_sample": self.temperature > 0,
             "top_k": 0,
             "top_p": self.top_p,
             "repetition_penalty": 1.0,
-            "seed": self.seed,
+            "seed": None if self.seed is None else self.seed + choice,
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
         }
@@ -143,6 +144,10 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
     fields["stream"] = bool(_field(data, "stream", bool))
     fields["logprobs"] = _logprobs(kind, data, fields["stream"])
     fields["echo"] = bool(_field(data, "echo", bool))
+    n = _field(data, "n", int)
+    fields["n"] = 1 if n is None else n
+    if not 1 <= fields["n"] <= MAX_CHOICES:
+        raise ApiError(400, f"n must be within 1..{MAX_CHOICES}", "n")
     least = 0 if fields["echo"] else 1
     if fields["max_tokens"] is not None and fields["max_tokens"] < least:
         raise ApiError(400, f"max_tokens must be at least {least}", "max_tokens")

@@ -3,14 +3,14 @@
 Routes: `GET /v1/models` (and `/v1/models/ID`), `POST /v1/completions`, `POST
 /v1/chat/completions`; with `"stream": true` the answer comes as server-sent events, one
 `data: {...}` chunk per piece of text and `data: [DONE]` at the end, as OpenAI's clients
-read them. A request takes a waiting inference session whose tokens its own begin with, and
-sends only the rest (`session_pool.py`: a conversation's next turn), or opens one (a chat
-request renders its messages with the model's chat template; where the peers have no room
-for it, waiting sessions close, the oldest first). After a whole answer the
-session waits for the next turn; when the answer fails, is cut by a stop sequence or its
-client goes away, it is closed. The model's facade blocks, so each generation runs in a
-worker thread and hands its tokens to the server's event loop; at most `max_concurrent` run
-at once, the others wait their turn. With an API key, a request must carry
+read them. Each answer (`n` of them, side by side) takes a waiting inference session whose
+tokens its own begin with, and sends only the rest (`session_pool.py`: a conversation's next
+turn), or opens one (a chat request renders its messages with the model's chat template;
+where the peers have no room for it, waiting sessions close, the oldest first, then it waits
+for the answers in flight). After a whole answer the session waits for the next turn; when
+the answer fails, is cut by a stop sequence or its client goes away, it is closed. The
+model's facade blocks, so each generation runs in a worker thread and hands its tokens to
+the server's event loop; at most `max_concurrent` run at once, the others wait their turn. With an API key, a request must carry
 `Authorization: Bearer KEY`.
 """
 
@@ -183,29 +183,39 @@ class ApiServer:
         answer = _Answer(
             request, self.config.model_id, int(input_ids.shape[1]), max_tokens, self.eos, echo
         )
-        text = CompletionText(self.tokenizer, request.stop)
-        options = request.generate_options(max_tokens)
+        choices = [
+            _Choice(index, CompletionText(self.tokenizer, request.stop),
+                    request.generate_options(max_tokens, index))
+            for index in range(request.n)
+        ]  # fmt: skip
         if request.stream:
-            stream = partial(self._stream, input_ids, options, text, answer)
+            stream = partial(self._stream, input_ids, choices, answer)
             return Response(200, content_type="text/event-stream", stream=stream)
-
-        async def collect(token: int) -> bool:
-            text.add(token)
-            return not text.stopped
-
-        records: list[TokenLogprob] = []
         prompt_records: list[TokenLogprob] = []
         try:
             if max_tokens:
-                await self._generate(input_ids, options, collect, records)
+                await _side_by_side([partial(self._whole, input_ids, c) for c in choices])
             if request.echo and request.logprobs is not None:
                 prompt_records = await self._prompt_logprobs(input_ids, request.logprobs)
         except (RoutingError, SwarmError) as error:
             logger.warning("a %s failed: %s", request.kind, error)
             raise _generation_error(error) from None
-        answer.log(text)
-        logprobs = self._logprobs(request, input_ids, prompt_records, text, records)
-        return _json(200, answer.whole(text, logprobs))
+        logprobs = []
+        for choice in choices:
+            answer.log(choice.text)
+            logprobs.append(
+                self._logprobs(request, input_ids, prompt_records, choice.text, choice.records)
+            )
+        return _json(200, answer.whole([choice.text for choice in choices], logprobs))
+
+    async def _whole(self, input_ids: torch.Tensor, choice: _Choice) -> None:
+        """Generate one answer whole."""
+
+        async def collect(token: int) -> bool:
+            choice.text.add(token)
+            return not choice.text.stopped
+
+        await self._generate(input_ids, choice.options, collect, choice.records)
 
     def _echo_text(self, request: CompletionRequest, input_ids: torch.Tensor) -> str:
         """The prompt as the text of an answer that echoes it ("" if it does not)."""
@@ -266,34 +276,41 @@ class ApiServer:
         return ids
 
     async def _stream(
-        self,
-        input_ids: torch.Tensor,
-        options: dict[str, Any],
-        text: CompletionText,
-        answer: _Answer,
-        write: Write,
+        self, input_ids: torch.Tensor, choices: list[_Choice], answer: _Answer, write: Write
     ) -> None:
-        """Server-sent events: the pieces of text as they come, the end, `[DONE]`."""
-        await write(_event(answer.chunk(answer.echo, first=True)))
+        """Server-sent events: the pieces of each answer's text as they come, each answer's
+        end, `[DONE]` (the answers side by side, their events one at a time)."""
+        writing = trio.Lock()
 
-        async def send(token: int) -> bool:
-            if piece := text.add(token):
-                await write(_event(answer.chunk(piece)))
-            return not text.stopped
+        async def emit(body: Any) -> None:
+            async with writing:
+                await write(_event(body))
 
-        try:
+        async def run(choice: _Choice) -> None:
+            text = choice.text
+
+            async def send(token: int) -> bool:
+                if piece := text.add(token):
+                    await emit(answer.chunk(piece, choice.index))
+                return not text.stopped
+
             if answer.max_tokens:
-                await self._generate(input_ids, options, send)
-        except (RoutingError, SwarmError) as error:  # the status is sent: say it in the stream
-            logger.warning("a streamed %s failed: %s", answer.request.kind, error)
-            await write(_event(_generation_error(error).to_json()))
-        else:
+                await self._generate(input_ids, choice.options, send)
             answer.log(text)
             if piece := text.finish():
-                await write(_event(answer.chunk(piece)))
-            await write(_event(answer.chunk("", reason=answer.reason(text))))
+                await emit(answer.chunk(piece, choice.index))
+            await emit(answer.chunk("", choice.index, reason=answer.reason(text)))
+
+        for choice in choices:
+            await emit(answer.chunk(answer.echo, choice.index, first=True))
+        try:
+            await _side_by_side([partial(run, choice) for choice in choices])
+        except (RoutingError, SwarmError) as error:  # the status is sent: say it in the stream
+            logger.warning("a streamed %s failed: %s", answer.request.kind, error)
+            await emit(_generation_error(error).to_json())
+        else:
             if answer.request.include_usage:
-                await write(_event(answer.usage_chunk(len(text.tokens))))
+                await emit(answer.usage_chunk(sum(len(c.text.tokens) for c in choices)))
         await write(b"data: [DONE]\n\n")
 
     async def _generate(
@@ -455,20 +472,28 @@ class _Answer:
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
 
-    def whole(self, text: CompletionText, logprobs: dict[str, Any] | None) -> dict[str, Any]:
-        choice: dict[str, Any] = {
-            "index": 0,
-            "logprobs": logprobs,
-            "finish_reason": self.reason(text),
-        }
-        if self.request.kind == "chat":
-            choice["message"] = {"role": "assistant", "content": text.text}
-        else:
-            choice["text"] = self.echo + text.text
-        return {**self._head(), "choices": [choice], "usage": self.usage(len(text.tokens))}
+    def whole(
+        self, texts: list[CompletionText], logprobs: list[dict[str, Any] | None]
+    ) -> dict[str, Any]:
+        choices = []
+        for index, (text, choice_logprobs) in enumerate(zip(texts, logprobs, strict=True)):
+            choice: dict[str, Any] = {
+                "index": index,
+                "logprobs": choice_logprobs,
+                "finish_reason": self.reason(text),
+            }
+            if self.request.kind == "chat":
+                choice["message"] = {"role": "assistant", "content": text.text}
+            else:
+                choice["text"] = self.echo + text.text
+            choices.append(choice)
+        usage = self.usage(sum(len(text.tokens) for text in texts))
+        return {**self._head(), "choices": choices, "usage": usage}
 
-    def chunk(self, piece: str, *, first: bool = False, reason: str | None = None) -> Any:
-        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": reason}
+    def chunk(
+        self, piece: str, index: int = 0, *, first: bool = False, reason: str | None = None
+    ) -> Any:
+        choice: dict[str, Any] = {"index": index, "logprobs": None, "finish_reason": reason}
         if self.request.kind == "chat":
             delta: dict[str, str] = {"role": "assistant"} if first else {}
             if piece or first:
@@ -480,6 +505,30 @@ class _Answer:
 
     def usage_chunk(self, completion_tokens: int) -> Any:
         return {**self._head(chunk=True), "choices": [], "usage": self.usage(completion_tokens)}
+
+
+@dataclass
+class _Choice:
+    """One answer to a request: its number, its text so far, its generation's options and
+    its tokens' log probabilities."""
+
+    index: int
+    text: CompletionText
+    options: dict[str, Any]
+    records: list[TokenLogprob] = field(default_factory=list)
+
+
+async def _side_by_side(jobs: list[Callable[[], Awaitable[None]]]) -> None:
+    """Run `jobs` at once; the first to fail stops the others, and its error is raised."""
+    if len(jobs) == 1:
+        await jobs[0]()
+        return
+    try:
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                nursery.start_soon(job)
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
 
 
 def _only(request: Request, method: str) -> None:

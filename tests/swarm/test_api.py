@@ -200,6 +200,34 @@ async def test_seeded_sampling_draws_what_transformers_draws(tiny: Path, swarm: 
     assert result.choices[0].text == expected
 
 
+async def test_several_choices_are_sampled_side_by_side_with_their_own_seeds(
+    tiny: Path, swarm: Any
+) -> None:
+    """n answers: answer i is transformers' sampling with seed + i, whole or streamed (its
+    pieces, by index, add up to it); usage counts them all."""
+    options = {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "top_k": 0}
+    expected = [
+        local(tiny, prompt_ids(tiny), seed=7 + i, max_new_tokens=10, **options) for i in range(3)
+    ]
+    assert len(set(expected)) == 3
+    request = {"model": MODEL, "prompt": PROMPT, "max_tokens": 10, "temperature": 0.8,
+               "top_p": 0.9, "seed": 7, "n": 3}  # fmt: skip
+    async with api(tiny, swarm[1]) as client:
+        whole = await call(client.completions.create, **request)
+        chunks = await trio.to_thread.run_sync(
+            lambda: list(client.completions.create(**request, stream=True))
+        )
+    assert [choice.text for choice in sorted(whole.choices, key=lambda c: c.index)] == expected
+    assert whole.usage is not None and whole.usage.completion_tokens == 30
+    streamed = ["", "", ""]
+    for chunk in chunks:
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.text
+    assert streamed == expected
+    finished = [c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert sorted(finished) == [0, 1, 2]
+
+
 async def test_a_stop_sequence_ends_the_text_before_it(tiny: Path, swarm: Any) -> None:
     full = local(tiny, prompt_ids(tiny), max_new_tokens=16, do_sample=False)
     stop = full[6:9]  # three characters from the middle of the greedy text
@@ -222,8 +250,8 @@ async def test_bad_requests_get_openai_errors_and_the_server_serves_on(
     async with api(tiny, swarm[1]) as client:
         with pytest.raises(openai.NotFoundError, match="does not exist"):
             await call(client.completions.create, model="other", prompt=PROMPT)
-        with pytest.raises(openai.BadRequestError, match="n=2"):
-            await call(client.completions.create, model=MODEL, prompt=PROMPT, n=2)
+        with pytest.raises(openai.BadRequestError, match="best_of=2"):
+            await call(client.completions.create, model=MODEL, prompt=PROMPT, best_of=2)
         with pytest.raises(openai.BadRequestError, match="max_tokens may be at most"):
             await call(client.completions.create, model=MODEL, prompt=PROMPT, max_tokens=5000)
         with pytest.raises(openai.BadRequestError, match="context of 512 tokens"):
@@ -525,6 +553,8 @@ def test_the_tokens_texts_add_up_to_the_text(tiny: Path) -> None:
         ({"model": "m", "prompt": "x", "top_logprobs": 1}, "unrecognized request argument"),
         ({"model": "m", "prompt": "x", "presence_penalty": 2.5}, "presence_penalty must be within"),
         ({"model": "m", "prompt": "x", "best_of": 2}, "best_of=2 is not supported"),
+        ({"model": "m", "prompt": "x", "n": 9}, "n must be within 1..8"),
+        ({"model": "m", "prompt": "x", "n": 0}, "n must be within 1..8"),
         ({"model": "m", "messages": []}, "unrecognized request argument: messages"),
     ],
 )
