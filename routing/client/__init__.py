@@ -11,5 +11,6 @@ from .forward import forward_through_swarm as forward_through_swarm
 from .hop_session import StepTiming as StepTiming
 from .swarm_view import ClientConfig as ClientConfig
 from .swarm_view import SwarmView as SwarmView
+from .swarm_view import ask_announcement as ask_announcement
 from .swarm_view import read_announcements as read_announcements
 from .swarm_view import usable_announcements as usable_announcements

@@ -91,6 +91,21 @@ def usable_announcements(
     return usable
 
 
+async def ask_announcement(
+    rpc: RPCHost,
+    address: PeerAddress,
+    timeout: float,  # noqa: ASYNC109
+) -> PeerAnnouncement:
+    """The peer's announcement as it stands now (`span.info`). The channel is authenticated
+    as the peer, which speaks for itself only; RoutingError if it does not answer, or answers
+    with an error or something else (ProtocolError)."""
+    reply = await rpc.call(address, INFO, Packet({}), timeout=timeout)
+    fresh = PeerAnnouncement.from_fields(reply.header)
+    if fresh.address.peer_id != address.peer_id:
+        raise ProtocolError("span.info answered for another peer")
+    return fresh
+
+
 async def read_announcements(
     dht: DHTNode, model: str, num_blocks: int, lookup_timeout: float
 ) -> dict[PeerId, PeerAnnouncement]:
@@ -186,15 +201,13 @@ class SwarmView:
 
         async def ask(peer: str, known: PeerAnnouncement) -> None:
             try:
-                reply = await self.rpc.call(
-                    known.address, INFO, Packet({}), timeout=self.config.ping_timeout
-                )
-                fresh = PeerAnnouncement.from_fields(reply.header)
+                fresh = await ask_announcement(self.rpc, known.address, self.config.ping_timeout)
             except RoutingError as error:
                 logger.debug("peer %s did not say how full it is: %s", peer[:8], error)
                 return
-            signed = {known.address.peer_id: fresh}  # the channel is authenticated as the peer
-            usable = usable_announcements(signed, self.model, self.num_blocks)
+            usable = usable_announcements(
+                {known.address.peer_id: fresh}, self.model, self.num_blocks
+            )
             others = {name: a for name, a in self.peers.items() if name != peer}  # copy on
             self.peers = others | usable  # write: a chain may be routing over the old dict
 

@@ -10,8 +10,8 @@ where the peers have no room for it, waiting sessions close, the oldest first, t
 for the answers in flight). After a whole answer the session waits for the next turn; when
 the answer fails, is cut by a stop sequence or its client goes away, it is closed. The
 model's facade blocks, so each generation runs in a worker thread and hands its tokens to
-the server's event loop; at most `max_concurrent` run at once, the others wait their turn. With an API key, a request must carry
-`Authorization: Bearer KEY`.
+the server's event loop; at most `max_concurrent` run at once, the others wait their turn.
+With an API key, a request must carry `Authorization: Bearer KEY`.
 """
 
 from __future__ import annotations

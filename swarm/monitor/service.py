@@ -13,11 +13,10 @@ from functools import partial
 import trio
 
 from routing.address import PeerAddress
-from routing.announcement import PeerAnnouncement
+from routing.client import ask_announcement
 from routing.dht import DHTConfig, DHTNode
 from routing.errors import ProtocolError, RemoteError, RoutingError
-from routing.rpc import Packet, RPCHost
-from routing.span_protocol import INFO
+from routing.rpc import RPCHost
 from routing.transport import Transport
 from security import Identity, SecurityError
 
@@ -70,20 +69,14 @@ class RPCProber:
     async def __call__(self, address: PeerAddress) -> Probe | None:
         began = trio.current_time()
         try:
-            reply = await self.rpc.call(address, INFO, Packet({}), timeout=self.timeout)
-        except RemoteError:
+            fresh = await ask_announcement(self.rpc, address, self.timeout)
+        except (RemoteError, ProtocolError):  # it answered, but not with its numbers
             return Probe(trio.current_time() - began)
         except (RoutingError, SecurityError) as error:
             logger.debug("probing %s failed: %s", address.peer_id.short(), error)
             return None
-        rtt = trio.current_time() - began
-        try:
-            fresh = PeerAnnouncement.from_fields(reply.header)
-        except ProtocolError:
-            return Probe(rtt)
-        if fresh.address.peer_id != address.peer_id:  # it speaks for itself only
-            return Probe(rtt)
-        return Probe(rtt, PeerLoad(fresh.sessions, fresh.cache_tokens_left))
+        load = PeerLoad(fresh.sessions, fresh.cache_tokens_left)
+        return Probe(trio.current_time() - began, load)
 
 
 def page_url(host: str, port: int) -> str:
