@@ -30,7 +30,7 @@ from routing.rpc import RPCConfig, RPCHost
 from routing.transport import Transport
 from security import Identity
 
-from .activity import ActivityReporter, Load
+from .activity import Activity, ActivityReporter, Load
 from .adapters import load_adapter
 from .announcer import Announcer, AnnouncerConfig
 from .backend import BackendConfig, SpanBackend
@@ -101,6 +101,7 @@ class _Peer:
         self.backend = backend
         self.throughput = throughput  # tokens/s through one block
         self.address: PeerAddress | None = None
+        self.activity = Activity()  # the span server's, once it serves
 
     def announcement(self, state: PeerState) -> PeerAnnouncement:
         if self.address is None:
@@ -119,6 +120,7 @@ class _Peer:
             adapters=self.backend.adapters.names,
             quantization=self.config.quantization or "",
             max_session_length=self.backend.max_session_length,
+            served_tokens=self.activity.tokens,
         )
 
     def info(self) -> dict[str, Any]:
@@ -188,6 +190,7 @@ async def _serve_shielded(
                 accepting=lambda: not control.draining,
             )
             server.register()
+            peer.activity = server.activity
             if config.report_every > 0:
                 reporter = ActivityReporter(server.activity, peer.load, config.report_every)
                 await nursery.start(reporter.run)

@@ -87,6 +87,7 @@ class PeerAnnouncement:
     adapters: tuple[str, ...] = ()  # the LoRA adapters it runs on request, by name
     quantization: str = ""  # of its weights: "" (its dtype's), or "int8"
     max_session_length: int = 0  # the longest session it opens (0: it does not say)
+    served_tokens: int = 0  # positions its inference steps ran since it started (a counter)
 
     def __post_init__(self) -> None:
         if not MODEL_NAME_PATTERN.match(self.model):
@@ -95,7 +96,9 @@ class PeerAnnouncement:
             raise ProtocolError(f"invalid span {self.start}:{self.end}")
         if not (math.isfinite(self.throughput) and self.throughput >= 0):
             raise ProtocolError("throughput must be a finite number >= 0")
-        if self.cache_tokens_left < 0 or self.sessions < 0 or self.max_session_length < 0:
+        counts = (self.cache_tokens_left, self.sessions, self.max_session_length,
+                  self.served_tokens)  # fmt: skip
+        if min(counts) < 0:
             raise ProtocolError("counts must be >= 0")
         if len(self.adapters) > MAX_ADAPTERS or not all(
             isinstance(name, str) and MODEL_NAME_PATTERN.match(name) for name in self.adapters
@@ -152,6 +155,7 @@ class PeerAnnouncement:
                 adapters=_adapters(fields.get("adapters", [])),
                 quantization=_typed(fields, "quantization", str, default=""),
                 max_session_length=_typed(fields, "max_session_length", int, default=0),
+                served_tokens=_typed(fields, "served_tokens", int, default=0),
             )
         except (ValueError, AddressError) as error:  # an unknown state, a bad address
             raise ProtocolError(f"invalid announcement: {error}") from None

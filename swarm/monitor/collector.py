@@ -5,7 +5,8 @@ the block keys of every model concurrently (a nursery, at most `max_concurrent_g
 in flight, each bounded by `get_timeout`), and publish a snapshot at once with the RTTs known
 so far, so a peer that announced `offline` leaves the page on the next refresh. Then probe
 every listed peer concurrently (`ping_timeout` each): its RTT, and its load now (sessions,
-cache left) if it says, and publish the snapshot again with them. A failed read leaves that
+cache left, its counter of tokens served: the tokens per second since the last probe) if it
+says, and publish the snapshot again with them. A failed read leaves that
 key empty for the round; it never stops the collector.
 
 The DHT and the prober are small protocols, so tests drive the collector with fakes and
@@ -95,6 +96,8 @@ class Collector:
         self._last_seen: dict[PeerId, float] = {}
         self._missed: dict[PeerId, int] = {}
         self._loads: dict[PeerId, PeerLoad] = {}
+        self._counted: dict[PeerId, tuple[float, int]] = {}  # when, and its tokens served
+        self._serving: dict[PeerId, float] = {}  # tokens/s between its last two answers
         self._limiter = trio.CapacityLimiter(self.config.max_concurrent_gets)
         self.rounds = 0  # completed rounds, for tests and logs
 
@@ -128,6 +131,7 @@ class Collector:
             last_seen=dict(self._last_seen),
             missed=dict(self._missed),
             loads=dict(self._loads),
+            serving=dict(self._serving),
         )
 
     async def _read(self) -> Observations:
@@ -159,7 +163,9 @@ class Collector:
         return {}
 
     async def _probe_all(self, addresses: Mapping[PeerId, str]) -> None:
-        for measured in (self._rtts, self._last_seen, self._missed, self._loads):
+        measures = (self._rtts, self._last_seen, self._missed, self._loads, self._counted,
+                    self._serving)  # fmt: skip
+        for measured in measures:
             for gone in set(measured) - set(addresses):
                 del measured[gone]
 
@@ -173,14 +179,24 @@ class Collector:
                 probe = await self.probe(address)
             self._rtts[peer_id] = None if probe is None else probe.rtt
             self._loads.pop(peer_id, None)
+            self._serving.pop(peer_id, None)
             if probe is None:
                 self._missed[peer_id] = self._missed.get(peer_id, 0) + 1
                 return
-            self._last_seen[peer_id] = self._clock()
+            now = self._clock()
+            self._last_seen[peer_id] = now
             self._missed[peer_id] = 0
             if probe.load is not None:
                 self._loads[peer_id] = probe.load
+                self._count_served(peer_id, now, probe.load.served_tokens)
 
         async with trio.open_nursery() as nursery:
             for peer_id, text in addresses.items():
                 nursery.start_soon(probe_one, peer_id, text)
+
+    def _count_served(self, peer_id: PeerId, now: float, tokens: int) -> None:
+        """The peer's tokens per second since its last answer (none after a restart)."""
+        last = self._counted.get(peer_id)
+        if last is not None and now > last[0] and tokens >= last[1]:
+            self._serving[peer_id] = (tokens - last[1]) / (now - last[0])
+        self._counted[peer_id] = (now, tokens)

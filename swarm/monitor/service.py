@@ -75,7 +75,7 @@ class RPCProber:
         except (RoutingError, SecurityError) as error:
             logger.debug("probing %s failed: %s", address.peer_id.short(), error)
             return None
-        load = PeerLoad(fresh.sessions, fresh.cache_tokens_left)
+        load = PeerLoad(fresh.sessions, fresh.cache_tokens_left, fresh.served_tokens)
         return Probe(trio.current_time() - began, load)
 
 

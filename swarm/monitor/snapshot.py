@@ -20,7 +20,8 @@ Rules:
   `unreachable` whatever it announced, and covers nothing: a killed peer leaves the
   coverage within a few refreshes instead of when its records expire.
 - A peer's sessions and cache tokens left are what it answered the monitor's last probe
-  (its record may be a minute old); its record's, if it did not say.
+  (its record may be a minute old); its record's, if it did not say. The tokens it serves
+  per second are read from its counter of tokens served, in its last two answers.
 - Only `online` peers cover blocks; `joining` peers are listed and counted apart. A full
   chain exists when every block has an online peer (spans are contiguous and a peer can
   serve any sub-range of its span, so covering every block is enough to chain them).
@@ -52,6 +53,7 @@ class PeerLoad:
 
     sessions: int
     cache_tokens_left: int
+    served_tokens: int = 0  # its counter: positions its inference steps ran
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Observations:
     last_seen: Mapping[PeerId, float] = field(default_factory=dict)  # wall clock of last answer
     missed: Mapping[PeerId, int] = field(default_factory=dict)  # pings unanswered in a row
     loads: Mapping[PeerId, PeerLoad] = field(default_factory=dict)  # as probed, if they said
+    serving: Mapping[PeerId, float] = field(default_factory=dict)  # tokens/s, between probes
     refresh: float = 2.0  # the collector's period, shown on the page
 
 
@@ -92,6 +95,7 @@ class PeerRow:
     last_seen: float | None  # wall clock of its last answer to our ping
     adapters: tuple[str, ...] = ()  # the LoRA adapters it runs (names checked on decoding)
     quantization: str = ""  # of its weights ("int8"), checked on decoding
+    serving: float | None = None  # tokens/s its sessions ran lately (None: unknown)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +115,7 @@ class PeerRow:
             "last_seen": self.last_seen,
             "adapters": list(self.adapters),
             "quantization": self.quantization,
+            "serving": self.serving,
         }
 
 
@@ -273,6 +278,7 @@ def _row(
         last_seen=observations.last_seen.get(peer_id),
         adapters=announcement.adapters,
         quantization=announcement.quantization,
+        serving=observations.serving.get(peer_id),
     )
 
 

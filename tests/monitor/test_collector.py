@@ -193,6 +193,27 @@ async def test_a_peers_load_is_what_it_answered_else_its_records(
     assert {row.peer_id: row.sessions for row in view.peers} == {first: 1, second: 1}
 
 
+async def test_a_peers_tokens_per_second_come_from_its_counter_between_two_probes(
+    autojump_clock: object,
+) -> None:
+    """It ran 300 tokens between two rounds 2 s apart: 150 per second. Unknown after its
+    first answer, and when its counter goes back (it restarted)."""
+    records, (first, _) = swarm_of_blocks(2)
+    prober = FakeProber()
+    collector = Collector(FakeDHT(records), prober, CollectorConfig(), clock=wall)
+
+    async def serving_after(served: int) -> float | None:
+        prober.loads[first] = PeerLoad(sessions=1, cache_tokens_left=512, served_tokens=served)
+        view = (await collector.collect_once()).model("tiny")
+        assert view is not None
+        return {row.peer_id: row.serving for row in view.peers}[first]
+
+    assert await serving_after(1000) is None
+    await trio.sleep(2.0 - 2 * LOOKUP - PING)  # the next answer comes 2 s after this one
+    assert await serving_after(1300) == pytest.approx(150.0)
+    assert await serving_after(10) is None
+
+
 async def test_the_picture_is_published_before_the_pings(autojump_clock: object) -> None:
     records, _ = swarm_of_blocks(2)
     pinger = FakeProber()

@@ -121,9 +121,9 @@ def test_the_page_follows_the_swarm(swarm: Swarm, browser: object) -> None:
     expect(rows).to_have_count(2)
     expect(model.locator('.cell[data-peers="1"]')).to_have_count(NUM_BLOCKS)
     expect(rows.nth(0)).to_contain_text(first.address.split("/")[0])
-    expect(rows.nth(1).locator("td").nth(7)).to_have_text(hostile)
+    expect(rows.nth(1).locator("td").nth(8)).to_have_text(hostile)
     expect(model.locator("tbody b, tbody img")).to_have_count(0)
-    expect(rows.nth(0).locator("td").nth(8)).to_have_text(re.compile(r"^[\d.]+ ms$"))
+    expect(rows.nth(0).locator("td").nth(9)).to_have_text(re.compile(r"^[\d.]+ ms$"))
     expect(page.locator("#period")).to_have_value("1")
     page.screenshot(path=str(ARTIFACTS / "monitor-desktop.png"), full_page=True)
 

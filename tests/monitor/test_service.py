@@ -61,6 +61,10 @@ def peers(state: dict[str, Any]) -> list[tuple[int, int]]:
     return [(p["start"], p["end"]) for m in state["models"] for p in m["peers"]]
 
 
+def serving(state: dict[str, Any]) -> list[float | None]:
+    return [p["serving"] for m in state["models"] for p in m["peers"]]
+
+
 def loads(state: dict[str, Any]) -> list[tuple[int, int]]:
     return [(p["sessions"], p["cache_tokens_left"]) for m in state["models"] for p in m["peers"]]
 
@@ -83,9 +87,14 @@ async def test_the_monitor_follows_a_live_swarm() -> None:
             for node, record in zip((first, second), records, strict=True):
                 await publish(node, record, NUM_BLOCKS, ttl=30)
 
+            served = [0]
+
             async def busy(request: Packet, context: CallContext) -> Packet:
-                """The second peer's answer to a probe: 2 sessions now, 36 tokens left."""
-                return Packet(replace(records[1], sessions=2, cache_tokens_left=36).to_fields())
+                """The second peer's answer to a probe: 2 sessions now, 36 tokens left, and
+                100 tokens more served at every probe."""
+                served[0] += 100
+                now = replace(records[1], sessions=2, cache_tokens_left=36, served_tokens=served[0])
+                return Packet(now.to_fields())
 
             second.rpc.add_unary(INFO, busy)  # the first serves no span: it answers an error
 
@@ -108,6 +117,8 @@ async def test_the_monitor_follows_a_live_swarm() -> None:
             assert [b["throughput"] for b in model["blocks"]] == [10.0] * 4 + [50.0] * 2
             assert all(p["rtt"] is not None and p["rtt"] > 0 for p in model["peers"])
             state = await state_when(address, lambda s: loads(s) == [(0, 100), (2, 36)], within=5)
+            state = await state_when(address, lambda s: serving(s)[1] is not None, within=5)
+            assert serving(state)[0] is None and serving(state)[1] > 0
             assert (await get(address, "/")).status == 200
 
             await publish(first, replace(records[0], state=PeerState.OFFLINE), NUM_BLOCKS, 30)

@@ -32,7 +32,8 @@ def test_a_serving_peer_reports_the_sessions_and_steps_it_served(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """One generation of 5 tokens: one session, 5 steps (the prompt's, then one per token
-    but the last), the prompt's tokens and 4 more, whatever periods the report splits it in."""
+    but the last), the prompt's tokens and 4 more, whatever periods the report splits it in;
+    `span.info` gives the same count of tokens served."""
     caplog.set_level(logging.INFO, logger="peer.activity")
     checkpoint = write_tiny_model(tmp_path / "tiny-activity")
     prompt = torch.tensor([[5, 6, 7, 8, 9, 10]])
@@ -43,10 +44,11 @@ def test_a_serving_peer_reports_the_sessions_and_steps_it_served(
         ) as model,
     ):
         model.generate(prompt, max_new_tokens=5, do_sample=False, eos_token_id=[])
+        served = swarm.info(swarm.peers[0])["served_tokens"]  # its counter, for the monitor
         deadline = time.monotonic() + 10.0
         while _reported(caplog) != (1, 5, prompt.shape[1] + 4) and time.monotonic() < deadline:
             time.sleep(0.05)  # polls the log, with a deadline: the peer reports every 0.1 s
-    assert _reported(caplog) == (1, 5, prompt.shape[1] + 4)
+    assert _reported(caplog) == (1, 5, prompt.shape[1] + 4) and served == prompt.shape[1] + 4
 
 
 def _reported(caplog: pytest.LogCaptureFixture) -> tuple[int, int, int]:
