@@ -55,6 +55,7 @@ from .generation import (
     generate_batch,
     generate_tokens,
     left_padding,
+    token_logprobs,
 )
 from .head import ClientHead
 from .remote_blocks import SwarmCall, through_swarm
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
     from transformers.modeling_outputs import CausalLMOutput
 
 logger = logging.getLogger(__name__)
+
+LOGPROB_CHUNK = 256  # positions whose logits `token_logprobs` holds at once
 
 
 class DistributedModelForCausalLM:
@@ -251,6 +254,25 @@ class DistributedModelForCausalLM:
         logits = self.head.logits(hidden)
         loss = None if labels is None else _causal_lm_loss(logits, labels)
         return CausalLMOutput(loss=loss, logits=logits)
+
+    def token_logprobs(
+        self, input_ids: torch.Tensor, top: int = 0, chunk: int = LOGPROB_CHUNK
+    ) -> list[TokenLogprob]:
+        """Each token's log probability after the tokens before it, and the `top` likeliest
+        tokens at its place (one row; the first token, which nothing predicts, has none).
+        One forward through the swarm; the LM head runs `chunk` positions at a time, so a
+        long prompt never holds all its logits at once."""
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+            raise SwarmError(f"input_ids must be [1, length], not {list(input_ids.shape)}")
+        call = SwarmCall(self._loop.run, self._view, self._rng, None)
+        hidden = through_swarm(self.head.embed(input_ids), call)
+        tokens = input_ids[0].tolist()
+        records: list[TokenLogprob] = []
+        for start in range(0, len(tokens) - 1, chunk):
+            end = min(start + chunk, len(tokens) - 1)
+            logits = self.head.logits(hidden[:, start:end])[0]
+            records += token_logprobs(logits, tokens[start + 1 : end + 1], top)
+        return records
 
     def get_input_embeddings(self) -> torch.nn.Module:
         """The token embeddings, as transformers' models give them (to build `inputs_embeds`)."""

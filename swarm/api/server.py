@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, closing, suppress
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 import trio
@@ -35,7 +35,7 @@ from routing.errors import RoutingError
 from routing.path_selection import NoRoomError
 
 from ..errors import SwarmError
-from ..generation import TokenLogprob, token_logprobs
+from ..generation import TokenLogprob
 from ..http_server import HttpConfig, HttpServer, Request, Response, Write
 from .completion_text import CompletionText
 from .logprobs import chat_logprobs, completion_logprobs, scored_tokens
@@ -227,13 +227,8 @@ class ApiServer:
 
     async def _prompt_logprobs(self, input_ids: torch.Tensor, top: int) -> list[TokenLogprob]:
         """The log probability of each prompt token after the first, from one forward."""
-
-        def score() -> list[TokenLogprob]:
-            logits = cast(torch.Tensor, self.model(input_ids).logits)[0, :-1]
-            return token_logprobs(logits, input_ids[0, 1:].tolist(), top)
-
         async with self._generations:
-            return await trio.to_thread.run_sync(score)
+            return await trio.to_thread.run_sync(self.model.token_logprobs, input_ids, top)
 
     def _logprobs(
         self,

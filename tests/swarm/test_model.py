@@ -298,6 +298,26 @@ def test_a_session_records_the_models_own_log_probabilities(checkpoints: dict[st
     assert [[token for token, _ in record.top] for record in records] == top.indices.tolist()
 
 
+def test_a_prompts_log_probabilities_come_a_chunk_of_positions_at_a_time(
+    checkpoints: dict[str, Path],
+) -> None:
+    """`token_logprobs` (what the API's `echo` scores a prompt with) equals transformers'
+    log-softmax at every position, in chunks of 3 positions as in one."""
+    checkpoint = checkpoints["llama"]
+    with _swarm_and_model(checkpoint, CHAINS[2]) as (_, model):
+        chunked = model.token_logprobs(PROMPT, top=2, chunk=3)
+        whole = model.token_logprobs(PROMPT, top=2, chunk=1000)
+    local = AutoModelForCausalLM.from_pretrained(checkpoint)
+    with torch.no_grad():
+        expected = torch.log_softmax(local(PROMPT).logits[0, :-1], dim=-1)
+    tokens = PROMPT[0, 1:]
+    assert [r.token for r in chunked] == tokens.tolist() and len(chunked) > 3
+    got = torch.tensor([r.logprob for r in chunked])
+    torch.testing.assert_close(got, expected[torch.arange(len(tokens)), tokens], atol=1e-4, rtol=0)
+    assert [[t for t, _ in r.top] for r in chunked] == expected.topk(2).indices.tolist()
+    torch.testing.assert_close(got, torch.tensor([r.logprob for r in whole]), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize(
     ("options", "without"),
     [
