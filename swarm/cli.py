@@ -186,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the page's refresh period (the DHT is read twice per period); ?refresh=N overrides",
     )
 
+    status = commands.add_parser("status", help="print one picture of the swarm and exit")
+    status.add_argument(
+        "--initial-peers", nargs="+", required=True, metavar="ADDR", help="HOST:PORT/PEER_ID"
+    )
+    status.add_argument("--identity", type=Path, help="identity key file (default: fresh)")
+    status.add_argument("--json", action="store_true", help="the monitor's JSON, not text")
+    status.add_argument("--timeout", type=float, default=30.0, help="seconds, at most")
+
     demo = commands.add_parser("demo", help="a local swarm on the default model, end to end")
     demo.add_argument("--model", type=Path, help="a local checkpoint (default: SmolLM2)")
     demo.add_argument("--peers", type=int, default=3, help="peer processes (the last span twice)")
@@ -205,6 +213,7 @@ COMMAND_MODULES = {
     "chat": "swarm.commands.chat",
     "api": "swarm.commands.api",
     "monitor": "swarm.commands.monitor",
+    "status": "swarm.commands.status",
     "demo": "swarm.commands.demo",
 }
 

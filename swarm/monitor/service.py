@@ -1,7 +1,8 @@
 """The monitor as one service: an RPC host, a client-mode DHT node, the collector, the page.
 
 `serve_monitor` is the `run`-style entry for `nursery.start` (the `swarm monitor` command and
-the end-to-end test both use it); its started value is the page's URL.
+the end-to-end test both use it); its started value is the page's URL. `read_swarm` takes
+one picture and leaves (`swarm status`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from security import Identity, SecurityError
 from ..http_server import HttpConfig, HttpServer
 from .collector import Collector, CollectorConfig, Probe
 from .http import load_page, monitor_handler
-from .snapshot import PeerLoad
+from .snapshot import PeerLoad, SwarmSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,26 @@ async def serve_monitor(
         server = HttpServer(monitor_handler(collector.latest, page), http_config, "monitor")
         bound_host, bound_port = await nursery.start(server.run, host, port)
         task_status.started(page_url(bound_host, bound_port))
+
+
+async def read_swarm(
+    identity: Identity,
+    transport: Transport,
+    initial_peers: Sequence[PeerAddress],
+    config: CollectorConfig | None = None,
+) -> SwarmSnapshot:
+    """Join the swarm through `initial_peers` and take one picture of it, as the page shows
+    it (one probe per peer: their rates of tokens served need two, so they are unknown)."""
+    config = config or CollectorConfig()
+    rpc = RPCHost(identity, transport)
+    dht = DHTNode(rpc, DHTConfig(client_mode=True))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rpc.run_outbound)
+        await nursery.start(partial(dht.run, initial_peers=initial_peers))
+        collector = Collector(dht, RPCProber(rpc, timeout=config.ping_timeout), config)
+        snapshot = await collector.collect_once()
+        nursery.cancel_scope.cancel()
+    return snapshot
 
 
 class RPCProber:

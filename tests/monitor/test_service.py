@@ -9,6 +9,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
+import pytest
 import trio
 
 from routing.announcement import PeerAnnouncement, PeerState
@@ -17,6 +18,7 @@ from routing.rpc import CallContext, Packet
 from routing.span_protocol import INFO
 from routing.transport import TcpTransport
 from security import Identity
+from swarm.cli import main
 from swarm.monitor.collector import CollectorConfig
 from swarm.monitor.service import page_url, serve_monitor
 
@@ -69,7 +71,7 @@ def loads(state: dict[str, Any]) -> list[tuple[int, int]]:
     return [(p["sessions"], p["cache_tokens_left"]) for m in state["models"] for p in m["peers"]]
 
 
-async def test_the_monitor_follows_a_live_swarm() -> None:
+async def test_the_monitor_follows_a_live_swarm(capsys: pytest.CaptureFixture[str]) -> None:
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
 
@@ -119,6 +121,14 @@ async def test_the_monitor_follows_a_live_swarm() -> None:
             state = await state_when(address, lambda s: loads(s) == [(0, 100), (2, 36)], within=5)
             state = await state_when(address, lambda s: serving(s)[1] is not None, within=5)
             assert serving(state)[0] is None and serving(state)[1] > 0
+
+            # `swarm status` takes the same picture once, from the command line
+            command = ["status", "--initial-peers", str(bootstrap.address), "--json"]
+            assert await trio.to_thread.run_sync(main, command) == 0
+            printed = json.loads(capsys.readouterr().out)
+            assert peers(printed) == [(0, 4), (4, 6)] and loads(printed) == [(0, 100), (2, 36)]
+            assert await trio.to_thread.run_sync(main, command[:-1]) == 0
+            assert f"{MODEL}: {NUM_BLOCKS} blocks, 2 peers, full chain" in capsys.readouterr().out
             assert (await get(address, "/")).status == 200
 
             await publish(first, replace(records[0], state=PeerState.OFFLINE), NUM_BLOCKS, 30)
