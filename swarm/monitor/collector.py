@@ -6,8 +6,8 @@ in flight, each bounded by `get_timeout`), and publish a snapshot at once with t
 so far, so a peer that announced `offline` leaves the page on the next refresh. Then probe
 every listed peer concurrently (`ping_timeout` each): its RTT, and its load now (sessions,
 cache left, its counter of tokens served: the tokens per second since the last probe) if it
-says, and publish the snapshot again with them. A failed read leaves that
-key empty for the round; it never stops the collector.
+says, and publish the snapshot again with them. A failed read leaves that key empty for the
+round; it never stops the collector.
 
 The DHT and the prober are small protocols, so tests drive the collector with fakes and
 trio's MockClock (the RPC prober is in `service.py`).
