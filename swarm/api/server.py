@@ -38,7 +38,7 @@ from ..errors import SwarmError
 from ..generation import TokenLogprob
 from ..http_server import HttpConfig, HttpServer, Request, Response, Write
 from .completion_text import CompletionText
-from .logprobs import chat_logprobs, completion_logprobs, scored_tokens
+from .logprobs import ScoredToken, chat_logprobs, completion_logprobs, scored_tokens
 from .requests import ApiError, CompletionRequest, read_request
 from .session_pool import IdleSession, SessionPool
 
@@ -191,21 +191,20 @@ class ApiServer:
         if request.stream:
             stream = partial(self._stream, input_ids, choices, answer)
             return Response(200, content_type="text/event-stream", stream=stream)
-        prompt_records: list[TokenLogprob] = []
+        prompt: list[ScoredToken] = []  # what an echo adds before each answer's tokens
         try:
             if max_tokens:
                 await _side_by_side([partial(self._whole, input_ids, c) for c in choices])
             if request.echo and request.logprobs is not None:
-                prompt_records = await self._prompt_logprobs(input_ids, request.logprobs)
+                records = await self._prompt_logprobs(input_ids, request.logprobs)
+                prompt = scored_tokens(self.tokenizer, input_ids[0].tolist(), [None, *records])
         except (RoutingError, SwarmError) as error:
             logger.warning("a %s failed: %s", request.kind, error)
             raise _generation_error(error) from None
         logprobs = []
         for choice in choices:
             answer.log(choice.text)
-            logprobs.append(
-                self._logprobs(request, input_ids, prompt_records, choice.text, choice.records)
-            )
+            logprobs.append(self._logprobs(request, prompt, choice.text, choice.records))
         return _json(200, answer.whole([choice.text for choice in choices], logprobs))
 
     async def _whole(self, input_ids: torch.Tensor, choice: _Choice) -> None:
@@ -233,20 +232,17 @@ class ApiServer:
     def _logprobs(
         self,
         request: CompletionRequest,
-        input_ids: torch.Tensor,
-        prompt_records: list[TokenLogprob],
+        prompt: list[ScoredToken],
         text: CompletionText,
         records: list[TokenLogprob],
     ) -> dict[str, Any] | None:
-        """The answer's log probabilities as its kind shapes them, if it asked for them."""
+        """One answer's log probabilities as its kind shapes them, after the echoed
+        `prompt`'s (scored once for all answers), if the request asked for them."""
         if request.logprobs is None:
             return None
-        scored = []
-        if request.echo:
-            scored = scored_tokens(self.tokenizer, input_ids[0].tolist(), [None, *prompt_records])
         length = len(text.text) if text.stopped else math.inf
         generated = records[: len(text.tokens)]  # a token after a stop sequence is not text
-        scored += scored_tokens(self.tokenizer, text.tokens, generated, length)
+        scored = prompt + scored_tokens(self.tokenizer, text.tokens, generated, length)
         shape = chat_logprobs if request.kind == "chat" else completion_logprobs
         return shape(self.tokenizer, scored)
 
