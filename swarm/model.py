@@ -343,10 +343,12 @@ class InferenceSession:
         return None if self._state is None else self._state.input_ids
 
     @property
-    def logprobs(self) -> list[TokenLogprob]:
-        """The last turn's new tokens' log-probabilities, if it was asked for them
+    def logprobs(self) -> Sequence[TokenLogprob]:
+        """The last turn's new tokens' log-probabilities so far, if it was asked for them
         (`logprobs=N`: each with the N likeliest tokens at its place)."""
-        return [] if self._state is None else list(self._state.logprobs or ())
+        if self._state is None or self._state.logprobs is None:
+            return []
+        return self._state.logprobs
 
     def stream(
         self, input_ids: torch.Tensor, *, tokenizer: Any = None, **kwargs: Any

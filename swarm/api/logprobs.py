@@ -7,7 +7,9 @@ the text skips) have none, and neither do tokens after a stop sequence cut the t
 token's text is what it adds to the text, so that the tokens add up to it (a character made
 of several tokens shows whole in the last of them), and `text_offset` counts those texts
 (with `echo`, from the prompt's tokens: the prompt itself for the byte-level tokenizers of
-most models). The likeliest tokens show as each decodes alone.
+most models). The likeliest tokens show as each decodes alone. A streamed answer's chunks
+carry the entries of the tokens that their text completes (`LogprobStream`), so that the
+entries of all its chunks are those of the whole answer.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from typing import Any
 
 from ..generation import TokenLogprob
 
-__all__ = ["ScoredToken", "chat_logprobs", "completion_logprobs", "scored_tokens"]
+__all__ = [
+    "LogprobStream",
+    "ScoredToken",
+    "TokenTexts",
+    "chat_logprobs",
+    "completion_logprobs",
+    "scored_tokens",
+]
 
 
 @dataclass(frozen=True)
@@ -39,39 +48,68 @@ def scored_tokens(
 ) -> list[ScoredToken]:
     """The tokens that make the decode of `tokens` (cut after `length` characters, if a stop
     sequence cut it), each with its part of that text and its record."""
-    special = set(getattr(tokenizer, "all_special_ids", ()))
-    texts = _token_texts(tokenizer, [token for token in tokens if token not in special])
-    scored: list[ScoredToken] = []
-    offset = 0
-    kept = (record for token, record in zip(tokens, records, strict=True) if token not in special)
-    for text, record in zip(texts, kept, strict=True):
-        if offset >= length:
-            break
-        scored.append(ScoredToken(text, record))
-        offset += len(text)
-    return scored
+    stream = LogprobStream(tokenizer)
+    for token, record in zip(tokens, records, strict=True):
+        stream.add(token, record)
+    return stream.take(length, final=True)
 
 
-def _token_texts(tokenizer: Any, tokens: Sequence[int], context: int = 4) -> list[str]:
-    """Each token's part of the decode of `tokens`: what decoding it adds after the tokens
-    before (a few of them, for the spaces between words); a token that leaves a character
-    half done adds nothing, and the one that completes it adds the whole character."""
-    texts = []
-    given = 0  # tokens whose text is given
-    for end in range(1, len(tokens) + 1):
-        start = max(0, given - context)
-        before = str(tokenizer.decode(tokens[start:given]))
-        after = str(tokenizer.decode(tokens[start:end]))
+class LogprobStream:
+    """The scored tokens of a text that grows token by token (`add`), handed out (`take`) as
+    the text that carries them is: in order, each once."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.special = set(getattr(tokenizer, "all_special_ids", ()))
+        self.texts = TokenTexts(tokenizer)
+        self.waiting: list[ScoredToken] = []  # scored, not handed out yet
+        self.offset = 0  # where the first waiting token's text begins
+
+    def add(self, token: int, record: TokenLogprob | None) -> None:
+        if token not in self.special:  # the text skips it
+            self.waiting.append(ScoredToken(self.texts.add(token), record))
+
+    def take(self, length: float, *, final: bool = False) -> list[ScoredToken]:
+        """The waiting tokens that the first `length` characters of the text hold whole; or,
+        `final`ly, every one that begins within them."""
+        taken = 0
+        for token in self.waiting:
+            end = self.offset + len(token.text)
+            if self.offset >= length or (end > length and not final):
+                break
+            self.offset = end
+            taken += 1
+        handed, self.waiting = self.waiting[:taken], self.waiting[taken:]
+        return handed
+
+
+class TokenTexts:
+    """Each token's part of the decode of the tokens so far (`add`): what decoding it adds
+    after the tokens before (a few of them, for the spaces between words). A token that
+    leaves a character half done adds nothing, and the one that completes it adds the whole
+    character."""
+
+    def __init__(self, tokenizer: Any, context: int = 4) -> None:
+        self.tokenizer = tokenizer
+        self.context = context
+        self.tokens: list[int] = []
+        self.given = 0  # tokens whose text is given
+
+    def add(self, token: int) -> str:
+        self.tokens.append(token)
+        start = max(0, self.given - self.context)
+        before = str(self.tokenizer.decode(self.tokens[start : self.given]))
+        after = str(self.tokenizer.decode(self.tokens[start:]))
         if after.endswith("\ufffd") or not after.startswith(before):
-            texts.append("")
-            continue
-        texts.append(after[len(before) :])
-        given = end
-    return texts
+            return ""
+        self.given = len(self.tokens)
+        return after[len(before) :]
 
 
-def completion_logprobs(tokenizer: Any, scored: Sequence[ScoredToken]) -> dict[str, Any]:
-    offsets = [0]
+def completion_logprobs(
+    tokenizer: Any, scored: Sequence[ScoredToken], offset: int = 0
+) -> dict[str, Any]:
+    """The completions API's lists; `offset`: where the first token's text begins."""
+    offsets = [offset]
     for token in scored[:-1]:
         offsets.append(offsets[-1] + len(token.text))
     return {

@@ -5,8 +5,8 @@ tools...) are accepted only at their neutral value, and refused by name otherwis
 a field the API does not have is an error too, as OpenAI's API answers it. `temperature` 0
 is greedy decoding; above 0 the tokens are sampled with that temperature and `top_p` (no
 top-k: OpenAI has none). The presence and frequency penalties apply to the tokens generated
-(`swarm.generation.PresenceFrequencyPenalty`). Log probabilities (completions: `logprobs` N,
-`echo`; chat: `logprobs`, `top_logprobs` N) come with whole answers only, not streamed.
+(`swarm.generation.PresenceFrequencyPenalty`). Log probabilities: completions take `logprobs` N
+and `echo`, chat takes `logprobs` and `top_logprobs` N.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
         fields["prompt"] = _prompt(data.get("prompt"))
         fields["max_tokens"] = _field(data, "max_tokens", int)
     fields["stream"] = bool(_field(data, "stream", bool))
-    fields["logprobs"] = _logprobs(kind, data, fields["stream"])
+    fields["logprobs"] = _logprobs(kind, data)
     fields["echo"] = bool(_field(data, "echo", bool))
     n = _field(data, "n", int)
     fields["n"] = 1 if n is None else n
@@ -168,7 +168,7 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
     return CompletionRequest(**fields)
 
 
-def _logprobs(kind: str, data: dict[str, Any], stream: bool) -> int | None:
+def _logprobs(kind: str, data: dict[str, Any]) -> int | None:
     """How many likeliest tokens per place the request asks for (None: no log probabilities):
     completions say it in `logprobs`, chat in `top_logprobs` once `logprobs` is true."""
     if kind == "chat":
@@ -182,8 +182,6 @@ def _logprobs(kind: str, data: dict[str, Any], stream: bool) -> int | None:
         top = _field(data, name, int)
     if top is not None and not 0 <= top <= MAX_LOGPROBS[kind]:
         raise ApiError(400, f"{name} must be within 0..{MAX_LOGPROBS[kind]}", name)
-    if top is not None and stream:
-        raise ApiError(400, "log probabilities come with whole answers here, not streamed", name)
     return top
 
 

@@ -38,7 +38,13 @@ from ..errors import SwarmError
 from ..generation import TokenLogprob
 from ..http_server import HttpConfig, HttpServer, Request, Response, Write
 from .completion_text import CompletionText
-from .logprobs import ScoredToken, chat_logprobs, completion_logprobs, scored_tokens
+from .logprobs import (
+    LogprobStream,
+    ScoredToken,
+    chat_logprobs,
+    completion_logprobs,
+    scored_tokens,
+)
 from .requests import ApiError, CompletionRequest, read_request
 from .session_pool import IdleSession, SessionPool
 
@@ -191,13 +197,10 @@ class ApiServer:
         if request.stream:
             stream = partial(self._stream, input_ids, choices, answer)
             return Response(200, content_type="text/event-stream", stream=stream)
-        prompt: list[ScoredToken] = []  # what an echo adds before each answer's tokens
         try:
             if max_tokens:
                 await _side_by_side([partial(self._whole, input_ids, c) for c in choices])
-            if request.echo and request.logprobs is not None:
-                records = await self._prompt_logprobs(input_ids, request.logprobs)
-                prompt = scored_tokens(self.tokenizer, input_ids[0].tolist(), [None, *records])
+            prompt = await self._echoed_logprobs(request, input_ids)
         except (RoutingError, SwarmError) as error:
             logger.warning("a %s failed: %s", request.kind, error)
             raise _generation_error(error) from None
@@ -210,11 +213,13 @@ class ApiServer:
     async def _whole(self, input_ids: torch.Tensor, choice: _Choice) -> None:
         """Generate one answer whole."""
 
-        async def collect(token: int) -> bool:
+        async def collect(token: int, record: TokenLogprob | None) -> bool:
             choice.text.add(token)
+            if record is not None:
+                choice.records.append(record)
             return not choice.text.stopped
 
-        await self._generate(input_ids, choice.options, collect, choice.records)
+        await self._generate(input_ids, choice.options, collect)
 
     def _echo_text(self, request: CompletionRequest, input_ids: torch.Tensor) -> str:
         """The prompt as the text of an answer that echoes it ("" if it does not)."""
@@ -224,10 +229,18 @@ class ApiServer:
             return request.prompt
         return str(self.tokenizer.decode(input_ids[0], skip_special_tokens=True))
 
-    async def _prompt_logprobs(self, input_ids: torch.Tensor, top: int) -> list[TokenLogprob]:
-        """The log probability of each prompt token after the first, from one forward."""
+    async def _echoed_logprobs(
+        self, request: CompletionRequest, input_ids: torch.Tensor
+    ) -> list[ScoredToken]:
+        """The echoed prompt's tokens, each scored but the first, from one forward (none if
+        the request does not echo them with log probabilities)."""
+        if not request.echo or request.logprobs is None:
+            return []
         async with self._generations:
-            return await trio.to_thread.run_sync(self.model.token_logprobs, input_ids, top)
+            records = await trio.to_thread.run_sync(
+                self.model.token_logprobs, input_ids, request.logprobs
+            )
+        return scored_tokens(self.tokenizer, input_ids[0].tolist(), [None, *records])
 
     def _logprobs(
         self,
@@ -241,10 +254,17 @@ class ApiServer:
         if request.logprobs is None:
             return None
         length = len(text.text) if text.stopped else math.inf
-        generated = records[: len(text.tokens)]  # a token after a stop sequence is not text
-        scored = prompt + scored_tokens(self.tokenizer, text.tokens, generated, length)
-        shape = chat_logprobs if request.kind == "chat" else completion_logprobs
-        return shape(self.tokenizer, scored)
+        scored = prompt + scored_tokens(self.tokenizer, text.tokens, records, length)
+        return self._shaped(request, scored, 0)
+
+    def _shaped(
+        self, request: CompletionRequest, scored: list[ScoredToken], offset: int
+    ) -> dict[str, Any]:
+        """Log probabilities as the request's kind shapes them (`offset`: where the first
+        token's text begins)."""
+        if request.kind == "chat":
+            return chat_logprobs(self.tokenizer, scored)
+        return completion_logprobs(self.tokenizer, scored, offset)
 
     def _input_ids(self, request: CompletionRequest) -> torch.Tensor:
         if isinstance(request.prompt, tuple):  # token ids
@@ -272,30 +292,46 @@ class ApiServer:
         """Server-sent events: the pieces of each answer's text as they come, each answer's
         end, `[DONE]` (the answers side by side, their events one at a time)."""
         writing = trio.Lock()
+        request = answer.request
 
         async def emit(body: Any) -> None:
             async with writing:
                 await write(_event(body))
 
-        async def run(choice: _Choice) -> None:
-            text = choice.text
+        async def run(choice: _Choice, offset: int) -> None:
+            text, scored = choice.text, LogprobStream(self.tokenizer)
 
-            async def send(token: int) -> bool:
-                if piece := text.add(token):
-                    await emit(answer.chunk(piece, choice.index))
+            async def send_piece(piece: str, *, final: bool = False) -> None:
+                """A piece of text, with the log probabilities of the tokens that the text
+                sent so far holds (`final`: all that are left)."""
+                logprobs = None
+                if request.logprobs is not None and (piece or final):
+                    start = offset + scored.offset
+                    length = math.inf if final and not text.stopped else len(text.sent)
+                    if (taken := scored.take(length, final=final)) or piece:
+                        logprobs = self._shaped(request, taken, start)
+                if piece or logprobs:
+                    await emit(answer.chunk(piece, choice.index, logprobs))
+
+            async def send(token: int, record: TokenLogprob | None) -> bool:
+                if not text.stopped:
+                    scored.add(token, record)
+                await send_piece(text.add(token))
                 return not text.stopped
 
             if answer.max_tokens:
                 await self._generate(input_ids, choice.options, send)
             answer.log(text)
-            if piece := text.finish():
-                await emit(answer.chunk(piece, choice.index))
+            await send_piece(text.finish(), final=True)
             await emit(answer.chunk("", choice.index, reason=answer.reason(text)))
 
-        for choice in choices:
-            await emit(answer.chunk(answer.echo, choice.index, first=True))
         try:
-            await _side_by_side([partial(run, choice) for choice in choices])
+            prompt = await self._echoed_logprobs(request, input_ids)
+            echoed = self._shaped(request, prompt, 0) if prompt else None
+            for choice in choices:
+                await emit(answer.chunk(answer.echo, choice.index, echoed, first=True))
+            offset = sum(len(token.text) for token in prompt)
+            await _side_by_side([partial(run, choice, offset) for choice in choices])
         except (RoutingError, SwarmError) as error:  # the status is sent: say it in the stream
             logger.warning("a streamed %s failed: %s", answer.request.kind, error)
             await emit(_generation_error(error).to_json())
@@ -308,26 +344,25 @@ class ApiServer:
         self,
         input_ids: torch.Tensor,
         options: dict[str, Any],
-        consume: Callable[[int], Awaitable[bool]],
-        records: list[TokenLogprob] | None = None,
+        consume: Callable[[int, TokenLogprob | None], Awaitable[bool]],
     ) -> None:
         """Generate in a worker thread; `consume` each token in this loop as it comes, until it
         says it wants no more. Then, or when it fails or this is cancelled, no one receives
         any more: the thread stops at its next token and closes its session before this
-        returns. `records`: where the tokens' log probabilities go, if `options` ask."""
-        send, receive = trio.open_memory_channel[int](math.inf)
+        returns. Each token comes with its log probabilities if `options` ask for them."""
+        send, receive = trio.open_memory_channel[tuple[int, TokenLogprob | None]](math.inf)
         needed = int(input_ids.shape[1]) + int(options["max_new_tokens"])
         idle = self.sessions.take(input_ids[0].tolist(), needed)
         whole: list[tuple[InferenceSession, list[int]]] = []  # the session, if its answer
         # ended whole, and all it holds
-        work = partial(self._work, input_ids, options, send, idle, whole, records)
+        work = partial(self._work, input_ids, options, send, idle, whole)
         async with self._generations, self._counted():
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(trio.to_thread.run_sync, work)
                     async with receive:
-                        async for token in receive:
-                            if not await consume(token):
+                        async for token, record in receive:
+                            if not await consume(token, record):
                                 break
             except BaseExceptionGroup as group:  # one side failed (the other ends quietly)
                 if len(group.exceptions) != 1:
@@ -354,10 +389,9 @@ class ApiServer:
         self,
         input_ids: torch.Tensor,
         options: dict[str, Any],
-        send: trio.MemorySendChannel[int],
+        send: trio.MemorySendChannel[tuple[int, TokenLogprob | None]],
         idle: IdleSession | None,
         whole: list[tuple[InferenceSession, list[int]]],
-        records: list[TokenLogprob] | None,
     ) -> None:
         """In a worker thread: generate in the waiting session (sending what follows its
         tokens) or a new one, handing the tokens to the loop; the session goes to `whole`
@@ -370,9 +404,8 @@ class ApiServer:
             try:
                 with closing(session.stream(input_ids, tokenizer=self.tokenizer, **options)) as s:
                     for token in s:
-                        trio.from_thread.run_sync(send.send_nowait, token)
-                if records is not None:
-                    records.extend(session.logprobs)
+                        record = session.logprobs[-1] if "logprobs" in options else None
+                        trio.from_thread.run_sync(send.send_nowait, (token, record))
                 history = session.input_ids
                 whole.append((session, [] if history is None else history[0].tolist()))
             except trio.BrokenResourceError:
@@ -482,9 +515,15 @@ class _Answer:
         return {**self._head(), "choices": choices, "usage": usage}
 
     def chunk(
-        self, piece: str, index: int = 0, *, first: bool = False, reason: str | None = None
+        self,
+        piece: str,
+        index: int = 0,
+        logprobs: dict[str, Any] | None = None,
+        *,
+        first: bool = False,
+        reason: str | None = None,
     ) -> Any:
-        choice: dict[str, Any] = {"index": index, "logprobs": None, "finish_reason": reason}
+        choice: dict[str, Any] = {"index": index, "logprobs": logprobs, "finish_reason": reason}
         if self.request.kind == "chat":
             delta: dict[str, str] = {"role": "assistant"} if first else {}
             if piece or first:

@@ -366,6 +366,47 @@ async def test_chat_logprobs_follow_the_answer(tiny: Path, swarm: Any) -> None:
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
+async def test_streamed_logprobs_are_the_whole_answers_piece_by_piece(
+    tiny: Path, swarm: Any
+) -> None:
+    """Sampled, echoed and cut by a stop sequence: the chunks' entries put together are the
+    whole answer's, offsets included, and a chunk only scores tokens its text has sent."""
+    async with api(tiny, swarm[1]) as client:
+        options = {"model": MODEL, "prompt": PROMPT, "max_tokens": 16, "seed": 3, "logprobs": 2}
+        text = (await call(client.completions.create, **options)).choices[0].text
+        options |= {"stop": [text[len(text) // 2 : len(text) // 2 + 3]], "echo": True}
+        whole = await call(client.completions.create, **options)
+        chunks = await trio.to_thread.run_sync(
+            lambda: list(client.completions.create(**options, stream=True))
+        )
+    expected = whole.choices[0].logprobs
+    assert len(whole.choices[0].text) < len(PROMPT + text)  # the stop cut it
+    streamed: dict[str, list[Any]] = {name: [] for name in vars(expected)}
+    sent = ""
+    for chunk in chunks:
+        sent += chunk.choices[0].text
+        if chunk.choices[0].logprobs is not None:
+            for name, values in vars(chunk.choices[0].logprobs).items():
+                streamed[name] += values
+        assert sent.startswith("".join(streamed["tokens"]))
+    assert sent == whole.choices[0].text
+    assert streamed == vars(expected) and len(expected.tokens) > len(prompt_ids(tiny)[0])
+
+
+async def test_streamed_chat_logprobs_are_the_whole_answers(tiny: Path, swarm: Any) -> None:
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    async with api(tiny, swarm[1]) as client:
+        options = {"model": MODEL, "messages": messages, "max_tokens": 12, "seed": 4,
+                   "logprobs": True, "top_logprobs": 2}  # fmt: skip
+        whole = await call(client.chat.completions.create, **options)
+        chunks = await trio.to_thread.run_sync(
+            lambda: list(client.chat.completions.create(**options, stream=True))
+        )
+    pieces = [c.choices[0].logprobs.content for c in chunks if c.choices[0].logprobs]
+    content = [entry for piece in pieces for entry in piece]
+    assert len(pieces) > 1 and content == whole.choices[0].logprobs.content
+
+
 async def test_a_client_gone_mid_stream_frees_its_sessions(tiny: Path, swarm: Any) -> None:
     """Its generation stops at once: with 50 ms more per step, its 400 tokens would hold
     the sessions for 20 s."""
@@ -549,7 +590,6 @@ def test_the_tokens_texts_add_up_to_the_text(tiny: Path) -> None:
         ({"model": "m", "prompt": "x", "max_tokens": True}, "max_tokens must be int"),
         ({"model": "m", "prompt": "x", "stop": ["a"] * 5}, "stop must be"),
         ({"model": "m", "prompt": "x", "logprobs": 6}, "logprobs must be within 0..5"),
-        ({"model": "m", "prompt": "x", "logprobs": 1, "stream": True}, "not streamed"),
         ({"model": "m", "prompt": "x", "top_logprobs": 1}, "unrecognized request argument"),
         ({"model": "m", "prompt": "x", "presence_penalty": 2.5}, "presence_penalty must be within"),
         ({"model": "m", "prompt": "x", "best_of": 2}, "best_of=2 is not supported"),
