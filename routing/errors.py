@@ -14,6 +14,7 @@ __all__ = [
     "ConnectionLostError",
     "HandlerError",
     "MessageTooLargeError",
+    "NotAMemberError",
     "PeerUnreachableError",
     "PeerUnresponsiveError",
     "ProtocolError",
@@ -45,6 +46,11 @@ class ConnectionLostError(RoutingError):
 
 class PeerUnreachableError(RoutingError):
     """Could not connect to the peer, or the secure handshake with it failed."""
+
+
+class NotAMemberError(PeerUnreachableError):
+    """In a private swarm: a peer outside its members, which we do not dial, or one that
+    closed our connection because we are not among its members."""
 
 
 class CallTimeoutError(RoutingError):

@@ -4,7 +4,8 @@ Layout of one message (all integers big-endian)::
 
     total     u32   bytes after this field: 13 + len(header) + len(payload)
     kind      u8    a `Kind`
-    call_id   u64   chosen by the side that starts the call (odd: dialer, even: listener)
+    call_id   u64   chosen by the side that starts the call (odd: dialer, even: listener);
+                    0 is the connection itself: an ERROR on it refuses the connection
     hlen      u32   length of the msgpack header
     header    hlen bytes of msgpack (any msgpack value; the RPC layer checks its shape)
     padding   0-7 bytes, only before a non-empty payload, so that the payload starts at a

@@ -12,6 +12,7 @@ from .errors import HandshakeError as HandshakeError
 from .errors import HandshakeTimeoutError as HandshakeTimeoutError
 from .errors import InvalidPeerIdError as InvalidPeerIdError
 from .errors import KeyFileError as KeyFileError
+from .errors import MembersFileError as MembersFileError
 from .errors import NoiseStateError as NoiseStateError
 from .errors import NonceExhaustedError as NonceExhaustedError
 from .errors import PeerIdMismatchError as PeerIdMismatchError
@@ -21,4 +22,6 @@ from .handshake import PROTOCOL_VERSION as PROTOCOL_VERSION
 from .identity import Identity as Identity
 from .identity import PeerId as PeerId
 from .identity import verify_signature as verify_signature
+from .members import parse_members as parse_members
+from .members import read_members as read_members
 from .secure_stream import SecureStream as SecureStream

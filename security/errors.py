@@ -17,6 +17,7 @@ __all__ = [
     "HandshakeTimeoutError",
     "InvalidPeerIdError",
     "KeyFileError",
+    "MembersFileError",
     "NoiseStateError",
     "NonceExhaustedError",
     "PeerIdMismatchError",
@@ -35,6 +36,10 @@ class InvalidPeerIdError(SecurityError, ValueError):
 
 class KeyFileError(SecurityError):
     """An identity key file that cannot be parsed as an Ed25519 private key."""
+
+
+class MembersFileError(SecurityError):
+    """A private swarm's members list that cannot be read, or holds something else."""
 
 
 class HandshakeError(SecurityError):

@@ -27,12 +27,23 @@ TYPED_ERRORS = (SwarmError, PeerError, RoutingError, SecurityError)
 DTYPES = ["float32", "bfloat16", "float16"]  # peer.span.SUPPORTED_DTYPES, without torch
 
 
-def _add_network_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=0, help="port to listen on (0: any free)")
+def _add_key_options(parser: argparse.ArgumentParser) -> None:
+    """Who the command is in the swarm, and whom it talks to (`swarm/commands/keys.py`)."""
     parser.add_argument(
         "--identity", type=Path, help="identity key file (created if missing; default: fresh)"
     )
+    parser.add_argument(
+        "--members",
+        type=Path,
+        metavar="FILE",
+        help="a private swarm's peer ids, one per line: talk to no one else",
+    )
+
+
+def _add_network_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (0: any free)")
+    _add_key_options(parser)
     parser.add_argument(
         "--initial-peers",
         nargs="*",
@@ -48,6 +59,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--initial-peers", nargs="+", required=True, metavar="ADDR", help="HOST:PORT/PEER_ID"
     )
+    _add_key_options(parser)
     parser.add_argument("--model-name", help="the model's name in the swarm (default: derived)")
     parser.add_argument("--adapter", help="run the peers' LoRA adapter of this name")
     parser.add_argument(
@@ -190,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--initial-peers", nargs="+", required=True, metavar="ADDR", help="HOST:PORT/PEER_ID"
     )
-    status.add_argument("--identity", type=Path, help="identity key file (default: fresh)")
+    _add_key_options(status)
     status.add_argument("--json", action="store_true", help="the monitor's JSON, not text")
     status.add_argument("--timeout", type=float, default=30.0, help="seconds, at most")
 

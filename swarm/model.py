@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncGenerator, Generator, Sequence
+from collections.abc import AsyncGenerator, Collection, Generator, Sequence
 from contextlib import aclosing
 from functools import partial
 from pathlib import Path
@@ -40,9 +40,9 @@ from routing.client import (
 )
 from routing.dht import DHTConfig, DHTNode
 from routing.path_selection import Hop
-from routing.rpc import RPCHost
+from routing.rpc import RPCConfig, RPCHost
 from routing.transport import TcpTransport
-from security import Identity
+from security import Identity, PeerId
 
 from .beam_search import generate_beams
 from .errors import SwarmError
@@ -99,6 +99,8 @@ class DistributedModelForCausalLM:
         dtype: str | torch.dtype = torch.float32,
         config: ClientConfig | None = None,
         adapter: str | None = None,
+        identity: Identity | None = None,
+        members: Collection[PeerId] | None = None,
     ) -> DistributedModelForCausalLM:
         """Load the head of `checkpoint` and join the swarm through `initial_peers`.
 
@@ -106,6 +108,9 @@ class DistributedModelForCausalLM:
         ("bfloat16" for a bfloat16 swarm) to get what the local model in that dtype gives.
         `adapter`: the name of a LoRA adapter that peers serve (`swarm peer --adapter DIR`):
         generation, forward and backward then run through peers that announce it, with it.
+        `identity`: the client's key (default: a fresh one); in a private swarm, `members`
+        are its peers' ids (`security.read_members`), the only peers the client talks to,
+        and its own must be among them.
         """
         from transformers import GenerationConfig
 
@@ -124,7 +129,8 @@ class DistributedModelForCausalLM:
         loop = TrioThread()
         loop.start()
         try:
-            rpc = RPCHost(Identity.generate(), TcpTransport())
+            rpc_config = RPCConfig(members=None if members is None else frozenset(members))
+            rpc = RPCHost(identity or Identity.generate(), TcpTransport(), rpc_config)
             loop.start_service(rpc.run_outbound)  # a client listens for nobody
             dht = DHTNode(rpc, DHTConfig(client_mode=True))
             loop.start_service(partial(dht.run, initial_peers=peers))

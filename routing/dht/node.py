@@ -33,7 +33,7 @@ import trio
 from security import PeerId, SecurityError
 
 from ..address import PeerAddress
-from ..errors import HandlerError, RemoteError, RoutingError
+from ..errors import HandlerError, NotAMemberError, RemoteError, RoutingError
 from ..records import DHTValue, RecordRejectedError, SignedRecord, VerifiedRecords, verify_record
 from ..rpc import CallContext, Packet, RPCHost
 from . import protocol
@@ -119,34 +119,55 @@ class DHTNode:
         initial_peers: Sequence[PeerAddress] = (),
         task_status: trio.TaskStatus[PeerAddress | None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Join the swarm (or start one, with no initial peers), then keep the table fresh."""
+        """Join the swarm (or start one, with no initial peers), then keep the table fresh.
+        `BootstrapError` if no initial peer lets us in."""
+        failure: BootstrapError | None = None  # raised bare, not in the nursery's group
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 for bucket in self.table.buckets:
                     bucket.last_refreshed = trio.current_time()
-                if initial_peers:
+                try:
                     await self._bootstrap(initial_peers)
-                nursery.start_soon(self._refresh_loop)
-                nursery.start_soon(self._republish_loop)
-                logger.info("DHT node %s up, knows %d nodes", self.peer_id.short(), len(self.table))
-                task_status.started(self.address)
+                except BootstrapError as error:
+                    failure = error
+                else:
+                    nursery.start_soon(self._refresh_loop)
+                    nursery.start_soon(self._republish_loop)
+                    logger.info(
+                        "DHT node %s up, knows %d nodes", self.peer_id.short(), len(self.table)
+                    )
+                    task_status.started(self.address)
         finally:
             self._nursery = None
+        if failure is not None:
+            raise failure
 
     async def _bootstrap(self, initial_peers: Sequence[PeerAddress]) -> None:
         peers = [peer for peer in initial_peers if peer.peer_id != self.peer_id]
         if not peers:
-            return  # we are the only initial peer named: a new swarm starts here
+            return  # none, or we are the only one named: a new swarm starts here
         delay = 0.5
+        refusals: dict[PeerAddress, NotAMemberError] = {}
+
+        async def reach(peer: PeerAddress) -> None:
+            try:
+                await self._call(peer, protocol.PING, {})
+            except NotAMemberError as refusal:
+                refusals[peer] = refusal
+            except (RoutingError, SecurityError):
+                pass
+
         with trio.move_on_after(self.config.bootstrap_timeout):
             while True:
                 async with trio.open_nursery() as nursery:
                     for peer in peers:
-                        nursery.start_soon(self.ping, peer)
+                        nursery.start_soon(reach, peer)
                 if len(self.table):
                     await self.find_nodes(self.node_id)  # others learn of us, we of them
                     return
+                if len(refusals) == len(peers):  # asking again will not change their minds
+                    raise BootstrapError(f"every initial peer refused us: {refusals[peers[0]]}")
                 logger.info("no initial peer answered, retrying in %.1f s", delay)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 10.0)

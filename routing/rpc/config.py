@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from security import PeerId
+
 from ..wire import DEFAULT_MAX_MESSAGE_SIZE, INITIAL_STREAM_WINDOW, PREFIX_SIZE
 
 __all__ = ["RPCConfig", "RPCStats"]
@@ -24,6 +26,7 @@ class RPCConfig:
     write_high_water: int = 1024 * 1024  # queued bytes beyond which senders wait
     write_stall_timeout: float = 60.0  # a write taking longer closes the connection
     receive_size: int = 256 * 1024  # bytes asked from the transport per read
+    members: frozenset[PeerId] | None = None  # a private swarm's peers (None: anyone)
 
     def __post_init__(self) -> None:
         if self.max_message_size < PREFIX_SIZE + 64:

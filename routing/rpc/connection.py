@@ -10,7 +10,9 @@ Theory of operation. Three kinds of task share a connection, all in its nursery:
 - one task per remote call our handlers serve (`inbound.py`), capped per connection.
 
 Call ids: the dialer of the connection numbers its calls 1, 3, 5, ... and the listener
-2, 4, 6, ..., so both sides can start calls on the same connection. A message about a call
+2, 4, 6, ..., so both sides can start calls on the same connection; an ERROR on call 0 is
+the listener refusing the connection (`NotAMemberError`: a private swarm's peer closes it
+to anyone not among its members, right after the handshake). A message about a call
 we no longer track (a late reply after a timeout, a duplicate end, data after a cancel) is
 dropped: such races are normal. Messages that break the framing or the protocol (unknown
 kind, bad msgpack, over a cap, a duplicate live call id, data beyond a stream's window)
@@ -31,8 +33,10 @@ from security import PeerId, SecurityError
 from ..errors import (
     CallTimeoutError,
     ConnectionLostError,
+    NotAMemberError,
     ProtocolError,
     RemoteError,
+    RoutingError,
     StreamClosedError,
 )
 from ..wire import MAX_WINDOW_INCREMENT, Buffer, Decoder, Kind, Message, encode
@@ -194,8 +198,12 @@ class Connection:
     def _shutdown(self) -> None:
         self._closed = True
         reason = self.close_reason or ConnectionLostError("connection closed")
-        lost = ConnectionLostError(f"connection with {self.peer_id.short()} lost: {reason}")
-        lost.__cause__ = reason
+        lost: RoutingError
+        if isinstance(reason, NotAMemberError):  # a refusal says why as it is
+            lost = reason
+        else:
+            lost = ConnectionLostError(f"connection with {self.peer_id.short()} lost: {reason}")
+            lost.__cause__ = reason
         self._writer.fail(lost)
         for entry in list(self._calls.values()):
             if isinstance(entry, _PendingCall):
@@ -242,7 +250,10 @@ class Connection:
         kind = message.kind
         call_id = message.call_id
         if call_id & 1 != self._local_parity:  # a call the remote started
-            if kind is Kind.REQUEST or kind is Kind.STREAM_OPEN:
+            if call_id == 0 and kind is Kind.ERROR:  # the remote refuses the connection
+                refusal = _remote_error(message.header)
+                self.close(NotAMemberError(f"{self.peer_id.short()} refused us: {refusal}"))
+            elif kind is Kind.REQUEST or kind is Kind.STREAM_OPEN:
                 self._inbound.start(message)
             elif kind is Kind.CANCEL:
                 self._inbound.cancel(call_id)

@@ -6,8 +6,11 @@ peer or dial one. Every connection is a `SecureStream` (Noise, both directions):
 one must finish its handshake within `handshake_timeout`, and at most
 `max_unauthenticated` may be in their handshake at once (more are closed at once, so a
 flood of silent connections costs a bounded amount); then its `Connection` serves calls
-until it closes. Built-in methods: "ping" (empty reply, answered by the reader) and "info"
-(our peer id and address, plus what `set_info` adds; `add_unary("info", ...)` replaces it).
+until it closes. In a private swarm (`RPCConfig.members`), a connection from a peer not
+among the members is refused right after the handshake, before any call is read (the
+dialer's calls fail with `NotAMemberError`), and such a peer is never dialed. Built-in
+methods: "ping" (empty reply, answered by the reader) and "info" (our peer id and address,
+plus what `set_info` adds; `add_unary("info", ...)` replaces it).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import trio
 from security import Identity, PeerId, SecureStream, SecurityError
 
 from ..address import PeerAddress
-from ..errors import CallTimeoutError, RoutingError
+from ..errors import CallTimeoutError, NotAMemberError, RoutingError
 from ..transport import Transport
+from ..wire import Kind, encode
 from .config import RPCConfig, RPCStats
 from .connection import Connection
 from .packet import CallContext, Packet, StreamHandler, UnaryHandler
@@ -36,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 _RESERVED = {"ping"}
 _REPLACEABLE = {"info"}
+REFUSAL_LINGER = 1.0  # seconds a refused connection is read (and dropped) before it closes
 
 
 def _remote_host(stream: trio.abc.Stream) -> str:
@@ -63,6 +68,8 @@ class RPCHost:
         self._pool = ConnectionPool(self._dial, self.config.connect_timeout)
         self._address: PeerAddress | None = None
         self._unauthenticated = 0
+        if not self._admits(self.peer_id):
+            raise NotAMemberError(f"our own peer id {self.peer_id} is not among the members")
 
     # -- identity and registration -----------------------------------------------------------
 
@@ -150,6 +157,9 @@ class RPCHost:
             )
             try:
                 await secure.do_handshake()
+                if not self._admits(secure.remote_peer_id):
+                    await self._refuse(secure)
+                    return
             except (SecurityError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
                 logger.debug("inbound handshake failed: %r", error)
                 return
@@ -161,6 +171,25 @@ class RPCHost:
             await connection.run()
         finally:
             self._pool.remove(connection)
+
+    def _admits(self, peer_id: PeerId) -> bool:
+        members = self.config.members
+        return members is None or peer_id in members
+
+    def _check_member(self, target: PeerAddress) -> None:
+        if not self._admits(target.peer_id):
+            raise NotAMemberError(f"{target} is not among this swarm's members")
+
+    async def _refuse(self, secure: SecureStream) -> None:
+        """Tell a peer outside the members why; the transport closes the connection once
+        this returns, after reading what it sent meanwhile for a moment (so that the
+        refusal is not lost to a reset)."""
+        logger.info("refusing %s: not among the members", secure.remote_peer_id)
+        refusal = ["not_a_member", "this swarm is private and you are not among its members"]
+        with trio.move_on_after(REFUSAL_LINGER):
+            await secure.send_all(b"".join(encode(Kind.ERROR, 0, refusal)))
+            while await secure.receive_some():
+                pass
 
     def _connection(self, secure: SecureStream, remote_host: str, *, initiator: bool) -> Connection:
         return Connection(
@@ -223,6 +252,7 @@ class RPCHost:
         deadline = trio.current_time() + timeout
         connection = self._pool.get(target.peer_id)  # the hot path: no dial, no checkpoint
         if connection is None:
+            self._check_member(target)
             with trio.move_on_at(deadline):
                 connection = await self._pool.get_or_dial(target)
             if connection is None:
@@ -243,6 +273,7 @@ class RPCHost:
         cancels the remote handler if it has not finished); leaving on an error cancels it."""
         timeout = self.config.connect_timeout if connect_timeout is None else connect_timeout
         connection: Connection | None = None
+        self._check_member(target)
         with trio.move_on_after(timeout):
             connection = await self._pool.get_or_dial(target)
         if connection is None:

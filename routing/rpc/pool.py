@@ -24,7 +24,7 @@ import trio
 from security import PeerId, SecurityError
 
 from ..address import PeerAddress
-from ..errors import PeerUnreachableError
+from ..errors import NotAMemberError, PeerUnreachableError
 from .connection import Connection
 
 __all__ = ["ConnectionPool"]
@@ -91,7 +91,10 @@ class ConnectionPool:
         await dial.done.wait()
         if dial.connection is not None and dial.connection.is_open:
             return dial.connection
-        raise PeerUnreachableError(f"cannot reach {address}: {dial.error}") from dial.error
+        error = dial.error if dial.connection is None else dial.connection.close_reason
+        if isinstance(error, NotAMemberError):  # refused at once: say why
+            raise error
+        raise PeerUnreachableError(f"cannot reach {address}: {error}") from error
 
     async def _dial(self, address: PeerAddress, dial: _Dial) -> None:
         try:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import trio
 
 from routing import PeerAddress, TcpTransport
 from routing.dht import serve_dht_node
 
-from .identity_file import identity_from
+from .keys import identity_from, rpc_config
 from .lifecycle import run_service
 
 
@@ -17,13 +18,9 @@ async def serve_dht(args: argparse.Namespace, *, task_status: trio.TaskStatus[st
     """Run the node; its started value is the address others join through."""
     initial_peers = [PeerAddress.parse(text) for text in args.initial_peers]
     async with trio.open_nursery() as nursery:
+        serve = partial(serve_dht_node, rpc_config=rpc_config(args))
         node = await nursery.start(
-            serve_dht_node,
-            identity_from(args.identity),
-            TcpTransport(),
-            args.host,
-            args.port,
-            initial_peers,
+            serve, identity_from(args.identity), TcpTransport(), args.host, args.port, initial_peers
         )
         task_status.started(str(node.address))
 

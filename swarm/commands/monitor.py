@@ -1,7 +1,7 @@
 """`swarm monitor`: serve the swarm monitor page (and its JSON) read from the DHT.
 
 Options (the lead's argparse entry): --host, --port (of the HTTP page), --identity,
---initial-peers, --refresh (seconds, the page's default period). Prints the page's URL.
+--members, --initial-peers, --refresh (seconds, the page's default period). Prints the page's URL.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from routing.transport import TcpTransport
 from swarm.monitor.collector import CollectorConfig
 from swarm.monitor.service import serve_monitor
 
-from .identity_file import identity_from
+from .keys import identity_from, members_from
 from .lifecycle import run_service
 
 
@@ -30,6 +30,7 @@ async def serve(args: argparse.Namespace, *, task_status: trio.TaskStatus[str]) 
         args.host,
         args.port,
         collector_config=CollectorConfig(refresh=refresh),
+        members=members_from(args),
         task_status=task_status,
     )
 

@@ -16,7 +16,7 @@ from routing import PeerAddress, TcpTransport
 
 from ..checkpoints import resolve_checkpoint, swarm_name
 from ..default_model import cache_dir
-from .identity_file import identity_from
+from .keys import identity_from, rpc_config
 from .lifecycle import run_service
 
 
@@ -41,6 +41,7 @@ def peer_config(args: argparse.Namespace) -> PeerConfig:
         adapters=tuple(args.adapter),
         quantization=args.quantize,
         report_every=args.report_every,
+        rpc=rpc_config(args),
     )
 
 

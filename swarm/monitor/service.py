@@ -17,9 +17,9 @@ from routing.address import PeerAddress
 from routing.client import ask_announcement
 from routing.dht import DHTConfig, DHTNode
 from routing.errors import ProtocolError, RemoteError, RoutingError
-from routing.rpc import RPCHost
+from routing.rpc import RPCConfig, RPCHost
 from routing.transport import Transport
-from security import Identity, SecurityError
+from security import Identity, PeerId, SecurityError
 
 from ..http_server import HttpConfig, HttpServer
 from .collector import Collector, CollectorConfig, Probe
@@ -38,11 +38,13 @@ async def serve_monitor(
     *,
     collector_config: CollectorConfig | None = None,
     http_config: HttpConfig | None = None,
+    members: frozenset[PeerId] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Join the swarm through `initial_peers`, collect, serve the page on host:port."""
+    """Join the swarm through `initial_peers`, collect, serve the page on host:port
+    (`members`: a private swarm's peers, the only ones it talks to)."""
     collector_config = collector_config or CollectorConfig()
-    rpc = RPCHost(identity, transport)
+    rpc = RPCHost(identity, transport, RPCConfig(members=members))
     # Client mode: the monitor reads the DHT but never offers to store records.
     dht = DHTNode(rpc, DHTConfig(client_mode=True))
     page = load_page()  # before any network work: a broken install fails at once
@@ -63,11 +65,13 @@ async def read_swarm(
     transport: Transport,
     initial_peers: Sequence[PeerAddress],
     config: CollectorConfig | None = None,
+    *,
+    members: frozenset[PeerId] | None = None,
 ) -> SwarmSnapshot:
     """Join the swarm through `initial_peers` and take one picture of it, as the page shows
     it (one probe per peer: their rates of tokens served need two, so they are unknown)."""
     config = config or CollectorConfig()
-    rpc = RPCHost(identity, transport)
+    rpc = RPCHost(identity, transport, RPCConfig(members=members))
     dht = DHTNode(rpc, DHTConfig(client_mode=True))
     async with trio.open_nursery() as nursery:
         await nursery.start(rpc.run_outbound)

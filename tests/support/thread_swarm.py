@@ -2,7 +2,8 @@
 thread, on 127.0.0.1 TCP, so a `DistributedModelForCausalLM` can join it like a real one
 (in milliseconds, without a process per peer). `stop_peer` stops one the clean way, and
 returns once it is gone; `fault` delays, stalls or cuts its connections (each peer sits
-behind a `FaultRelay`)."""
+behind a `FaultRelay`). `private_for`: a private swarm, whose `members` are its own nodes
+and the identities given (clients)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from peer.daemon import PeerConfig, serve_peer
 from routing import span_protocol
 from routing.address import PeerAddress
 from routing.dht import serve_dht_node
-from routing.rpc import Packet, RPCHost
+from routing.rpc import Packet, RPCConfig, RPCHost
 from routing.transport import TcpTransport
 from security import Identity
 from swarm.trio_thread import TrioThread
@@ -47,12 +48,19 @@ class ThreadSwarm:
         spans: Sequence[tuple[int, int]],
         *,
         per_peer: Sequence[dict[str, Any]] = (),
+        private_for: Sequence[Identity] | None = None,
         **config: Any,
     ) -> None:
         """`config`: PeerConfig fields for every peer; `per_peer[i]`: more for peer i."""
         self.checkpoint = checkpoint
         self.spans = list(spans)
         self.per_peer = list(per_peer) + [{}] * (len(self.spans) - len(per_peer))
+        self.identities = [Identity.generate() for _ in range(len(self.spans) + 2)]
+        self.members = None  # anyone
+        if private_for is not None:
+            own = [identity.peer_id for identity in [*self.identities, *private_for]]
+            self.members = frozenset(own)
+            config["rpc"] = RPCConfig(members=self.members)
         self.config = config
         self.loop = TrioThread("test-swarm")
         self.peers: list[ThreadPeer] = []
@@ -62,13 +70,16 @@ class ThreadSwarm:
     def __enter__(self) -> ThreadSwarm:
         self.loop.start()
         try:
-            node = self.loop.start_service(
-                serve_dht_node, Identity.generate(), TcpTransport(), "127.0.0.1", 0
-            )
+            rpc = RPCConfig(members=self.members)
+            serve_dht = partial(serve_dht_node, rpc_config=rpc)
+            dht_identity, probe_identity, *peer_identities = self.identities
+            node = self.loop.start_service(serve_dht, dht_identity, TcpTransport(), "127.0.0.1", 0)
             self.bootstrap = str(node.address)
-            for (start, end), options in zip(self.spans, self.per_peer, strict=True):
-                self.peers.append(self.loop.start_service(self._serve, start, end, options))
-            self._probe = RPCHost(Identity.generate(), TcpTransport())
+            for span, options, identity in zip(
+                self.spans, self.per_peer, peer_identities, strict=True
+            ):
+                self.peers.append(self.loop.start_service(self._serve, *span, options, identity))
+            self._probe = RPCHost(probe_identity, TcpTransport(), rpc)
             self.loop.start_service(self._probe.run, "127.0.0.1", 0)
         except BaseException:
             self.loop.close()
@@ -88,6 +99,7 @@ class ThreadSwarm:
         start: int,
         end: int,
         options: dict[str, Any],
+        identity: Identity,
         *,
         task_status: trio.TaskStatus[ThreadPeer],
     ) -> None:
@@ -102,9 +114,7 @@ class ThreadSwarm:
         try:
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
-                    address = await nursery.start(
-                        partial(serve_peer, config, Identity.generate(), relay)
-                    )
+                    address = await nursery.start(partial(serve_peer, config, identity, relay))
                     task_status.started(ThreadPeer(address, start, end, scope, relay, stopped))
         finally:
             stopped.set()
