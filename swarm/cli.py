@@ -88,6 +88,7 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-repeat-ngram-size", type=int, help="n-grams may occur once")
     parser.add_argument("--min-p", type=float, help="sampling: drop tokens under P x the top")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    parser.add_argument("--json", action="store_true", help="answer with one JSON object")
     parser.add_argument(
         "--assistant", help="a small local checkpoint that drafts tokens (speculative decoding)"
     )

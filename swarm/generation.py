@@ -34,11 +34,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from .errors import SwarmError
-
-
-class GenerationError(SwarmError):
-    """The request cannot be generated (bad arguments, or a session too short)."""
+from .errors import GenerationError as GenerationError
+from .json_mode import JsonConstraint
 
 
 class HiddenStatePipeline(Protocol):
@@ -77,6 +74,7 @@ class SamplingConfig:
     min_p: float | None = None  # sampling: tokens under min_p times the likeliest are out
     presence_penalty: float = 0.0  # OpenAI's: off each generated token's logit, once
     frequency_penalty: float = 0.0  # OpenAI's: off each generated token's logit, per use
+    json_object: bool = False  # JSON mode: the text is one JSON object (`swarm.json_mode`)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -329,6 +327,11 @@ async def generate_tokens(
     stopping = build_stopping_criteria(config, tokenizer)
     generator = sampling_generator(config, state.input_ids.device)
     eos = set(config.eos_token_ids)
+    json = JsonConstraint(tokenizer, eos) if config.json_object else None
+
+    def draw(scores: torch.Tensor) -> int:
+        return int(choose_tokens(scores, config.do_sample, generator))
+
     for _ in range(config.max_new_tokens):
         fresh = state.input_ids[:, state.processed :]
         if fresh.shape[1] == 0:
@@ -337,12 +340,16 @@ async def generate_tokens(
         state.processed = state.input_ids.shape[1]  # in the caches, whatever happens next
         logits = head.logits(hidden[:, -1:, :])[:, -1, :].to(torch.float32)
         scores = processors(cast(torch.LongTensor, state.input_ids), logits)
-        token = choose_tokens(scores, config.do_sample, generator)
-        state.input_ids = torch.cat([state.input_ids, token.view(1, 1)], dim=-1)
-        state.new_tokens.append(int(token))
-        state.record(logits[0], int(token))
-        yield int(token)
-        if int(token) in eos or (stopping and bool(stopping(state.input_ids, scores).all())):
+        token = draw(scores) if json is None else json.choose(scores, logits, draw)
+        if json is not None:
+            json.take(token)
+        chosen = torch.tensor([[token]], dtype=state.input_ids.dtype, device=state.input_ids.device)
+        state.input_ids = torch.cat([state.input_ids, chosen], dim=-1)
+        state.new_tokens.append(token)
+        state.record(logits[0], token)
+        yield token
+        ended = token in eos or (json is not None and json.complete)
+        if ended or (stopping and bool(stopping(state.input_ids, scores).all())):
             return
 
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..generation import TokenLogprob
+from ..token_texts import TokenTexts
 
 __all__ = [
     "LogprobStream",
     "ScoredToken",
-    "TokenTexts",
     "chat_logprobs",
     "completion_logprobs",
     "scored_tokens",
@@ -80,29 +80,6 @@ class LogprobStream:
             taken += 1
         handed, self.waiting = self.waiting[:taken], self.waiting[taken:]
         return handed
-
-
-class TokenTexts:
-    """Each token's part of the decode of the tokens so far (`add`): what decoding it adds
-    after the tokens before (a few of them, for the spaces between words). A token that
-    leaves a character half done adds nothing, and the one that completes it adds the whole
-    character."""
-
-    def __init__(self, tokenizer: Any, context: int = 4) -> None:
-        self.tokenizer = tokenizer
-        self.context = context
-        self.tokens: list[int] = []
-        self.given = 0  # tokens whose text is given
-
-    def add(self, token: int) -> str:
-        self.tokens.append(token)
-        start = max(0, self.given - self.context)
-        before = str(self.tokenizer.decode(self.tokens[start : self.given]))
-        after = str(self.tokenizer.decode(self.tokens[start:]))
-        if after.endswith("\ufffd") or not after.startswith(before):
-            return ""
-        self.given = len(self.tokens)
-        return after[len(before) :]
 
 
 def completion_logprobs(

@@ -6,7 +6,8 @@ a field the API does not have is an error too, as OpenAI's API answers it. `temp
 is greedy decoding; above 0 the tokens are sampled with that temperature and `top_p` (no
 top-k: OpenAI has none). The presence and frequency penalties apply to the tokens generated
 (`swarm.generation.PresenceFrequencyPenalty`). Log probabilities: completions take `logprobs` N
-and `echo`, chat takes `logprobs` and `top_logprobs` N.
+and `echo`, chat takes `logprobs` and `top_logprobs` N. `response_format` `json_object` is
+JSON mode (`swarm.json_mode`); a JSON schema is refused.
 """
 
 from __future__ import annotations
@@ -31,12 +32,11 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "suffix": (None, ""),
     "tools": (None, []),
     "tool_choice": (None, "none"),
-    "response_format": (None, {"type": "text"}),
 }
 IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls")
 COMMON = ("model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
-          "stream_options", "presence_penalty", "frequency_penalty", "n", *NEUTRAL,
-          *IGNORED)  # fmt: skip
+          "stream_options", "presence_penalty", "frequency_penalty", "n", "response_format",
+          *NEUTRAL, *IGNORED)  # fmt: skip
 FIELDS = {
     "completion": (*COMMON, "prompt", "logprobs", "echo"),
     "chat": (*COMMON, "messages", "max_completion_tokens", "logprobs", "top_logprobs"),
@@ -94,6 +94,7 @@ class CompletionRequest:
     logprobs: int | None = None  # asked: with this many likeliest tokens per place
     echo: bool = False  # the prompt comes first in the text (and its log probabilities)
     n: int = 1  # answers, each generated on its own (choice i sampled with seed + i)
+    json_object: bool = False  # JSON mode: the answer is one JSON object
 
     def generate_options(self, max_tokens: int, choice: int = 0) -> dict[str, Any]:
         """`generate()`'s arguments for this request's answer number `choice`."""
@@ -113,6 +114,8 @@ class CompletionRequest:
             options["stop_strings"] = list(self.stop)
         if self.logprobs is not None:
             options["logprobs"] = self.logprobs
+        if self.json_object:
+            options["json_object"] = True
         return options
 
 
@@ -165,7 +168,17 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
     fields["stop"] = _stop(data.get("stop"))
     options = _field(data, "stream_options", dict) or {}
     fields["include_usage"] = options.get("include_usage") is True
+    fields["json_object"] = _json_mode(data)
     return CompletionRequest(**fields)
+
+
+def _json_mode(data: dict[str, Any]) -> bool:
+    """Whether `response_format` asks for JSON mode (`{"type": "json_object"}`)."""
+    kind = (_field(data, "response_format", dict) or {"type": "text"}).get("type")
+    if kind not in ("text", "json_object"):
+        raise ApiError(400, f"response_format {kind!r} is not supported here: "
+                       "json_object and text are", "response_format")  # fmt: skip
+    return bool(kind == "json_object")
 
 
 def _logprobs(kind: str, data: dict[str, Any]) -> int | None:

@@ -54,6 +54,7 @@ def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
         "no_repeat_ngram_size": args.no_repeat_ngram_size,
         "min_p": args.min_p,
         "seed": args.seed,
+        "json_object": True if args.json else None,
     }
 
 

@@ -1,0 +1,260 @@
+"""JSON mode. The prefix checker against Python's own JSON parser; the token choice against
+a scan of the whole vocabulary (greedy), and a count of seeded draws (sampling); generation
+that stops where the object closes; and through the swarm and `swarm api`, the tokens of a
+greedy loop over transformers' logits that keeps, at each step, the likeliest token whose
+text still begins a JSON object."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import torch
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from swarm import DistributedModelForCausalLM
+from swarm.cli import main
+from swarm.errors import GenerationError
+from swarm.generation import GenerationState, SamplingConfig, generate_tokens
+from swarm.json_mode import JsonConstraint
+from swarm.json_prefix import MAX_BLANK, JsonPrefix
+from tests.support.thread_swarm import ThreadSwarm
+from tests.support.tiny_model import write_tiny_model
+
+from .test_api import api, call
+
+MODEL = "tiny-api"  # the name `api()` serves under
+
+
+def parses_as_object(text: str) -> bool:
+    """Python's verdict: one JSON object (NaN and Infinity, which it allows, are not JSON)."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(constant)
+
+    try:
+        return isinstance(json.loads(text, parse_constant=refuse), dict)
+    except ValueError:
+        return False
+
+
+def complete(text: str) -> bool:
+    state = JsonPrefix().feed(text)
+    return state is not None and state.complete
+
+
+numbers = st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+leaves = st.none() | st.booleans() | numbers | st.text()
+
+
+def containers(inner: Any) -> Any:
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4)
+
+
+values = st.recursive(leaves, containers)
+layouts = st.sampled_from([{}, {"indent": 1}, {"separators": (",", ":")}, {"ensure_ascii": False}])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(), values, max_size=4), layouts)
+def test_every_prefix_of_a_json_object_begins_one(document: dict[str, Any], layout: Any) -> None:
+    text = json.dumps(document, **layout) + "\n"
+    state: JsonPrefix | None = JsonPrefix()
+    for position, char in enumerate(text):
+        assert state is not None and not (state.complete and char not in " \n")
+        state = state.feed(char)
+        assert state is not None, text[: position + 1]
+    assert state is not None and state.complete
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet='{}[]":,. -+0123456789eEtrufalsn\\\t\n\u00e9\x01', max_size=24))
+def test_the_checker_agrees_with_pythons_parser(text: str) -> None:
+    """Complete exactly when Python parses an object that the text begins with (no
+    whitespace first); a text refused part way never parses."""
+    assert complete(text) == (parses_as_object(text) and text.startswith("{"))
+    if JsonPrefix().feed(text) is None:
+        assert not parses_as_object(text) or not text.startswith("{")
+
+
+def test_what_begins_no_json_object() -> None:
+    for text in ['[1]', '"a"', '{"a" 1', '{"a": 01', '{"a": 1.}', '{"a":1,}', '{"a": tru}',
+                 '{"a": "\x01', '{}x', '{"a": [}', '{"\\x"', ' {}']:  # fmt: skip
+        assert JsonPrefix().feed(text) is None, text
+    blank = "{" + " " * MAX_BLANK  # whitespace runs are bounded, outside strings only
+    assert JsonPrefix().feed(blank) is not None and JsonPrefix().feed(blank + " ") is None
+    assert JsonPrefix().feed('{"' + " " * 100) is not None
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("json") / MODEL, seed=6)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny: Path) -> Any:
+    return AutoTokenizer.from_pretrained(tiny)
+
+
+def fitting(tokenizer: Any, tokens: list[int], eos: int, *, closed: bool = False) -> list[int]:
+    """Every token that keeps the decode of `tokens` a JSON object's beginning, found by
+    decoding each after them (EOS: only once the object is `closed`)."""
+    found = []
+    for token in range(len(tokenizer)):
+        if token == eos:
+            if closed:
+                found.append(token)
+            continue
+        text = tokenizer.decode([*tokens, token])
+        if token not in tokenizer.all_special_ids and JsonPrefix().feed(text) is not None:
+            found.append(token)
+    return found
+
+
+def test_greedy_takes_the_likeliest_token_that_fits(tokenizer: Any) -> None:
+    eos = tokenizer.eos_token_id
+    prefix = tokenizer('{"name": "Ada", "tags": [', add_special_tokens=False)["input_ids"]
+    constraint = JsonConstraint(tokenizer, [eos])
+    for token in prefix:
+        constraint.take(token)
+    allowed = fitting(tokenizer, prefix, eos)
+    breaking = [token for token in range(len(tokenizer)) if token not in allowed]
+    for seed in range(5):
+        scores = torch.randn(1, len(tokenizer), generator=torch.Generator().manual_seed(seed))
+        scores[0, breaking[seed]] = 10.0  # the likeliest breaks the JSON
+        expected = max(allowed, key=lambda token: float(scores[0, token]))
+        assert constraint.choose(scores, scores, lambda s: int(s.argmax())) == expected
+
+
+def test_sampling_draws_from_the_fitting_tokens_renormalised(tokenizer: Any) -> None:
+    eos = tokenizer.eos_token_id
+    prefix = tokenizer('{"a": 1', add_special_tokens=False)["input_ids"]
+    constraint = JsonConstraint(tokenizer, [eos])
+    for token in prefix:
+        constraint.take(token)
+    scores = torch.full((1, len(tokenizer)), -math.inf)
+    candidates = tokenizer(["}", ",", "x", "2", "]", ":"], add_special_tokens=False)["input_ids"]
+    for (token,), score in zip(candidates, [0.0, 1.0, 3.0, -0.5, 2.0, 1.5], strict=True):
+        scores[0, token] = score
+    allowed = [token for (token,) in candidates if token in fitting(tokenizer, prefix, eos)]
+    assert len(allowed) == 3  # "}", "," and "2"
+    weights = torch.softmax(scores[0, allowed], dim=0)
+    generator = torch.Generator().manual_seed(0)
+
+    def draw(s: torch.Tensor) -> int:
+        return int(torch.multinomial(torch.softmax(s, dim=-1), 1, generator=generator))
+
+    counts = Counter(constraint.choose(scores, scores, draw) for _ in range(4000))
+    assert set(counts) == set(allowed)
+    for token, weight in zip(allowed, weights.tolist(), strict=True):
+        assert abs(counts[token] / 4000 - weight) < 0.03
+
+
+class ScriptedHead:
+    """A head whose logits rank, at each step, a token that JSON never holds first (10) and
+    the target's next token second (5)."""
+
+    def __init__(self, target: list[int], breaking: int, vocabulary: int) -> None:
+        self.target, self.breaking, self.vocabulary = target, breaking, vocabulary
+        self.steps = 0
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(1, input_ids.shape[1], 4)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(1, hidden.shape[1], self.vocabulary)
+        logits[0, -1, self.breaking] = 10.0
+        if self.steps < len(self.target):
+            logits[0, -1, self.target[self.steps]] = 5.0
+        self.steps += 1
+        return logits
+
+
+class NoPipeline:
+    async def step(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+
+async def test_generation_keeps_to_json_and_stops_where_the_object_closes(tokenizer: Any) -> None:
+    text = '{"a": [1, true], "b": "é"}'
+    target = tokenizer(text, add_special_tokens=False)["input_ids"]
+    breaking = tokenizer("\x01", add_special_tokens=False)["input_ids"][0]  # nowhere in JSON
+    head = ScriptedHead(target, breaking, len(tokenizer))
+    config = SamplingConfig(max_new_tokens=60, json_object=True,
+                            eos_token_ids=(tokenizer.eos_token_id,))  # fmt: skip
+    state = GenerationState(input_ids=torch.tensor([[5]]))
+    tokens = [t async for t in generate_tokens(head, NoPipeline(), state, config, tokenizer)]
+    assert tokens == target and tokenizer.decode(tokens) == text
+    with pytest.raises(GenerationError, match="tokenizer"):
+        async for _ in generate_tokens(head, NoPipeline(), state, config):
+            pass
+
+
+@pytest.fixture(scope="module")
+def swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM]]:
+    with (
+        ThreadSwarm(tiny, [(0, 2), (2, 4)]) as peers,
+        DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[peers.bootstrap]) as model,
+    ):
+        yield peers, model
+
+
+def reference(tiny: Path, tokenizer: Any, prompt: torch.Tensor, count: int) -> list[int]:
+    """Greedy over transformers' logits, each step's likeliest token that fits (a scan of
+    the whole vocabulary), ending where the object closes."""
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    eos = tokenizer.eos_token_id
+    tokens: list[int] = []
+    for _ in range(count):
+        with torch.no_grad():
+            logits = model(torch.cat([prompt, torch.tensor([tokens], dtype=torch.long)], 1)).logits
+        closed = complete(tokenizer.decode(tokens)) if tokens else False
+        allowed = fitting(tokenizer, tokens, eos, closed=closed)
+        tokens.append(max(allowed, key=lambda token: float(logits[0, -1, token])))
+        if complete(tokenizer.decode(tokens)):
+            break
+    return tokens
+
+
+def test_json_mode_through_the_swarm_is_the_reference(
+    tiny: Path, tokenizer: Any, swarm: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompt = tokenizer("Answer in JSON:", return_tensors="pt")["input_ids"]
+    expected = reference(tiny, tokenizer, prompt, 40)
+    output = swarm[1].generate(prompt, max_new_tokens=40, json_object=True, tokenizer=tokenizer)
+    assert output[0, prompt.shape[1] :].tolist() == expected
+    command = ["generate", str(tiny), "Answer in JSON:", "--initial-peers", swarm[0].bootstrap]
+    assert main([*command, "--json", "--max-new-tokens", "40"]) == 0
+    assert capsys.readouterr().out == tokenizer.decode(expected, skip_special_tokens=True) + "\n"
+    with pytest.raises(GenerationError, match="JSON mode takes one sequence"):
+        swarm[1].generate(prompt, num_beams=2, json_object=True, tokenizer=tokenizer)
+
+
+async def test_the_api_takes_response_format_json_object(
+    tiny: Path, tokenizer: Any, swarm: Any
+) -> None:
+    messages = [{"role": "user", "content": "Answer in JSON."}]
+    encoded = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    prompt = encoded["input_ids"]
+    expected = await trio.to_thread.run_sync(reference, tiny, tokenizer, prompt, 24)
+    async with api(tiny, swarm[1]) as client:
+        options = {"model": MODEL, "messages": messages, "max_tokens": 24, "temperature": 0}
+        answer = await call(client.chat.completions.create, **options,
+                            response_format={"type": "json_object"})  # fmt: skip
+        with pytest.raises(openai.BadRequestError, match="json_schema"):
+            schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}
+            await call(client.chat.completions.create, **options, response_format=schema)
+    content = answer.choices[0].message.content
+    assert content == tokenizer.decode(expected, skip_special_tokens=True)
+    assert JsonPrefix().feed(content) is not None
