@@ -340,8 +340,10 @@ async def generate_tokens(
         state.processed = state.input_ids.shape[1]  # in the caches, whatever happens next
         logits = head.logits(hidden[:, -1:, :])[:, -1, :].to(torch.float32)
         scores = processors(cast(torch.LongTensor, state.input_ids), logits)
-        token = draw(scores) if json is None else json.choose(scores, logits, draw)
-        if json is not None:
+        if json is None:
+            token = draw(scores)
+        else:
+            token = json.choose(scores, logits, draw)
             json.take(token)
         chosen = torch.tensor([[token]], dtype=state.input_ids.dtype, device=state.input_ids.device)
         state.input_ids = torch.cat([state.input_ids, chosen], dim=-1)

@@ -120,13 +120,18 @@ def fitting(tokenizer: Any, tokens: list[int], eos: int, *, closed: bool = False
     return found
 
 
-def test_greedy_takes_the_likeliest_token_that_fits(tokenizer: Any) -> None:
-    eos = tokenizer.eos_token_id
-    prefix = tokenizer('{"name": "Ada", "tags": [', add_special_tokens=False)["input_ids"]
-    constraint = JsonConstraint(tokenizer, [eos])
+def following(tokenizer: Any, text: str) -> tuple[JsonConstraint, list[int]]:
+    """A constraint that has taken the tokens of `text`, and those tokens."""
+    prefix = tokenizer(text, add_special_tokens=False)["input_ids"]
+    constraint = JsonConstraint(tokenizer, [tokenizer.eos_token_id])
     for token in prefix:
         constraint.take(token)
-    allowed = fitting(tokenizer, prefix, eos)
+    return constraint, prefix
+
+
+def test_greedy_takes_the_likeliest_token_that_fits(tokenizer: Any) -> None:
+    constraint, prefix = following(tokenizer, '{"name": "Ada", "tags": [')
+    allowed = fitting(tokenizer, prefix, tokenizer.eos_token_id)
     breaking = [token for token in range(len(tokenizer)) if token not in allowed]
     for seed in range(5):
         scores = torch.randn(1, len(tokenizer), generator=torch.Generator().manual_seed(seed))
@@ -136,16 +141,13 @@ def test_greedy_takes_the_likeliest_token_that_fits(tokenizer: Any) -> None:
 
 
 def test_sampling_draws_from_the_fitting_tokens_renormalised(tokenizer: Any) -> None:
-    eos = tokenizer.eos_token_id
-    prefix = tokenizer('{"a": 1', add_special_tokens=False)["input_ids"]
-    constraint = JsonConstraint(tokenizer, [eos])
-    for token in prefix:
-        constraint.take(token)
+    constraint, prefix = following(tokenizer, '{"a": 1')
     scores = torch.full((1, len(tokenizer)), -math.inf)
     candidates = tokenizer(["}", ",", "x", "2", "]", ":"], add_special_tokens=False)["input_ids"]
     for (token,), score in zip(candidates, [0.0, 1.0, 3.0, -0.5, 2.0, 1.5], strict=True):
         scores[0, token] = score
-    allowed = [token for (token,) in candidates if token in fitting(tokenizer, prefix, eos)]
+    fit = fitting(tokenizer, prefix, tokenizer.eos_token_id)
+    allowed = [token for (token,) in candidates if token in fit]
     assert len(allowed) == 3  # "}", "," and "2"
     weights = torch.softmax(scores[0, allowed], dim=0)
     generator = torch.Generator().manual_seed(0)
