@@ -43,7 +43,6 @@ class JsonConstraint:
         self.eos = frozenset(eos_token_ids)
         self.special = frozenset(getattr(tokenizer, "all_special_ids", ())) - self.eos
         self.state = JsonPrefix()
-        self._tried: dict[int, JsonPrefix | None] = {}  # this step's tokens, and their states
 
     @property
     def complete(self) -> bool:
@@ -51,11 +50,6 @@ class JsonConstraint:
 
     def fits(self, token: int) -> JsonPrefix | None:
         """The state after `token`, or None if it does not fit."""
-        if token not in self._tried:
-            self._tried[token] = self._after(token)
-        return self._tried[token]
-
-    def _after(self, token: int) -> JsonPrefix | None:
         if token in self.eos:
             return self.state if self.state.complete else None
         if token in self.special:  # not text
@@ -73,7 +67,6 @@ class JsonConstraint:
             raise GenerationError(f"token {token} does not fit the JSON so far")
         self.texts.add(token)
         self.state = state
-        self._tried.clear()
 
     def choose(
         self, scores: torch.Tensor, logits: torch.Tensor, draw: Callable[[torch.Tensor], int]

@@ -21,31 +21,30 @@ class TokenTexts:
         self.context = context
         self.tokens: list[int] = []
         self.given = 0  # tokens whose text is given
-        self._before: tuple[int, str] | None = None  # (length, decode of the context then)
+        self._before = ""  # the decode of the context of the next token
+        self._peeked: dict[int, str | None] = {}  # what tokens would add next
 
     def peek(self, token: int) -> str | None:
         """What `token` would add next: its text, "" if it leaves a character half done,
         None if it would change the text given before it."""
-        start = max(0, self.given - self.context)
-        before = self._decode_before(start)
-        after = str(self.tokenizer.decode([*self.tokens[start:], token]))
-        if not after.startswith(before):
-            return None
-        return "" if after.endswith("\ufffd") else after[len(before) :]
+        if token not in self._peeked:
+            self._peeked[token] = self._part(token)
+        return self._peeked[token]
 
     def add(self, token: int) -> str:
         """Take `token`; its part of the text."""
         text = self.peek(token)
         self.tokens.append(token)
-        if not text:
-            return ""
-        self.given = len(self.tokens)
-        return text
+        self._peeked.clear()
+        if text:
+            self.given = len(self.tokens)
+            start = max(0, self.given - self.context)
+            self._before = str(self.tokenizer.decode(self.tokens[start : self.given]))
+        return text or ""
 
-    def _decode_before(self, start: int) -> str:
-        if self._before is None or self._before[0] != len(self.tokens):
-            self._before = (
-                len(self.tokens),
-                str(self.tokenizer.decode(self.tokens[start : self.given])),
-            )
-        return self._before[1]
+    def _part(self, token: int) -> str | None:
+        start = max(0, self.given - self.context)
+        after = str(self.tokenizer.decode([*self.tokens[start:], token]))
+        if not after.startswith(self._before):
+            return None
+        return "" if after.endswith("\ufffd") else after[len(self._before) :]
