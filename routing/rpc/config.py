@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from security import PeerId
 
@@ -27,6 +28,8 @@ class RPCConfig:
     write_stall_timeout: float = 60.0  # a write taking longer closes the connection
     receive_size: int = 256 * 1024  # bytes asked from the transport per read
     members: frozenset[PeerId] | None = None  # a private swarm's peers (None: anyone)
+    members_file: Path | None = None  # or their list, read again whenever it changes
+    members_check: float = 5.0  # seconds between looks at `members_file`
 
     def __post_init__(self) -> None:
         if self.max_message_size < PREFIX_SIZE + 64:
@@ -41,6 +44,10 @@ class RPCConfig:
             raise ValueError("idle_timeout must be positive or None")
         if self.stream_window < INITIAL_STREAM_WINDOW:
             raise ValueError(f"stream_window must be >= {INITIAL_STREAM_WINDOW}")
+        if self.members is not None and self.members_file is not None:
+            raise ValueError("give members or members_file, not both")
+        if self.members_check <= 0:
+            raise ValueError("members_check must be positive")
         if self.write_high_water < 1 or self.receive_size < 1:
             raise ValueError("write_high_water and receive_size must be >= 1")
 

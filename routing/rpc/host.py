@@ -8,7 +8,9 @@ one must finish its handshake within `handshake_timeout`, and at most
 flood of silent connections costs a bounded amount); then its `Connection` serves calls
 until it closes. In a private swarm (`RPCConfig.members`), a connection from a peer not
 among the members is refused right after the handshake, before any call is read (the
-dialer's calls fail with `NotAMemberError`), and such a peer is never dialed. Built-in
+dialer's calls fail with `NotAMemberError`), and such a peer is never dialed. With
+`members_file`, the host reads the list again whenever the file changes: the connections
+of peers taken off it close at once (a file that no longer reads keeps the list). Built-in
 methods: "ping" (empty reply, answered by the reader) and "info" (our peer id and address,
 plus what `set_info` adds; `add_unary("info", ...)` replaces it).
 """
@@ -18,11 +20,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from security import Identity, PeerId, SecureStream, SecurityError
+from security import Identity, MembersFileError, PeerId, SecureStream, SecurityError, read_members
 
 from ..address import PeerAddress
 from ..errors import CallTimeoutError, NotAMemberError, RoutingError
@@ -41,6 +44,15 @@ logger = logging.getLogger(__name__)
 _RESERVED = {"ping"}
 _REPLACEABLE = {"info"}
 REFUSAL_LINGER = 1.0  # seconds a refused connection is read (and dropped) before it closes
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What tells that a file changed: its modification time and size (None if missing)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size
 
 
 def _remote_host(stream: trio.abc.Stream) -> str:
@@ -68,6 +80,11 @@ class RPCHost:
         self._pool = ConnectionPool(self._dial, self.config.connect_timeout)
         self._address: PeerAddress | None = None
         self._unauthenticated = 0
+        self._members = self.config.members
+        self._members_read: tuple[int, int] | None = None  # the file's (mtime, size) as read
+        if self.config.members_file is not None:
+            self._members_read = _stamp(self.config.members_file)
+            self._members = read_members(self.config.members_file)
         if not self._admits(self.peer_id):
             raise NotAMemberError(f"our own peer id {self.peer_id} is not among the members")
 
@@ -122,6 +139,8 @@ class RPCHost:
         try:
             async with trio.open_nursery() as nursery:
                 self._pool.nursery = nursery
+                if self.config.members_file is not None:
+                    nursery.start_soon(self._follow_members, self.config.members_file)
                 bound = await nursery.start(self._transport.serve, host, port, self._accept)
                 bound_host, bound_port = bound
                 self._address = PeerAddress(bound_host, bound_port, self.peer_id)
@@ -138,6 +157,8 @@ class RPCHost:
         try:
             async with trio.open_nursery() as nursery:
                 self._pool.nursery = nursery
+                if self.config.members_file is not None:
+                    nursery.start_soon(self._follow_members, self.config.members_file)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -173,8 +194,34 @@ class RPCHost:
             self._pool.remove(connection)
 
     def _admits(self, peer_id: PeerId) -> bool:
-        members = self.config.members
-        return members is None or peer_id in members
+        return self._members is None or peer_id in self._members
+
+    def set_members(self, members: frozenset[PeerId] | None) -> None:
+        """From now on, talk only to `members` (None: anyone); the connections of peers not
+        among them close now."""
+        self._members = members
+        if not self._admits(self.peer_id):
+            logger.warning("our own peer id is not among the members any more")
+        for connection in self._pool.all():
+            if not self._admits(connection.peer_id):
+                logger.info("closing the connection of %s: no longer a member", connection.peer_id)
+                connection.close(NotAMemberError(f"{connection.peer_id} is no longer a member"))
+
+    async def _follow_members(self, path: Path) -> None:
+        """Read the members file again whenever it changes."""
+        while True:
+            await trio.sleep(self.config.members_check)
+            stamp = _stamp(path)
+            if stamp == self._members_read:
+                continue
+            self._members_read = stamp
+            try:
+                members = read_members(path)
+            except MembersFileError as error:
+                logger.warning("keeping the members list as it was: %s", error)
+                continue
+            logger.info("members list read again: %d peers", len(members))
+            self.set_members(members)
 
     def _check_member(self, target: PeerAddress) -> None:
         if not self._admits(target.peer_id):

@@ -21,4 +21,5 @@ def members_from(args: argparse.Namespace) -> frozenset[PeerId] | None:
 
 
 def rpc_config(args: argparse.Namespace) -> RPCConfig:
-    return RPCConfig(members=members_from(args))
+    """A peer's or DHT node's: it follows `--members` as the file changes."""
+    return RPCConfig(members_file=args.members)

@@ -7,16 +7,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 import torch
+import trio
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from routing.address import PeerAddress
 from routing.dht import BootstrapError
+from routing.errors import NotAMemberError
+from routing.rpc import Packet, RPCHost
+from routing.transport import TcpTransport
 from security import Identity
 from swarm import DistributedModelForCausalLM
-from swarm.cli import main
+from swarm.cli import build_parser, main
+from swarm.commands.dht import serve_dht
+from swarm.commands.peer import peer_config
 from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import write_tiny_model
 
@@ -94,3 +102,31 @@ def test_the_commands_take_an_identity_and_a_members_file(
     assert main(["status", "--json", *access]) == 0
     (listed,) = json.loads(capsys.readouterr().out)["models"]
     assert sorted((p["start"], p["end"]) for p in listed["peers"]) == [(0, 2), (2, 4)]
+
+
+async def test_swarm_dht_and_peer_take_the_members_file(tiny: Path, tmp_path: Path) -> None:
+    """`swarm dht --members FILE` serves members only, and follows the file; `swarm peer`
+    hands the file to its RPC host the same way."""
+    key, guest = tmp_path / "dht.key", Identity.generate()
+    node = Identity.load_or_create(key)
+    members = tmp_path / "members.txt"
+    members.write_text(f"{node.peer_id}\n")
+    args = build_parser().parse_args(
+        ["dht", "--identity", str(key), "--members", str(members), "--port", "0"]
+    )
+    assert peer_config(build_parser().parse_args(
+        ["peer", str(tiny), "--members", str(members)])).rpc.members_file == members  # fmt: skip
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            address = PeerAddress.parse(await nursery.start(serve_dht, args))
+            client = RPCHost(guest, TcpTransport())
+            await nursery.start(client.run_outbound)
+            with pytest.raises(NotAMemberError):
+                await client.call(address, "ping", Packet(), timeout=5)
+            members.write_text(f"{node.peer_id}\n{guest.peer_id}\n")
+            while True:  # the node reads the file again within `members_check` (5 s)
+                with suppress(NotAMemberError):
+                    await client.call(address, "ping", Packet(), timeout=5)
+                    break
+                await trio.sleep(0.2)
+            nursery.cancel_scope.cancel()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
@@ -80,3 +81,40 @@ def test_a_host_must_be_among_its_own_members() -> None:
     config = RPCConfig(members=frozenset({Identity.generate().peer_id}))
     with pytest.raises(NotAMemberError, match="our own peer id"):
         RPCHost(Identity.generate(), TcpTransport(), config)
+
+
+async def test_a_host_follows_its_members_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Taken off the list, a member's connection closes and it is refused from then on;
+    put on it, an outsider is served; a file that no longer reads keeps the list."""
+    a, b, c = Identity.generate(), Identity.generate(), Identity.generate()
+    path = tmp_path / "members.txt"
+    path.write_text(f"{a.peer_id}\n{b.peer_id}\n")
+    config = RPCConfig(members_file=path, members_check=0.02)
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            host = RPCHost(a, TcpTransport(), config)
+            host.add_unary("echo", _echo)
+            await nursery.start(partial(host.run, "127.0.0.1", 0))
+            member, outsider = RPCHost(b, TcpTransport()), RPCHost(c, TcpTransport())
+            await nursery.start(member.run_outbound)
+            await nursery.start(outsider.run_outbound)
+            assert (await member.call(host.address, "echo", Packet({"x": 1}), timeout=5)).header
+            with pytest.raises(NotAMemberError):
+                await outsider.call(host.address, "echo", Packet(), timeout=5)
+
+            path.write_text(f"{a.peer_id}\n{c.peer_id}  # b is out, c is in\n")
+            await wait_until(lambda: member.stats().connections == 0)
+            with pytest.raises(NotAMemberError):
+                await member.call(host.address, "echo", Packet(), timeout=5)
+            await outsider.call(host.address, "echo", Packet({"x": 2}), timeout=5)
+
+            path.write_text("not a peer id\n")  # a broken edit: the list stays as it was
+            await wait_until(lambda: "keeping the members list as it was" in caplog.text)
+            await outsider.call(host.address, "echo", Packet({"x": 3}), timeout=5)
+            nursery.cancel_scope.cancel()
+
+
+async def _echo(request: Packet, context: CallContext) -> Packet:
+    return Packet(dict(request.header))
