@@ -31,6 +31,7 @@ from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import write_tiny_model
 
 from .test_api import api, call
+from .test_model import _swarm_and_model
 
 MODEL = "tiny-api"  # the name `api()` serves under
 
@@ -203,11 +204,8 @@ async def test_generation_keeps_to_json_and_stops_where_the_object_closes(tokeni
 
 @pytest.fixture(scope="module")
 def swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM]]:
-    with (
-        ThreadSwarm(tiny, [(0, 2), (2, 4)]) as peers,
-        DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[peers.bootstrap]) as model,
-    ):
-        yield peers, model
+    with _swarm_and_model(tiny, [(0, 2), (2, 4)]) as pair:
+        yield pair
 
 
 def reference(tiny: Path, tokenizer: Any, prompt: torch.Tensor, count: int) -> list[int]:
