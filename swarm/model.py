@@ -100,7 +100,7 @@ class DistributedModelForCausalLM:
         config: ClientConfig | None = None,
         adapter: str | None = None,
         identity: Identity | None = None,
-        members: Collection[PeerId] | None = None,
+        members: Collection[PeerId] | Path | None = None,
     ) -> DistributedModelForCausalLM:
         """Load the head of `checkpoint` and join the swarm through `initial_peers`.
 
@@ -109,8 +109,8 @@ class DistributedModelForCausalLM:
         `adapter`: the name of a LoRA adapter that peers serve (`swarm peer --adapter DIR`):
         generation, forward and backward then run through peers that announce it, with it.
         `identity`: the client's key (default: a fresh one); in a private swarm, `members`
-        are its peers' ids (`security.read_members`), the only peers the client talks to,
-        and its own must be among them.
+        are its peers' ids, the only peers the client talks to (its own among them), or the
+        path of a members file that the client follows as it changes.
         """
         from transformers import GenerationConfig
 
@@ -129,7 +129,7 @@ class DistributedModelForCausalLM:
         loop = TrioThread()
         loop.start()
         try:
-            rpc_config = RPCConfig(members=None if members is None else frozenset(members))
+            rpc_config = RPCConfig.for_members(members)
             rpc = RPCHost(identity or Identity.generate(), TcpTransport(), rpc_config)
             loop.start_service(rpc.run_outbound)  # a client listens for nobody
             dht = DHTNode(rpc, DHTConfig(client_mode=True))

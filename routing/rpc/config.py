@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,14 @@ class RPCConfig:
             raise ValueError("members_check must be positive")
         if self.write_high_water < 1 or self.receive_size < 1:
             raise ValueError("write_high_water and receive_size must be >= 1")
+
+    @classmethod
+    def for_members(cls, members: Collection[PeerId] | Path | None) -> RPCConfig:
+        """The defaults, in a private swarm of `members`: their peer ids, or the path of a
+        members file to follow (None: anyone)."""
+        if isinstance(members, Path):
+            return cls(members_file=members)
+        return cls(members=None if members is None else frozenset(members))
 
 
 @dataclass(frozen=True)

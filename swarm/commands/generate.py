@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..checkpoints import resolve_checkpoint, swarm_name
 from ..generation import prompt_ids
-from .keys import identity_from, members_from
+from .keys import identity_from
 
 if TYPE_CHECKING:
     from ..model import DistributedModelForCausalLM, InferenceSession
@@ -84,7 +84,7 @@ def open_model(args: argparse.Namespace, checkpoint: Path) -> DistributedModelFo
         config=ClientConfig(exact_weights=args.exact_weights),
         adapter=args.adapter,
         identity=identity_from(args.identity),
-        members=members_from(args),
+        members=args.members,
     )
 
 

@@ -16,7 +16,7 @@ from routing.transport import TcpTransport
 from swarm.monitor.collector import CollectorConfig
 from swarm.monitor.service import serve_monitor
 
-from .keys import identity_from, members_from
+from .keys import identity_from
 from .lifecycle import run_service
 
 
@@ -30,7 +30,7 @@ async def serve(args: argparse.Namespace, *, task_status: trio.TaskStatus[str]) 
         args.host,
         args.port,
         collector_config=CollectorConfig(refresh=refresh),
-        members=members_from(args),
+        members=args.members,
         task_status=task_status,
     )
 

@@ -20,7 +20,7 @@ from swarm.monitor.service import read_swarm
 from swarm.monitor.snapshot import SwarmSnapshot
 from swarm.monitor.text import render_text
 
-from .keys import identity_from, members_from
+from .keys import identity_from
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 def run(args: argparse.Namespace) -> int:
     peers = [PeerAddress.parse(text) for text in args.initial_peers]
     identity = identity_from(args.identity)
-    read = partial(read_swarm, identity, TcpTransport(), peers, members=members_from(args))
+    read = partial(read_swarm, identity, TcpTransport(), peers, members=args.members)
 
     async def bounded() -> SwarmSnapshot | None:
         with trio.move_on_after(args.timeout):

@@ -8,8 +8,9 @@ one picture and leaves (`swarm status`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from functools import partial
+from pathlib import Path
 
 import trio
 
@@ -38,13 +39,13 @@ async def serve_monitor(
     *,
     collector_config: CollectorConfig | None = None,
     http_config: HttpConfig | None = None,
-    members: frozenset[PeerId] | None = None,
+    members: Collection[PeerId] | Path | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Join the swarm through `initial_peers`, collect, serve the page on host:port
-    (`members`: a private swarm's peers, the only ones it talks to)."""
+    (`members`: a private swarm's peers, the only ones it talks to, or their file)."""
     collector_config = collector_config or CollectorConfig()
-    rpc = RPCHost(identity, transport, RPCConfig(members=members))
+    rpc = RPCHost(identity, transport, RPCConfig.for_members(members))
     # Client mode: the monitor reads the DHT but never offers to store records.
     dht = DHTNode(rpc, DHTConfig(client_mode=True))
     page = load_page()  # before any network work: a broken install fails at once
@@ -66,12 +67,12 @@ async def read_swarm(
     initial_peers: Sequence[PeerAddress],
     config: CollectorConfig | None = None,
     *,
-    members: frozenset[PeerId] | None = None,
+    members: Collection[PeerId] | Path | None = None,
 ) -> SwarmSnapshot:
     """Join the swarm through `initial_peers` and take one picture of it, as the page shows
     it (one probe per peer: their rates of tokens served need two, so they are unknown)."""
     config = config or CollectorConfig()
-    rpc = RPCHost(identity, transport, RPCConfig(members=members))
+    rpc = RPCHost(identity, transport, RPCConfig.for_members(members))
     dht = DHTNode(rpc, DHTConfig(client_mode=True))
     async with trio.open_nursery() as nursery:
         await nursery.start(rpc.run_outbound)
