@@ -65,10 +65,13 @@ class Failover:
 
 
 class ChainFailedError(NoRouteError):
-    """No peer left for some blocks after the ones that could serve them failed."""
+    """No peer left for some blocks after the ones that could serve them failed (under a
+    `condition`, such as room for the session, if only that is missing)."""
 
-    def __init__(self, missing: Sequence[int], last_error: BaseException) -> None:
-        super().__init__(missing)
+    def __init__(
+        self, missing: Sequence[int], last_error: BaseException, condition: str = ""
+    ) -> None:
+        super().__init__(missing, condition=condition)
         self.args = (f"{self.args[0]} any more; the last failure: {last_error}",)
 
 
@@ -253,7 +256,9 @@ class InferenceChain:
                     refreshed = True
                     continue
                 if last_error is not None:
-                    raise ChainFailedError(error.missing, last_error) from last_error
+                    raise ChainFailedError(
+                        error.missing, last_error, error.condition
+                    ) from last_error
                 raise
             opened: list[HopSession] = []
             current = route[0]

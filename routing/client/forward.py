@@ -71,7 +71,7 @@ async def forward_through_swarm(
                 refreshed = True
                 continue
             if last_error is not None:
-                raise ChainFailedError(error.missing, last_error) from last_error
+                raise ChainFailedError(error.missing, last_error, error.condition) from last_error
             raise
         hop = Hop(drawn.peer, drawn.start, min(drawn.end, end))
         try:

@@ -212,6 +212,26 @@ async def test_no_replica_left_is_a_clear_error_naming_the_blocks(
     assert isinstance(caught.value.__cause__, RemoteError)
 
 
+async def test_a_failover_that_finds_no_room_says_so(
+    autojump_clock: trio.testing.MockClock, net: Net
+) -> None:
+    """The replica left is full (another session holds its cache): the error names the room
+    as what is missing, and the failure that lost the blocks."""
+    used = await net.peer(0, 4, throughput=2000.0, cache_tokens=64)
+    left = await net.peer(0, 4, cache_tokens=64)
+    view = await net.view()
+    async with (
+        InferenceChain(view, net.rpc, max_length=64) as chain,
+        InferenceChain(view, net.rpc, max_length=64) as other,
+    ):
+        assert (chain.route[0].peer, other.route[0].peer) == (used.peer, left.peer)
+        await chain.step(_sequence(3))
+        used.fault = "error"
+        with pytest.raises(ChainFailedError, match=r"0-3 with room in its cache any more; "
+                           r"the last failure: out_of_memory"):  # fmt: skip
+            await chain.step(_sequence(1))
+
+
 async def test_a_failover_reads_the_swarm_again_before_giving_up(
     autojump_clock: trio.testing.MockClock, net: Net
 ) -> None:
