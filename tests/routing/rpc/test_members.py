@@ -118,3 +118,12 @@ async def test_a_host_follows_its_members_file(
 
 async def _echo(request: Packet, context: CallContext) -> Packet:
     return Packet(dict(request.header))
+
+
+def test_a_config_takes_the_members_or_their_file() -> None:
+    ids = [Identity.generate().peer_id]
+    assert RPCConfig.for_members(ids).members == frozenset(ids)
+    assert RPCConfig.for_members(Path("members.txt")).members_file == Path("members.txt")
+    assert RPCConfig.for_members(None) == RPCConfig()
+    with pytest.raises(ValueError, match="not both"):
+        RPCConfig(members=frozenset(ids), members_file=Path("members.txt"))
