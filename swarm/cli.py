@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from peer.errors import PeerError
+from routing.address import PeerAddress
 from routing.errors import RoutingError
 from security.errors import SecurityError
 
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="generate text through the swarm")
     _add_client_options(generate)
-    generate.add_argument("prompt")
+    generate.add_argument("prompt", nargs="?", help="also last, after --initial-peers")
     generate.add_argument(
         "--num-beams",
         type=int,
@@ -232,7 +233,10 @@ COMMAND_MODULES = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "generate" and args.prompt is None:
+        _prompt_after_peers(parser, args)
     configure_logging(args.verbose)
     _shorter_openmp_spin()
     command = importlib.import_module(COMMAND_MODULES[args.command])
@@ -246,6 +250,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         logging.getLogger("swarm").error("%s: %s", type(known).__name__, known)
         return 1
+
+
+def _prompt_after_peers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`swarm generate MODEL --initial-peers ADDR PROMPT`: `--initial-peers` takes one
+    address or more, so argparse gives it the prompt too; the last is the prompt if it is
+    not an address."""
+    peers = args.initial_peers
+    if len(peers) < 2 or _is_address(peers[-1]):
+        parser.error("generate needs a prompt")
+    args.prompt = peers.pop()
+
+
+def _is_address(text: str) -> bool:
+    try:
+        PeerAddress.parse(text)
+    except RoutingError:
+        return False
+    return True
 
 
 def _shorter_openmp_spin() -> None:

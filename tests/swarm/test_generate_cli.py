@@ -127,6 +127,18 @@ def test_an_assistant_drafts_and_the_text_is_the_greedy_one(
     assert "".join(stdout.writes) == expected + "\n"
 
 
+def test_the_prompt_may_come_last_after_the_peers(
+    tiny: Path, swarm: ThreadSwarm, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = _expected(tiny, chat=False, new_tokens=8, seed=None, do_sample=False)
+    command = ["generate", str(tiny), "--max-new-tokens", "8", "--initial-peers", swarm.bootstrap]
+    assert main([*command, PROMPT]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+    with pytest.raises(SystemExit):
+        main(command)  # no prompt at all
+    assert "generate needs a prompt" in capsys.readouterr().err
+
+
 def test_a_bad_peer_address_is_a_clean_error(
     tiny: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
