@@ -60,7 +60,7 @@ def _after_value(stack: list[str]) -> str:
 
 def _step(stack: list[str], mode: str, left: str, char: str) -> tuple[str, str] | None:
     """The mode and letters left after `char` (`stack` changes in place); None: invalid."""
-    if mode in ("str", "key"):
+    if mode in STRING_MODES:
         if char == '"':
             return ("colon" if mode == "key" else _after_value(stack)), ""
         if char == "\\":
