@@ -139,8 +139,7 @@ class RPCHost:
         try:
             async with trio.open_nursery() as nursery:
                 self._pool.nursery = nursery
-                if self.config.members_file is not None:
-                    nursery.start_soon(self._follow_members, self.config.members_file)
+                self._start_following_members(nursery)
                 bound = await nursery.start(self._transport.serve, host, port, self._accept)
                 bound_host, bound_port = bound
                 self._address = PeerAddress(bound_host, bound_port, self.peer_id)
@@ -157,8 +156,7 @@ class RPCHost:
         try:
             async with trio.open_nursery() as nursery:
                 self._pool.nursery = nursery
-                if self.config.members_file is not None:
-                    nursery.start_soon(self._follow_members, self.config.members_file)
+                self._start_following_members(nursery)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -206,6 +204,10 @@ class RPCHost:
             if not self._admits(connection.peer_id):
                 logger.info("closing the connection of %s: no longer a member", connection.peer_id)
                 connection.close(NotAMemberError(f"{connection.peer_id} is no longer a member"))
+
+    def _start_following_members(self, nursery: trio.Nursery) -> None:
+        if self.config.members_file is not None:
+            nursery.start_soon(self._follow_members, self.config.members_file)
 
     async def _follow_members(self, path: Path) -> None:
         """Read the members file again whenever it changes."""
