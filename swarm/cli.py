@@ -91,6 +91,9 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     parser.add_argument("--json", action="store_true", help="answer with one JSON object")
     parser.add_argument(
+        "--json-schema", metavar="FILE", help="answer with a JSON value of the schema in FILE"
+    )
+    parser.add_argument(
         "--assistant", help="a small local checkpoint that drafts tokens (speculative decoding)"
     )
 

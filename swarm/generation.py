@@ -36,6 +36,7 @@ from transformers import (
 
 from .errors import GenerationError as GenerationError
 from .json_mode import JsonConstraint
+from .json_schema import ANY_OBJECT, Node, compile_schema
 
 
 class HiddenStatePipeline(Protocol):
@@ -75,6 +76,12 @@ class SamplingConfig:
     presence_penalty: float = 0.0  # OpenAI's: off each generated token's logit, once
     frequency_penalty: float = 0.0  # OpenAI's: off each generated token's logit, per use
     json_object: bool = False  # JSON mode: the text is one JSON object (`swarm.json_mode`)
+    json_schema: Node | None = None  # JSON mode: the text is a value of this schema
+
+    @property
+    def json_mode(self) -> Node | None:
+        """The schema JSON mode keeps the text to, or None for free text."""
+        return self.json_schema or (ANY_OBJECT if self.json_object else None)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -124,6 +131,8 @@ class SamplingConfig:
                 name, value = "eos_token_ids", _as_tuple(value)
             elif name == "stop_strings":
                 value = _as_tuple(value)
+            elif name == "json_schema" and not isinstance(value, Node):
+                value = compile_schema(value)
             elif name not in _ARGUMENTS:
                 raise GenerationError(
                     f"generate() does not take {name!r}; it takes {', '.join(sorted(_ARGUMENTS))}"
@@ -327,7 +336,8 @@ async def generate_tokens(
     stopping = build_stopping_criteria(config, tokenizer)
     generator = sampling_generator(config, state.input_ids.device)
     eos = set(config.eos_token_ids)
-    json = JsonConstraint(tokenizer, eos) if config.json_object else None
+    schema = config.json_mode
+    json = None if schema is None else JsonConstraint(tokenizer, eos, schema)
 
     def draw(scores: torch.Tensor) -> int:
         return int(choose_tokens(scores, config.do_sample, generator))

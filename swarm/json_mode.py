@@ -1,5 +1,5 @@
-"""JSON mode: each new token is chosen among those that keep the text a JSON object's
-beginning, and generation ends when the object closes.
+"""JSON mode: each new token is chosen among those that keep the text the beginning of a
+value of a JSON schema (by default, any JSON object), and generation ends when it closes.
 
 `JsonConstraint` follows the text of the tokens taken (`TokenTexts`) in a `JsonPrefix`.
 `choose` draws as the generation does (`choose_tokens`), leaving out the tokens that do not
@@ -8,9 +8,9 @@ renormalised over the tokens that fit. It draws by rejection (a token that does 
 masked and the draw repeated), which has that very distribution and checks only the tokens
 drawn; after `MAX_DRAWS` misses it checks every token the processors left. If none of those
 fits (top-k kept only tokens that break the JSON), it takes the likeliest token that fits by
-the raw logits, so that the text always stays JSON. EOS fits only once the object is
-complete, other special tokens never; a token that leaves a character half done fits only
-inside a string.
+the raw logits, so that the text always stays JSON. EOS fits only once the text is a whole
+value, other special tokens never; a token that leaves a character half done fits only where
+a character beyond ASCII may come.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from .errors import GenerationError
-from .json_prefix import STRING_MODES, JsonPrefix
+from .json_prefix import JsonPrefix
+from .json_schema import ANY_OBJECT, Node
 from .token_texts import TokenTexts
 
 __all__ = ["JsonConstraint"]
@@ -34,15 +35,17 @@ MAX_DRAWS = 32  # rejected draws before every candidate is checked at once
 
 
 class JsonConstraint:
-    """The JSON object that a generation's tokens spell, so far."""
+    """The JSON value that a generation's tokens spell, so far."""
 
-    def __init__(self, tokenizer: Any, eos_token_ids: Collection[int]) -> None:
+    def __init__(
+        self, tokenizer: Any, eos_token_ids: Collection[int], schema: Node = ANY_OBJECT
+    ) -> None:
         if tokenizer is None:
             raise GenerationError("JSON mode needs the tokenizer (tokenizer=...)")
         self.texts = TokenTexts(tokenizer)
         self.eos = frozenset(eos_token_ids)
         self.special = frozenset(getattr(tokenizer, "all_special_ids", ())) - self.eos
-        self.state = JsonPrefix()
+        self.state = JsonPrefix.start(schema)
 
     @property
     def complete(self) -> bool:
@@ -51,14 +54,14 @@ class JsonConstraint:
     def fits(self, token: int) -> JsonPrefix | None:
         """The state after `token`, or None if it does not fit."""
         if token in self.eos:
-            return self.state if self.state.complete else None
+            return self.state if self.state.whole else None
         if token in self.special:  # not text
             return None
         text = self.texts.peek(token)
         if text is None:
             return None
         if not text:
-            return self.state if self.state.mode in STRING_MODES else None  # its next byte
+            return self.state if self.state.wide_char_next else None  # its next byte
         return self.state.feed(text)
 
     def take(self, token: int) -> None:

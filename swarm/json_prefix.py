@@ -1,136 +1,315 @@
-"""`JsonPrefix`: whether a text can still grow into one JSON object (RFC 8259). Pure.
+"""`JsonPrefix`: whether a text can still grow into a JSON value (RFC 8259) that a compiled
+schema (`swarm.json_schema`) describes. Pure.
 
-The state after some text is a small immutable value: the open containers, and where in
-the grammar the text stands (a string, a key, a number, a literal...). `feed(text)` returns
-the state after more text, or None if no JSON object begins with it; `complete` says the
-object has closed (only whitespace may follow). JSON mode's generation tries tokens against
-it (`swarm.json_mode`), so a state is never changed in place.
+The state after some text is a small immutable value: the ways the text can be read so far
+(an `anyOf` may allow several), each a stack of frames, one per value still open (an object
+and where in it the text stands, an array and its count, a string, a number, a literal...).
+`feed(text)` returns the state after more text, or None if no value of the schema begins
+with it. `whole` says the text is a value of the schema; `complete` that, besides, only
+whitespace may follow (an object or array has closed), which is where JSON mode stops. JSON
+mode's generation tries tokens against a state (`swarm.json_mode`), so it never changes.
 
 Two limits keep a generation from running on in whitespace, as a model may (OpenAI warns of
-it too): the text begins with the object's `{`, and whitespace outside strings comes in runs
+it too): the text begins with the value itself, and whitespace outside strings comes in runs
 of at most `MAX_BLANK` characters (enough to indent 15 levels by 2).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import cast
 
-__all__ = ["STRING_MODES", "JsonPrefix"]
+from .json_schema import (
+    ANY_OBJECT,
+    ArrayNode,
+    Choice,
+    Literals,
+    Node,
+    NumberNode,
+    ObjectNode,
+    Ref,
+    StringNode,
+    json_text,
+)
+
+__all__ = ["MAX_BLANK", "JsonPrefix"]
 
 WHITESPACE = " \t\n\r"
-STRING_MODES = ("str", "key")
 DIGITS = "0123456789"
 HEX = "0123456789abcdefABCDEF"
 ESCAPES = '"\\/bfnrt'
-LITERALS = {"t": "rue", "f": "alse", "n": "ull"}
-NUMBER_ENDS = {"zero", "int", "frac", "exp_digits"}  # a number may stop here
 MAX_BLANK = 32  # whitespace characters in a row, outside strings
+
+Stack = tuple["Frame", ...]
+
+
+class Frame:
+    """One open value: `step` gives the stacks after a character (none: it cannot come)."""
+
+    def step(self, below: Stack, char: str) -> list[Stack]:
+        raise NotImplementedError
+
+    def child_done(self) -> Frame:
+        """This frame once the value it waits for has ended."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
 class JsonPrefix:
-    """Where a text stands in a JSON object (start: nothing read yet)."""
+    """The readings of a text so far: stacks, each with the whitespace just read."""
 
-    stack: tuple[str, ...] = ()  # "{" or "[" for each open container
-    mode: str = "top"
-    left: str = ""  # a literal's letters still to come, or a \\u escape's digits ("xx")
-    blank: int = 0  # whitespace characters just read, outside strings
+    paths: tuple[tuple[Stack, int], ...]
+
+    @classmethod
+    def start(cls, schema: Node = ANY_OBJECT) -> JsonPrefix:
+        return cls((((_Root(schema),), 0),))
 
     @property
     def complete(self) -> bool:
-        return self.mode == "done"
+        """A whole value has been read, and nothing but whitespace may follow."""
+        return any(_closed(stack[-1]) for stack, _ in self.paths)
+
+    @property
+    def whole(self) -> bool:
+        """The text read is a value of the schema (a number may yet grow longer)."""
+        return any(_may_end(stack) for stack, _ in self.paths)
+
+    @property
+    def wide_char_next(self) -> bool:
+        """A character beyond ASCII may come next (so a token of half of one may)."""
+        return any(_wide_char_next(stack) for stack, _ in self.paths)
 
     def feed(self, text: str) -> JsonPrefix | None:
-        """The state after `text`, or None if no JSON object starts with what was read."""
-        stack, mode, left, blank = list(self.stack), self.mode, self.left, self.blank
+        """The state after `text`, or None if no value of the schema begins with it."""
+        paths = self.paths
         for char in text:
-            step = _step(stack, mode, left, char)
-            if step is None:
+            stepped: dict[Stack, int] = {}
+            space = char in WHITESPACE
+            for stack, blank in paths:
+                for after in _step(stack, char):
+                    run = blank + 1 if space and not isinstance(after[-1], _Inside) else 0
+                    if run <= MAX_BLANK:
+                        stepped[after] = min(run, stepped.get(after, run))
+            if not stepped:
                 return None
-            blank = blank + 1 if char in WHITESPACE and step[0] not in STRING_MODES else 0
-            if blank > MAX_BLANK:
-                return None
-            mode, left = step
-        return JsonPrefix(tuple(stack), mode, left, blank)
+            paths = tuple(stepped.items())
+        return JsonPrefix(paths)
 
 
-def _after_value(stack: list[str]) -> str:
-    return "after" if stack else "done"
+def _step(stack: Stack, char: str) -> list[Stack]:
+    return stack[-1].step(stack[:-1], char)
 
 
-def _step(stack: list[str], mode: str, left: str, char: str) -> tuple[str, str] | None:
-    """The mode and letters left after `char` (`stack` changes in place); None: invalid."""
-    if mode in STRING_MODES:
-        if char == '"':
-            return ("colon" if mode == "key" else _after_value(stack)), ""
+def _end(below: Stack) -> Stack:
+    """The stack once the value on top of `below` has ended."""
+    return (*below[:-1], below[-1].child_done())
+
+
+def _closed(top: Frame) -> bool:
+    return isinstance(top, _Root) and top.phase == "done"
+
+
+def _may_end(stack: Stack) -> bool:
+    top = stack[-1]
+    if _closed(top):
+        return True
+    if isinstance(top, _Number | _Literal) and top.may_end:
+        return _may_end(_end(stack[:-1]))
+    return False
+
+
+def _wide_char_next(stack: Stack) -> bool:
+    top = stack[-1]
+    if isinstance(top, _String):
+        return True
+    if isinstance(top, _Key):
+        owner = cast(_Object, stack[-2])
+        return owner.node.additional is not None or any(
+            _wide(_key_text(name), len(top.raw))
+            for name in owner.node.properties
+            if name not in owner.used
+        )
+    if isinstance(top, _Literal):
+        return any(_wide(text, len(top.read)) for text in top.texts)
+    return False
+
+
+def _wide(text: str, position: int) -> bool:
+    return position < len(text) and text[position] >= "\x80"
+
+
+def _begin(below: Stack, node: Node, char: str) -> list[Stack]:
+    """The stacks after `char` begins a value of `node` above `below` (whose top waits)."""
+    found = []
+    for option in _alternatives(node):
+        if isinstance(option, ObjectNode) and char == "{":
+            found.append((*below, _Object(option)))
+        elif isinstance(option, ArrayNode) and char == "[":
+            found.append((*below, _Array(option)))
+        elif isinstance(option, StringNode) and char == '"':
+            found.append((*below, _String()))
+        elif isinstance(option, NumberNode) and (char == "-" or char in DIGITS):
+            mode = "minus" if char == "-" else "zero" if char == "0" else "int"
+            found.append((*below, _Number(mode, option.integer)))
+        elif isinstance(option, Literals):
+            found.extend(_Literal(option.texts, "").step(below, char))
+    return found
+
+
+@lru_cache(maxsize=4096)
+def _alternatives(node: Node) -> tuple[Node, ...]:
+    """The nodes that a value of `node` may begin (choices and references unfolded)."""
+    if isinstance(node, Ref):
+        return _alternatives(node.target)
+    if isinstance(node, Choice):
+        return tuple(leaf for option in node.options for leaf in _alternatives(option))
+    return (node,)
+
+
+class _Inside(Frame):
+    """A frame whose text is inside a token, not whitespace around one (strings, numbers)."""
+
+
+@dataclass(frozen=True)
+class _Root(Frame):
+    node: Node
+    phase: str = "start"  # start | value (on top of it) | done
+
+    def step(self, below: Stack, char: str) -> list[Stack]:
+        if self.phase == "start":
+            return _begin((replace(self, phase="value"),), self.node, char)
+        return [(self,)] if char in WHITESPACE else []
+
+    def child_done(self) -> Frame:
+        return replace(self, phase="done")
+
+
+@dataclass(frozen=True)
+class _Object(Frame):
+    node: ObjectNode
+    used: frozenset[str] = frozenset()  # the keys read, decoded
+    phase: str = "first"  # first | colon | value | in_value | after | next
+    pending: Node | None = None  # the value's schema, once its key is read
+
+    def step(self, below: Stack, char: str) -> list[Stack]:
+        here = (*below, self)
+        if self.phase == "value" and char not in WHITESPACE:
+            waiting = replace(self, phase="in_value")
+            return _begin((*below, waiting), cast(Node, self.pending), char)
+        if char in WHITESPACE:
+            return [here]
+        if self.phase in ("first", "next") and char == '"' and self.more_keys:
+            return [(*here, _Key())]
+        if self.phase in ("first", "after") and char == "}" and self.node.required <= self.used:
+            return [_end(below)]
+        if self.phase == "after" and char == "," and self.more_keys:
+            return [(*below, replace(self, phase="next"))]
+        if self.phase == "colon" and char == ":":
+            return [(*below, replace(self, phase="value"))]
+        return []
+
+    @property
+    def more_keys(self) -> bool:
+        return self.node.additional is not None or any(
+            name not in self.used for name in self.node.properties
+        )
+
+    def key_may_begin(self, raw: str) -> bool:
+        """Whether a key whose JSON text begins `raw` may come (other keys: any string)."""
+        if self.node.additional is not None:
+            return True
+        return any(
+            _key_text(name).startswith(raw)
+            for name in self.node.properties
+            if name not in self.used
+        )
+
+    def with_key(self, raw: str) -> Frame | None:
+        name = json.loads(f'"{raw}"')
+        if name in self.used or name in self.node.forbidden:
+            return None
+        node = self.node.properties.get(name, self.node.additional)
+        if node is None:
+            return None
+        return replace(self, used=self.used | {name}, phase="colon", pending=node)
+
+    def child_done(self) -> Frame:
+        return replace(self, phase="after", pending=None)
+
+
+@lru_cache(maxsize=4096)
+def _key_text(name: str) -> str:
+    return json_text(name)[1:-1]
+
+
+@dataclass(frozen=True)
+class _Array(Frame):
+    node: ArrayNode
+    count: int = 0
+    phase: str = "first"  # first | in_value | after | next
+
+    def step(self, below: Stack, char: str) -> list[Stack]:
+        if char in WHITESPACE:
+            return [(*below, self)]
+        least, most = self.node.min_items, self.node.max_items
+        if self.phase in ("first", "after") and char == "]" and self.count >= least:
+            return [_end(below)]
+        if self.phase == "after":
+            room = most is None or self.count < most
+            return [(*below, replace(self, phase="next"))] if char == "," and room else []
+        if self.phase == "first" and most == 0:
+            return []
+        return _begin((*below, replace(self, phase="in_value")), self.node.items, char)
+
+    def child_done(self) -> Frame:
+        return replace(self, count=self.count + 1, phase="after")
+
+
+@dataclass(frozen=True)
+class _String(_Inside):
+    escape: str = ""  # "" plain, "\\" after a backslash, "u", "ux", ... within a \\u escape
+
+    def step(self, below: Stack, char: str) -> list[Stack]:
+        if char == '"' and not self.escape:
+            return [_end(below)]
+        escape = _string_char(self.escape, char)
+        return [] if escape is None else [(*below, _String(escape))]
+
+
+@dataclass(frozen=True)
+class _Key(_Inside):
+    """An object's key being read: its JSON text so far (the object is below)."""
+
+    raw: str = ""
+    escape: str = ""
+
+    def step(self, below: Stack, char: str) -> list[Stack]:
+        owner = cast(_Object, below[-1])
+        if char == '"' and not self.escape:
+            after = owner.with_key(self.raw)
+            return [] if after is None else [(*below[:-1], after)]
+        escape = _string_char(self.escape, char)
+        raw = self.raw + char
+        if escape is None or not owner.key_may_begin(raw):
+            return []
+        return [(*below, _Key(raw, escape))]
+
+
+def _string_char(escape: str, char: str) -> str | None:
+    """The escape state after `char` within a string (not its closing quote), or None."""
+    if not escape:
         if char == "\\":
-            return mode + "_esc", ""
-        return (mode, "") if char >= " " else None
-    if mode.endswith("_esc"):
-        kind = mode[:3]
+            return "\\"
+        return "" if char >= " " else None
+    if escape == "\\":
         if char == "u":
-            return kind + "_u", "xxxx"
-        return (kind, "") if char in ESCAPES else None
-    if mode.endswith("_u"):
-        if char not in HEX:
-            return None
-        return (mode[:3], "") if len(left) == 1 else (mode, left[1:])
-    if mode == "literal":
-        if char != left[0]:
-            return None
-        return (_after_value(stack), "") if len(left) == 1 else (mode, left[1:])
-    if mode in NUMBER_TRANSITIONS:
-        following = _number(mode, char)
-        if following is not None:
-            return following, ""
-        if mode not in NUMBER_ENDS:
-            return None
-        return _step(stack, _after_value(stack), "", char)  # the number ended before it
-    if mode == "top":
-        return _open(stack, char) if char == "{" else None
-    if char in WHITESPACE:
-        return mode, left
-    if mode in ("value", "first_item"):
-        if mode == "first_item" and char == "]":
-            return _close(stack, char)
-        return _value(stack, char)
-    if mode in ("first_key", "key_next"):
-        if char == '"':
-            return "key", ""
-        return _close(stack, char) if mode == "first_key" and char == "}" else None
-    if mode == "colon":
-        return ("value", "") if char == ":" else None
-    if mode == "after":
-        if char == ",":
-            return ("key_next" if stack[-1] == "{" else "value"), ""
-        return _close(stack, char)
-    return None  # done: nothing but whitespace
-
-
-def _open(stack: list[str], char: str) -> tuple[str, str]:
-    stack.append(char)
-    return ("first_key" if char == "{" else "first_item"), ""
-
-
-def _close(stack: list[str], char: str) -> tuple[str, str] | None:
-    if not stack or {"}": "{", "]": "["}.get(char) != stack[-1]:
+            return "u"
+        return "" if char in ESCAPES else None
+    if char not in HEX:
         return None
-    stack.pop()
-    return _after_value(stack), ""
-
-
-def _value(stack: list[str], char: str) -> tuple[str, str] | None:
-    if char in "{[":
-        return _open(stack, char)
-    if char == '"':
-        return "str", ""
-    if char in LITERALS:
-        return "literal", LITERALS[char]
-    if char == "-":
-        return "minus", ""
-    if char in DIGITS:
-        return ("zero" if char == "0" else "int"), ""
-    return None
+    return "" if len(escape) == 4 else escape + "x"
 
 
 NUMBER_TRANSITIONS: dict[str, dict[str, str]] = {
@@ -144,7 +323,43 @@ NUMBER_TRANSITIONS: dict[str, dict[str, str]] = {
     "exp_sign": {DIGITS: "exp_digits"},
     "exp_digits": {DIGITS: "exp_digits"},
 }
+NUMBER_ENDS = {"zero", "int", "frac", "exp_digits"}  # a number may stop here
 
 
-def _number(mode: str, char: str) -> str | None:
-    return next((to for chars, to in NUMBER_TRANSITIONS[mode].items() if char in chars), None)
+@dataclass(frozen=True)
+class _Number(_Inside):
+    mode: str
+    integer: bool  # no fraction, no exponent
+
+    @property
+    def may_end(self) -> bool:
+        return self.mode in NUMBER_ENDS
+
+    def step(self, below: Stack, char: str) -> list[Stack]:
+        following = next(
+            (to for chars, to in NUMBER_TRANSITIONS[self.mode].items() if char in chars), None
+        )
+        if following is not None and not (self.integer and following in ("dot", "exp")):
+            return [(*below, _Number(following, self.integer))]
+        return _step(_end(below), char) if self.may_end else []  # it ended before `char`
+
+
+@dataclass(frozen=True)
+class _Literal(_Inside):
+    """One of several exact texts (true, an enum's values): those still possible."""
+
+    texts: tuple[str, ...]
+    read: str
+
+    @property
+    def may_end(self) -> bool:
+        return self.read in self.texts
+
+    def step(self, below: Stack, char: str) -> list[Stack]:
+        read = self.read + char
+        texts = tuple(text for text in self.texts if text.startswith(read))
+        if not texts:
+            return _step(_end(below), char) if self.may_end else []
+        if texts == (read,):
+            return [_end(below)]
+        return [(*below, _Literal(texts, read))]

@@ -196,7 +196,7 @@ class DistributedModelForCausalLM:
             raise GenerationError("a streamer takes one sequence, not a batch or beams")
         if options.get("assistant_model") is not None:
             raise GenerationError("an assistant model drafts for one sequence, not beams")
-        if config.json_object:
+        if config.json_mode is not None:
             raise GenerationError("JSON mode takes one sequence, not a batch or beams")
         pad_token_id = options.get("pad_token_id")
         if pad_token_id is None:

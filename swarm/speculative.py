@@ -146,7 +146,7 @@ def check_drafting(config: SamplingConfig, input_ids: torch.Tensor, draft_tokens
         )
     if input_ids.shape[0] != 1:
         raise GenerationError("an assistant model drafts for one sequence")
-    if config.json_object:
+    if config.json_mode is not None:
         raise GenerationError("an assistant model does not draft in JSON mode")
     if not isinstance(draft_tokens, int) or draft_tokens < 1:
         raise GenerationError(f"num_assistant_tokens must be >= 1, not {draft_tokens!r}")

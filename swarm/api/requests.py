@@ -6,8 +6,9 @@ a field the API does not have is an error too, as OpenAI's API answers it. `temp
 is greedy decoding; above 0 the tokens are sampled with that temperature and `top_p` (no
 top-k: OpenAI has none). The presence and frequency penalties apply to the tokens generated
 (`swarm.generation.PresenceFrequencyPenalty`). Log probabilities: completions take `logprobs` N
-and `echo`, chat takes `logprobs` and `top_logprobs` N. `response_format` `json_object` is
-JSON mode (`swarm.json_mode`); a JSON schema is refused.
+and `echo`, chat takes `logprobs` and `top_logprobs` N. `response_format` `json_object` and
+`json_schema` are JSON mode (`swarm.json_mode`): the answer is a JSON object, or a value of
+the schema (its subset that `swarm.json_schema` supports; other keywords get a 400).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SwarmError
+from ..json_schema import Node, SchemaError, compile_schema
 
 __all__ = ["ApiError", "ChatMessage", "CompletionRequest", "read_request"]
 
@@ -95,6 +97,7 @@ class CompletionRequest:
     echo: bool = False  # the prompt comes first in the text (and its log probabilities)
     n: int = 1  # answers, each generated on its own (choice i sampled with seed + i)
     json_object: bool = False  # JSON mode: the answer is one JSON object
+    json_schema: Node | None = None  # JSON mode: the answer is a value of this schema
 
     def generate_options(self, max_tokens: int, choice: int = 0) -> dict[str, Any]:
         """`generate()`'s arguments for this request's answer number `choice`."""
@@ -116,6 +119,8 @@ class CompletionRequest:
             options["logprobs"] = self.logprobs
         if self.json_object:
             options["json_object"] = True
+        if self.json_schema is not None:
+            options["json_schema"] = self.json_schema
         return options
 
 
@@ -168,17 +173,28 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
     fields["stop"] = _stop(data.get("stop"))
     options = _field(data, "stream_options", dict) or {}
     fields["include_usage"] = options.get("include_usage") is True
-    fields["json_object"] = _json_mode(data)
+    response_format = _field(data, "response_format", dict) or {"type": "text"}
+    fields["json_object"] = response_format.get("type") == "json_object"
+    fields["json_schema"] = _json_schema(response_format)
     return CompletionRequest(**fields)
 
 
-def _json_mode(data: dict[str, Any]) -> bool:
-    """Whether `response_format` asks for JSON mode (`{"type": "json_object"}`)."""
-    kind = (_field(data, "response_format", dict) or {"type": "text"}).get("type")
-    if kind not in ("text", "json_object"):
-        raise ApiError(400, f"response_format {kind!r} is not supported here: "
-                       "json_object and text are", "response_format")  # fmt: skip
-    return bool(kind == "json_object")
+def _json_schema(response_format: dict[str, Any]) -> Node | None:
+    """The schema `response_format` asks the answer to keep to (`json_schema`), or None."""
+    kind = response_format.get("type")
+    if kind not in ("text", "json_object", "json_schema"):
+        raise ApiError(400, f"response_format {kind!r} is not supported here: text, "
+                       "json_object and json_schema are", "response_format")  # fmt: skip
+    if kind != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ApiError(400, "response_format json_schema needs a json_schema object with a "
+                       "name", "response_format")  # fmt: skip
+    try:
+        return compile_schema(spec.get("schema", True))
+    except SchemaError as error:
+        raise ApiError(400, f"response_format json_schema: {error}", "response_format") from None
 
 
 def _logprobs(kind: str, data: dict[str, Any]) -> int | None:

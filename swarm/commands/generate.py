@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..checkpoints import resolve_checkpoint, swarm_name
 from ..generation import prompt_ids
+from ..json_schema import Node, SchemaError, compile_schema
 from .keys import identity_from
 
 if TYPE_CHECKING:
@@ -55,7 +56,17 @@ def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
         "min_p": args.min_p,
         "seed": args.seed,
         "json_object": True if args.json else None,
+        "json_schema": read_schema(args.json_schema) if args.json_schema else None,
     }
+
+
+def read_schema(path: str) -> Node:
+    """The JSON schema in the file at `path`, compiled (`SchemaError` if it cannot be)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise SchemaError(f"cannot read the schema {path}: {error}") from None
+    return compile_schema(text)
 
 
 def drafting_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import openai
 import pytest
 import torch
@@ -27,10 +28,12 @@ from swarm.errors import GenerationError
 from swarm.generation import GenerationState, SamplingConfig, generate_tokens
 from swarm.json_mode import JsonConstraint
 from swarm.json_prefix import MAX_BLANK, JsonPrefix
+from swarm.json_schema import ANY_OBJECT, Node, compile_schema
 from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import write_tiny_model
 
 from .test_api import api, call
+from .test_json_schema import PET
 from .test_model import _swarm_and_model
 
 MODEL = "tiny-api"  # the name `api()` serves under
@@ -48,8 +51,8 @@ def parses_as_object(text: str) -> bool:
         return False
 
 
-def complete(text: str) -> bool:
-    state = JsonPrefix().feed(text)
+def complete(text: str, schema: Node = ANY_OBJECT) -> bool:
+    state = JsonPrefix.start(schema).feed(text)
     return state is not None and state.complete
 
 
@@ -69,7 +72,7 @@ layouts = st.sampled_from([{}, {"indent": 1}, {"separators": (",", ":")}, {"ensu
 @given(st.dictionaries(st.text(), values, max_size=4), layouts)
 def test_every_prefix_of_a_json_object_begins_one(document: dict[str, Any], layout: Any) -> None:
     text = json.dumps(document, **layout) + "\n"
-    state: JsonPrefix | None = JsonPrefix()
+    state: JsonPrefix | None = JsonPrefix.start()
     for position, char in enumerate(text):
         assert state is not None and not (state.complete and char not in " \n")
         state = state.feed(char)
@@ -83,17 +86,18 @@ def test_the_checker_agrees_with_pythons_parser(text: str) -> None:
     """Complete exactly when Python parses an object that the text begins with (no
     whitespace first); a text refused part way never parses."""
     assert complete(text) == (parses_as_object(text) and text.startswith("{"))
-    if JsonPrefix().feed(text) is None:
+    if JsonPrefix.start().feed(text) is None:
         assert not parses_as_object(text) or not text.startswith("{")
 
 
 def test_what_begins_no_json_object() -> None:
     for text in ['[1]', '"a"', '{"a" 1', '{"a": 01', '{"a": 1.}', '{"a":1,}', '{"a": tru}',
                  '{"a": "\x01', '{}x', '{"a": [}', '{"\\x"', ' {}']:  # fmt: skip
-        assert JsonPrefix().feed(text) is None, text
+        assert JsonPrefix.start().feed(text) is None, text
     blank = "{" + " " * MAX_BLANK  # whitespace runs are bounded, outside strings only
-    assert JsonPrefix().feed(blank) is not None and JsonPrefix().feed(blank + " ") is None
-    assert JsonPrefix().feed('{"' + " " * 100) is not None
+    start = JsonPrefix.start()
+    assert start.feed(blank) is not None and start.feed(blank + " ") is None
+    assert start.feed('{"' + " " * 100) is not None
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +110,16 @@ def tokenizer(tiny: Path) -> Any:
     return AutoTokenizer.from_pretrained(tiny)
 
 
-def fitting(tokenizer: Any, tokens: list[int], eos: int, *, closed: bool = False) -> list[int]:
-    """Every token that keeps the decode of `tokens` a JSON object's beginning, found by
-    decoding each after them (EOS: only once the object is `closed`)."""
+def fitting(
+    tokenizer: Any,
+    tokens: list[int],
+    eos: int,
+    *,
+    closed: bool = False,
+    schema: Node = ANY_OBJECT,
+) -> list[int]:
+    """Every token that keeps the decode of `tokens` the beginning of a value of `schema`
+    (a JSON object), found by decoding each after them (EOS: only once it is `closed`)."""
     found = []
     for token in range(len(tokenizer)):
         if token == eos:
@@ -116,7 +127,7 @@ def fitting(tokenizer: Any, tokens: list[int], eos: int, *, closed: bool = False
                 found.append(token)
             continue
         text = tokenizer.decode([*tokens, token])
-        if token not in tokenizer.all_special_ids and JsonPrefix().feed(text) is not None:
+        if token not in tokenizer.all_special_ids and JsonPrefix.start(schema).feed(text):
             found.append(token)
     return found
 
@@ -208,19 +219,21 @@ def swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM
         yield pair
 
 
-def reference(tiny: Path, tokenizer: Any, prompt: torch.Tensor, count: int) -> list[int]:
-    """Greedy over transformers' logits, each step's likeliest token that fits (a scan of
-    the whole vocabulary), ending where the object closes."""
+def reference(
+    tiny: Path, tokenizer: Any, prompt: torch.Tensor, count: int, schema: Node = ANY_OBJECT
+) -> list[int]:
+    """Greedy over transformers' logits, each step's likeliest token that fits `schema` (a
+    scan of the whole vocabulary), ending where the value closes."""
     model = AutoModelForCausalLM.from_pretrained(tiny)
     eos = tokenizer.eos_token_id
     tokens: list[int] = []
     for _ in range(count):
         with torch.no_grad():
             logits = model(torch.cat([prompt, torch.tensor([tokens], dtype=torch.long)], 1)).logits
-        closed = complete(tokenizer.decode(tokens)) if tokens else False
-        allowed = fitting(tokenizer, tokens, eos, closed=closed)
+        closed = complete(tokenizer.decode(tokens), schema) if tokens else False
+        allowed = fitting(tokenizer, tokens, eos, closed=closed, schema=schema)
         tokens.append(max(allowed, key=lambda token: float(logits[0, -1, token])))
-        if complete(tokenizer.decode(tokens)):
+        if complete(tokenizer.decode(tokens), schema):
             break
     return tokens
 
@@ -252,9 +265,52 @@ async def test_the_api_takes_response_format_json_object(
         options = {"model": MODEL, "messages": messages, "max_tokens": 24, "temperature": 0}
         answer = await call(client.chat.completions.create, **options,
                             response_format={"type": "json_object"})  # fmt: skip
-        with pytest.raises(openai.BadRequestError, match="json_schema"):
-            schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}
-            await call(client.chat.completions.create, **options, response_format=schema)
     content = answer.choices[0].message.content
     assert content == tokenizer.decode(expected, skip_special_tokens=True)
-    assert JsonPrefix().feed(content) is not None
+    assert JsonPrefix.start().feed(content) is not None
+
+
+def test_a_json_schema_through_the_swarm_is_the_reference(
+    tiny: Path, tokenizer: Any, swarm: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From Python and from `swarm generate --json-schema`: the reference's tokens, here
+    keeping to the schema, and a value the validator accepts."""
+    prompt = tokenizer("Answer in JSON:", return_tensors="pt")["input_ids"]
+    expected = reference(tiny, tokenizer, prompt, 150, compile_schema(PET))
+    text = tokenizer.decode(expected, skip_special_tokens=True)
+    assert json.loads(text).keys() == {"kind", "legs"}  # both, whitespace aside
+    jsonschema.validate(json.loads(text), PET)
+    output = swarm[1].generate(prompt, max_new_tokens=150, json_schema=PET, tokenizer=tokenizer)
+    assert output[0, prompt.shape[1] :].tolist() == expected
+    (tmp_path / "pet.json").write_text(json.dumps(PET))
+    command = ["generate", str(tiny), "Answer in JSON:", "--initial-peers", swarm[0].bootstrap]
+    assert main([*command, "--json-schema", str(tmp_path / "pet.json"), "--max-new-tokens",
+                 "150"]) == 0  # fmt: skip
+    assert capsys.readouterr().out == text + "\n"
+    (tmp_path / "bad.json").write_text('{"type": "string", "pattern": "a+"}')
+    assert main([*command, "--json-schema", str(tmp_path / "bad.json")]) == 1
+    assert "SchemaError: #: the keyword 'pattern' is not supported" in capsys.readouterr().err
+
+
+async def test_the_api_takes_response_format_json_schema(
+    tiny: Path, tokenizer: Any, swarm: Any
+) -> None:
+    messages = [{"role": "user", "content": "Describe a pet."}]
+    encoded = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    expected = await trio.to_thread.run_sync(
+        reference, tiny, tokenizer, encoded["input_ids"], 80, compile_schema(PET)
+    )
+    wanted = {"type": "json_schema", "json_schema": {"name": "pet", "schema": PET}}
+    async with api(tiny, swarm[1]) as client:
+        options = {"model": MODEL, "messages": messages, "max_tokens": 80, "temperature": 0}
+        answer = await call(client.chat.completions.create, **options, response_format=wanted)
+        pattern = {"name": "x", "schema": {"type": "string", "pattern": "a+"}}
+        with pytest.raises(openai.BadRequestError, match="keyword 'pattern' is not supported"):
+            await call(client.chat.completions.create, **options,
+                       response_format={"type": "json_schema", "json_schema": pattern})  # fmt: skip
+    content = answer.choices[0].message.content
+    assert content == tokenizer.decode(expected, skip_special_tokens=True)
+    jsonschema.validate(json.loads(content), PET)
+    assert answer.choices[0].finish_reason == "stop"
