@@ -76,14 +76,17 @@ class JsonConstraint:
     ) -> int:
         """The next token (see the module doc): `scores` processed and `logits` raw, both
         `[1, V]`; `draw(scores)` is the generation's own choice (greedy or sampled)."""
-        scores = scores.clone()
-        for _ in range(MAX_DRAWS):
+        token = draw(scores)  # the generation's own choice, which most often fits as it is
+        if self.fits(token) is not None:
+            return token
+        scores = scores.clone()  # only now: each tensor op over the vocabulary costs
+        for _ in range(MAX_DRAWS - 1):
+            scores[0, token] = -math.inf
             if not torch.isfinite(scores).any():
                 break
             token = draw(scores)
             if self.fits(token) is not None:
                 return token
-            scores[0, token] = -math.inf
         candidates = torch.isfinite(scores[0]).nonzero().flatten().tolist()
         fitting = [token for token in candidates if self.fits(token) is not None]
         if fitting:

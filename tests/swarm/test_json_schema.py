@@ -103,10 +103,9 @@ def instances(schema: Any, root: Any, loose: bool = False) -> Any:
         if loose:
             least, most = 0, most + 1
         return st.lists(items, min_size=least, max_size=most) | strays
-    fractions = st.floats(allow_nan=False, allow_infinity=False).filter(
-        lambda number: not number.is_integer()
-    )
-    numbers = st.integers() | (fractions if loose else st.floats(allow_nan=False))
+    floats = st.floats(allow_nan=False, allow_infinity=False)
+    fractions = floats.filter(lambda number: not number.is_integer())
+    numbers = st.integers() | (fractions if loose else floats)
     leaves = {"string": st.text(max_size=6), "integer": st.integers(), "number": numbers,
               "boolean": st.booleans(), "null": st.none()}  # fmt: skip
     return leaves[kind] | strays
