@@ -36,6 +36,7 @@ from transformers import (
 
 from .errors import GenerationError as GenerationError
 from .json_mode import JsonConstraint
+from .json_prefix import MAX_BLANK
 from .json_schema import ANY_OBJECT, Node, compile_schema
 
 
@@ -77,6 +78,7 @@ class SamplingConfig:
     frequency_penalty: float = 0.0  # OpenAI's: off each generated token's logit, per use
     json_object: bool = False  # JSON mode: the text is one JSON object (`swarm.json_mode`)
     json_schema: Node | None = None  # JSON mode: the text is a value of this schema
+    json_whitespace: int = MAX_BLANK  # JSON mode: the longest run of it outside strings
 
     @property
     def json_mode(self) -> Node | None:
@@ -104,6 +106,8 @@ class SamplingConfig:
             raise GenerationError("min_p must be in [0, 1]")
         if not all(math.isfinite(x) for x in (self.presence_penalty, self.frequency_penalty)):
             raise GenerationError("presence_penalty and frequency_penalty must be finite")
+        if self.json_whitespace < 0:
+            raise GenerationError("json_whitespace must be >= 0")
 
     @classmethod
     def from_generation_config(cls, generation_config: Any, **overrides: Any) -> SamplingConfig:
@@ -337,7 +341,9 @@ async def generate_tokens(
     generator = sampling_generator(config, state.input_ids.device)
     eos = set(config.eos_token_ids)
     schema = config.json_mode
-    json = None if schema is None else JsonConstraint(tokenizer, eos, schema)
+    json = (
+        None if schema is None else JsonConstraint(tokenizer, eos, schema, config.json_whitespace)
+    )
 
     def draw(scores: torch.Tensor) -> int:
         return int(choose_tokens(scores, config.do_sample, generator))

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .errors import GenerationError
-from .json_prefix import JsonPrefix
+from .json_prefix import MAX_BLANK, JsonPrefix
 from .json_schema import ANY_OBJECT, Node
 from .token_texts import TokenTexts
 
@@ -38,14 +38,18 @@ class JsonConstraint:
     """The JSON value that a generation's tokens spell, so far."""
 
     def __init__(
-        self, tokenizer: Any, eos_token_ids: Collection[int], schema: Node = ANY_OBJECT
+        self,
+        tokenizer: Any,
+        eos_token_ids: Collection[int],
+        schema: Node = ANY_OBJECT,
+        max_blank: int = MAX_BLANK,
     ) -> None:
         if tokenizer is None:
             raise GenerationError("JSON mode needs the tokenizer (tokenizer=...)")
         self.texts = TokenTexts(tokenizer)
         self.eos = frozenset(eos_token_ids)
         self.special = frozenset(getattr(tokenizer, "all_special_ids", ())) - self.eos
-        self.state = JsonPrefix.start(schema)
+        self.state = JsonPrefix.start(schema, max_blank)
 
     @property
     def complete(self) -> bool:

@@ -11,7 +11,8 @@ mode's generation tries tokens against a state (`swarm.json_mode`), so it never 
 
 Two limits keep a generation from running on in whitespace, as a model may (OpenAI warns of
 it too): the text begins with the value itself, and whitespace outside strings comes in runs
-of at most `MAX_BLANK` characters (enough to indent 15 levels by 2).
+of at most `max_blank` characters (by default `MAX_BLANK`, enough to indent 15 levels by 2;
+1 keeps the JSON on one line, as tool calls do).
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ class JsonPrefix:
     """The readings of a text so far: stacks, each with the whitespace just read."""
 
     paths: tuple[tuple[Stack, int], ...]
+    max_blank: int = MAX_BLANK
 
     @classmethod
-    def start(cls, schema: Node = ANY_OBJECT) -> JsonPrefix:
-        return cls((((_Root(schema),), 0),))
+    def start(cls, schema: Node = ANY_OBJECT, max_blank: int = MAX_BLANK) -> JsonPrefix:
+        return cls((((_Root(schema),), 0),), max_blank)
 
     @property
     def complete(self) -> bool:
@@ -90,12 +92,12 @@ class JsonPrefix:
             for stack, blank in paths:
                 for after in _step(stack, char):
                     run = blank + 1 if space and not isinstance(after[-1], _Inside) else 0
-                    if run <= MAX_BLANK:
+                    if run <= self.max_blank:
                         stepped[after] = min(run, stepped.get(after, run))
             if not stepped:
                 return None
             paths = tuple(stepped.items())
-        return JsonPrefix(paths)
+        return JsonPrefix(paths, self.max_blank)
 
 
 def _step(stack: Stack, char: str) -> list[Stack]:

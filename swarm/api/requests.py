@@ -18,62 +18,39 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import SwarmError
 from ..json_schema import Node, SchemaError, compile_schema
+from .errors import ApiError
+from .tools import CALL_WHITESPACE, Tool, ToolCall, call_schema, read_tool_choice, read_tools
 
 __all__ = ["ApiError", "ChatMessage", "CompletionRequest", "read_request"]
 
 MAX_STOP_SEQUENCES = 4
 MAX_CHOICES = 8  # `n`: answers to one request, generated side by side
 MAX_LOGPROBS = {"completion": 5, "chat": 20}  # the likeliest tokens given per place, at most
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 # fields accepted only at their neutral value (what the field means if absent)
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "best_of": (None, 1),
     "logit_bias": (None, {}),
     "suffix": (None, ""),
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
 }
 IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls")
 COMMON = ("model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
           "stream_options", "presence_penalty", "frequency_penalty", "n", "response_format",
           *NEUTRAL, *IGNORED)  # fmt: skip
+CHAT = ("messages", "max_completion_tokens", "logprobs", "top_logprobs", "tools", "tool_choice")
 FIELDS = {
     "completion": (*COMMON, "prompt", "logprobs", "echo"),
-    "chat": (*COMMON, "messages", "max_completion_tokens", "logprobs", "top_logprobs"),
+    "chat": (*COMMON, *CHAT),
 }
-
-
-class ApiError(SwarmError):
-    """A request the API refuses, as OpenAI's API describes it: HTTP status, message, the
-    field at fault and an error code."""
-
-    def __init__(
-        self, status: int, message: str, param: str | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
-
-    def to_json(self) -> dict[str, Any]:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return {
-            "error": {
-                "message": self.message,
-                "type": kind,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
 
 
 @dataclass(frozen=True)
 class ChatMessage:
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant's calls
+    tool_call_id: str = ""  # a tool's answer: to which call
 
 
 @dataclass(frozen=True)
@@ -98,6 +75,9 @@ class CompletionRequest:
     n: int = 1  # answers, each generated on its own (choice i sampled with seed + i)
     json_object: bool = False  # JSON mode: the answer is one JSON object
     json_schema: Node | None = None  # JSON mode: the answer is a value of this schema
+    tools: tuple[Tool, ...] = ()  # functions the model may call (chat)
+    tool_choice: str = "none"  # "none", "auto", "required" or "function" (one by name)
+    must_call: tuple[Tool, ...] = ()  # the answer calls one of these (JSON mode)
 
     def generate_options(self, max_tokens: int, choice: int = 0) -> dict[str, Any]:
         """`generate()`'s arguments for this request's answer number `choice`."""
@@ -121,6 +101,9 @@ class CompletionRequest:
             options["json_object"] = True
         if self.json_schema is not None:
             options["json_schema"] = self.json_schema
+        if self.must_call:
+            options["json_schema"] = call_schema(self.must_call)
+            options["json_whitespace"] = CALL_WHITESPACE
         return options
 
 
@@ -176,7 +159,25 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
     response_format = _field(data, "response_format", dict) or {"type": "text"}
     fields["json_object"] = response_format.get("type") == "json_object"
     fields["json_schema"] = _json_schema(response_format)
+    if kind == "chat":
+        fields["tools"] = read_tools(data.get("tools"))
+        fields["tool_choice"], fields["must_call"] = read_tool_choice(
+            data.get("tool_choice"), fields["tools"]
+        )
+        _check_tools(fields)
     return CompletionRequest(**fields)
+
+
+def _check_tools(fields: dict[str, Any]) -> None:
+    """What tool calls do not go with."""
+    if fields["tool_choice"] == "none":
+        return
+    if fields["logprobs"] is not None:
+        raise ApiError(400, "logprobs with tools are not supported here", "logprobs")
+    if fields["must_call"] and (fields["json_object"] or fields["json_schema"] is not None):
+        choice = fields["tool_choice"]
+        raise ApiError(400, f"a tool call is its own JSON: tool_choice {choice} takes no "
+                       "response_format", "response_format")  # fmt: skip
 
 
 def _json_schema(response_format: dict[str, Any]) -> Node | None:
@@ -270,8 +271,40 @@ def _messages(value: Any) -> tuple[ChatMessage, ...]:
         where = f"messages[{index}]"
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise ApiError(400, f"{where} must have a role among {', '.join(ROLES)}", where)
-        messages.append(ChatMessage(message["role"], _content(message.get("content"), where)))
+        role, content = message["role"], message.get("content")
+        calls = _tool_calls(message.get("tool_calls"), where) if role == "assistant" else ()
+        text = "" if content is None and calls else _content(content, where)
+        answered = message.get("tool_call_id", "")
+        if role == "tool" and (not isinstance(answered, str) or not answered):
+            raise ApiError(400, f"{where}: a tool message needs its tool_call_id", where)
+        messages.append(ChatMessage(role, text, calls, answered if role == "tool" else ""))
     return tuple(messages)
+
+
+def _tool_calls(value: Any, where: str) -> tuple[ToolCall, ...]:
+    """An assistant message's earlier calls: `[{"id", "type": "function", "function":
+    {"name", "arguments": JSON text of an object}}]`."""
+    if value is None:
+        return ()
+    malformed = ApiError(400, f"{where}.tool_calls: each is a function with a name and its "
+                         "arguments as the JSON text of an object", where)  # fmt: skip
+    if not isinstance(value, list):
+        raise malformed
+    calls = []
+    for call in value:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise malformed
+        name, arguments = function.get("name"), function.get("arguments")
+        if not isinstance(name, str) or not isinstance(arguments, str):
+            raise malformed
+        try:
+            if not isinstance(json.loads(arguments), dict):
+                raise malformed
+        except ValueError:
+            raise malformed from None
+        calls.append(ToolCall(name, arguments, str(call.get("id") or "")))
+    return tuple(calls)
 
 
 def _content(value: Any, where: str) -> str:

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, closing, suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import trio
+from jinja2 import TemplateError
 
 from routing.errors import RoutingError
 from routing.path_selection import NoRoomError
@@ -47,6 +48,7 @@ from .logprobs import (
 )
 from .requests import ApiError, CompletionRequest, read_request
 from .session_pool import IdleSession, SessionPool
+from .tools import ToolCall, chat_messages, find_calls
 
 if TYPE_CHECKING:
     from ..model import DistributedModelForCausalLM, InferenceSession
@@ -206,9 +208,10 @@ class ApiServer:
             raise _generation_error(error) from None
         logprobs = []
         for choice in choices:
-            answer.log(choice.text)
+            choice.calls = answer.calls(choice.text)
+            answer.log(choice.text, choice.calls)
             logprobs.append(self._logprobs(request, prompt, choice.text, choice.records))
-        return _json(200, answer.whole([choice.text for choice in choices], logprobs))
+        return _json(200, answer.whole(choices, logprobs))
 
     async def _whole(self, input_ids: torch.Tensor, choice: _Choice) -> None:
         """Generate one answer whole."""
@@ -275,12 +278,19 @@ class ApiServer:
         elif request.kind == "completion":
             ids = self.tokenizer(request.prompt, return_tensors="pt")["input_ids"]
         else:
-            if not getattr(self.tokenizer, "chat_template", None):
+            template = getattr(self.tokenizer, "chat_template", None)
+            if not template:
                 raise ApiError(400, "this model has no chat template: use /v1/completions")
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
-            ids = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )["input_ids"]
+            native = "tools" in template  # it lists the tools itself
+            messages = chat_messages(request.messages, request.tools, native)
+            tools = {"tools": [t.to_json() for t in request.tools]} if native else {}
+            try:
+                ids = self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, return_tensors="pt",
+                    return_dict=True, **tools,
+                )["input_ids"]  # fmt: skip
+            except TemplateError as error:
+                raise ApiError(400, f"the chat template refused the messages: {error}") from None
         ids = torch.as_tensor(ids)
         if ids.shape[1] == 0:
             raise ApiError(400, "the prompt has no tokens", "prompt")
@@ -300,6 +310,7 @@ class ApiServer:
 
         async def run(choice: _Choice, offset: int) -> None:
             text, scored = choice.text, LogprobStream(self.tokenizer)
+            holding = request.tool_choice != "none"  # the answer may be a call: sent whole
 
             async def send_piece(piece: str, *, final: bool = False) -> None:
                 """A piece of text, with the log probabilities of the tokens that the text
@@ -316,14 +327,22 @@ class ApiServer:
             async def send(token: int, record: TokenLogprob | None) -> bool:
                 if not text.stopped:
                     scored.add(token, record)
-                await send_piece(text.add(token))
+                piece = text.add(token)
+                if not holding:
+                    await send_piece(piece)
                 return not text.stopped
 
             if answer.max_tokens:
                 await self._generate(input_ids, choice.options, send)
-            answer.log(text)
-            await send_piece(text.finish(), final=True)
-            await emit(answer.chunk("", choice.index, reason=answer.reason(text)))
+            choice.calls = answer.calls(text)
+            answer.log(text, choice.calls)
+            rest = text.finish()
+            if choice.calls:
+                await emit(answer.chunk("", choice.index, calls=choice.calls))
+            else:
+                await send_piece(text.text if holding else rest, final=True)
+            reason = answer.reason(text, choice.calls)
+            await emit(answer.chunk("", choice.index, reason=reason))
 
         try:
             prompt = await self._echoed_logprobs(request, input_ids)
@@ -479,15 +498,24 @@ class _Answer:
         return {"id": f"{prefix}-{self.id}", "object": kind, "created": self.created,
                 "model": self.model_id}  # fmt: skip
 
-    def reason(self, text: CompletionText) -> str:
-        """`length` if the tokens ran out before EOS or a stop sequence, else `stop`."""
+    def calls(self, text: CompletionText) -> list[ToolCall]:
+        """The tool call that the answer makes, if it makes one."""
+        if self.request.tool_choice == "none":
+            return []
+        return find_calls(text.text, self.request.tools)
+
+    def reason(self, text: CompletionText, calls: Sequence[ToolCall] = ()) -> str:
+        """`tool_calls` if it calls a tool; `length` if the tokens ran out before EOS or a
+        stop sequence; else `stop`."""
+        if calls:
+            return "tool_calls"
         full = len(text.tokens) >= self.max_tokens
         ended = text.stopped or (bool(text.tokens) and text.tokens[-1] in self.eos)
         return "length" if full and not ended else "stop"
 
-    def log(self, text: CompletionText) -> None:
+    def log(self, text: CompletionText, calls: Sequence[ToolCall] = ()) -> None:
         logger.info("%s %s: %d prompt tokens, %d new (%s)", self.request.kind, self.id[:8],
-                    self.prompt_tokens, len(text.tokens), self.reason(text))  # fmt: skip
+                    self.prompt_tokens, len(text.tokens), self.reason(text, calls))  # fmt: skip
 
     def usage(self, completion_tokens: int) -> dict[str, int]:
         return {
@@ -496,22 +524,24 @@ class _Answer:
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
 
-    def whole(
-        self, texts: list[CompletionText], logprobs: list[dict[str, Any] | None]
-    ) -> dict[str, Any]:
+    def whole(self, answers: list[_Choice], logprobs: list[dict[str, Any] | None]) -> Any:
         choices = []
-        for index, (text, choice_logprobs) in enumerate(zip(texts, logprobs, strict=True)):
+        for answer, choice_logprobs in zip(answers, logprobs, strict=True):
+            text = answer.text
             choice: dict[str, Any] = {
-                "index": index,
+                "index": answer.index,
                 "logprobs": choice_logprobs,
-                "finish_reason": self.reason(text),
+                "finish_reason": self.reason(text, answer.calls),
             }
-            if self.request.kind == "chat":
+            if answer.calls:
+                calls = [call.to_json() for call in answer.calls]
+                choice["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
+            elif self.request.kind == "chat":
                 choice["message"] = {"role": "assistant", "content": text.text}
             else:
                 choice["text"] = self.echo + text.text
             choices.append(choice)
-        usage = self.usage(sum(len(text.tokens) for text in texts))
+        usage = self.usage(sum(len(answer.text.tokens) for answer in answers))
         return {**self._head(), "choices": choices, "usage": usage}
 
     def chunk(
@@ -522,12 +552,17 @@ class _Answer:
         *,
         first: bool = False,
         reason: str | None = None,
+        calls: Sequence[ToolCall] = (),
     ) -> Any:
         choice: dict[str, Any] = {"index": index, "logprobs": logprobs, "finish_reason": reason}
         if self.request.kind == "chat":
-            delta: dict[str, str] = {"role": "assistant"} if first else {}
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if piece or first:
                 delta["content"] = piece
+            if calls:
+                delta["tool_calls"] = [
+                    {"index": number, **call.to_json()} for number, call in enumerate(calls)
+                ]
             choice["delta"] = delta
         else:
             choice["text"] = piece
@@ -546,6 +581,7 @@ class _Choice:
     text: CompletionText
     options: dict[str, Any]
     records: list[TokenLogprob] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)  # the tool it calls, if it calls one
 
 
 async def _side_by_side(jobs: list[Callable[[], Awaitable[None]]]) -> None:

@@ -51,8 +51,8 @@ def parses_as_object(text: str) -> bool:
         return False
 
 
-def complete(text: str, schema: Node = ANY_OBJECT) -> bool:
-    state = JsonPrefix.start(schema).feed(text)
+def complete(text: str, schema: Node = ANY_OBJECT, max_blank: int = MAX_BLANK) -> bool:
+    state = JsonPrefix.start(schema, max_blank).feed(text)
     return state is not None and state.complete
 
 
@@ -117,6 +117,7 @@ def fitting(
     *,
     closed: bool = False,
     schema: Node = ANY_OBJECT,
+    max_blank: int = MAX_BLANK,
 ) -> list[int]:
     """Every token that keeps the decode of `tokens` the beginning of a value of `schema`
     (a JSON object), found by decoding each after them (EOS: only once it is `closed`)."""
@@ -127,7 +128,9 @@ def fitting(
                 found.append(token)
             continue
         text = tokenizer.decode([*tokens, token])
-        if token not in tokenizer.all_special_ids and JsonPrefix.start(schema).feed(text):
+        if token not in tokenizer.all_special_ids and JsonPrefix.start(schema, max_blank).feed(
+            text
+        ):
             found.append(token)
     return found
 
@@ -220,7 +223,12 @@ def swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM
 
 
 def reference(
-    tiny: Path, tokenizer: Any, prompt: torch.Tensor, count: int, schema: Node = ANY_OBJECT
+    tiny: Path,
+    tokenizer: Any,
+    prompt: torch.Tensor,
+    count: int,
+    schema: Node = ANY_OBJECT,
+    max_blank: int = MAX_BLANK,
 ) -> list[int]:
     """Greedy over transformers' logits, each step's likeliest token that fits `schema` (a
     scan of the whole vocabulary), ending where the value closes."""
@@ -230,10 +238,10 @@ def reference(
     for _ in range(count):
         with torch.no_grad():
             logits = model(torch.cat([prompt, torch.tensor([tokens], dtype=torch.long)], 1)).logits
-        closed = complete(tokenizer.decode(tokens), schema) if tokens else False
-        allowed = fitting(tokenizer, tokens, eos, closed=closed, schema=schema)
+        closed = complete(tokenizer.decode(tokens), schema, max_blank) if tokens else False
+        allowed = fitting(tokenizer, tokens, eos, closed=closed, schema=schema, max_blank=max_blank)
         tokens.append(max(allowed, key=lambda token: float(logits[0, -1, token])))
-        if complete(tokenizer.decode(tokens), schema):
+        if complete(tokenizer.decode(tokens), schema, max_blank):
             break
     return tokens
 

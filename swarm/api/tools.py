@@ -1,0 +1,202 @@
+"""Tool calling in the chat API: the `tools` a request offers, its `tool_choice`, the calls
+in its history, and the calls found in an answer. Pure.
+
+The model sees the tools through its chat template (`tools=`) when the template takes them;
+otherwise a system message lists them (`TOOL_NOTE`) and asks for a call as one JSON object
+`{"name": ..., "arguments": {...}}`, which is also how earlier calls in the conversation are
+written back for it. `tool_choice` `required`, or a function by name, makes the answer such
+an object by JSON mode (`call_schema`: the name is one of the tools', the arguments a value
+of its `parameters`). With `auto`, the model answers freely, and an answer that is a call
+(the JSON object alone, or inside tags such as `<tool_call>`) is returned as one
+(`find_calls`). `none` offers the tools but never returns a call. One call per answer. A
+call that JSON mode writes keeps to one line (`CALL_WHITESPACE`), which saves the tokens of
+a layout that nobody reads.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..json_schema import Choice, Literals, Node, ObjectNode, SchemaError, compile_schema, json_text
+from .errors import ApiError
+
+if TYPE_CHECKING:
+    from .requests import ChatMessage
+
+__all__ = [
+    "CALL_WHITESPACE",
+    "TOOL_NOTE",
+    "Tool",
+    "ToolCall",
+    "call_schema",
+    "chat_messages",
+    "find_calls",
+    "read_tool_choice",
+    "read_tools",
+]
+
+CHOICES = ("none", "auto", "required")
+CALL_WHITESPACE = 1  # a call is JSON on one line: its layout is nobody's, and costs tokens
+FUNCTION_SHAPE = '{"type": "function", "function": {"name": ..., "parameters": {...}}}'
+TOOL_NOTE = (
+    "You can call these functions. To call one, answer with only a JSON object "
+    '{"name": <the function\'s name>, "arguments": <an object of its arguments>}.\n'
+)
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call: its name, description and parameters' schema."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    node: Node = field(compare=False)  # the parameters, compiled
+
+    def to_json(self) -> dict[str, Any]:
+        function = {"name": self.name, "description": self.description,
+                    "parameters": self.parameters}  # fmt: skip
+        return {"type": "function", "function": function}
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call of a function, its arguments as JSON text (as OpenAI's API carries them)."""
+
+    name: str
+    arguments: str
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": self.arguments}}  # fmt: skip
+
+    def as_text(self) -> str:
+        """The call as the model writes one (see `TOOL_NOTE`)."""
+        return json.dumps({"name": self.name, "arguments": json.loads(self.arguments)})
+
+
+def read_tools(value: Any) -> tuple[Tool, ...]:
+    """The request's `tools` (None or a list of functions), checked and compiled."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ApiError(400, "tools must be a list of functions", "tools")
+    tools: list[Tool] = []
+    for index, entry in enumerate(value):
+        where = f"tools[{index}]"
+        function = entry.get("function") if isinstance(entry, dict) else None
+        if not isinstance(function, dict) or entry.get("type") != "function":
+            raise ApiError(400, f"{where} must be a function: {FUNCTION_SHAPE}", where)
+        name = function.get("name")
+        if not isinstance(name, str) or not name or name in {t.name for t in tools}:
+            raise ApiError(400, f"{where} needs a name of its own", where)
+        parameters = function.get("parameters", {"type": "object", "properties": {},
+                                                 "additionalProperties": False})  # fmt: skip
+        try:
+            node = compile_schema(parameters)
+        except SchemaError as error:
+            raise ApiError(400, f"{where} parameters: {error}", where) from None
+        description = function.get("description", "")
+        if not isinstance(description, str):
+            raise ApiError(400, f"{where} description must be text", where)
+        tools.append(Tool(name, description, parameters, node))
+    return tuple(tools)
+
+
+def read_tool_choice(value: Any, tools: Sequence[Tool]) -> tuple[str, tuple[Tool, ...]]:
+    """`tool_choice` ("none", "auto", "required" or a function by name; absent: "auto" with
+    tools, else "none") and the tools an answer must call one of (none unless it must)."""
+    if value is None:
+        value = "auto" if tools else "none"
+    if isinstance(value, dict):
+        function = value.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        named = [tool for tool in tools if tool.name == name]
+        if value.get("type") != "function" or not named:
+            raise ApiError(400, "tool_choice names no function of tools", "tool_choice")
+        return "function", tuple(named)
+    if value not in CHOICES:
+        raise ApiError(400, f"tool_choice must be one of {', '.join(CHOICES)} or a function",
+                        "tool_choice")  # fmt: skip
+    if value != "none" and not tools:
+        raise ApiError(400, f"tool_choice {value} needs tools", "tool_choice")
+    return value, tuple(tools) if value == "required" else ()
+
+
+def call_schema(tools: Sequence[Tool]) -> Node:
+    """The answer that calls one of `tools`: `{"name": ..., "arguments": ...}`."""
+    return Choice(
+        tuple(
+            ObjectNode(
+                {"name": Literals((json_text(tool.name),)), "arguments": tool.node},
+                frozenset({"name", "arguments"}),
+            )
+            for tool in tools
+        )
+    )
+
+
+def chat_messages(
+    messages: Sequence[ChatMessage], tools: Sequence[Tool], native: bool
+) -> list[dict[str, Any]]:
+    """The messages as the chat template takes them. `native`: the template takes `tools=`
+    and calls in OpenAI's shape; else a system message lists the tools, and calls are
+    written as the JSON of a call."""
+    rendered: list[dict[str, Any]] = []
+    for message in messages:
+        entry: dict[str, Any] = {"role": message.role, "content": message.content}
+        if message.tool_call_id:
+            entry["tool_call_id"] = message.tool_call_id
+        if message.tool_calls and native:
+            entry["tool_calls"] = [
+                {"id": call.id, "type": "function",
+                 "function": {"name": call.name, "arguments": json.loads(call.arguments)}}
+                for call in message.tool_calls
+            ]  # fmt: skip
+        elif message.tool_calls:
+            calls = "\n".join(call.as_text() for call in message.tool_calls)
+            entry["content"] = f"{message.content}\n{calls}".lstrip("\n")
+        rendered.append(entry)
+    if tools and not native:
+        listed = "\n".join(json.dumps(tool.to_json()["function"]) for tool in tools)
+        note = TOOL_NOTE + listed
+        if rendered[0]["role"] == "system":
+            rendered[0]["content"] = f"{rendered[0]['content']}\n\n{note}"
+        else:
+            rendered.insert(0, {"role": "system", "content": note})
+    return rendered
+
+
+def find_calls(text: str, tools: Sequence[Tool]) -> list[ToolCall]:
+    """The call an answer makes, if it is one: the text is a JSON object naming one of
+    `tools` and its arguments (`arguments` or `parameters`), alone or between tags; else
+    none."""
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end < start or _outside_tags(text[:start]) or _outside_tags(text[end + 1 :]):
+        return []
+    try:
+        call = json.loads(text[start : end + 1])
+    except ValueError:
+        return []
+    if not isinstance(call, dict):
+        return []
+    arguments = call.get("arguments", call.get("parameters"))
+    names = {tool.name for tool in tools}
+    if call.get("name") not in names or not isinstance(arguments, dict):
+        return []
+    return [ToolCall(call["name"], json.dumps(arguments, ensure_ascii=False))]
+
+
+def _outside_tags(text: str) -> bool:
+    """Whether `text`, around a call, holds more than whitespace, tags and code fences."""
+    for tag in ("```json", "```"):
+        text = text.replace(tag, "")
+    while "<" in text and ">" in text[text.index("<") :]:
+        opening = text.index("<")
+        text = text[:opening] + text[text.index(">", opening) + 1 :]
+    return bool(text.strip())

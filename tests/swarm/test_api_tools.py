@@ -1,0 +1,239 @@
+"""Tool calling in `swarm api`: the tools offered, the calls found in answers, the history
+with calls and their results; through the server (OpenAI's client), a call that
+`tool_choice` asks for equals a greedy loop over transformers' logits that keeps to the
+call's JSON schema, whole and streamed, and its arguments pass the reference validator."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import openai
+import pytest
+import trio
+from transformers import AutoTokenizer
+
+from swarm import DistributedModelForCausalLM
+from swarm.api.errors import ApiError
+from swarm.api.requests import ChatMessage, read_request
+from swarm.api.tools import (
+    CALL_WHITESPACE,
+    ToolCall,
+    call_schema,
+    chat_messages,
+    find_calls,
+    read_tools,
+)
+from swarm.json_prefix import JsonPrefix
+from tests.support.thread_swarm import ThreadSwarm
+from tests.support.tiny_model import write_tiny_model
+
+from .test_api import api, call
+from .test_json_mode import MODEL, reference
+from .test_model import _swarm_and_model
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city, for some days.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"enum": ["Paris", "Rome"]}, "days": {"type": "integer"}},
+            "required": ["city", "days"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time"}}  # no parameters
+TOOLS = read_tools([WEATHER, TIME])
+QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def request(**fields: Any) -> Any:
+    body = {"model": MODEL, "messages": QUESTION, **fields}
+    return read_request("chat", json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name": "get_weather", "arguments": {"city": "Rome", "days": 2}}',
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome", "days": 2}}\n'
+        "</tool_call>",
+        '```json\n{"name": "get_weather", "parameters": {"city": "Rome", "days": 2}}\n```',
+    ],
+)
+def test_an_answer_that_is_a_call_is_found(text: str) -> None:
+    (found,) = find_calls(text, TOOLS)
+    assert found.name == "get_weather"
+    assert json.loads(found.arguments) == {"city": "Rome", "days": 2}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Let me see: {"name": "get_weather", "arguments": {}}',  # text besides the call
+        '{"name": "get_news", "arguments": {}}',  # no such tool
+        '{"name": "get_time", "arguments": "now"}',  # arguments are an object
+        '{"name": "get_time", "arguments": {}',  # not JSON
+        "It is sunny in Paris.",
+    ],
+)
+def test_an_answer_that_is_no_call_is_text(text: str) -> None:
+    assert find_calls(text, TOOLS) == []
+
+
+def test_the_call_schema_takes_a_tools_name_and_its_arguments() -> None:
+    start = JsonPrefix.start(call_schema(TOOLS))
+    for good in ['{"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}',
+                 '{"arguments": {}, "name": "get_time"}']:  # fmt: skip
+        state = start.feed(good)
+        assert state is not None and state.complete, good
+    for bad in ['{"name": "get_news"', '{"name": "get_weather", "arguments": {"city": "Oslo"',
+                '{"name": "get_time", "arguments": {"x"', '{"name": "get_time"}']:  # fmt: skip
+        state = start.feed(bad)
+        assert state is None or not state.complete, bad
+
+
+def test_tool_choice_decides_what_the_answer_must_call() -> None:
+    assert request(tools=[WEATHER, TIME]).tool_choice == "auto"  # OpenAI's default with tools
+    assert request().tool_choice == "none"
+    required = request(tools=[WEATHER, TIME], tool_choice="required")
+    assert [tool.name for tool in required.must_call] == ["get_weather", "get_time"]
+    named = request(tools=[WEATHER, TIME],
+                    tool_choice={"type": "function", "function": {"name": "get_time"}})  # fmt: skip
+    assert [tool.name for tool in named.must_call] == ["get_time"]
+    assert "json_schema" in named.generate_options(16)
+    assert "json_schema" not in request(tools=[WEATHER]).generate_options(16)  # auto: free
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"tools": {"a": 1}}, "tools must be a list"),
+        ({"tools": [{"type": "function", "function": {}}]}, r"tools\[0\] needs a name"),
+        ({"tools": [WEATHER, WEATHER]}, r"tools\[1\] needs a name of its own"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "string", "pattern": "x"}}}]}, "keyword 'pattern' is not supported"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+         "names no function"),
+        ({"tool_choice": "required"}, "needs tools"),
+        ({"tools": [WEATHER], "tool_choice": "always"}, "tool_choice must be one of"),
+        ({"tools": [WEATHER], "logprobs": True}, "logprobs with tools"),
+        ({"tools": [WEATHER], "tool_choice": "required",
+          "response_format": {"type": "json_object"}}, "takes no response_format"),
+        ({"messages": [{"role": "tool", "content": "17 C"}]}, "needs its tool_call_id"),
+        ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
+            {"id": "a", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]}]},
+         "the JSON text of an object"),
+    ],
+)  # fmt: skip
+def test_what_tool_calling_refuses(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ApiError, match=message) as caught:
+        request(**fields)
+    assert caught.value.status == 400
+
+
+HISTORY = (
+    ChatMessage("user", "Weather in Rome?"),
+    ChatMessage("assistant", "", (ToolCall("get_weather", '{"city": "Rome", "days": 1}', "c1"),)),
+    ChatMessage("tool", "21 C and sunny", tool_call_id="c1"),
+)
+
+
+def test_a_template_without_tools_gets_them_in_a_system_message() -> None:
+    rendered = chat_messages(HISTORY, TOOLS, native=False)
+    assert rendered[0]["role"] == "system" and "get_weather" in rendered[0]["content"]
+    call = {"name": "get_weather", "arguments": {"city": "Rome", "days": 1}}
+    assert json.loads(rendered[2]["content"]) == call
+    assert rendered[3] == {"role": "tool", "content": "21 C and sunny", "tool_call_id": "c1"}
+    with_system = chat_messages((ChatMessage("system", "Be brief."), *HISTORY), TOOLS, False)
+    assert with_system[0]["content"].startswith("Be brief.\n\n") and len(with_system) == 4
+
+
+def test_a_template_with_tools_gets_calls_in_openais_shape() -> None:
+    rendered = chat_messages(HISTORY, TOOLS, native=True)
+    assert rendered[0] == {"role": "user", "content": "Weather in Rome?"}
+    assert rendered[1]["tool_calls"] == [{"id": "c1", "type": "function", "function": {
+        "name": "get_weather", "arguments": {"city": "Rome", "days": 1}}}]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(
+        tmp_path_factory.mktemp("tools") / MODEL, seed=6, max_position_embeddings=2048
+    )
+
+
+@pytest.fixture(scope="module")
+def swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM]]:
+    with _swarm_and_model(tiny, [(0, 4)]) as pair:
+        yield pair
+
+
+def expected_call(tiny: Path, tools: Any, count: int) -> tuple[str, list[int]]:
+    """The reference's call: the prompt as the server renders it (the tools in a system
+    message), then the greedy loop over transformers' logits that keeps to the call."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    messages = chat_messages(tuple(ChatMessage(**m) for m in QUESTION), tools, native=False)
+    prompt = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
+    tokens = reference(tiny, tokenizer, prompt, count, call_schema(tools), CALL_WHITESPACE)
+    return tokenizer.decode(tokens, skip_special_tokens=True), tokens
+
+
+async def test_a_required_call_is_the_reference_whole_and_streamed(tiny: Path, swarm: Any) -> None:
+    text, _ = await trio.to_thread.run_sync(expected_call, tiny, TOOLS, 120)
+    wanted = json.loads(text)
+    options = {"model": MODEL, "messages": QUESTION, "max_tokens": 120, "temperature": 0,
+               "tools": [WEATHER, TIME], "tool_choice": "required"}  # fmt: skip
+    async with api(tiny, swarm[1]) as client:
+        answer = await call(client.chat.completions.create, **options)
+        chunks = await call(lambda: list(client.chat.completions.create(**options, stream=True)))
+    (made,) = answer.choices[0].message.tool_calls
+    assert answer.choices[0].finish_reason == "tool_calls"
+    assert answer.choices[0].message.content is None
+    assert made.function.name == wanted["name"]
+    assert json.loads(made.function.arguments) == wanted["arguments"]
+    parameters = next(t for t in (WEATHER, TIME) if t["function"]["name"] == wanted["name"])
+    schema = parameters["function"].get("parameters", {"type": "object"})
+    jsonschema.validate(wanted["arguments"], schema)
+    streamed = [c.choices[0].delta.tool_calls for c in chunks if c.choices[0].delta.tool_calls]
+    assert [(c.function.name, c.function.arguments) for (c,) in streamed] == [
+        (made.function.name, made.function.arguments)
+    ]
+    assert not any(c.choices[0].delta.content for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+async def test_a_named_call_and_a_history_of_calls(tiny: Path, swarm: Any) -> None:
+    """A function by name is the one called; a conversation holding a call and its result
+    goes on (here, `auto`: this random model answers in text)."""
+    history = [
+        *QUESTION,
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 1}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "21 C and sunny"},
+    ]  # fmt: skip
+    async with api(tiny, swarm[1]) as client:
+        named = await call(
+            client.chat.completions.create, model=MODEL, messages=QUESTION, max_tokens=200,
+            temperature=0, tools=[WEATHER, TIME],
+            tool_choice={"type": "function", "function": {"name": "get_time"}},
+        )  # fmt: skip
+        went_on = await call(client.chat.completions.create, model=MODEL, messages=history,
+                             max_tokens=8, temperature=0, tools=[WEATHER, TIME])  # fmt: skip
+        with pytest.raises(openai.BadRequestError, match="keyword 'pattern'"):
+            bad = {"type": "function", "function": {"name": "f", "parameters": {
+                "type": "string", "pattern": "a"}}}  # fmt: skip
+            await call(client.chat.completions.create, model=MODEL, messages=QUESTION,
+                       tools=[bad])  # fmt: skip
+    (made,) = named.choices[0].message.tool_calls
+    assert made.function.name == "get_time" and json.loads(made.function.arguments) == {}
+    assert went_on.choices[0].message.tool_calls is None
+    assert went_on.choices[0].message.content and went_on.choices[0].finish_reason == "length"
