@@ -340,10 +340,9 @@ async def generate_tokens(
     stopping = build_stopping_criteria(config, tokenizer)
     generator = sampling_generator(config, state.input_ids.device)
     eos = set(config.eos_token_ids)
-    schema = config.json_mode
-    json = (
-        None if schema is None else JsonConstraint(tokenizer, eos, schema, config.json_whitespace)
-    )
+    json: JsonConstraint | None = None
+    if config.json_mode is not None:
+        json = JsonConstraint(tokenizer, eos, config.json_mode, config.json_whitespace)
 
     def draw(scores: torch.Tensor) -> int:
         return int(choose_tokens(scores, config.do_sample, generator))

@@ -336,10 +336,10 @@ class ApiServer:
                 await self._generate(input_ids, choice.options, send)
             choice.calls = answer.calls(text)
             answer.log(text, choice.calls)
-            rest = text.finish()
             if choice.calls:
                 await emit(answer.chunk("", choice.index, calls=choice.calls))
             else:
+                rest = text.finish()
                 await send_piece(text.text if holding else rest, final=True)
             reason = answer.reason(text, choice.calls)
             await emit(answer.chunk("", choice.index, reason=reason))
@@ -524,24 +524,24 @@ class _Answer:
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
 
-    def whole(self, answers: list[_Choice], logprobs: list[dict[str, Any] | None]) -> Any:
+    def whole(self, generated: list[_Choice], logprobs: list[dict[str, Any] | None]) -> Any:
         choices = []
-        for answer, choice_logprobs in zip(answers, logprobs, strict=True):
-            text = answer.text
+        for made, choice_logprobs in zip(generated, logprobs, strict=True):
+            text = made.text
             choice: dict[str, Any] = {
-                "index": answer.index,
+                "index": made.index,
                 "logprobs": choice_logprobs,
-                "finish_reason": self.reason(text, answer.calls),
+                "finish_reason": self.reason(text, made.calls),
             }
-            if answer.calls:
-                calls = [call.to_json() for call in answer.calls]
+            if made.calls:
+                calls = [call.to_json() for call in made.calls]
                 choice["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
             elif self.request.kind == "chat":
                 choice["message"] = {"role": "assistant", "content": text.text}
             else:
                 choice["text"] = self.echo + text.text
             choices.append(choice)
-        usage = self.usage(sum(len(answer.text.tokens) for answer in answers))
+        usage = self.usage(sum(len(made.text.tokens) for made in generated))
         return {**self._head(), "choices": choices, "usage": usage}
 
     def chunk(
