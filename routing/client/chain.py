@@ -21,7 +21,9 @@ Hops after a failed one that a relayed step may or may not have reached are rebu
 way, on the same peers if the route still picks them, without a ban.
 A peer that refuses to open a session is not banned when it only lacks room (it is seen as
 full, and the peers' numbers are asked afresh before the client gives up for want of room:
-`NoRoomError`) or takes no such request (it is left out of this opening only).
+`NoRoomError`) or takes no such request (it is left out of this opening only). A recovery
+that finds every replica full waits for room (`ClientConfig.room_wait`), asking the peers
+again every few seconds; a new chain is told at once.
 The computation is the same, so the generated tokens do not change (a hop's history takes a
 beam search's `reorder` and a speculative decoding's `truncate` as its peer's cache does).
 `failovers` records each recovery (for the demo and the benchmark).
@@ -50,6 +52,8 @@ from .swarm_view import SwarmView
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FIRST_ROOM_CHECK = 0.5  # seconds before full peers are asked again, doubling up to the last
+LAST_ROOM_CHECK = 4.0
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,7 @@ class InferenceChain:
             stale = self.hops[index]
             await stale.close()
             self.hops[index : index + 1] = await self._open_range(
-                stale.hop.start, stale.hop.end, stale.inputs
+                stale.hop.start, stale.hop.end, stale.inputs, room_wait=self.view.config.room_wait
             )
 
     async def _replace(self, lost: HopSession, error: BaseException) -> list[HopSession]:
@@ -214,7 +218,9 @@ class InferenceChain:
             lost.hop.peer[:8], lost.hop.start, lost.hop.end - 1, error, seconds,
         )  # fmt: skip
         await lost.close()
-        replacement = await self._open_range(lost.hop.start, lost.hop.end, lost.inputs, error)
+        replacement = await self._open_range(
+            lost.hop.start, lost.hop.end, lost.inputs, error, self.view.config.room_wait
+        )
         self.failovers.append(
             Failover(
                 peer=lost.hop.peer,
@@ -233,21 +239,28 @@ class InferenceChain:
         end: int,
         history: list[torch.Tensor],
         cause: BaseException | None = None,
+        room_wait: float = 0.0,
     ) -> list[HopSession]:
         """Sessions over [start, end) whose caches hold `history` (the inputs at `start`).
 
         `cause`: the failure that lost these blocks, named if no peer is left for them.
+        `room_wait`: seconds to wait for room where only room is missing (a recovery waits;
+        a new chain is told at once).
         """
-        refreshed = rechecked = False
         refused: set[str] = set()  # peers that take no such request (not banned: not broken)
         last_error: BaseException | None = cause
-        for _ in range(self.view.config.max_failovers):
+        tokens = self.max_length * len(self.padding)  # the cache the sessions reserve
+        refreshed = rechecked = False
+        deadline = trio.current_time() + room_wait
+        pause = FIRST_ROOM_CHECK
+        tries = 0
+        while tries < self.view.config.max_failovers:
             peers = self.view.peers  # as routed (a refresh may replace the view meanwhile)
             try:
-                tokens = self.max_length * len(self.padding)  # the cache the sessions reserve
                 route = self.view.route(start, end, tokens, self.max_length, frozenset(refused))
             except NoRouteError as error:
-                if isinstance(error, NoRoomError) and not rechecked:  # the room is a minute old
+                room_only = isinstance(error, NoRoomError)
+                if room_only and not rechecked:  # the room the records show is a minute old
                     await self.view.recheck(start, end)
                     rechecked = True
                     continue
@@ -255,11 +268,16 @@ class InferenceChain:
                     await self.view.refresh()
                     refreshed = True
                     continue
+                if room_only and trio.current_time() < deadline:
+                    await self._wait_for_room(start, end, pause, deadline)
+                    pause = min(2 * pause, LAST_ROOM_CHECK)
+                    continue
                 if last_error is not None:
                     raise ChainFailedError(
                         error.missing, last_error, error.condition
                     ) from last_error
                 raise
+            tries += 1
             opened: list[HopSession] = []
             current = route[0]
             try:
@@ -290,6 +308,16 @@ class InferenceChain:
                     await session.close()
                 raise
         raise ChainFailedError(list(range(start, end)), last_error or RuntimeError("no route"))
+
+    async def _wait_for_room(self, start: int, end: int, pause: float, deadline: float) -> None:
+        """Every peer for blocks [start, end) is full: wait `pause` (to `deadline` at most),
+        then ask them for their numbers again."""
+        if pause == FIRST_ROOM_CHECK:
+            left = deadline - trio.current_time()
+            logger.warning("every peer for blocks %d..%d is full; waiting for room (%.0f s at "
+                           "most)", start, end - 1, left)  # fmt: skip
+        await trio.sleep(min(pause, max(deadline - trio.current_time(), 0.0)))
+        await self.view.recheck(start, end)
 
     async def _open(self, hop: Hop, announcement: PeerAnnouncement) -> HopSession:
         dtype = DTYPES.get(announcement.dtype, torch.float32)

@@ -63,6 +63,7 @@ class ClientConfig:
     lookup_timeout: float = 10.0  # one DHT read
     open_timeout: float = 10.0  # connect + open a session
     max_failovers: int = 16  # per step, before the step fails
+    room_wait: float = 30.0  # seconds a recovery waits for room on full replicas
     relay: bool = True  # peers pass hidden states straight to the next hop (where they can)
     exact_weights: bool = False  # only peers with the checkpoint's own weights (no int8 ones)
 

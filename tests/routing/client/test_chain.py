@@ -212,11 +212,41 @@ async def test_no_replica_left_is_a_clear_error_naming_the_blocks(
     assert isinstance(caught.value.__cause__, RemoteError)
 
 
+async def test_a_failover_waits_for_room_on_a_full_replica(
+    autojump_clock: trio.testing.MockClock, net: Net
+) -> None:
+    """The replica left is full (another session holds its cache) until that session ends,
+    5 s later: the failover waits for it, asking the peer again, and goes on with the
+    reference's outputs."""
+    used = await net.peer(0, 4, throughput=2000.0, cache_tokens=64)
+    left = await net.peer(0, 4, cache_tokens=64)
+    view = await net.view()
+    sequence = _sequence(4)
+    async with InferenceChain(view, net.rpc, max_length=64) as chain:
+        other = await InferenceChain(view, net.rpc, max_length=64).__aenter__()
+        assert (chain.route[0].peer, other.route[0].peer) == (used.peer, left.peer)
+        outputs = [await chain.step(sequence[:, :3])]
+        used.fault = "error"
+        began = trio.current_time()
+        async with trio.open_nursery() as nursery:
+
+            async def other_ends() -> None:
+                await trio.sleep(5.0)  # the other generation's own course, not a readiness wait
+                await other.close()
+
+            nursery.start_soon(other_ends)
+            outputs.append(await chain.step(sequence[:, 3:]))
+        assert trio.current_time() - began >= 5.0
+        assert chain.route[0].peer == left.peer and [f.peer for f in chain.failovers] == [used.peer]
+    torch.testing.assert_close(torch.cat(outputs, dim=1), reference(sequence))
+
+
 async def test_a_failover_that_finds_no_room_says_so(
     autojump_clock: trio.testing.MockClock, net: Net
 ) -> None:
-    """The replica left is full (another session holds its cache): the error names the room
-    as what is missing, and the failure that lost the blocks."""
+    """The replica left stays full (another session holds its cache): after waiting for
+    room, the error names the room as what is missing, and the failure that lost the
+    blocks."""
     used = await net.peer(0, 4, throughput=2000.0, cache_tokens=64)
     left = await net.peer(0, 4, cache_tokens=64)
     view = await net.view()
