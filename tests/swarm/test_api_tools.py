@@ -32,7 +32,7 @@ from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import write_tiny_model
 
 from .test_api import api, call
-from .test_json_mode import MODEL, reference
+from .test_json_mode import MODEL, chat_prompt, reference
 from .test_model import _swarm_and_model
 
 WEATHER = {
@@ -180,9 +180,7 @@ def expected_call(tiny: Path, tools: Any, count: int) -> tuple[str, list[int]]:
     message), then the greedy loop over transformers' logits that keeps to the call."""
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     messages = chat_messages(tuple(ChatMessage(**m) for m in QUESTION), tools, native=False)
-    prompt = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )["input_ids"]
+    prompt = chat_prompt(tokenizer, messages)
     tokens = reference(tiny, tokenizer, prompt, count, call_schema(tools), CALL_WHITESPACE)
     return tokenizer.decode(tokens, skip_special_tokens=True), tokens
 

@@ -222,6 +222,13 @@ def swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM
         yield pair
 
 
+def chat_prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> torch.Tensor:
+    """The prompt's tokens, as the chat template renders the messages for an answer."""
+    return tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
+
+
 def reference(
     tiny: Path,
     tokenizer: Any,
@@ -264,10 +271,7 @@ async def test_the_api_takes_response_format_json_object(
     tiny: Path, tokenizer: Any, swarm: Any
 ) -> None:
     messages = [{"role": "user", "content": "Answer in JSON."}]
-    encoded = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    prompt = encoded["input_ids"]
+    prompt = chat_prompt(tokenizer, messages)
     expected = await trio.to_thread.run_sync(reference, tiny, tokenizer, prompt, 24)
     async with api(tiny, swarm[1]) as client:
         options = {"model": MODEL, "messages": messages, "max_tokens": 24, "temperature": 0}
@@ -304,11 +308,8 @@ async def test_the_api_takes_response_format_json_schema(
     tiny: Path, tokenizer: Any, swarm: Any
 ) -> None:
     messages = [{"role": "user", "content": "Describe a pet."}]
-    encoded = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
     expected = await trio.to_thread.run_sync(
-        reference, tiny, tokenizer, encoded["input_ids"], 80, compile_schema(PET)
+        reference, tiny, tokenizer, chat_prompt(tokenizer, messages), 80, compile_schema(PET)
     )
     wanted = {"type": "json_schema", "json_schema": {"name": "pet", "schema": PET}}
     async with api(tiny, swarm[1]) as client:
