@@ -7,8 +7,8 @@ otherwise a system message lists them (`TOOL_NOTE`) and asks for a call as one J
 written back for it. `tool_choice` `required`, or a function by name, makes the answer such
 an object by JSON mode (`call_schema`: the name is one of the tools', the arguments a value
 of its `parameters`). With `auto`, the model answers freely, and an answer that is a call
-(the JSON object alone, or inside tags such as `<tool_call>`) is returned as one
-(`find_calls`). `none` offers the tools but never returns a call. One call per answer. A
+(the JSON object alone, or inside tags such as `<tool_call>`; several, as a JSON list) is
+returned as one (`find_calls`). `none` offers the tools but never returns a call. A
 call that JSON mode writes keeps to one line (`CALL_WHITESPACE`), which saves the tokens of
 a layout that nobody reads.
 """
@@ -173,23 +173,30 @@ def chat_messages(
 
 
 def find_calls(text: str, tools: Sequence[Tool]) -> list[ToolCall]:
-    """The call an answer makes, if it is one: the text is a JSON object naming one of
-    `tools` and its arguments (`arguments` or `parameters`), alone or between tags; else
-    none."""
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end < start or _outside_tags(text[:start]) or _outside_tags(text[end + 1 :]):
+    """The calls an answer makes, if it is made of calls: one JSON object naming one of
+    `tools` and its arguments (`arguments` or `parameters`), or a list of them, alone or
+    between tags (`<tool_call>`, Mistral's `[TOOL_CALLS]`, a code fence); else none."""
+    body = text.replace("[TOOL_CALLS]", "")
+    start = min((at for at in (body.find("{"), body.find("[")) if at >= 0), default=-1)
+    end = max(body.rfind("}"), body.rfind("]"))
+    if start < 0 or end < start or _outside_tags(body[:start]) or _outside_tags(body[end + 1 :]):
         return []
     try:
-        call = json.loads(text[start : end + 1])
+        found = json.loads(body[start : end + 1])
     except ValueError:
         return []
-    if not isinstance(call, dict):
-        return []
-    arguments = call.get("arguments", call.get("parameters"))
-    names = {tool.name for tool in tools}
-    if call.get("name") not in names or not isinstance(arguments, dict):
-        return []
-    return [ToolCall(call["name"], json.dumps(arguments, ensure_ascii=False))]
+    entries = found if isinstance(found, list) else [found]
+    calls = [call for entry in entries if (call := _call(entry, tools)) is not None]
+    return calls if entries and len(calls) == len(entries) else []
+
+
+def _call(entry: Any, tools: Sequence[Tool]) -> ToolCall | None:
+    if not isinstance(entry, dict):
+        return None
+    arguments = entry.get("arguments", entry.get("parameters"))
+    if entry.get("name") not in {tool.name for tool in tools} or not isinstance(arguments, dict):
+        return None
+    return ToolCall(entry["name"], json.dumps(arguments, ensure_ascii=False))
 
 
 def _outside_tags(text: str) -> bool:

@@ -73,6 +73,12 @@ def test_an_answer_that_is_a_call_is_found(text: str) -> None:
     assert json.loads(found.arguments) == {"city": "Rome", "days": 2}
 
 
+def test_an_answer_that_is_a_list_of_calls_makes_them_all() -> None:
+    text = ('[TOOL_CALLS] [{"name": "get_time", "arguments": {}}, '
+            '{"name": "get_weather", "arguments": {"city": "Paris", "days": 1}}]')  # fmt: skip
+    assert [call.name for call in find_calls(text, TOOLS)] == ["get_time", "get_weather"]
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -80,6 +86,9 @@ def test_an_answer_that_is_a_call_is_found(text: str) -> None:
         '{"name": "get_news", "arguments": {}}',  # no such tool
         '{"name": "get_time", "arguments": "now"}',  # arguments are an object
         '{"name": "get_time", "arguments": {}',  # not JSON
+        '[{"name": "get_time", "arguments": {}}, {"name": "get_news", "arguments": {}}]',
+        "[1, 2]",
+        "[]",
         "It is sunny in Paris.",
     ],
 )
