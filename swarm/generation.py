@@ -392,23 +392,66 @@ async def generate_batch(
     eos = torch.tensor(config.eos_token_ids, dtype=torch.long)
     if pad_token_id is None and len(eos):
         pad_token_id = int(eos[0])
-    unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool)
+    rows = input_ids.shape[0]
+    json = _row_constraints(config, tokenizer, rows, pad_token_id)
+    unfinished = torch.ones(rows, dtype=torch.bool)
     fresh = input_ids
     for _ in range(config.max_new_tokens):
         logits = (await logits_after(head, pipeline, fresh))[:, -1, :]
         scores = processors(cast(torch.LongTensor, input_ids), logits)
-        tokens = choose_tokens(scores, config.do_sample, generator)
+        if json:
+            tokens = _json_tokens(json, scores, logits, unfinished, config, generator)
+        else:
+            tokens = choose_tokens(scores, config.do_sample, generator)
         if len(eos) and pad_token_id is not None:  # without EOS, transformers pads nothing
             tokens = torch.where(unfinished, tokens, pad_token_id)
         fresh = tokens[:, None].to(input_ids.dtype)
         input_ids = torch.cat([input_ids, fresh], dim=-1)
         done = torch.isin(tokens, eos)
+        if json:
+            done |= torch.tensor([constraint.complete for constraint in json])
         if stopping:
             done |= stopping(input_ids, scores)
         unfinished &= ~done
         if not unfinished.any():
             break
     return input_ids
+
+
+def _row_constraints(
+    config: SamplingConfig, tokenizer: Any, rows: int, pad_token_id: int | None
+) -> list[JsonConstraint]:
+    """JSON mode's constraint for each row of a batch (none without JSON mode)."""
+    if config.json_mode is None:
+        return []
+    if pad_token_id is None:
+        raise GenerationError("JSON mode in a batch pads finished rows: it needs an EOS token")
+    return [
+        JsonConstraint(tokenizer, config.eos_token_ids, config.json_mode, config.json_whitespace)
+        for _ in range(rows)
+    ]
+
+
+def _json_tokens(
+    json: list[JsonConstraint],
+    scores: torch.Tensor,
+    logits: torch.Tensor,
+    unfinished: torch.Tensor,
+    config: SamplingConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Each unfinished row's token as JSON mode chooses it, drawn row by row (a finished
+    row's is padding, later)."""
+
+    def draw(row_scores: torch.Tensor) -> int:
+        return int(choose_tokens(row_scores, config.do_sample, generator))
+
+    tokens = torch.zeros(len(json), dtype=torch.long)
+    for row, constraint in enumerate(json):
+        if unfinished[row]:
+            tokens[row] = constraint.choose(scores[row : row + 1], logits[row : row + 1], draw)
+            constraint.take(int(tokens[row]))
+    return tokens
 
 
 def sampling_generator(config: SamplingConfig, device: torch.device) -> torch.Generator:

@@ -196,8 +196,8 @@ class DistributedModelForCausalLM:
             raise GenerationError("a streamer takes one sequence, not a batch or beams")
         if options.get("assistant_model") is not None:
             raise GenerationError("an assistant model drafts for one sequence, not beams")
-        if config.json_mode is not None:
-            raise GenerationError("JSON mode takes one sequence, not a batch or beams")
+        if config.json_mode is not None and config.num_beams > 1:
+            raise GenerationError("JSON mode takes sequences, not beams")
         pad_token_id = options.get("pad_token_id")
         if pad_token_id is None:
             pad_token_id = getattr(self.generation_config, "pad_token_id", None)

@@ -263,8 +263,30 @@ def test_json_mode_through_the_swarm_is_the_reference(
     command = ["generate", str(tiny), "Answer in JSON:", "--initial-peers", swarm[0].bootstrap]
     assert main([*command, "--json", "--max-new-tokens", "40"]) == 0
     assert capsys.readouterr().out == tokenizer.decode(expected, skip_special_tokens=True) + "\n"
-    with pytest.raises(GenerationError, match="JSON mode takes one sequence"):
+    with pytest.raises(GenerationError, match="JSON mode takes sequences, not beams"):
         swarm[1].generate(prompt, num_beams=2, json_object=True, tokenizer=tokenizer)
+
+
+def test_json_mode_in_a_batch_is_each_prompt_alone(tiny: Path, swarm: Any) -> None:
+    """Left-padded prompts of different lengths: each row's tokens are its prompt's alone
+    (checked above against the reference), a row whose object closed padded after it."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny, padding_side="left")
+    prompts = ["Answer in JSON:", "A cat, as JSON"]
+    json = {"json_object": True, "json_whitespace": 1}  # objects close sooner on one line
+    model = swarm[1]
+    alone = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        output = model.generate(ids, max_new_tokens=60, tokenizer=tokenizer, **json)
+        alone.append(output[0, ids.shape[1] :].tolist())
+    batch = tokenizer(prompts, padding=True, return_tensors="pt")
+    output = model.generate(**batch, max_new_tokens=60, tokenizer=tokenizer, **json)
+    width = batch["input_ids"].shape[1]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for row, tokens in enumerate(alone):
+        made = output[row, width:].tolist()
+        assert made == tokens + [pad] * (len(made) - len(tokens)), prompts[row]
+    assert any(complete(tokenizer.decode(tokens), max_blank=1) for tokens in alone)  # closed early
 
 
 async def test_the_api_takes_response_format_json_object(
