@@ -385,7 +385,8 @@ async def generate_batch(
     `pad_token_id` (the first EOS if not given). The pipeline's sessions know each row's
     padding too; every step sends all rows at once, a finished one too, as transformers
     computes it. The rows share the logits processors, stopping criteria and random
-    generator, as there, so seeded sampling draws alike."""
+    generator, as there, so seeded sampling draws alike. In JSON mode each row keeps to its
+    own constraint, drawn row by row, and ends where its value closes."""
     processors = build_logits_processors(config, input_ids.shape[1], padding)
     stopping = build_stopping_criteria(config, tokenizer)
     generator = sampling_generator(config, input_ids.device)
