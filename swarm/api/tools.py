@@ -122,7 +122,7 @@ def read_tool_choice(value: Any, tools: Sequence[Tool]) -> tuple[str, tuple[Tool
         return "function", tuple(named)
     if value not in CHOICES:
         raise ApiError(400, f"tool_choice must be one of {', '.join(CHOICES)} or a function",
-                        "tool_choice")  # fmt: skip
+                       "tool_choice")  # fmt: skip
     if value != "none" and not tools:
         raise ApiError(400, f"tool_choice {value} needs tools", "tool_choice")
     return value, tuple(tools) if value == "required" else ()
