@@ -15,7 +15,7 @@ session through a chain of peers, or local layers in tests) and to a `LanguageMo
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, cast
 
@@ -340,13 +340,8 @@ async def generate_tokens(
     stopping = build_stopping_criteria(config, tokenizer)
     generator = sampling_generator(config, state.input_ids.device)
     eos = set(config.eos_token_ids)
-    json: JsonConstraint | None = None
-    if config.json_mode is not None:
-        json = JsonConstraint(tokenizer, eos, config.json_mode, config.json_whitespace)
-
-    def draw(scores: torch.Tensor) -> int:
-        return int(choose_tokens(scores, config.do_sample, generator))
-
+    json = next(iter(json_constraints(config, tokenizer, rows=1)), None)
+    draw = drawer(config, generator)
     for _ in range(config.max_new_tokens):
         fresh = state.input_ids[:, state.processed :]
         if fresh.shape[1] == 0:
@@ -394,14 +389,17 @@ async def generate_batch(
     if pad_token_id is None and len(eos):
         pad_token_id = int(eos[0])
     rows = input_ids.shape[0]
-    json = _row_constraints(config, tokenizer, rows, pad_token_id)
+    json = json_constraints(config, tokenizer, rows)
+    if json and pad_token_id is None:
+        raise GenerationError("JSON mode in a batch pads finished rows: it needs an EOS token")
+    draw = drawer(config, generator)  # row by row, in JSON mode
     unfinished = torch.ones(rows, dtype=torch.bool)
     fresh = input_ids
     for _ in range(config.max_new_tokens):
         logits = (await logits_after(head, pipeline, fresh))[:, -1, :]
         scores = processors(cast(torch.LongTensor, input_ids), logits)
         if json:
-            tokens = _json_tokens(json, scores, logits, unfinished, config, generator)
+            tokens = _json_tokens(json, scores, logits, unfinished, draw)
         else:
             tokens = choose_tokens(scores, config.do_sample, generator)
         if len(eos) and pad_token_id is not None:  # without EOS, transformers pads nothing
@@ -419,18 +417,24 @@ async def generate_batch(
     return input_ids
 
 
-def _row_constraints(
-    config: SamplingConfig, tokenizer: Any, rows: int, pad_token_id: int | None
-) -> list[JsonConstraint]:
-    """JSON mode's constraint for each row of a batch (none without JSON mode)."""
-    if config.json_mode is None:
+def json_constraints(config: SamplingConfig, tokenizer: Any, rows: int) -> list[JsonConstraint]:
+    """JSON mode's constraint for each of `rows` sequences (none if `config` is free text)."""
+    schema = config.json_mode
+    if schema is None:
         return []
-    if pad_token_id is None:
-        raise GenerationError("JSON mode in a batch pads finished rows: it needs an EOS token")
     return [
-        JsonConstraint(tokenizer, config.eos_token_ids, config.json_mode, config.json_whitespace)
+        JsonConstraint(tokenizer, config.eos_token_ids, schema, config.json_whitespace)
         for _ in range(rows)
     ]
+
+
+def drawer(config: SamplingConfig, generator: torch.Generator) -> Callable[[torch.Tensor], int]:
+    """One row's choice from its processed scores, as `choose_tokens` makes it."""
+
+    def draw(scores: torch.Tensor) -> int:
+        return int(choose_tokens(scores, config.do_sample, generator))
+
+    return draw
 
 
 def _json_tokens(
@@ -438,15 +442,10 @@ def _json_tokens(
     scores: torch.Tensor,
     logits: torch.Tensor,
     unfinished: torch.Tensor,
-    config: SamplingConfig,
-    generator: torch.Generator,
+    draw: Callable[[torch.Tensor], int],
 ) -> torch.Tensor:
     """Each unfinished row's token as JSON mode chooses it, drawn row by row (a finished
     row's is padding, later)."""
-
-    def draw(row_scores: torch.Tensor) -> int:
-        return int(choose_tokens(row_scores, config.do_sample, generator))
-
     tokens = torch.zeros(len(json), dtype=torch.long)
     for row, constraint in enumerate(json):
         if unfinished[row]:
