@@ -19,19 +19,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from functools import lru_cache
 from typing import cast
 
 from .json_schema import (
     ANY_OBJECT,
     ArrayNode,
-    Choice,
     Literals,
     Node,
     NumberNode,
     ObjectNode,
-    Ref,
     StringNode,
+    alternatives,
     json_text,
 )
 
@@ -40,7 +40,7 @@ __all__ = ["MAX_BLANK", "JsonPrefix"]
 WHITESPACE = " \t\n\r"
 DIGITS = "0123456789"
 HEX = "0123456789abcdefABCDEF"
-ESCAPES = '"\\/bfnrt'
+ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 MAX_BLANK = 32  # whitespace characters in a row, outside strings
 
 Stack = tuple["Frame", ...]
@@ -124,8 +124,10 @@ def _may_end(stack: Stack) -> bool:
 
 def _wide_char_next(stack: Stack) -> bool:
     top = stack[-1]
-    if isinstance(top, _String):
-        return True
+    if isinstance(top, _String):  # a constrained string: only where the character is known
+        return not top.node.constrained or (
+            top.node.pattern is None and top.node.may_grow(top.value + "\x80")
+        )
     if isinstance(top, _Key):
         owner = cast(_Object, stack[-2])
         return owner.node.additional is not None or any(
@@ -145,29 +147,19 @@ def _wide(text: str, position: int) -> bool:
 def _begin(below: Stack, node: Node, char: str) -> list[Stack]:
     """The stacks after `char` begins a value of `node` above `below` (whose top waits)."""
     found = []
-    for option in _alternatives(node):
+    for option in alternatives(node):
         if isinstance(option, ObjectNode) and char == "{":
             found.append((*below, _Object(option)))
         elif isinstance(option, ArrayNode) and char == "[":
             found.append((*below, _Array(option)))
         elif isinstance(option, StringNode) and char == '"':
-            found.append((*below, _String()))
+            found.append((*below, _String(option)))
         elif isinstance(option, NumberNode) and (char == "-" or char in DIGITS):
             mode = "minus" if char == "-" else "zero" if char == "0" else "int"
-            found.append((*below, _Number(mode, option.integer)))
+            found.extend(_Number(option, mode, "").grown(below, char))
         elif isinstance(option, Literals):
             found.extend(_Literal(option.texts, "").step(below, char))
     return found
-
-
-@lru_cache(maxsize=4096)
-def _alternatives(node: Node) -> tuple[Node, ...]:
-    """The nodes that a value of `node` may begin (choices and references unfolded)."""
-    if isinstance(node, Ref):
-        return _alternatives(node.target)
-    if isinstance(node, Choice):
-        return tuple(leaf for option in node.options for leaf in _alternatives(option))
-    return (node,)
 
 
 class _Inside(Frame):
@@ -204,7 +196,7 @@ class _Object(Frame):
             return [here]
         if self.phase in ("first", "next") and char == '"' and self.more_keys:
             return [(*here, _Key())]
-        if self.phase in ("first", "after") and char == "}" and self.node.required <= self.used:
+        if self.phase in ("first", "after") and char == "}" and self.may_close:
             return [_end(below)]
         if self.phase == "after" and char == "," and self.more_keys:
             return [(*below, replace(self, phase="next"))]
@@ -213,27 +205,43 @@ class _Object(Frame):
         return []
 
     @property
+    def may_close(self) -> bool:
+        return self.node.required <= self.used and len(self.used) >= self.node.min_properties
+
+    @property
+    def room_for_optional(self) -> bool:
+        """Whether a key that is not required may come, and still leave room for those that
+        are (`maxProperties`)."""
+        most = self.node.max_properties
+        return most is None or len(self.used | self.node.required) < most
+
+    @property
     def more_keys(self) -> bool:
-        return self.node.additional is not None or any(
-            name not in self.used for name in self.node.properties
+        return bool(self.node.required - self.used) or (
+            self.room_for_optional
+            and (
+                self.node.additional is not None
+                or any(name not in self.used for name in self.node.properties)
+            )
         )
 
     def key_may_begin(self, raw: str) -> bool:
         """Whether a key whose JSON text begins `raw` may come (other keys: any string)."""
-        if self.node.additional is not None:
+        if self.node.additional is not None and self.room_for_optional:
             return True
         return any(
             _key_text(name).startswith(raw)
             for name in self.node.properties
-            if name not in self.used
+            if name not in self.used and self.may_use(name)
         )
+
+    def may_use(self, name: str) -> bool:
+        return name in self.node.required or self.room_for_optional
 
     def with_key(self, raw: str) -> Frame | None:
         name = json.loads(f'"{raw}"')
-        if name in self.used or name in self.node.forbidden:
-            return None
-        node = self.node.properties.get(name, self.node.additional)
-        if node is None:
+        node = self.node.value_node(name)
+        if name in self.used or node is None or not self.may_use(name):
             return None
         return replace(self, used=self.used | {name}, phase="colon", pending=node)
 
@@ -263,7 +271,8 @@ class _Array(Frame):
             return [(*below, replace(self, phase="next"))] if char == "," and room else []
         if self.phase == "first" and most == 0:
             return []
-        return _begin((*below, replace(self, phase="in_value")), self.node.items, char)
+        waiting = replace(self, phase="in_value")
+        return _begin((*below, waiting), self.node.item(self.count), char)
 
     def child_done(self) -> Frame:
         return replace(self, count=self.count + 1, phase="after")
@@ -271,13 +280,23 @@ class _Array(Frame):
 
 @dataclass(frozen=True)
 class _String(_Inside):
-    escape: str = ""  # "" plain, "\\" after a backslash, "u", "ux", ... within a \\u escape
+    """A string value: its escape so far, and its decoded characters if the schema
+    constrains them (lengths, a pattern)."""
+
+    node: StringNode
+    escape: str = ""  # "" plain, "\\" after a backslash, "u" and the hex digits of a \\u escape
+    value: str = ""
 
     def step(self, below: Stack, char: str) -> list[Stack]:
         if char == '"' and not self.escape:
-            return [_end(below)]
+            return [_end(below)] if self.node.holds(self.value) else []
         escape = _string_char(self.escape, char)
-        return [] if escape is None else [(*below, _String(escape))]
+        if escape is None:
+            return []
+        if not self.node.constrained or escape:
+            return [(*below, replace(self, escape=escape))]
+        value = _decoded(self.value, self.escape, char)
+        return [(*below, _String(self.node, "", value))] if self.node.may_grow(value) else []
 
 
 @dataclass(frozen=True)
@@ -299,6 +318,20 @@ class _Key(_Inside):
         return [(*below, _Key(raw, escape))]
 
 
+def _decoded(value: str, escape: str, char: str) -> str:
+    """`value` and the character that `char` completes after `escape` (a surrogate pair
+    of \\u escapes joined into one)."""
+    if not escape:
+        return value + char
+    if escape == "\\":
+        return value + ESCAPES[char]
+    decoded = chr(int(escape[1:] + char, 16))
+    if "\udc00" <= decoded <= "\udfff" and value and "\ud800" <= value[-1] <= "\udbff":
+        high, low = ord(value[-1]) - 0xD800, ord(decoded) - 0xDC00
+        return value[:-1] + chr(0x10000 + (high << 10) + low)
+    return value + decoded
+
+
 def _string_char(escape: str, char: str) -> str | None:
     """The escape state after `char` within a string (not its closing quote), or None."""
     if not escape:
@@ -311,7 +344,7 @@ def _string_char(escape: str, char: str) -> str | None:
         return "" if char in ESCAPES else None
     if char not in HEX:
         return None
-    return "" if len(escape) == 4 else escape + "x"
+    return "" if len(escape) == 4 else escape + char
 
 
 NUMBER_TRANSITIONS: dict[str, dict[str, str]] = {
@@ -330,20 +363,39 @@ NUMBER_ENDS = {"zero", "int", "frac", "exp_digits"}  # a number may stop here
 
 @dataclass(frozen=True)
 class _Number(_Inside):
+    """A number: where in its grammar the text stands, and the text itself if the schema
+    bounds it (then it has no exponent)."""
+
+    node: NumberNode
     mode: str
-    integer: bool  # no fraction, no exponent
+    text: str
 
     @property
     def may_end(self) -> bool:
-        return self.mode in NUMBER_ENDS
+        if self.mode not in NUMBER_ENDS:
+            return False
+        bounds = self.node.bounds
+        return bounds is None or bounds.holds(Fraction(self.text))
 
     def step(self, below: Stack, char: str) -> list[Stack]:
         following = next(
             (to for chars, to in NUMBER_TRANSITIONS[self.mode].items() if char in chars), None
         )
-        if following is not None and not (self.integer and following in ("dot", "exp")):
-            return [(*below, _Number(following, self.integer))]
+        refused = ("dot", "exp") if self.node.integer else ("exp",) if self.node.bounds else ()
+        if following is not None and following not in refused:
+            return replace(self, mode=following).grown(below, char)
         return _step(_end(below), char) if self.may_end else []  # it ended before `char`
+
+    def grown(self, below: Stack, char: str) -> list[Stack]:
+        """This frame, on top of `below`, with `char` read (no stack if the bounds now
+        cannot be met)."""
+        bounds = self.node.bounds
+        if bounds is None:
+            return [(*below, self)]
+        text = self.text + char
+        if not bounds.may_reach(text, self.node.integer):
+            return []
+        return [(*below, replace(self, text=text))]
 
 
 @dataclass(frozen=True)

@@ -8,21 +8,33 @@ fraction or exponent, `enum` and `const` values in compact JSON, and a schema wi
 that names `properties` (or `items`) is taken as an object (or array).
 
 Supported: `type` (one or a list), `properties`, `required`, `additionalProperties`,
-`items`, `minItems`, `maxItems`, `enum`, `const`, `anyOf`, `$ref` into `$defs` or
-`definitions` (recursion included), and `true` / `{}` for any value. Annotations (`title`,
-`description`, `default`, `examples`, `format`, ...) are ignored, as JSON Schema itself
+`minProperties`, `maxProperties`, `items`, `prefixItems`, `minItems`, `maxItems`,
+`minLength`, `maxLength`, `pattern` (as the `regex` module reads it), `minimum`, `maximum`,
+`exclusiveMinimum`, `exclusiveMaximum` (a bounded number is written without an exponent),
+`enum`, `const`, `anyOf`, `oneOf` whose options no value can match twice (a discriminated
+union: objects told apart by a required constant, or by keys that the others forbid; values
+of different types), `allOf` of one schema, `$ref` into `$defs` or `definitions` (recursion
+included), and `true` / `{}` for any value. Annotations (`title`, `description`, `default`,
+`examples`, `format`, OpenAPI's `discriminator`, ...) are ignored, as JSON Schema itself
 asserts nothing with them. Any other keyword raises `SchemaError` naming it, rather than
 being silently left out.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import lru_cache
 from typing import Any
 
+import regex
+
 from .errors import GenerationError
+from .json_numbers import Bounds
 
 __all__ = [
     "ANY_OBJECT",
@@ -36,18 +48,26 @@ __all__ = [
     "Ref",
     "SchemaError",
     "StringNode",
+    "alternatives",
     "compile_schema",
     "json_text",
 ]
 
 IGNORED = frozenset(  # annotations, and the definitions that $ref reads
     {"$schema", "$id", "$comment", "title", "description", "default", "examples", "format"}
-    | {"deprecated", "readOnly", "writeOnly", "$defs", "definitions"}
+    | {"deprecated", "readOnly", "writeOnly", "$defs", "definitions", "discriminator"}
 )
+KEYWORDS_OF = {  # the keywords that constrain values of one type
+    "object": {"properties", "required", "additionalProperties", "minProperties"}
+    | {"maxProperties"},
+    "array": {"items", "prefixItems", "minItems", "maxItems"},
+    "string": {"minLength", "maxLength", "pattern"},
+    "number": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"},
+}
 HANDLED = frozenset(
-    {"type", "properties", "required", "additionalProperties", "items", "minItems"}
-    | {"maxItems", "enum", "const", "anyOf", "$ref"}
+    {"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref"}.union(*KEYWORDS_OF.values())
 )
+PATTERN_TIMEOUT = 1.0  # seconds a pattern may take on one string's beginning
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 
 
@@ -68,23 +88,72 @@ class ObjectNode(Node):
     required: frozenset[str] = frozenset()
     additional: Node | None = None
     forbidden: frozenset[str] = frozenset()
+    min_properties: int = 0
+    max_properties: int | None = None
+
+    def value_node(self, name: str) -> Node | None:
+        """The schema of key `name`'s value, or None if the key may not appear."""
+        if name in self.forbidden:
+            return None
+        return self.properties.get(name, self.additional)
 
 
 @dataclass(frozen=True, eq=False)
 class ArrayNode(Node):
+    """An array: its first items' schemas (`prefix`), then `items` for the rest."""
+
     items: Node
     min_items: int = 0
     max_items: int | None = None
+    prefix: tuple[Node, ...] = ()
+
+    def item(self, index: int) -> Node:
+        return self.prefix[index] if index < len(self.prefix) else self.items
 
 
 @dataclass(frozen=True, eq=False)
 class StringNode(Node):
-    pass
+    """A string of `min_length` to `max_length` characters (code points) in which
+    `pattern` finds a match."""
+
+    min_length: int = 0
+    max_length: int | None = None
+    pattern: regex.Pattern[str] | None = None
+
+    @property
+    def constrained(self) -> bool:
+        return bool(self.min_length) or self.max_length is not None or self.pattern is not None
+
+    def may_grow(self, value: str) -> bool:
+        """Whether a string that begins `value` (decoded) may still be one of these."""
+        if self.max_length is not None and len(value) > self.max_length:
+            return False
+        return self.pattern is None or _search(self.pattern, value, partial=True)
+
+    def holds(self, value: str) -> bool:
+        """Whether `value` (decoded) is one of these strings."""
+        if len(value) < self.min_length or not self.may_grow(value):
+            return False
+        return self.pattern is None or _search(self.pattern, value, partial=False)
+
+
+def _search(pattern: regex.Pattern[str], value: str, partial: bool) -> bool:
+    """Whether `pattern` finds a match in `value` (`partial`: in `value` and more text)."""
+    try:
+        return pattern.search(value, partial=partial, timeout=PATTERN_TIMEOUT) is not None
+    except TimeoutError:
+        raise SchemaError(
+            f"the pattern {pattern.pattern!r} took over {PATTERN_TIMEOUT} s "
+            f"on a string of {len(value)} characters"
+        ) from None
 
 
 @dataclass(frozen=True, eq=False)
 class NumberNode(Node):
+    """A number (an integer if `integer`), within `bounds` if there are any."""
+
     integer: bool = False
+    bounds: Bounds | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,6 +180,16 @@ class Ref(Node):
     @property
     def target(self) -> Node:
         return self.table[self.name]
+
+
+@lru_cache(maxsize=4096)
+def alternatives(node: Node) -> tuple[Node, ...]:
+    """The nodes one of which a value of `node` is (choices and references unfolded)."""
+    if isinstance(node, Ref):
+        return alternatives(node.target)
+    if isinstance(node, Choice):
+        return tuple(leaf for option in node.options for leaf in alternatives(option))
+    return (node,)
 
 
 def json_text(value: Any) -> str:
@@ -153,6 +232,8 @@ def compile_schema(schema: Any) -> Node:
     table["#"] = root
     for name in list(table):
         _check_refs(table[name], [])
+    for where, choice in compiler.exclusive:
+        _check_exclusive(choice, where)
     return root
 
 
@@ -160,6 +241,7 @@ class _Compiler:
     def __init__(self, root: Any, table: dict[str, Node]) -> None:
         self.root = root
         self.table = table
+        self.exclusive: list[tuple[str, Choice]] = []  # each oneOf, checked once all is read
 
     def node(self, schema: Any, where: str) -> Node:
         if schema is True or schema == {}:
@@ -171,30 +253,43 @@ class _Compiler:
         for keyword in schema:
             if keyword not in HANDLED and keyword not in IGNORED:
                 raise SchemaError(f"{where}: the keyword {keyword!r} is not supported")
+        handled = set(schema) & HANDLED
+        for keyword in ("$ref", "anyOf", "oneOf", "allOf"):
+            if keyword in schema and len(handled) > 1:
+                raise SchemaError(f"{where}: {keyword} next to other keywords is not supported")
         if "$ref" in schema:
-            if len(set(schema) & HANDLED) > 1:
-                raise SchemaError(f"{where}: $ref next to other keywords is not supported")
             return self.ref(schema["$ref"], where)
         if "anyOf" in schema:
-            return self.any_of(schema, where)
+            return Choice(self.options(schema, "anyOf", where))
+        if "oneOf" in schema:
+            choice = Choice(self.options(schema, "oneOf", where))
+            self.exclusive.append((where, choice))
+            return choice
+        if "allOf" in schema:
+            options = self.options(schema, "allOf", where)
+            if len(options) > 1:
+                raise SchemaError(f"{where}: allOf of more than one schema is not supported")
+            return options[0]
         if "const" in schema or "enum" in schema:
+            for keyword in sorted(handled - {"const", "enum", "type"}):
+                raise SchemaError(f"{where}: {keyword} next to enum or const is not supported")
             return self.literals(schema, where)
-        types = schema.get("type", self.implied_type(schema))
+        implied = [kind for kind, keywords in KEYWORDS_OF.items() if keywords & handled]
+        types = schema.get("type", implied or None)
         if types is None:
             return ANY_VALUE
         if isinstance(types, str):
             types = [types]
         if not isinstance(types, list) or not types or any(t not in TYPES for t in types):
             raise SchemaError(f"{where}: type must be one of {', '.join(TYPES)}, or a list")
-        options = [self.typed(kind, schema, where) for kind in dict.fromkeys(types)]
-        return options[0] if len(options) == 1 else Choice(tuple(options))
+        typed = [self.typed(kind, schema, where) for kind in dict.fromkeys(types)]
+        return typed[0] if len(typed) == 1 else Choice(tuple(typed))
 
-    def implied_type(self, schema: dict[str, Any]) -> str | None:
-        if {"properties", "required", "additionalProperties"} & set(schema):
-            return "object"
-        if {"items", "minItems", "maxItems"} & set(schema):
-            return "array"
-        return None
+    def options(self, schema: dict[str, Any], keyword: str, where: str) -> tuple[Node, ...]:
+        options = schema[keyword]
+        if not isinstance(options, list) or not options:
+            raise SchemaError(f"{where}: {keyword} must be a list of schemas")
+        return tuple(self.node(o, f"{where}/{keyword}/{i}") for i, o in enumerate(options))
 
     def typed(self, kind: str, schema: dict[str, Any], where: str) -> Node:
         if kind == "object":
@@ -202,9 +297,10 @@ class _Compiler:
         if kind == "array":
             return self.array(schema, where)
         if kind == "string":
-            return StringNode()
+            return self.string(schema, where)
         if kind in ("number", "integer"):
-            return NumberNode(integer=kind == "integer")
+            integer = kind == "integer"
+            return NumberNode(integer, self.bounds(schema, integer, where))
         return Literals(("true", "false") if kind == "boolean" else ("null",))
 
     def object(self, schema: dict[str, Any], where: str) -> Node:
@@ -228,20 +324,75 @@ class _Compiler:
         for name in required:
             if name in forbidden or (name not in nodes and additional is None):
                 raise SchemaError(f"{where}: {name!r} is required but may not appear")
-        return ObjectNode(nodes, frozenset(required), additional, forbidden)
+        least, most = self.counts(schema, "minProperties", "maxProperties", where)
+        if most is not None and most < len(set(required)):
+            raise SchemaError(f"{where}: maxProperties is below the count of required keys")
+        if additional is None and least > len(nodes):
+            raise SchemaError(f"{where}: minProperties asks for more keys than may appear")
+        return ObjectNode(nodes, frozenset(required), additional, forbidden, least, most)
 
     def array(self, schema: dict[str, Any], where: str) -> Node:
+        if isinstance(schema.get("items"), list):
+            raise SchemaError(f"{where}: items as a list is not supported (prefixItems is)")
+        prefix = schema.get("prefixItems", [])
+        if not isinstance(prefix, list):
+            raise SchemaError(f"{where}: prefixItems must be a list of schemas")
+        firsts = [self.node(sub, f"{where}/prefixItems/{i}") for i, sub in enumerate(prefix)]
         items = self.node(schema.get("items", True), f"{where}/items")
-        least, most = schema.get("minItems", 0), schema.get("maxItems")
-        if not isinstance(least, int) or least < 0:
-            raise SchemaError(f"{where}: minItems must be a count")
-        if most is not None and (not isinstance(most, int) or most < least):
-            raise SchemaError(f"{where}: maxItems must be a count of at least minItems")
-        if items is NOTHING:
-            if least > 0:
-                raise SchemaError(f"{where}: items false leaves no array of {least} items")
-            most = 0
-        return ArrayNode(items, least, most)
+        least, most = self.counts(schema, "minItems", "maxItems", where)
+        ends = [index for index, node in enumerate(firsts) if node is NOTHING]
+        limit = ends[0] if ends else len(firsts) if items is NOTHING else None
+        if limit is not None:
+            if least > limit:
+                raise SchemaError(f"{where}: its items leave no array of {least} items")
+            most = limit if most is None else min(most, limit)
+        return ArrayNode(items, least, most, tuple(firsts[:limit]))
+
+    def string(self, schema: dict[str, Any], where: str) -> Node:
+        least, most = self.counts(schema, "minLength", "maxLength", where)
+        pattern = schema.get("pattern")
+        if pattern is None:
+            return StringNode(least, most)
+        if not isinstance(pattern, str):
+            raise SchemaError(f"{where}: pattern must be a string")
+        try:
+            return StringNode(least, most, regex.compile(pattern))
+        except regex.error as error:
+            raise SchemaError(f"{where}: pattern {pattern!r}: {error}") from None
+
+    def counts(
+        self, schema: dict[str, Any], low: str, high: str, where: str
+    ) -> tuple[int, int | None]:
+        """The counts that keywords `low` and `high` set (0 and None when absent)."""
+        least, most = schema.get(low, 0), schema.get(high)
+        if isinstance(least, bool) or not isinstance(least, int) or least < 0:
+            raise SchemaError(f"{where}: {low} must be a count")
+        if most is not None and (isinstance(most, bool) or not isinstance(most, int)):
+            raise SchemaError(f"{where}: {high} must be a count")
+        if most is not None and most < least:
+            raise SchemaError(f"{where}: {high} must be a count of at least {low}")
+        return least, most
+
+    def bounds(self, schema: dict[str, Any], integer: bool, where: str) -> Bounds | None:
+        ends: dict[str, Fraction] = {}
+        for keyword in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+            value = schema.get(keyword)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise SchemaError(f"{where}: {keyword} must be a number")
+            if not math.isfinite(value):
+                raise SchemaError(f"{where}: {keyword} must be finite")
+            ends[keyword] = Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
+        if not ends:
+            return None
+        low, low_open = _tighter(ends.get("minimum"), ends.get("exclusiveMinimum"), max)
+        high, high_open = _tighter(ends.get("maximum"), ends.get("exclusiveMaximum"), min)
+        bounds = Bounds(low, high, low_open, high_open)
+        if bounds.empty or not (bounds.may_reach("", integer) or bounds.may_reach("-", integer)):
+            raise SchemaError(f"{where}: no {'integer' if integer else 'number'} lies within "
+                              "its bounds")  # fmt: skip
+        return bounds
 
     def literals(self, schema: dict[str, Any], where: str) -> Node:
         values = [schema["const"]] if "const" in schema else schema["enum"]
@@ -258,14 +409,6 @@ class _Compiler:
         except ValueError as error:  # NaN or infinity
             raise SchemaError(f"{where}: {error}") from None
 
-    def any_of(self, schema: dict[str, Any], where: str) -> Node:
-        options = schema["anyOf"]
-        if not isinstance(options, list) or not options:
-            raise SchemaError(f"{where}: anyOf must be a list of schemas")
-        if len(set(schema) & HANDLED) > 1:
-            raise SchemaError(f"{where}: anyOf next to other keywords is not supported")
-        return Choice(tuple(self.node(o, f"{where}/anyOf/{i}") for i, o in enumerate(options)))
-
     def ref(self, target: Any, where: str) -> Node:
         if target == "#":
             return Ref("#", self.table)
@@ -281,6 +424,17 @@ class _Compiler:
                     self.table[target] = self.node(definitions[name], target)
                 return Ref(target, self.table)
         raise SchemaError(f"{where}: $ref {target!r}: only #, #/$defs/... and #/definitions/...")
+
+
+def _tighter(
+    closed: Fraction | None, open_: Fraction | None, pick: Any
+) -> tuple[Fraction | None, bool]:
+    """The tighter of a bound that holds its end (`minimum`) and one that does not
+    (`exclusiveMinimum`): `pick` is max for a low bound, min for a high one."""
+    if closed is None or open_ is None:
+        return (open_, True) if closed is None else (closed, False)
+    tighter = pick(closed, open_)
+    return tighter, tighter == open_
 
 
 def _kinds(value: Any) -> set[str]:
@@ -306,3 +460,70 @@ def _check_refs(node: Node, chain: list[str]) -> None:
     elif isinstance(node, Choice):
         for option in node.options:
             _check_refs(option, chain)
+
+
+def _check_exclusive(choice: Choice, where: str) -> None:
+    """Refuse a `oneOf` unless no value can match two of its options: then it is `anyOf`."""
+    for first, second in itertools.combinations(range(len(choice.options)), 2):
+        if not _disjoint(choice.options[first], choice.options[second], frozenset()):
+            raise SchemaError(
+                f"{where}: oneOf's options {first} and {second} may both match a value (JSON "
+                "mode takes a oneOf whose options are told apart, as a discriminated "
+                "union's are by a constant; anyOf otherwise)"
+            )
+
+
+def _disjoint(first: Node, second: Node, seen: frozenset[tuple[int, int]]) -> bool:
+    """Whether no value is of both nodes, as far as their types, constants and required
+    keys tell (False also when they do not tell)."""
+    pair = (id(first), id(second))
+    if pair in seen:  # a recursive schema, back where it was
+        return False
+    return all(
+        _leaves_disjoint(one, other, seen | {pair})
+        for one in alternatives(first)
+        for other in alternatives(second)
+    )
+
+
+LEAF_KINDS: dict[type, set[str]] = {
+    ObjectNode: {"object"},
+    ArrayNode: {"array"},
+    StringNode: {"string"},
+    NumberNode: {"number", "integer"},
+}
+
+
+def _leaves_disjoint(first: Node, second: Node, seen: frozenset[tuple[int, int]]) -> bool:
+    if isinstance(first, Literals) and isinstance(second, Literals):
+        values = [json.loads(text) for text in first.texts]
+        return not any(
+            _kinds(one) & _kinds(other) and one == other
+            for one in values
+            for other in map(json.loads, second.texts)
+        )
+    if isinstance(second, Literals):
+        first, second = second, first
+    if isinstance(first, Literals):
+        kinds = LEAF_KINDS[type(second)]
+        return not any(_kinds(json.loads(text)) & kinds for text in first.texts)
+    if type(first) is not type(second):
+        return True
+    if isinstance(first, ObjectNode) and isinstance(second, ObjectNode):
+        return any(
+            _key_tells_apart(first, second, name, seen)
+            for name in sorted(first.required | second.required)
+        )
+    return False
+
+
+def _key_tells_apart(
+    first: ObjectNode, second: ObjectNode, name: str, seen: frozenset[tuple[int, int]]
+) -> bool:
+    """Whether key `name`, required by one of the objects, tells them apart: the other
+    may not have it, or both require it with values that differ."""
+    one, other = first.value_node(name), second.value_node(name)
+    if one is None or other is None:
+        return True
+    both = name in first.required and name in second.required
+    return both and _disjoint(one, other, seen)

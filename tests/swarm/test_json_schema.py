@@ -7,6 +7,8 @@ by name."""
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
@@ -19,7 +21,10 @@ from swarm.json_schema import SchemaError, compile_schema
 
 PET = {
     "type": "object",
-    "properties": {"kind": {"enum": ["cat", "dog"]}, "legs": {"type": "integer"}},
+    "properties": {
+        "kind": {"enum": ["cat", "dog"]},
+        "legs": {"type": "integer", "minimum": 0, "maximum": 8},
+    },
     "required": ["kind"],
     "additionalProperties": False,
 }
@@ -61,8 +66,41 @@ OPEN = {  # other keys allowed, with a schema of their own
 }
 CHOICES = {"type": "array", "items": {"enum": [1, 2.5, "x", None, True]}, "minItems": 1,
            "maxItems": 3}  # fmt: skip
+SHOP = {  # bounds and combinators, as pydantic writes constr, conint, tuples and unions
+    "$defs": {
+        "Card": {
+            "type": "object",
+            "properties": {"method": {"const": "card", "type": "string"},
+                           "last4": {"type": "string", "pattern": "^[0-9]{4}$"}},
+            "required": ["method", "last4"],
+            "additionalProperties": {"type": "boolean"},
+        },
+        "Cash": {
+            "type": "object",
+            "properties": {"method": {"const": "cash"},
+                           "change": {"type": "number", "minimum": 0, "exclusiveMaximum": 20}},
+            "required": ["method"],
+            "additionalProperties": False,
+        },
+    },
+    "type": "object",
+    "properties": {
+        "code": {"type": "string", "minLength": 2, "maxLength": 4},
+        "count": {"type": "integer", "exclusiveMinimum": 0, "maximum": 120},
+        "price": {"type": "number", "minimum": -2.5, "maximum": 99.5},
+        "where": {"type": "array", "prefixItems": [{"type": "number"}, {"type": "string"}],
+                  "items": False, "minItems": 1},
+        "payment": {"oneOf": [{"$ref": "#/$defs/Card"}, {"$ref": "#/$defs/Cash"}],
+                    "discriminator": {"propertyName": "method"}},
+        "note": {"allOf": [{"type": "string", "maxLength": 3}], "description": "short"},
+        "labels": {"type": "object", "additionalProperties": {"type": "integer"},
+                   "minProperties": 1, "maxProperties": 2},
+    },
+    "required": ["code", "count"],
+    "additionalProperties": False,
+}  # fmt: skip
 FALSE = {"type": "object", "properties": {"a": True, "b": False, "c": {"items": False}}}
-SCHEMAS = {"person": PERSON, "tree": TREE, "open": OPEN, "choices": CHOICES}
+SCHEMAS = {"person": PERSON, "tree": TREE, "open": OPEN, "choices": CHOICES, "shop": SHOP}
 
 
 def instances(schema: Any, root: Any, loose: bool = False) -> Any:
@@ -73,8 +111,9 @@ def instances(schema: Any, root: Any, loose: bool = False) -> Any:
     if "$ref" in schema:
         name = schema["$ref"].split("/")[-1]
         return st.deferred(lambda: instances(root["$defs"][name], root, loose))
-    if "anyOf" in schema:
-        return st.one_of([instances(option, root, loose) for option in schema["anyOf"]])
+    for combinator in ("anyOf", "oneOf", "allOf"):
+        if combinator in schema:
+            return st.one_of([instances(option, root, loose) for option in schema[combinator]])
     strays = st.sampled_from(["cow", 7, None, 0.5, [], {}]) if loose else st.nothing()
     if "const" in schema or "enum" in schema:
         return st.sampled_from(schema.get("enum", [schema.get("const")])) | strays
@@ -95,20 +134,52 @@ def instances(schema: Any, root: Any, loose: bool = False) -> Any:
             return fixed
         keys = st.text(max_size=4).filter(lambda key: key not in properties)
         extra = st.dictionaries(keys, instances(other or {"type": "null"}, root, loose),
-                                max_size=2)  # fmt: skip
-        return st.tuples(fixed, extra).map(lambda pair: {**pair[1], **pair[0]}) | strays
+                                max_size=3)  # fmt: skip
+        merged = st.tuples(fixed, extra).map(lambda pair: {**pair[1], **pair[0]})
+        least, most = schema.get("minProperties", 0), schema.get("maxProperties", 3)
+        if not loose:
+            merged = merged.filter(lambda value: least <= len(value) <= most)
+        return merged | strays
     if kind == "array":
         least, most = schema.get("minItems", 0), schema.get("maxItems", 2)
-        items = instances(schema["items"], root, loose)
+        firsts = [instances(first, root, loose) for first in schema.get("prefixItems", [])]
+        if firsts and not loose:  # a tuple (items false): its first items
+            sizes = st.integers(least, len(firsts))
+            return sizes.flatmap(lambda size: st.tuples(*firsts[:size]).map(list))
+        items = st.one_of(firsts) if firsts else instances(schema["items"], root, loose)
         if loose:
-            least, most = 0, most + 1
+            least, most = 0, max(most, len(firsts)) + 1
         return st.lists(items, min_size=least, max_size=most) | strays
+    if kind == "string" and "pattern" in schema:
+        like = st.text(alphabet="0123456789a", max_size=5) if loose else st.nothing()
+        return st.from_regex(schema["pattern"], fullmatch=True) | like | strays
+    if kind == "string":
+        least, most = schema.get("minLength", 0), schema.get("maxLength", 6)
+        if loose:
+            least, most = max(0, least - 1), most + 1
+        return st.text(min_size=least, max_size=most) | strays
+    if kind in ("number", "integer") and {"minimum", "exclusiveMinimum"} & set(schema):
+        return bounded_numbers(schema, loose) | strays
     floats = st.floats(allow_nan=False, allow_infinity=False)
     fractions = floats.filter(lambda number: not number.is_integer())
     numbers = st.integers() | (fractions if loose else floats)
-    leaves = {"string": st.text(max_size=6), "integer": st.integers(), "number": numbers,
-              "boolean": st.booleans(), "null": st.none()}  # fmt: skip
+    leaves = {"integer": st.integers(), "number": numbers, "boolean": st.booleans(),
+              "null": st.none()}  # fmt: skip
     return leaves[kind] | strays
+
+
+def bounded_numbers(schema: Any, loose: bool) -> Any:
+    """Numbers within the schema's bounds (a little beyond them if `loose`), written without
+    an exponent, as JSON mode writes bounded ones."""
+    low = schema.get("minimum", schema.get("exclusiveMinimum"))
+    high = schema.get("maximum", schema.get("exclusiveMaximum"))
+    low_open, high_open = "exclusiveMinimum" in schema, "exclusiveMaximum" in schema
+    if loose:
+        low, high, low_open, high_open = low - 3, high + 3, False, False
+    if schema["type"] == "integer":
+        return st.integers(math.floor(low) + low_open, math.ceil(high) - high_open)
+    floats = st.floats(low, high, exclude_min=low_open, exclude_max=high_open)
+    return floats.filter(lambda number: "e" not in json.dumps(number))
 
 
 @st.composite
@@ -155,6 +226,149 @@ def test_the_checker_agrees_with_the_reference_validator(case: tuple[Any, str]) 
     assert complete(schema, text) == valid(schema, text), text
 
 
+ONE_AT_A_TIME = [  # the newer keywords alone, where a near miss is not drowned by others
+    {"type": "string", "minLength": 2, "maxLength": 4},
+    {"type": "string", "pattern": "^[0-9]{4}$"},
+    {"type": "string", "pattern": "a[0-9]"},  # found anywhere in the string
+    {"type": "integer", "exclusiveMinimum": 0, "maximum": 120},
+    {"type": "number", "minimum": -2.5, "exclusiveMaximum": 99.5},
+    {"type": "number", "exclusiveMinimum": 1, "maximum": 1.5},
+    SHOP["properties"]["labels"],
+    SHOP["properties"]["where"],
+    {"$defs": SHOP["$defs"], **SHOP["properties"]["payment"]},
+]
+
+
+@pytest.mark.parametrize("schema", ONE_AT_A_TIME, ids=lambda schema: json.dumps(schema)[:60])
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_each_keyword_agrees_with_the_reference_validator(schema: Any, data: Any) -> None:
+    """One keyword at a time: every prefix of a value of the schema begins one, and a near
+    miss is a value (a number may still grow) exactly when the validator accepts it."""
+    text = json.dumps(data.draw(instances(schema, schema)))
+    assert valid(schema, text), text
+    state: JsonPrefix | None = JsonPrefix.start(compile_schema(schema))
+    for position, char in enumerate(text):
+        assert state is not None, text[:position]
+        state = state.feed(char)
+    assert state is not None and state.whole, text
+    miss = json.dumps(data.draw(instances(schema, schema, loose=True)))
+    state = JsonPrefix.start(compile_schema(schema)).feed(miss)
+    assert (state is not None and state.whole) == valid(schema, miss), miss
+
+
+@st.composite
+def bounded_numbers_and_text(draw: Any) -> tuple[Any, str, str]:
+    """A schema of a bounded number (tenths from -30 to 30), a number within its bounds as
+    JSON mode writes it, and the beginning of a number, both without an exponent."""
+    integer = draw(st.booleans())
+    schema: dict[str, Any] = {"type": "integer" if integer else "number"}
+    low, high = sorted(draw(st.lists(st.integers(-300, 300), min_size=2, max_size=2)))
+    if draw(st.booleans()):
+        schema[draw(st.sampled_from(["minimum", "exclusiveMinimum"]))] = low / 10
+    if draw(st.booleans()):
+        schema[draw(st.sampled_from(["maximum", "exclusiveMaximum"]))] = high / 10
+    within = (st.integers(-50, 50) if integer else st.decimals(-50, 50, places=3)).filter(
+        lambda value: valid(schema, str(value))
+    )
+    prefix = draw(st.from_regex(r"-?(0|[1-9][0-9]{0,2})(\.[0-9]{0,3})?", fullmatch=True))
+    value = draw(within)
+    return schema, str(value) if integer else format(value, "f"), prefix
+
+
+def ends_within(state: JsonPrefix, depth: int, budget: Iterator[int]) -> bool:
+    """Whether a number within the bounds begins with the text `state` has read: looked
+    for depth first, guided by the checker, up to `depth` more characters and as many
+    states as `budget` yields."""
+    if state.whole:
+        return True
+    if depth == 0 or next(budget, None) is None:
+        return False
+    return any(
+        after is not None and ends_within(after, depth - 1, budget)
+        for after in map(state.feed, "0123456789.-")
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(bounded_numbers_and_text())
+def test_a_bounded_number_begins_exactly_where_one_within_its_bounds_may(
+    case: tuple[Any, str, str],
+) -> None:
+    """No dead end: a beginning the checker accepts ends within the bounds (the
+    validator says so) a few characters on; and no number within them is refused."""
+    schema, within, prefix = case
+    start = JsonPrefix.start(compile_schema(schema))
+    for end in range(1, len(within) + 1):
+        assert start.feed(within[:end]) is not None, within[:end]
+    state = start.feed(prefix)
+    if state is not None:
+        assert ends_within(state, 7, iter(range(200))), prefix
+
+
+@pytest.mark.parametrize(
+    ("schema", "text", "whole"),
+    [
+        ({"type": "integer", "minimum": 100, "maximum": 999}, "5", False),
+        ({"type": "integer", "minimum": 100, "maximum": 999}, "50", False),
+        ({"type": "integer", "minimum": 100, "maximum": 999}, "500", True),
+        ({"type": "integer", "minimum": 100, "maximum": 999}, "1000", None),
+        ({"type": "integer", "minimum": 10, "maximum": 20}, "3", None),
+        ({"type": "integer", "minimum": 10, "maximum": 20}, "0", None),
+        ({"type": "integer", "minimum": 10, "maximum": 20}, "-", None),
+        ({"type": "integer", "minimum": 10, "maximum": 20}, "2", False),
+        ({"type": "integer", "minimum": 0, "exclusiveMinimum": 0}, "0", None),  # the tighter
+        ({"type": "integer", "minimum": 0, "exclusiveMinimum": 3}, "3", False),  # 30 and on
+        ({"type": "integer", "minimum": 4, "exclusiveMinimum": 3}, "4", True),
+        ({"type": "integer", "maximum": 5, "exclusiveMaximum": 6}, "6", None),
+        ({"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "0", False),
+        ({"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "0.000", False),
+        ({"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "1.0", True),
+        ({"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "1.01", None),
+        ({"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "-", None),
+        ({"type": "number", "minimum": 0.1, "maximum": 0.2}, "0.099", None),
+        ({"type": "number", "maximum": 5}, "1e", None),  # bounded: no exponent
+        ({"type": "number", "minimum": -2.5}, "-2.50", True),
+        ({"type": "number", "minimum": -2.5}, "-2.500001", None),
+        ({"type": "string", "maxLength": 1}, '"\\ud83d\\ude00"', True),  # one character
+        ({"type": "string", "maxLength": 1}, '"\\n\\t', None),
+        ({"type": "string", "minLength": 2}, '"\\u00e9"', None),
+        ({"type": "string", "pattern": "^a\nb$"}, '"a\\nb"', True),  # escapes decoded
+        ({"type": "string", "pattern": "^a\nb$"}, '"a\\nc', None),
+        ({"type": "string", "pattern": "^[a-z]+$"}, '"ab"', True),
+        ({"type": "string", "pattern": "^[a-z]+$"}, '""', None),
+        (
+            {"maxProperties": 1, "properties": {"a": {}, "b": {}}, "required": ["a"]},
+            '{"b',
+            None,
+        ),
+        ({"maxProperties": 1, "properties": {"a": {}, "b": {}}}, '{"b": 1, ', None),
+        ({"minProperties": 2}, '{"a": 1}', None),
+        ({"minProperties": 2}, '{"a": 1, "b": 2}', True),
+        ({"prefixItems": [{"type": "string"}], "items": {"type": "integer"}}, '["a", 1]', True),
+        ({"prefixItems": [{"type": "string"}], "items": {"type": "integer"}}, "[1", None),
+        ({"prefixItems": [{"type": "string"}, False]}, '["a", ', None),
+    ],
+)
+def test_bounds_at_their_edges(schema: Any, text: str, whole: bool | None) -> None:
+    """`whole`: whether the text is a value of the schema; None: nothing begins with it."""
+    state = JsonPrefix.start(compile_schema(schema)).feed(text)
+    assert (None if state is None else state.whole) == whole
+    if whole is not None:
+        assert valid(schema, text) == whole
+
+
+def test_a_constrained_string_takes_half_a_character_only_where_a_whole_one_may_follow() -> None:
+    """A token that ends inside a character's bytes may not come where the character could
+    break a pattern, or a length already reached."""
+    start = JsonPrefix.start(compile_schema({"type": "string", "maxLength": 2}))
+    room, full = start.feed('"a'), start.feed('"ab')
+    assert room is not None and room.wide_char_next
+    assert full is not None and not full.wide_char_next
+    pattern = JsonPrefix.start(compile_schema({"type": "string", "pattern": "."})).feed('"')
+    assert pattern is not None and not pattern.wide_char_next
+
+
 @pytest.mark.parametrize(
     ("schema", "text"),
     [
@@ -193,8 +407,28 @@ def test_a_number_is_whole_before_it_is_complete() -> None:
 @pytest.mark.parametrize(
     ("schema", "message"),
     [
-        ({"type": "string", "pattern": "a+"}, "#: the keyword 'pattern' is not supported"),
-        ({"properties": {"a": {"minimum": 1}}}, "#/properties/a: the keyword 'minimum'"),
+        ({"type": "array", "uniqueItems": True}, "#: the keyword 'uniqueItems' is not supported"),
+        ({"properties": {"a": {"multipleOf": 2}}}, "#/properties/a: the keyword 'multipleOf'"),
+        ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "options 0 and 1 may both"),
+        (  # k is not required, so {} is a value of both
+            {"oneOf": [{"properties": {"k": {"const": 1}}}, {"properties": {"k": {"const": 2}}}]},
+            "options 0 and 1 may both",
+        ),
+        ({"allOf": [{"type": "integer"}, {"minimum": 1}]}, "allOf of more than one"),
+        ({"type": "string", "pattern": "(a"}, "#: pattern '\\(a'"),
+        ({"type": "number", "minimum": 2, "maximum": 1}, "no number lies within"),
+        ({"type": "integer", "minimum": 0.2, "maximum": 0.8}, "no integer lies within"),
+        ({"type": "number", "exclusiveMinimum": 1, "maximum": 1}, "no number lies within"),
+        ({"type": "number", "minimum": True}, "minimum must be a number"),
+        ({"type": "string", "minLength": 3, "maxLength": 2}, "maxLength must be a count of at"),
+        ({"type": "array", "items": [{"type": "integer"}]}, "items as a list"),
+        ({"prefixItems": [False], "minItems": 1}, "leave no array of 1 items"),
+        ({"enum": ["a", "bb"], "maxLength": 1}, "maxLength next to enum"),
+        ({"required": ["a", "b"], "maxProperties": 1}, "maxProperties is below"),
+        (
+            {"properties": {"a": {}}, "additionalProperties": False, "minProperties": 2},
+            "minProperties asks for more",
+        ),
         ({"type": "strange"}, "type must be one of"),
         ({"$ref": "#/$defs/missing"}, "names no definition"),
         ({"$ref": "https://example.com/s.json"}, "only #, #/\\$defs"),
