@@ -126,7 +126,7 @@ def _wide_char_next(stack: Stack) -> bool:
     top = stack[-1]
     if isinstance(top, _String):  # a constrained string: only where the character is known
         return not top.node.constrained or (
-            top.node.pattern is None and top.node.may_grow(top.value + "\x80")
+            not top.node.patterns and top.node.may_grow(top.value + "\x80")
         )
     if isinstance(top, _Key):
         owner = cast(_Object, stack[-2])

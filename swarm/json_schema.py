@@ -9,13 +9,14 @@ that names `properties` (or `items`) is taken as an object (or array).
 
 Supported: `type` (one or a list), `properties`, `required`, `additionalProperties`,
 `minProperties`, `maxProperties`, `items`, `prefixItems`, `minItems`, `maxItems`,
-`minLength`, `maxLength`, `pattern` (as the `regex` module reads it), `minimum`, `maximum`,
+`minLength`, `maxLength`, `pattern` (as the `regex` module reads it), `format` (those of
+`swarm.json_formats`; others are annotations), `minimum`, `maximum`,
 `exclusiveMinimum`, `exclusiveMaximum` (a bounded number is written without an exponent),
 `enum`, `const`, `anyOf`, `oneOf` whose options no value can match twice (a discriminated
 union: objects told apart by a required constant, or by keys that the others forbid; values
 of different types), `allOf` of one schema, `$ref` into `$defs` or `definitions` (recursion
 included), and `true` / `{}` for any value. Annotations (`title`, `description`, `default`,
-`examples`, `format`, OpenAPI's `discriminator`, ...) are ignored, as JSON Schema itself
+`examples`, OpenAPI's `discriminator`, ...) are ignored, as JSON Schema itself
 asserts nothing with them. Any other keyword raises `SchemaError` naming it, rather than
 being silently left out.
 """
@@ -34,6 +35,7 @@ from typing import Any
 import regex
 
 from .errors import GenerationError
+from .json_formats import FORMATS
 from .json_numbers import Bounds
 
 __all__ = [
@@ -113,28 +115,28 @@ class ArrayNode(Node):
 
 @dataclass(frozen=True, eq=False)
 class StringNode(Node):
-    """A string of `min_length` to `max_length` characters (code points) in which
-    `pattern` finds a match."""
+    """A string of `min_length` to `max_length` characters (code points) in which each
+    of `patterns` (a `pattern`, a `format`) finds a match."""
 
     min_length: int = 0
     max_length: int | None = None
-    pattern: regex.Pattern[str] | None = None
+    patterns: tuple[regex.Pattern[str], ...] = ()
 
     @property
     def constrained(self) -> bool:
-        return bool(self.min_length) or self.max_length is not None or self.pattern is not None
+        return bool(self.min_length or self.patterns) or self.max_length is not None
 
     def may_grow(self, value: str) -> bool:
         """Whether a string that begins `value` (decoded) may still be one of these."""
         if self.max_length is not None and len(value) > self.max_length:
             return False
-        return self.pattern is None or _search(self.pattern, value, partial=True)
+        return all(_search(pattern, value, partial=True) for pattern in self.patterns)
 
     def holds(self, value: str) -> bool:
         """Whether `value` (decoded) is one of these strings."""
         if len(value) < self.min_length or not self.may_grow(value):
             return False
-        return self.pattern is None or _search(self.pattern, value, partial=False)
+        return all(_search(pattern, value, partial=False) for pattern in self.patterns)
 
 
 def _search(pattern: regex.Pattern[str], value: str, partial: bool) -> bool:
@@ -350,15 +352,17 @@ class _Compiler:
 
     def string(self, schema: dict[str, Any], where: str) -> Node:
         least, most = self.counts(schema, "minLength", "maxLength", where)
+        name = schema.get("format")
+        patterns = [FORMATS[name]] if isinstance(name, str) and name in FORMATS else []
         pattern = schema.get("pattern")
-        if pattern is None:
-            return StringNode(least, most)
-        if not isinstance(pattern, str):
+        if pattern is not None and not isinstance(pattern, str):
             raise SchemaError(f"{where}: pattern must be a string")
-        try:
-            return StringNode(least, most, regex.compile(pattern))
-        except regex.error as error:
-            raise SchemaError(f"{where}: pattern {pattern!r}: {error}") from None
+        if pattern is not None:
+            try:
+                patterns.append(regex.compile(pattern))
+            except regex.error as error:
+                raise SchemaError(f"{where}: pattern {pattern!r}: {error}") from None
+        return StringNode(least, most, tuple(patterns))
 
     def counts(
         self, schema: dict[str, Any], low: str, high: str, where: str

@@ -449,7 +449,7 @@ def test_what_json_mode_cannot_honour_is_refused_by_name(schema: Any, message: s
 
 def test_annotations_and_implied_types() -> None:
     """Annotations change nothing; `properties` without `type` describes an object."""
-    annotated = {"title": "T", "description": "d", "format": "date", "examples": ["x"],
+    annotated = {"title": "T", "description": "d", "format": "color", "examples": ["x"],
                  "type": "string"}  # fmt: skip
     assert complete(annotated, '"anything"')
     implied = {"properties": {"a": {"type": "boolean"}}, "required": ["a"]}
