@@ -32,6 +32,35 @@ class Bounds:
             return False
         return self.low > self.high or (self.low == self.high and (self.low_open or self.high_open))
 
+    def value_count(self, integer: bool) -> int | None:
+        """How many values (integers, if `integer`) lie within the bounds (None: endless)."""
+        if self.low is None:
+            return None
+        if integer:
+            return self.integers_between(self.low, None)
+        return 1 if self.low == self.high else None
+
+    def integers_from(self, text: str) -> int | None:
+        """How many integers within the bounds have a JSON text that begins `text`, the
+        beginning of an integer (None: endless)."""
+        if text.startswith("-"):  # the magnitudes, within the bounds mirrored
+            return self.mirrored().integers_from(text[1:])
+        if not text:
+            return self.integers_between(Fraction(0), None)
+        if text == "0":
+            return self.integers_between(Fraction(0), Fraction(1))
+        if self.high is None:
+            return None
+        leading, count, more = int(text), 0, 0
+        while leading * 10**more <= self.high:
+            scale = 10**more
+            count += (
+                self.integers_between(Fraction(leading * scale), Fraction((leading + 1) * scale))
+                or 0
+            )
+            more += 1
+        return count
+
     def holds(self, value: Fraction) -> bool:
         """Whether `value` lies within the bounds."""
         return self.over_low(value) and self.under_high(value)
@@ -82,15 +111,21 @@ class Bounds:
         an integer if `integer`, lies within the bounds (which are not `empty`). Decimals
         are dense, so an interval that overlaps the bounds holds a value within them."""
         if integer:
-            top = None if beyond is None else beyond - 1
-            if self.low is not None:
-                least = max(least, _integer_above(self.low, self.low_open))
-            if self.high is not None:
-                high = -_integer_above(-self.high, self.high_open)
-                top = high if top is None else min(top, high)
-            return top is None or least <= top
+            count = self.integers_between(least, beyond)
+            return count is None or count > 0
         low_below = beyond is None or self.low is None or self.low < beyond
         return low_below and self.under_high(least)
+
+    def integers_between(self, least: Fraction, beyond: Fraction | None) -> int | None:
+        """How many integers from `least` up to (not including) `beyond` (None: unbounded)
+        lie within the bounds (None: endless)."""
+        top = None if beyond is None else math.ceil(beyond) - 1
+        if self.low is not None:
+            least = max(least, _integer_above(self.low, self.low_open))
+        if self.high is not None:
+            high = math.floor(-_integer_above(-self.high, self.high_open))
+            top = high if top is None else min(top, high)
+        return None if top is None else max(0, top - math.ceil(least) + 1)
 
     def mirrored(self) -> Bounds:
         """The bounds of -x, for x within these."""

@@ -23,6 +23,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import cast
 
+from .json_numbers import Bounds
 from .json_schema import (
     ANY_OBJECT,
     ArrayNode,
@@ -31,8 +32,11 @@ from .json_schema import (
     NumberNode,
     ObjectNode,
     StringNode,
+    ValueKey,
     alternatives,
+    distinct_values,
     json_text,
+    literal_key,
 )
 
 __all__ = ["MAX_BLANK", "JsonPrefix"]
@@ -52,8 +56,13 @@ class Frame:
     def step(self, below: Stack, char: str) -> list[Stack]:
         raise NotImplementedError
 
-    def child_done(self) -> Frame:
-        """This frame once the value it waits for has ended."""
+    def child_done(self, ended: Frame) -> Frame | None:
+        """This frame once the value it waits for has ended, as frame `ended` read it
+        (None: that value may not come here, as a repeated item of `uniqueItems`)."""
+        raise NotImplementedError
+
+    def key(self) -> ValueKey:
+        """The value this frame read, as `uniqueItems` compares values (scalars only)."""
         raise NotImplementedError
 
 
@@ -104,9 +113,16 @@ def _step(stack: Stack, char: str) -> list[Stack]:
     return stack[-1].step(stack[:-1], char)
 
 
-def _end(below: Stack) -> Stack:
-    """The stack once the value on top of `below` has ended."""
-    return (*below[:-1], below[-1].child_done())
+def _end(below: Stack, ended: Frame) -> list[Stack]:
+    """The stack once the value on top of `below` has ended, read by `ended` (none if
+    the value may not come there)."""
+    after = below[-1].child_done(ended)
+    return [] if after is None else [(*below[:-1], after)]
+
+
+def _end_before(below: Stack, ended: Frame, char: str) -> list[Stack]:
+    """The stacks after `char`, which ended the value that `ended` read."""
+    return [stepped for stack in _end(below, ended) for stepped in _step(stack, char)]
 
 
 def _closed(top: Frame) -> bool:
@@ -118,7 +134,7 @@ def _may_end(stack: Stack) -> bool:
     if _closed(top):
         return True
     if isinstance(top, _Number | _Literal) and top.may_end:
-        return _may_end(_end(stack[:-1]))
+        return any(_may_end(after) for after in _end(stack[:-1], top))
     return False
 
 
@@ -147,19 +163,42 @@ def _wide(text: str, position: int) -> bool:
 def _begin(below: Stack, node: Node, char: str) -> list[Stack]:
     """The stacks after `char` begins a value of `node` above `below` (whose top waits)."""
     found = []
+    keep = isinstance(below[-1], _Array) and below[-1].node.unique  # its value is compared
     for option in alternatives(node):
         if isinstance(option, ObjectNode) and char == "{":
             found.append((*below, _Object(option)))
         elif isinstance(option, ArrayNode) and char == "[":
             found.append((*below, _Array(option)))
         elif isinstance(option, StringNode) and char == '"':
-            found.append((*below, _String(option)))
+            found.append((*below, _String(option, keep)))
         elif isinstance(option, NumberNode) and (char == "-" or char in DIGITS):
             mode = "minus" if char == "-" else "zero" if char == "0" else "int"
-            found.extend(_Number(option, mode, "").grown(below, char))
+            found.extend(_Number(option, mode, "", keep).grown(below, char))
         elif isinstance(option, Literals):
-            found.extend(_Literal(option.texts, "").step(below, char))
+            texts = option.texts if not keep else _unseen(option.texts, below[-1])
+            found.extend(_Literal(texts, "").step(below, char))
     return found
+
+
+def _unseen(texts: tuple[str, ...], array: Frame) -> tuple[str, ...]:
+    """The literals that differ from the items of `array` so far (`uniqueItems`)."""
+    seen = cast(_Array, array).seen
+    return tuple(text for text in texts if literal_key(text) not in seen)
+
+
+def _integers_left(text: str, node: NumberNode, array: Frame) -> bool:
+    """Whether an integer that begins `text` may still differ from the items of `array`
+    so far (`uniqueItems`): "0" has no other ending, nor has an integer at its bounds."""
+    count = (node.bounds or Bounds()).integers_from(text)
+    if count is None:
+        return True
+    magnitude, negative = text.lstrip("-"), text.startswith("-")
+    taken = [
+        abs(value)
+        for kind, value in cast(_Array, array).seen
+        if kind == "number" and value.denominator == 1 and (value <= 0 if negative else value >= 0)
+    ]
+    return count > sum(str(value).startswith(magnitude) for value in taken)
 
 
 class _Inside(Frame):
@@ -176,7 +215,7 @@ class _Root(Frame):
             return _begin((replace(self, phase="value"),), self.node, char)
         return [(self,)] if char in WHITESPACE else []
 
-    def child_done(self) -> Frame:
+    def child_done(self, ended: Frame) -> Frame | None:
         return replace(self, phase="done")
 
 
@@ -197,7 +236,7 @@ class _Object(Frame):
         if self.phase in ("first", "next") and char == '"' and self.more_keys:
             return [(*here, _Key())]
         if self.phase in ("first", "after") and char == "}" and self.may_close:
-            return [_end(below)]
+            return _end(below, self)
         if self.phase == "after" and char == "," and self.more_keys:
             return [(*below, replace(self, phase="next"))]
         if self.phase == "colon" and char == ":":
@@ -245,7 +284,7 @@ class _Object(Frame):
             return None
         return replace(self, used=self.used | {name}, phase="colon", pending=node)
 
-    def child_done(self) -> Frame:
+    def child_done(self, ended: Frame) -> Frame | None:
         return replace(self, phase="after", pending=None)
 
 
@@ -259,44 +298,71 @@ class _Array(Frame):
     node: ArrayNode
     count: int = 0
     phase: str = "first"  # first | in_value | after | next
+    seen: frozenset[ValueKey] = frozenset()  # the items' values, if they must differ
 
     def step(self, below: Stack, char: str) -> list[Stack]:
         if char in WHITESPACE:
             return [(*below, self)]
         least, most = self.node.min_items, self.node.max_items
         if self.phase in ("first", "after") and char == "]" and self.count >= least:
-            return [_end(below)]
+            return _end(below, self)
         if self.phase == "after":
-            room = most is None or self.count < most
+            room = (most is None or self.count < most) and self.values_left
             return [(*below, replace(self, phase="next"))] if char == "," and room else []
         if self.phase == "first" and most == 0:
             return []
         waiting = replace(self, phase="in_value")
         return _begin((*below, waiting), self.node.item(self.count), char)
 
-    def child_done(self) -> Frame:
-        return replace(self, count=self.count + 1, phase="after")
+    @property
+    def values_left(self) -> bool:
+        """Whether an item may still come that differs from those before (`uniqueItems`
+        over a finite set of values, an enum say, may run out)."""
+        if not self.node.unique:
+            return True
+        count = distinct_values(self.node.items)
+        return count is None or len(self.seen) < count
+
+    def child_done(self, ended: Frame) -> Frame | None:
+        if not self.node.unique:
+            return replace(self, count=self.count + 1, phase="after")
+        key = ended.key()
+        if key in self.seen:
+            return None
+        return replace(self, count=self.count + 1, phase="after", seen=self.seen | {key})
 
 
 @dataclass(frozen=True)
 class _String(_Inside):
     """A string value: its escape so far, and its decoded characters if the schema
-    constrains them (lengths, a pattern)."""
+    constrains them (lengths, a pattern) or `keep` asks for them (`uniqueItems`)."""
 
     node: StringNode
+    keep: bool = False
     escape: str = ""  # "" plain, "\\" after a backslash, "u" and the hex digits of a \\u escape
     value: str = ""
 
     def step(self, below: Stack, char: str) -> list[Stack]:
         if char == '"' and not self.escape:
-            return [_end(below)] if self.node.holds(self.value) else []
+            return _end(below, self) if self.node.holds(self.value) else []
         escape = _string_char(self.escape, char)
         if escape is None:
             return []
-        if not self.node.constrained or escape:
+        if not (self.node.constrained or self.keep) or escape:
             return [(*below, replace(self, escape=escape))]
         value = _decoded(self.value, self.escape, char)
-        return [(*below, _String(self.node, "", value))] if self.node.may_grow(value) else []
+        if not self.node.may_grow(value) or (self.keep and self.used_up(value, below[-1])):
+            return []
+        return [(*below, replace(self, escape="", value=value))]
+
+    def used_up(self, value: str, array: Frame) -> bool:
+        """Whether `value` has no ending but itself (`maxLength`), which an item of `array`
+        already is (`uniqueItems`)."""
+        full = self.node.max_length is not None and len(value) >= self.node.max_length
+        return full and ("string", value) in cast(_Array, array).seen
+
+    def key(self) -> ValueKey:
+        return ("string", self.value)
 
 
 @dataclass(frozen=True)
@@ -364,11 +430,12 @@ NUMBER_ENDS = {"zero", "int", "frac", "exp_digits"}  # a number may stop here
 @dataclass(frozen=True)
 class _Number(_Inside):
     """A number: where in its grammar the text stands, and the text itself if the schema
-    bounds it (then it has no exponent)."""
+    bounds it (then it has no exponent) or `keep` asks for it (`uniqueItems`)."""
 
     node: NumberNode
     mode: str
     text: str
+    keep: bool = False
 
     @property
     def may_end(self) -> bool:
@@ -384,18 +451,23 @@ class _Number(_Inside):
         refused = ("dot", "exp") if self.node.integer else ("exp",) if self.node.bounds else ()
         if following is not None and following not in refused:
             return replace(self, mode=following).grown(below, char)
-        return _step(_end(below), char) if self.may_end else []  # it ended before `char`
+        return _end_before(below, self, char) if self.may_end else []  # it ended before
 
     def grown(self, below: Stack, char: str) -> list[Stack]:
         """This frame, on top of `below`, with `char` read (no stack if the bounds now
         cannot be met)."""
         bounds = self.node.bounds
-        if bounds is None:
+        if bounds is None and not self.keep:
             return [(*below, self)]
         text = self.text + char
-        if not bounds.may_reach(text, self.node.integer):
+        if bounds is not None and not bounds.may_reach(text, self.node.integer):
+            return []
+        if self.keep and self.node.integer and not _integers_left(text, self.node, below[-1]):
             return []
         return [(*below, replace(self, text=text))]
+
+    def key(self) -> ValueKey:
+        return ("number", Fraction(self.text))
 
 
 @dataclass(frozen=True)
@@ -413,7 +485,10 @@ class _Literal(_Inside):
         read = self.read + char
         texts = tuple(text for text in self.texts if text.startswith(read))
         if not texts:
-            return _step(_end(below), char) if self.may_end else []
+            return _end_before(below, self, char) if self.may_end else []
         if texts == (read,):
-            return [_end(below)]
+            return _end(below, _Literal(texts, read))
         return [(*below, _Literal(texts, read))]
+
+    def key(self) -> ValueKey:
+        return literal_key(self.read)

@@ -9,6 +9,7 @@ that names `properties` (or `items`) is taken as an object (or array).
 
 Supported: `type` (one or a list), `properties`, `required`, `additionalProperties`,
 `minProperties`, `maxProperties`, `items`, `prefixItems`, `minItems`, `maxItems`,
+`uniqueItems` (over scalars),
 `minLength`, `maxLength`, `pattern` (as the `regex` module reads it), `format` (those of
 `swarm.json_formats`; others are annotations), `minimum`, `maximum`,
 `exclusiveMinimum`, `exclusiveMaximum` (a bounded number is written without an exponent),
@@ -50,9 +51,12 @@ __all__ = [
     "Ref",
     "SchemaError",
     "StringNode",
+    "ValueKey",
     "alternatives",
     "compile_schema",
+    "distinct_values",
     "json_text",
+    "literal_key",
 ]
 
 IGNORED = frozenset(  # annotations, and the definitions that $ref reads
@@ -62,7 +66,7 @@ IGNORED = frozenset(  # annotations, and the definitions that $ref reads
 KEYWORDS_OF = {  # the keywords that constrain values of one type
     "object": {"properties", "required", "additionalProperties", "minProperties"}
     | {"maxProperties"},
-    "array": {"items", "prefixItems", "minItems", "maxItems"},
+    "array": {"items", "prefixItems", "minItems", "maxItems", "uniqueItems"},
     "string": {"minLength", "maxLength", "pattern"},
     "number": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"},
 }
@@ -71,6 +75,7 @@ HANDLED = frozenset(
 )
 PATTERN_TIMEOUT = 1.0  # seconds a pattern may take on one string's beginning
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
+ValueKey = tuple[str, Any]  # a scalar as `uniqueItems` compares it: its type, its value
 
 
 class SchemaError(GenerationError):
@@ -102,12 +107,14 @@ class ObjectNode(Node):
 
 @dataclass(frozen=True, eq=False)
 class ArrayNode(Node):
-    """An array: its first items' schemas (`prefix`), then `items` for the rest."""
+    """An array: its first items' schemas (`prefix`), then `items` for the rest; if
+    `unique`, no two items equal (scalars only)."""
 
     items: Node
     min_items: int = 0
     max_items: int | None = None
     prefix: tuple[Node, ...] = ()
+    unique: bool = False
 
     def item(self, index: int) -> Node:
         return self.prefix[index] if index < len(self.prefix) else self.items
@@ -194,6 +201,36 @@ def alternatives(node: Node) -> tuple[Node, ...]:
     return (node,)
 
 
+@lru_cache(maxsize=4096)
+def distinct_values(node: Node) -> int | None:
+    """How many different scalar values `node` has, if they are few enough to count (its
+    enum values, integers within bounds; None: more than can be counted)."""
+    literals: set[ValueKey] = set()
+    numbers = 0
+    for leaf in alternatives(node):
+        if isinstance(leaf, Literals):
+            literals.update(literal_key(text) for text in leaf.texts)
+        elif isinstance(leaf, NumberNode) and leaf.bounds is not None:
+            count = leaf.bounds.value_count(leaf.integer)
+            if count is None:
+                return None
+            numbers += count
+        else:
+            return None
+    return len(literals) + numbers
+
+
+def literal_key(text: str) -> ValueKey:
+    """A scalar's JSON text as `uniqueItems` compares values: numbers by value (1 is 1.0),
+    but true is not 1."""
+    value = json.loads(text)
+    if isinstance(value, bool):
+        return ("boolean", value)
+    if isinstance(value, int | float):
+        return ("number", Fraction(text))
+    return ("string" if isinstance(value, str) else "null", value)
+
+
 def json_text(value: Any) -> str:
     """A value as compact JSON, the one spelling JSON mode writes it in."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -236,6 +273,8 @@ def compile_schema(schema: Any) -> Node:
         _check_refs(table[name], [])
     for where, choice in compiler.exclusive:
         _check_exclusive(choice, where)
+    for where, array in compiler.unique:
+        _check_unique(array, where)
     return root
 
 
@@ -244,6 +283,7 @@ class _Compiler:
         self.root = root
         self.table = table
         self.exclusive: list[tuple[str, Choice]] = []  # each oneOf, checked once all is read
+        self.unique: list[tuple[str, ArrayNode]] = []  # each uniqueItems, the same
 
     def node(self, schema: Any, where: str) -> Node:
         if schema is True or schema == {}:
@@ -348,7 +388,15 @@ class _Compiler:
             if least > limit:
                 raise SchemaError(f"{where}: its items leave no array of {least} items")
             most = limit if most is None else min(most, limit)
-        return ArrayNode(items, least, most, tuple(firsts[:limit]))
+        unique = schema.get("uniqueItems", False)
+        if not isinstance(unique, bool):
+            raise SchemaError(f"{where}: uniqueItems must be true or false")
+        if unique and firsts:
+            raise SchemaError(f"{where}: uniqueItems next to prefixItems is not supported")
+        array = ArrayNode(items, least, most, tuple(firsts[:limit]), unique)
+        if unique and most != 0:
+            self.unique.append((where, array))
+        return array
 
     def string(self, schema: dict[str, Any], where: str) -> Node:
         least, most = self.counts(schema, "minLength", "maxLength", where)
@@ -464,6 +512,19 @@ def _check_refs(node: Node, chain: list[str]) -> None:
     elif isinstance(node, Choice):
         for option in node.options:
             _check_refs(option, chain)
+
+
+def _check_unique(array: ArrayNode, where: str) -> None:
+    """Refuse `uniqueItems` over items that are not all scalars, or too few to count."""
+    leaves = alternatives(array.items)
+    texts = [text for leaf in leaves if isinstance(leaf, Literals) for text in leaf.texts]
+    if any(isinstance(leaf, ObjectNode | ArrayNode) for leaf in leaves) or any(
+        text[0] in "[{" for text in texts
+    ):
+        raise SchemaError(f"{where}: uniqueItems over objects or arrays is not supported")
+    count = distinct_values(array.items)
+    if count is not None and array.min_items > count:
+        raise SchemaError(f"{where}: its items have {count} values, too few for minItems")
 
 
 def _check_exclusive(choice: Choice, where: str) -> None:

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swarm.json_prefix import JsonPrefix
-from swarm.json_schema import SchemaError, compile_schema
+from swarm.json_schema import SchemaError, compile_schema, literal_key
 
 PET = {
     "type": "object",
@@ -95,6 +95,8 @@ SHOP = {  # bounds and combinators, as pydantic writes constr, conint, tuples an
         "note": {"allOf": [{"type": "string", "maxLength": 3}], "description": "short"},
         "labels": {"type": "object", "additionalProperties": {"type": "integer"},
                    "minProperties": 1, "maxProperties": 2},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 2},
+                 "uniqueItems": True, "maxItems": 3},
     },
     "required": ["code", "count"],
     "additionalProperties": False,
@@ -149,6 +151,9 @@ def instances(schema: Any, root: Any, loose: bool = False) -> Any:
         items = st.one_of(firsts) if firsts else instances(schema["items"], root, loose)
         if loose:
             least, most = 0, max(most, len(firsts)) + 1
+        elif schema.get("uniqueItems"):
+            unique = lambda value: literal_key(json.dumps(value))  # noqa: E731
+            return st.lists(items, min_size=least, max_size=most, unique_by=unique)
         return st.lists(items, min_size=least, max_size=most) | strays
     if kind == "string" and "pattern" in schema:
         like = st.text(alphabet="0123456789a", max_size=5) if loose else st.nothing()
@@ -235,6 +240,14 @@ ONE_AT_A_TIME = [  # the newer keywords alone, where a near miss is not drowned 
     {"type": "number", "exclusiveMinimum": 1, "maximum": 1.5},
     SHOP["properties"]["labels"],
     SHOP["properties"]["where"],
+    SHOP["properties"]["tags"],
+    {"type": "array", "items": {"enum": ["a", 1, True, None]}, "uniqueItems": True},
+    {"type": "array", "items": {"type": "number"}, "uniqueItems": True, "maxItems": 4},
+    {
+        "type": "array",
+        "items": {"type": "integer", "minimum": 0, "maximum": 2},
+        "uniqueItems": True,
+    },
     {"$defs": SHOP["$defs"], **SHOP["properties"]["payment"]},
 ]
 
@@ -348,6 +361,28 @@ def test_a_bounded_number_begins_exactly_where_one_within_its_bounds_may(
         ({"prefixItems": [{"type": "string"}], "items": {"type": "integer"}}, '["a", 1]', True),
         ({"prefixItems": [{"type": "string"}], "items": {"type": "integer"}}, "[1", None),
         ({"prefixItems": [{"type": "string"}, False]}, '["a", ', None),
+        ({"items": {"enum": ["a", "b"]}, "uniqueItems": True}, '["a", "b"]', True),
+        ({"items": {"enum": ["a", "b"]}, "uniqueItems": True}, '["a", "b", ', None),  # none left
+        ({"items": {"enum": ["a", "b"]}, "uniqueItems": True}, '["a", "a', None),
+        ({"items": {"type": "string"}, "uniqueItems": True}, '["a", "a', False),  # "ab"...
+        ({"items": {"type": "string"}, "uniqueItems": True}, '["a", "a"', None),
+        ({"items": {"type": "number"}, "uniqueItems": True}, "[1, 1.0]", None),
+        ({"items": {"type": "number"}, "uniqueItems": True}, "[1, 10]", True),
+        ({"items": {"enum": [True, 1]}, "uniqueItems": True}, "[true, 1]", True),
+        (
+            {"items": {"type": "integer", "maximum": 1, "minimum": 0}, "uniqueItems": True},
+            "[0, 1, ",
+            None,
+        ),
+        ({"items": {"type": "integer"}, "uniqueItems": True}, "[0, 0", None),  # 0 ends there
+        ({"items": {"type": "integer"}, "uniqueItems": True}, "[0, -0", None),
+        ({"items": {"type": "integer"}, "uniqueItems": True}, "[1, 1", False),  # 10...
+        (  # each integer from 1 is used
+            {"items": {"type": "integer", "minimum": 0, "maximum": 12}, "uniqueItems": True},
+            "[1, 10, 11, 12, 1",
+            None,
+        ),
+        ({"items": {"type": "string", "maxLength": 1}, "uniqueItems": True}, '["a", "a', None),
     ],
 )
 def test_bounds_at_their_edges(schema: Any, text: str, whole: bool | None) -> None:
@@ -356,6 +391,40 @@ def test_bounds_at_their_edges(schema: Any, text: str, whole: bool | None) -> No
     assert (None if state is None else state.whole) == whole
     if whole is not None:
         assert valid(schema, text) == whole
+
+
+UNIQUE = [  # uniqueItems over few values, where an item could begin that cannot end
+    {"items": {"enum": ["a", "b", 1]}, "uniqueItems": True},
+    {"items": {"type": "integer", "minimum": 0, "maximum": 12}, "uniqueItems": True},
+    {"items": {"type": "integer"}, "uniqueItems": True},
+    {"items": {"type": "string", "maxLength": 1}, "uniqueItems": True},
+    {"items": {"type": "number", "minimum": 1, "maximum": 1}, "uniqueItems": True},
+]
+
+
+def finishes(state: JsonPrefix, depth: int, budget: Iterator[int]) -> bool:
+    """Whether some text of up to `depth` more characters completes the value (looked for
+    depth first, guided by the checker, over as many states as `budget` yields)."""
+    if state.complete:
+        return True
+    if depth == 0 or next(budget, None) is None:
+        return False
+    return any(
+        after is not None and finishes(after, depth - 1, budget)
+        for after in map(state.feed, ']"ab0123456789-.,[')
+    )
+
+
+@pytest.mark.parametrize("schema", UNIQUE, ids=lambda schema: json.dumps(schema["items"]))
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(alphabet='[0123456789-,]"ab. ', max_size=16))
+def test_an_array_of_unique_items_has_no_dead_end(schema: Any, text: str) -> None:
+    """Whatever the checker takes of a random text (each character it refuses is left out)
+    can still be completed: no item begins that could only repeat one before it."""
+    state = JsonPrefix.start(compile_schema(schema))
+    for char in text:
+        state = state.feed(char) or state
+    assert finishes(state, 8, iter(range(3000))), text
 
 
 def test_a_constrained_string_takes_half_a_character_only_where_a_whole_one_may_follow() -> None:
@@ -407,7 +476,13 @@ def test_a_number_is_whole_before_it_is_complete() -> None:
 @pytest.mark.parametrize(
     ("schema", "message"),
     [
-        ({"type": "array", "uniqueItems": True}, "#: the keyword 'uniqueItems' is not supported"),
+        ({"type": "array", "contains": {}}, "#: the keyword 'contains' is not supported"),
+        ({"items": {"type": "object"}, "uniqueItems": True}, "uniqueItems over objects"),
+        ({"items": {"enum": [[1]]}, "uniqueItems": True}, "uniqueItems over objects"),
+        ({"uniqueItems": True}, "uniqueItems over objects"),  # any value
+        ({"prefixItems": [{}], "uniqueItems": True}, "uniqueItems next to prefixItems"),
+        ({"items": {"enum": [1, 1.0]}, "uniqueItems": True, "minItems": 2}, "1 values, too"),
+        ({"uniqueItems": 1}, "uniqueItems must be true or false"),
         ({"properties": {"a": {"multipleOf": 2}}}, "#/properties/a: the keyword 'multipleOf'"),
         ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "options 0 and 1 may both"),
         (  # k is not required, so {} is a value of both
