@@ -3,11 +3,16 @@ schema (`swarm.json_schema`) describes. Pure.
 
 The state after some text is a small immutable value: the ways the text can be read so far
 (an `anyOf` may allow several), each a stack of frames, one per value still open (an object
-and where in it the text stands, an array and its count, a string, a number, a literal...).
-`feed(text)` returns the state after more text, or None if no value of the schema begins
-with it. `whole` says the text is a value of the schema; `complete` that, besides, only
-whitespace may follow (an object or array has closed), which is where JSON mode stops. JSON
-mode's generation tries tokens against a state (`swarm.json_mode`), so it never changes.
+and the keys it has, an array and its count, a string, a number, a literal...). A frame
+keeps what the schema's constraints need and no more: a string its decoded characters if it
+has lengths or patterns, a number its text if it has bounds, an array its items' values if
+they must differ. `feed(text)` returns the state after more text, or None if no value of
+the schema begins with it; a beginning that can no longer end is refused (numbers beyond
+their bounds, an item that could only repeat one before it), short of a pattern that its
+string's `maxLength` leaves no room for.
+`whole` says the text is a value of the schema; `complete` that, besides, only whitespace may
+follow (an object or array has closed), which is where JSON mode stops. JSON mode's
+generation tries tokens against a state (`swarm.json_mode`), so it never changes.
 
 Two limits keep a generation from running on in whitespace, as a model may (OpenAI warns of
 it too): the text begins with the value itself, and whitespace outside strings comes in runs

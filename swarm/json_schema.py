@@ -9,17 +9,16 @@ that names `properties` (or `items`) is taken as an object (or array).
 
 Supported: `type` (one or a list), `properties`, `required`, `additionalProperties`,
 `minProperties`, `maxProperties`, `items`, `prefixItems`, `minItems`, `maxItems`,
-`uniqueItems` (over scalars),
-`minLength`, `maxLength`, `pattern` (as the `regex` module reads it), `format` (those of
-`swarm.json_formats`; others are annotations), `minimum`, `maximum`,
-`exclusiveMinimum`, `exclusiveMaximum` (a bounded number is written without an exponent),
-`enum`, `const`, `anyOf`, `oneOf` whose options no value can match twice (a discriminated
-union: objects told apart by a required constant, or by keys that the others forbid; values
-of different types), `allOf` of one schema, `$ref` into `$defs` or `definitions` (recursion
-included), and `true` / `{}` for any value. Annotations (`title`, `description`, `default`,
-`examples`, OpenAPI's `discriminator`, ...) are ignored, as JSON Schema itself
-asserts nothing with them. Any other keyword raises `SchemaError` naming it, rather than
-being silently left out.
+`uniqueItems` (over scalars), `minLength`, `maxLength`, `pattern` (as the `regex` module
+reads it), `format` (those of `swarm.json_formats`; others are annotations), `minimum`,
+`maximum`, `exclusiveMinimum`, `exclusiveMaximum` (a bounded number is written without an
+exponent), `enum`, `const`, `anyOf`, `oneOf` whose options no value can match twice (a
+discriminated union: objects told apart by a required constant, or by keys that the others
+forbid; values of different types), `allOf` of one schema, `$ref` into `$defs` or
+`definitions` (recursion included), and `true` / `{}` for any value. Annotations (`title`,
+`description`, `default`, `examples`, OpenAPI's `discriminator`, ...) are ignored, as JSON
+Schema itself asserts nothing with them. Any other keyword raises `SchemaError` naming it,
+rather than being silently left out.
 """
 
 from __future__ import annotations
@@ -313,8 +312,9 @@ class _Compiler:
                 raise SchemaError(f"{where}: allOf of more than one schema is not supported")
             return options[0]
         if "const" in schema or "enum" in schema:
-            for keyword in sorted(handled - {"const", "enum", "type"}):
-                raise SchemaError(f"{where}: {keyword} next to enum or const is not supported")
+            beside = sorted(handled - {"const", "enum", "type"})
+            if beside:
+                raise SchemaError(f"{where}: {beside[0]} next to enum or const is not supported")
             return self.literals(schema, where)
         implied = [kind for kind, keywords in KEYWORDS_OF.items() if keywords & handled]
         types = schema.get("type", implied or None)
@@ -426,6 +426,7 @@ class _Compiler:
         return least, most
 
     def bounds(self, schema: dict[str, Any], integer: bool, where: str) -> Bounds | None:
+        """The bounds that `minimum` and the others set (the tighter of two at one end)."""
         ends: dict[str, Fraction] = {}
         for keyword in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
             value = schema.get(keyword)
@@ -442,8 +443,8 @@ class _Compiler:
         high, high_open = _tighter(ends.get("maximum"), ends.get("exclusiveMaximum"), min)
         bounds = Bounds(low, high, low_open, high_open)
         if bounds.empty or not (bounds.may_reach("", integer) or bounds.may_reach("-", integer)):
-            raise SchemaError(f"{where}: no {'integer' if integer else 'number'} lies within "
-                              "its bounds")  # fmt: skip
+            kind = "integer" if integer else "number"
+            raise SchemaError(f"{where}: no {kind} lies within its bounds")
         return bounds
 
     def literals(self, schema: dict[str, Any], where: str) -> Node:
