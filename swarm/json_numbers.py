@@ -1,10 +1,11 @@
-"""`Bounds` on a JSON number (`minimum`, `maximum` and their exclusive forms), and whether
-the beginning of a number can still end within them. Pure.
+"""`Bounds` on a JSON number (`minimum`, `maximum`, their exclusive forms, `multipleOf`), and
+whether the beginning of a number can still end within them. Pure.
 
 JSON mode writes a bounded number without an exponent (`-?(0|[1-9]\\d*)(\\.\\d+)?`), so what
 a beginning may still become is simple: its digits so far fix an interval of values, or, for
-the integer digits, one interval for each count of digits still to come. Values are
-`Fraction`s, exact however many digits a number has.
+the integer digits, one interval for each count of digits still to come. Within an interval,
+the values allowed are either dense (any decimal) or a grid (integers, multiples of a step),
+which can be counted. Values are `Fraction`s, exact however many digits a number has.
 """
 
 from __future__ import annotations
@@ -18,52 +19,33 @@ __all__ = ["Bounds"]
 
 @dataclass(frozen=True)
 class Bounds:
-    """The values from `low` to `high` (None: no bound), each end left out if `open`."""
+    """The values from `low` to `high` (None: no bound), each end left out if `open`, and
+    multiples of `step` if it is set."""
 
     low: Fraction | None = None
     high: Fraction | None = None
     low_open: bool = False
     high_open: bool = False
+    step: Fraction | None = None
 
     @property
     def empty(self) -> bool:
-        """Whether no value lies within the bounds (they are not consistent)."""
+        """Whether the ends leave no value between them (they are not consistent)."""
         if self.low is None or self.high is None:
             return False
         return self.low > self.high or (self.low == self.high and (self.low_open or self.high_open))
 
-    def value_count(self, integer: bool) -> int | None:
-        """How many values (integers, if `integer`) lie within the bounds (None: endless)."""
-        if self.low is None:
-            return None
-        if integer:
-            return self.integers_between(self.low, None)
-        return 1 if self.low == self.high else None
-
-    def integers_from(self, text: str) -> int | None:
-        """How many integers within the bounds have a JSON text that begins `text`, the
-        beginning of an integer (None: endless)."""
-        if text.startswith("-"):  # the magnitudes, within the bounds mirrored
-            return self.mirrored().integers_from(text[1:])
-        if not text:
-            return self.integers_between(Fraction(0), None)
-        if text == "0":
-            return self.integers_between(Fraction(0), Fraction(1))
-        if self.high is None:
-            return None
-        leading, count, more = int(text), 0, 0
-        while leading * 10**more <= self.high:
-            scale = 10**more
-            count += (
-                self.integers_between(Fraction(leading * scale), Fraction((leading + 1) * scale))
-                or 0
-            )
-            more += 1
-        return count
+    def grid(self, integer: bool) -> Fraction | None:
+        """The spacing of the values allowed (None: any decimal). An integer multiple of
+        p/q (in lowest terms) is a multiple of p."""
+        if self.step is None:
+            return Fraction(1) if integer else None
+        return Fraction(self.step.numerator) if integer else self.step
 
     def holds(self, value: Fraction) -> bool:
         """Whether `value` lies within the bounds."""
-        return self.over_low(value) and self.under_high(value)
+        on_grid = self.step is None or (value / self.step).denominator == 1
+        return on_grid and self.over_low(value) and self.under_high(value)
 
     def over_low(self, value: Fraction) -> bool:
         if self.low is None:
@@ -74,6 +56,15 @@ class Bounds:
         if self.high is None:
             return True
         return value < self.high or (value == self.high and not self.high_open)
+
+    def value_count(self, integer: bool) -> int | None:
+        """How many values (integers, if `integer`) lie within the bounds (None: endless)."""
+        grid = self.grid(integer)
+        if self.low is None:
+            return None
+        if grid is None:
+            return 1 if self.low == self.high else None
+        return self.count(self.low, None, grid)
 
     def may_reach(self, text: str, integer: bool) -> bool:
         """Whether a number that begins `text` (no exponent; `integer`: no fraction either)
@@ -106,26 +97,51 @@ class Bounds:
                 return False
             more += 1
 
+    def integers_from(self, text: str) -> int | None:
+        """How many integers within the bounds have a JSON text that begins `text`, the
+        beginning of an integer (None: endless)."""
+        if text.startswith("-"):  # the magnitudes, within the bounds mirrored
+            return self.mirrored().integers_from(text[1:])
+        grid = self.grid(integer=True) or Fraction(1)
+        if not text:
+            return self.count(Fraction(0), None, grid)
+        if text == "0":
+            return self.count(Fraction(0), Fraction(1), grid)
+        if self.high is None:
+            return None
+        leading, total, more = int(text), 0, 0
+        while leading * 10**more <= self.high:
+            least, beyond = Fraction(leading * 10**more), Fraction((leading + 1) * 10**more)
+            total += self.count(least, beyond, grid) or 0
+            more += 1
+        return total
+
     def meets(self, least: Fraction, beyond: Fraction | None, integer: bool) -> bool:
         """Whether a value from `least` up to (not including) `beyond` (None: unbounded),
-        an integer if `integer`, lies within the bounds (which are not `empty`). Decimals
-        are dense, so an interval that overlaps the bounds holds a value within them."""
-        if integer:
-            count = self.integers_between(least, beyond)
+        an integer if `integer`, lies within the bounds (whose ends are not `empty`).
+        Decimals are dense, so an interval that overlaps the ends holds a value within."""
+        grid = self.grid(integer)
+        if grid is not None:
+            count = self.count(least, beyond, grid)
             return count is None or count > 0
         low_below = beyond is None or self.low is None or self.low < beyond
         return low_below and self.under_high(least)
 
-    def integers_between(self, least: Fraction, beyond: Fraction | None) -> int | None:
-        """How many integers from `least` up to (not including) `beyond` (None: unbounded)
-        lie within the bounds (None: endless)."""
-        top = None if beyond is None else math.ceil(beyond) - 1
-        if self.low is not None:
-            least = max(least, _integer_above(self.low, self.low_open))
-        if self.high is not None:
-            high = math.floor(-_integer_above(-self.high, self.high_open))
-            top = high if top is None else min(top, high)
-        return None if top is None else max(0, top - math.ceil(least) + 1)
+    def count(self, least: Fraction, beyond: Fraction | None, grid: Fraction) -> int | None:
+        """How many multiples of `grid` from `least` up to (not including) `beyond` (None:
+        unbounded) lie within the ends (None: endless)."""
+        low, low_open = least, False
+        if self.low is not None and (self.low > low or (self.low == low and self.low_open)):
+            low, low_open = self.low, self.low_open
+        high, high_open = beyond, True
+        if self.high is not None and (high is None or self.high < high):
+            high, high_open = self.high, self.high_open
+        if high is None:
+            return None
+        first, last = math.ceil(low / grid), math.floor(high / grid)
+        first += low_open and first * grid == low
+        last -= high_open and last * grid == high
+        return max(0, last - first + 1)
 
     def mirrored(self) -> Bounds:
         """The bounds of -x, for x within these."""
@@ -134,10 +150,5 @@ class Bounds:
             None if self.low is None else -self.low,
             self.high_open,
             self.low_open,
+            self.step,
         )
-
-
-def _integer_above(value: Fraction, open_: bool) -> Fraction:
-    """The least integer at or above `value` (above it, if `open_`)."""
-    least = Fraction(math.ceil(value))
-    return least + 1 if open_ and least == value else least

@@ -11,14 +11,14 @@ Supported: `type` (one or a list), `properties`, `required`, `additionalProperti
 `minProperties`, `maxProperties`, `items`, `prefixItems`, `minItems`, `maxItems`,
 `uniqueItems` (over scalars), `minLength`, `maxLength`, `pattern` (as the `regex` module
 reads it), `format` (those of `swarm.json_formats`; others are annotations), `minimum`,
-`maximum`, `exclusiveMinimum`, `exclusiveMaximum` (a bounded number is written without an
-exponent), `enum`, `const`, `anyOf`, `oneOf` whose options no value can match twice (a
-discriminated union: objects told apart by a required constant, or by keys that the others
-forbid; values of different types), `allOf` of one schema, `$ref` into `$defs` or
-`definitions` (recursion included), and `true` / `{}` for any value. Annotations (`title`,
-`description`, `default`, `examples`, OpenAPI's `discriminator`, ...) are ignored, as JSON
-Schema itself asserts nothing with them. Any other keyword raises `SchemaError` naming it,
-rather than being silently left out.
+`maximum`, `exclusiveMinimum`, `exclusiveMaximum`, `multipleOf` (a bounded number is
+written without an exponent), `enum`, `const`, `anyOf`, `oneOf` whose options no value can
+match twice (a discriminated union: objects told apart by a required constant, or by keys
+that the others forbid; values of different types), `allOf` of one schema, `$ref` into
+`$defs` or `definitions` (recursion included), and `true` / `{}` for any value. Annotations
+(`title`, `description`, `default`, `examples`, OpenAPI's `discriminator`, ...) are
+ignored, as JSON Schema itself asserts nothing with them. Any other keyword raises
+`SchemaError` naming it, rather than being silently left out.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ KEYWORDS_OF = {  # the keywords that constrain values of one type
     | {"maxProperties"},
     "array": {"items", "prefixItems", "minItems", "maxItems", "uniqueItems"},
     "string": {"minLength", "maxLength", "pattern"},
-    "number": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"},
+    "number": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"},
 }
 HANDLED = frozenset(
     {"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref"}.union(*KEYWORDS_OF.values())
@@ -428,7 +428,7 @@ class _Compiler:
     def bounds(self, schema: dict[str, Any], integer: bool, where: str) -> Bounds | None:
         """The bounds that `minimum` and the others set (the tighter of two at one end)."""
         ends: dict[str, Fraction] = {}
-        for keyword in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        for keyword in KEYWORDS_OF["number"]:
             value = schema.get(keyword)
             if value is None:
                 continue
@@ -439,9 +439,12 @@ class _Compiler:
             ends[keyword] = Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
         if not ends:
             return None
+        step = ends.get("multipleOf")
+        if step is not None and step <= 0:
+            raise SchemaError(f"{where}: multipleOf must be above 0")
         low, low_open = _tighter(ends.get("minimum"), ends.get("exclusiveMinimum"), max)
         high, high_open = _tighter(ends.get("maximum"), ends.get("exclusiveMaximum"), min)
-        bounds = Bounds(low, high, low_open, high_open)
+        bounds = Bounds(low, high, low_open, high_open, step)
         if bounds.empty or not (bounds.may_reach("", integer) or bounds.may_reach("-", integer)):
             kind = "integer" if integer else "number"
             raise SchemaError(f"{where}: no {kind} lies within its bounds")

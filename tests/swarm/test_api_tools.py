@@ -127,7 +127,7 @@ def test_tool_choice_decides_what_the_answer_must_call() -> None:
         ({"tools": [{"type": "function", "function": {}}]}, r"tools\[0\] needs a name"),
         ({"tools": [WEATHER, WEATHER]}, r"tools\[1\] needs a name of its own"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
-            "type": "integer", "multipleOf": 2}}}]}, "keyword 'multipleOf' is not suppo"),
+            "type": "integer", "not": {"const": 3}}}}]}, "keyword 'not' is not supported"),
         ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "g"}}},
          "names no function"),
         ({"tool_choice": "required"}, "needs tools"),
@@ -235,9 +235,9 @@ async def test_a_named_call_and_a_history_of_calls(tiny: Path, swarm: Any) -> No
         )  # fmt: skip
         went_on = await call(client.chat.completions.create, model=MODEL, messages=history,
                              max_tokens=8, temperature=0, tools=[WEATHER, TIME])  # fmt: skip
-        with pytest.raises(openai.BadRequestError, match="keyword 'multipleOf'"):
+        with pytest.raises(openai.BadRequestError, match="keyword 'not'"):
             bad = {"type": "function", "function": {"name": "f", "parameters": {
-                "type": "integer", "multipleOf": 2}}}  # fmt: skip
+                "type": "integer", "not": {"const": 3}}}}  # fmt: skip
             await call(client.chat.completions.create, model=MODEL, messages=QUESTION,
                        tools=[bad])  # fmt: skip
     (made,) = named.choices[0].message.tool_calls

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import jsonschema
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from swarm.json_prefix import JsonPrefix
@@ -181,6 +182,11 @@ def bounded_numbers(schema: Any, loose: bool) -> Any:
     low_open, high_open = "exclusiveMinimum" in schema, "exclusiveMaximum" in schema
     if loose:
         low, high, low_open, high_open = low - 3, high + 3, False, False
+    step = schema.get("multipleOf")
+    if step is not None and not loose:  # multiples of a step that floats hold exactly
+        multiples = st.integers(math.ceil(low / step), math.floor(high / step))
+        on_grid = multiples.map(lambda count: count * step)
+        return on_grid.filter(lambda number: valid(schema, json.dumps(number)))
     if schema["type"] == "integer":
         return st.integers(math.floor(low) + low_open, math.ceil(high) - high_open)
     floats = st.floats(low, high, exclude_min=low_open, exclude_max=high_open)
@@ -238,6 +244,8 @@ ONE_AT_A_TIME = [  # the newer keywords alone, where a near miss is not drowned 
     {"type": "integer", "exclusiveMinimum": 0, "maximum": 120},
     {"type": "number", "minimum": -2.5, "exclusiveMaximum": 99.5},
     {"type": "number", "exclusiveMinimum": 1, "maximum": 1.5},
+    {"type": "integer", "multipleOf": 5, "minimum": -20, "maximum": 40},
+    {"type": "number", "multipleOf": 0.25, "minimum": 0, "exclusiveMaximum": 3},
     SHOP["properties"]["labels"],
     SHOP["properties"]["where"],
     SHOP["properties"]["tags"],
@@ -281,12 +289,22 @@ def bounded_numbers_and_text(draw: Any) -> tuple[Any, str, str]:
         schema[draw(st.sampled_from(["minimum", "exclusiveMinimum"]))] = low / 10
     if draw(st.booleans()):
         schema[draw(st.sampled_from(["maximum", "exclusiveMaximum"]))] = high / 10
-    within = (st.integers(-50, 50) if integer else st.decimals(-50, 50, places=3)).filter(
-        lambda value: valid(schema, str(value))
-    )
+    step = draw(st.sampled_from([None, 0.25, 0.5, 2, 3]))  # held exactly by floats
+    if step is not None:
+        schema["multipleOf"] = step
+    checker = jsonschema.Draft202012Validator(schema)
+    if step is None and not integer:
+        within = st.decimals(-50, 50, places=3).filter(lambda value: checker.is_valid(float(value)))
+    else:  # few values: those that the validator takes, listed
+        values = [count * (step or 1) for count in range(-200, 201)]
+        values = [value for value in values if checker.is_valid(value)]
+        assume(values)
+        within = st.sampled_from(values).map(lambda value: int(value) if integer else value)
     prefix = draw(st.from_regex(r"-?(0|[1-9][0-9]{0,2})(\.[0-9]{0,3})?", fullmatch=True))
     value = draw(within)
-    return schema, str(value) if integer else format(value, "f"), prefix
+    if isinstance(value, Decimal):
+        return schema, format(value, "f"), prefix
+    return schema, json.dumps(value), prefix
 
 
 def ends_within(state: JsonPrefix, depth: int, budget: Iterator[int]) -> bool:
@@ -343,6 +361,16 @@ def test_a_bounded_number_begins_exactly_where_one_within_its_bounds_may(
         ({"type": "number", "maximum": 5}, "1e", None),  # bounded: no exponent
         ({"type": "number", "minimum": -2.5}, "-2.50", True),
         ({"type": "number", "minimum": -2.5}, "-2.500001", None),
+        ({"type": "integer", "multipleOf": 5, "maximum": 14}, "12", None),  # 120 is too high
+        ({"type": "integer", "multipleOf": 5, "maximum": 14}, "1", False),  # 10
+        ({"type": "integer", "multipleOf": 5, "maximum": 14}, "10", True),
+        ({"type": "integer", "multipleOf": 1.5}, "6", True),
+        ({"type": "integer", "multipleOf": 1.5}, "4", False),  # 45
+        ({"type": "integer", "multipleOf": 1.5, "maximum": 5}, "4", None),  # 4.5 is no integer
+        ({"type": "number", "multipleOf": 0.25}, "1.3", None),
+        ({"type": "number", "multipleOf": 0.25}, "1.2", False),  # 1.25
+        ({"type": "number", "multipleOf": 0.25}, "1.250", True),
+        ({"type": "number", "multipleOf": 0.25}, "1.2501", None),
         ({"type": "string", "maxLength": 1}, '"\\ud83d\\ude00"', True),  # one character
         ({"type": "string", "maxLength": 1}, '"\\n\\t', None),
         ({"type": "string", "minLength": 2}, '"\\u00e9"', None),
@@ -483,7 +511,10 @@ def test_a_number_is_whole_before_it_is_complete() -> None:
         ({"prefixItems": [{}], "uniqueItems": True}, "uniqueItems next to prefixItems"),
         ({"items": {"enum": [1, 1.0]}, "uniqueItems": True, "minItems": 2}, "1 values, too"),
         ({"uniqueItems": 1}, "uniqueItems must be true or false"),
-        ({"properties": {"a": {"multipleOf": 2}}}, "#/properties/a: the keyword 'multipleOf'"),
+        ({"properties": {"a": {"not": {}}}}, "#/properties/a: the keyword 'not' is not"),
+        ({"type": "number", "multipleOf": 0}, "multipleOf must be above 0"),
+        ({"type": "integer", "multipleOf": 10, "minimum": 1, "maximum": 9}, "no integer lies"),
+        ({"type": "integer", "multipleOf": 0.5, "minimum": 0.2, "maximum": 0.8}, "no integer"),
         ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "options 0 and 1 may both"),
         (  # k is not required, so {} is a value of both
             {"oneOf": [{"properties": {"k": {"const": 1}}}, {"properties": {"k": {"const": 2}}}]},
