@@ -276,7 +276,7 @@ class _Object(Frame):
         return any(
             _key_text(name).startswith(raw)
             for name in self.node.properties
-            if name not in self.used and self.may_use(name)
+            if name not in self.used and self.may_use(name) and self.node.value_node(name)
         )
 
     def may_use(self, name: str) -> bool:

@@ -98,10 +98,10 @@ class ObjectNode(Node):
     max_properties: int | None = None
 
     def value_node(self, name: str) -> Node | None:
-        """The schema of key `name`'s value, or None if the key may not appear."""
-        if name in self.forbidden:
-            return None
-        return self.properties.get(name, self.additional)
+        """The schema of key `name`'s value, or None if the key may not appear (its schema
+        is false, or a reference to a definition that is)."""
+        node = None if name in self.forbidden else self.properties.get(name, self.additional)
+        return node if node is not None and alternatives(node) else None
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,8 +1,9 @@
 """JSON schemas in JSON mode: the prefix checker against the reference validator
 (`jsonschema`). Values drawn from each schema, in several layouts, are accepted at every
-prefix and complete at the end; near misses of each schema are complete exactly when the
-validator accepts them; and the schema keywords it cannot honour are refused
-by name."""
+prefix and complete at the end; near misses of each schema, and of each constraint alone,
+are complete exactly when the validator accepts them; bounded numbers and unique items
+have no dead ends (what the checker takes can still end); edges fall on the right side;
+and the schema keywords it cannot honour are refused by name."""
 
 from __future__ import annotations
 
@@ -307,17 +308,17 @@ def bounded_numbers_and_text(draw: Any) -> tuple[Any, str, str]:
     return schema, json.dumps(value), prefix
 
 
-def ends_within(state: JsonPrefix, depth: int, budget: Iterator[int]) -> bool:
-    """Whether a number within the bounds begins with the text `state` has read: looked
-    for depth first, guided by the checker, up to `depth` more characters and as many
-    states as `budget` yields."""
+def finishes(state: JsonPrefix, alphabet: str, depth: int, budget: Iterator[int]) -> bool:
+    """Whether some text of up to `depth` more characters of `alphabet` makes a value of the
+    schema (looked for depth first, guided by the checker, over as many states as `budget`
+    yields)."""
     if state.whole:
         return True
     if depth == 0 or next(budget, None) is None:
         return False
     return any(
-        after is not None and ends_within(after, depth - 1, budget)
-        for after in map(state.feed, "0123456789.-")
+        after is not None and finishes(after, alphabet, depth - 1, budget)
+        for after in map(state.feed, alphabet)
     )
 
 
@@ -334,7 +335,7 @@ def test_a_bounded_number_begins_exactly_where_one_within_its_bounds_may(
         assert start.feed(within[:end]) is not None, within[:end]
     state = start.feed(prefix)
     if state is not None:
-        assert ends_within(state, 7, iter(range(200))), prefix
+        assert finishes(state, "0123456789.-", 7, iter(range(200))), prefix
 
 
 @pytest.mark.parametrize(
@@ -430,19 +431,6 @@ UNIQUE = [  # uniqueItems over few values, where an item could begin that cannot
 ]
 
 
-def finishes(state: JsonPrefix, depth: int, budget: Iterator[int]) -> bool:
-    """Whether some text of up to `depth` more characters completes the value (looked for
-    depth first, guided by the checker, over as many states as `budget` yields)."""
-    if state.complete:
-        return True
-    if depth == 0 or next(budget, None) is None:
-        return False
-    return any(
-        after is not None and finishes(after, depth - 1, budget)
-        for after in map(state.feed, ']"ab0123456789-.,[')
-    )
-
-
 @pytest.mark.parametrize("schema", UNIQUE, ids=lambda schema: json.dumps(schema["items"]))
 @settings(max_examples=150, deadline=None)
 @given(text=st.text(alphabet='[0123456789-,]"ab. ', max_size=16))
@@ -452,7 +440,7 @@ def test_an_array_of_unique_items_has_no_dead_end(schema: Any, text: str) -> Non
     state = JsonPrefix.start(compile_schema(schema))
     for char in text:
         state = state.feed(char) or state
-    assert finishes(state, 8, iter(range(3000))), text
+    assert finishes(state, ']"ab0123456789-.,[', 8, iter(range(3000))), text
 
 
 def test_a_constrained_string_takes_half_a_character_only_where_a_whole_one_may_follow() -> None:
@@ -487,6 +475,18 @@ def test_a_constrained_string_takes_half_a_character_only_where_a_whole_one_may_
         (CHOICES, " ["),  # the value comes first
         (FALSE, '{"b": 1'),  # a property whose schema is false, though others may come
         (FALSE, '{"c": [1'),  # items false
+        (  # a reference to a definition that is false
+            {"$defs": {"no": False}, "properties": {"a": {"$ref": "#/$defs/no"}, "b": {}}},
+            '{"a"',
+        ),
+        (
+            {
+                "$defs": {"no": False},
+                "properties": {"a": {"$ref": "#/$defs/no"}, "b": {}},
+                "additionalProperties": False,
+            },
+            '{"a',
+        ),
     ],
 )
 def test_what_begins_no_value_of_the_schema(schema: Any, text: str) -> None:
