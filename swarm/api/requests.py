@@ -34,11 +34,12 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "logit_bias": (None, {}),
     "suffix": (None, ""),
 }
-IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls")
+IGNORED = ("user", "metadata", "store", "service_tier")
 COMMON = ("model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
           "stream_options", "presence_penalty", "frequency_penalty", "n", "response_format",
           *NEUTRAL, *IGNORED)  # fmt: skip
-CHAT = ("messages", "max_completion_tokens", "logprobs", "top_logprobs", "tools", "tool_choice")
+CHAT = ("messages", "max_completion_tokens", "logprobs", "top_logprobs", "tools", "tool_choice",
+        "parallel_tool_calls")  # fmt: skip
 FIELDS = {
     "completion": (*COMMON, "prompt", "logprobs", "echo"),
     "chat": (*COMMON, *CHAT),
@@ -78,6 +79,7 @@ class CompletionRequest:
     tools: tuple[Tool, ...] = ()  # functions the model may call (chat)
     tool_choice: str = "none"  # "none", "auto", "required" or "function" (one by name)
     must_call: tuple[Tool, ...] = ()  # the answer calls one of these (JSON mode)
+    parallel_calls: bool = True  # an answer may make several calls (parallel_tool_calls)
 
     def generate_options(self, max_tokens: int, choice: int = 0) -> dict[str, Any]:
         """`generate()`'s arguments for this request's answer number `choice`."""
@@ -102,7 +104,7 @@ class CompletionRequest:
         if self.json_schema is not None:
             options["json_schema"] = self.json_schema
         if self.must_call:
-            options["json_schema"] = call_schema(self.must_call)
+            options["json_schema"] = call_schema(self.must_call, self.parallel_calls)
             options["json_whitespace"] = CALL_WHITESPACE
         return options
 
@@ -164,6 +166,7 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
         fields["tool_choice"], fields["must_call"] = read_tool_choice(
             data.get("tool_choice"), fields["tools"]
         )
+        fields["parallel_calls"] = _field(data, "parallel_tool_calls", bool) is not False
         _check_tools(fields)
     return CompletionRequest(**fields)
 

@@ -499,10 +499,12 @@ class _Answer:
                 "model": self.model_id}  # fmt: skip
 
     def calls(self, text: CompletionText) -> list[ToolCall]:
-        """The tool call that the answer makes, if it makes one."""
+        """The tool calls that the answer makes, if it makes any (one, unless parallel
+        calls are allowed)."""
         if self.request.tool_choice == "none":
             return []
-        return find_calls(text.text, self.request.tools)
+        calls = find_calls(text.text, self.request.tools)
+        return calls if self.request.parallel_calls else calls[:1]
 
     def reason(self, text: CompletionText, calls: Sequence[ToolCall] = ()) -> str:
         """`tool_calls` if it calls a tool; `length` if the tokens ran out before EOS or a

@@ -3,14 +3,15 @@ in its history, and the calls found in an answer. Pure.
 
 The model sees the tools through its chat template (`tools=`) when the template takes them;
 otherwise a system message lists them (`TOOL_NOTE`) and asks for a call as one JSON object
-`{"name": ..., "arguments": {...}}`, which is also how earlier calls in the conversation are
-written back for it. `tool_choice` `required`, or a function by name, makes the answer such
-an object by JSON mode (`call_schema`: the name is one of the tools', the arguments a value
-of its `parameters`). With `auto`, the model answers freely, and an answer that is a call
-(the JSON object alone, or inside tags such as `<tool_call>`; several, as a JSON list) is
-returned as one (`find_calls`). `none` offers the tools but never returns a call. A
-call that JSON mode writes keeps to one line (`CALL_WHITESPACE`), which saves the tokens of
-a layout that nobody reads.
+`{"name": ..., "arguments": {...}}` (several: a JSON list of them), which is also how earlier
+calls in the conversation are written back for it. `tool_choice` `required`, or a function
+by name, makes the answer such an object, or a list of them unless `parallel_tool_calls` is
+false, by JSON mode (`call_schema`: the name is one of the tools', the arguments a value of
+its `parameters`). With `auto`, the model answers freely, and an answer made of calls (JSON
+objects, or a list of them, alone or inside tags such as `<tool_call>`) is returned as
+calls (`find_calls`). `none` offers the tools but never returns a call. A call that JSON
+mode writes keeps to one line (`CALL_WHITESPACE`), which saves the tokens of a layout that
+nobody reads.
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..json_schema import Choice, Literals, Node, ObjectNode, SchemaError, compile_schema, json_text
+from ..json_schema import (
+    ArrayNode,
+    Choice,
+    Literals,
+    Node,
+    ObjectNode,
+    SchemaError,
+    compile_schema,
+    json_text,
+)
 from .errors import ApiError
 
 if TYPE_CHECKING:
@@ -44,7 +54,8 @@ CALL_WHITESPACE = 1  # a call is JSON on one line: its layout is nobody's, and c
 FUNCTION_SHAPE = '{"type": "function", "function": {"name": ..., "parameters": {...}}}'
 TOOL_NOTE = (
     "You can call these functions. To call one, answer with only a JSON object "
-    '{"name": <the function\'s name>, "arguments": <an object of its arguments>}.\n'
+    '{"name": <the function\'s name>, "arguments": <an object of its arguments>}; to call '
+    "several at once, with a JSON list of such objects.\n"
 )
 
 
@@ -128,9 +139,10 @@ def read_tool_choice(value: Any, tools: Sequence[Tool]) -> tuple[str, tuple[Tool
     return value, tuple(tools) if value == "required" else ()
 
 
-def call_schema(tools: Sequence[Tool]) -> Node:
-    """The answer that calls one of `tools`: `{"name": ..., "arguments": ...}`."""
-    return Choice(
+def call_schema(tools: Sequence[Tool], several: bool = False) -> Node:
+    """The answer that calls one of `tools`, `{"name": ..., "arguments": ...}`; if
+    `several`, or a list of such calls (parallel calls)."""
+    one = Choice(
         tuple(
             ObjectNode(
                 {"name": Literals((json_text(tool.name),)), "arguments": tool.node},
@@ -139,6 +151,7 @@ def call_schema(tools: Sequence[Tool]) -> Node:
             for tool in tools
         )
     )
+    return Choice((one, ArrayNode(one, min_items=1))) if several else one
 
 
 def chat_messages(
@@ -159,7 +172,8 @@ def chat_messages(
                 for call in message.tool_calls
             ]  # fmt: skip
         elif message.tool_calls:
-            calls = "\n".join(call.as_text() for call in message.tool_calls)
+            written = [call.as_text() for call in message.tool_calls]
+            calls = written[0] if len(written) == 1 else f"[{', '.join(written)}]"
             entry["content"] = f"{message.content}\n{calls}".lstrip("\n")
         rendered.append(entry)
     if tools and not native:
@@ -173,21 +187,30 @@ def chat_messages(
 
 
 def find_calls(text: str, tools: Sequence[Tool]) -> list[ToolCall]:
-    """The calls an answer makes, if it is made of calls: one JSON object naming one of
-    `tools` and its arguments (`arguments` or `parameters`), or a list of them, alone or
-    between tags (`<tool_call>`, Mistral's `[TOOL_CALLS]`, a code fence); else none."""
-    body = text.replace("[TOOL_CALLS]", "")
-    start = min((at for at in (body.find("{"), body.find("[")) if at >= 0), default=-1)
-    end = max(body.rfind("}"), body.rfind("]"))
-    if start < 0 or end < start or _outside_tags(body[:start]) or _outside_tags(body[end + 1 :]):
+    """The calls an answer makes, if it is made of calls: JSON objects each naming one of
+    `tools` and its arguments (`arguments` or `parameters`), or lists of them, alone or
+    between tags (`<tool_call>` around each, Mistral's `[TOOL_CALLS]`, a code fence); else
+    none."""
+    body, decoder = text.replace("[TOOL_CALLS]", ""), json.JSONDecoder()
+    entries: list[Any] = []
+    while (start := _next_value(body)) >= 0:
+        if _outside_tags(body[:start]):
+            return []
+        try:
+            found, end = decoder.raw_decode(body, start)
+        except ValueError:
+            return []
+        entries.extend(found if isinstance(found, list) else [found])
+        body = body[end:]
+    if not entries or _outside_tags(body):
         return []
-    try:
-        found = json.loads(body[start : end + 1])
-    except ValueError:
-        return []
-    entries = found if isinstance(found, list) else [found]
     calls = [call for entry in entries if (call := _call(entry, tools)) is not None]
-    return calls if entries and len(calls) == len(entries) else []
+    return calls if len(calls) == len(entries) else []
+
+
+def _next_value(text: str) -> int:
+    """Where the next JSON object or list in `text` begins (-1: none)."""
+    return min((at for at in (text.find("{"), text.find("[")) if at >= 0), default=-1)
 
 
 def _call(entry: Any, tools: Sequence[Tool]) -> ToolCall | None:

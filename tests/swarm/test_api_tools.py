@@ -73,9 +73,16 @@ def test_an_answer_that_is_a_call_is_found(text: str) -> None:
     assert json.loads(found.arguments) == {"city": "Rome", "days": 2}
 
 
-def test_an_answer_that_is_a_list_of_calls_makes_them_all() -> None:
-    text = ('[TOOL_CALLS] [{"name": "get_time", "arguments": {}}, '
-            '{"name": "get_weather", "arguments": {"city": "Paris", "days": 1}}]')  # fmt: skip
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[TOOL_CALLS] [{"name": "get_time", "arguments": {}}, '
+        '{"name": "get_weather", "arguments": {"city": "Paris", "days": 1}}]',
+        '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>\n<tool_call>\n'
+        '{"name": "get_weather", "arguments": {"city": "Paris", "days": 1}}\n</tool_call>',
+    ],
+)
+def test_an_answer_of_several_calls_makes_them_all(text: str) -> None:
     assert [call.name for call in find_calls(text, TOOLS)] == ["get_time", "get_weather"]
 
 
@@ -87,6 +94,7 @@ def test_an_answer_that_is_a_list_of_calls_makes_them_all() -> None:
         '{"name": "get_time", "arguments": "now"}',  # arguments are an object
         '{"name": "get_time", "arguments": {}',  # not JSON
         '[{"name": "get_time", "arguments": {}}, {"name": "get_news", "arguments": {}}]',
+        '{"name": "get_time", "arguments": {}} and {"name": "get_time", "arguments": {}}',
         "[1, 2]",
         "[]",
         "It is sunny in Paris.",
@@ -106,6 +114,14 @@ def test_the_call_schema_takes_a_tools_name_and_its_arguments() -> None:
                 '{"name": "get_time", "arguments": {"x"', '{"name": "get_time"}']:  # fmt: skip
         state = start.feed(bad)
         assert state is None or not state.complete, bad
+    assert start.feed("[") is None  # one call only
+    several = JsonPrefix.start(call_schema(TOOLS, several=True))
+    both = several.feed('[{"name": "get_time", "arguments": {}}, {"arguments": {}, "name": '
+                        '"get_time"}]')  # fmt: skip
+    assert both is not None and both.complete
+    assert several.feed("[]") is None
+    one = several.feed('{"name": "get_time", "arguments": {}}')
+    assert one is not None and one.complete
 
 
 def test_tool_choice_decides_what_the_answer_must_call() -> None:
@@ -118,6 +134,8 @@ def test_tool_choice_decides_what_the_answer_must_call() -> None:
     assert [tool.name for tool in named.must_call] == ["get_time"]
     assert "json_schema" in named.generate_options(16)
     assert "json_schema" not in request(tools=[WEATHER]).generate_options(16)  # auto: free
+    assert named.parallel_calls  # OpenAI's default
+    assert not request(tools=[WEATHER], parallel_tool_calls=False).parallel_calls
 
 
 @pytest.mark.parametrize(
@@ -133,6 +151,7 @@ def test_tool_choice_decides_what_the_answer_must_call() -> None:
         ({"tool_choice": "required"}, "needs tools"),
         ({"tools": [WEATHER], "tool_choice": "always"}, "tool_choice must be one of"),
         ({"tools": [WEATHER], "logprobs": True}, "logprobs with tools"),
+        ({"tools": [WEATHER], "parallel_tool_calls": "yes"}, "parallel_tool_calls must be bool"),
         ({"tools": [WEATHER], "tool_choice": "required",
           "response_format": {"type": "json_object"}}, "takes no response_format"),
         ({"messages": [{"role": "tool", "content": "17 C"}]}, "needs its tool_call_id"),
@@ -162,6 +181,9 @@ def test_a_template_without_tools_gets_them_in_a_system_message() -> None:
     assert rendered[3] == {"role": "tool", "content": "21 C and sunny", "tool_call_id": "c1"}
     with_system = chat_messages((ChatMessage("system", "Be brief."), *HISTORY), TOOLS, False)
     assert with_system[0]["content"].startswith("Be brief.\n\n") and len(with_system) == 4
+    calls = (ToolCall("get_time", "{}"), ToolCall("get_weather", '{"city": "Rome", "days": 1}'))
+    both = chat_messages((ChatMessage("assistant", "", tool_calls=calls),), TOOLS, False)
+    assert json.loads(both[1]["content"]) == [{"name": "get_time", "arguments": {}}, call]
 
 
 def test_a_template_with_tools_gets_calls_in_openais_shape() -> None:
@@ -184,35 +206,44 @@ def swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM
         yield pair
 
 
-def expected_call(tiny: Path, tools: Any, count: int) -> tuple[str, list[int]]:
-    """The reference's call: the prompt as the server renders it (the tools in a system
-    message), then the greedy loop over transformers' logits that keeps to the call."""
+def expected_calls(tiny: Path, tools: Any, count: int, several: bool) -> list[Any]:
+    """The reference's calls: the prompt as the server renders it (the tools in a system
+    message), then the greedy loop over transformers' logits that keeps to the call (or,
+    if `several`, to a call or a list of them)."""
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     messages = chat_messages(tuple(ChatMessage(**m) for m in QUESTION), tools, native=False)
     prompt = chat_prompt(tokenizer, messages)
-    tokens = reference(tiny, tokenizer, prompt, count, call_schema(tools), CALL_WHITESPACE)
-    return tokenizer.decode(tokens, skip_special_tokens=True), tokens
+    schema = call_schema(tools, several)
+    tokens = reference(tiny, tokenizer, prompt, count, schema, CALL_WHITESPACE)
+    made = json.loads(tokenizer.decode(tokens, skip_special_tokens=True))
+    return made if isinstance(made, list) else [made]
 
 
-async def test_a_required_call_is_the_reference_whole_and_streamed(tiny: Path, swarm: Any) -> None:
-    text, _ = await trio.to_thread.run_sync(expected_call, tiny, TOOLS, 120)
-    wanted = json.loads(text)
+@pytest.mark.parametrize("parallel", [True, False])
+async def test_a_required_call_is_the_reference_whole_and_streamed(
+    tiny: Path, swarm: Any, parallel: bool
+) -> None:
+    """`required`: the calls equal the reference's, which may be several unless
+    `parallel_tool_calls` is false, and each call's arguments are valid."""
+    wanted = await trio.to_thread.run_sync(expected_calls, tiny, TOOLS, 120, parallel)
     options = {"model": MODEL, "messages": QUESTION, "max_tokens": 120, "temperature": 0,
-               "tools": [WEATHER, TIME], "tool_choice": "required"}  # fmt: skip
+               "tools": [WEATHER, TIME], "tool_choice": "required",
+               "parallel_tool_calls": parallel}  # fmt: skip
     async with api(tiny, swarm[1]) as client:
         answer = await call(client.chat.completions.create, **options)
         chunks = await call(lambda: list(client.chat.completions.create(**options, stream=True)))
-    (made,) = answer.choices[0].message.tool_calls
+    made = answer.choices[0].message.tool_calls
     assert answer.choices[0].finish_reason == "tool_calls"
     assert answer.choices[0].message.content is None
-    assert made.function.name == wanted["name"]
-    assert json.loads(made.function.arguments) == wanted["arguments"]
-    parameters = next(t for t in (WEATHER, TIME) if t["function"]["name"] == wanted["name"])
-    schema = parameters["function"].get("parameters", {"type": "object"})
-    jsonschema.validate(wanted["arguments"], schema)
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in made] == [
+        (call["name"], call["arguments"]) for call in wanted
+    ]
+    for each in wanted:
+        parameters = next(t for t in (WEATHER, TIME) if t["function"]["name"] == each["name"])
+        jsonschema.validate(each["arguments"], parameters["function"].get("parameters", {}))
     streamed = [c.choices[0].delta.tool_calls for c in chunks if c.choices[0].delta.tool_calls]
-    assert [(c.function.name, c.function.arguments) for (c,) in streamed] == [
-        (made.function.name, made.function.arguments)
+    assert [[(c.function.name, c.function.arguments) for c in calls] for calls in streamed] == [
+        [(c.function.name, c.function.arguments) for c in made]
     ]
     assert not any(c.choices[0].delta.content for c in chunks)
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
