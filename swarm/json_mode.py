@@ -101,4 +101,8 @@ class JsonConstraint:
         for token in logits[0].argsort(descending=True).tolist():
             if self.fits(token) is not None:
                 return int(token)
-        raise GenerationError("no token of the vocabulary continues the JSON")
+        tail = self.texts.tokenizer.decode(self.texts.tokens[-16:])
+        raise GenerationError(
+            f"no token of the vocabulary continues the JSON after ...{tail!r}: the schema "
+            "leaves no way on from there (a pattern that maxLength leaves no room for?)"
+        )

@@ -353,12 +353,22 @@ class _String(_Inside):
         escape = _string_char(self.escape, char)
         if escape is None:
             return []
-        if not (self.node.constrained or self.keep) or escape:
+        if not (self.node.constrained or self.keep):
             return [(*below, replace(self, escape=escape))]
+        if escape:  # within an escape: only one that may decode to a character that fits
+            return [(*below, replace(self, escape=escape))] if self.escape_may_fit(escape) else []
         value = _decoded(self.value, self.escape, char)
         if not self.node.may_grow(value) or (self.keep and self.used_up(value, below[-1])):
             return []
         return [(*below, replace(self, escape="", value=value))]
+
+    def escape_may_fit(self, escape: str) -> bool:
+        """Whether an escape begun as `escape` may end in a character that fits: a short
+        one's (`\\n`, ...), or, where no pattern constrains the string, any (`\\u`)."""
+        if escape == "\\":
+            short = any(self.node.may_grow(self.value + char) for char in ESCAPES.values())
+            return short or (not self.node.patterns and _high_surrogate(self.value))
+        return not self.node.patterns  # a \\u escape: a character a pattern cannot foresee
 
     def used_up(self, value: str, array: Frame) -> bool:
         """Whether `value` has no ending but itself (`maxLength`), which an item of `array`
@@ -389,6 +399,12 @@ class _Key(_Inside):
         return [(*below, _Key(raw, escape))]
 
 
+def _high_surrogate(value: str) -> bool:
+    """Whether `value` ends in the first half of a surrogate pair (whose second half adds
+    no character)."""
+    return bool(value) and "\ud800" <= value[-1] <= "\udbff"
+
+
 def _decoded(value: str, escape: str, char: str) -> str:
     """`value` and the character that `char` completes after `escape` (a surrogate pair
     of \\u escapes joined into one)."""
@@ -397,7 +413,7 @@ def _decoded(value: str, escape: str, char: str) -> str:
     if escape == "\\":
         return value + ESCAPES[char]
     decoded = chr(int(escape[1:] + char, 16))
-    if "\udc00" <= decoded <= "\udfff" and value and "\ud800" <= value[-1] <= "\udbff":
+    if "\udc00" <= decoded <= "\udfff" and _high_surrogate(value):
         high, low = ord(value[-1]) - 0xD800, ord(decoded) - 0xDC00
         return value[:-1] + chr(0x10000 + (high << 10) + low)
     return value + decoded

@@ -144,6 +144,18 @@ def following(tokenizer: Any, text: str) -> tuple[JsonConstraint, list[int]]:
     return constraint, prefix
 
 
+def test_a_dead_end_is_told_with_where_it_is(tokenizer: Any) -> None:
+    """A schema that leaves no way on (a pattern that `maxLength` leaves no room for): the
+    error says so, with the text it stopped after."""
+    schema = compile_schema({"type": "string", "maxLength": 2, "pattern": "^abc"})
+    constraint = JsonConstraint(tokenizer, [tokenizer.eos_token_id], schema)
+    for token in tokenizer('"ab', add_special_tokens=False)["input_ids"]:
+        constraint.take(token)
+    scores = torch.zeros(1, len(tokenizer))
+    with pytest.raises(GenerationError, match=r"continues the JSON after \.\.\.'\"ab'"):
+        constraint.choose(scores, scores, lambda s: int(s.argmax()))
+
+
 def test_greedy_takes_the_likeliest_token_that_fits(tokenizer: Any) -> None:
     constraint, prefix = following(tokenizer, '{"name": "Ada", "tags": [')
     allowed = fitting(tokenizer, prefix, tokenizer.eos_token_id)

@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import pytest
@@ -379,6 +379,11 @@ def test_a_bounded_number_begins_exactly_where_one_within_its_bounds_may(
         ({"type": "string", "pattern": "^a\nb$"}, '"a\\nc', None),
         ({"type": "string", "pattern": "^[a-z]+$"}, '"ab"', True),
         ({"type": "string", "pattern": "^[a-z]+$"}, '""', None),
+        ({"type": "string", "maxLength": 1}, '"a\\', None),  # an escape adds a character
+        ({"type": "string", "maxLength": 2}, '"a\\u00e9"', True),
+        ({"type": "string", "pattern": "^[a-z]{2}"}, '"a\\', None),  # no escape is a-z
+        ({"type": "string", "pattern": "^a/"}, '"a\\/', False),
+        ({"type": "string", "pattern": "^[a-z]+$"}, '"\\u0061', None),  # write "a" itself
         (
             {"maxProperties": 1, "properties": {"a": {}, "b": {}}, "required": ["a"]},
             '{"b',
@@ -431,16 +436,26 @@ UNIQUE = [  # uniqueItems over few values, where an item could begin that cannot
 ]
 
 
+WALK = '[]"ab01-.,\\nu'  # enough to write these schemas' values, escapes included
+
+
 @pytest.mark.parametrize("schema", UNIQUE, ids=lambda schema: json.dumps(schema["items"]))
 @settings(max_examples=150, deadline=None)
-@given(text=st.text(alphabet='[0123456789-,]"ab. ', max_size=16))
-def test_an_array_of_unique_items_has_no_dead_end(schema: Any, text: str) -> None:
-    """Whatever the checker takes of a random text (each character it refuses is left out)
-    can still be completed: no item begins that could only repeat one before it."""
+@given(data=st.data())
+def test_an_array_of_unique_items_has_no_dead_end(schema: Any, data: Any) -> None:
+    """A random walk of up to 16 characters, each one the checker takes, can still be
+    completed: no item begins that could only repeat one before it, and no escape begins
+    that no character could end."""
     state = JsonPrefix.start(compile_schema(schema))
-    for char in text:
-        state = state.feed(char) or state
-    assert finishes(state, ']"ab0123456789-.,[', 8, iter(range(3000))), text
+    walked = ""
+    for _ in range(data.draw(st.integers(0, 16))):
+        taken = [char for char in WALK if state.feed(char) is not None]
+        if not taken:
+            break
+        char = data.draw(st.sampled_from(taken))
+        walked += char
+        state = cast(JsonPrefix, state.feed(char))
+    assert finishes(state, WALK + "23456789", 8, iter(range(3000))), walked
 
 
 def test_a_constrained_string_takes_half_a_character_only_where_a_whole_one_may_follow() -> None:
