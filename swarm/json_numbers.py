@@ -11,6 +11,7 @@ which can be counted. Values are `Fraction`s, exact however many digits a number
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -79,22 +80,18 @@ class Bounds:
             return self.meets(Fraction(0), None, integer)
         if whole == "0":
             return self.meets(Fraction(0), Fraction(1), integer)
-        return self.digits_to_come(int(whole), integer)
+        return any(self.meets(*interval, integer) for interval in self.digit_intervals(int(whole)))
 
-    def digits_to_come(self, leading: int, integer: bool) -> bool:
-        """Whether integer digits `leading` and m more, the values from leading * 10^m up
-        to (leading + 1) * 10^m, meet the bounds for some m. The intervals grow with m:
-        those with fewer digits than `low` lie below it, and once one begins above `high`,
-        so do all the rest."""
+    def digit_intervals(self, leading: int) -> Iterator[tuple[Fraction, Fraction]]:
+        """The values that integer digits `leading` and m more make, from leading * 10^m up
+        to (leading + 1) * 10^m, for each m whose interval may meet the bounds. The intervals
+        grow with m: those with fewer digits than `low` lie below it (skipped), and once one
+        begins above `high`, so do all the rest (none after it; endless without `high`)."""
         more = 0
         if self.low is not None and self.low > 0:
             more = max(0, len(str(math.floor(self.low))) - len(str(leading)) - 1)
-        while True:
-            least = Fraction(leading * 10**more)
-            if self.meets(least, Fraction((leading + 1) * 10**more), integer):
-                return True
-            if not self.under_high(least):
-                return False
+        while self.under_high(least := Fraction(leading * 10**more)):
+            yield least, Fraction((leading + 1) * 10**more)
             more += 1
 
     def integers_from(self, text: str) -> int | None:
@@ -109,12 +106,7 @@ class Bounds:
             return self.count(Fraction(0), Fraction(1), grid)
         if self.high is None:
             return None
-        leading, total, more = int(text), 0, 0
-        while leading * 10**more <= self.high:
-            least, beyond = Fraction(leading * 10**more), Fraction((leading + 1) * 10**more)
-            total += self.count(least, beyond, grid) or 0
-            more += 1
-        return total
+        return sum(self.count(*interval, grid) or 0 for interval in self.digit_intervals(int(text)))
 
     def meets(self, least: Fraction, beyond: Fraction | None, integer: bool) -> bool:
         """Whether a value from `least` up to (not including) `beyond` (None: unbounded),
