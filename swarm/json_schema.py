@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
@@ -483,7 +483,7 @@ class _Compiler:
 
 
 def _tighter(
-    closed: Fraction | None, open_: Fraction | None, pick: Any
+    closed: Fraction | None, open_: Fraction | None, pick: Callable[[Fraction, Fraction], Fraction]
 ) -> tuple[Fraction | None, bool]:
     """The tighter of a bound that holds its end (`minimum`) and one that does not
     (`exclusiveMinimum`): `pick` is max for a low bound, min for a high one."""
