@@ -48,7 +48,7 @@ from .logprobs import (
 )
 from .requests import ApiError, CompletionRequest, read_request
 from .session_pool import IdleSession, SessionPool
-from .tools import ToolCall, chat_messages, find_calls
+from .tools import ToolCall, chat_messages, find_calls, may_be_calls
 
 if TYPE_CHECKING:
     from ..model import DistributedModelForCausalLM, InferenceSession
@@ -310,7 +310,7 @@ class ApiServer:
 
         async def run(choice: _Choice, offset: int) -> None:
             text, scored = choice.text, LogprobStream(self.tokenizer)
-            holding = request.tool_choice != "none"  # the answer may be a call: sent whole
+            holding = request.tool_choice != "none"  # while the answer may be calls
 
             async def send_piece(piece: str, *, final: bool = False) -> None:
                 """A piece of text, with the log probabilities of the tokens that the text
@@ -325,16 +325,19 @@ class ApiServer:
                     await emit(answer.chunk(piece, choice.index, logprobs))
 
             async def send(token: int, record: TokenLogprob | None) -> bool:
+                nonlocal holding
                 if not text.stopped:
                     scored.add(token, record)
                 piece = text.add(token)
+                if holding and not may_be_calls(text.sent):  # text: what was held goes now
+                    holding, piece = False, text.sent
                 if not holding:
                     await send_piece(piece)
                 return not text.stopped
 
             if answer.max_tokens:
                 await self._generate(input_ids, choice.options, send)
-            choice.calls = answer.calls(text)
+            choice.calls = answer.calls(text) if holding else []
             answer.log(text, choice.calls)
             if choice.calls:
                 await emit(answer.chunk("", choice.index, calls=choice.calls))

@@ -9,14 +9,16 @@ by name, makes the answer such an object, or a list of them unless `parallel_too
 false, by JSON mode (`call_schema`: the name is one of the tools', the arguments a value of
 its `parameters`). With `auto`, the model answers freely, and an answer made of calls (JSON
 objects, or a list of them, alone or inside tags such as `<tool_call>`) is returned as
-calls (`find_calls`). `none` offers the tools but never returns a call. A call that JSON
-mode writes keeps to one line (`CALL_WHITESPACE`), which saves the tokens of a layout that
-nobody reads.
+calls (`find_calls`); while it streams, it is held back only as long as it may still
+turn out to be calls (`may_be_calls`). `none` offers the tools but never returns a call. A
+call that JSON mode writes keeps to one line (`CALL_WHITESPACE`), which saves the tokens of
+a layout that nobody reads.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ __all__ = [
     "call_schema",
     "chat_messages",
     "find_calls",
+    "may_be_calls",
     "read_tool_choice",
     "read_tools",
 ]
@@ -52,6 +55,7 @@ __all__ = [
 CHOICES = ("none", "auto", "required")
 CALL_WHITESPACE = 1  # a call is JSON on one line: its layout is nobody's, and costs tokens
 FUNCTION_SHAPE = '{"type": "function", "function": {"name": ..., "parameters": {...}}}'
+_UNFINISHED_FENCE = re.compile(r"`{1,3}(j(s(on?)?)?)?$")  # what may still become "```json"
 TOOL_NOTE = (
     "You can call these functions. To call one, answer with only a JSON object "
     '{"name": <the function\'s name>, "arguments": <an object of its arguments>}; to call '
@@ -208,6 +212,17 @@ def find_calls(text: str, tools: Sequence[Tool]) -> list[ToolCall]:
     return calls if len(calls) == len(entries) else []
 
 
+def may_be_calls(text: str) -> bool:
+    """Whether an answer that begins with `text` may still turn out to be made of calls (see
+    `find_calls`): before its first JSON value, nothing but whitespace, tags and code fences,
+    where the end may be a tag or a fence not yet finished. Once false, false for any text
+    that goes on from this one."""
+    body = text.replace("[TOOL_CALLS]", "")
+    start = _next_value(body)
+    before = _UNFINISHED_FENCE.sub("", body if start < 0 else body[:start])
+    return not _untagged(before).split("<", 1)[0].strip()  # from a "<" left on: a tag to come
+
+
 def _next_value(text: str) -> int:
     """Where the next JSON object or list in `text` begins (-1: none)."""
     return min((at for at in (text.find("{"), text.find("[")) if at >= 0), default=-1)
@@ -224,9 +239,14 @@ def _call(entry: Any, tools: Sequence[Tool]) -> ToolCall | None:
 
 def _outside_tags(text: str) -> bool:
     """Whether `text`, around a call, holds more than whitespace, tags and code fences."""
+    return bool(_untagged(text).strip())
+
+
+def _untagged(text: str) -> str:
+    """`text` without its code fences and its tags (`<` to the next `>`)."""
     for tag in ("```json", "```"):
         text = text.replace(tag, "")
     while "<" in text and ">" in text[text.index("<") :]:
         opening = text.index("<")
         text = text[:opening] + text[text.index(">", opening) + 1 :]
-    return bool(text.strip())
+    return text

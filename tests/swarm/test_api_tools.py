@@ -25,6 +25,7 @@ from swarm.api.tools import (
     call_schema,
     chat_messages,
     find_calls,
+    may_be_calls,
     read_tools,
 )
 from swarm.json_prefix import JsonPrefix
@@ -102,6 +103,34 @@ def test_an_answer_of_several_calls_makes_them_all(text: str) -> None:
 )
 def test_an_answer_that_is_no_call_is_text(text: str) -> None:
     assert find_calls(text, TOOLS) == []
+
+
+CALLS = [
+    '{"name": "get_weather", "arguments": {"city": "Rome", "days": 2}}',
+    '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>',
+    '```json\n{"name": "get_time", "parameters": {}}\n```',
+    '[TOOL_CALLS] [{"name": "get_time", "arguments": {}}]',
+]
+TEXTS = [
+    "It is sunny in Paris.",
+    'Let me see: {"name": "get_weather", "arguments": {}}',
+    "<b>Sunny</b> in Paris",
+    "<i x <b>sunny</b>",  # a tag that swallows the text next to it, once closed
+    "``` code",
+    "`x` is sunny",
+    "[1, 2]",  # a list: held to the end, where it is no call
+]
+
+
+@pytest.mark.parametrize("text", CALLS + TEXTS)
+def test_an_answer_is_held_back_only_while_it_may_be_calls(text: str) -> None:
+    """Every beginning of an answer that is calls may be calls; for one that is not, once a
+    beginning may not, no longer one may (what was streamed stays text)."""
+    held = [may_be_calls(text[:end]) for end in range(len(text) + 1)]
+    assert held == sorted(held, reverse=True)  # true, then false for good
+    assert held[-1] == bool(find_calls(text, TOOLS)) or text == "[1, 2]"
+    if not held[-1]:
+        assert not find_calls(text[: held.index(False)] + CALLS[0], TOOLS)
 
 
 def test_the_call_schema_takes_a_tools_name_and_its_arguments() -> None:
@@ -251,7 +280,7 @@ async def test_a_required_call_is_the_reference_whole_and_streamed(
 
 async def test_a_named_call_and_a_history_of_calls(tiny: Path, swarm: Any) -> None:
     """A function by name is the one called; a conversation holding a call and its result
-    goes on (here, `auto`: this random model answers in text)."""
+    goes on (here, `auto`: this random model answers in text, which streams as it comes)."""
     history = [
         *QUESTION,
         {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
@@ -266,6 +295,9 @@ async def test_a_named_call_and_a_history_of_calls(tiny: Path, swarm: Any) -> No
         )  # fmt: skip
         went_on = await call(client.chat.completions.create, model=MODEL, messages=history,
                              max_tokens=8, temperature=0, tools=[WEATHER, TIME])  # fmt: skip
+        chunks = await call(lambda: list(client.chat.completions.create(
+            model=MODEL, messages=history, max_tokens=8, temperature=0, tools=[WEATHER, TIME],
+            stream=True)))  # fmt: skip
         with pytest.raises(openai.BadRequestError, match="keyword 'not'"):
             bad = {"type": "function", "function": {"name": "f", "parameters": {
                 "type": "integer", "not": {"const": 3}}}}  # fmt: skip
@@ -275,3 +307,6 @@ async def test_a_named_call_and_a_history_of_calls(tiny: Path, swarm: Any) -> No
     assert made.function.name == "get_time" and json.loads(made.function.arguments) == {}
     assert went_on.choices[0].message.tool_calls is None
     assert went_on.choices[0].message.content and went_on.choices[0].finish_reason == "length"
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    assert len(pieces) > 1  # text, not calls: streamed as it came, not held to the end
+    assert "".join(pieces) == went_on.choices[0].message.content
