@@ -329,8 +329,8 @@ class ApiServer:
                 if not text.stopped:
                     scored.add(token, record)
                 piece = text.add(token)
-                if holding and not may_be_calls(text.sent):  # text: what was held goes now
-                    holding, piece = False, text.sent
+                if holding and not may_be_calls(text.sent, request.tools):
+                    holding, piece = False, text.sent  # text: what was held goes now
                 if not holding:
                     await send_piece(piece)
                 return not text.stopped

@@ -10,7 +10,8 @@ false, by JSON mode (`call_schema`: the name is one of the tools', the arguments
 its `parameters`). With `auto`, the model answers freely, and an answer made of calls (JSON
 objects, or a list of them, alone or inside tags such as `<tool_call>`) is returned as
 calls (`find_calls`); while it streams, it is held back only as long as it may still
-turn out to be calls (`may_be_calls`). `none` offers the tools but never returns a call. A
+turn out to be calls (`may_be_calls`: text outside tags, or a JSON value that is no call,
+lets it go). `none` offers the tools but never returns a call. A
 call that JSON mode writes keeps to one line (`CALL_WHITESPACE`), which saves the tokens of
 a layout that nobody reads.
 """
@@ -212,15 +213,25 @@ def find_calls(text: str, tools: Sequence[Tool]) -> list[ToolCall]:
     return calls if len(calls) == len(entries) else []
 
 
-def may_be_calls(text: str) -> bool:
+def may_be_calls(text: str, tools: Sequence[Tool]) -> bool:
     """Whether an answer that begins with `text` may still turn out to be made of calls (see
-    `find_calls`): before its first JSON value, nothing but whitespace, tags and code fences,
-    where the end may be a tag or a fence not yet finished. Once false, false for any text
-    that goes on from this one."""
-    body = text.replace("[TOOL_CALLS]", "")
-    start = _next_value(body)
-    before = _UNFINISHED_FENCE.sub("", body if start < 0 else body[:start])
-    return not _untagged(before).split("<", 1)[0].strip()  # from a "<" left on: a tag to come
+    `find_calls`): its JSON values so far are calls, with nothing but whitespace, tags and
+    code fences around them, where the end may be a value, a tag or a fence not yet
+    finished. Once false, false for any text that goes on from this one."""
+    body, decoder = text.replace("[TOOL_CALLS]", ""), json.JSONDecoder()
+    while (start := _next_value(body)) >= 0:
+        if _outside_tags(body[:start]):
+            return False
+        try:
+            found, end = decoder.raw_decode(body, start)
+        except ValueError:  # not finished yet, or not JSON: held until the end tells
+            return True
+        entries = found if isinstance(found, list) else [found]
+        if any(_call(entry, tools) is None for entry in entries):
+            return False
+        body = body[end:]
+    rest = _UNFINISHED_FENCE.sub("", body)
+    return not _untagged(rest).split("<", 1)[0].strip()  # from a "<" left on: a tag to come
 
 
 def _next_value(text: str) -> int:

@@ -118,7 +118,10 @@ TEXTS = [
     "<i x <b>sunny</b>",  # a tag that swallows the text next to it, once closed
     "``` code",
     "`x` is sunny",
-    "[1, 2]",  # a list: held to the end, where it is no call
+    "[1, 2]",
+    '```json\n{"answer": 42}\n```\nThe answer is 42.',  # JSON, but no call
+    '<tool_call>{"name": "get_news", "arguments": {}}</tool_call>',  # no such tool
+    '{"name": "get_time", "arguments": {}} is the call I would make',
 ]
 
 
@@ -126,11 +129,27 @@ TEXTS = [
 def test_an_answer_is_held_back_only_while_it_may_be_calls(text: str) -> None:
     """Every beginning of an answer that is calls may be calls; for one that is not, once a
     beginning may not, no longer one may (what was streamed stays text)."""
-    held = [may_be_calls(text[:end]) for end in range(len(text) + 1)]
+    held = [may_be_calls(text[:end], TOOLS) for end in range(len(text) + 1)]
     assert held == sorted(held, reverse=True)  # true, then false for good
-    assert held[-1] == bool(find_calls(text, TOOLS)) or text == "[1, 2]"
+    assert held[-1] == bool(find_calls(text, TOOLS))
     if not held[-1]:
         assert not find_calls(text[: held.index(False)] + CALLS[0], TOOLS)
+
+
+NO_CALLS = [  # an answer, and what it lets go after
+    ("[1, 2] are the numbers", "]"),
+    ('```json\n{"answer": 42}\n```', "}"),
+    ('<tool_call>{"name": "get_news", "arguments": {}}', "}}"),
+    ('{"name": "get_time", "arguments": {}} is how', "} i"),
+]
+
+
+@pytest.mark.parametrize(("text", "after"), NO_CALLS)
+def test_an_answer_goes_once_a_value_or_text_is_no_call(text: str, after: str) -> None:
+    """A value that is no call, or text after one that is, lets the answer go from there."""
+    goes = text.index(after) + len(after)
+    assert may_be_calls(text[: goes - 1], TOOLS)
+    assert not may_be_calls(text[:goes], TOOLS)
 
 
 def test_the_call_schema_takes_a_tools_name_and_its_arguments() -> None:
