@@ -104,5 +104,6 @@ class JsonConstraint:
         tail = self.texts.tokenizer.decode(self.texts.tokens[-16:])
         raise GenerationError(
             f"no token of the vocabulary continues the JSON after ...{tail!r}: the schema "
-            "leaves no way on from there (a pattern that maxLength leaves no room for?)"
+            "leaves no way on from there (a pattern whose strings maxLength or uniqueness "
+            "leave too few of, further on than the checker looks?)"
         )

@@ -8,8 +8,9 @@ keeps what the schema's constraints need and no more: a string its decoded chara
 has lengths or patterns, a number its text if it has bounds, an array its items' values if
 they must differ. `feed(text)` returns the state after more text, or None if no value of
 the schema begins with it; a beginning that can no longer end is refused (numbers beyond
-their bounds, an item that could only repeat one before it), short of a pattern that its
-string's `maxLength` leaves no room for.
+their bounds, an item or a key that could only repeat one before it, a string that its
+pattern could end only beyond its `maxLength`), as far as `StringNode.may_end`'s short
+search for an ending sees.
 `whole` says the text is a value of the schema; `complete` that, besides, only whitespace may
 follow (an object or array has closed), which is where JSON mode stops. JSON mode's
 generation tries tokens against a state (`swarm.json_mode`), so it never changes.
@@ -145,13 +146,15 @@ def _may_end(stack: Stack) -> bool:
 
 def _wide_char_next(stack: Stack) -> bool:
     top = stack[-1]
-    if isinstance(top, _String):  # a constrained string: only where the character is known
-        return not top.node.constrained or (
-            not top.node.patterns and top.node.may_grow(top.value + "\x80")
-        )
+    if isinstance(top, _String):
+        return _wide_fits(top.node, top.value)
     if isinstance(top, _Key):
         owner = cast(_Object, stack[-2])
-        return owner.node.additional is not None or any(
+        names = owner.node.names
+        other = owner.node.additional is not None and (
+            names is None or _wide_fits(names, top.value)
+        )
+        return other or any(
             _wide(_key_text(name), len(top.raw))
             for name in owner.node.properties
             if name not in owner.used
@@ -159,6 +162,12 @@ def _wide_char_next(stack: Stack) -> bool:
     if isinstance(top, _Literal):
         return any(_wide(text, len(top.read)) for text in top.texts)
     return False
+
+
+def _wide_fits(node: StringNode, value: str) -> bool:
+    """Whether a character beyond ASCII may follow `value` in a string of `node`: where the
+    string is constrained, only if no pattern needs to know which character it is."""
+    return not node.constrained or (not node.patterns and node.may_grow(value + "\x80"))
 
 
 def _wide(text: str, position: int) -> bool:
@@ -175,7 +184,8 @@ def _begin(below: Stack, node: Node, char: str) -> list[Stack]:
         elif isinstance(option, ArrayNode) and char == "[":
             found.append((*below, _Array(option)))
         elif isinstance(option, StringNode) and char == '"':
-            found.append((*below, _String(option, keep)))
+            if not keep or _string_left(option, below[-1]):
+                found.append((*below, _String(option, keep)))
         elif isinstance(option, NumberNode) and (char == "-" or char in DIGITS):
             mode = "minus" if char == "-" else "zero" if char == "0" else "int"
             found.extend(_Number(option, mode, "", keep).grown(below, char))
@@ -183,6 +193,13 @@ def _begin(below: Stack, node: Node, char: str) -> list[Stack]:
             texts = option.texts if not keep else _unseen(option.texts, below[-1])
             found.extend(_Literal(texts, "").step(below, char))
     return found
+
+
+def _string_left(node: StringNode, array: Frame, value: str = "") -> bool:
+    """Whether a string of `node` that begins `value` may end as none of the items of
+    `array` so far (`uniqueItems`)."""
+    seen = cast(_Array, array).seen
+    return node.may_end(value, lambda text: ("string", text) not in seen)
 
 
 def _unseen(texts: tuple[str, ...], array: Frame) -> tuple[str, ...]:
@@ -261,17 +278,21 @@ class _Object(Frame):
 
     @property
     def more_keys(self) -> bool:
+        names = self.node.names
+        others = self.node.additional is not None and (
+            names is None or names.may_end("", self.may_take)
+        )
         return bool(self.node.required - self.used) or (
             self.room_for_optional
-            and (
-                self.node.additional is not None
-                or any(name not in self.used for name in self.node.properties)
-            )
+            and (others or any(name not in self.used for name in self.node.properties))
         )
 
-    def key_may_begin(self, raw: str) -> bool:
-        """Whether a key whose JSON text begins `raw` may come (other keys: any string)."""
-        if self.node.additional is not None and self.room_for_optional:
+    def key_may_begin(self, raw: str, value: str, escape: str) -> bool:
+        """Whether a key whose JSON text begins `raw` may come: `value` decoded, and the
+        `escape` it is within (other keys: any string, or those of `names`)."""
+        names = self.node.names
+        other = self.node.additional is not None and self.room_for_optional
+        if other and (names is None or self.other_key_may_begin(names, value, escape)):
             return True
         return any(
             _key_text(name).startswith(raw)
@@ -279,15 +300,27 @@ class _Object(Frame):
             if name not in self.used and self.may_use(name) and self.node.value_node(name)
         )
 
+    def other_key_may_begin(self, names: StringNode, value: str, escape: str) -> bool:
+        """Whether a key not among the properties, `value` so far (within `escape`), may
+        be one of `names`."""
+        if escape:
+            return _escape_may_fit(names, value, escape)
+        return names.may_grow(value) and names.may_end(value, self.may_take)
+
     def may_use(self, name: str) -> bool:
         return name in self.node.required or self.room_for_optional
 
+    def may_take(self, name: str) -> bool:
+        """Whether key `name` may come next."""
+        node = self.node.value_node(name)
+        return name not in self.used and node is not None and self.may_use(name)
+
     def with_key(self, raw: str) -> Frame | None:
         name = json.loads(f'"{raw}"')
-        node = self.node.value_node(name)
-        if name in self.used or node is None or not self.may_use(name):
+        if not self.may_take(name):
             return None
-        return replace(self, used=self.used | {name}, phase="colon", pending=node)
+        pending = self.node.value_node(name)
+        return replace(self, used=self.used | {name}, phase="colon", pending=pending)
 
     def child_done(self, ended: Frame) -> Frame | None:
         return replace(self, phase="after", pending=None)
@@ -326,7 +359,14 @@ class _Array(Frame):
         if not self.node.unique:
             return True
         count = distinct_values(self.node.items)
-        return count is None or len(self.seen) < count
+        if count is not None:
+            return len(self.seen) < count
+        return any(  # strings of a pattern, say, may run out too
+            not isinstance(leaf, StringNode | Literals)
+            or (isinstance(leaf, Literals) and bool(_unseen(leaf.texts, self)))
+            or (isinstance(leaf, StringNode) and _string_left(leaf, self))
+            for leaf in alternatives(self.node.items)
+        )
 
     def child_done(self, ended: Frame) -> Frame | None:
         if not self.node.unique:
@@ -356,36 +396,43 @@ class _String(_Inside):
         if not (self.node.constrained or self.keep):
             return [(*below, replace(self, escape=escape))]
         if escape:  # within an escape: only one that may decode to a character that fits
-            return [(*below, replace(self, escape=escape))] if self.escape_may_fit(escape) else []
+            fits = _escape_may_fit(self.node, self.value, escape)
+            return [(*below, replace(self, escape=escape))] if fits else []
         value = _decoded(self.value, self.escape, char)
-        if not self.node.may_grow(value) or (self.keep and self.used_up(value, below[-1])):
+        if not self.node.may_grow(value) or not self.may_end(value, below[-1]):
             return []
         return [(*below, replace(self, escape="", value=value))]
 
-    def escape_may_fit(self, escape: str) -> bool:
-        """Whether an escape begun as `escape` may end in a character that fits: a short
-        one's (`\\n`, ...), or, where no pattern constrains the string, any (`\\u`)."""
-        if escape == "\\":
-            short = any(self.node.may_grow(self.value + char) for char in ESCAPES.values())
-            return short or (not self.node.patterns and _high_surrogate(self.value))
-        return not self.node.patterns  # a \\u escape: a character a pattern cannot foresee
-
-    def used_up(self, value: str, array: Frame) -> bool:
-        """Whether `value` has no ending but itself (`maxLength`), which an item of `array`
-        already is (`uniqueItems`)."""
-        full = self.node.max_length is not None and len(value) >= self.node.max_length
-        return full and ("string", value) in cast(_Array, array).seen
+    def may_end(self, value: str, array: Frame) -> bool:
+        """Whether a string that begins `value` may still end: as no item of `array` before
+        it (`keep`), and within its `maxLength` where a pattern asks for more characters."""
+        if self.keep:
+            return _string_left(self.node, array, value)
+        if self.node.patterns and self.node.max_length is not None:
+            return self.node.may_end(value, lambda text: True)
+        return True
 
     def key(self) -> ValueKey:
         return ("string", self.value)
 
 
+def _escape_may_fit(node: StringNode, value: str, escape: str) -> bool:
+    """Whether an escape begun as `escape` after `value` may end in a character that fits:
+    a short one's (`\\n`, ...), or, where no pattern constrains the string, any (`\\u`)."""
+    if escape == "\\":
+        short = any(node.may_grow(value + char) for char in ESCAPES.values())
+        return short or (not node.patterns and _high_surrogate(value))
+    return not node.patterns  # a \\u escape: a character a pattern cannot foresee
+
+
 @dataclass(frozen=True)
 class _Key(_Inside):
-    """An object's key being read: its JSON text so far (the object is below)."""
+    """An object's key being read: its JSON text so far, its escape, and what it decodes to
+    (the object is below)."""
 
     raw: str = ""
     escape: str = ""
+    value: str = ""
 
     def step(self, below: Stack, char: str) -> list[Stack]:
         owner = cast(_Object, below[-1])
@@ -393,10 +440,13 @@ class _Key(_Inside):
             after = owner.with_key(self.raw)
             return [] if after is None else [(*below[:-1], after)]
         escape = _string_char(self.escape, char)
-        raw = self.raw + char
-        if escape is None or not owner.key_may_begin(raw):
+        if escape is None:
             return []
-        return [(*below, _Key(raw, escape))]
+        value = self.value if escape else _decoded(self.value, self.escape, char)
+        raw = self.raw + char
+        if not owner.key_may_begin(raw, value, escape):
+            return []
+        return [(*below, _Key(raw, escape, value))]
 
 
 def _high_surrogate(value: str) -> bool:

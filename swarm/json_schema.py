@@ -8,17 +8,19 @@ fraction or exponent, `enum` and `const` values in compact JSON, and a schema wi
 that names `properties` (or `items`) is taken as an object (or array).
 
 Supported: `type` (one or a list), `properties`, `required`, `additionalProperties`,
-`minProperties`, `maxProperties`, `items`, `prefixItems`, `minItems`, `maxItems`,
-`uniqueItems` (over scalars), `minLength`, `maxLength`, `pattern` (as the `regex` module
-reads it), `format` (those of `swarm.json_formats`; others are annotations), `minimum`,
-`maximum`, `exclusiveMinimum`, `exclusiveMaximum`, `multipleOf` (a bounded number is
-written without an exponent), `enum`, `const`, `anyOf`, `oneOf` whose options no value can
-match twice (a discriminated union: objects told apart by a required constant, or by keys
-that the others forbid; values of different types), `allOf` of one schema, `$ref` into
-`$defs` or `definitions` (recursion included), and `true` / `{}` for any value. Annotations
-(`title`, `description`, `default`, `examples`, OpenAPI's `discriminator`, ...) are
-ignored, as JSON Schema itself asserts nothing with them. Any other keyword raises
-`SchemaError` naming it, rather than being silently left out.
+`minProperties`, `maxProperties`, `propertyNames` (an enum of names, or a string's
+constraints), `patternProperties` of one pattern (then the other keys written are the
+pattern's: pydantic's `dict` with constrained keys), `items`, `prefixItems`, `minItems`,
+`maxItems`, `uniqueItems` (over scalars), `minLength`, `maxLength`, `pattern` (ECMA-262's
+meaning, in the `regex` module), `format` (those of `swarm.json_formats`; others are
+annotations), `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`, `multipleOf` (a
+bounded number is written without an exponent), `enum`, `const`, `anyOf`, `oneOf` whose
+options no value can match twice (a discriminated union: objects told apart by a required
+constant, or by keys that the others forbid; values of different types), `allOf` of one
+schema, `$ref` into `$defs` or `definitions` (recursion included), and `true` / `{}` for any
+value. Annotations (`title`, `description`, `default`, `examples`, OpenAPI's
+`discriminator`, ...) are ignored, as JSON Schema itself asserts nothing with them. Any
+other keyword raises `SchemaError` naming it, rather than being silently left out.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from functools import lru_cache
-from typing import Any
+from functools import cached_property, lru_cache
+from typing import Any, cast
 
 import regex
 
@@ -64,7 +66,7 @@ IGNORED = frozenset(  # annotations, and the definitions that $ref reads
 )
 KEYWORDS_OF = {  # the keywords that constrain values of one type
     "object": {"properties", "required", "additionalProperties", "minProperties"}
-    | {"maxProperties"},
+    | {"maxProperties", "propertyNames", "patternProperties"},
     "array": {"items", "prefixItems", "minItems", "maxItems", "uniqueItems"},
     "string": {"minLength", "maxLength", "pattern"},
     "number": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"},
@@ -73,6 +75,10 @@ HANDLED = frozenset(
     {"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref"}.union(*KEYWORDS_OF.values())
 )
 PATTERN_TIMEOUT = 1.0  # seconds a pattern may take on one string's beginning
+PROBES = "aA0 _-."  # what a search for a string's ending tries, after its patterns' characters
+_CODE_ESCAPE = regex.compile(r"\\(?:u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2})")  # \u00e9, \x41
+SEARCH_DEPTH = 16  # characters a search for an ending looks ahead (where no maxLength ends it)
+SEARCH_BUDGET = 32  # strings a search for an ending may try before it gives up (unsure)
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 ValueKey = tuple[str, Any]  # a scalar as `uniqueItems` compares it: its type, its value
 
@@ -87,8 +93,9 @@ class Node:
 
 @dataclass(frozen=True, eq=False)
 class ObjectNode(Node):
-    """An object: its properties by name, those required, the schema of other keys (None:
-    no other key), and the names that may not appear (their schema is false)."""
+    """An object: its properties by name, those required, the schema of other keys' values
+    (None: no other key) and the string their names must be (None: any), and the names
+    that may not appear (their schema is false)."""
 
     properties: Mapping[str, Node]
     required: frozenset[str] = frozenset()
@@ -96,11 +103,16 @@ class ObjectNode(Node):
     forbidden: frozenset[str] = frozenset()
     min_properties: int = 0
     max_properties: int | None = None
+    names: StringNode | None = None
 
     def value_node(self, name: str) -> Node | None:
         """The schema of key `name`'s value, or None if the key may not appear (its schema
-        is false, or a reference to a definition that is)."""
-        node = None if name in self.forbidden else self.properties.get(name, self.additional)
+        is false, or a reference to a definition that is, or it is no name of other keys)."""
+        if name in self.forbidden:
+            return None
+        node = self.properties.get(name)
+        if node is None and (self.names is None or self.names.holds(name)):
+            node = self.additional
         return node if node is not None and alternatives(node) else None
 
 
@@ -143,6 +155,30 @@ class StringNode(Node):
         if len(value) < self.min_length or not self.may_grow(value):
             return False
         return all(_search(pattern, value, partial=False) for pattern in self.patterns)
+
+    def may_end(self, value: str, fits: Callable[[str], bool]) -> bool:
+        """Whether a string of these that begins `value` may end as one that `fits` (not
+        one already used, say), looked for depth first over the characters the patterns
+        name and a few others; True where the search gives up unsure (too deep, too long)."""
+        budget = iter(range(SEARCH_BUDGET))
+
+        def ends(text: str) -> bool:
+            if self.holds(text) and fits(text):
+                return True
+            most = SEARCH_DEPTH if self.max_length is None else self.max_length - len(value)
+            if len(text) - len(value) >= most or next(budget, None) is None:
+                return self.max_length is None or len(text) < self.max_length  # unsure
+            return any(self.may_grow(text + char) and ends(text + char) for char in self.probes)
+
+        return ends(value)
+
+    @cached_property
+    def probes(self) -> str:
+        """The characters a search for an ending tries: those the patterns name (written or
+        escaped, a range by its ends), then a few (a digit, a letter, a space...)."""
+        named = "".join(pattern.pattern for pattern in self.patterns)
+        escaped = "".join(chr(int(code[2:], 16)) for code in _CODE_ESCAPE.findall(named))
+        return "".join(dict.fromkeys(c for c in named + escaped + PROBES if c.isprintable()))
 
 
 def _search(pattern: regex.Pattern[str], value: str, partial: bool) -> bool:
@@ -355,23 +391,77 @@ class _Compiler:
         compiled = {
             name: self.node(sub, f"{where}/properties/{name}") for name, sub in properties.items()
         }
-        nodes = {name: node for name, node in compiled.items() if node is not NOTHING}
-        forbidden = frozenset(compiled) - set(nodes)
         additional_schema = schema.get("additionalProperties", True)
         additional = (
             None
             if additional_schema is False
             else self.node(additional_schema, f"{where}/additionalProperties")
         )
+        names = None
+        if schema.get("patternProperties"):
+            names, additional = self.pattern_keys(schema["patternProperties"], compiled, where)
+        if "propertyNames" in schema:
+            given = self.node(schema["propertyNames"], f"{where}/propertyNames")
+            compiled, names, additional = self.key_names(given, compiled, names, additional, where)
+        nodes = {name: node for name, node in compiled.items() if node is not NOTHING}
+        forbidden = frozenset(properties) - set(nodes)
         for name in required:
-            if name in forbidden or (name not in nodes and additional is None):
+            other = additional is not None and (names is None or names.holds(name))
+            if name in forbidden or (name not in nodes and not other):
                 raise SchemaError(f"{where}: {name!r} is required but may not appear")
         least, most = self.counts(schema, "minProperties", "maxProperties", where)
         if most is not None and most < len(set(required)):
             raise SchemaError(f"{where}: maxProperties is below the count of required keys")
         if additional is None and least > len(nodes):
             raise SchemaError(f"{where}: minProperties asks for more keys than may appear")
-        return ObjectNode(nodes, frozenset(required), additional, forbidden, least, most)
+        return ObjectNode(nodes, frozenset(required), additional, forbidden, least, most, names)
+
+    def pattern_keys(
+        self, patterns: Any, properties: dict[str, Node], where: str
+    ) -> tuple[StringNode, Node]:
+        """`patternProperties`: the string that other keys are (its one pattern's), and the
+        schema of their values. Keys that match no pattern are not written, even where
+        `additionalProperties` allows them (JSON mode writes a part of what a schema
+        allows)."""
+        if not isinstance(patterns, dict) or len(patterns) > 1:
+            raise SchemaError(f"{where}: patternProperties of more than one pattern is not "
+                              "supported")  # fmt: skip
+        ((pattern, value),) = patterns.items()
+        names = cast(StringNode, self.string({"pattern": pattern}, f"{where}/patternProperties"))
+        for name in properties:
+            if names.holds(name):
+                raise SchemaError(f"{where}: property {name!r} matches the pattern {pattern!r} "
+                                  "of patternProperties too: not supported")  # fmt: skip
+        return names, self.node(value, f"{where}/patternProperties/{pattern}")
+
+    def key_names(
+        self,
+        given: Node,
+        properties: dict[str, Node],
+        names: StringNode | None,
+        additional: Node | None,
+        where: str,
+    ) -> tuple[dict[str, Node], StringNode | None, Node | None]:
+        """`propertyNames` (compiled: `given`) over an object's properties, the string other
+        keys are and their values' schema. An enum of names (pydantic's `dict` with `Literal`
+        or `Enum` keys) leaves only its names, those not among `properties` with the schema
+        of other keys; a string's constraints join those other keys already have."""
+        if given is ANY_VALUE:
+            return properties, names, additional
+        leaves = alternatives(given)
+        if leaves and all(isinstance(leaf, Literals) for leaf in leaves):
+            listed = [json.loads(text) for leaf in leaves for text in cast(Literals, leaf).texts]
+            keys = [key for key in listed if isinstance(key, str)]
+            others = {} if additional is None else {
+                key: additional for key in keys if names is None or names.holds(key)
+            }  # fmt: skip
+            return others | {n: properties[n] for n in keys if n in properties}, None, None
+        if len(leaves) == 1 and isinstance(leaves[0], StringNode):
+            string = leaves[0]
+            kept = {name: node for name, node in properties.items() if string.holds(name)}
+            return kept, string if names is None else _both(names, string), additional
+        raise SchemaError(f"{where}: propertyNames must be an enum of names or a string's "
+                          "constraints")  # fmt: skip
 
     def array(self, schema: dict[str, Any], where: str) -> Node:
         if isinstance(schema.get("items"), list):
@@ -407,7 +497,7 @@ class _Compiler:
             raise SchemaError(f"{where}: pattern must be a string")
         if pattern is not None:
             try:
-                patterns.append(regex.compile(pattern))
+                patterns.append(regex.compile(_ecma_pattern(pattern), regex.ASCII))
             except regex.error as error:
                 raise SchemaError(f"{where}: pattern {pattern!r}: {error}") from None
         return StringNode(least, most, tuple(patterns))
@@ -480,6 +570,43 @@ class _Compiler:
                     self.table[target] = self.node(definitions[name], target)
                 return Ref(target, self.table)
         raise SchemaError(f"{where}: $ref {target!r}: only #, #/$defs/... and #/definitions/...")
+
+
+def _ecma_pattern(pattern: str) -> str:
+    """A JSON Schema `pattern` (ECMA-262's syntax) in Python's, to compile with `regex.ASCII`
+    (`\\d`, `\\w` ASCII only, as ECMA-262's are): `$` is the end of the string (Python's
+    is also before a last newline) and `.` no line's end (Python's is any but a newline)."""
+    out: list[str] = []
+    position, in_class = 0, False
+    while position < len(pattern):
+        char = pattern[position]
+        if char == "\\":
+            out.append(pattern[position : position + 2])
+            position += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            first = position + 2 if pattern.startswith("^", position + 1) else position + 1
+            if pattern.startswith("]", first):  # a first "]" is one of the class's characters
+                out.append(pattern[position : first + 1])
+                position = first + 1
+                continue
+        elif char == "$":
+            char = "\\Z"
+        elif char == ".":
+            char = "[^\\n\\r\\u2028\\u2029]"
+        out.append(char)
+        position += 1
+    return "".join(out)
+
+
+def _both(first: StringNode, second: StringNode) -> StringNode:
+    """The strings that are both."""
+    lengths = [node.max_length for node in (first, second) if node.max_length is not None]
+    least = max(first.min_length, second.min_length)
+    return StringNode(least, min(lengths, default=None), first.patterns + second.patterns)
 
 
 def _tighter(

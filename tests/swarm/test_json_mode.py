@@ -145,15 +145,17 @@ def following(tokenizer: Any, text: str) -> tuple[JsonConstraint, list[int]]:
 
 
 def test_a_dead_end_is_told_with_where_it_is(tokenizer: Any) -> None:
-    """A schema that leaves no way on (a pattern that `maxLength` leaves no room for): the
-    error says so, with the text it stopped after."""
-    schema = compile_schema({"type": "string", "maxLength": 2, "pattern": "^abc"})
+    """A schema that leaves no way on (a pattern whose strings need more characters than
+    `maxLength` leaves, further on than the checker looks): the error says so, with the
+    text it stopped after."""
+    schema = compile_schema({"type": "string", "maxLength": 40, "pattern": "^a*b{30}$"})
     constraint = JsonConstraint(tokenizer, [tokenizer.eos_token_id], schema)
-    for token in tokenizer('"ab', add_special_tokens=False)["input_ids"]:
-        constraint.take(token)
+    for token in tokenizer('"' + "a" * 12, add_special_tokens=False)["input_ids"]:
+        constraint.take(token)  # 12 + 30 characters: no way to end within 40
     scores = torch.zeros(1, len(tokenizer))
-    with pytest.raises(GenerationError, match=r"continues the JSON after \.\.\.'\"ab'"):
-        constraint.choose(scores, scores, lambda s: int(s.argmax()))
+    with pytest.raises(GenerationError, match=r"continues the JSON after \.\.\.'\"?a+b*'"):
+        for _ in range(40):
+            constraint.take(constraint.choose(scores, scores, lambda s: int(s.argmax())))
 
 
 def test_greedy_takes_the_likeliest_token_that_fits(tokenizer: Any) -> None:

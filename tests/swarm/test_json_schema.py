@@ -104,6 +104,9 @@ SHOP = {  # bounds and combinators, as pydantic writes constr, conint, tuples an
     "additionalProperties": False,
 }  # fmt: skip
 FALSE = {"type": "object", "properties": {"a": True, "b": False, "c": {"items": False}}}
+NAMES = {"additionalProperties": {"type": "integer"}, "propertyNames": {"maxLength": 2}}
+COLORS = {"additionalProperties": {"type": "integer"}, "propertyNames": {"enum": ["red", "blue"]}}
+ONLY_K = {"patternProperties": {"^k": {"type": "integer"}}, "additionalProperties": False}
 SCHEMAS = {"person": PERSON, "tree": TREE, "open": OPEN, "choices": CHOICES, "shop": SHOP}
 
 
@@ -134,9 +137,18 @@ def instances(schema: Any, root: Any, loose: bool = False) -> Any:
             },
         )
         other = schema.get("additionalProperties", True)
+        keys = st.text(max_size=4)
+        for pattern, value in schema.get("patternProperties", {}).items():  # one, if any
+            keys, other = keys if loose else st.from_regex(pattern, fullmatch=True), value
+        if "propertyNames" in schema and not loose:  # names of its strings, with its $defs
+            names = {"$defs": root.get("$defs", {}), "type": "string", **schema["propertyNames"]}
+            is_name = jsonschema.Draft202012Validator(names).is_valid
+            if "patternProperties" not in schema:
+                keys = instances(names, root)
+            keys = keys.filter(is_name)
         if other is False and not loose:
             return fixed
-        keys = st.text(max_size=4).filter(lambda key: key not in properties)
+        keys = keys.filter(lambda key: key not in properties)
         extra = st.dictionaries(keys, instances(other or {"type": "null"}, root, loose),
                                 max_size=3)  # fmt: skip
         merged = st.tuples(fixed, extra).map(lambda pair: {**pair[1], **pair[0]})
@@ -258,7 +270,20 @@ ONE_AT_A_TIME = [  # the newer keywords alone, where a near miss is not drowned 
         "uniqueItems": True,
     },
     {"$defs": SHOP["$defs"], **SHOP["properties"]["payment"]},
-]
+    # pydantic's dict[Literal["x", "y"], int], dict[Color, float], dict[constr(max_length=2),
+    # int], dict[constr(pattern="^k"), bool]
+    {"type": "object", "additionalProperties": {"type": "integer"},
+     "propertyNames": {"enum": ["x", "y"]}},
+    {"$defs": {"Color": {"enum": ["red", "blue"], "type": "string"}}, "type": "object",
+     "additionalProperties": {"type": "number"}, "propertyNames": {"$ref": "#/$defs/Color"}},
+    {"type": "object", "additionalProperties": {"type": "integer"},
+     "propertyNames": {"maxLength": 2}},
+    {"type": "object", "patternProperties": {"^k[a-z]{0,2}$": {"type": "boolean"}},
+     "additionalProperties": False},
+    {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"],
+     "patternProperties": {"^[ab][0-9]*$": {"type": "integer"}}, "propertyNames": {"minLength": 1,
+     "maxLength": 3}, "additionalProperties": False},
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("schema", ONE_AT_A_TIME, ids=lambda schema: json.dumps(schema)[:60])
@@ -427,25 +452,34 @@ def test_bounds_at_their_edges(schema: Any, text: str, whole: bool | None) -> No
         assert valid(schema, text) == whole
 
 
-UNIQUE = [  # uniqueItems over few values, where an item could begin that cannot end
+NARROW = [  # where a value could begin that cannot end: uniqueItems over few values, keys of
+    # few names, a pattern that needs more characters than maxLength leaves
+    {"type": "string", "pattern": "^a+b$", "maxLength": 3},
+    {"type": "string", "pattern": "^(a|b)*0(a|b)$", "maxLength": 4},
     {"items": {"enum": ["a", "b", 1]}, "uniqueItems": True},
     {"items": {"type": "integer", "minimum": 0, "maximum": 12}, "uniqueItems": True},
     {"items": {"type": "integer"}, "uniqueItems": True},
     {"items": {"type": "string", "maxLength": 1}, "uniqueItems": True},
     {"items": {"type": "number", "minimum": 1, "maximum": 1}, "uniqueItems": True},
+    {"additionalProperties": {"type": "integer"}, "propertyNames": {"maxLength": 1}},
+    {"additionalProperties": {"type": "integer"}, "propertyNames": {"enum": ["a", "b"]}},
+    {"patternProperties": {"^[ab]$": {"type": "integer"}}, "additionalProperties": False},
+    {"items": {"type": "string", "pattern": "^(a|b0)$"}, "uniqueItems": True},
+    {"items": {"type": "string", "pattern": "^a[0-9]*$", "maxLength": 2}, "uniqueItems": True},
 ]
 
 
-WALK = '[]"ab01-.,\\nu'  # enough to write these schemas' values, escapes included
+WALK = '[]{}:"ab01-.,\\nu'  # enough to write these schemas' values, escapes included
 
 
-@pytest.mark.parametrize("schema", UNIQUE, ids=lambda schema: json.dumps(schema["items"]))
+@pytest.mark.parametrize("schema", NARROW, ids=lambda schema: json.dumps(schema)[:60])
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
-def test_an_array_of_unique_items_has_no_dead_end(schema: Any, data: Any) -> None:
+def test_no_dead_end_where_values_are_few(schema: Any, data: Any) -> None:
     """A random walk of up to 16 characters, each one the checker takes, can still be
-    completed: no item begins that could only repeat one before it, and no escape begins
-    that no character could end."""
+    completed: no item begins that could only repeat one before it, no key that could only
+    repeat one, no string that its pattern could end only beyond its maxLength, and no
+    escape that no character could end."""
     state = JsonPrefix.start(compile_schema(schema))
     walked = ""
     for _ in range(data.draw(st.integers(0, 16))):
@@ -490,6 +524,11 @@ def test_a_constrained_string_takes_half_a_character_only_where_a_whole_one_may_
         (CHOICES, " ["),  # the value comes first
         (FALSE, '{"b": 1'),  # a property whose schema is false, though others may come
         (FALSE, '{"c": [1'),  # items false
+        (NAMES, '{"abc'),  # propertyNames: at most 2 characters
+        (NAMES, '{"ab": 1, "ab'),  # a name that can only be one already used
+        (COLORS, '{"gr'),
+        (COLORS, '{"red": 1, "blue": 2,'),  # no name left
+        (ONLY_K, '{"j'),  # patternProperties, and no other key
         (  # a reference to a definition that is false
             {"$defs": {"no": False}, "properties": {"a": {"$ref": "#/$defs/no"}, "b": {}}},
             '{"a"',
@@ -506,6 +545,26 @@ def test_a_constrained_string_takes_half_a_character_only_where_a_whole_one_may_
 )
 def test_what_begins_no_value_of_the_schema(schema: Any, text: str) -> None:
     assert JsonPrefix.start(compile_schema(schema)).feed(text) is None
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "whole"),
+    [
+        ("^[A-Z]{2}$", '"PX"', True),
+        ("^[A-Z]{2}$", '"PX\\n"', False),  # Python's $ also matches before a last newline
+        ("^a.b$", '"a-b"', True),
+        ("^a.b$", '"a\\rb"', False),  # ECMA-262's . takes no line's end
+        ("^[.$]+$", '"$."', True),  # in a class, $ and . are themselves
+        ("^\\$\\.$", '"$."', True),
+        ("^\\d\\w$", '"1a"', True),
+        ("^\\d$", '"\u0661"', False),  # ECMA-262's digits are ASCII ones; Python's are not
+    ],
+)
+def test_a_pattern_means_what_it_means_in_ecma_262(pattern: str, text: str, whole: bool) -> None:
+    """JSON Schema patterns are ECMA-262 expressions (as pydantic's Rust validator reads
+    them): they are compiled to Python's so that they mean the same."""
+    schema = {"type": "string", "pattern": pattern}
+    assert complete(schema, text) == whole, text
 
 
 def test_a_number_is_whole_before_it_is_complete() -> None:
@@ -555,6 +614,11 @@ def test_a_number_is_whole_before_it_is_complete() -> None:
         ({"$ref": "https://example.com/s.json"}, "only #, #/\\$defs"),
         ({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, "refers to itself"),
         ({"required": ["x"], "additionalProperties": False}, "'x' is required but may not"),
+        ({"required": ["ab"], "propertyNames": {"maxLength": 1}}, "'ab' is required but may"),
+        ({"required": ["c"], "propertyNames": {"enum": ["a", "b"]}}, "'c' is required but"),
+        ({"propertyNames": {"type": "integer"}}, "propertyNames must be an enum of names or"),
+        ({"patternProperties": {"^a": {}, "^b": {}}}, "patternProperties of more than one"),
+        ({"properties": {"ab": {}}, "patternProperties": {"^a": {}}}, "'ab' matches the pattern"),
         ({"properties": {"x": False}, "required": ["x"]}, "'x' is required but may not"),
         (False, "the schema false accepts no value"),
         ({"type": "integer", "enum": ["a", "b"]}, "no value of the enum"),
