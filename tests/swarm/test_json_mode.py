@@ -38,6 +38,18 @@ from .test_model import _swarm_and_model
 
 MODEL = "tiny-api"  # the name `api()` serves under
 
+COUNTS = {  # dict[Literal["cats", "dogs"], conint(ge=0, le=9)], dict[constr(max_length=3), bool]
+    "type": "object",
+    "properties": {
+        "counts": {"propertyNames": {"enum": ["cats", "dogs"]},
+                   "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "flags": {"propertyNames": {"maxLength": 3}, "additionalProperties": {"type": "boolean"},
+                  "maxProperties": 2},
+    },
+    "required": ["counts", "flags"],
+    "additionalProperties": False,
+}  # fmt: skip
+
 
 def parses_as_object(text: str) -> bool:
     """Python's verdict: one JSON object (NaN and Infinity, which it allows, are not JSON)."""
@@ -316,6 +328,21 @@ async def test_the_api_takes_response_format_json_object(
     content = answer.choices[0].message.content
     assert content == tokenizer.decode(expected, skip_special_tokens=True)
     assert JsonPrefix.start().feed(content) is not None
+
+
+def test_a_schema_of_dictionaries_through_the_swarm_is_the_reference(
+    tiny: Path, tokenizer: Any, swarm: Any
+) -> None:
+    """Pydantic's dictionaries with `Literal` keys and with keys of at most 3 characters:
+    the reference's tokens, and a value the validator accepts (on lines of their own: this
+    random model writes blank lines as long as it may)."""
+    prompt = tokenizer("Answer in JSON:", return_tensors="pt")["input_ids"]
+    expected = reference(tiny, tokenizer, prompt, 150, compile_schema(COUNTS), max_blank=1)
+    text = tokenizer.decode(expected, skip_special_tokens=True)
+    jsonschema.validate(json.loads(text), COUNTS)
+    output = swarm[1].generate(prompt, max_new_tokens=150, json_schema=COUNTS, json_whitespace=1,
+                               tokenizer=tokenizer)  # fmt: skip
+    assert output[0, prompt.shape[1] :].tolist() == expected
 
 
 def test_a_json_schema_through_the_swarm_is_the_reference(
