@@ -63,6 +63,7 @@ __all__ = [
 IGNORED = frozenset(  # annotations, and the definitions that $ref reads
     {"$schema", "$id", "$comment", "title", "description", "default", "examples", "format"}
     | {"deprecated", "readOnly", "writeOnly", "$defs", "definitions", "discriminator"}
+    | {"contentMediaType", "contentEncoding", "contentSchema"}  # annotations in 2020-12
 )
 KEYWORDS_OF = {  # the keywords that constrain values of one type
     "object": {"properties", "required", "additionalProperties", "minProperties"}

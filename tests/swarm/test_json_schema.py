@@ -10,13 +10,18 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, cast
+from enum import IntEnum, StrEnum
+from ipaddress import IPv4Address
+from typing import Annotated, Any, Literal, cast
+from uuid import UUID
 
 import jsonschema
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StringConstraints
 
 from swarm.json_prefix import JsonPrefix
 from swarm.json_schema import SchemaError, compile_schema, literal_key
@@ -632,10 +637,65 @@ def test_what_json_mode_cannot_honour_is_refused_by_name(schema: Any, message: s
         compile_schema(schema)
 
 
+class Color(StrEnum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Level(IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+class Everything(BaseModel):
+    """Pydantic's common field types, as its `model_json_schema()` writes them."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, StringConstraints(min_length=1, max_length=12, pattern="^[A-Z]")]
+    code: Annotated[str, StringConstraints(pattern="^[A-Z]{2}$")]
+    count: Annotated[int, Field(gt=0, le=99)]
+    price: Decimal
+    ratio: float
+    level: Level
+    colors: set[Color]
+    weights: dict[Color, float]
+    sizes: dict[Literal["small", "large"], int]
+    codes: dict[Annotated[str, StringConstraints(pattern="^[a-z]{2}$")], int]
+    short: dict[Annotated[str, StringConstraints(max_length=3)], bool]
+    owners: dict[UUID, str]
+    point: tuple[float, float]
+    tags: list[str] = Field(max_length=3)
+    when: datetime
+    day: date
+    wait: timedelta
+    id: UUID
+    host: IPv4Address
+    site: HttpUrl
+    note: str | None = None
+    kind: Literal["a", 1, None]
+
+
+def test_what_pydantic_writes_for_a_model_is_a_value_of_its_schema() -> None:
+    """The schema pydantic writes compiles, and its JSON of an instance, in two layouts,
+    is taken whole."""
+    instance = Everything(
+        name="Ada", code="PX", count=3, price=Decimal("12.50"), ratio=0.25, level=Level.HIGH,
+        colors={Color.RED, Color.BLUE}, weights={Color.RED: 1.5}, sizes={"small": 2},
+        codes={"ab": 1, "cd": 2}, short={"x": True}, owners={UUID(int=7): "me"},
+        point=(1.0, -2.5), tags=["a", "b"], when=datetime(2024, 2, 29, 12, 30, tzinfo=UTC),
+        day=date(2000, 1, 1), wait=timedelta(days=1, hours=2), id=UUID(int=42),
+        host=IPv4Address("10.0.0.1"), site=HttpUrl("https://example.com/x"), kind=1,
+    )  # fmt: skip
+    schema = Everything.model_json_schema()
+    for text in (instance.model_dump_json(), instance.model_dump_json(indent=2)):
+        assert complete(schema, text), text
+    assert not complete(schema, instance.model_dump_json().replace('"PX"', '"PX\\n"'))
+
+
 def test_annotations_and_implied_types() -> None:
     """Annotations change nothing; `properties` without `type` describes an object."""
     annotated = {"title": "T", "description": "d", "format": "color", "examples": ["x"],
-                 "type": "string"}  # fmt: skip
+                 "contentMediaType": "application/json", "type": "string"}  # fmt: skip
     assert complete(annotated, '"anything"')
     implied = {"properties": {"a": {"type": "boolean"}}, "required": ["a"]}
     assert complete(implied, '{"a": true}') and not complete(implied, "[]")
