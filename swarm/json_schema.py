@@ -162,12 +162,12 @@ class StringNode(Node):
         one already used, say), looked for depth first over the characters the patterns
         name and a few others; True where the search gives up unsure (too deep, too long)."""
         budget = iter(range(SEARCH_BUDGET))
+        longest = len(value) + SEARCH_DEPTH if self.max_length is None else self.max_length
 
         def ends(text: str) -> bool:
             if self.holds(text) and fits(text):
                 return True
-            most = SEARCH_DEPTH if self.max_length is None else self.max_length - len(value)
-            if len(text) - len(value) >= most or next(budget, None) is None:
+            if len(text) >= longest or next(budget, None) is None:
                 return self.max_length is None or len(text) < self.max_length  # unsure
             return any(self.may_grow(text + char) and ends(text + char) for char in self.probes)
 
