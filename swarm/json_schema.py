@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -80,6 +81,7 @@ PROBES = "aA0 _-."  # what a search for a string's ending tries, after its patte
 _CODE_ESCAPE = regex.compile(r"\\(?:u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2})")  # \u00e9, \x41
 SEARCH_DEPTH = 16  # characters a search for an ending looks ahead (where no maxLength ends it)
 SEARCH_BUDGET = 32  # strings a search for an ending may try before it gives up (unsure)
+SEARCH_SECONDS = 0.05  # and the time it may take (a slow pattern is slow at every try)
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 ValueKey = tuple[str, Any]  # a scalar as `uniqueItems` compares it: its type, its value
 
@@ -160,18 +162,30 @@ class StringNode(Node):
     def may_end(self, value: str, fits: Callable[[str], bool]) -> bool:
         """Whether a string of these that begins `value` may end as one that `fits` (not
         one already used, say), looked for depth first over the characters the patterns
-        name and a few others; True where the search gives up unsure (too deep, too long)."""
+        name and a few others; True where the search gives up unsure (too deep, too many
+        tries, too long)."""
         budget = iter(range(SEARCH_BUDGET))
+        deadline = time.monotonic() + SEARCH_SECONDS
         longest = len(value) + SEARCH_DEPTH if self.max_length is None else self.max_length
 
         def ends(text: str) -> bool:
             if self.holds(text) and fits(text):
                 return True
+            if len(text) >= longest and self.max_length is not None:
+                return False
             if len(text) >= longest or next(budget, None) is None:
-                return self.max_length is None or len(text) < self.max_length  # unsure
-            return any(self.may_grow(text + char) and ends(text + char) for char in self.probes)
+                raise _Unsure
+            for char in self.probes:
+                if time.monotonic() > deadline:
+                    raise _Unsure
+                if self.may_grow(text + char) and ends(text + char):
+                    return True
+            return False
 
-        return ends(value)
+        try:
+            return ends(value)
+        except _Unsure:
+            return True
 
     @cached_property
     def probes(self) -> str:
@@ -180,6 +194,10 @@ class StringNode(Node):
         named = "".join(pattern.pattern for pattern in self.patterns)
         escaped = "".join(chr(int(code[2:], 16)) for code in _CODE_ESCAPE.findall(named))
         return "".join(dict.fromkeys(c for c in named + escaped + PROBES if c.isprintable()))
+
+
+class _Unsure(Exception):
+    """A search for a string's ending gave up."""
 
 
 def _search(pattern: regex.Pattern[str], value: str, partial: bool) -> bool:

@@ -23,8 +23,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StringConstraints
 
+from swarm import json_schema
 from swarm.json_prefix import JsonPrefix
-from swarm.json_schema import SchemaError, compile_schema, literal_key
+from swarm.json_schema import SchemaError, StringNode, compile_schema, literal_key
 
 PET = {
     "type": "object",
@@ -495,6 +496,19 @@ def test_no_dead_end_where_values_are_few(schema: Any, data: Any) -> None:
         walked += char
         state = cast(JsonPrefix, state.feed(char))
     assert finishes(state, WALK + "23456789", 8, iter(range(3000))), walked
+
+
+def test_a_search_for_an_ending_gives_up_unsure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its time (a slow pattern is slow at every try) or its tries, the search lets the
+    string go on, as unsure; else it finds that a used code has no other ending."""
+    node = cast(StringNode, compile_schema({"type": "string", "pattern": "^[A-Z]{2}$"}))
+    unused = lambda text: text != "PX"  # noqa: E731
+    assert not node.may_end("PX", unused) and node.may_end("P", unused)
+    monkeypatch.setattr(json_schema, "SEARCH_SECONDS", -1.0)
+    assert node.may_end("PX", unused)
+    monkeypatch.setattr(json_schema, "SEARCH_SECONDS", 1.0)
+    monkeypatch.setattr(json_schema, "SEARCH_BUDGET", 0)
+    assert node.may_end("PX", unused)
 
 
 def test_a_constrained_string_takes_half_a_character_only_where_a_whole_one_may_follow() -> None:
