@@ -442,11 +442,13 @@ class _Compiler:
         schema of their values. Keys that match no pattern are not written, even where
         `additionalProperties` allows them (JSON mode writes a part of what a schema
         allows)."""
-        if not isinstance(patterns, dict) or len(patterns) > 1:
+        if not isinstance(patterns, dict):
+            raise SchemaError(f"{where}: patternProperties must be an object")
+        if len(patterns) > 1:
             raise SchemaError(f"{where}: patternProperties of more than one pattern is not "
                               "supported")  # fmt: skip
         ((pattern, value),) = patterns.items()
-        names = cast(StringNode, self.string({"pattern": pattern}, f"{where}/patternProperties"))
+        names = self.string({"pattern": pattern}, f"{where}/patternProperties")
         for name in properties:
             if names.holds(name):
                 raise SchemaError(f"{where}: property {name!r} matches the pattern {pattern!r} "
@@ -507,7 +509,7 @@ class _Compiler:
             self.unique.append((where, array))
         return array
 
-    def string(self, schema: dict[str, Any], where: str) -> Node:
+    def string(self, schema: dict[str, Any], where: str) -> StringNode:
         least, most = self.counts(schema, "minLength", "maxLength", where)
         name = schema.get("format")
         patterns = [FORMATS[name]] if isinstance(name, str) and name in FORMATS else []

@@ -637,6 +637,7 @@ def test_a_number_is_whole_before_it_is_complete() -> None:
         ({"required": ["c"], "propertyNames": {"enum": ["a", "b"]}}, "'c' is required but"),
         ({"propertyNames": {"type": "integer"}}, "propertyNames must be an enum of names or"),
         ({"patternProperties": {"^a": {}, "^b": {}}}, "patternProperties of more than one"),
+        ({"patternProperties": ["^a"]}, "patternProperties must be an object"),
         ({"properties": {"ab": {}}, "patternProperties": {"^a": {}}}, "'ab' matches the pattern"),
         ({"properties": {"x": False}, "required": ["x"]}, "'x' is required but may not"),
         (False, "the schema false accepts no value"),
