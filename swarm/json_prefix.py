@@ -312,14 +312,19 @@ class _Object(Frame):
 
     def may_take(self, name: str) -> bool:
         """Whether key `name` may come next."""
-        node = self.node.value_node(name)
-        return name not in self.used and node is not None and self.may_use(name)
+        return self.value_if_taken(name) is not None
+
+    def value_if_taken(self, name: str) -> Node | None:
+        """The schema of the value of key `name` if the key may come next, else None."""
+        if name in self.used or not self.may_use(name):
+            return None
+        return self.node.value_node(name)
 
     def with_key(self, raw: str) -> Frame | None:
         name = json.loads(f'"{raw}"')
-        if not self.may_take(name):
+        pending = self.value_if_taken(name)
+        if pending is None:
             return None
-        pending = self.node.value_node(name)
         return replace(self, used=self.used | {name}, phase="colon", pending=pending)
 
     def child_done(self, ended: Frame) -> Frame | None:

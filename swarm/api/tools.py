@@ -196,18 +196,8 @@ def find_calls(text: str, tools: Sequence[Tool]) -> list[ToolCall]:
     `tools` and its arguments (`arguments` or `parameters`), or lists of them, alone or
     between tags (`<tool_call>` around each, Mistral's `[TOOL_CALLS]`, a code fence); else
     none."""
-    body, decoder = text.replace("[TOOL_CALLS]", ""), json.JSONDecoder()
-    entries: list[Any] = []
-    while (start := _next_value(body)) >= 0:
-        if _outside_tags(body[:start]):
-            return []
-        try:
-            found, end = decoder.raw_decode(body, start)
-        except ValueError:
-            return []
-        entries.extend(found if isinstance(found, list) else [found])
-        body = body[end:]
-    if not entries or _outside_tags(body):
+    entries, rest, stop = _values(text)
+    if stop or not entries or _outside_tags(rest):
         return []
     calls = [call for entry in entries if (call := _call(entry, tools)) is not None]
     return calls if len(calls) == len(entries) else []
@@ -218,20 +208,32 @@ def may_be_calls(text: str, tools: Sequence[Tool]) -> bool:
     `find_calls`): its JSON values so far are calls, with nothing but whitespace, tags and
     code fences around them, where the end may be a value, a tag or a fence not yet
     finished. Once false, false for any text that goes on from this one."""
+    entries, rest, stop = _values(text)
+    if stop == "outside" or any(_call(entry, tools) is None for entry in entries):
+        return False
+    if stop == "unparsed":  # not finished yet, or not JSON: held until the end tells
+        return True
+    rest = _UNFINISHED_FENCE.sub("", rest)
+    return not _untagged(rest).split("<", 1)[0].strip()  # from a "<" left on: a tag to come
+
+
+def _values(text: str) -> tuple[list[Any], str, str]:
+    """The JSON objects and lists of an answer, those in lists one by one, as long as only
+    whitespace, tags and code fences come before each; the text after them; and why the
+    reading stopped: "" (no value after), "outside" (other text before the next one) or
+    "unparsed" (the next one does not parse, or is not finished)."""
     body, decoder = text.replace("[TOOL_CALLS]", ""), json.JSONDecoder()
+    entries: list[Any] = []
     while (start := _next_value(body)) >= 0:
         if _outside_tags(body[:start]):
-            return False
+            return entries, body, "outside"
         try:
             found, end = decoder.raw_decode(body, start)
-        except ValueError:  # not finished yet, or not JSON: held until the end tells
-            return True
-        entries = found if isinstance(found, list) else [found]
-        if any(_call(entry, tools) is None for entry in entries):
-            return False
+        except ValueError:
+            return entries, body, "unparsed"
+        entries.extend(found if isinstance(found, list) else [found])
         body = body[end:]
-    rest = _UNFINISHED_FENCE.sub("", body)
-    return not _untagged(rest).split("<", 1)[0].strip()  # from a "<" left on: a tag to come
+    return entries, body, ""
 
 
 def _next_value(text: str) -> int:
