@@ -1,11 +1,13 @@
 """The client's generation loop: tokens in, hidden states through the swarm, tokens out.
 
 It is our own async loop, built from transformers' logits processors and stopping criteria
-in the order `GenerationMixin.generate` applies them (repetition penalty, then temperature,
-top-k, top-p), so that greedy and seeded sampling give the same tokens as the local model's
-`generate()`. Sampling draws from a private `torch.Generator` seeded from the request, the
-same stream as `torch.manual_seed(seed)` followed by a local `generate()`, without touching
-the global random state.
+in the order `GenerationMixin.generate` applies them (sequence biases, repetition penalty,
+bans and suppressed tokens, the caller's own processors, then temperature, top-k, top-p and
+the other samplers' cutoffs),
+so that greedy and seeded sampling give the same tokens as the local model's `generate()`.
+Sampling draws from a private `torch.Generator` seeded from the request, the same stream as
+`torch.manual_seed(seed)` followed by a local `generate()`, without touching the global
+random state.
 
 The loop knows nothing of the network: it talks to a `HiddenStatePipeline` (one inference
 session through a chain of peers, or local layers in tests) and to a `LanguageModelHead`
@@ -17,27 +19,38 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import torch
 from transformers import (
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
     LogitsProcessor,
     LogitsProcessorList,
+    MaxTimeCriteria,
     MinNewTokensLengthLogitsProcessor,
     MinPLogitsWarper,
+    NoBadWordsLogitsProcessor,
     NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor,
+    StoppingCriteria,
     StoppingCriteriaList,
     StopStringCriteria,
+    SuppressTokensAtBeginLogitsProcessor,
+    SuppressTokensLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
+    TypicalLogitsWarper,
 )
 
 from .errors import GenerationError as GenerationError
 from .json_mode import JsonConstraint
 from .json_prefix import MAX_BLANK
 from .json_schema import ANY_OBJECT, Node, compile_schema
+
+_Listed = TypeVar("_Listed", LogitsProcessorList, StoppingCriteriaList)
 
 
 class HiddenStatePipeline(Protocol):
@@ -74,11 +87,21 @@ class SamplingConfig:
     no_repeat_ngram_size: int = 0  # n-grams that may occur once (0: any)
     min_new_tokens: int = 0  # before which EOS cannot come
     min_p: float | None = None  # sampling: tokens under min_p times the likeliest are out
+    typical_p: float = 1.0  # sampling: the most typical tokens that hold this much mass
+    epsilon_cutoff: float = 0.0  # sampling: tokens less likely than this are out (0: off)
+    eta_cutoff: float = 0.0  # sampling: eta sampling's cutoff (0: off)
     presence_penalty: float = 0.0  # OpenAI's: off each generated token's logit, once
     frequency_penalty: float = 0.0  # OpenAI's: off each generated token's logit, per use
     json_object: bool = False  # JSON mode: the text is one JSON object (`swarm.json_mode`)
     json_schema: Node | None = None  # JSON mode: the text is a value of this schema
     json_whitespace: int = MAX_BLANK  # JSON mode: the longest run of it outside strings
+    sequence_bias: tuple[tuple[tuple[int, ...], float], ...] = ()  # (tokens, bias) pairs
+    bad_words_ids: tuple[tuple[int, ...], ...] = ()  # token sequences never generated
+    suppress_tokens: tuple[int, ...] = ()  # tokens never generated
+    begin_suppress_tokens: tuple[int, ...] = ()  # tokens not generated first
+    max_time: float | None = None  # seconds, from the start, after which generation stops
+    logits_processor: tuple[LogitsProcessor, ...] = ()  # the caller's own, merged as there
+    stopping_criteria: tuple[StoppingCriteria, ...] = ()  # the caller's own, merged as there
 
     @property
     def json_mode(self) -> Node | None:
@@ -104,10 +127,18 @@ class SamplingConfig:
             raise GenerationError("no_repeat_ngram_size and min_new_tokens must be >= 0")
         if self.min_p is not None and not 0 <= self.min_p <= 1:
             raise GenerationError("min_p must be in [0, 1]")
+        if not 0 < self.typical_p <= 1:
+            raise GenerationError("typical_p must be in (0, 1]")
+        if not (0 <= self.epsilon_cutoff < 1 and 0 <= self.eta_cutoff < 1):
+            raise GenerationError("epsilon_cutoff and eta_cutoff must be in [0, 1)")
         if not all(math.isfinite(x) for x in (self.presence_penalty, self.frequency_penalty)):
             raise GenerationError("presence_penalty and frequency_penalty must be finite")
         if self.json_whitespace < 0:
             raise GenerationError("json_whitespace must be >= 0")
+        if self.max_time is not None and not self.max_time > 0:
+            raise GenerationError("max_time must be > 0 seconds")
+        if not all(math.isfinite(bias) for _, bias in self.sequence_bias):
+            raise GenerationError("sequence_bias must be finite")
 
     @classmethod
     def from_generation_config(cls, generation_config: Any, **overrides: Any) -> SamplingConfig:
@@ -124,7 +155,7 @@ class SamplingConfig:
         for name in _FROM_GENERATION_CONFIG:
             value = getattr(generation_config, name, None)
             if value is not None:
-                values[name] = value
+                values[name] = _NORMALIZED[name](value, name) if name in _NORMALIZED else value
         max_new = getattr(generation_config, "max_new_tokens", None)
         if max_new is not None:
             values["max_new_tokens"] = max_new
@@ -133,8 +164,8 @@ class SamplingConfig:
                 continue
             if name == "eos_token_id":
                 name, value = "eos_token_ids", _as_tuple(value)
-            elif name == "stop_strings":
-                value = _as_tuple(value)
+            elif name in _NORMALIZED:
+                value = _NORMALIZED[name](value, name)
             elif name == "json_schema" and not isinstance(value, Node):
                 value = compile_schema(value)
             elif name not in _ARGUMENTS:
@@ -147,7 +178,9 @@ class SamplingConfig:
 
 _FROM_GENERATION_CONFIG = (
     *("num_beams", "length_penalty", "early_stopping", "num_return_sequences"),
-    *("no_repeat_ngram_size", "min_new_tokens", "min_p"),
+    *("no_repeat_ngram_size", "min_new_tokens", "min_p", "typical_p", "epsilon_cutoff"),
+    *("eta_cutoff", "max_time", "sequence_bias"),
+    *("bad_words_ids", "suppress_tokens", "begin_suppress_tokens"),
 )
 IGNORED_ARGUMENTS = frozenset({"pad_token_id", "use_cache"})  # transformers' that mean nothing here
 _ARGUMENTS = frozenset(
@@ -194,12 +227,62 @@ def _or(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _as_tuple(value: Any) -> tuple[Any, ...]:
+def _as_tuple(value: Any, name: str = "") -> tuple[Any, ...]:
     if value is None:
         return ()
     if isinstance(value, (list, tuple)):
         return tuple(value)
     return (value,)
+
+
+def _token_ids(value: Any, name: str) -> tuple[int, ...]:
+    """A list of token ids, as transformers takes one (a tensor too)."""
+    ids = value.tolist() if isinstance(value, torch.Tensor) else value
+    if not isinstance(ids, (list, tuple)) or not all(type(i) is int and i >= 0 for i in ids):
+        raise GenerationError(f"{name} must be a list of token ids")
+    return tuple(ids)
+
+
+def _token_sequences(value: Any, name: str) -> tuple[tuple[int, ...], ...]:
+    """A list of non-empty lists of token ids (`bad_words_ids`)."""
+    if not isinstance(value, (list, tuple)):
+        raise GenerationError(f"{name} must be a list of lists of token ids")
+    sequences = tuple(_token_ids(ids, name) for ids in value)
+    if not all(sequences):
+        raise GenerationError(f"{name} may not hold an empty list")
+    return sequences
+
+
+def _sequence_biases(value: Any, name: str) -> tuple[tuple[tuple[int, ...], float], ...]:
+    """`sequence_bias` as transformers takes it: {(ids...): bias} or [[[ids...], bias], ...]."""
+    pairs = list(value.items()) if isinstance(value, dict) else value
+    if not isinstance(pairs, (list, tuple)) or not all(
+        isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in pairs
+    ):
+        raise GenerationError(f"{name} must map token sequences to biases")
+    if not all(isinstance(bias, (int, float)) for _, bias in pairs):
+        raise GenerationError(f"{name}'s biases must be numbers")
+    sequences = _token_sequences([ids for ids, _ in pairs], name)
+    return tuple(zip(sequences, (float(bias) for _, bias in pairs), strict=True))
+
+
+def _processors(value: Any, name: str) -> tuple[Any, ...]:
+    """The caller's own `logits_processor` or `stopping_criteria`: a list of callables."""
+    items = _as_tuple(value)
+    if not all(callable(item) for item in items):
+        raise GenerationError(f"{name} must be a list of callables of (input_ids, scores)")
+    return items
+
+
+_NORMALIZED: dict[str, Callable[[Any, str], Any]] = {
+    "stop_strings": _as_tuple,
+    "sequence_bias": _sequence_biases,
+    "bad_words_ids": _token_sequences,
+    "suppress_tokens": _token_ids,
+    "begin_suppress_tokens": _token_ids,
+    "logits_processor": _processors,
+    "stopping_criteria": _processors,
+}
 
 
 @dataclass(frozen=True)
@@ -251,6 +334,9 @@ def build_logits_processors(
     of `prompt_length` tokens whose rows begin with `padding` padding tokens (ignored by the
     repetition penalty, as there)."""
     processors = LogitsProcessorList()
+    if config.sequence_bias:
+        bias = SequenceBiasLogitsProcessor(dict(config.sequence_bias))  # type: ignore[arg-type]
+        processors.append(bias)
     if config.repetition_penalty != 1.0:
         ignored = torch.tensor(padding) if any(padding) else None
         penalty = RepetitionPenaltyLogitsProcessor(config.repetition_penalty, ignored)
@@ -263,12 +349,21 @@ def build_logits_processors(
         )
     if config.no_repeat_ngram_size:
         processors.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+    if config.bad_words_ids:
+        bad_words = [list(ids) for ids in config.bad_words_ids]
+        processors.append(NoBadWordsLogitsProcessor(bad_words, list(config.eos_token_ids)))
     if config.min_new_tokens and config.eos_token_ids:
         processors.append(
             MinNewTokensLengthLogitsProcessor(
                 prompt_length, config.min_new_tokens, list(config.eos_token_ids)
             )
         )
+    if config.suppress_tokens:
+        processors.append(SuppressTokensLogitsProcessor(config.suppress_tokens))
+    if config.begin_suppress_tokens:
+        begin = SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, prompt_length)
+        processors.append(begin)
+    processors = _merged(processors, config.logits_processor)
     if config.do_sample:
         # beams keep a token that is not EOS to go on with, as transformers' do
         keep = max(2, len(config.eos_token_ids) + 1) if config.num_beams > 1 else 1
@@ -280,6 +375,12 @@ def build_logits_processors(
             processors.append(TopPLogitsWarper(top_p=config.top_p, min_tokens_to_keep=keep))
         if config.min_p is not None:
             processors.append(MinPLogitsWarper(min_p=config.min_p, min_tokens_to_keep=keep))
+        if config.typical_p < 1.0:
+            processors.append(TypicalLogitsWarper(mass=config.typical_p, min_tokens_to_keep=keep))
+        if config.epsilon_cutoff:
+            processors.append(EpsilonLogitsWarper(config.epsilon_cutoff, min_tokens_to_keep=keep))
+        if config.eta_cutoff:
+            processors.append(EtaLogitsWarper(config.eta_cutoff, min_tokens_to_keep=keep))
     return processors
 
 
@@ -303,14 +404,29 @@ class PresenceFrequencyPenalty(LogitsProcessor):
 
 
 def build_stopping_criteria(config: SamplingConfig, tokenizer: Any) -> StoppingCriteriaList:
+    """The stopping criteria `generate()` would use (EOS aside: the loops check it); a
+    `max_time` clock starts here."""
     criteria = StoppingCriteriaList()
+    if config.max_time is not None:
+        criteria.append(MaxTimeCriteria(config.max_time))
     if config.stop_strings:
         if tokenizer is None:
             raise GenerationError("stop_strings need a tokenizer")
         criteria.append(
             StopStringCriteria(tokenizer=tokenizer, stop_strings=list(config.stop_strings))
         )
-    return criteria
+    return _merged(criteria, config.stopping_criteria)
+
+
+def _merged(built: _Listed, own: Sequence[Any]) -> _Listed:
+    """`built` with the caller's `own` merged in as transformers merges them: one of a type
+    already built takes its place, the others come after."""
+    merged = type(built)()
+    for entry in built:
+        same = [item for item in own if type(item) is type(entry)]
+        merged.append(same[0] if same else entry)
+    merged.extend(item for item in own if all(item is not entry for entry in merged))
+    return merged
 
 
 async def logits_after(

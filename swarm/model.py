@@ -162,9 +162,11 @@ class DistributedModelForCausalLM:
 
         Arguments: max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
         eos_token_id, stop_strings (with `tokenizer=`), seed, no_repeat_ngram_size,
-        min_new_tokens, min_p, streamer (a callable given each new token id, or
-        transformers' `TextStreamer` and the like; one sequence only). Unset ones come from
-        the model's generation config. `max_length` (prompt included) stands for
+        min_new_tokens, min_p, typical_p, epsilon_cutoff, eta_cutoff, sequence_bias,
+        bad_words_ids, suppress_tokens, begin_suppress_tokens, max_time, logits_processor
+        and stopping_criteria (the caller's own, merged as transformers merges them),
+        streamer (a callable given each new token id, or transformers' `TextStreamer` and
+        the like; one sequence only). Unset ones come from the model's generation config. `max_length` (prompt included) stands for
         `max_new_tokens` if that is not given. `use_cache` is ignored; anything else is a
         GenerationError that names it.
 

@@ -1,14 +1,16 @@
 """The JSON bodies of `/v1/completions` and `/v1/chat/completions`, read and checked.
 
 The fields mean what OpenAI's API says they mean. Those the swarm cannot honour (`best_of`,
-tools...) are accepted only at their neutral value, and refused by name otherwise;
-a field the API does not have is an error too, as OpenAI's API answers it. `temperature` 0
-is greedy decoding; above 0 the tokens are sampled with that temperature and `top_p` (no
+`suffix`) are accepted only at their neutral value, and refused by name otherwise; a field
+the API does not have is an error too, as OpenAI's API answers it. `temperature` 0 is
+greedy decoding; above 0 the tokens are sampled with that temperature and `top_p` (no
 top-k: OpenAI has none). The presence and frequency penalties apply to the tokens generated
-(`swarm.generation.PresenceFrequencyPenalty`). Log probabilities: completions take `logprobs` N
-and `echo`, chat takes `logprobs` and `top_logprobs` N. `response_format` `json_object` and
-`json_schema` are JSON mode (`swarm.json_mode`): the answer is a JSON object, or a value of
-the schema (its subset that `swarm.json_schema` supports; other keywords get a 400).
+(`swarm.generation.PresenceFrequencyPenalty`); `logit_bias` (token id -> -100..100) is
+added to those tokens' logits before anything else (transformers' `sequence_bias`). Log
+probabilities: completions take `logprobs` N and `echo`, chat takes `logprobs` and
+`top_logprobs` N. `response_format` `json_object` and `json_schema` are JSON mode
+(`swarm.json_mode`): the answer is a JSON object, or a value of the schema (its subset that
+`swarm.json_schema` supports; other keywords get a 400).
 """
 
 from __future__ import annotations
@@ -26,18 +28,18 @@ __all__ = ["ApiError", "ChatMessage", "CompletionRequest", "read_request"]
 
 MAX_STOP_SEQUENCES = 4
 MAX_CHOICES = 8  # `n`: answers to one request, generated side by side
+MAX_LOGIT_BIAS = 300  # tokens a request may bias, as OpenAI's API allows
 MAX_LOGPROBS = {"completion": 5, "chat": 20}  # the likeliest tokens given per place, at most
 ROLES = ("system", "user", "assistant", "tool")
 # fields accepted only at their neutral value (what the field means if absent)
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "best_of": (None, 1),
-    "logit_bias": (None, {}),
     "suffix": (None, ""),
 }
 IGNORED = ("user", "metadata", "store", "service_tier")
 COMMON = ("model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
-          "stream_options", "presence_penalty", "frequency_penalty", "n", "response_format",
-          *NEUTRAL, *IGNORED)  # fmt: skip
+          "stream_options", "presence_penalty", "frequency_penalty", "logit_bias", "n",
+          "response_format", *NEUTRAL, *IGNORED)  # fmt: skip
 CHAT = ("messages", "max_completion_tokens", "logprobs", "top_logprobs", "tools", "tool_choice",
         "parallel_tool_calls")  # fmt: skip
 FIELDS = {
@@ -68,6 +70,7 @@ class CompletionRequest:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False  # in a last chunk of the stream
@@ -97,6 +100,8 @@ class CompletionRequest:
             options["temperature"] = self.temperature
         if self.stop:
             options["stop_strings"] = list(self.stop)
+        if self.logit_bias:
+            options["sequence_bias"] = {(token,): bias for token, bias in self.logit_bias}
         if self.logprobs is not None:
             options["logprobs"] = self.logprobs
         if self.json_object:
@@ -150,6 +155,7 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
         raise ApiError(400, "top_p must be above 0", "top_p")
     for penalty in ("presence_penalty", "frequency_penalty"):
         fields[penalty] = _number(data, penalty, -2.0, 2.0) or 0.0
+    fields["logit_bias"] = _logit_bias(_field(data, "logit_bias", dict) or {})
     fields["temperature"] = 1.0 if temperature is None else temperature
     fields["top_p"] = 1.0 if top_p is None else top_p
     fields["seed"] = _field(data, "seed", int)
@@ -236,6 +242,22 @@ def _number(data: dict[str, Any], name: str, low: float, high: float) -> float |
     if not low <= value <= high:
         raise ApiError(400, f"{name} must be within {low}..{high}", name)
     return float(value)
+
+
+def _logit_bias(value: dict[str, Any]) -> tuple[tuple[int, float], ...]:
+    """`logit_bias`: token ids (as JSON keys, strings) to biases within -100..100."""
+    if len(value) > MAX_LOGIT_BIAS:
+        raise ApiError(400, f"logit_bias may bias at most {MAX_LOGIT_BIAS} tokens", "logit_bias")
+    biases = []
+    for key, bias in value.items():
+        if not key.isascii() or not key.isdigit():
+            raise ApiError(400, f"logit_bias keys must be token ids, not {key!r}"[:200],
+                           "logit_bias")  # fmt: skip
+        if isinstance(bias, bool) or not isinstance(bias, int | float) or not -100 <= bias <= 100:
+            raise ApiError(400, "logit_bias values must be numbers within -100..100",
+                           "logit_bias")  # fmt: skip
+        biases.append((int(key), float(bias)))
+    return tuple(biases)
 
 
 def _prompt(value: Any) -> str | tuple[int, ...]:

@@ -179,6 +179,9 @@ class ApiServer:
         if max_tokens > self.config.max_tokens:
             raise ApiError(400, f"max_tokens may be at most {self.config.max_tokens}", "max_tokens")
         input_ids = self._input_ids(request)
+        vocabulary = int(self.model.config.vocab_size)
+        if any(token >= vocabulary for token, _ in request.logit_bias):
+            raise ApiError(400, f"logit_bias token ids must be below {vocabulary}", "logit_bias")
         if self.context and input_ids.shape[1] + max_tokens > self.context:
             raise ApiError(
                 400,

@@ -307,6 +307,32 @@ async def test_presence_and_frequency_penalties_are_openais(tiny: Path, swarm: A
     assert answer.choices[0].text == tokenizer.decode(expected, skip_special_tokens=True)
 
 
+async def test_logit_bias_is_added_to_the_logits_as_openai_says(tiny: Path, swarm: Any) -> None:
+    """Greedy tokens with a bias on two tokens, against a loop of transformers' forwards that
+    adds each bias to its token's logit; a bias on a token beyond the vocabulary is a 400."""
+    prompt = prompt_ids(tiny)[0].tolist()
+    plain = greedy_tokens(tiny, prompt, 8)
+    bias = {plain[1]: -100.0, plain[0] + 1: 4.5}
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    expected: list[int] = []
+    with torch.no_grad():
+        for _ in range(8):
+            logits = model(torch.tensor([prompt + expected])).logits[0, -1]
+            for token, value in bias.items():
+                logits[token] += value
+            expected.append(int(logits.argmax()))
+    assert expected != plain and plain[1] not in expected
+    wire = {str(token): value for token, value in bias.items()}
+    async with api(tiny, swarm[1]) as client:
+        answer = await call(client.completions.create, model=MODEL, prompt=prompt, max_tokens=8,
+                            temperature=0, logit_bias=wire)  # fmt: skip
+        with pytest.raises(openai.BadRequestError, match="logit_bias token ids must be below"):
+            await call(client.completions.create, model=MODEL, prompt=prompt, max_tokens=8,
+                       logit_bias={"100000": 1})  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    assert answer.choices[0].text == tokenizer.decode(expected, skip_special_tokens=True)
+
+
 def local_logprobs(tiny: Path, tokens: list[int]) -> torch.Tensor:
     """transformers' log probability of each token after the first, given those before."""
     model = AutoModelForCausalLM.from_pretrained(tiny)
@@ -593,6 +619,15 @@ def test_the_tokens_texts_add_up_to_the_text(tiny: Path) -> None:
         ({"model": "m", "prompt": "x", "top_logprobs": 1}, "unrecognized request argument"),
         ({"model": "m", "prompt": "x", "presence_penalty": 2.5}, "presence_penalty must be within"),
         ({"model": "m", "prompt": "x", "best_of": 2}, "best_of=2 is not supported"),
+        ({"model": "m", "prompt": "x", "logit_bias": {"a1": 1}}, "keys must be token ids"),
+        ({"model": "m", "prompt": "x", "logit_bias": {"-1": 1}}, "keys must be token ids"),
+        ({"model": "m", "prompt": "x", "logit_bias": {"1": 101}}, "within -100..100"),
+        ({"model": "m", "prompt": "x", "logit_bias": {"1": None}}, "within -100..100"),
+        ({"model": "m", "prompt": "x", "logit_bias": [1]}, "logit_bias must be dict"),
+        (
+            {"model": "m", "prompt": "x", "logit_bias": {str(i): 1 for i in range(301)}},
+            "at most 300",
+        ),
         ({"model": "m", "prompt": "x", "n": 9}, "n must be within 1..8"),
         ({"model": "m", "prompt": "x", "n": 0}, "n must be within 1..8"),
         ({"model": "m", "messages": []}, "unrecognized request argument: messages"),

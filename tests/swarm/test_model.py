@@ -8,16 +8,28 @@ is `generate()` of the same checkpoint loaded by transformers.
 
 from __future__ import annotations
 
+import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, FineGrainedFP8Config, Mxfp4Config
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    FineGrainedFP8Config,
+    LogitsProcessor,
+    LogitsProcessorList,
+    Mxfp4Config,
+    RepetitionPenaltyLogitsProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from peer.backend import BackendConfig
@@ -25,7 +37,7 @@ from routing.client import ClientConfig
 from routing.path_selection import NoRouteError
 from swarm import DistributedModelForCausalLM
 from swarm.cli import main
-from swarm.errors import SwarmError
+from swarm.errors import GenerationError, SwarmError
 from tests.support.quantized_checkpoint import BLOCK, dequantized_int8_model, to_fp8, to_mxfp4
 from tests.support.thread_swarm import ThreadPeer, ThreadSwarm
 from tests.support.tiny_model import FAMILIES, write_tiny_model, write_tiny_multimodal
@@ -60,6 +72,12 @@ def _swarm_and_model(
         ) as model,
     ):
         yield swarm, model
+
+
+@pytest.fixture(scope="module")
+def llama_model(checkpoints: dict[str, Path]) -> Iterator[DistributedModelForCausalLM]:
+    with _swarm_and_model(checkpoints["llama"], CHAINS[2]) as (_, model):
+        yield model
 
 
 def _until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -324,11 +342,17 @@ def test_a_prompts_log_probabilities_come_a_chunk_of_positions_at_a_time(
         ({"no_repeat_ngram_size": 2}, "no_repeat_ngram_size"),
         ({"min_new_tokens": 12, "eos_token_id": 61}, "min_new_tokens"),  # 61: the 3rd token
         ({"do_sample": True, "temperature": 0.2, "min_p": 0.5, "seed": 3}, "min_p"),
+        ({"do_sample": True, "typical_p": 0.5, "seed": 3}, "typical_p"),
+        ({"do_sample": True, "epsilon_cutoff": 0.02, "seed": 3}, "epsilon_cutoff"),
+        ({"do_sample": True, "eta_cutoff": 0.9, "seed": 3}, "eta_cutoff"),
     ],
-    ids=["no-repeat-ngram", "min-new-tokens", "min-p"],
+    ids=["no-repeat-ngram", "min-new-tokens", "min-p", "typical-p", "epsilon", "eta"],
 )
 def test_more_of_transformers_arguments_mean_the_same(
-    checkpoints: dict[str, Path], options: dict[str, Any], without: str
+    checkpoints: dict[str, Path],
+    llama_model: DistributedModelForCausalLM,
+    options: dict[str, Any],
+    without: str,
 ) -> None:
     """Each changes the tokens (checked first), and the swarm's are transformers'."""
     checkpoint = checkpoints["llama"]
@@ -337,9 +361,87 @@ def test_more_of_transformers_arguments_mean_the_same(
     expected = _local(checkpoint, PROMPT, seed, **options)
     plain = {name: value for name, value in options.items() if name != without}
     assert expected != _local(checkpoint, PROMPT, seed, **plain)
-    with _swarm_and_model(checkpoint, CHAINS[2]) as (_, model):
-        output = model.generate(PROMPT, seed=seed, **options)
+    output = llama_model.generate(PROMPT, seed=seed, **options)
     assert output[0, PROMPT.shape[1] :].tolist() == expected
+
+
+class OddTokensBanned(LogitsProcessor):
+    """A caller's own processor: odd token ids never come."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.clone()
+        scores[:, 1::2] = -math.inf
+        return cast(torch.FloatTensor, scores)
+
+
+class StopAfter(StoppingCriteria):
+    """A caller's own criterion: stop once `length` tokens are there, prompt included."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.BoolTensor:
+        done = torch.full((input_ids.shape[0],), input_ids.shape[1] >= self.length)
+        return cast(torch.BoolTensor, done)
+
+
+def _steering(base: list[int]) -> dict[str, dict[str, Any]]:
+    """Options that steer the tokens, made from those of plain greedy decoding (`base`)."""
+    return {
+        "sequence-bias": {"sequence_bias": {(base[2],): -20.0, (base[4], base[5]): -20.0}},
+        "sequence-bias-as-list": {"sequence_bias": [[[base[0]], -20.0]]},
+        "bad-words": {"bad_words_ids": [[base[1]], [base[5], base[6]]]},
+        "suppress-tokens": {"suppress_tokens": [base[3], base[7]]},
+        "begin-suppress-tokens": {"begin_suppress_tokens": [base[0]]},
+        "own-processor": {"logits_processor": LogitsProcessorList([OddTokensBanned()])},
+        # a processor of a kind generate() builds takes its place: 1.5, not 0.3
+        "own-penalty": {
+            "repetition_penalty": 0.3,
+            "logits_processor": [RepetitionPenaltyLogitsProcessor(1.5)],
+        },
+        "own-stopping": {
+            "stopping_criteria": StoppingCriteriaList([StopAfter(PROMPT.shape[1] + 5)])
+        },
+        "max-time": {"max_time": 1e-9},  # one token: the clock has run out at the first check
+    }
+
+
+@pytest.mark.parametrize("case", list(_steering(list(range(8)))))
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
+def test_biases_bans_and_the_callers_own_processors_mean_what_they_do_in_transformers(
+    checkpoints: dict[str, Path],
+    llama_model: DistributedModelForCausalLM,
+    case: str,
+    do_sample: bool,
+) -> None:
+    """Each changes the tokens (checked first), and the swarm's are transformers'."""
+    checkpoint = checkpoints["llama"]
+    plain = {"do_sample": do_sample, "max_new_tokens": NEW_TOKENS, "top_k": 0}
+    seed = 7 if do_sample else None
+    base = _local(checkpoint, PROMPT, seed, **plain)
+    options = plain | _steering(base)[case]
+    expected = _local(checkpoint, PROMPT, seed, **options)
+    assert expected != base
+    output = llama_model.generate(PROMPT, seed=seed, **options)
+    assert output[0, PROMPT.shape[1] :].tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"suppress_tokens": [1, -2]}, "suppress_tokens must be a list of token ids"),
+        ({"bad_words_ids": [[3], []]}, "bad_words_ids may not hold an empty list"),
+        ({"sequence_bias": {(3,): "a"}}, "sequence_bias's biases must be numbers"),
+        ({"sequence_bias": {(3,): math.inf}}, "sequence_bias must be finite"),
+        ({"logits_processor": [3]}, "logits_processor must be a list of callables"),
+        ({"max_time": 0}, "max_time must be > 0 seconds"),
+    ],
+)
+def test_steering_arguments_of_the_wrong_shape_are_refused_by_name(
+    llama_model: DistributedModelForCausalLM, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(GenerationError, match=re.escape(message)):
+        llama_model.generate(PROMPT, max_new_tokens=2, **options)
 
 
 class StreamerRecorder(BaseStreamer):
