@@ -9,9 +9,10 @@ by name, makes the answer such an object, or a list of them unless `parallel_too
 false, by JSON mode (`call_schema`: the name is one of the tools', the arguments a value of
 its `parameters`). With `auto`, the model answers freely, and an answer made of calls (JSON
 objects, or a list of them, alone or inside tags such as `<tool_call>`) is returned as
-calls (`find_calls`); while it streams, it is held back only as long as it may still
-turn out to be calls (`may_be_calls`: text outside tags, or a JSON value that is no call,
-lets it go). `none` offers the tools but never returns a call. A
+calls (`find_calls`; calls are strict JSON: no `NaN`, no key twice in an object); while it
+streams, it is held back only as long as it may still turn out to be calls (`may_be_calls`:
+text outside tags, a JSON value that is no call, or a value whose first `JSON_CHECKED`
+characters begin no JSON lets it go). `none` offers the tools but never returns a call. A
 call that JSON mode writes keeps to one line (`CALL_WHITESPACE`), which saves the tokens of
 a layout that nobody reads.
 """
@@ -25,7 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..json_prefix import JsonPrefix
 from ..json_schema import (
+    ANY_VALUE,
     ArrayNode,
     Choice,
     Literals,
@@ -57,6 +60,8 @@ CHOICES = ("none", "auto", "required")
 CALL_WHITESPACE = 1  # a call is JSON on one line: its layout is nobody's, and costs tokens
 FUNCTION_SHAPE = '{"type": "function", "function": {"name": ..., "parameters": {...}}}'
 _UNFINISHED_FENCE = re.compile(r"`{1,3}(j(s(on?)?)?)?$")  # what may still become "```json"
+MISTRAL_TAG = "[TOOL_CALLS]"  # before Mistral's calls
+JSON_CHECKED = 256  # characters of an unfinished value checked to begin JSON (bounds the cost)
 TOOL_NOTE = (
     "You can call these functions. To call one, answer with only a JSON object "
     '{"name": <the function\'s name>, "arguments": <an object of its arguments>}; to call '
@@ -211,8 +216,10 @@ def may_be_calls(text: str, tools: Sequence[Tool]) -> bool:
     entries, rest, stop = _values(text)
     if stop == "outside" or any(_call(entry, tools) is None for entry in entries):
         return False
-    if stop == "unparsed":  # not finished yet, or not JSON: held until the end tells
-        return True
+    if stop == "unparsed":  # not finished yet (held), or not JSON (let go)
+        value = rest[_next_value(rest) :][:JSON_CHECKED]
+        unlimited = JsonPrefix.start(ANY_VALUE, max_blank=len(text))
+        return MISTRAL_TAG.startswith(value) or unlimited.feed(value) is not None
     rest = _UNFINISHED_FENCE.sub("", rest)
     return not _untagged(rest).split("<", 1)[0].strip()  # from a "<" left on: a tag to come
 
@@ -222,7 +229,7 @@ def _values(text: str) -> tuple[list[Any], str, str]:
     whitespace, tags and code fences come before each; the text after them; and why the
     reading stopped: "" (no value after), "outside" (other text before the next one) or
     "unparsed" (the next one does not parse, or is not finished)."""
-    body, decoder = text.replace("[TOOL_CALLS]", ""), json.JSONDecoder()
+    body, decoder = text.replace(MISTRAL_TAG, ""), _STRICT_JSON
     entries: list[Any] = []
     while (start := _next_value(body)) >= 0:
         if _outside_tags(body[:start]):
@@ -234,6 +241,20 @@ def _values(text: str) -> tuple[list[Any], str, str]:
         entries.extend(found if isinstance(found, list) else [found])
         body = body[end:]
     return entries, body, ""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    entry = dict(pairs)
+    if len(entry) < len(pairs):
+        raise ValueError("a key comes twice")
+    return entry
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
 
 
 def _next_value(text: str) -> int:

@@ -21,6 +21,7 @@ from swarm.api.errors import ApiError
 from swarm.api.requests import ChatMessage, read_request
 from swarm.api.tools import (
     CALL_WHITESPACE,
+    JSON_CHECKED,
     ToolCall,
     call_schema,
     chat_messages,
@@ -94,6 +95,8 @@ def test_an_answer_of_several_calls_makes_them_all(text: str) -> None:
         '{"name": "get_news", "arguments": {}}',  # no such tool
         '{"name": "get_time", "arguments": "now"}',  # arguments are an object
         '{"name": "get_time", "arguments": {}',  # not JSON
+        '{"name": "get_time", "arguments": {"at": NaN}}',  # not strict JSON
+        '{"name": "get_time", "name": "get_time", "arguments": {}}',  # a key twice
         '[{"name": "get_time", "arguments": {}}, {"name": "get_news", "arguments": {}}]',
         '{"name": "get_time", "arguments": {}} and {"name": "get_time", "arguments": {}}',
         "[1, 2]",
@@ -122,6 +125,10 @@ TEXTS = [
     '```json\n{"answer": 42}\n```\nThe answer is 42.',  # JSON, but no call
     '<tool_call>{"name": "get_news", "arguments": {}}</tool_call>',  # no such tool
     '{"name": "get_time", "arguments": {}} is the call I would make',
+    "[see below] It is sunny.",  # no JSON
+    "{sunny}",
+    '<tool_call>{"name": "get_time", "arguments": {"at": -Infinity}}</tool_call>',
+    '{"name": "get_time", "arguments": {}, "name": "get_weather"}',
 ]
 
 
@@ -141,6 +148,9 @@ NO_CALLS = [  # an answer, and what it lets go after
     ('```json\n{"answer": 42}\n```', "}"),
     ('<tool_call>{"name": "get_news", "arguments": {}}', "}}"),
     ('{"name": "get_time", "arguments": {}} is how', "} i"),
+    ("[see below]", "[s"),  # a value that begins no JSON
+    ('{"name": "get_time", "arguments": {"at": NaN}}', "N"),
+    ('{"a": 1, "a": 2}', ', "a"'),  # a key twice
 ]
 
 
@@ -150,6 +160,14 @@ def test_an_answer_goes_once_a_value_or_text_is_no_call(text: str, after: str) -
     goes = text.index(after) + len(after)
     assert may_be_calls(text[: goes - 1], TOOLS)
     assert not may_be_calls(text[:goes], TOOLS)
+
+
+def test_only_the_beginning_of_a_value_is_checked_to_be_json() -> None:
+    """Past `JSON_CHECKED` characters, a value that breaks is held until it ends (the check
+    over the rest would cost each streamed piece again)."""
+    begun = '{"name": "get_time", "arguments": {"note": '
+    assert not may_be_calls(begun + "oops", TOOLS)
+    assert may_be_calls(begun + '"' + "x" * JSON_CHECKED + '" oops', TOOLS)
 
 
 def test_the_call_schema_takes_a_tools_name_and_its_arguments() -> None:
