@@ -89,6 +89,10 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-repeat-ngram-size", type=int, help="n-grams may occur once")
     parser.add_argument("--min-p", type=float, help="sampling: drop tokens under P x the top")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    parser.add_argument(
+        "--stop", action="append", metavar="TEXT", help="end once this is written (repeatable)"
+    )
+    parser.add_argument("--max-time", type=float, metavar="SECONDS", help="end after this long")
     parser.add_argument("--json", action="store_true", help="answer with one JSON object")
     parser.add_argument(
         "--json-schema", metavar="FILE", help="answer with a JSON value of the schema in FILE"

@@ -166,9 +166,9 @@ class DistributedModelForCausalLM:
         bad_words_ids, suppress_tokens, begin_suppress_tokens, max_time, logits_processor
         and stopping_criteria (the caller's own, merged as transformers merges them),
         streamer (a callable given each new token id, or transformers' `TextStreamer` and
-        the like; one sequence only). Unset ones come from the model's generation config. `max_length` (prompt included) stands for
-        `max_new_tokens` if that is not given. `use_cache` is ignored; anything else is a
-        GenerationError that names it.
+        the like; one sequence only). Unset ones come from the model's generation config.
+        `max_length` (prompt included) stands for `max_new_tokens` if that is not given.
+        `use_cache` is ignored; anything else is a GenerationError that names it.
 
         A batch (`**tokenizer(texts, padding=True, return_tensors="pt")` with the tokenizer
         padding on the left) runs as one, through sessions that know each row's padding, and

@@ -55,6 +55,8 @@ def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
         "no_repeat_ngram_size": args.no_repeat_ngram_size,
         "min_p": args.min_p,
         "seed": args.seed,
+        "stop_strings": args.stop,
+        "max_time": args.max_time,
         "json_object": True if args.json else None,
         "json_schema": read_schema(args.json_schema) if args.json_schema else None,
     }

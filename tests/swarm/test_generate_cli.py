@@ -56,7 +56,7 @@ def _expected(tiny: Path, *, chat: bool, new_tokens: int, seed: int | None, **kw
     if seed is not None:
         torch.manual_seed(seed)
     output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                            **kw)  # fmt: skip
+                            tokenizer=tokenizer, **kw)  # fmt: skip
     return str(tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True))
 
 
@@ -101,6 +101,29 @@ def test_stdout_is_the_continuation_as_it_streams(
         r"\d+ new tokens in [\d.]+ s through \w+ \(blocks 0-1\), \w+ \(blocks 2-3\);", err
     )
     assert "failovers: none" in err
+
+
+def test_stop_and_max_time_end_the_text_where_transformers_ends_it(
+    tiny: Path, swarm: ThreadSwarm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--stop` (twice: either ends it) and `--max-time` (so short that the first token is
+    the last) against `generate()`'s `stop_strings` and `max_time`."""
+    whole = _expected(tiny, chat=False, new_tokens=24, seed=None, do_sample=False)
+    stops = [whole[12:15], "never written"]
+    cases = [
+        (["--stop", stops[1], "--stop", stops[0]], {"stop_strings": stops}),
+        (["--max-time", "1e-9"], {"max_time": 1e-9}),
+    ]
+    for flags, reference in cases:
+        expected = _expected(tiny, chat=False, new_tokens=24, seed=None, do_sample=False,
+                             **reference)  # fmt: skip
+        assert len(expected) < len(whole)
+        stdout = Recorder()
+        monkeypatch.setattr(sys, "stdout", stdout)
+        status = main(["generate", str(tiny), PROMPT, "--initial-peers", swarm.bootstrap,
+                       "--max-new-tokens", "24", *flags])  # fmt: skip
+        assert status == 0
+        assert "".join(stdout.writes) == expected + "\n"
 
 
 def test_beam_search_prints_the_best_beam(
