@@ -156,8 +156,8 @@ def test_bad_arguments_are_typed_errors() -> None:
 def test_transformers_arguments_we_do_not_use_are_named_or_ignored() -> None:
     from transformers import GenerationConfig
 
-    with pytest.raises(GenerationError, match="typical_p"):
-        SamplingConfig.from_generation_config(GenerationConfig(), typical_p=0.9)
+    with pytest.raises(GenerationError, match="guidance_scale"):
+        SamplingConfig.from_generation_config(GenerationConfig(), guidance_scale=1.5)
     config = SamplingConfig.from_generation_config(GenerationConfig(), pad_token_id=0)
     assert config == SamplingConfig.from_generation_config(GenerationConfig())
     ids = torch.tensor([[5, 6, 7]])
@@ -166,6 +166,22 @@ def test_transformers_arguments_we_do_not_use_are_named_or_ignored() -> None:
     for bad in (torch.tensor([[0, 1, 1]]), torch.ones(1, 2)):  # padding, or another length
         with pytest.raises(GenerationError, match="attention_mask"):
             check_attention_mask(bad, ids)
+
+
+def test_steering_defaults_follow_the_generation_config_in_our_shapes() -> None:
+    from transformers import GenerationConfig
+
+    generation_config = GenerationConfig(
+        sequence_bias=[[[4, 5], -2]], bad_words_ids=[[3], [6, 7]], suppress_tokens=[9],
+        begin_suppress_tokens=torch.tensor([8]), typical_p=0.5, max_time=3.0,
+    )  # fmt: skip
+    config = SamplingConfig.from_generation_config(generation_config)
+    assert config.sequence_bias == (((4, 5), -2.0),)
+    assert config.bad_words_ids == ((3,), (6, 7))
+    assert (config.suppress_tokens, config.begin_suppress_tokens) == ((9,), (8,))
+    assert (config.typical_p, config.max_time) == (0.5, 3.0)
+    overridden = SamplingConfig.from_generation_config(generation_config, sequence_bias={(1,): 2})
+    assert overridden.sequence_bias == (((1,), 2.0),)
 
 
 def test_defaults_follow_the_generation_config() -> None:
