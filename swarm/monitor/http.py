@@ -1,4 +1,5 @@
-"""The monitor's routes, served by `swarm.http_server`: the page at `/`, JSON at `/api/state`.
+"""The monitor's routes, served by `swarm.http_server`: the page at `/`, JSON at `/api/state`,
+Prometheus metrics at `/metrics`.
 
 The server is read-only and public-facing: only GET and HEAD exist (no body is wanted:
 `HttpConfig`'s default cap of 1 KiB stays). The page carries a Content-Security-Policy that allows
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 from ..http_server import Handler, Request, Response
+from ..prometheus import CONTENT_TYPE
+from .metrics import render_metrics
 from .snapshot import SwarmSnapshot
 
 
@@ -51,7 +54,8 @@ def _source_hash(source: str) -> str:
 
 
 def monitor_handler(latest: Callable[[], SwarmSnapshot | None], page: Page) -> Handler:
-    """Routes: `/` (and `/index.html`) the page, `/api/state` the latest snapshot as JSON."""
+    """Routes: `/` (and `/index.html`) the page, `/api/state` the latest snapshot as JSON,
+    `/metrics` as Prometheus metrics (both 503 until the first snapshot)."""
     page_response = Response(
         200,
         page.html,
@@ -65,16 +69,15 @@ def monitor_handler(latest: Callable[[], SwarmSnapshot | None], page: Page) -> H
         path = request.path
         if path in ("/", "/index.html"):
             return page_response
-        if path == "/api/state":
-            snapshot = latest()
-            if snapshot is None:
-                return Response(
-                    503,
-                    b'{"error":"no snapshot yet"}',
-                    "application/json",
-                    (("Retry-After", "1"),),
-                )
-            return Response(200, snapshot.to_json().encode("utf-8"), "application/json")
-        return Response(404, b"404 not found\n")
+        if path not in ("/api/state", "/metrics"):
+            return Response(404, b"404 not found\n")
+        snapshot = latest()
+        if snapshot is None:
+            return Response(
+                503, b'{"error":"no snapshot yet"}', "application/json", (("Retry-After", "1"),)
+            )
+        if path == "/metrics":
+            return Response(200, render_metrics(snapshot).encode("utf-8"), CONTENT_TYPE)
+        return Response(200, snapshot.to_json().encode("utf-8"), "application/json")
 
     return handle

@@ -13,6 +13,7 @@ import trio
 
 from swarm.http_server import HttpConfig, HttpServer
 from swarm.monitor.http import load_page, monitor_handler
+from swarm.monitor.metrics import render_metrics
 from swarm.monitor.snapshot import Observations, SwarmSnapshot, build_snapshot
 
 from .records import NOW, SwarmRecords
@@ -119,11 +120,24 @@ async def test_state_is_the_latest_snapshot_as_json() -> None:
     assert json.loads(reply.body)["models"][0]["peers"][0]["version"] == "</script><b>x</b>"
 
 
+async def test_metrics_are_the_latest_snapshot_for_prometheus() -> None:
+    snapshot = state_with_one_model()
+    with trio.fail_after(LIMIT):
+        async with server(snapshot) as address:
+            reply = await get(address, "/metrics")
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert reply.body.decode() == render_metrics(snapshot)
+    assert 'version="</script><b>x</b>"' in reply.body.decode()
+
+
 async def test_before_the_first_snapshot_the_state_is_unavailable() -> None:
     with trio.fail_after(LIMIT):
         async with server(None) as address:
-            reply = await get(address, "/api/state")
-    assert reply.status == 503 and json.loads(reply.body) == {"error": "no snapshot yet"}
+            for path in ("/api/state", "/metrics"):
+                reply = await get(address, path)
+                assert reply.status == 503
+                assert json.loads(reply.body) == {"error": "no snapshot yet"}
 
 
 async def test_unknown_paths_and_methods() -> None:

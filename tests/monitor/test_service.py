@@ -1,5 +1,6 @@
 """The whole monitor service in one process, over real TCP on 127.0.0.1, without a browser:
-a DHT node, two announcing peers, `serve_monitor`, and `/api/state` read over HTTP."""
+a DHT node, two announcing peers, `serve_monitor`, and `/api/state` and `/metrics` read over
+HTTP."""
 
 from __future__ import annotations
 
@@ -121,6 +122,10 @@ async def test_the_monitor_follows_a_live_swarm(capsys: pytest.CaptureFixture[st
             state = await state_when(address, lambda s: loads(s) == [(0, 100), (2, 36)], within=5)
             state = await state_when(address, lambda s: serving(s)[1] is not None, within=5)
             assert serving(state)[0] is None and serving(state)[1] > 0
+            metrics = (await get(address, "/metrics")).body.decode()
+            busy_peer = records[1].address.peer_id.to_base58()
+            assert f'swarm_peer_sessions{{model="{MODEL}",peer="{busy_peer}"}} 2.0' in metrics
+            assert f'swarm_model_full_chain{{model="{MODEL}"}} 1.0' in metrics
 
             # `swarm status` takes the same picture once, from the command line
             command = ["status", "--initial-peers", str(bootstrap.address), "--json"]

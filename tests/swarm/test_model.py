@@ -279,8 +279,8 @@ def test_generate_takes_what_the_tokenizer_returns_like_transformers(
         assert torch.equal(model.generate(**encoded, max_new_tokens=8, do_sample=False), expected)
         length = encoded["input_ids"].shape[1] + 8  # transformers' max_length: prompt included
         assert torch.equal(model.generate(**encoded, max_length=length, do_sample=False), expected)
-        with pytest.raises(SwarmError, match="typical_p"):
-            model.generate(**encoded, max_new_tokens=8, typical_p=0.9)
+        with pytest.raises(SwarmError, match="guidance_scale"):
+            model.generate(**encoded, max_new_tokens=8, guidance_scale=1.5)
 
 
 def test_seeded_sampling_equals_local_generate(checkpoints: dict[str, Path]) -> None:

@@ -1,0 +1,41 @@
+"""Prometheus' text exposition format (0.0.4), written: what `/metrics` routes serve. Pure.
+
+A metric is written as its `# HELP` and `# TYPE` lines, then one line per sample; label
+values are escaped as the format requires (they may come from peers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+Labels = tuple[tuple[str, str], ...]
+Sample = tuple[Labels, float]
+
+
+def metric(name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> Iterator[str]:
+    """The lines of one metric of `kind` (gauge, counter) and its samples."""
+    yield f"# HELP {name} {help_text}"
+    yield f"# TYPE {name} {kind}"
+    for labels, value in samples:
+        shown = ",".join(f'{key}="{_escaped(text)}"' for key, text in labels)
+        yield f"{name}{{{shown}}} {_number(value)}" if labels else f"{name} {_number(value)}"
+
+
+def exposition(lines: Iterable[str]) -> str:
+    """The lines of some metrics as one text."""
+    return "\n".join(lines) + "\n"
+
+
+def _escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
