@@ -3,7 +3,9 @@
 The span server counts what it serves (`Activity`: sessions opened and refused, inference
 steps and their tokens, batch forwards and backwards). Every `every` seconds the reporter
 logs one line on the period just ended, with the load now; a quiet period logs nothing.
-`summary` is the pure part; `ActivityReporter.run` the trio loop around it.
+`summary` is the pure part; `ActivityReporter.run` the trio loop around it. `PeerStatus` is
+the whole picture at one moment (totals, announcement, cache), which the `swarm peer`
+command serves as metrics.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import trio
+
+from routing.announcement import PeerAnnouncement
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +30,8 @@ class Activity:
     steps: int = 0  # inference steps served
     tokens: int = 0  # positions those steps ran, every row counted
     forwards: int = 0  # batch forwards and backwards served
+    step_seconds: float = 0.0  # the steps' time here, from their request to their reply
+    compute_seconds: float = 0.0  # of it, the time the blocks computed
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,16 @@ class Load:
     sessions: int  # open now
     cache_tokens_left: int
     cache_tokens: int
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """A serving peer at one moment, for its operator's metrics."""
+
+    announcement: PeerAnnouncement  # what it announces now: span, load, weights
+    activity: Activity  # a copy of its totals
+    cache_tokens: int  # its attention cache's size
+    draining: bool  # takes no new session
 
 
 def summary(before: Activity, now: Activity, seconds: float, load: Load) -> str | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from routing.rpc import RPCConfig, RPCHost
 from routing.transport import Transport
 from security import Identity
 
-from .activity import Activity, ActivityReporter, Load
+from .activity import Activity, ActivityReporter, Load, PeerStatus
 from .adapters import load_adapter
 from .announcer import Announcer, AnnouncerConfig
 from .backend import BackendConfig, SpanBackend
@@ -126,6 +126,11 @@ class _Peer:
     def info(self) -> dict[str, Any]:
         return self.announcement(PeerState.ONLINE).to_fields()
 
+    def status(self, draining: bool) -> PeerStatus:
+        cache = self.backend.config.max_cache_tokens
+        return PeerStatus(self.announcement(PeerState.ONLINE), replace(self.activity), cache,
+                          draining)  # fmt: skip
+
     def load(self) -> Load:
         backend = self.backend  # the rebalancer may have moved it to other blocks
         return Load(
@@ -191,6 +196,7 @@ async def _serve_shielded(
             )
             server.register()
             peer.activity = server.activity
+            control.status = lambda: peer.status(control.draining)
             if config.report_every > 0:
                 reporter = ActivityReporter(server.activity, peer.load, config.report_every)
                 await nursery.start(reporter.run)

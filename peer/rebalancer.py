@@ -23,6 +23,7 @@ import trio
 from routing.announcement import PeerState
 from routing.client import SwarmView
 
+from .activity import PeerStatus
 from .announcer import Announcer
 from .backend import SpanBackend
 from .block_choice import better_span
@@ -42,6 +43,7 @@ class PeerControl:
     def __init__(self) -> None:
         self.draining = False
         self._wakeup = trio.Event()
+        self.status: Callable[[], PeerStatus] | None = None  # set once the peer serves
 
     def request_drain(self) -> None:
         """Take no new session; move (if that helps) once the current ones end."""

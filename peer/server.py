@@ -240,6 +240,8 @@ class SpanServer:
                 onward = Packet(following, body)
                 relayed = await session.links.send(relay[0], onward)
             spent_ms = (time.perf_counter() - began) * 1000
+            self.activity.step_seconds += spent_ms / 1000
+            self.activity.compute_seconds += compute
             reply = step_header(
                 step, header, spent_ms, compute * 1000, relayed=relayed, from_relay=from_relay
             )

@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     peer.add_argument("--max-sessions", type=int, help="concurrent inference sessions")
     peer.add_argument("--model-name", help="the model's name in the swarm (default: derived)")
     peer.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port)",
+    )
+    peer.add_argument("--metrics-host", default="127.0.0.1", help="where the metrics listen (HOST)")
+    peer.add_argument(
         "--report-every",
         type=float,
         default=60.0,

@@ -1,4 +1,5 @@
-"""`swarm peer MODEL`: serve a span of a model's blocks to the swarm until stopped."""
+"""`swarm peer MODEL`: serve a span of a model's blocks to the swarm until stopped; with
+`--metrics-port`, its Prometheus metrics too (`swarm.peer_metrics`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from functools import partial
 
 import trio
 
+from peer.activity import PeerStatus
 from peer.backend import BackendConfig
 from peer.daemon import PeerConfig, parse_blocks, serve_peer
 from peer.rebalancer import PeerControl
@@ -16,6 +18,8 @@ from routing import PeerAddress, TcpTransport
 
 from ..checkpoints import resolve_checkpoint, swarm_name
 from ..default_model import cache_dir
+from ..http_server import HttpConfig, HttpServer
+from ..peer_metrics import peer_metrics_handler
 from .keys import identity_from, rpc_config
 from .lifecycle import run_service
 
@@ -53,6 +57,13 @@ async def serve(args: argparse.Namespace, *, task_status: trio.TaskStatus[PeerAd
     )
     with trio.open_signal_receiver(signal.SIGUSR1) as drain_requests:
         async with trio.open_nursery() as nursery:
+            if args.metrics_port is not None:
+
+                def status() -> PeerStatus | None:
+                    return None if control.status is None else control.status()
+
+                metrics = HttpServer(peer_metrics_handler(status), HttpConfig(), "metrics")
+                await nursery.start(metrics.run, args.metrics_host, args.metrics_port)
             task_status.started(await nursery.start(serving))
             async for _ in drain_requests:
                 control.request_drain()

@@ -16,7 +16,9 @@ from typing import Any
 
 import trio
 
+from peer.activity import PeerStatus
 from peer.daemon import PeerConfig, serve_peer
+from peer.rebalancer import PeerControl
 from routing import span_protocol
 from routing.address import PeerAddress
 from routing.dht import serve_dht_node
@@ -35,6 +37,7 @@ class ThreadPeer:
     scope: trio.CancelScope
     relay: FaultRelay  # every connection the peer accepts passes through it
     stopped: trio.Event  # set once it serves no more (after its goodbye)
+    control: PeerControl  # what its operator can ask of it, its status included
 
     @property
     def peer(self) -> str:
@@ -111,11 +114,14 @@ class ThreadSwarm:
         )
         relay = FaultRelay(TcpTransport())
         stopped = trio.Event()
+        control = PeerControl()
+        serving = partial(serve_peer, config, identity, relay, control)
         try:
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
-                    address = await nursery.start(partial(serve_peer, config, identity, relay))
-                    task_status.started(ThreadPeer(address, start, end, scope, relay, stopped))
+                    address = await nursery.start(serving)
+                    thread_peer = ThreadPeer(address, start, end, scope, relay, stopped, control)
+                    task_status.started(thread_peer)
         finally:
             stopped.set()
 
@@ -150,6 +156,15 @@ class ThreadSwarm:
             return dict(reply.header)
 
         return self.loop.run(ask)
+
+    def status(self, peer: ThreadPeer) -> PeerStatus:
+        """The peer's status as its metrics show it, taken in its loop."""
+
+        async def take() -> PeerStatus:
+            assert peer.control.status is not None  # set before the peer reports it serves
+            return peer.control.status()
+
+        return self.loop.run(take)
 
     def sessions(self, peer: ThreadPeer) -> int:
         return int(self.info(peer)["sessions"])

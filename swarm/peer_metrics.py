@@ -1,0 +1,69 @@
+"""A peer's own metrics for Prometheus, served by `swarm peer --metrics-port` at `/metrics`.
+
+Counters (`_total`) of what it served since it started: sessions opened and refused,
+inference steps, their tokens and their time (`swarm_peer_step_seconds_total`, of which
+`swarm_peer_compute_seconds_total` ran the blocks: a rate of either over the rate of steps
+is the mean time of a step); gauges of its state now: span, sessions open, cache tokens
+left of its cache's size, throughput, whether it drains, and `swarm_peer_info` (value 1)
+with its address, version, dtype and quantization as labels. Every sample has the labels
+`model` and `peer` (its full id), as the monitor's have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from peer.activity import PeerStatus
+
+from .http_server import Handler, Request, Response
+from .prometheus import CONTENT_TYPE, Labels, exposition, metric
+
+COUNTERS = {
+    "swarm_peer_sessions_opened_total": ("sessions", "Inference sessions opened."),
+    "swarm_peer_sessions_refused_total": ("refused", "Sessions refused (no room, bad request)."),
+    "swarm_peer_steps_total": ("steps", "Inference steps served."),
+    "swarm_peer_tokens_total": ("tokens", "Positions those steps ran, every row counted."),
+    "swarm_peer_forwards_total": ("forwards", "Batch forwards and backwards served."),
+    "swarm_peer_step_seconds_total": ("step_seconds", "Steps' time here, request to reply."),
+    "swarm_peer_compute_seconds_total": ("compute_seconds", "Of it, the blocks' compute."),
+}
+
+
+def render_peer_metrics(status: PeerStatus) -> str:
+    """The peer's status as the text Prometheus scrapes."""
+    announced = status.announcement
+    peer: Labels = (("model", announced.model), ("peer", announced.address.peer_id.to_base58()))
+    gauges = {
+        "swarm_peer_span_start": ("First block the peer serves.", announced.start),
+        "swarm_peer_span_end": ("Block after the last one the peer serves.", announced.end),
+        "swarm_peer_sessions": ("Inference sessions open.", announced.sessions),
+        "swarm_peer_cache_tokens_left": ("Cache tokens left.", announced.cache_tokens_left),
+        "swarm_peer_cache_tokens": ("Attention cache size, in tokens.", status.cache_tokens),
+        "swarm_peer_throughput_tokens_per_second": ("Throughput announced.", announced.throughput),
+        "swarm_peer_draining": ("1 while the peer takes no new session.", float(status.draining)),
+    }  # fmt: skip
+    text = {"address": str(announced.address), "version": announced.version,
+            "dtype": announced.dtype, "quantization": announced.quantization}  # fmt: skip
+    lines = [*metric("swarm_peer_info", "gauge", "The peer's text, as labels (value 1).",
+                     [((*peer, *text.items()), 1.0)])]  # fmt: skip
+    for name, (field, help_text) in COUNTERS.items():
+        lines.extend(metric(name, "counter", help_text, [(peer, getattr(status.activity, field))]))
+    for name, (help_text, value) in gauges.items():
+        lines.extend(metric(name, "gauge", help_text, [(peer, value)]))
+    return exposition(lines)
+
+
+def peer_metrics_handler(status: Callable[[], PeerStatus | None]) -> Handler:
+    """The one route, `/metrics` (GET or HEAD; 503 until the peer serves)."""
+
+    async def handle(request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, b"405 method not allowed\n", headers=(("Allow", "GET, HEAD"),))
+        if request.path != "/metrics":
+            return Response(404, b"404 not found\n")
+        now = status()
+        if now is None:
+            return Response(503, b"the peer is not serving yet\n", headers=(("Retry-After", "1"),))
+        return Response(200, render_peer_metrics(now).encode("utf-8"), CONTENT_TYPE)
+
+    return handle

@@ -1,0 +1,173 @@
+"""A peer's own Prometheus metrics (`swarm peer --metrics-port`): its status written as
+counters and gauges and read back with Prometheus' parser (`prometheus_client`); its totals
+counted while a client generates through it; the route served by the command, a drain
+(SIGUSR1) included."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from peer.activity import Activity, PeerStatus
+from routing.address import PeerAddress
+from routing.announcement import PeerAnnouncement, PeerState
+from routing.dht import serve_dht_node
+from routing.transport import TcpTransport
+from security import Identity
+from swarm import DistributedModelForCausalLM
+from swarm.cli import build_parser
+from swarm.commands import peer as peer_command
+from swarm.http_server import HttpServer
+from swarm.peer_metrics import COUNTERS, peer_metrics_handler, render_peer_metrics
+from tests.monitor.test_http import get
+from tests.support.thread_swarm import ThreadSwarm
+from tests.support.tiny_model import write_tiny_model
+
+Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
+PROMPT = torch.tensor([[1, 40, 41, 42, 43, 44, 45]])
+
+
+def parsed(text: str) -> tuple[dict[str, str], Samples]:
+    """Each metric's type, and every sample by its name and then its labels (sorted)."""
+    kinds: dict[str, str] = {}
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        assert family.documentation
+        for sample in family.samples:
+            kinds[sample.name] = family.type
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return kinds, samples
+
+
+def status_of(peer_id: Identity, **activity: Any) -> PeerStatus:
+    announced = PeerAnnouncement(
+        address=PeerAddress("127.0.0.1", 4000, peer_id.peer_id), model="tiny", start=2, end=4,
+        state=PeerState.ONLINE, throughput=12.5, cache_tokens_left=100, sessions=2,
+        dtype="bfloat16", version='v"1\\', quantization="int8",
+    )  # fmt: skip
+    return PeerStatus(announced, Activity(**activity), cache_tokens=4096, draining=True)
+
+
+def test_the_status_is_written_as_counters_and_gauges() -> None:
+    identity = Identity.generate()
+    status = status_of(identity, sessions=3, refused=1, steps=40, tokens=50, forwards=2,
+                       step_seconds=0.5, compute_seconds=0.25)  # fmt: skip
+    kinds, samples = parsed(render_peer_metrics(status))
+    peer = (("model", "tiny"), ("peer", identity.peer_id.to_base58()))
+    expected = {"swarm_peer_sessions_opened_total": 3, "swarm_peer_sessions_refused_total": 1,
+                "swarm_peer_steps_total": 40, "swarm_peer_tokens_total": 50,
+                "swarm_peer_forwards_total": 2, "swarm_peer_step_seconds_total": 0.5,
+                "swarm_peer_compute_seconds_total": 0.25}  # fmt: skip
+    assert set(expected) == set(COUNTERS)
+    for name, value in expected.items():
+        assert (kinds[name], samples[name]) == ("counter", {peer: value}), name
+    gauges = {"swarm_peer_span_start": 2, "swarm_peer_span_end": 4, "swarm_peer_sessions": 2,
+              "swarm_peer_cache_tokens_left": 100, "swarm_peer_cache_tokens": 4096,
+              "swarm_peer_throughput_tokens_per_second": 12.5,
+              "swarm_peer_draining": 1}  # fmt: skip
+    for name, value in gauges.items():
+        assert (kinds[name], samples[name]) == ("gauge", {peer: value}), name
+    (info,) = samples["swarm_peer_info"]
+    assert dict(info)["version"] == 'v"1\\' and dict(info)["quantization"] == "int8"
+    assert dict(info)["address"] == f"127.0.0.1:4000/{identity.peer_id.to_base58()}"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("metrics") / "tiny", "llama", seed=3)
+
+
+def _until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)  # polling with a deadline, not waiting for readiness
+    return condition()
+
+
+def test_a_peer_counts_the_steps_tokens_and_time_it_serves(tiny: Path) -> None:
+    """8 new tokens through 2 peers: each ran the prompt's 7 positions, then 7 more steps of
+    one; the step times hold the compute times."""
+    with (
+        ThreadSwarm(tiny, [(0, 2), (2, 4)]) as swarm,
+        DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[swarm.bootstrap]) as model,
+    ):
+        model.generate(PROMPT, max_new_tokens=8, do_sample=False)
+        assert all(_until(lambda p=p: swarm.status(p).announcement.sessions == 0)
+                   for p in swarm.peers)  # fmt: skip
+        for peer in swarm.peers:
+            status = swarm.status(peer)
+            done = status.activity
+            assert (done.sessions, done.refused, done.steps, done.tokens) == (1, 0, 8, 14)
+            assert done.step_seconds >= done.compute_seconds > 0
+            assert (status.announcement.start, status.announcement.end) == (peer.start, peer.end)
+            assert not status.draining
+            _, samples = parsed(render_peer_metrics(status))
+            labels = (("model", status.announcement.model), ("peer", peer.peer))
+            assert samples["swarm_peer_steps_total"] == {labels: 8}
+            assert samples["swarm_peer_step_seconds_total"] == {labels: done.step_seconds}
+
+
+async def test_the_metrics_route_answers_only_metrics_and_waits_for_the_peer() -> None:
+    status: list[PeerStatus] = []
+    handler = peer_metrics_handler(lambda: status[0] if status else None)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(HttpServer(handler, name="metrics").run, "127.0.0.1", 0)
+        assert (await get(address, "/metrics")).status == 503  # not serving yet
+        status.append(status_of(Identity.generate()))
+        reply = await get(address, "/metrics")
+        assert reply.status == 200 and b"swarm_peer_draining" in reply.body
+        assert reply.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+        assert (await get(address, "/metrics", "HEAD")).status == 200
+        assert (await get(address, "/api/state")).status == 404
+        assert (await get(address, "/metrics", "POST")).status == 405
+        nursery.cancel_scope.cancel()
+
+
+async def test_swarm_peer_serves_its_metrics_and_shows_a_drain(
+    tiny: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`swarm peer --metrics-port 0` as the command runs it (in this process): the port
+    comes from its log; SIGUSR1 makes it drain, and the metrics say so."""
+    caplog.set_level(logging.INFO, logger="swarm.http_server")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            dht = partial(serve_dht_node, Identity.generate(), TcpTransport(), "127.0.0.1", 0, [])
+            node = await nursery.start(dht)
+            args = build_parser().parse_args(
+                ["peer", str(tiny), "--initial-peers", str(node.address), "--blocks", "0:2",
+                 "--metrics-port", "0", "--report-every", "0"]
+            )  # fmt: skip
+            address = await nursery.start(partial(peer_command.serve, args))
+            found = re.search(r"metrics HTTP server on 127\.0\.0\.1:(\d+)", caplog.text)
+            assert found is not None
+            metrics = ("127.0.0.1", int(found.group(1)))
+            labels = (("model", "tiny"), ("peer", address.peer_id.to_base58()))
+
+            async def draining() -> float:
+                reply = await get(metrics, "/metrics")
+                assert reply.status == 200
+                _, samples = parsed(reply.body.decode())
+                assert samples["swarm_peer_span_end"] == {labels: 2}
+                return samples["swarm_peer_draining"][labels]
+
+            assert await draining() == 0
+            os.kill(os.getpid(), signal.SIGUSR1)
+            while True:  # polled, bounded by fail_after
+                if await draining() == 1:
+                    break
+                await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
