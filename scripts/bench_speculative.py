@@ -9,9 +9,13 @@ transformers model (the baseline, measured first in this process), then through 
 assistant, and with each assistant drafting `--drafts` tokens a round:
 - "itself": the model itself, whose drafts are all taken: the bound of the method (a real
   assistant is a much smaller model of the same tokenizer, which this machine has none of);
-- "first-N": the model cut to its first N blocks (`--draft-blocks`), a crude assistant.
+- "first-N": the model cut to its first N blocks (`--draft-blocks`), a crude assistant;
+- "lookup": no assistant, drafts copied from earlier in the text (prompt lookup,
+  `--lookup` tokens a round), which costs nearly nothing to draft and pays off where the
+  answer repeats the prompt: `--task repeat` asks to copy a passage instead of the question.
 Reported: milliseconds per token (the whole generation over its tokens), the ratio to the
-local baseline and to the swarm without an assistant, tokens per trip through the chain,
+local baseline (and, for "lookup", to transformers' own prompt lookup, measured locally
+too) and to the swarm without an assistant, tokens per trip through the chain,
 and whether the tokens equal the baseline's. With `--delay-ms D`, the peers run in this
 process instead (`tests/support/thread_swarm.py`), each behind a relay that holds every
 chunk of every connection D ms each way, as across a network: the case the method is for.
@@ -19,8 +23,8 @@ With `--temperature T`, every generation samples at that temperature (speculativ
 with an assistant; seeded, so "same tokens" is not compared).
 
     .venv/bin/python scripts/bench_speculative.py [--models smollm2 tiny] [--tokens 48]
-        [--hops 2] [--drafts 4] [--draft-blocks 10] [--delay-ms 0] [--temperature 0]
-        [--json PATH]
+        [--hops 2] [--drafts 4] [--draft-blocks 10] [--lookup 10] [--task question|repeat]
+        [--delay-ms 0] [--temperature 0] [--json PATH]
 """
 
 from __future__ import annotations
@@ -47,7 +51,12 @@ from swarm.generation import prompt_ids  # noqa: E402
 from swarm.local_swarm import LocalSwarm  # noqa: E402
 from tests.support.thread_swarm import ThreadSwarm  # noqa: E402
 
-QUESTION = "What is the capital of France, and what is it known for?"
+TASKS = {
+    "question": "What is the capital of France, and what is it known for?",
+    "repeat": "Repeat this passage word for word: The old lighthouse stood at the edge of the "
+    "cliff, its white paint peeling in the salty wind. Every night the keeper climbed the "
+    "spiral stairs, lit the great lamp and watched the ships pass safely into the harbour.",
+}
 
 
 def _first_blocks(checkpoint: Path, blocks: int) -> Any:
@@ -79,8 +88,10 @@ def run_model(
     draft_blocks: int,
     delay: float,
     temperature: float,
+    lookup: int,
+    task: str,
 ) -> dict[str, Any]:
-    ids = prompt_ids(AutoTokenizer.from_pretrained(checkpoint), QUESTION, chat=True)
+    ids = prompt_ids(AutoTokenizer.from_pretrained(checkpoint), TASKS[task], chat=True)
     options: dict[str, Any] = {"max_new_tokens": tokens, "do_sample": False, "eos_token_id": None}
     if temperature:
         options |= {"do_sample": True, "temperature": temperature, "top_k": 0}
@@ -90,11 +101,18 @@ def run_model(
     began = time.perf_counter()
     expected = local.generate(ids, attention_mask=torch.ones_like(ids), **options)
     local_ms = 1000 * (time.perf_counter() - began) / tokens
-    results: dict[str, Any] = {"local_ms_per_token": local_ms}
-    print(f"  local: {local_ms:.1f} ms per token", flush=True)
+    began = time.perf_counter()
+    local.generate(ids, attention_mask=torch.ones_like(ids), prompt_lookup_num_tokens=lookup,
+                   **options)  # fmt: skip
+    local_lookup_ms = 1000 * (time.perf_counter() - began) / tokens
+    results: dict[str, Any] = {"local_ms_per_token": local_ms,
+                               "local_lookup_ms_per_token": local_lookup_ms}  # fmt: skip
+    print(f"  local: {local_ms:.1f} ms per token, {local_lookup_ms:.1f} with transformers' "
+          "prompt lookup", flush=True)  # fmt: skip
     blocks = int(AutoConfig.from_pretrained(checkpoint).num_hidden_layers)
     assistants = {"none": None, "itself": local}
     assistants[f"first-{draft_blocks}"] = _first_blocks(checkpoint, min(draft_blocks, blocks))
+    assistants["lookup"] = None
     with (
         _swarm(checkpoint, equal_spans(blocks, hops), delay) as bootstrap,
         DistributedModelForCausalLM.from_pretrained(checkpoint, initial_peers=[bootstrap]) as model,
@@ -102,7 +120,9 @@ def run_model(
         model.generation_config.eos_token_id = None
         model.generate(ids, **options)  # warm-up: connections, peers' first steps
         for name, assistant in assistants.items():
-            drafting = {} if assistant is None else {"assistant_model": assistant}
+            drafting: dict[str, Any] = {} if assistant is None else {"assistant_model": assistant}
+            if name == "lookup":
+                drafting["prompt_lookup_num_tokens"] = lookup
             if temperature:
                 drafting["seed"] = 0
             with model.inference_session(ids.shape[1] + tokens) as session:
@@ -117,6 +137,8 @@ def run_model(
                 "same_tokens": None if temperature else bool(torch.equal(output, expected)),
             }
             entry["x_no_assistant"] = entry["ms_per_token"] / results["none"]["ms_per_token"]
+            if name == "lookup":
+                entry["x_local_lookup"] = entry["ms_per_token"] / local_lookup_ms
             print(
                 f"  assistant {name:9s}: {entry['ms_per_token']:6.1f} ms per token "
                 f"(x{entry['x_local']:.2f} local, x{entry['x_no_assistant']:.2f} without), "
@@ -134,6 +156,8 @@ def main() -> None:
     parser.add_argument("--hops", type=int, default=2)
     parser.add_argument("--drafts", type=int, default=4)
     parser.add_argument("--draft-blocks", type=int, default=10)
+    parser.add_argument("--lookup", type=int, default=10, help="prompt lookup's drafts a round")
+    parser.add_argument("--task", choices=sorted(TASKS), default="question")
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     parser.add_argument("--json", type=Path)
@@ -145,6 +169,8 @@ def main() -> None:
         "drafts": args.drafts,
         "delay_ms": args.delay_ms,
         "temperature": args.temperature,
+        "task": args.task,
+        "lookup": args.lookup,
     }
     how = f"sampling at {args.temperature}" if args.temperature else "greedy"
     print(f"{how} generation of {args.tokens} tokens, {args.hops} peers, {args.drafts} drafts "
@@ -154,7 +180,7 @@ def main() -> None:
         print(name, flush=True)
         results[name] = run_model(
             checkpoint, args.tokens, args.hops, args.drafts, args.draft_blocks,
-            args.delay_ms / 1000, args.temperature,
+            args.delay_ms / 1000, args.temperature, args.lookup, args.task,
         )  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

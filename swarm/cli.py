@@ -100,6 +100,13 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--assistant", help="a small local checkpoint that drafts tokens (speculative decoding)"
     )
+    parser.add_argument(
+        "--prompt-lookup",
+        type=int,
+        metavar="N",
+        help="draft up to N tokens a round copied from earlier in the text (for answers that "
+        "repeat the prompt)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

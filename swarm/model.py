@@ -58,8 +58,15 @@ from .generation import (
     token_logprobs,
 )
 from .head import ClientHead
+from .prompt_lookup import DEFAULT_NGRAM, PromptLookup
 from .remote_blocks import SwarmCall, through_swarm
-from .speculative import DEFAULT_DRAFT_TOKENS, Drafter, check_drafting, speculative_tokens
+from .speculative import (
+    DEFAULT_DRAFT_TOKENS,
+    Drafter,
+    Proposer,
+    check_drafting,
+    speculative_tokens,
+)
 from .trio_thread import TrioThread
 
 if TYPE_CHECKING:
@@ -178,6 +185,11 @@ class DistributedModelForCausalLM:
         Beam search: num_beams (above 1), length_penalty, early_stopping,
         num_return_sequences; each prompt's beams are rows of the same sessions, which the
         peers reorder between steps (`swarm.beam_search`).
+
+        Speculative decoding (`swarm.speculative`): assistant_model (a local model that
+        drafts) and num_assistant_tokens, or prompt_lookup_num_tokens (drafts copied from
+        earlier in the text, `swarm.prompt_lookup`) with max_matching_ngram_size, and our
+        prediction_ids (token ids the answer is expected to resemble, looked up first).
         """
         padding = left_padding(kwargs.pop("attention_mask", None), input_ids)
         _max_length_as_new_tokens(kwargs, input_ids)
@@ -196,8 +208,10 @@ class DistributedModelForCausalLM:
     ) -> torch.Tensor:
         if options.get("streamer") is not None:
             raise GenerationError("a streamer takes one sequence, not a batch or beams")
-        if options.get("assistant_model") is not None:
-            raise GenerationError("an assistant model drafts for one sequence, not beams")
+        if options.get("assistant_model") is not None or options.get(PROMPT_LOOKUP):
+            raise GenerationError(
+                "an assistant model or prompt lookup drafts for one sequence, not beams"
+            )
         if config.json_mode is not None and config.num_beams > 1:
             raise GenerationError("JSON mode takes sequences, not beams")
         pad_token_id = options.get("pad_token_id")
@@ -295,9 +309,11 @@ class DistributedModelForCausalLM:
         return SamplingConfig.from_generation_config(self.generation_config, **options)
 
 
+PROMPT_LOOKUP = "prompt_lookup_num_tokens"  # transformers' name: drafts a round, copied
 _NOT_SAMPLING = frozenset(
-    {"streamer", "tokenizer", "attention_mask", "assistant_model", "num_assistant_tokens"}
-)  # generate() arguments that are not the sampling config's
+    {"streamer", "tokenizer", "attention_mask", "assistant_model", "num_assistant_tokens",
+     PROMPT_LOOKUP, "max_matching_ngram_size", "prediction_ids"}
+)  # generate() arguments that are not the sampling config's  # fmt: skip
 
 
 class InferenceSession:
@@ -409,6 +425,9 @@ class InferenceSession:
         _max_length_as_new_tokens(options, input_ids)
         assistant = options.pop("assistant_model", None)
         draft_tokens = options.pop("num_assistant_tokens", DEFAULT_DRAFT_TOKENS)
+        lookup_tokens = options.pop(PROMPT_LOOKUP, None)
+        ngram = options.pop("max_matching_ngram_size", None) or DEFAULT_NGRAM
+        prediction = tuple(int(token) for token in options.pop("prediction_ids", ()))
         logprobs = options.pop("logprobs", None)
         vocabulary = int(self.model.config.vocab_size)
         if logprobs is not None and (type(logprobs) is not int or not 0 <= logprobs <= vocabulary):
@@ -416,12 +435,19 @@ class InferenceSession:
         config = self.model.sampling_config(**options)
         if config.num_beams > 1:
             raise GenerationError("beam search runs in model.generate(), not in a session")
-        drafter = None
+        if assistant is not None and lookup_tokens:
+            raise GenerationError("drafts come from an assistant model or prompt lookup, not both")
+        drafter: Proposer | None = None
         if assistant is not None:
             check_drafting(config, input_ids, draft_tokens)
             if self._drafter is None or self._drafter.model is not assistant:
                 self._drafter = Drafter(assistant)
             drafter = self._drafter
+        elif lookup_tokens:
+            check_drafting(config, input_ids, lookup_tokens)
+            held = 0 if self._state is None else int(self._state.input_ids.shape[1])
+            drafter = PromptLookup(ngram, prediction, begin=held + int(input_ids.shape[1]))
+            draft_tokens = lookup_tokens
         if self._state is None:
             self._state = GenerationState(input_ids)
         else:

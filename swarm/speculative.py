@@ -1,6 +1,7 @@
 """Speculative decoding: a small local model drafts tokens, the swarm checks them in one step.
 
-Per round, the assistant model (on the client) proposes `k` tokens. One step through the
+Per round, the assistant model (on the client) proposes `k` tokens (or `swarm.prompt_lookup`
+copies up to `k` from earlier in the text; it may find none). One step through the
 swarm runs the tokens not yet seen plus the `k` drafts, and gives the model's own
 distribution after each of them. The drafts it takes are kept, plus one token of its own:
 1 to `k + 1` tokens for one trip through the chain instead of one. The peers then drop
@@ -16,6 +17,9 @@ the model keeps draft x with probability min(1, p(x) / q(x)) and, at the first i
 draws from what p has beyond q (max(0, p - q), renormalised). Each token is then distributed
 exactly as sampling from the model alone would draw it; the draws come from the request's
 seeded generator.
+
+Copied drafts (prompt lookup) come from no distribution: the model's own choice at each
+place, greedy or drawn, is kept while it equals the draft.
 
 `Drafter` keeps the assistant's cache between rounds, cut back to what the sequence still
 shares with it.
@@ -49,6 +53,7 @@ from .generation import (
 __all__ = [
     "DraftSampler",
     "Drafter",
+    "Proposer",
     "TruncatablePipeline",
     "check_drafting",
     "keep_or_redraw",
@@ -103,8 +108,24 @@ def keep_or_redraw(
     return int(torch.multinomial(residual / residual.sum(), 1, generator=generator))
 
 
+class Proposer(Protocol):
+    """What drafts: an assistant model (`Drafter`) or prompt lookup."""
+
+    @property
+    def draws(self) -> bool:
+        """Whether drafts are drawn from a distribution when sampling (checked by speculative
+        sampling), or copied (checked by the model's own draw)."""
+        ...
+
+    def propose(
+        self, input_ids: torch.Tensor, count: int, sampler: DraftSampler | None = None
+    ) -> list[int]: ...
+
+
 class Drafter:
     """The assistant model's proposals, from its own cache of the sequence so far."""
+
+    draws = True
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -138,18 +159,18 @@ class Drafter:
 
 
 def check_drafting(config: SamplingConfig, input_ids: torch.Tensor, draft_tokens: int) -> None:
-    """What an assistant model can draft for: greedy decoding or sampling of one sequence,
-    1 or more tokens a round."""
+    """What drafts (an assistant model, prompt lookup) are for: greedy decoding or sampling
+    of one sequence, 1 or more tokens a round."""
     if config.num_beams > 1:
         raise GenerationError(
-            "an assistant model drafts for greedy decoding or sampling, not beams"
+            "an assistant model or prompt lookup drafts for greedy decoding or sampling, not beams"
         )
     if input_ids.shape[0] != 1:
-        raise GenerationError("an assistant model drafts for one sequence")
+        raise GenerationError("an assistant model or prompt lookup drafts for one sequence")
     if config.json_mode is not None:
-        raise GenerationError("an assistant model does not draft in JSON mode")
+        raise GenerationError("an assistant model or prompt lookup does not draft in JSON mode")
     if not isinstance(draft_tokens, int) or draft_tokens < 1:
-        raise GenerationError(f"num_assistant_tokens must be >= 1, not {draft_tokens!r}")
+        raise GenerationError(f"drafts a round must be >= 1, not {draft_tokens!r}")
 
 
 def _common_prefix(first: torch.Tensor, second: torch.Tensor) -> int:
@@ -164,7 +185,7 @@ async def speculative_tokens(
     pipeline: TruncatablePipeline,
     state: GenerationState,
     config: SamplingConfig,
-    drafter: Drafter,
+    drafter: Proposer,
     draft_tokens: int = DEFAULT_DRAFT_TOKENS,
     tokenizer: Any = None,
 ) -> AsyncGenerator[int, None]:
@@ -182,9 +203,14 @@ async def speculative_tokens(
             raise GenerationError("nothing new to process: add tokens before generating")
         count = min(draft_tokens, left - 1)  # the round adds up to count + 1 tokens
         drafts = []
-        sampler = DraftSampler(processors, generator) if config.do_sample else None
-        if count:
+        sampler = (
+            DraftSampler(processors, generator) if config.do_sample and drafter.draws else None
+        )
+        if count and drafter.draws:  # an assistant model computes: not in the event loop
             drafts = await trio.to_thread.run_sync(drafter.propose, state.input_ids, count, sampler)
+        elif count:
+            drafts = drafter.propose(state.input_ids, count)
+        count = len(drafts)
         # the round's uniform draws come after the drafts' and before the model's own, all at
         # once, as transformers draws them (so a seed gives what its assisted sampling gives)
         uniforms = torch.rand(count, generator=generator).tolist() if sampler else []
@@ -195,8 +221,8 @@ async def speculative_tokens(
             for offset in range(count + 1):  # the model's token after each draft it took
                 prefix = ids[:, : length + offset]
                 scores = processors(cast(torch.LongTensor, prefix), logits[:, offset, :])
-                if sampler is None:
-                    token = int(scores.argmax(dim=-1))
+                if sampler is None:  # greedy, or copied drafts: the model's own choice
+                    token = int(choose_tokens(scores, config.do_sample, generator))
                 elif offset < count:
                     token = keep_or_redraw(
                         scores[0], drafts[offset], sampler.drawn_from[offset], uniforms[offset],

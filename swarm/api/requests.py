@@ -41,7 +41,7 @@ COMMON = ("model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream
           "stream_options", "presence_penalty", "frequency_penalty", "logit_bias", "n",
           "response_format", *NEUTRAL, *IGNORED)  # fmt: skip
 CHAT = ("messages", "max_completion_tokens", "logprobs", "top_logprobs", "tools", "tool_choice",
-        "parallel_tool_calls")  # fmt: skip
+        "parallel_tool_calls", "prediction")  # fmt: skip
 FIELDS = {
     "completion": (*COMMON, "prompt", "logprobs", "echo"),
     "chat": (*COMMON, *CHAT),
@@ -81,6 +81,7 @@ class CompletionRequest:
     json_schema: Node | None = None  # JSON mode: the answer is a value of this schema
     tools: tuple[Tool, ...] = ()  # functions the model may call (chat)
     tool_choice: str = "none"  # "none", "auto", "required" or "function" (one by name)
+    prediction: str = ""  # text the answer is expected to resemble: drafts are copied from it
     must_call: tuple[Tool, ...] = ()  # the answer calls one of these (JSON mode)
     parallel_calls: bool = True  # an answer may make several calls (parallel_tool_calls)
 
@@ -174,6 +175,7 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
         )
         fields["parallel_calls"] = _field(data, "parallel_tool_calls", bool) is not False
         _check_tools(fields)
+        fields["prediction"] = _prediction(data.get("prediction"), fields)
     return CompletionRequest(**fields)
 
 
@@ -187,6 +189,18 @@ def _check_tools(fields: dict[str, Any]) -> None:
         choice = fields["tool_choice"]
         raise ApiError(400, f"a tool call is its own JSON: tool_choice {choice} takes no "
                        "response_format", "response_format")  # fmt: skip
+
+
+def _prediction(value: Any, fields: dict[str, Any]) -> str:
+    """`prediction` (OpenAI's predicted outputs): `{"type": "content", "content": text}`."""
+    if value is None:
+        return ""
+    if not isinstance(value, dict) or value.get("type") != "content":
+        raise ApiError(400, 'prediction must be {"type": "content", "content": ...}', "prediction")
+    if fields["json_object"] or fields["json_schema"] is not None or fields["must_call"]:
+        raise ApiError(400, "a prediction drafts free text, not JSON mode or a required tool "
+                       "call", "prediction")  # fmt: skip
+    return _content(value.get("content"), "prediction")
 
 
 def _json_schema(response_format: dict[str, Any]) -> Node | None:

@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 ROUTES = {"/v1/completions": "completion", "/v1/chat/completions": "chat"}
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
+PREDICTION_DRAFTS = 10  # tokens a round copied from a request's prediction, at most
 
 
 @dataclass(frozen=True)
@@ -194,9 +195,10 @@ class ApiServer:
         answer = _Answer(
             request, self.config.model_id, int(input_ids.shape[1]), max_tokens, self.eos, echo
         )
+        drafts = self._prediction_drafts(request)
         choices = [
             _Choice(index, CompletionText(self.tokenizer, request.stop),
-                    request.generate_options(max_tokens, index))
+                    request.generate_options(max_tokens, index) | drafts)
             for index in range(request.n)
         ]  # fmt: skip
         if request.stream:
@@ -271,6 +273,13 @@ class ApiServer:
         if request.kind == "chat":
             return chat_logprobs(self.tokenizer, scored)
         return completion_logprobs(self.tokenizer, scored, offset)
+
+    def _prediction_drafts(self, request: CompletionRequest) -> dict[str, Any]:
+        """Prompt lookup in the request's prediction, if it has one (`swarm.prompt_lookup`)."""
+        if not request.prediction:
+            return {}
+        ids = self.tokenizer(request.prediction, add_special_tokens=False)["input_ids"]
+        return {"prompt_lookup_num_tokens": PREDICTION_DRAFTS, "prediction_ids": ids}
 
     def _input_ids(self, request: CompletionRequest) -> torch.Tensor:
         if isinstance(request.prompt, tuple):  # token ids

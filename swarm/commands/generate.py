@@ -5,7 +5,8 @@ decode of the tokens so far); logs and progress go to stderr. With `--num-beams`
 beam is printed once the search ends (until then no beam is sure to be the one). With
 `--assistant`, a small local model drafts tokens that the swarm checks several at a time
 (`swarm.speculative`): the same greedy text, or text drawn as sampling draws it, in fewer
-trips.
+trips; `--prompt-lookup N` drafts by copying from earlier in the text instead
+(`swarm.prompt_lookup`).
 """
 
 from __future__ import annotations
@@ -72,14 +73,17 @@ def read_schema(path: str) -> Node:
 
 
 def drafting_options(args: argparse.Namespace) -> dict[str, Any]:
-    """`assistant_model=` from `--assistant` (a local checkpoint), if given."""
-    if not args.assistant:
-        return {}
-    from transformers import AutoModelForCausalLM
+    """`assistant_model=` from `--assistant` (a local checkpoint) and
+    `prompt_lookup_num_tokens=` from `--prompt-lookup`, as given (not both)."""
+    options: dict[str, Any] = {}
+    if args.prompt_lookup:
+        options["prompt_lookup_num_tokens"] = args.prompt_lookup
+    if args.assistant:
+        from transformers import AutoModelForCausalLM
 
-    return {
-        "assistant_model": AutoModelForCausalLM.from_pretrained(resolve_checkpoint(args.assistant))
-    }
+        checkpoint = resolve_checkpoint(args.assistant)
+        options["assistant_model"] = AutoModelForCausalLM.from_pretrained(checkpoint)
+    return options
 
 
 def open_model(args: argparse.Namespace, checkpoint: Path) -> DistributedModelForCausalLM:

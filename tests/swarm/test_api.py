@@ -182,6 +182,32 @@ async def test_a_chat_completion_equals_transformers_on_the_chat_template(
     assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
 
 
+async def test_a_prediction_of_the_answer_saves_trips_and_changes_no_text(
+    tiny: Path, swarm: Any
+) -> None:
+    """OpenAI's predicted outputs: drafts copied from the prediction (prompt lookup) are
+    checked by the model, so the text is the same; right, they save most steps (counted by
+    the first peer). A prediction in JSON mode, or of another shape, is a 400."""
+    messages = [{"role": "user", "content": "Say it again."}]
+    expected = local(tiny, chat_ids(tiny, messages), max_new_tokens=24, do_sample=False)
+    first = swarm[0].peers[0]
+    options = {"model": MODEL, "messages": messages, "max_tokens": 24, "temperature": 0}
+    trips = []
+    async with api(tiny, swarm[1]) as client:
+        for extra in ({}, {"prediction": {"type": "content", "content": expected}}):
+            before = swarm[0].status(first).activity.steps
+            answer = await call(client.chat.completions.create, **options, **extra)
+            trips.append(swarm[0].status(first).activity.steps - before)
+            assert answer.choices[0].message.content == expected
+        with pytest.raises(openai.BadRequestError, match="not JSON mode"):
+            await call(client.chat.completions.create, **options,
+                       response_format={"type": "json_object"},
+                       prediction={"type": "content", "content": "{}"})  # fmt: skip
+        with pytest.raises(openai.BadRequestError, match="prediction must be"):
+            await call(client.chat.completions.create, **options, prediction={"content": "x"})
+    assert trips[0] == 24 and trips[1] < 24  # (this tiny tokenizer splits the text anew)
+
+
 async def test_seeded_sampling_draws_what_transformers_draws(tiny: Path, swarm: Any) -> None:
     """temperature and top_p as OpenAI means them: no top-k."""
     options = {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "top_k": 0}

@@ -150,6 +150,18 @@ def test_an_assistant_drafts_and_the_text_is_the_greedy_one(
     assert "".join(stdout.writes) == expected + "\n"
 
 
+def test_prompt_lookup_drafts_and_the_text_is_the_greedy_one(
+    tiny: Path, swarm: ThreadSwarm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = _expected(tiny, chat=False, new_tokens=16, seed=None, do_sample=False)
+    stdout = Recorder()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    status = main(["generate", str(tiny), PROMPT, "--initial-peers", swarm.bootstrap,
+                   "--max-new-tokens", "16", "--prompt-lookup", "5"])  # fmt: skip
+    assert status == 0
+    assert "".join(stdout.writes) == expected + "\n"
+
+
 def test_the_prompt_may_come_last_after_the_peers(
     tiny: Path, swarm: ThreadSwarm, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from swarm.generation import GenerationError
+from swarm.prompt_lookup import PromptLookup, lookup
 from swarm.speculative import Drafter, keep_or_redraw
 from tests.support.tiny_model import write_tiny_model
 
@@ -161,7 +162,7 @@ def test_what_an_assistant_cannot_draft_for_is_a_clear_error(models: dict[str, P
             model.generate(PROMPT, max_new_tokens=4, assistant_model=draft, num_beams=2)
         with pytest.raises(GenerationError, match="one sequence"):
             model.generate(PROMPT.repeat(2, 1), max_new_tokens=4, assistant_model=draft)
-        with pytest.raises(GenerationError, match="num_assistant_tokens"):
+        with pytest.raises(GenerationError, match="drafts a round must be >= 1"):
             model.generate(PROMPT, max_new_tokens=4, assistant_model=draft, num_assistant_tokens=0)
 
 
@@ -238,3 +239,86 @@ def test_seeded_speculative_sampling_repeats_itself_and_takes_a_twins_drafts(
                 runs.append((output[0, PROMPT.shape[1] :].tolist(), len(session.timings[0][1])))
     assert runs[0] == runs[1] and runs[0][0] != runs[2][0]
     assert all(trips == math.ceil(NEW_TOKENS / 5) for _, trips in runs)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "prediction", "drafts"),
+    [
+        ([1, 2, 3, 9, 1, 2], (), [3, 9, 1]),  # the last 2 tokens came first at the start
+        ([5, 1, 2], (7, 1, 2, 8, 9, 6), [8, 9, 6]),  # the prediction is looked up first
+        ([1, 2, 8, 5, 1, 2], (1, 2), [8, 5, 1]),  # nothing follows there: the text then
+        ([4, 6, 5, 7, 6], (), [5, 7, 6]),  # "7 6" came nowhere before: "6" did
+        ([1, 2, 3], (), []),  # nothing came before
+        ([1, 2], (), []),  # the tail itself is no earlier place
+    ],
+)
+def test_prompt_lookup_copies_what_followed_the_last_tokens_before(
+    tokens: list[int], prediction: tuple[int, ...], drafts: list[int]
+) -> None:
+    assert lookup(tokens, prediction, 3, 2) == drafts
+    ids = torch.tensor([tokens])
+    assert PromptLookup(2, prediction, begin=1).propose(ids, 3) == drafts
+    # before the answer's first token, the prediction's beginning
+    assert PromptLookup(2, prediction, begin=len(tokens)).propose(ids, 2) == (
+        list(prediction[:2]) or drafts[:2]
+    )
+
+
+def _repeating_prompt() -> torch.Tensor:
+    """A prompt that says the same thing twice, so that lookup finds what follows."""
+    return torch.tensor([[1, *range(40, 52), *range(40, 46)]])
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
+def test_prompt_lookup_gives_the_tokens_of_decoding_without_drafts_in_fewer_trips(
+    models: dict[str, Path], sampled: bool
+) -> None:
+    """Greedy: transformers' own prompt lookup and plain greedy decoding agree with ours.
+    Sampled: a seed gives the tokens plain seeded sampling gives (each token one draw from
+    the same generator), here and in transformers."""
+    prompt = _repeating_prompt()
+    options: dict[str, Any] = {"do_sample": True, "temperature": 0.02} if sampled else {}
+    if sampled:
+        torch.manual_seed(11)
+    expected = _local(models["target"], prompt, **options)
+    if not sampled:
+        assert _local(models["target"], prompt, prompt_lookup_num_tokens=4) == expected
+    with (
+        _swarm_and_model(models["target"], CHAINS[2]) as (_, model),
+        model.inference_session(max_length=64) as session,
+    ):
+        seed = {"seed": 11} if sampled else {}
+        output = session.generate(prompt, max_new_tokens=NEW_TOKENS, prompt_lookup_num_tokens=4,
+                                  **options, **seed)  # fmt: skip
+        steps = len(session.timings[0][1])
+    assert output[0, prompt.shape[1] :].tolist() == expected
+    assert steps < NEW_TOKENS  # some drafts were taken
+
+
+def test_a_right_prediction_has_every_draft_taken_and_a_wrong_one_changes_nothing(
+    models: dict[str, Path],
+) -> None:
+    expected = _local(models["target"], PROMPT)
+    wrong = [(token + 7) % 256 for token in expected]
+    results = []
+    with _swarm_and_model(models["target"], CHAINS[2]) as (_, model):
+        for prediction in (expected, wrong):
+            with model.inference_session(max_length=64) as session:
+                output = session.generate(PROMPT, max_new_tokens=NEW_TOKENS,
+                                          prediction_ids=prediction,
+                                          prompt_lookup_num_tokens=5)  # fmt: skip
+                results.append((output[0, PROMPT.shape[1] :].tolist(), len(session.timings[0][1])))
+    assert results[0] == (expected, math.ceil(NEW_TOKENS / 6))  # 6 tokens a trip
+    assert results[1][0] == expected
+
+
+def test_what_prompt_lookup_cannot_draft_for_is_a_clear_error(models: dict[str, Path]) -> None:
+    draft = AutoModelForCausalLM.from_pretrained(models["other"])
+    lookup_options = {"max_new_tokens": 4, "prompt_lookup_num_tokens": 3}
+    with _swarm_and_model(models["target"], CHAINS[1]) as (_, model):
+        with pytest.raises(GenerationError, match="not both"):
+            model.generate(PROMPT, assistant_model=draft, **lookup_options)
+        with pytest.raises(GenerationError, match="not beams"):
+            model.generate(PROMPT, num_beams=2, **lookup_options)
+        with pytest.raises(GenerationError, match="not draft in JSON mode"):
+            model.generate(PROMPT, json_object=True, tokenizer=None, **lookup_options)
