@@ -3,11 +3,10 @@
 It is our own async loop, built from transformers' logits processors and stopping criteria
 in the order `GenerationMixin.generate` applies them (sequence biases, repetition penalty,
 bans and suppressed tokens, the caller's own processors, then temperature, top-k, top-p and
-the other samplers' cutoffs),
-so that greedy and seeded sampling give the same tokens as the local model's `generate()`.
-Sampling draws from a private `torch.Generator` seeded from the request, the same stream as
-`torch.manual_seed(seed)` followed by a local `generate()`, without touching the global
-random state.
+the other samplers' cutoffs), so that greedy and seeded sampling give the same tokens as the
+local model's `generate()`. Sampling draws from a private `torch.Generator` seeded from the
+request, the same stream as `torch.manual_seed(seed)` followed by a local `generate()`,
+without touching the global random state.
 
 The loop knows nothing of the network: it talks to a `HiddenStatePipeline` (one inference
 session through a chain of peers, or local layers in tests) and to a `LanguageModelHead`

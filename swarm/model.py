@@ -426,8 +426,10 @@ class InferenceSession:
         assistant = options.pop("assistant_model", None)
         draft_tokens = options.pop("num_assistant_tokens", DEFAULT_DRAFT_TOKENS)
         lookup_tokens = options.pop(PROMPT_LOOKUP, None)
-        ngram = options.pop("max_matching_ngram_size", None) or DEFAULT_NGRAM
-        prediction = tuple(int(token) for token in options.pop("prediction_ids", ()))
+        ngram = options.pop("max_matching_ngram_size", DEFAULT_NGRAM)
+        prediction = options.pop("prediction_ids", ())
+        if isinstance(prediction, torch.Tensor):
+            prediction = prediction.flatten().tolist()
         logprobs = options.pop("logprobs", None)
         vocabulary = int(self.model.config.vocab_size)
         if logprobs is not None and (type(logprobs) is not int or not 0 <= logprobs <= vocabulary):
@@ -446,7 +448,7 @@ class InferenceSession:
         elif lookup_tokens:
             check_drafting(config, input_ids, lookup_tokens)
             held = 0 if self._state is None else int(self._state.input_ids.shape[1])
-            drafter = PromptLookup(ngram, prediction, begin=held + int(input_ids.shape[1]))
+            drafter = PromptLookup(ngram, tuple(prediction), begin=held + int(input_ids.shape[1]))
             draft_tokens = lookup_tokens
         if self._state is None:
             self._state = GenerationState(input_ids)

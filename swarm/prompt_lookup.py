@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from .errors import GenerationError
+
 __all__ = ["DEFAULT_NGRAM", "PromptLookup", "lookup"]
 
 DEFAULT_NGRAM = 2  # transformers' default `max_matching_ngram_size`
@@ -36,6 +38,12 @@ class PromptLookup:
     prediction: tuple[int, ...] = ()  # token ids the answer is expected to resemble
     begin: int = 0  # where the answer begins, in the sequences proposed for
     draws: ClassVar[bool] = False  # copied drafts: the model's own choice checks them
+
+    def __post_init__(self) -> None:
+        if type(self.max_ngram) is not int or self.max_ngram < 1:
+            raise GenerationError(f"max_matching_ngram_size must be >= 1, not {self.max_ngram!r}")
+        if not all(type(token) is int and token >= 0 for token in self.prediction):
+            raise GenerationError("prediction_ids must be token ids")
 
     def propose(self, input_ids: torch.Tensor, count: int, sampler: Any = None) -> list[int]:
         """Up to `count` drafts after `input_ids` (`[1, length]`); maybe none."""

@@ -60,6 +60,16 @@ def _expected(tiny: Path, *, chat: bool, new_tokens: int, seed: int | None, **kw
     return str(tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True))
 
 
+def _generate(
+    monkeypatch: pytest.MonkeyPatch, tiny: Path, swarm: ThreadSwarm, *flags: str
+) -> Recorder:
+    """`swarm generate` of PROMPT with `flags`, in this process: what it wrote to stdout."""
+    stdout = Recorder()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["generate", str(tiny), PROMPT, "--initial-peers", swarm.bootstrap, *flags]) == 0
+    return stdout
+
+
 @pytest.mark.parametrize(
     ("flags", "reference"),
     [
@@ -88,11 +98,7 @@ def test_stdout_is_the_continuation_as_it_streams(
     options = dict(reference)
     expected = _expected(tiny, chat="--chat" in flags, new_tokens=24,
                          seed=options.pop("seed", None), **options)  # fmt: skip
-    stdout = Recorder()
-    monkeypatch.setattr(sys, "stdout", stdout)
-    status = main(["generate", str(tiny), PROMPT, "--initial-peers", swarm.bootstrap,
-                   "--max-new-tokens", "24", *flags])  # fmt: skip
-    assert status == 0
+    stdout = _generate(monkeypatch, tiny, swarm, "--max-new-tokens", "24", *flags)
     assert "".join(stdout.writes) == expected + "\n"
     assert len([w for w in stdout.writes if w]) > 2  # streamed, not printed at the end
     err = capsys.readouterr().err
@@ -118,11 +124,7 @@ def test_stop_and_max_time_end_the_text_where_transformers_ends_it(
         expected = _expected(tiny, chat=False, new_tokens=24, seed=None, do_sample=False,
                              **reference)  # fmt: skip
         assert len(expected) < len(whole)
-        stdout = Recorder()
-        monkeypatch.setattr(sys, "stdout", stdout)
-        status = main(["generate", str(tiny), PROMPT, "--initial-peers", swarm.bootstrap,
-                       "--max-new-tokens", "24", *flags])  # fmt: skip
-        assert status == 0
+        stdout = _generate(monkeypatch, tiny, swarm, "--max-new-tokens", "24", *flags)
         assert "".join(stdout.writes) == expected + "\n"
 
 
@@ -130,35 +132,18 @@ def test_beam_search_prints_the_best_beam(
     tiny: Path, swarm: ThreadSwarm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     expected = _expected(tiny, chat=False, new_tokens=16, seed=None, num_beams=3, do_sample=False)
-    stdout = Recorder()
-    monkeypatch.setattr(sys, "stdout", stdout)
-    status = main(["generate", str(tiny), PROMPT, "--initial-peers", swarm.bootstrap,
-                   "--max-new-tokens", "16", "--num-beams", "3"])  # fmt: skip
-    assert status == 0
+    stdout = _generate(monkeypatch, tiny, swarm, "--max-new-tokens", "16", "--num-beams", "3")
     assert "".join(stdout.writes) == expected + "\n"
 
 
-def test_an_assistant_drafts_and_the_text_is_the_greedy_one(
-    tiny: Path, swarm: ThreadSwarm, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("drafting", ["--assistant", "--prompt-lookup"])
+def test_drafts_leave_the_greedy_text(
+    tiny: Path, swarm: ThreadSwarm, monkeypatch: pytest.MonkeyPatch, drafting: str
 ) -> None:
+    """An assistant (the model itself) or prompt lookup drafts; the text is the greedy one."""
     expected = _expected(tiny, chat=False, new_tokens=16, seed=None, do_sample=False)
-    stdout = Recorder()
-    monkeypatch.setattr(sys, "stdout", stdout)
-    status = main(["generate", str(tiny), PROMPT, "--initial-peers", swarm.bootstrap,
-                   "--max-new-tokens", "16", "--assistant", str(tiny)])  # fmt: skip
-    assert status == 0
-    assert "".join(stdout.writes) == expected + "\n"
-
-
-def test_prompt_lookup_drafts_and_the_text_is_the_greedy_one(
-    tiny: Path, swarm: ThreadSwarm, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    expected = _expected(tiny, chat=False, new_tokens=16, seed=None, do_sample=False)
-    stdout = Recorder()
-    monkeypatch.setattr(sys, "stdout", stdout)
-    status = main(["generate", str(tiny), PROMPT, "--initial-peers", swarm.bootstrap,
-                   "--max-new-tokens", "16", "--prompt-lookup", "5"])  # fmt: skip
-    assert status == 0
+    value = str(tiny) if drafting == "--assistant" else "5"
+    stdout = _generate(monkeypatch, tiny, swarm, "--max-new-tokens", "16", drafting, value)
     assert "".join(stdout.writes) == expected + "\n"
 
 

@@ -9,8 +9,6 @@ import logging
 import os
 import re
 import signal
-import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,8 @@ from swarm.peer_metrics import COUNTERS, peer_metrics_handler, render_peer_metri
 from tests.monitor.test_http import get
 from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import write_tiny_model
+
+from .test_model import _until
 
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 PROMPT = torch.tensor([[1, 40, 41, 42, 43, 44, 45]])
@@ -87,15 +87,6 @@ def test_the_status_is_written_as_counters_and_gauges() -> None:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("metrics") / "tiny", "llama", seed=3)
-
-
-def _until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)  # polling with a deadline, not waiting for readiness
-    return condition()
 
 
 def test_a_peer_counts_the_steps_tokens_and_time_it_serves(tiny: Path) -> None:

@@ -322,3 +322,7 @@ def test_what_prompt_lookup_cannot_draft_for_is_a_clear_error(models: dict[str, 
             model.generate(PROMPT, num_beams=2, **lookup_options)
         with pytest.raises(GenerationError, match="not draft in JSON mode"):
             model.generate(PROMPT, json_object=True, tokenizer=None, **lookup_options)
+        with pytest.raises(GenerationError, match="max_matching_ngram_size must be >= 1"):
+            model.generate(PROMPT, max_matching_ngram_size=0, **lookup_options)
+        with pytest.raises(GenerationError, match="prediction_ids must be token ids"):
+            model.generate(PROMPT, prediction_ids=["a"], **lookup_options)
