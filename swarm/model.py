@@ -187,9 +187,10 @@ class DistributedModelForCausalLM:
         peers reorder between steps (`swarm.beam_search`).
 
         Speculative decoding (`swarm.speculative`): assistant_model (a local model that
-        drafts) and num_assistant_tokens, or prompt_lookup_num_tokens (drafts copied from
-        earlier in the text, `swarm.prompt_lookup`) with max_matching_ngram_size, and our
-        prediction_ids (token ids the answer is expected to resemble, looked up first).
+        drafts) and num_assistant_tokens, or prompt_lookup_num_tokens (the most drafts a
+        round copied from earlier in the text, `swarm.prompt_lookup`; fewer after misses)
+        with max_matching_ngram_size, and our prediction_ids (token ids the answer is
+        expected to resemble, looked up first).
         """
         padding = left_padding(kwargs.pop("attention_mask", None), input_ids)
         _max_length_as_new_tokens(kwargs, input_ids)

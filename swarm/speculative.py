@@ -19,7 +19,12 @@ exactly as sampling from the model alone would draw it; the draws come from the 
 seeded generator.
 
 Copied drafts (prompt lookup) come from no distribution: the model's own choice at each
-place, greedy or drawn, is kept while it equals the draft.
+place, greedy or drawn, is kept while it equals the draft. Each copied draft costs the
+step a position whether it is taken or not, and text that does not repeat finds spurious
+matches, so their number adapts: after a round whose drafts were not all taken, the next
+proposes one more than were taken; after one whose drafts were, twice as many, up to the
+most asked for. (An assistant's drafts keep their number, as transformers' "constant"
+schedule does.)
 
 `Drafter` keeps the assistant's cache between rounds, cut back to what the sequence still
 shares with it.
@@ -197,11 +202,12 @@ async def speculative_tokens(
     stopping = build_stopping_criteria(config, tokenizer)
     eos = set(config.eos_token_ids)
     left = config.max_new_tokens
+    allowance = draft_tokens  # drafts the next round may propose
     while left > 0:
         fresh = state.input_ids[:, state.processed :]
         if fresh.shape[1] == 0:
             raise GenerationError("nothing new to process: add tokens before generating")
-        count = min(draft_tokens, left - 1)  # the round adds up to count + 1 tokens
+        count = min(allowance, left - 1)  # the round adds up to count + 1 tokens
         drafts = []
         sampler = (
             DraftSampler(processors, generator) if config.do_sample and drafter.draws else None
@@ -243,3 +249,5 @@ async def speculative_tokens(
                     break
         finally:  # the caches drop what follows the tokens taken, ended early or not
             pipeline.truncate(state.processed)
+        if not drafter.draws:  # copied drafts: as many as the last round earned
+            allowance = min(draft_tokens, 2 * allowance) if offset == count else offset + 1

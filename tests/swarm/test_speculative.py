@@ -312,6 +312,24 @@ def test_a_right_prediction_has_every_draft_taken_and_a_wrong_one_changes_nothin
     assert results[1][0] == expected
 
 
+def test_copied_drafts_grow_fewer_where_they_miss(models: dict[str, Path]) -> None:
+    """A prompt that holds every token of the vocabulary: lookup finds each last token in it
+    and copies what followed, which the model seldom writes next. After a miss, a round
+    proposes one draft more than the last took: about 2 positions a token at the first
+    peer, where 5 drafts every round send about 4."""
+    prompt = torch.tensor([[1, *range(2, 256)]])
+    options = {"do_sample": True, "temperature": 1.0, "top_k": 0}
+    torch.manual_seed(3)
+    expected = _local(models["target"], prompt, **options)
+    with _swarm_and_model(models["target"], CHAINS[2]) as (swarm, model):
+        first = swarm.peers[0]
+        output = model.generate(prompt, max_new_tokens=NEW_TOKENS, prompt_lookup_num_tokens=5,
+                                seed=3, **options)  # fmt: skip
+        positions = swarm.status(first).activity.tokens - prompt.shape[1]
+    assert output[0, prompt.shape[1] :].tolist() == expected
+    assert positions < 3 * NEW_TOKENS
+
+
 def test_what_prompt_lookup_cannot_draft_for_is_a_clear_error(models: dict[str, Path]) -> None:
     draft = AutoModelForCausalLM.from_pretrained(models["other"])
     lookup_options = {"max_new_tokens": 4, "prompt_lookup_num_tokens": 3}
