@@ -29,14 +29,11 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from .generation import (
-    GenerationError,
-    HiddenStatePipeline,
-    LanguageModelHead,
+from .generation import GenerationError, HiddenStatePipeline, LanguageModelHead, logits_after
+from .sampling import (
     SamplingConfig,
     build_logits_processors,
     build_stopping_criteria,
-    logits_after,
     sampling_generator,
 )
 

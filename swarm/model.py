@@ -49,7 +49,6 @@ from .errors import SwarmError
 from .generation import (
     GenerationError,
     GenerationState,
-    SamplingConfig,
     TokenLogprob,
     check_attention_mask,
     generate_batch,
@@ -60,6 +59,7 @@ from .generation import (
 from .head import ClientHead
 from .prompt_lookup import DEFAULT_NGRAM, PromptLookup
 from .remote_blocks import SwarmCall, through_swarm
+from .sampling import SamplingConfig
 from .speculative import (
     DEFAULT_DRAFT_TOKENS,
     Drafter,

@@ -47,11 +47,13 @@ from .generation import (
     GenerationState,
     HiddenStatePipeline,
     LanguageModelHead,
+    logits_after,
+)
+from .sampling import (
     SamplingConfig,
     build_logits_processors,
     build_stopping_criteria,
     choose_tokens,
-    logits_after,
     sampling_generator,
 )
 

@@ -5,7 +5,7 @@ The fields mean what OpenAI's API says they mean. Those the swarm cannot honour 
 the API does not have is an error too, as OpenAI's API answers it. `temperature` 0 is
 greedy decoding; above 0 the tokens are sampled with that temperature and `top_p` (no
 top-k: OpenAI has none). The presence and frequency penalties apply to the tokens generated
-(`swarm.generation.PresenceFrequencyPenalty`); `logit_bias` (token id -> -100..100) is
+(`swarm.sampling.PresenceFrequencyPenalty`); `logit_bias` (token id -> -100..100) is
 added to those tokens' logits before anything else (transformers' `sequence_bias`). Log
 probabilities: completions take `logprobs` N and `echo`, chat takes `logprobs` and
 `top_logprobs` N. `response_format` `json_object` and `json_schema` are JSON mode

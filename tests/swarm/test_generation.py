@@ -13,14 +13,8 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig
 
 from peer.span import cache_keyword
-from swarm.generation import (
-    GenerationError,
-    GenerationState,
-    PresenceFrequencyPenalty,
-    SamplingConfig,
-    check_attention_mask,
-    generate_tokens,
-)
+from swarm.generation import GenerationError, GenerationState, check_attention_mask, generate_tokens
+from swarm.sampling import PresenceFrequencyPenalty, SamplingConfig
 
 
 class LocalPipeline:

@@ -25,10 +25,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from swarm import DistributedModelForCausalLM
 from swarm.cli import main
 from swarm.errors import GenerationError
-from swarm.generation import GenerationState, SamplingConfig, generate_tokens
+from swarm.generation import GenerationState, generate_tokens
 from swarm.json_mode import JsonConstraint
 from swarm.json_prefix import MAX_BLANK, JsonPrefix
 from swarm.json_schema import ANY_OBJECT, Node, compile_schema
+from swarm.sampling import SamplingConfig
 from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import write_tiny_model
 
