@@ -1,17 +1,18 @@
 """`ApiServer`: OpenAI's completions and chat completions API, generated through the swarm.
 
 Routes: `GET /v1/models` (and `/v1/models/ID`), `POST /v1/completions`, `POST
-/v1/chat/completions`; with `"stream": true` the answer comes as server-sent events, one
-`data: {...}` chunk per piece of text and `data: [DONE]` at the end, as OpenAI's clients
-read them. Each answer (`n` of them, side by side) takes a waiting inference session whose
-tokens its own begin with, and sends only the rest (`session_pool.py`: a conversation's next
-turn), or opens one (a chat request renders its messages with the model's chat template;
-where the peers have no room for it, waiting sessions close, the oldest first, then it waits
-for the answers in flight). After a whole answer the session waits for the next turn; when
-the answer fails, is cut by a stop sequence or its client goes away, it is closed. The
-model's facade blocks, so each generation runs in a worker thread and hands its tokens to
-the server's event loop; at most `max_concurrent` run at once, the others wait their turn.
-With an API key, a request must carry `Authorization: Bearer KEY`.
+/v1/chat/completions`, and `GET /metrics` for Prometheus (`swarm.api.metrics`); with
+`"stream": true` the answer comes as server-sent events, one `data: {...}` chunk per piece
+of text and `data: [DONE]` at the end, as OpenAI's clients read them. Each answer (`n` of
+them, side by side) takes a waiting inference session whose tokens its own begin with, and
+sends only the rest (`session_pool.py`: a conversation's next turn), or opens one (a chat
+request renders its messages with the model's chat template; where the peers have no room
+for it, waiting sessions close, the oldest first, then it waits for the answers in flight).
+After a whole answer the session waits for the next turn; when the answer fails, is cut by
+a stop sequence or its client goes away, it is closed. The model's facade blocks, so each
+generation runs in a worker thread and hands its tokens to the server's event loop; at most
+`max_concurrent` run at once, the others wait their turn. With an API key, a request must
+carry `Authorization: Bearer KEY`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from routing.path_selection import NoRoomError
 from ..errors import SwarmError
 from ..generation import TokenLogprob
 from ..http_server import HttpConfig, HttpServer, Request, Response, Write
+from ..prometheus import CONTENT_TYPE
 from .completion_text import CompletionText
 from .logprobs import (
     LogprobStream,
@@ -46,6 +48,7 @@ from .logprobs import (
     completion_logprobs,
     scored_tokens,
 )
+from .metrics import ApiActivity, ApiLoad, render_api_metrics
 from .requests import ApiError, CompletionRequest, read_request
 from .session_pool import IdleSession, SessionPool
 from .tools import ToolCall, chat_messages, find_calls, may_be_calls
@@ -100,6 +103,7 @@ class ApiServer:
         self._ended = 0  # generations ended so far
         self._an_end = trio.Event()  # set (and replaced) whenever one ends
         self.sessions = SessionPool(config.idle_sessions, config.idle_seconds, trio.current_time)
+        self.activity = ApiActivity()  # for /metrics
 
     async def run(
         self,
@@ -131,11 +135,22 @@ class ApiServer:
                 await trio.to_thread.run_sync(idle.session.close)
 
     async def handle(self, request: Request) -> Response:
+        """Answer `request`, and count it by route and status."""
+        response = await self._answer(request)
+        self.activity.requests[_route(request.path), response.status] += 1
+        return response
+
+    async def _answer(self, request: Request) -> Response:
         try:
             self._authorize(request)
             if request.path == "/v1/models" or request.path.startswith("/v1/models/"):
                 _only(request, "GET")
                 return self._models(request.path.removeprefix("/v1/models").strip("/"))
+            if request.path == "/metrics":
+                _only(request, "GET")
+                load = ApiLoad(self._running, self.config.max_concurrent, len(self.sessions))
+                text = render_api_metrics(self.config.model_id, self.activity, load)
+                return Response(200, text.encode("utf-8"), CONTENT_TYPE)
             kind = ROUTES.get(request.path)
             if kind is None:
                 raise ApiError(404, f"no route {request.path}", code="not_found")
@@ -180,6 +195,7 @@ class ApiServer:
         if max_tokens > self.config.max_tokens:
             raise ApiError(400, f"max_tokens may be at most {self.config.max_tokens}", "max_tokens")
         input_ids = self._input_ids(request)
+        self.activity.prompt_tokens += int(input_ids.shape[1])
         vocabulary = int(self.model.config.vocab_size)
         if any(token >= vocabulary for token, _ in request.logit_bias):
             raise ApiError(400, f"logit_bias token ids must be below {vocabulary}", "logit_bias")
@@ -396,6 +412,7 @@ class ApiServer:
                     nursery.start_soon(trio.to_thread.run_sync, work)
                     async with receive:
                         async for token, record in receive:
+                            self.activity.completion_tokens += 1
                             if not await consume(token, record):
                                 break
             except BaseExceptionGroup as group:  # one side failed (the other ends quietly)
@@ -612,6 +629,15 @@ async def _side_by_side(jobs: list[Callable[[], Awaitable[None]]]) -> None:
                 nursery.start_soon(job)
     except BaseExceptionGroup as group:
         raise group.exceptions[0] from None
+
+
+def _route(path: str) -> str:
+    """What a request to `path` is counted under in /metrics."""
+    if path in ROUTES:
+        return ROUTES[path]
+    if path == "/v1/models" or path.startswith("/v1/models/"):
+        return "models"
+    return "metrics" if path == "/metrics" else "other"
 
 
 def _only(request: Request, method: str) -> None:
