@@ -295,6 +295,9 @@ class ApiServer:
         if not request.prediction:
             return {}
         ids = self.tokenizer(request.prediction, add_special_tokens=False)["input_ids"]
+        if self.context and len(ids) > self.context:  # each round looks it up: bound it
+            raise ApiError(400, f"the prediction's {len(ids)} tokens exceed the model's context "
+                           f"of {self.context}", "prediction")  # fmt: skip
         return {"prompt_lookup_num_tokens": PREDICTION_DRAFTS, "prediction_ids": ids}
 
     def _input_ids(self, request: CompletionRequest) -> torch.Tensor:

@@ -206,6 +206,9 @@ async def test_a_prediction_of_the_answer_saves_trips_and_changes_no_text(
                        prediction={"type": "content", "content": "{}"})  # fmt: skip
         with pytest.raises(openai.BadRequestError, match="prediction must be"):
             await call(client.chat.completions.create, **options, prediction={"content": "x"})
+        with pytest.raises(openai.BadRequestError, match="exceed the model's context of 512"):
+            await call(client.chat.completions.create, **options,
+                       prediction={"type": "content", "content": "a b " * 600})  # fmt: skip
     assert trips[0] == 24 and trips[1] < 24  # (this tiny tokenizer splits the text anew)
 
 
