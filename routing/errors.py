@@ -13,6 +13,7 @@ __all__ = [
     "CallTimeoutError",
     "ConnectionLostError",
     "HandlerError",
+    "ListenError",
     "MessageTooLargeError",
     "NotAMemberError",
     "PeerUnreachableError",
@@ -30,6 +31,10 @@ class RoutingError(Exception):
 
 class AddressError(RoutingError, ValueError):
     """A peer address that does not parse as HOST:PORT/PEER_ID."""
+
+
+class ListenError(RoutingError, OSError):
+    """A server cannot listen where it was told (the port taken, the host not ours)."""
 
 
 class ProtocolError(RoutingError):

@@ -14,7 +14,9 @@ from typing import Protocol
 
 import trio
 
-__all__ = ["StreamHandler", "TcpTransport", "Transport"]
+from .errors import ListenError
+
+__all__ = ["StreamHandler", "TcpTransport", "Transport", "open_listeners"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,17 @@ class Transport(Protocol):
         """Accept connections until cancelled, running `handler(stream)` for each (the
         stream is closed when the handler returns). Started value: the bound (host, port)."""
         ...
+
+
+async def open_listeners(
+    host: str, port: int, backlog: int | None = None
+) -> list[trio.SocketListener]:
+    """trio's TCP listeners on HOST:PORT, or a ListenError that names them."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+    except OSError as error:
+        message = f"cannot listen on {host}:{port}: {error.strerror or error}"
+        raise ListenError(error.errno, message) from None
 
 
 def _set_nodelay(stream: trio.SocketStream) -> None:
@@ -67,7 +80,7 @@ class TcpTransport:
         *,
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=self._backlog)
+        listeners = await open_listeners(host, port, self._backlog)
         sockname = listeners[0].socket.getsockname()
         bound = (str(sockname[0]), int(sockname[1]))
 

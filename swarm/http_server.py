@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import h11
 import trio
 
+from routing.transport import open_listeners
+
 logger = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 16384
@@ -80,7 +82,7 @@ class HttpServer:
         *,
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        listeners = await open_listeners(host, port)
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self._serve_connection, listeners)
             bound = listeners[0].socket.getsockname()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 from functools import partial
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
+from routing.errors import ListenError
 from routing.memory_network import MemoryNetwork, MemoryStream
 from routing.transport import TcpTransport
 
@@ -53,6 +56,20 @@ async def test_tcp_serve_on_port_zero_reports_the_bound_port_and_sets_nodelay() 
             await stream.aclose()
             assert seen and seen[0]
             nursery.cancel_scope.cancel()
+
+
+async def _nothing(stream: trio.abc.Stream) -> None:
+    await stream.aclose()
+
+
+async def test_a_port_taken_is_a_listen_error_that_names_it() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{port}") as info:
+            await TcpTransport().serve("127.0.0.1", port, _nothing)
+    assert isinstance(info.value, OSError) and info.value.errno == errno.EADDRINUSE
 
 
 async def test_tcp_connect_refused_raises_oserror() -> None:

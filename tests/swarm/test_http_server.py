@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
+import socket
 
 import pytest
 import trio
 
+from swarm.cli import main
 from swarm.http_server import HttpServer, Request, Response, Write
 
 
@@ -48,3 +51,16 @@ async def test_streamed_bodies_and_a_body_that_fails_half_sent(
         assert await trio.to_thread.run_sync(_get, port, "/echo", b"x") == (200, b"POST x")
         nursery.cancel_scope.cancel()
     assert "test connection failed" in caplog.text
+
+
+def test_the_command_line_says_so_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """`swarm dht --port` (as `swarm peer`, `swarm api`, `--metrics-port`) on a taken port:
+    exit status 1 and one line that names the address, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["dht", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"ListenError: [Errno {errno.EADDRINUSE}] cannot listen on 127.0.0.1:{port}" in err
+    assert "Traceback" not in err
