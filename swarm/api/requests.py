@@ -10,7 +10,8 @@ added to those tokens' logits before anything else (transformers' `sequence_bias
 probabilities: completions take `logprobs` N and `echo`, chat takes `logprobs` and
 `top_logprobs` N. `response_format` `json_object` and `json_schema` are JSON mode
 (`swarm.json_mode`): the answer is a JSON object, or a value of the schema (its subset that
-`swarm.json_schema` supports; other keywords get a 400).
+`swarm.json_schema` supports; other keywords get a 400). Chat's `prediction` (predicted
+outputs) has drafts copied from its text (`swarm.prompt_lookup`); the answer is the same.
 """
 
 from __future__ import annotations
