@@ -105,13 +105,15 @@ def token_logprobs(logits: torch.Tensor, tokens: Sequence[int], top: int) -> lis
 class GenerationState:
     """Token ids so far, and how much of them the pipeline has already seen. With
     `logprobs` set to a list, each new token's `TokenLogprob` joins it, with the
-    `top_logprobs` likeliest tokens."""
+    `top_logprobs` likeliest tokens. Speculative decoding counts its drafts."""
 
     input_ids: torch.Tensor
     processed: int = 0
     new_tokens: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
     top_logprobs: int = 0
+    drafted: int = 0  # drafts sent to the model to check
+    drafts_taken: int = 0  # of them, those it took
 
     def record(self, logits: torch.Tensor, token: int) -> None:
         """`token` was chosen from `logits` (`[vocabulary]`, before the processors)."""

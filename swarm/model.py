@@ -377,6 +377,15 @@ class InferenceSession:
             return []
         return self._state.logprobs
 
+    @property
+    def drafts(self) -> tuple[int, int]:
+        """The last turn's drafts (speculative decoding): how many the model took, and how
+        many it did not."""
+        if self._state is None:
+            return 0, 0
+        taken = self._state.drafts_taken
+        return taken, self._state.drafted - taken
+
     def stream(
         self, input_ids: torch.Tensor, *, tokenizer: Any = None, **kwargs: Any
     ) -> Generator[int, None, None]:
@@ -457,6 +466,7 @@ class InferenceSession:
             self._state.input_ids = torch.cat([self._state.input_ids, input_ids], dim=-1)
         self._state.logprobs = None if logprobs is None else []
         self._state.top_logprobs = logprobs or 0
+        self._state.drafted = self._state.drafts_taken = 0
         if self._state.input_ids.shape[1] + config.max_new_tokens > self.max_length:
             raise SwarmError(
                 f"{self._state.input_ids.shape[1]} tokens + {config.max_new_tokens} new "

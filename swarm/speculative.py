@@ -219,6 +219,7 @@ async def speculative_tokens(
         elif count:
             drafts = drafter.propose(state.input_ids, count)
         count = len(drafts)
+        state.drafted += count
         # the round's uniform draws come after the drafts' and before the model's own, all at
         # once, as transformers draws them (so a seed gives what its assisted sampling gives)
         uniforms = torch.rand(count, generator=generator).tolist() if sampler else []
@@ -240,6 +241,7 @@ async def speculative_tokens(
                     token = int(choose_tokens(scores, True, generator))
                 state.input_ids = torch.cat([prefix, torch.tensor([[token]])], dim=-1)
                 state.processed = length + offset  # `token` is not in the caches yet
+                state.drafts_taken += offset < count and token == drafts[offset]
                 state.new_tokens.append(token)
                 state.record(logits[0, offset], token)
                 left -= 1

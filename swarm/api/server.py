@@ -243,7 +243,7 @@ class ApiServer:
                 choice.records.append(record)
             return not choice.text.stopped
 
-        await self._generate(input_ids, choice.options, collect)
+        await self._generate(input_ids, choice, collect)
 
     def _echo_text(self, request: CompletionRequest, input_ids: torch.Tensor) -> str:
         """The prompt as the text of an answer that echoes it ("" if it does not)."""
@@ -367,7 +367,7 @@ class ApiServer:
                 return not text.stopped
 
             if answer.max_tokens:
-                await self._generate(input_ids, choice.options, send)
+                await self._generate(input_ids, choice, send)
             choice.calls = answer.calls(text) if holding else []
             answer.log(text, choice.calls)
             if choice.calls:
@@ -390,25 +390,26 @@ class ApiServer:
             await emit(_generation_error(error).to_json())
         else:
             if answer.request.include_usage:
-                await emit(answer.usage_chunk(sum(len(c.text.tokens) for c in choices)))
+                await emit(answer.usage_chunk(choices))
         await write(b"data: [DONE]\n\n")
 
     async def _generate(
         self,
         input_ids: torch.Tensor,
-        options: dict[str, Any],
+        choice: _Choice,
         consume: Callable[[int, TokenLogprob | None], Awaitable[bool]],
     ) -> None:
-        """Generate in a worker thread; `consume` each token in this loop as it comes, until it
-        says it wants no more. Then, or when it fails or this is cancelled, no one receives
-        any more: the thread stops at its next token and closes its session before this
-        returns. Each token comes with its log probabilities if `options` ask for them."""
+        """Generate `choice` in a worker thread; `consume` each token in this loop as it
+        comes, until it says it wants no more. Then, or when it fails or this is cancelled,
+        no one receives any more: the thread stops at its next token and closes its session
+        before this returns. Each token comes with its log probabilities if the choice's
+        options ask for them."""
         send, receive = trio.open_memory_channel[tuple[int, TokenLogprob | None]](math.inf)
-        needed = int(input_ids.shape[1]) + int(options["max_new_tokens"])
+        needed = int(input_ids.shape[1]) + int(choice.options["max_new_tokens"])
         idle = self.sessions.take(input_ids[0].tolist(), needed)
         whole: list[tuple[InferenceSession, list[int]]] = []  # the session, if its answer
         # ended whole, and all it holds
-        work = partial(self._work, input_ids, options, send, idle, whole)
+        work = partial(self._work, input_ids, choice, send, idle, whole)
         async with self._generations, self._counted():
             try:
                 async with trio.open_nursery() as nursery:
@@ -442,14 +443,15 @@ class ApiServer:
     def _work(
         self,
         input_ids: torch.Tensor,
-        options: dict[str, Any],
+        choice: _Choice,
         send: trio.MemorySendChannel[tuple[int, TokenLogprob | None]],
         idle: IdleSession | None,
         whole: list[tuple[InferenceSession, list[int]]],
     ) -> None:
         """In a worker thread: generate in the waiting session (sending what follows its
         tokens) or a new one, handing the tokens to the loop; the session goes to `whole`
-        if its answer ends whole, else it is closed."""
+        if its answer ends whole, else it is closed. The choice learns its drafts' fate."""
+        options = choice.options
         try:
             if idle is None:
                 session = self._open_session(self._session_length(input_ids, options))
@@ -460,6 +462,7 @@ class ApiServer:
                     for token in s:
                         record = session.logprobs[-1] if "logprobs" in options else None
                         trio.from_thread.run_sync(send.send_nowait, (token, record))
+                choice.drafts = session.drafts
                 history = session.input_ids
                 whole.append((session, [] if history is None else history[0].tolist()))
             except trio.BrokenResourceError:
@@ -554,12 +557,20 @@ class _Answer:
         logger.info("%s %s: %d prompt tokens, %d new (%s)", self.request.kind, self.id[:8],
                     self.prompt_tokens, len(text.tokens), self.reason(text, calls))  # fmt: skip
 
-    def usage(self, completion_tokens: int) -> dict[str, int]:
-        return {
+    def usage(self, choices: Sequence[_Choice]) -> dict[str, Any]:
+        """OpenAI's usage of these answers; with a prediction, the drafts taken and not."""
+        completion_tokens = sum(len(choice.text.tokens) for choice in choices)
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
+        if self.request.prediction:
+            usage["completion_tokens_details"] = {
+                "accepted_prediction_tokens": sum(choice.drafts[0] for choice in choices),
+                "rejected_prediction_tokens": sum(choice.drafts[1] for choice in choices),
+            }
+        return usage
 
     def whole(self, generated: list[_Choice], logprobs: list[dict[str, Any] | None]) -> Any:
         choices = []
@@ -578,7 +589,7 @@ class _Answer:
             else:
                 choice["text"] = self.echo + text.text
             choices.append(choice)
-        usage = self.usage(sum(len(made.text.tokens) for made in generated))
+        usage = self.usage(generated)
         return {**self._head(), "choices": choices, "usage": usage}
 
     def chunk(
@@ -605,8 +616,8 @@ class _Answer:
             choice["text"] = piece
         return {**self._head(chunk=True), "choices": [choice]}
 
-    def usage_chunk(self, completion_tokens: int) -> Any:
-        return {**self._head(chunk=True), "choices": [], "usage": self.usage(completion_tokens)}
+    def usage_chunk(self, choices: Sequence[_Choice]) -> Any:
+        return {**self._head(chunk=True), "choices": [], "usage": self.usage(choices)}
 
 
 @dataclass
@@ -619,6 +630,7 @@ class _Choice:
     options: dict[str, Any]
     records: list[TokenLogprob] = field(default_factory=list)
     calls: list[ToolCall] = field(default_factory=list)  # the tool it calls, if it calls one
+    drafts: tuple[int, int] = (0, 0)  # drafts the model took and did not (prompt lookup)
 
 
 async def _side_by_side(jobs: list[Callable[[], Awaitable[None]]]) -> None:

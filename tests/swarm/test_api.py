@@ -200,6 +200,8 @@ async def test_a_prediction_of_the_answer_saves_trips_and_changes_no_text(
             answer = await call(client.chat.completions.create, **options, **extra)
             trips.append(swarm[0].status(first).activity.steps - before)
             assert answer.choices[0].message.content == expected
+        assert answer.usage.completion_tokens_details.accepted_prediction_tokens == 24 - trips[1]
+        assert answer.usage.completion_tokens_details.rejected_prediction_tokens >= 0
         with pytest.raises(openai.BadRequestError, match="not JSON mode"):
             await call(client.chat.completions.create, **options,
                        response_format={"type": "json_object"},

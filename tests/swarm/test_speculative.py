@@ -307,9 +307,12 @@ def test_a_right_prediction_has_every_draft_taken_and_a_wrong_one_changes_nothin
                 output = session.generate(PROMPT, max_new_tokens=NEW_TOKENS,
                                           prediction_ids=prediction,
                                           prompt_lookup_num_tokens=5)  # fmt: skip
-                results.append((output[0, PROMPT.shape[1] :].tolist(), len(session.timings[0][1])))
-    assert results[0] == (expected, math.ceil(NEW_TOKENS / 6))  # 6 tokens a trip
+                trips = len(session.timings[0][1])
+                results.append((output[0, PROMPT.shape[1] :].tolist(), trips, session.drafts))
+    assert results[0] == (expected, math.ceil(NEW_TOKENS / 6), (20, 0))  # 6 tokens a trip
     assert results[1][0] == expected
+    taken, rejected = results[1][2]
+    assert rejected > 0 and taken + results[1][1] == NEW_TOKENS  # each trip: the drafts + 1
 
 
 def test_copied_drafts_grow_fewer_where_they_miss(models: dict[str, Path]) -> None:
