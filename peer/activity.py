@@ -3,16 +3,17 @@
 The span server counts what it serves (`Activity`: sessions opened and refused, inference
 steps and their tokens, batch forwards and backwards). Every `every` seconds the reporter
 logs one line on the period just ended, with the load now; a quiet period logs nothing.
-`summary` is the pure part; `ActivityReporter.run` the trio loop around it. `PeerStatus` is
-the whole picture at one moment (totals, announcement, cache), which the `swarm peer`
-command serves as metrics.
+`summary` is the pure part; `ActivityReporter.run` the trio loop around it. `StepTimes`
+counts the inference steps' times in buckets (a histogram, for their percentiles);
+`PeerStatus` is the whole picture at one moment (totals, step times, announcement, cache),
+which the `swarm peer` command serves as metrics.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import trio
 
@@ -30,8 +31,7 @@ class Activity:
     steps: int = 0  # inference steps served
     tokens: int = 0  # positions those steps ran, every row counted
     forwards: int = 0  # batch forwards and backwards served
-    step_seconds: float = 0.0  # the steps' time here, from their request to their reply
-    compute_seconds: float = 0.0  # of it, the time the blocks computed
+    compute_seconds: float = 0.0  # the time the steps' blocks computed
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,34 @@ class Load:
     cache_tokens: int
 
 
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+@dataclass
+class StepTimes:
+    """Inference steps' times at the peer (request to reply, seconds), counted in buckets:
+    `counts[i]` steps took at most `bounds[i]` and more than the bound before; the last
+    count is those over every bound."""
+
+    bounds: tuple[float, ...] = STEP_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(STEP_BUCKETS) + 1))
+    total: float = 0.0  # seconds, all steps
+
+    def observe(self, seconds: float) -> None:
+        self.counts[sum(bound < seconds for bound in self.bounds)] += 1
+        self.total += seconds
+
+    def copy(self) -> StepTimes:
+        return StepTimes(self.bounds, list(self.counts), self.total)
+
+
 @dataclass(frozen=True)
 class PeerStatus:
     """A serving peer at one moment, for its operator's metrics."""
 
     announcement: PeerAnnouncement  # what it announces now: span, load, weights
     activity: Activity  # a copy of its totals
+    step_times: StepTimes  # a copy of its steps' times
     cache_tokens: int  # its attention cache's size
     draining: bool  # takes no new session
 

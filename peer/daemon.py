@@ -30,7 +30,7 @@ from routing.rpc import RPCConfig, RPCHost
 from routing.transport import Transport
 from security import Identity
 
-from .activity import Activity, ActivityReporter, Load, PeerStatus
+from .activity import Activity, ActivityReporter, Load, PeerStatus, StepTimes
 from .adapters import load_adapter
 from .announcer import Announcer, AnnouncerConfig
 from .backend import BackendConfig, SpanBackend
@@ -102,6 +102,7 @@ class _Peer:
         self.throughput = throughput  # tokens/s through one block
         self.address: PeerAddress | None = None
         self.activity = Activity()  # the span server's, once it serves
+        self.step_times = StepTimes()  # likewise
 
     def announcement(self, state: PeerState) -> PeerAnnouncement:
         if self.address is None:
@@ -128,8 +129,8 @@ class _Peer:
 
     def status(self, draining: bool) -> PeerStatus:
         cache = self.backend.config.max_cache_tokens
-        return PeerStatus(self.announcement(PeerState.ONLINE), replace(self.activity), cache,
-                          draining)  # fmt: skip
+        return PeerStatus(self.announcement(PeerState.ONLINE), replace(self.activity),
+                          self.step_times.copy(), cache, draining)  # fmt: skip
 
     def load(self) -> Load:
         backend = self.backend  # the rebalancer may have moved it to other blocks
@@ -195,7 +196,7 @@ async def _serve_shielded(
                 accepting=lambda: not control.draining,
             )
             server.register()
-            peer.activity = server.activity
+            peer.activity, peer.step_times = server.activity, server.step_times
             control.status = lambda: peer.status(control.draining)
             if config.report_every > 0:
                 reporter = ActivityReporter(server.activity, peer.load, config.report_every)

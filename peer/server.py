@@ -48,7 +48,7 @@ from routing.span_protocol import (
 )
 from routing.tensor_codec import decode_tensor, encode_tensor
 
-from .activity import Activity
+from .activity import Activity, StepTimes
 from .errors import PeerError
 from .relay_links import RelayLinks
 from .scheduler import InferenceScheduler
@@ -108,6 +108,7 @@ class SpanServer:
         self.accepting = accepting  # False while draining: new sessions are refused
         self.rpc = rpc  # serves the handlers, and dials the next peers for relay
         self.activity = Activity()  # what it served, for the operator's reports
+        self.step_times = StepTimes()  # and how long its steps took, for the metrics
         self._sessions: dict[str, _Session] = {}
 
     def register(self) -> None:
@@ -240,7 +241,7 @@ class SpanServer:
                 onward = Packet(following, body)
                 relayed = await session.links.send(relay[0], onward)
             spent_ms = (time.perf_counter() - began) * 1000
-            self.activity.step_seconds += spent_ms / 1000
+            self.step_times.observe(spent_ms / 1000)
             self.activity.compute_seconds += compute
             reply = step_header(
                 step, header, spent_ms, compute * 1000, relayed=relayed, from_relay=from_relay

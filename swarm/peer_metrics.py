@@ -1,12 +1,12 @@
 """A peer's own metrics for Prometheus, served by `swarm peer --metrics-port` at `/metrics`.
 
 Counters (`_total`) of what it served since it started: sessions opened and refused,
-inference steps, their tokens and their time (`swarm_peer_step_seconds_total`, of which
-`swarm_peer_compute_seconds_total` ran the blocks: a rate of either over the rate of steps
-is the mean time of a step); gauges of its state now: span, sessions open, cache tokens
-left of its cache's size, throughput, whether it drains, and `swarm_peer_info` (value 1)
-with its address, version, dtype and quantization as labels. Every sample has the labels
-`model` and `peer` (its full id), as the monitor's have.
+inference steps, their tokens, and the time the blocks computed; a histogram of the steps'
+times at the peer, request to reply (`swarm_peer_step_seconds`: its buckets give
+percentiles, its sum over its count the mean); gauges of its state now: span, sessions
+open, cache tokens left of its cache's size, throughput, whether it drains, and
+`swarm_peer_info` (value 1) with its address, version, dtype and quantization as labels.
+Every sample has the labels `model` and `peer` (its full id), as the monitor's have.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from peer.activity import PeerStatus
 
 from .http_server import Handler, Request, Response
-from .prometheus import CONTENT_TYPE, Labels, exposition, metric
+from .prometheus import CONTENT_TYPE, Labels, exposition, histogram, metric
 
 COUNTERS = {
     "swarm_peer_sessions_opened_total": ("sessions", "Inference sessions opened."),
@@ -24,8 +24,7 @@ COUNTERS = {
     "swarm_peer_steps_total": ("steps", "Inference steps served."),
     "swarm_peer_tokens_total": ("tokens", "Positions those steps ran, every row counted."),
     "swarm_peer_forwards_total": ("forwards", "Batch forwards and backwards served."),
-    "swarm_peer_step_seconds_total": ("step_seconds", "Steps' time here, request to reply."),
-    "swarm_peer_compute_seconds_total": ("compute_seconds", "Of it, the blocks' compute."),
+    "swarm_peer_compute_seconds_total": ("compute_seconds", "Time the steps' blocks computed."),
 }
 
 
@@ -50,6 +49,9 @@ def render_peer_metrics(status: PeerStatus) -> str:
         lines.extend(metric(name, "counter", help_text, [(peer, getattr(status.activity, field))]))
     for name, (help_text, value) in gauges.items():
         lines.extend(metric(name, "gauge", help_text, [(peer, value)]))
+    times = status.step_times
+    lines.extend(histogram("swarm_peer_step_seconds", "Inference steps' time here, request to "
+                           "reply.", peer, times.bounds, times.counts, times.total))  # fmt: skip
     return exposition(lines)
 
 

@@ -7,7 +7,7 @@ values are escaped as the format requires (they may come from peers).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -19,9 +19,32 @@ def metric(name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> I
     """The lines of one metric of `kind` (gauge, counter) and its samples."""
     yield f"# HELP {name} {help_text}"
     yield f"# TYPE {name} {kind}"
+    yield from _samples(name, samples)
+
+
+def _samples(name: str, samples: Iterable[Sample]) -> Iterator[str]:
     for labels, value in samples:
         shown = ",".join(f'{key}="{_escaped(text)}"' for key, text in labels)
         yield f"{name}{{{shown}}} {_number(value)}" if labels else f"{name} {_number(value)}"
+
+
+def histogram(
+    name: str,
+    help_text: str,
+    labels: Labels,
+    bounds: Sequence[float],
+    counts: Sequence[int],
+    total: float,
+) -> Iterator[str]:
+    """The lines of one histogram: `counts[i]` observations fell at most at `bounds[i]` and
+    above the bound before (the last, above every bound); `total` is their sum."""
+    yield from metric(name, "histogram", help_text, [])
+    running = 0
+    for bound, count in zip([*bounds, math.inf], counts, strict=True):
+        running += count
+        yield from _samples(f"{name}_bucket", [((*labels, ("le", _number(bound))), running)])
+    yield from _samples(f"{name}_sum", [(labels, total)])
+    yield from _samples(f"{name}_count", [(labels, running)])
 
 
 def exposition(lines: Iterable[str]) -> str:

@@ -18,7 +18,7 @@ import torch
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from peer.activity import Activity, PeerStatus
+from peer.activity import Activity, PeerStatus, StepTimes
 from routing.address import PeerAddress
 from routing.announcement import PeerAnnouncement, PeerState
 from routing.dht import serve_dht_node
@@ -57,18 +57,21 @@ def status_of(peer_id: Identity, **activity: Any) -> PeerStatus:
         state=PeerState.ONLINE, throughput=12.5, cache_tokens_left=100, sessions=2,
         dtype="bfloat16", version='v"1\\', quantization="int8",
     )  # fmt: skip
-    return PeerStatus(announced, Activity(**activity), cache_tokens=4096, draining=True)
+    times = StepTimes()
+    for seconds in (0.002, 0.004, 0.03, 20.0):  # buckets ..0.0025, ..0.005, ..0.05, over all
+        times.observe(seconds)
+    return PeerStatus(announced, Activity(**activity), times, cache_tokens=4096, draining=True)
 
 
-def test_the_status_is_written_as_counters_and_gauges() -> None:
+def test_the_status_is_written_as_counters_gauges_and_a_histogram() -> None:
     identity = Identity.generate()
     status = status_of(identity, sessions=3, refused=1, steps=40, tokens=50, forwards=2,
-                       step_seconds=0.5, compute_seconds=0.25)  # fmt: skip
+                       compute_seconds=0.25)  # fmt: skip
     kinds, samples = parsed(render_peer_metrics(status))
     peer = (("model", "tiny"), ("peer", identity.peer_id.to_base58()))
     expected = {"swarm_peer_sessions_opened_total": 3, "swarm_peer_sessions_refused_total": 1,
                 "swarm_peer_steps_total": 40, "swarm_peer_tokens_total": 50,
-                "swarm_peer_forwards_total": 2, "swarm_peer_step_seconds_total": 0.5,
+                "swarm_peer_forwards_total": 2,
                 "swarm_peer_compute_seconds_total": 0.25}  # fmt: skip
     assert set(expected) == set(COUNTERS)
     for name, value in expected.items():
@@ -79,6 +82,19 @@ def test_the_status_is_written_as_counters_and_gauges() -> None:
               "swarm_peer_draining": 1}  # fmt: skip
     for name, value in gauges.items():
         assert (kinds[name], samples[name]) == ("gauge", {peer: value}), name
+    buckets = {dict(labels)["le"]: count
+               for labels, count in samples["swarm_peer_step_seconds_bucket"].items()}  # fmt: skip
+    assert kinds["swarm_peer_step_seconds_bucket"] == "histogram"
+    assert [buckets[le] for le in ("0.001", "0.0025", "0.005", "0.05", "10.0", "+Inf")] == [
+        0,
+        1,
+        2,
+        3,
+        3,
+        4,  # cumulative
+    ]
+    assert samples["swarm_peer_step_seconds_count"] == {peer: 4}
+    assert samples["swarm_peer_step_seconds_sum"] == {peer: 0.002 + 0.004 + 0.03 + 20.0}
     (info,) = samples["swarm_peer_info"]
     assert dict(info)["version"] == 'v"1\\' and dict(info)["quantization"] == "int8"
     assert dict(info)["address"] == f"127.0.0.1:4000/{identity.peer_id.to_base58()}"
@@ -103,13 +119,14 @@ def test_a_peer_counts_the_steps_tokens_and_time_it_serves(tiny: Path) -> None:
             status = swarm.status(peer)
             done = status.activity
             assert (done.sessions, done.refused, done.steps, done.tokens) == (1, 0, 8, 14)
-            assert done.step_seconds >= done.compute_seconds > 0
+            assert status.step_times.total >= done.compute_seconds > 0
+            assert sum(status.step_times.counts) == 8
             assert (status.announcement.start, status.announcement.end) == (peer.start, peer.end)
             assert not status.draining
             _, samples = parsed(render_peer_metrics(status))
             labels = (("model", status.announcement.model), ("peer", peer.peer))
             assert samples["swarm_peer_steps_total"] == {labels: 8}
-            assert samples["swarm_peer_step_seconds_total"] == {labels: done.step_seconds}
+            assert samples["swarm_peer_step_seconds_count"] == {labels: 8}
 
 
 async def test_the_metrics_route_answers_only_metrics_and_waits_for_the_peer() -> None:
