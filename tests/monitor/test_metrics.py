@@ -3,25 +3,19 @@
 
 from __future__ import annotations
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from routing.announcement import PeerState
 from security import PeerId
 from swarm.monitor.metrics import PEER_GAUGES, render_metrics
 from swarm.monitor.snapshot import Observations, PeerLoad, build_snapshot
+from tests.support.prometheus import Samples, parsed
 
 from .records import NOW, TTL, SwarmRecords
 
-Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 
-
-def parsed(text: str) -> Samples:
-    """Every sample, by metric name and then by its labels (sorted)."""
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        assert family.type == "gauge" and family.documentation
-        for sample in family.samples:
-            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+def gauges(text: str) -> Samples:
+    """Every sample (see `parsed`); every metric a gauge."""
+    kinds, samples = parsed(text)
+    assert set(kinds.values()) == {"gauge"}
     return samples
 
 
@@ -45,7 +39,7 @@ def test_every_figure_of_the_page_is_a_gauge_prometheus_reads() -> None:
             missed={lost: 2}, loads={second: PeerLoad(3, 77, 500)}, serving={second: 12.5},
         )
     )  # fmt: skip
-    samples = parsed(render_metrics(snapshot))
+    samples = gauges(render_metrics(snapshot))
 
     assert samples["swarm_snapshot_timestamp_seconds"] == {(): NOW}
     assert samples["swarm_model_blocks"] == {(("model", "other"),): 2, (("model", "tiny"),): 6}
@@ -84,6 +78,6 @@ def test_every_figure_of_the_page_is_a_gauge_prometheus_reads() -> None:
 
 def test_a_swarm_without_models_has_only_its_own_figures() -> None:
     empty = build_snapshot(Observations(now=NOW, models={}, blocks={}))
-    samples = parsed(render_metrics(empty))
+    samples = gauges(render_metrics(empty))
     assert samples == {"swarm_snapshot_timestamp_seconds": {(): NOW},
                        "swarm_skipped_records": {(): 0}}  # fmt: skip

@@ -17,7 +17,6 @@ import torch
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peer.backend import BackendConfig
@@ -32,6 +31,7 @@ from swarm.commands.api import api_key
 from swarm.errors import SwarmError
 from swarm.generation import TokenLogprob
 from swarm.processes import SwarmProcess
+from tests.support.prometheus import Samples, parsed
 from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import write_tiny_model
 
@@ -310,24 +310,14 @@ async def test_bad_requests_get_openai_errors_and_the_server_serves_on(
         assert result.usage is not None and result.usage.completion_tokens == 3
 
 
-Scraped = dict[tuple[str, tuple[tuple[str, str], ...]], float]  # (name, labels) -> value
-
-
-def scrape(base_url: str, key: str | None) -> tuple[int, Scraped]:
-    """GET /metrics (beside /v1): its status, and its samples read by Prometheus' parser."""
+def scrape(base_url: str, key: str | None) -> tuple[int, Samples]:
+    """GET /metrics (beside /v1): its status, and its samples (`parsed`)."""
     url = urlsplit(base_url)
     connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=TIMEOUT)
     connection.request("GET", "/metrics", headers={"Authorization": f"Bearer {key}"} if key else {})
     reply = connection.getresponse()
     body = reply.read().decode()
-    if reply.status != 200:
-        return reply.status, {}
-    samples: Scraped = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body)
-        for sample in family.samples
-    }
-    return reply.status, samples
+    return reply.status, parsed(body)[1] if reply.status == 200 else {}
 
 
 async def test_metrics_count_requests_and_tokens_behind_the_key(tiny: Path, swarm: Any) -> None:
@@ -342,13 +332,13 @@ async def test_metrics_count_requests_and_tokens_behind_the_key(tiny: Path, swar
     model = (("model", MODEL),)
     requests = "swarm_api_requests_total"
     assert status == 200
-    assert samples[requests, (*model, ("route", "completion"), ("status", "200"))] == 1
-    assert samples[requests, (*model, ("route", "completion"), ("status", "404"))] == 1
-    assert samples[requests, (*model, ("route", "metrics"), ("status", "401"))] == 1
-    assert samples["swarm_api_prompt_tokens_total", model] == prompt_ids(tiny).shape[1]
-    assert samples["swarm_api_completion_tokens_total", model] == 5
-    assert samples["swarm_api_generations", model] == 0
-    assert samples["swarm_api_idle_sessions", model] == 1  # the answer's, for a next turn
+    assert samples[requests][(*model, ("route", "completion"), ("status", "200"))] == 1
+    assert samples[requests][(*model, ("route", "completion"), ("status", "404"))] == 1
+    assert samples[requests][(*model, ("route", "metrics"), ("status", "401"))] == 1
+    assert samples["swarm_api_prompt_tokens_total"][model] == prompt_ids(tiny).shape[1]
+    assert samples["swarm_api_completion_tokens_total"][model] == 5
+    assert samples["swarm_api_generations"][model] == 0
+    assert samples["swarm_api_idle_sessions"][model] == 1  # the answer's, for a next turn
 
 
 async def test_with_a_key_only_requests_that_carry_it_are_served(tiny: Path, swarm: Any) -> None:

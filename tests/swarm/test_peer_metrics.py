@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import torch
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 from peer.activity import Activity, PeerStatus, StepTimes
 from routing.address import PeerAddress
@@ -30,25 +29,13 @@ from swarm.commands import peer as peer_command
 from swarm.http_server import HttpServer
 from swarm.peer_metrics import COUNTERS, peer_metrics_handler, render_peer_metrics
 from tests.monitor.test_http import get
+from tests.support.prometheus import parsed
 from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import write_tiny_model
 
 from .test_model import _until
 
-Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 PROMPT = torch.tensor([[1, 40, 41, 42, 43, 44, 45]])
-
-
-def parsed(text: str) -> tuple[dict[str, str], Samples]:
-    """Each metric's type, and every sample by its name and then its labels (sorted)."""
-    kinds: dict[str, str] = {}
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        assert family.documentation
-        for sample in family.samples:
-            kinds[sample.name] = family.type
-            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return kinds, samples
 
 
 def status_of(peer_id: Identity, **activity: Any) -> PeerStatus:
