@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
+from typing import ClassVar
 
 import trio
 
@@ -54,7 +55,7 @@ class StepTimes:
     `counts[i]` steps took at most `bounds[i]` and more than the bound before; the last
     count is those over every bound."""
 
-    bounds: tuple[float, ...] = STEP_BUCKETS
+    bounds: ClassVar[tuple[float, ...]] = STEP_BUCKETS
     counts: list[int] = field(default_factory=lambda: [0] * (len(STEP_BUCKETS) + 1))
     total: float = 0.0  # seconds, all steps
 
@@ -63,7 +64,7 @@ class StepTimes:
         self.total += seconds
 
     def copy(self) -> StepTimes:
-        return StepTimes(self.bounds, list(self.counts), self.total)
+        return StepTimes(list(self.counts), self.total)
 
 
 @dataclass(frozen=True)

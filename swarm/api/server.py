@@ -95,6 +95,7 @@ class ApiServer:
         self.config = config
         self.created = int(time.time())
         self.eos = frozenset(model.sampling_config().eos_token_ids)
+        self.vocabulary = int(model.config.vocab_size)  # token ids a request may name
         # the peers' sessions end there (unless they were given more)
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self._generations = trio.CapacityLimiter(config.max_concurrent)
@@ -196,9 +197,9 @@ class ApiServer:
             raise ApiError(400, f"max_tokens may be at most {self.config.max_tokens}", "max_tokens")
         input_ids = self._input_ids(request)
         self.activity.prompt_tokens += int(input_ids.shape[1])
-        vocabulary = int(self.model.config.vocab_size)
-        if any(token >= vocabulary for token, _ in request.logit_bias):
-            raise ApiError(400, f"logit_bias token ids must be below {vocabulary}", "logit_bias")
+        if any(token >= self.vocabulary for token, _ in request.logit_bias):
+            raise ApiError(400, f"logit_bias token ids must be below {self.vocabulary}",
+                           "logit_bias")  # fmt: skip
         if self.context and input_ids.shape[1] + max_tokens > self.context:
             raise ApiError(
                 400,
@@ -302,9 +303,8 @@ class ApiServer:
 
     def _input_ids(self, request: CompletionRequest) -> torch.Tensor:
         if isinstance(request.prompt, tuple):  # token ids
-            vocabulary = int(self.model.config.vocab_size)
-            if max(request.prompt) >= vocabulary:
-                raise ApiError(400, f"token ids must be below {vocabulary}", "prompt")
+            if max(request.prompt) >= self.vocabulary:
+                raise ApiError(400, f"token ids must be below {self.vocabulary}", "prompt")
             ids = torch.tensor([request.prompt])
         elif request.kind == "completion":
             ids = self.tokenizer(request.prompt, return_tensors="pt")["input_ids"]
