@@ -3,8 +3,8 @@
 The span server counts what it serves (`Activity`: sessions opened and refused, inference
 steps and their tokens, batch forwards and backwards). Every `every` seconds the reporter
 logs one line on the period just ended, with the load now; a quiet period logs nothing.
-`summary` is the pure part; `ActivityReporter.run` the trio loop around it. `StepTimes`
-counts the inference steps' times in buckets (a histogram, for their percentiles);
+`summary` is the pure part; `ActivityReporter.run` the trio loop around it. `Durations`
+counts times in buckets (a histogram, for their percentiles): the inference steps' here;
 `PeerStatus` is the whole picture at one moment (totals, step times, announcement, cache),
 which the `swarm peer` command serves as metrics.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import ClassVar
 
 import trio
 
@@ -50,21 +49,25 @@ STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 
 
 @dataclass
-class StepTimes:
-    """Inference steps' times at the peer (request to reply, seconds), counted in buckets:
-    `counts[i]` steps took at most `bounds[i]` and more than the bound before; the last
-    count is those over every bound."""
+class Durations:
+    """Durations in seconds, counted in buckets: `counts[i]` took at most `bounds[i]` and
+    more than the bound before; the last count is those over every bound."""
 
-    bounds: ClassVar[tuple[float, ...]] = STEP_BUCKETS
-    counts: list[int] = field(default_factory=lambda: [0] * (len(STEP_BUCKETS) + 1))
-    total: float = 0.0  # seconds, all steps
+    bounds: tuple[float, ...]
+    total: float = 0.0  # seconds, all of them
+    counts: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
 
     def observe(self, seconds: float) -> None:
         self.counts[sum(bound < seconds for bound in self.bounds)] += 1
         self.total += seconds
 
-    def copy(self) -> StepTimes:
-        return StepTimes(list(self.counts), self.total)
+    def copy(self) -> Durations:
+        copied = Durations(self.bounds, self.total)
+        copied.counts = list(self.counts)
+        return copied
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class PeerStatus:
 
     announcement: PeerAnnouncement  # what it announces now: span, load, weights
     activity: Activity  # a copy of its totals
-    step_times: StepTimes  # a copy of its steps' times
+    step_times: Durations  # a copy of its steps' times (`STEP_BUCKETS`)
     cache_tokens: int  # its attention cache's size
     draining: bool  # takes no new session
 

@@ -30,7 +30,7 @@ from routing.rpc import RPCConfig, RPCHost
 from routing.transport import Transport
 from security import Identity
 
-from .activity import Activity, ActivityReporter, Load, PeerStatus, StepTimes
+from .activity import STEP_BUCKETS, Activity, ActivityReporter, Durations, Load, PeerStatus
 from .adapters import load_adapter
 from .announcer import Announcer, AnnouncerConfig
 from .backend import BackendConfig, SpanBackend
@@ -102,7 +102,7 @@ class _Peer:
         self.throughput = throughput  # tokens/s through one block
         self.address: PeerAddress | None = None
         self.activity = Activity()  # the span server's, once it serves
-        self.step_times = StepTimes()  # likewise
+        self.step_times = Durations(STEP_BUCKETS)  # likewise
 
     def announcement(self, state: PeerState) -> PeerAnnouncement:
         if self.address is None:

@@ -48,7 +48,7 @@ from routing.span_protocol import (
 )
 from routing.tensor_codec import decode_tensor, encode_tensor
 
-from .activity import Activity, StepTimes
+from .activity import STEP_BUCKETS, Activity, Durations
 from .errors import PeerError
 from .relay_links import RelayLinks
 from .scheduler import InferenceScheduler
@@ -108,7 +108,7 @@ class SpanServer:
         self.accepting = accepting  # False while draining: new sessions are refused
         self.rpc = rpc  # serves the handlers, and dials the next peers for relay
         self.activity = Activity()  # what it served, for the operator's reports
-        self.step_times = StepTimes()  # and how long its steps took, for the metrics
+        self.step_times = Durations(STEP_BUCKETS)  # and how long its steps took, for the metrics
         self._sessions: dict[str, _Session] = {}
 
     def register(self) -> None:

@@ -41,6 +41,14 @@ def _add_key_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tls_options(parser: argparse.ArgumentParser, served: str) -> None:
+    """HTTPS for a command's HTTP server (`swarm/tls.py`)."""
+    parser.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help=f"serve {served} over HTTPS: the certificate"
+    )
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="and its private key")
+
+
 def _add_network_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0: any free)")
@@ -153,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port)",
     )
     peer.add_argument("--metrics-host", default="127.0.0.1", help="where the metrics listen (HOST)")
+    _add_tls_options(peer, "the metrics")
     peer.add_argument(
         "--report-every",
         type=float,
@@ -210,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="require Authorization: Bearer KEY, KEY read from this file (or $SWARM_API_KEY)",
     )
+    _add_tls_options(api, "the API")
 
     monitor = commands.add_parser("monitor", help="serve the swarm monitor page")
     _add_network_options(monitor)
@@ -220,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="the page's refresh period (the DHT is read twice per period); ?refresh=N overrides",
     )
+    _add_tls_options(monitor, "the page")
 
     status = commands.add_parser("status", help="print one picture of the swarm and exit")
     status.add_argument(

@@ -1,4 +1,5 @@
-"""A small, defensive HTTP/1.1 server on trio: the monitor's page and the OpenAI-style API.
+"""A small, defensive HTTP/1.1 server on trio: the monitor's page, the OpenAI-style API and a
+peer's metrics, over plain TCP or TLS.
 
 Theory of operation. `h11` (a pure HTTP/1.1 state machine) parses and frames; this module
 only moves bytes between it and a trio stream, one task per connection, keep-alive included.
@@ -9,12 +10,14 @@ request (slow-loris), every write gets `send_timeout`, and connections beyond
 `max_connections` are closed at once. The handler sees a whole request and answers with a
 body, or with a function that writes the body piece by piece (server-sent events): h11 sends
 that chunked, and a client that goes away mid-body fails the next write, which ends the
-handler's work.
+handler's work. With a TLS context (`swarm.tls`) each connection is TLS first: its handshake
+has `request_timeout` too, and one that fails (a plain HTTP client, garbage) closes it alone.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -69,10 +72,17 @@ Handler = Callable[[Request], Awaitable[Response]]
 class HttpServer:
     """Serve `handler` over HTTP/1.1. `run` reports the bound (host, port)."""
 
-    def __init__(self, handler: Handler, config: HttpConfig | None = None, name: str = "http"):
+    def __init__(
+        self,
+        handler: Handler,
+        config: HttpConfig | None = None,
+        name: str = "http",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.handler = handler
         self.config = config or HttpConfig()
         self.name = name  # in logs and the Server header
+        self.tls = tls  # None: plain HTTP
         self._connections = trio.CapacityLimiter(self.config.max_connections)
 
     async def run(
@@ -85,9 +95,14 @@ class HttpServer:
         listeners = await open_listeners(host, port)
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self._serve_connection, listeners)
-            bound = listeners[0].socket.getsockname()
-            logger.info("%s HTTP server on %s:%d", self.name, bound[0], bound[1])
-            task_status.started((str(bound[0]), int(bound[1])))
+            host, port = listeners[0].socket.getsockname()[:2]
+            logger.info("%s server at %s", self.name, self.url(host, port))
+            task_status.started((str(host), int(port)))
+
+    def url(self, host: str, port: int) -> str:
+        """Where this server is reached when it listens on host:port (no trailing slash)."""
+        shown = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls else 'http'}://{shown}:{port}"
 
     async def _serve_connection(self, stream: trio.abc.Stream) -> None:
         try:
@@ -97,6 +112,10 @@ class HttpServer:
             await stream.aclose()
             return
         try:
+            if self.tls is not None:
+                stream = trio.SSLStream(stream, self.tls, server_side=True, https_compatible=True)
+                with trio.fail_after(self.config.request_timeout):
+                    await stream.do_handshake()
             await _Connection(stream, self).serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             pass  # the client went away or stalled: nothing to tell it

@@ -49,9 +49,8 @@ def render_peer_metrics(status: PeerStatus) -> str:
         lines.extend(metric(name, "counter", help_text, [(peer, getattr(status.activity, field))]))
     for name, (help_text, value) in gauges.items():
         lines.extend(metric(name, "gauge", help_text, [(peer, value)]))
-    times = status.step_times
     lines.extend(histogram("swarm_peer_step_seconds", "Inference steps' time here, request to "
-                           "reply.", peer, times.bounds, times.counts, times.total))  # fmt: skip
+                           "reply.", [(peer, status.step_times)]))  # fmt: skip
     return exposition(lines)
 
 

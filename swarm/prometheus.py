@@ -7,7 +7,8 @@ values are escaped as the format requires (they may come from peers).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -28,23 +29,26 @@ def _samples(name: str, samples: Iterable[Sample]) -> Iterator[str]:
         yield f"{name}{{{shown}}} {_number(value)}" if labels else f"{name} {_number(value)}"
 
 
-def histogram(
-    name: str,
-    help_text: str,
-    labels: Labels,
-    bounds: Sequence[float],
-    counts: Sequence[int],
-    total: float,
-) -> Iterator[str]:
-    """The lines of one histogram: `counts[i]` observations fell at most at `bounds[i]` and
-    above the bound before (the last, above every bound); `total` is their sum."""
+class Buckets(Protocol):
+    """Observations counted in buckets (`peer.activity.Durations` is one)."""
+
+    bounds: tuple[float, ...]
+    counts: list[int]
+    total: float
+
+
+def histogram(name: str, help_text: str, series: Iterable[tuple[Labels, Buckets]]) -> Iterator[str]:
+    """The lines of one histogram, a series per set of labels: of its `counts`, `counts[i]`
+    observations fell at most at `bounds[i]` and above the bound before (the last, above
+    every bound); `total` is their sum."""
     yield from metric(name, "histogram", help_text, [])
-    running = 0
-    for bound, count in zip([*bounds, math.inf], counts, strict=True):
-        running += count
-        yield from _samples(f"{name}_bucket", [((*labels, ("le", _number(bound))), running)])
-    yield from _samples(f"{name}_sum", [(labels, total)])
-    yield from _samples(f"{name}_count", [(labels, running)])
+    for labels, buckets in series:
+        running = 0
+        for bound, count in zip([*buckets.bounds, math.inf], buckets.counts, strict=True):
+            running += count
+            yield from _samples(f"{name}_bucket", [((*labels, ("le", _number(bound))), running)])
+        yield from _samples(f"{name}_sum", [(labels, buckets.total)])
+        yield from _samples(f"{name}_count", [(labels, running)])
 
 
 def exposition(lines: Iterable[str]) -> str:

@@ -1,8 +1,10 @@
 """`swarm api`'s own Prometheus metrics, at `/metrics` (behind the API key, if there is one).
 
 Counters since the server started: requests by route and HTTP status, prompt tokens (once
-per request) and completion tokens (every answer's, streamed or whole); gauges of now:
-generations under way, the most that run at once, and sessions waiting for a
+per request) and completion tokens (every answer's, streamed or whole); histograms of the
+latencies users feel: a request's time by route (read to last byte sent, a stream's
+included), each answer's time to its first token, and the time between its tokens; gauges
+of now: generations under way, the most that run at once, and sessions waiting for a
 conversation's next turn. Every sample has the label `model` (the id requests name).
 """
 
@@ -11,7 +13,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..prometheus import Labels, exposition, metric
+from peer.activity import Durations
+
+from ..prometheus import Labels, exposition, histogram, metric
+
+REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 @dataclass
@@ -21,6 +28,17 @@ class ApiActivity:
     requests: Counter[tuple[str, int]] = field(default_factory=Counter)  # (route, status)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    request_seconds: dict[str, Durations] = field(default_factory=dict)  # by route
+    first_token_seconds: Durations = field(default_factory=lambda: Durations(REQUEST_BUCKETS))
+    token_gap_seconds: Durations = field(default_factory=lambda: Durations(TOKEN_BUCKETS))
+
+    def request_took(self, route: str, seconds: float) -> None:
+        self.request_seconds.setdefault(route, Durations(REQUEST_BUCKETS)).observe(seconds)
+
+    def token_came(self, seconds: float, *, first: bool) -> None:
+        """An answer's token, `seconds` after its request (`first`) or its previous token."""
+        self.completion_tokens += 1
+        (self.first_token_seconds if first else self.token_gap_seconds).observe(seconds)
 
 
 @dataclass(frozen=True)
@@ -52,5 +70,12 @@ def render_api_metrics(model_id: str, activity: ApiActivity, load: ApiLoad) -> s
                 [(model, load.max_concurrent)]),
         *metric("swarm_api_idle_sessions", "gauge", "Sessions waiting for a next turn.",
                 [(model, load.idle_sessions)]),
+        *histogram("swarm_api_request_seconds", "Requests' time, read to last byte sent.",
+                   [((*model, ("route", route)), times)
+                    for route, times in sorted(activity.request_seconds.items())]),
+        *histogram("swarm_api_first_token_seconds", "Time to each answer's first token.",
+                   [(model, activity.first_token_seconds)]),
+        *histogram("swarm_api_token_gap_seconds", "Time between an answer's tokens.",
+                   [(model, activity.token_gap_seconds)]),
     ]  # fmt: skip
     return exposition(lines)

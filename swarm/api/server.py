@@ -21,11 +21,12 @@ import hmac
 import json
 import logging
 import math
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, closing, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,7 @@ class ApiConfig:
     idle_seconds: float = 120.0  # how long each may wait
     headroom: int = 512  # tokens a new session keeps for the turns after its first
     room_wait: float = 60.0  # seconds a request may wait for room the answers in flight free
+    tls: ssl.SSLContext | None = None  # HTTPS (`swarm.tls`); None: plain HTTP
     http: HttpConfig = field(
         default_factory=lambda: HttpConfig(max_body_bytes=1 << 20, request_timeout=30.0)
     )
@@ -113,14 +115,14 @@ class ApiServer:
         *,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve until cancelled; reports the API's base URL (`http://HOST:PORT/v1`)."""
-        server = HttpServer(self.handle, self.config.http, "api")
+        """Serve until cancelled; reports the API's base URL (`http://HOST:PORT/v1`, or
+        https with the config's TLS)."""
+        server = HttpServer(self.handle, self.config.http, "api", self.config.tls)
         try:
             async with trio.open_nursery() as nursery:
-                bound_host, bound_port = await nursery.start(server.run, host, port)
+                bound = await nursery.start(server.run, host, port)
                 nursery.start_soon(self._close_expired_sessions)
-                shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-                task_status.started(f"http://{shown}:{bound_port}/v1")
+                task_status.started(f"{server.url(*bound)}/v1")
         finally:
             await self._close(self.sessions.drain())
 
@@ -137,11 +139,23 @@ class ApiServer:
 
     async def handle(self, request: Request) -> Response:
         """Answer `request`, and count it by route and status."""
-        response = await self._answer(request)
-        self.activity.requests[_route(request.path), response.status] += 1
-        return response
+        started, route = trio.current_time(), _route(request.path)
+        response = await self._answer(request, started)
+        self.activity.requests[route, response.status] += 1
+        if response.stream is None:
+            self.activity.request_took(route, trio.current_time() - started)
+            return response
+        stream = response.stream
 
-    async def _answer(self, request: Request) -> Response:
+        async def timed(write: Write) -> None:
+            try:
+                await stream(write)
+            finally:
+                self.activity.request_took(route, trio.current_time() - started)
+
+        return replace(response, stream=timed)
+
+    async def _answer(self, request: Request, started: float) -> Response:
         try:
             self._authorize(request)
             if request.path == "/v1/models" or request.path.startswith("/v1/models/"):
@@ -156,7 +170,7 @@ class ApiServer:
             if kind is None:
                 raise ApiError(404, f"no route {request.path}", code="not_found")
             _only(request, "POST")
-            return await self._complete(read_request(kind, request.body))
+            return await self._complete(read_request(kind, request.body), started)
         except ApiError as error:
             return _json(error.status, error.to_json())
 
@@ -180,7 +194,7 @@ class ApiServer:
             raise ApiError(404, f"the model {wanted!r} does not exist", code="model_not_found")
         return _json(200, model)
 
-    async def _complete(self, request: CompletionRequest) -> Response:
+    async def _complete(self, request: CompletionRequest, started: float) -> Response:
         if request.model != self.config.model_id:
             raise ApiError(
                 404,
@@ -209,9 +223,8 @@ class ApiServer:
                 "context_length_exceeded",
             )
         echo = self._echo_text(request, input_ids)
-        answer = _Answer(
-            request, self.config.model_id, int(input_ids.shape[1]), max_tokens, self.eos, echo
-        )
+        answer = _Answer(request, self.config.model_id, int(input_ids.shape[1]), max_tokens,
+                         self.eos, started, echo)  # fmt: skip
         drafts = self._prediction_drafts(request)
         choices = [
             _Choice(index, CompletionText(self.tokenizer, request.stop),
@@ -223,7 +236,7 @@ class ApiServer:
             return Response(200, content_type="text/event-stream", stream=stream)
         try:
             if max_tokens:
-                await _side_by_side([partial(self._whole, input_ids, c) for c in choices])
+                await _side_by_side([partial(self._whole, input_ids, c, started) for c in choices])
             prompt = await self._echoed_logprobs(request, input_ids)
         except (RoutingError, SwarmError) as error:
             logger.warning("a %s failed: %s", request.kind, error)
@@ -235,8 +248,8 @@ class ApiServer:
             logprobs.append(self._logprobs(request, prompt, choice.text, choice.records))
         return _json(200, answer.whole(choices, logprobs))
 
-    async def _whole(self, input_ids: torch.Tensor, choice: _Choice) -> None:
-        """Generate one answer whole."""
+    async def _whole(self, input_ids: torch.Tensor, choice: _Choice, started: float) -> None:
+        """Generate one answer whole (to a request read at `started`)."""
 
         async def collect(token: int, record: TokenLogprob | None) -> bool:
             choice.text.add(token)
@@ -244,7 +257,7 @@ class ApiServer:
                 choice.records.append(record)
             return not choice.text.stopped
 
-        await self._generate(input_ids, choice, collect)
+        await self._generate(input_ids, choice, collect, started)
 
     def _echo_text(self, request: CompletionRequest, input_ids: torch.Tensor) -> str:
         """The prompt as the text of an answer that echoes it ("" if it does not)."""
@@ -367,7 +380,7 @@ class ApiServer:
                 return not text.stopped
 
             if answer.max_tokens:
-                await self._generate(input_ids, choice, send)
+                await self._generate(input_ids, choice, send, answer.started)
             choice.calls = answer.calls(text) if holding else []
             answer.log(text, choice.calls)
             if choice.calls:
@@ -398,12 +411,13 @@ class ApiServer:
         input_ids: torch.Tensor,
         choice: _Choice,
         consume: Callable[[int, TokenLogprob | None], Awaitable[bool]],
+        started: float,
     ) -> None:
-        """Generate `choice` in a worker thread; `consume` each token in this loop as it
-        comes, until it says it wants no more. Then, or when it fails or this is cancelled,
-        no one receives any more: the thread stops at its next token and closes its session
-        before this returns. Each token comes with its log probabilities if the choice's
-        options ask for them."""
+        """Generate `choice` (to a request read at `started`) in a worker thread; `consume`
+        each token in this loop as it comes, until it says it wants no more. Then, or when
+        it fails or this is cancelled, no one receives any more: the thread stops at its
+        next token and closes its session before this returns. Each token comes with its
+        log probabilities if the choice's options ask for them."""
         send, receive = trio.open_memory_channel[tuple[int, TokenLogprob | None]](math.inf)
         needed = int(input_ids.shape[1]) + int(choice.options["max_new_tokens"])
         idle = self.sessions.take(input_ids[0].tolist(), needed)
@@ -415,8 +429,11 @@ class ApiServer:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(trio.to_thread.run_sync, work)
                     async with receive:
+                        last, first = started, True
                         async for token, record in receive:
-                            self.activity.completion_tokens += 1
+                            now = trio.current_time()
+                            self.activity.token_came(now - last, first=first)
+                            last, first = now, False
                             if not await consume(token, record):
                                 break
             except BaseExceptionGroup as group:  # one side failed (the other ends quietly)
@@ -525,6 +542,7 @@ class _Answer:
     prompt_tokens: int
     max_tokens: int
     eos: frozenset[int]
+    started: float  # when the request was read (trio's clock)
     echo: str = ""  # the prompt, before the text (completions with `echo`)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))

@@ -1,7 +1,8 @@
 """`swarm api MODEL --initial-peers ADDR`: serve OpenAI's completions API for the model.
 
 The API (`swarm.api`) listens on `--host`/`--port` (127.0.0.1:8000 by default) and prints its
-base URL, `http://HOST:PORT/v1`, once it serves; OpenAI's clients take that as `base_url`.
+base URL, `http://HOST:PORT/v1` (https with `--tls-cert` and `--tls-key`), once it serves;
+OpenAI's clients take that as `base_url`.
 Requests name the model as `--served-model-name` (default: its name in the swarm). With an
 API key (`$SWARM_API_KEY`, or the first line of `--api-key-file`), every request must carry
 it as `Authorization: Bearer KEY`. SIGINT or SIGTERM stop it.
@@ -18,6 +19,7 @@ from pathlib import Path
 from ..checkpoints import resolve_checkpoint, swarm_name
 from ..errors import SwarmError
 from .generate import open_model
+from .keys import tls_from
 from .lifecycle import run_service
 
 logger = logging.getLogger(__name__)
@@ -52,9 +54,13 @@ def run(args: argparse.Namespace) -> int:
         idle_sessions=args.idle_sessions,
         idle_seconds=args.idle_seconds,
         room_wait=args.room_wait,
+        tls=tls_from(args),
     )
     if config.api_key is None and args.host not in LOOPBACK:
         logger.warning("serving on %s without an API key: anyone who reaches it can use it",
                        args.host)  # fmt: skip
+    elif config.tls is None and args.host not in LOOPBACK:
+        logger.warning("serving on %s over plain HTTP: the API key crosses the network in "
+                       "clear (--tls-cert and --tls-key serve HTTPS)", args.host)  # fmt: skip
     with open_model(args, checkpoint) as model:
         return run_service(partial(ApiServer(model, tokenizer, config).run, args.host, args.port))

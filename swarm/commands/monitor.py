@@ -1,7 +1,8 @@
 """`swarm monitor`: serve the swarm monitor page (and its JSON) read from the DHT.
 
 Options (the lead's argparse entry): --host, --port (of the HTTP page), --identity,
---members, --initial-peers, --refresh (seconds, the page's default period). Prints the page's URL.
+--members, --initial-peers, --refresh (seconds, the page's default period), --tls-cert and
+--tls-key (HTTPS). Prints the page's URL.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from routing.transport import TcpTransport
 from swarm.monitor.collector import CollectorConfig
 from swarm.monitor.service import serve_monitor
 
-from .keys import identity_from
+from .keys import identity_from, tls_from
 from .lifecycle import run_service
 
 
@@ -30,6 +31,7 @@ async def serve(args: argparse.Namespace, *, task_status: trio.TaskStatus[str]) 
         args.host,
         args.port,
         collector_config=CollectorConfig(refresh=refresh),
+        tls=tls_from(args),
         members=args.members,
         task_status=task_status,
     )

@@ -1,5 +1,6 @@
 """`swarm peer MODEL`: serve a span of a model's blocks to the swarm until stopped; with
-`--metrics-port`, its Prometheus metrics too (`swarm.peer_metrics`)."""
+`--metrics-port`, its Prometheus metrics too (`swarm.peer_metrics`; HTTPS with `--tls-cert`
+and `--tls-key`)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from ..checkpoints import resolve_checkpoint, swarm_name
 from ..default_model import cache_dir
 from ..http_server import HttpConfig, HttpServer
 from ..peer_metrics import peer_metrics_handler
-from .keys import identity_from, rpc_config
+from ..tls import TlsError
+from .keys import identity_from, rpc_config, tls_from
 from .lifecycle import run_service
 
 
@@ -52,6 +54,9 @@ def peer_config(args: argparse.Namespace) -> PeerConfig:
 async def serve(args: argparse.Namespace, *, task_status: trio.TaskStatus[PeerAddress]) -> None:
     """The peer, with SIGUSR1 asking it to drain (take no new sessions, then move)."""
     control = PeerControl()
+    tls = tls_from(args)
+    if tls is not None and args.metrics_port is None:
+        raise TlsError("--tls-cert and --tls-key serve the metrics: give --metrics-port too")
     serving = partial(
         serve_peer, peer_config(args), identity_from(args.identity), TcpTransport(), control
     )
@@ -62,7 +67,8 @@ async def serve(args: argparse.Namespace, *, task_status: trio.TaskStatus[PeerAd
                 def status() -> PeerStatus | None:
                     return None if control.status is None else control.status()
 
-                metrics = HttpServer(peer_metrics_handler(status), HttpConfig(), "metrics")
+                handler = peer_metrics_handler(status)
+                metrics = HttpServer(handler, HttpConfig(), "metrics", tls)
                 await nursery.start(metrics.run, args.metrics_host, args.metrics_port)
             task_status.started(await nursery.start(serving))
             async for _ in drain_requests:

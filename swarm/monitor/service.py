@@ -8,6 +8,7 @@ one picture and leaves (`swarm status`).
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Collection, Sequence
 from functools import partial
 from pathlib import Path
@@ -39,11 +40,13 @@ async def serve_monitor(
     *,
     collector_config: CollectorConfig | None = None,
     http_config: HttpConfig | None = None,
+    tls: ssl.SSLContext | None = None,
     members: Collection[PeerId] | Path | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Join the swarm through `initial_peers`, collect, serve the page on host:port
-    (`members`: a private swarm's peers, the only ones it talks to, or their file)."""
+    """Join the swarm through `initial_peers`, collect, serve the page on host:port, over
+    HTTPS with `tls` (`members`: a private swarm's peers, the only ones it talks to, or
+    their file). Reports the page's URL."""
     collector_config = collector_config or CollectorConfig()
     rpc = RPCHost(identity, transport, RPCConfig.for_members(members))
     # Client mode: the monitor reads the DHT but never offers to store records.
@@ -56,9 +59,10 @@ async def serve_monitor(
             dht, RPCProber(rpc, timeout=collector_config.ping_timeout), collector_config
         )
         await nursery.start(collector.run)
-        server = HttpServer(monitor_handler(collector.latest, page), http_config, "monitor")
-        bound_host, bound_port = await nursery.start(server.run, host, port)
-        task_status.started(page_url(bound_host, bound_port))
+        handler = monitor_handler(collector.latest, page)
+        server = HttpServer(handler, http_config, "monitor", tls)
+        bound = await nursery.start(server.run, host, port)
+        task_status.started(f"{server.url(*bound)}/")
 
 
 async def read_swarm(
@@ -103,7 +107,3 @@ class RPCProber:
             return None
         load = PeerLoad(fresh.sessions, fresh.cache_tokens_left, fresh.served_tokens)
         return Probe(trio.current_time() - began, load)
-
-
-def page_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"

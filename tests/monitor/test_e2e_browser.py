@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import ROOT, SwarmProcess, swarm_processes
+from tests.support.tls import write_certificate
 
 pytestmark = pytest.mark.slow
 
@@ -68,8 +69,11 @@ class Swarm:
         args += ["--throughput", str(throughput), "--version", version, "--ttl", str(ttl)]
         return self._start(SwarmProcess(args, module="tests.monitor.announcer"))
 
-    def start_monitor(self, refresh: float) -> str:
+    def start_monitor(self, refresh: float, tls: tuple[Path, Path] | None = None) -> str:
+        """`swarm monitor`'s page URL (HTTPS with a certificate and its key)."""
         args = ["--initial-peers", self.bootstrap, "--refresh", str(refresh)]
+        if tls is not None:
+            args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
         return self._start(SwarmProcess(["monitor", *args])).address
 
 
@@ -95,7 +99,8 @@ def browser() -> Iterator[object]:
             browser.close()
 
 
-def test_the_page_follows_the_swarm(swarm: Swarm, browser: object) -> None:
+def test_the_page_follows_the_swarm(swarm: Swarm, browser: object, tmp_path: Path) -> None:
+    """Over HTTPS (a self-signed certificate, which this browser context accepts)."""
     from playwright.sync_api import Browser, expect
 
     assert isinstance(browser, Browser)
@@ -104,10 +109,10 @@ def test_the_page_follows_the_swarm(swarm: Swarm, browser: object) -> None:
     # Peer-provided text must show as text, never as markup.
     hostile = "<b>v2</b>&amp;<img src=x>"
     second = swarm.start_peer(5, NUM_BLOCKS, throughput=17.0, version=hostile, ttl=SHORT_TTL)
-    url = swarm.start_monitor(REFRESH)
-    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url)
+    url = swarm.start_monitor(REFRESH, write_certificate(tmp_path))
+    assert re.fullmatch(r"https://127\.0\.0\.1:\d+/", url)
 
-    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page = browser.new_page(viewport={"width": 1280, "height": 720}, ignore_https_errors=True)
     problems: list[str] = []
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda error: problems.append(str(error)))
@@ -128,7 +133,10 @@ def test_the_page_follows_the_swarm(swarm: Swarm, browser: object) -> None:
     page.screenshot(path=str(ARTIFACTS / "monitor-desktop.png"), full_page=True)
 
     phone = browser.new_page(
-        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=2,
+        is_mobile=True,
+        ignore_https_errors=True,
     )
     phone.goto(url + "?refresh=0.5")  # the period can be chosen in the address
     expect(phone.get_by_test_id("chain")).to_have_text("Full chain", timeout=10_000)

@@ -21,7 +21,7 @@ from routing.transport import TcpTransport
 from security import Identity
 from swarm.cli import main
 from swarm.monitor.collector import CollectorConfig
-from swarm.monitor.service import page_url, serve_monitor
+from swarm.monitor.service import serve_monitor
 
 from .announcer import publish
 from .test_http import get
@@ -110,9 +110,9 @@ async def test_the_monitor_follows_a_live_swarm(capsys: pytest.CaptureFixture[st
                     collector_config=CollectorConfig(refresh=REFRESH),
                 )
             )
+            assert url.startswith("http://127.0.0.1:") and url.endswith("/")
             host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
             address = (host, int(port))
-            assert url == page_url(host, int(port))
 
             state = await state_when(address, lambda s: len(peers(s)) == 2, within=10)
             (model,) = state["models"]
@@ -142,8 +142,3 @@ async def test_the_monitor_follows_a_live_swarm(capsys: pytest.CaptureFixture[st
             state = await state_when(address, lambda s: peers(s) == [(4, 6)], within=5)
             assert state["models"][0]["gaps"] == [[0, 4]]
             nursery.cancel_scope.cancel()
-
-
-def test_page_url_brackets_ipv6() -> None:
-    assert page_url("::1", 8080) == "http://[::1]:8080/"
-    assert page_url("0.0.0.0", 80) == "http://0.0.0.0:80/"

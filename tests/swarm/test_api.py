@@ -31,9 +31,11 @@ from swarm.commands.api import api_key
 from swarm.errors import SwarmError
 from swarm.generation import TokenLogprob
 from swarm.processes import SwarmProcess
+from swarm.tls import server_context
 from tests.support.prometheus import Samples, parsed
 from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import write_tiny_model
+from tests.support.tls import trusting, write_certificate
 
 from .test_model import _until
 
@@ -69,7 +71,11 @@ def one_session_swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedMode
 
 @asynccontextmanager
 async def api(
-    checkpoint: Path, model: DistributedModelForCausalLM, model_id: str = MODEL, **config: Any
+    checkpoint: Path,
+    model: DistributedModelForCausalLM,
+    model_id: str = MODEL,
+    http_client: openai.DefaultHttpxClient | None = None,
+    **config: Any,
 ) -> AsyncIterator[openai.OpenAI]:
     """The server in this test's loop, and an OpenAI client of it (no retries)."""
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
@@ -77,7 +83,8 @@ async def api(
     async with trio.open_nursery() as nursery:
         base_url = await nursery.start(server.run)
         key = config.get("api_key") or "unused"
-        yield openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=TIMEOUT)
+        yield openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=TIMEOUT,
+                            http_client=http_client)  # fmt: skip
         nursery.cancel_scope.cancel()
 
 
@@ -134,6 +141,23 @@ async def test_a_completion_equals_transformers_greedy_text(tiny: Path, swarm: A
         12,
     )
     assert all(_until(lambda p=p: swarm[0].sessions(p) == 0) for p in swarm[0].peers)
+
+
+async def test_https_serves_the_same_text(tiny: Path, swarm: Any, tmp_path: Path) -> None:
+    """With a certificate, the API is HTTPS, whole answers and streams alike."""
+    expected = local(tiny, prompt_ids(tiny), max_new_tokens=8, do_sample=False)
+    certificate, key = write_certificate(tmp_path)
+    trusted = openai.DefaultHttpxClient(verify=trusting(certificate))
+    async with api(
+        tiny, swarm[1], http_client=trusted, tls=server_context(certificate, key)
+    ) as client:
+        assert str(client.base_url).startswith("https://127.0.0.1:")
+        request = {"model": MODEL, "prompt": PROMPT, "max_tokens": 8, "temperature": 0}
+        result = await call(client.completions.create, **request)
+        chunks = await trio.to_thread.run_sync(
+            lambda: list(client.completions.create(**request, stream=True))
+        )
+    assert result.choices[0].text == "".join(c.choices[0].text for c in chunks) == expected
 
 
 async def test_a_streamed_completion_adds_up_to_the_same_text(tiny: Path, swarm: Any) -> None:
@@ -324,6 +348,9 @@ async def test_metrics_count_requests_and_tokens_behind_the_key(tiny: Path, swar
     async with api(tiny, swarm[1], api_key="s3cret") as client:
         await call(client.completions.create, model=MODEL, prompt=PROMPT, max_tokens=5,
                    temperature=0)  # fmt: skip
+        stream = await call(client.completions.create, model=MODEL, prompt=PROMPT,
+                            max_tokens=3, temperature=0, stream=True)  # fmt: skip
+        await trio.to_thread.run_sync(list, stream)
         with pytest.raises(openai.NotFoundError):
             await call(client.completions.create, model="other", prompt=PROMPT)
         base = str(client.base_url)
@@ -332,13 +359,25 @@ async def test_metrics_count_requests_and_tokens_behind_the_key(tiny: Path, swar
     model = (("model", MODEL),)
     requests = "swarm_api_requests_total"
     assert status == 200
-    assert samples[requests][(*model, ("route", "completion"), ("status", "200"))] == 1
+    assert samples[requests][(*model, ("route", "completion"), ("status", "200"))] == 2
     assert samples[requests][(*model, ("route", "completion"), ("status", "404"))] == 1
     assert samples[requests][(*model, ("route", "metrics"), ("status", "401"))] == 1
-    assert samples["swarm_api_prompt_tokens_total"][model] == prompt_ids(tiny).shape[1]
-    assert samples["swarm_api_completion_tokens_total"][model] == 5
+    assert samples["swarm_api_prompt_tokens_total"][model] == 2 * prompt_ids(tiny).shape[1]
+    assert samples["swarm_api_completion_tokens_total"][model] == 5 + 3
     assert samples["swarm_api_generations"][model] == 0
-    assert samples["swarm_api_idle_sessions"][model] == 1  # the answer's, for a next turn
+    assert samples["swarm_api_idle_sessions"][model] == 2  # the answers', for a next turn
+    completion = (*model, ("route", "completion"))
+    assert samples["swarm_api_request_seconds_count"][completion] == 3
+    assert samples["swarm_api_request_seconds_count"][(*model, ("route", "metrics"))] == 1
+    assert samples["swarm_api_first_token_seconds_count"][model] == 2  # an answer each
+    assert samples["swarm_api_token_gap_seconds_count"][model] == 4 + 2
+    infinite = (("le", "+Inf"), *completion)  # sorted
+    assert samples["swarm_api_request_seconds_bucket"][infinite] == 3
+    # each answer's tokens came within its request, the stream's included
+    first, gaps = (
+        samples[f"swarm_api_{name}_seconds_sum"][model] for name in ("first_token", "token_gap")
+    )
+    assert samples["swarm_api_request_seconds_sum"][completion] >= first + gaps > 0
 
 
 async def test_with_a_key_only_requests_that_carry_it_are_served(tiny: Path, swarm: Any) -> None:

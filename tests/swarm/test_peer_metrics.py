@@ -17,7 +17,7 @@ import pytest
 import torch
 import trio
 
-from peer.activity import Activity, PeerStatus, StepTimes
+from peer.activity import STEP_BUCKETS, Activity, Durations, PeerStatus
 from routing.address import PeerAddress
 from routing.announcement import PeerAnnouncement, PeerState
 from routing.dht import serve_dht_node
@@ -44,7 +44,7 @@ def status_of(peer_id: Identity, **activity: Any) -> PeerStatus:
         state=PeerState.ONLINE, throughput=12.5, cache_tokens_left=100, sessions=2,
         dtype="bfloat16", version='v"1\\', quantization="int8",
     )  # fmt: skip
-    times = StepTimes()
+    times = Durations(STEP_BUCKETS)
     for seconds in (0.002, 0.004, 0.03, 20.0):  # buckets ..0.0025, ..0.005, ..0.05, over all
         times.observe(seconds)
     return PeerStatus(announced, Activity(**activity), times, cache_tokens=4096, draining=True)
@@ -147,7 +147,7 @@ async def test_swarm_peer_serves_its_metrics_and_shows_a_drain(
                  "--metrics-port", "0", "--report-every", "0"]
             )  # fmt: skip
             address = await nursery.start(partial(peer_command.serve, args))
-            found = re.search(r"metrics HTTP server on 127\.0\.0\.1:(\d+)", caplog.text)
+            found = re.search(r"metrics server at http://127\.0\.0\.1:(\d+)", caplog.text)
             assert found is not None
             metrics = ("127.0.0.1", int(found.group(1)))
             labels = (("model", "tiny"), ("peer", address.peer_id.to_base58()))
