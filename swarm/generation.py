@@ -21,10 +21,12 @@ from .errors import GenerationError as GenerationError
 from .json_mode import JsonConstraint
 from .sampling import (
     SamplingConfig,
-    build_logits_processors,
+    build_logits_rules,
+    build_logits_warpers,
     build_stopping_criteria,
     choose_tokens,
     sampling_generator,
+    time_limit,
 )
 
 
@@ -140,12 +142,15 @@ async def generate_tokens(
     """Yield new token ids one at a time, extending `state` as it goes.
 
     Only positions the pipeline has not seen are sent, so a session that continues a
-    conversation sends just the new turn. Batch size is one.
+    conversation sends just the new turn. Batch size is one. In JSON mode, a scan of the
+    vocabulary that runs past `max_time` ends the generation there, without a token.
     """
     if state.input_ids.dim() != 2 or state.input_ids.shape[0] != 1:
         raise GenerationError("generation takes input_ids of shape (1, length)")
-    processors = build_logits_processors(config, state.input_ids.shape[1])
+    rules = build_logits_rules(config, state.input_ids.shape[1])
+    warpers = build_logits_warpers(config)
     stopping = build_stopping_criteria(config, tokenizer)
+    deadline = time_limit(stopping)
     generator = sampling_generator(config, state.input_ids.device)
     eos = set(config.eos_token_ids)
     json = next(iter(json_constraints(config, tokenizer, rows=1)), None)
@@ -157,11 +162,13 @@ async def generate_tokens(
         hidden = await pipeline.step(head.embed(fresh))
         state.processed = state.input_ids.shape[1]  # in the caches, whatever happens next
         logits = head.logits(hidden[:, -1:, :])[:, -1, :].to(torch.float32)
-        scores = processors(cast(torch.LongTensor, state.input_ids), logits)
-        if json is None:
-            token = draw(scores)
-        else:
-            token = json.choose(scores, logits, draw)
+        ids = cast(torch.LongTensor, state.input_ids)
+        ruled = rules(ids, logits)
+        scores = warpers(ids, ruled)  # rules then warpers: transformers' processors, in order
+        token = draw(scores) if json is None else json.choose(scores, ruled, draw, deadline)
+        if token is None:  # out of time within JSON mode's scan: as max_time ends it
+            return
+        if json is not None:
             json.take(token)
         chosen = torch.tensor([[token]], dtype=state.input_ids.dtype, device=state.input_ids.device)
         state.input_ids = torch.cat([state.input_ids, chosen], dim=-1)
@@ -189,9 +196,12 @@ async def generate_batch(
     padding too; every step sends all rows at once, a finished one too, as transformers
     computes it. The rows share the logits processors, stopping criteria and random
     generator, as there, so seeded sampling draws alike. In JSON mode each row keeps to its
-    own constraint, drawn row by row, and ends where its value closes."""
-    processors = build_logits_processors(config, input_ids.shape[1], padding)
+    own constraint, drawn row by row, and ends where its value closes; a scan of the
+    vocabulary that runs past `max_time` ends the generation before that step's tokens."""
+    rules = build_logits_rules(config, input_ids.shape[1], padding)
+    warpers = build_logits_warpers(config)
     stopping = build_stopping_criteria(config, tokenizer)
+    deadline = time_limit(stopping)
     generator = sampling_generator(config, input_ids.device)
     eos = torch.tensor(config.eos_token_ids, dtype=torch.long)
     if pad_token_id is None and len(eos):
@@ -205,9 +215,14 @@ async def generate_batch(
     fresh = input_ids
     for _ in range(config.max_new_tokens):
         logits = (await logits_after(head, pipeline, fresh))[:, -1, :]
-        scores = processors(cast(torch.LongTensor, input_ids), logits)
+        ids = cast(torch.LongTensor, input_ids)
+        ruled = rules(ids, logits)
+        scores = warpers(ids, ruled)  # rules then warpers: transformers' processors, in order
         if json:
-            tokens = _json_tokens(json, scores, logits, unfinished, draw)
+            chosen = _json_tokens(json, scores, ruled, unfinished, draw, deadline)
+            if chosen is None:  # out of time within JSON mode's scan: as max_time ends it
+                break
+            tokens = chosen
         else:
             tokens = choose_tokens(scores, config.do_sample, generator)
         if len(eos) and pad_token_id is not None:  # without EOS, transformers pads nothing
@@ -248,17 +263,22 @@ def drawer(config: SamplingConfig, generator: torch.Generator) -> Callable[[torc
 def _json_tokens(
     json: list[JsonConstraint],
     scores: torch.Tensor,
-    logits: torch.Tensor,
+    ruled: torch.Tensor,
     unfinished: torch.Tensor,
     draw: Callable[[torch.Tensor], int],
-) -> torch.Tensor:
+    deadline: float | None = None,
+) -> torch.Tensor | None:
     """Each unfinished row's token as JSON mode chooses it, drawn row by row (a finished
-    row's is padding, later)."""
+    row's is padding, later); None if a row's scan ran past `deadline`."""
     tokens = torch.zeros(len(json), dtype=torch.long)
     for row, constraint in enumerate(json):
         if unfinished[row]:
-            tokens[row] = constraint.choose(scores[row : row + 1], logits[row : row + 1], draw)
-            constraint.take(int(tokens[row]))
+            span = slice(row, row + 1)
+            token = constraint.choose(scores[span], ruled[span], draw, deadline)
+            if token is None:
+                return None
+            constraint.take(token)
+            tokens[row] = token
     return tokens
 
 

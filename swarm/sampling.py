@@ -1,8 +1,9 @@
 """What `generate()`'s arguments mean: `SamplingConfig`, read with transformers' names
 and the model's generation config as defaults, and the logits processors and stopping
-criteria it makes, in the order `GenerationMixin.generate` applies them (sequence biases,
-repetition penalty, bans and suppressed tokens, the caller's own processors, then
-temperature, top-k, top-p and the other samplers' cutoffs). Sampling draws from a private
+criteria it makes, in the order `GenerationMixin.generate` applies them: the rules
+(sequence biases, penalties, bans and suppressed tokens, the caller's own processors), then
+sampling's warpers (temperature, top-k, top-p and the other cutoffs), each part on its own
+for JSON mode, whose last resort keeps to the rules only. Sampling draws from a private
 `torch.Generator` seeded from the request, the same stream as `torch.manual_seed(seed)`
 followed by a local `generate()`, without touching the global random state.
 """
@@ -237,7 +238,17 @@ def build_logits_processors(
 ) -> LogitsProcessorList:
     """The processors `generate()` would use for these arguments, in its order, for prompts
     of `prompt_length` tokens whose rows begin with `padding` padding tokens (ignored by the
-    repetition penalty, as there)."""
+    repetition penalty, as there): the rules, then the warpers."""
+    rules = build_logits_rules(config, prompt_length, padding)
+    return LogitsProcessorList([*rules, *build_logits_warpers(config)])
+
+
+def build_logits_rules(
+    config: SamplingConfig, prompt_length: int, padding: Sequence[int] = ()
+) -> LogitsProcessorList:
+    """The first part of `build_logits_processors`: what changes the model's logits whether
+    it samples or not (biases, penalties, bans, suppressed tokens, the caller's own
+    processors). A token they make -inf may never come, JSON mode's last resort included."""
     processors = LogitsProcessorList()
     if config.sequence_bias:
         bias = SequenceBiasLogitsProcessor(dict(config.sequence_bias))  # type: ignore[arg-type]
@@ -268,7 +279,13 @@ def build_logits_processors(
     if config.begin_suppress_tokens:
         begin = SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, prompt_length)
         processors.append(begin)
-    processors = _merged(processors, config.logits_processor)
+    return _merged(processors, config.logits_processor)
+
+
+def build_logits_warpers(config: SamplingConfig) -> LogitsProcessorList:
+    """The second part of `build_logits_processors`: sampling's warpers (temperature, then
+    the cutoffs: top-k, top-p, min-p, typical, epsilon, eta), none for greedy decoding."""
+    processors = LogitsProcessorList()
     if config.do_sample:
         # beams keep a token that is not EOS to go on with, as transformers' do
         keep = max(2, len(config.eos_token_ids) + 1) if config.num_beams > 1 else 1
@@ -321,6 +338,18 @@ def build_stopping_criteria(config: SamplingConfig, tokenizer: Any) -> StoppingC
             StopStringCriteria(tokenizer=tokenizer, stop_strings=list(config.stop_strings))
         )
     return _merged(criteria, config.stopping_criteria)
+
+
+def time_limit(criteria: StoppingCriteriaList) -> float | None:
+    """The `time.time()` after which `criteria` end the generation (their `MaxTimeCriteria`:
+    `max_time`'s, or the caller's own), or None if time does not end it. JSON mode's scans
+    of the vocabulary, which the criteria cannot interrupt, watch it."""
+    limits = [
+        criterion.initial_timestamp + criterion.max_time
+        for criterion in criteria
+        if isinstance(criterion, MaxTimeCriteria)
+    ]
+    return min(limits, default=None)
 
 
 def _merged(built: _Listed, own: Sequence[Any]) -> _Listed:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from swarm import DistributedModelForCausalLM
+from swarm import DistributedModelForCausalLM, json_mode
 from swarm.cli import main
 from swarm.errors import GenerationError
-from swarm.generation import GenerationState, generate_tokens
+from swarm.generation import GenerationState, generate_batch, generate_tokens
 from swarm.json_mode import JsonConstraint
 from swarm.json_prefix import MAX_BLANK, JsonPrefix
 from swarm.json_schema import ANY_OBJECT, Node, compile_schema
@@ -241,6 +242,112 @@ async def test_generation_keeps_to_json_and_stops_where_the_object_closes(tokeni
     with pytest.raises(GenerationError, match="tokenizer"):
         async for _ in generate_tokens(head, NoPipeline(), state, config):
             pass
+
+
+async def scripted(
+    tokenizer: Any, target: list[int], config: SamplingConfig, batch: bool = False
+) -> list[int]:
+    """The tokens a generation takes from a `ScriptedHead` that ranks `target` second after
+    a token that breaks JSON, through `generate_tokens` or (`batch`) `generate_batch`."""
+    breaking = tokenizer("\x01", add_special_tokens=False)["input_ids"][0]
+    head = ScriptedHead(target, breaking, len(tokenizer))
+    prompt = torch.tensor([[5]])
+    if batch:
+        output = await generate_batch(head, NoPipeline(), prompt, config, tokenizer=tokenizer)
+        return list(output[0, 1:].tolist())
+    state = GenerationState(input_ids=prompt)
+    return [t async for t in generate_tokens(head, NoPipeline(), state, config, tokenizer)]
+
+
+def banning(how: str, token: int) -> dict[str, Any]:
+    """`generate()`'s options that ban `token`, `how`."""
+    if how == "suppress_tokens":
+        return {"suppress_tokens": (token,)}
+    if how == "bad_words_ids":
+        return {"bad_words_ids": ((token,),)}
+
+    def ban(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores.index_fill(1, torch.tensor([token]), -math.inf)
+
+    return {"logits_processor": (ban,)}
+
+
+@pytest.mark.parametrize("how", ["suppress_tokens", "bad_words_ids", "logits_processor"])
+async def test_the_last_resort_never_takes_a_banned_token(tokenizer: Any, how: str) -> None:
+    """top_k=1 keeps only the token that breaks JSON, so each token is the last resort's:
+    the likeliest that fits by the scores after the bans (ties: the first). The quote that
+    the target's key needs next is the likeliest that fits by the raw logits, but banned: it
+    never comes, and the object closes at once."""
+    text = '{"a": 1}'
+    target = tokenizer(text, add_special_tokens=False)["input_ids"]
+    quote, eos = target[1], tokenizer.eos_token_id
+    config = SamplingConfig(max_new_tokens=20, do_sample=True, top_k=1, seed=0, json_object=True,
+                            eos_token_ids=(eos,), **banning(how, quote))  # fmt: skip
+    expected: list[int] = []  # each step: the likeliest fitting token, the banned one aside
+    while not expected or not complete(tokenizer.decode(expected)):
+        logits = [5.0 if token == target[len(expected)] else 0.0 for token in range(len(tokenizer))]
+        allowed = [t for t in fitting(tokenizer, expected, eos) if t != quote]
+        expected.append(max(allowed, key=lambda token: logits[token]))
+    tokens = await scripted(tokenizer, target, config)
+    assert tokens == expected and quote not in tokens
+    assert tokenizer.decode(tokens) == "{}"
+
+
+async def test_the_last_resort_keeps_eos_back_until_min_new_tokens(tokenizer: Any) -> None:
+    """A whole integer after its first digit, and EOS the likeliest that fits by the raw
+    logits; but `min_new_tokens` bans it for the first 3 tokens, and the last resort too
+    keeps to that."""
+    eos, integer = tokenizer.eos_token_id, compile_schema({"type": "integer"})
+    config = SamplingConfig(max_new_tokens=10, do_sample=True, top_k=1, min_new_tokens=3,
+                            json_schema=integer, eos_token_ids=(eos,))  # fmt: skip
+    (seven,) = tokenizer("7", add_special_tokens=False)["input_ids"]
+    tokens = await scripted(tokenizer, [seven, eos], config)
+    assert tokens[0] == seven and eos not in tokens[:3] and tokens[-1] == eos
+    assert JsonPrefix.start(integer).feed(tokenizer.decode(tokens[:-1])) is not None
+
+
+async def test_no_token_the_bans_allow_fits_is_an_error(tokenizer: Any) -> None:
+    """Only "{" begins an object in this vocabulary; banned, nothing may come."""
+    eos = tokenizer.eos_token_id
+    (brace,) = fitting(tokenizer, [], eos)
+    config = SamplingConfig(max_new_tokens=10, do_sample=True, top_k=1, json_object=True,
+                            eos_token_ids=(eos,), begin_suppress_tokens=(brace,))  # fmt: skip
+    with pytest.raises(GenerationError, match=r"logits processors allow .* continues the JSON"):
+        await scripted(tokenizer, [brace], config)
+    ruled = torch.zeros(1, len(tokenizer))
+    ruled[0, brace] = -math.inf  # straight to `choose`, greedy: no warpers, the same scores
+    constraint = JsonConstraint(tokenizer, [eos])
+    with pytest.raises(GenerationError, match="banned every way on"):
+        constraint.choose(ruled, ruled, lambda s: int(s.argmax()))
+
+
+@pytest.mark.parametrize("batch", [False, True])
+@pytest.mark.parametrize("do_sample", [False, True])  # greedy: the scan of the kept tokens
+async def test_a_slow_scan_ends_the_generation_at_max_time(
+    tokenizer: Any, monkeypatch: pytest.MonkeyPatch, do_sample: bool, batch: bool
+) -> None:
+    """After the target's first 3 tokens, `fits` turns slow (10 ms a token) and finds none:
+    each scan of the vocabulary would take over 3 s, then fail. With `max_time`, the scan
+    (greedy: after 32 draws, 0.32 s) gives up soon after the time has passed, and the
+    generation returns what it had."""
+    fits = JsonConstraint.fits
+
+    def slow(self: JsonConstraint, token: int) -> JsonPrefix | None:
+        if len(self.texts.tokens) < 3:
+            return fits(self, token)
+        time.sleep(0.01)
+        return None
+
+    monkeypatch.setattr(JsonConstraint, "fits", slow)
+    monkeypatch.setattr(json_mode, "CLOCK_EVERY", 16)  # so few tokens: read the clock often
+    target = tokenizer('{"a": 1}', add_special_tokens=False)["input_ids"]
+    config = SamplingConfig(max_new_tokens=20, do_sample=do_sample, top_k=1, seed=0,
+                            json_object=True, eos_token_ids=(tokenizer.eos_token_id,),
+                            max_time=0.5)  # fmt: skip
+    started = time.monotonic()
+    tokens = await scripted(tokenizer, target, config, batch)
+    assert time.monotonic() - started < 2.0  # 0.5 s, then at most 16 tokens' checks
+    assert tokens == target[:3]
 
 
 @pytest.fixture(scope="module")
