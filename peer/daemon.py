@@ -26,6 +26,7 @@ from routing.address import PeerAddress
 from routing.announcement import PeerAnnouncement, PeerState, block_key
 from routing.client import SwarmView, read_announcements, usable_announcements
 from routing.dht import DHTConfig, DHTNode
+from routing.public_address import PublicAddress
 from routing.rpc import RPCConfig, RPCHost
 from routing.transport import Transport
 from security import Identity
@@ -66,6 +67,8 @@ class PeerConfig:
     dtype: str = "float32"
     host: str = "127.0.0.1"
     port: int = 0
+    public_host: str | None = None  # what others dial (default: `host`, or found for 0.0.0.0)
+    public_port: int | None = None  # likewise (default: the port it listens on)
     initial_peers: tuple[PeerAddress, ...] = ()
     cache_dir: Path | None = None  # where measured throughput is kept (None: measure each time)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -181,7 +184,8 @@ async def _serve_shielded(
             # The network first: the span is chosen, and claimed, in the swarm as it is now.
             rpc = RPCHost(identity, transport, config.rpc)
             dht = DHTNode(rpc, config.dht)
-            address = await nursery.start(rpc.run, config.host, config.port)
+            public = PublicAddress(config.public_host, config.public_port, config.initial_peers)
+            address = await nursery.start(rpc.run, config.host, config.port, public)
             await nursery.start(partial(dht.run, initial_peers=config.initial_peers))
             blocks = await _choose_blocks(config, dht, address, num_blocks)
             peer = await _load(config, worker, blocks)

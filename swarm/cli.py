@@ -49,6 +49,19 @@ def _add_tls_options(parser: argparse.ArgumentParser, served: str) -> None:
     parser.add_argument("--tls-key", type=Path, metavar="PEM", help="and its private key")
 
 
+def _add_public_options(parser: argparse.ArgumentParser) -> None:
+    """Where others dial a node (`routing/public_address.py`)."""
+    parser.add_argument(
+        "--public-host",
+        metavar="HOST",
+        help="the address others dial, if not --host (behind NAT, or a DNS name; default for "
+        "0.0.0.0: this machine's address toward the initial peers)",
+    )
+    parser.add_argument(
+        "--public-port", type=int, metavar="PORT", help="the port others dial, if forwarded"
+    )
+
+
 def _add_network_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0: any free)")
@@ -134,10 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     dht = commands.add_parser("dht", help="run a DHT-only node")
     _add_network_options(dht)
+    _add_public_options(dht)
 
     peer = commands.add_parser("peer", help="serve a span of a model's blocks to the swarm")
     peer.add_argument("model", help="a local Hugging Face checkpoint directory (or a hub id)")
     _add_network_options(peer)
+    _add_public_options(peer)
     peer.add_argument(
         "--blocks", metavar="A:B", help="serve blocks A..B-1 (default: where the swarm is weakest)"
     )

@@ -19,6 +19,7 @@ import trio
 from security import Identity
 
 from ..address import PeerAddress
+from ..public_address import PublicAddress
 from ..rpc import RPCConfig, RPCHost
 from ..transport import Transport
 from .config import DHTConfig
@@ -34,14 +35,17 @@ async def serve_dht_node(
     *,
     config: DHTConfig | None = None,
     rpc_config: RPCConfig | None = None,
+    public: PublicAddress | None = None,
     clock: Callable[[], float] = time.time,
     task_status: trio.TaskStatus[DHTNode] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve RPC on host:port, join the swarm, report the ready node, run until cancelled."""
+    """Serve RPC on host:port, join the swarm, report the ready node, run until cancelled
+    (`public`: how others dial it; by default found toward `initial_peers`)."""
     rpc = RPCHost(identity, transport, rpc_config or RPCConfig())
     node = DHTNode(rpc, config, clock=clock)
+    public = public or PublicAddress(toward=tuple(initial_peers))
     async with trio.open_nursery() as nursery:
-        await nursery.start(rpc.run, host, port)
+        await nursery.start(rpc.run, host, port, public)
         await nursery.start(partial(node.run, initial_peers=initial_peers))
         task_status.started(node)
 

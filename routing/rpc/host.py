@@ -29,6 +29,7 @@ from security import Identity, MembersFileError, PeerId, SecureStream, SecurityE
 
 from ..address import PeerAddress
 from ..errors import CallTimeoutError, NotAMemberError, RoutingError
+from ..public_address import PublicAddress
 from ..transport import Transport
 from ..wire import Kind, encode
 from .config import RPCConfig, RPCStats
@@ -134,16 +135,24 @@ class RPCHost:
 
     # -- running -----------------------------------------------------------------------------
 
-    async def run(self, host: str, port: int, *, task_status: trio.TaskStatus[PeerAddress]) -> None:
-        """Listen on host:port (0: any free port) until cancelled. Started value: our address."""
+    async def run(
+        self,
+        host: str,
+        port: int,
+        public: PublicAddress | None = None,
+        *,
+        task_status: trio.TaskStatus[PeerAddress],
+    ) -> None:
+        """Listen on host:port (0: any free port) until cancelled. Started value: our address,
+        as others dial it (`public`: found for a wildcard host, or given)."""
         try:
             async with trio.open_nursery() as nursery:
                 self._pool.nursery = nursery
                 self._start_following_members(nursery)
                 bound = await nursery.start(self._transport.serve, host, port, self._accept)
-                bound_host, bound_port = bound
-                self._address = PeerAddress(bound_host, bound_port, self.peer_id)
-                logger.info("RPC host %s listening on %s", self.peer_id.short(), self._address)
+                self._address = PeerAddress(*(public or PublicAddress()).of(*bound), self.peer_id)
+                logger.info("RPC host %s listening on %s:%d, reached at %s",
+                            self.peer_id.short(), *bound, self._address)  # fmt: skip
                 task_status.started(self._address)
         finally:
             self._pool.nursery = None

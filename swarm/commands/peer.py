@@ -41,6 +41,8 @@ def peer_config(args: argparse.Namespace) -> PeerConfig:
         dtype=args.dtype,
         host=args.host,
         port=args.port,
+        public_host=args.public_host,
+        public_port=args.public_port,
         initial_peers=tuple(PeerAddress.parse(text) for text in args.initial_peers),
         cache_dir=cache_dir(),
         backend=backend,

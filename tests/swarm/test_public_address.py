@@ -1,0 +1,59 @@
+"""Peers reached where they say: `swarm peer --public-port` behind a forwarded port, and
+`--public-host`, as `swarm` processes on 127.0.0.1 with a client generating through them
+(the addresses found for a wildcard host are tested in `tests/routing/test_public_address.py`).
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from routing.address import PeerAddress
+from swarm import DistributedModelForCausalLM
+from tests.support.port_forward import PortForward
+from tests.support.processes import SwarmProcess, swarm_processes
+from tests.support.tiny_model import write_tiny_model
+
+pytestmark = pytest.mark.slow
+
+READY = 60.0  # seconds for a process to print its address
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_peer_behind_a_forwarded_port_is_reached_through_it(tmp_path: Path) -> None:
+    """The DHT node announces the name it is given; the second peer listens on one port and
+    announces the forwarded one, which the client dials: the tokens are transformers'."""
+    checkpoint = write_tiny_model(tmp_path / "tiny-public", num_layers=4)
+    hidden_port = _free_port()
+    with swarm_processes() as started, PortForward(hidden_port) as forward:
+        dht = SwarmProcess(["dht", "--public-host", "localhost"])
+        started.append(dht)
+        bootstrap = dht.wait_ready(READY)
+        assert bootstrap.startswith("localhost:")
+        common = ["peer", str(checkpoint), "--initial-peers", bootstrap]
+        first = SwarmProcess([*common, "--blocks", "0:2"])
+        behind = SwarmProcess([*common, "--blocks", "2:4", "--port", str(hidden_port),
+                               "--public-port", str(forward.port)])  # fmt: skip
+        started += [first, behind]
+        assert PeerAddress.parse(first.wait_ready(READY)).host == "127.0.0.1"
+        announced = PeerAddress.parse(behind.wait_ready(READY))
+        assert (announced.host, announced.port) == ("127.0.0.1", forward.port)
+        prompt = torch.tensor([[5, 17, 42, 7]])
+        with DistributedModelForCausalLM.from_pretrained(
+            checkpoint, initial_peers=[bootstrap]
+        ) as model:
+            tokens = model.generate(prompt, max_new_tokens=8)
+        assert forward.connections >= 1  # the client dialled the forwarded port
+    local = AutoModelForCausalLM.from_pretrained(checkpoint)
+    expected = local.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
+                              do_sample=False)  # fmt: skip
+    assert tokens.tolist() == expected.tolist()
