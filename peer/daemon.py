@@ -27,7 +27,7 @@ from routing.announcement import PeerAnnouncement, PeerState, block_key
 from routing.client import SwarmView, read_announcements, usable_announcements
 from routing.dht import DHTConfig, DHTNode
 from routing.public_address import PublicAddress
-from routing.rpc import RPCConfig, RPCHost
+from routing.rpc import RPCConfig, RPCHost, log_reach
 from routing.transport import Transport
 from security import Identity
 
@@ -223,6 +223,7 @@ async def _serve_shielded(
                 )
             logger.info("serving and announced at %s", peer.address)
             task_status.started(peer.address)
+            nursery.start_soon(log_reach, rpc, config.initial_peers)  # can others dial us?
             await stop.wait()
             announcing.cancel()  # the announcer publishes `offline` on its way out
             await said_goodbye.wait()

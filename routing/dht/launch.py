@@ -20,7 +20,7 @@ from security import Identity
 
 from ..address import PeerAddress
 from ..public_address import PublicAddress
-from ..rpc import RPCConfig, RPCHost
+from ..rpc import RPCConfig, RPCHost, log_reach
 from ..transport import Transport
 from .config import DHTConfig
 from .node import DHTNode
@@ -48,6 +48,7 @@ async def serve_dht_node(
         await nursery.start(rpc.run, host, port, public)
         await nursery.start(partial(node.run, initial_peers=initial_peers))
         task_status.started(node)
+        nursery.start_soon(log_reach, rpc, initial_peers)  # can others dial us?
 
 
 @asynccontextmanager

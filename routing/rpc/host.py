@@ -36,6 +36,7 @@ from .config import RPCConfig, RPCStats
 from .connection import Connection
 from .packet import CallContext, Packet, StreamHandler, UnaryHandler
 from .pool import ConnectionPool
+from .reach import REACH, reach_handler
 from .stream import BidiStream
 
 __all__ = ["RPCHost"]
@@ -75,7 +76,10 @@ class RPCHost:
         self._identity = identity
         self._transport = transport
         self.config = config or RPCConfig()
-        self._unary: dict[str, UnaryHandler] = {"info": self._info}
+        self._unary: dict[str, UnaryHandler] = {
+            "info": self._info,
+            REACH: reach_handler(identity, transport, self.config.handshake_timeout),
+        }
         self._stream: dict[str, StreamHandler] = {}
         self._info_hook: Callable[[], Mapping[str, Any]] | None = None
         self._pool = ConnectionPool(self._dial, self.config.connect_timeout)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,8 @@ def _free_port() -> int:
 
 def test_a_peer_behind_a_forwarded_port_is_reached_through_it(tmp_path: Path) -> None:
     """The DHT node announces the name it is given; the second peer listens on one port and
-    announces the forwarded one, which the client dials: the tokens are transformers'."""
+    announces the forwarded one, which the client dials (the tokens are transformers') and
+    the DHT node dials back when the peer asks whether others reach it."""
     checkpoint = write_tiny_model(tmp_path / "tiny-public", num_layers=4)
     hidden_port = _free_port()
     with swarm_processes() as started, PortForward(hidden_port) as forward:
@@ -53,6 +55,11 @@ def test_a_peer_behind_a_forwarded_port_is_reached_through_it(tmp_path: Path) ->
         ) as model:
             tokens = model.generate(prompt, max_new_tokens=8)
         assert forward.connections >= 1  # the client dialled the forwarded port
+        checked = f"others reach us at {announced}"  # the DHT node dialled it back there
+        deadline = time.monotonic() + READY
+        while checked not in behind.stderr():  # polled: logged once the check is answered
+            assert time.monotonic() < deadline, behind.stderr()
+            time.sleep(0.05)
     local = AutoModelForCausalLM.from_pretrained(checkpoint)
     expected = local.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
                               do_sample=False)  # fmt: skip

@@ -1,0 +1,140 @@
+"""Can others dial us? A node asks a peer it knows to dial it back (the built-in "reach").
+
+A node that announces an address nobody can dial (behind NAT with no port forwarded, a
+firewall, a wrong `--public-host`) would be listed but never used, and would never know.
+So once it serves, it asks one of its initial peers to open a new connection to the address
+it announces and complete the handshake there. The answer says whether that worked, and
+where the caller was seen from (behind NAT: its public address).
+
+The peer asked dials only the caller itself: the address must carry the caller's own peer
+id (the handshake proves it is the caller who answers), and its host must resolve to the
+host the caller's connection comes from, so that nobody can make it dial a third party;
+a few checks run at once at most. `reach_handler` is that handler, `check_reach` the
+asking side, and `log_reach` what a node runs once it serves: it asks its initial peers in
+turn until one answers, and logs the outcome (a warning, with what to do, if unreached).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from security import Identity, SecureStream, SecurityError
+
+from ..address import PeerAddress
+from ..errors import AddressError, HandlerError, ProtocolError, RoutingError
+from ..transport import Transport
+from .packet import CallContext, Packet, UnaryHandler
+
+if TYPE_CHECKING:
+    from .host import RPCHost
+
+__all__ = ["REACH", "Reach", "check_reach", "log_reach", "reach_handler"]
+
+logger = logging.getLogger(__name__)
+
+REACH = "reach"
+DIAL_TIMEOUT = 5.0  # seconds for the dial and the handshake
+CONCURRENT_CHECKS = 4  # more at once are refused
+
+
+@dataclass(frozen=True)
+class Reach:
+    """What the peer asked found: whether it reached us, and the host it saw us call from."""
+
+    reached: bool
+    seen_from: str
+    reason: str = ""  # why not
+
+
+def reach_handler(
+    identity: Identity, transport: Transport, handshake_timeout: float
+) -> UnaryHandler:
+    """The handler of "reach" for a host with this identity and transport."""
+    checks = trio.CapacityLimiter(CONCURRENT_CHECKS)
+
+    async def handle(request: Packet, context: CallContext) -> Packet:
+        try:
+            address = PeerAddress.parse(str(request.header.get("address")))
+        except AddressError as error:
+            raise HandlerError("bad_request", f"address: {error}") from None
+        if address.peer_id != context.peer_id:
+            raise HandlerError("bad_request", "a peer may only ask to be dialled itself")
+        try:
+            checks.acquire_on_behalf_of_nowait(context)
+        except trio.WouldBlock:
+            raise HandlerError("busy", "too many reach checks at once") from None
+        try:
+            reason = await _dial_back(identity, transport, address, context, handshake_timeout)
+        finally:
+            checks.release_on_behalf_of(context)
+        return Packet({"reached": not reason, "seen_from": context.remote_host, "reason": reason})
+
+    return handle
+
+
+async def _dial_back(
+    identity: Identity,
+    transport: Transport,
+    address: PeerAddress,
+    context: CallContext,
+    handshake_timeout: float,
+) -> str:
+    """Why `address` could not be reached as the caller ("" if it was)."""
+    try:
+        found = await trio.socket.getaddrinfo(address.host, address.port)
+    except OSError as error:
+        return f"{address.host} does not resolve: {error}"
+    if context.remote_host not in {str(info[4][0]) for info in found}:
+        return f"{address.host} is not {context.remote_host}, where the call came from"
+    try:
+        with trio.fail_after(DIAL_TIMEOUT):
+            stream = await transport.connect(address.host, address.port)
+            secure = SecureStream(stream, identity, initiator=True,
+                                  expected_peer=address.peer_id,
+                                  handshake_timeout=handshake_timeout)  # fmt: skip
+            try:
+                await secure.do_handshake()
+            finally:
+                await trio.aclose_forcefully(secure)
+    except trio.TooSlowError:
+        return f"no answer at {address.host}:{address.port} within {DIAL_TIMEOUT:g} s"
+    except (OSError, SecurityError, RoutingError, trio.BrokenResourceError) as error:
+        return f"{address.host}:{address.port}: {error}"
+    return ""
+
+
+async def check_reach(rpc: RPCHost, via: PeerAddress, *, timeout: float = 15.0) -> Reach:  # noqa: ASYNC109
+    """Ask `via` to dial us back at our address. Raises RoutingError if it cannot answer."""
+    reply = await rpc.call(via, REACH, Packet({"address": str(rpc.address)}), timeout=timeout)
+    reached, seen_from, reason = (
+        reply.header.get(key) for key in ("reached", "seen_from", "reason")
+    )
+    if not (isinstance(reached, bool) and isinstance(seen_from, str) and isinstance(reason, str)):
+        raise ProtocolError(f"a malformed reach reply from {via}")
+    return Reach(reached, seen_from[:256], reason[:512])
+
+
+async def log_reach(rpc: RPCHost, toward: Sequence[PeerAddress]) -> Reach | None:
+    """Ask the peers `toward` in turn whether they can dial us, and log what the first to
+    answer found (None: none answered, or none to ask)."""
+    for via in toward:
+        try:
+            reach = await check_reach(rpc, via)
+        except RoutingError as error:
+            logger.debug("%s could not check our address: %s", via, error)
+            continue
+        if reach.reached:
+            logger.info("others reach us at %s (checked by %s)", rpc.address, via.peer_id.short())
+        else:
+            logger.warning(
+                "others cannot reach us at %s: %s (we called from %s). Behind NAT, forward the "
+                "port and give --public-host and --public-port; else open the firewall",
+                rpc.address, reach.reason, reach.seen_from,
+            )  # fmt: skip
+        return reach
+    return None
