@@ -27,7 +27,7 @@ from routing.announcement import PeerAnnouncement, PeerState, block_key
 from routing.client import SwarmView, read_announcements, usable_announcements
 from routing.dht import DHTConfig, DHTNode
 from routing.public_address import PublicAddress
-from routing.rpc import RPCConfig, RPCHost, log_reach
+from routing.rpc import CircuitRelay, RPCConfig, RPCHost, log_reach, serve_via
 from routing.transport import Transport
 from security import Identity
 
@@ -69,6 +69,8 @@ class PeerConfig:
     port: int = 0
     public_host: str | None = None  # what others dial (default: `host`, or found for 0.0.0.0)
     public_port: int | None = None  # likewise (default: the port it listens on)
+    via: PeerAddress | None = None  # listen nowhere: serve through this circuit relay
+    circuit_relay: bool = False  # relay circuits for peers that cannot be dialled
     initial_peers: tuple[PeerAddress, ...] = ()
     cache_dir: Path | None = None  # where measured throughput is kept (None: measure each time)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -183,9 +185,11 @@ async def _serve_shielded(
             num_blocks = checkpoint.num_layers
             # The network first: the span is chosen, and claimed, in the swarm as it is now.
             rpc = RPCHost(identity, transport, config.rpc)
-            dht = DHTNode(rpc, config.dht)
-            public = PublicAddress(config.public_host, config.public_port, config.initial_peers)
-            address = await nursery.start(rpc.run, config.host, config.port, public)
+            if config.circuit_relay:
+                CircuitRelay().register(rpc)
+            address = await nursery.start(_serve_rpc, config, rpc)
+            dht_config = config.dht if config.via is None else replace(config.dht, client_mode=True)
+            dht = DHTNode(rpc, dht_config)  # a peer through a circuit holds no DHT records
             await nursery.start(partial(dht.run, initial_peers=config.initial_peers))
             blocks = await _choose_blocks(config, dht, address, num_blocks)
             peer = await _load(config, worker, blocks)
@@ -223,11 +227,26 @@ async def _serve_shielded(
                 )
             logger.info("serving and announced at %s", peer.address)
             task_status.started(peer.address)
-            nursery.start_soon(log_reach, rpc, config.initial_peers)  # can others dial us?
+            if config.via is None:
+                nursery.start_soon(log_reach, rpc, config.initial_peers)  # can others dial us?
             await stop.wait()
             announcing.cancel()  # the announcer publishes `offline` on its way out
             await said_goodbye.wait()
             nursery.cancel_scope.cancel()
+
+
+async def _serve_rpc(
+    config: PeerConfig, rpc: RPCHost, *, task_status: trio.TaskStatus[PeerAddress]
+) -> None:
+    """Listen where the config says, or through its relay (`via`); started value: where
+    others reach the peer."""
+    if config.via is None:
+        public = PublicAddress(config.public_host, config.public_port, config.initial_peers)
+        await rpc.run(config.host, config.port, public, task_status=task_status)
+        return
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rpc.run_outbound)
+        task_status.started(await nursery.start(serve_via, rpc, config.via))
 
 
 def _rebalancer(

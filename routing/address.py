@@ -1,7 +1,9 @@
 """`PeerAddress`: where a peer listens and who it is, written `HOST:PORT/PEER_ID`.
 
 IPv6 hosts are bracketed (`[::1]:4000/PEER_ID`). The peer id pins the secure handshake: a
-dialer refuses a remote whose identity does not match it.
+dialer refuses a remote whose identity does not match it. A peer that cannot be dialled
+serves through a circuit relay (`routing.rpc.circuit`): its address names the relay, then
+itself, `HOST:PORT/RELAY_ID/circuit/PEER_ID`, where HOST:PORT is the relay's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .errors import AddressError
 __all__ = ["PeerAddress"]
 
 _MAX_ADDRESS_LENGTH = 512
+CIRCUIT = "/circuit/"  # between a circuit's relay and its peer, in the text form
 _MAX_HOST_LENGTH = 253
 
 
@@ -36,11 +39,12 @@ def _check_host(host: str) -> str:
 
 @dataclass(frozen=True)
 class PeerAddress:
-    """A peer's listening address and identity."""
+    """A peer's listening address and identity (with `via`, the relay's id: a circuit)."""
 
     host: str
     port: int
     peer_id: PeerId
+    via: PeerId | None = None  # a circuit: HOST:PORT is the relay's, which has this id
 
     def __post_init__(self) -> None:
         _check_host(self.host)
@@ -48,8 +52,13 @@ class PeerAddress:
             raise AddressError(f"bad port: {self.port!r}")
         if not 0 < self.port < 65536:
             raise AddressError(f"port out of range: {self.port}")
-        if not isinstance(self.peer_id, PeerId):
-            raise AddressError("peer_id must be a PeerId")
+        if not isinstance(self.peer_id, PeerId) or not isinstance(self.via, PeerId | None):
+            raise AddressError("peer_id and via must be PeerIds")
+
+    @property
+    def relay(self) -> PeerAddress | None:
+        """The relay's own address, if this is a circuit."""
+        return None if self.via is None else PeerAddress(self.host, self.port, self.via)
 
     @classmethod
     def parse(cls, text: str) -> PeerAddress:
@@ -57,6 +66,12 @@ class PeerAddress:
         if not isinstance(text, str) or len(text) > _MAX_ADDRESS_LENGTH:
             raise AddressError("a peer address is a string of at most 512 characters")
         text = text.strip()
+        relay_text, circuit, peer_text = text.rpartition(CIRCUIT)
+        if circuit:
+            relay = cls.parse(relay_text)
+            if relay.via is not None:
+                raise AddressError(f"a circuit through a circuit: {text!r}")
+            return cls(relay.host, relay.port, _peer_id(peer_text, text), relay.peer_id)
         location, slash, peer_text = text.rpartition("/")
         if not slash or not location or not peer_text:
             raise AddressError(f"expected HOST:PORT/PEER_ID, got {text!r}")
@@ -75,11 +90,7 @@ class PeerAddress:
                 raise AddressError(f"IPv6 hosts must be bracketed: {location!r}")
         if not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5:
             raise AddressError(f"bad port: {port_text!r}")
-        try:
-            peer_id = PeerId.from_base58(peer_text)
-        except InvalidPeerIdError as error:
-            raise AddressError(f"bad peer id in {text!r}: {error}") from error
-        return cls(host, int(port_text), peer_id)
+        return cls(host, int(port_text), _peer_id(peer_text, text))
 
     @property
     def endpoint(self) -> str:
@@ -88,4 +99,13 @@ class PeerAddress:
         return f"{host}:{self.port}"
 
     def __str__(self) -> str:
-        return f"{self.endpoint}/{self.peer_id.to_base58()}"
+        if self.via is None:
+            return f"{self.endpoint}/{self.peer_id.to_base58()}"
+        return f"{self.endpoint}/{self.via.to_base58()}{CIRCUIT}{self.peer_id.to_base58()}"
+
+
+def _peer_id(text: str, address: str) -> PeerId:
+    try:
+        return PeerId.from_base58(text)
+    except InvalidPeerIdError as error:
+        raise AddressError(f"bad peer id in {address!r}: {error}") from error

@@ -60,6 +60,11 @@ def _add_public_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--public-port", type=int, metavar="PORT", help="the port others dial, if forwarded"
     )
+    parser.add_argument(
+        "--circuit-relay",
+        action="store_true",
+        help="relay circuits for peers that cannot be dialled (they give --via this node)",
+    )
 
 
 def _add_network_options(parser: argparse.ArgumentParser) -> None:
@@ -153,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     peer.add_argument("model", help="a local Hugging Face checkpoint directory (or a hub id)")
     _add_network_options(peer)
     _add_public_options(peer)
+    peer.add_argument(
+        "--via",
+        metavar="ADDR",
+        help="behind NAT with no port forwarded: listen nowhere, serve through the circuit "
+        "relay at ADDR (a node run with --circuit-relay)",
+    )
     peer.add_argument(
         "--blocks", metavar="A:B", help="serve blocks A..B-1 (default: where the swarm is weakest)"
     )

@@ -20,7 +20,7 @@ from security import Identity
 
 from ..address import PeerAddress
 from ..public_address import PublicAddress
-from ..rpc import RPCConfig, RPCHost, log_reach
+from ..rpc import CircuitRelay, RPCConfig, RPCHost, log_reach
 from ..transport import Transport
 from .config import DHTConfig
 from .node import DHTNode
@@ -36,12 +36,16 @@ async def serve_dht_node(
     config: DHTConfig | None = None,
     rpc_config: RPCConfig | None = None,
     public: PublicAddress | None = None,
+    circuits: CircuitRelay | None = None,
     clock: Callable[[], float] = time.time,
     task_status: trio.TaskStatus[DHTNode] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve RPC on host:port, join the swarm, report the ready node, run until cancelled
-    (`public`: how others dial it; by default found toward `initial_peers`)."""
+    (`public`: how others dial it, by default found toward `initial_peers`; `circuits`: a
+    relay for peers that cannot be dialled)."""
     rpc = RPCHost(identity, transport, rpc_config or RPCConfig())
+    if circuits is not None:
+        circuits.register(rpc)
     node = DHTNode(rpc, config, clock=clock)
     public = public or PublicAddress(toward=tuple(initial_peers))
     async with trio.open_nursery() as nursery:

@@ -4,6 +4,9 @@ Rule: public names are re-exported here as `from .module import Name as Name`; c
 the package imports from `routing.rpc`. Importing does nothing.
 """
 
+from .circuit import CircuitConfig as CircuitConfig
+from .circuit import CircuitRelay as CircuitRelay
+from .circuit import serve_via as serve_via
 from .config import RPCConfig as RPCConfig
 from .config import RPCStats as RPCStats
 from .host import RPCHost as RPCHost

@@ -32,6 +32,7 @@ from ..errors import CallTimeoutError, NotAMemberError, RoutingError
 from ..public_address import PublicAddress
 from ..transport import Transport
 from ..wire import Kind, encode
+from .circuit import CONNECT, open_circuit
 from .config import RPCConfig, RPCStats
 from .connection import Connection
 from .packet import CallContext, Packet, StreamHandler, UnaryHandler
@@ -105,10 +106,14 @@ class RPCHost:
 
     @property
     def address(self) -> PeerAddress:
-        """Our listening address (after `run` has started)."""
+        """Our listening address (after `run` has started), or our circuit's."""
         if self._address is None:
             raise RuntimeError("the RPC host is not running")
         return self._address
+
+    def set_address(self, address: PeerAddress) -> None:
+        """Where others reach us without our listening: a circuit (`circuit.serve_via`)."""
+        self._address = address
 
     def _check_new(self, method: str) -> None:
         if not method or method in _RESERVED:
@@ -153,7 +158,7 @@ class RPCHost:
             async with trio.open_nursery() as nursery:
                 self._pool.nursery = nursery
                 self._start_following_members(nursery)
-                bound = await nursery.start(self._transport.serve, host, port, self._accept)
+                bound = await nursery.start(self._transport.serve, host, port, self.serve_inbound)
                 self._address = PeerAddress(*(public or PublicAddress()).of(*bound), self.peer_id)
                 logger.info("RPC host %s listening on %s:%d, reached at %s",
                             self.peer_id.short(), *bound, self._address)  # fmt: skip
@@ -175,7 +180,8 @@ class RPCHost:
         finally:
             self._pool.nursery = None
 
-    async def _accept(self, stream: trio.abc.Stream) -> None:
+    async def serve_inbound(self, stream: trio.abc.Stream) -> None:
+        """Serve a connection someone opened to us (over TCP, or a circuit), until it ends."""
         if self._unauthenticated >= self.config.max_unauthenticated:
             logger.info("refusing a connection: too many in their handshake")
             return
@@ -265,6 +271,14 @@ class RPCHost:
         )
 
     async def _dial(self, address: PeerAddress) -> Connection:
+        if address.relay is not None:
+            nursery = self._pool.nursery
+            if nursery is None:
+                raise trio.ClosedResourceError("the RPC host stopped")
+            connection: Connection = await nursery.start(
+                self._serve_circuit, address, address.relay
+            )
+            return connection
         stream = await self._transport.connect(address.host, address.port)
         try:
             secure = SecureStream(
@@ -290,6 +304,30 @@ class RPCHost:
             self._pool.remove(connection)
             raise
         return connection
+
+    async def _serve_circuit(
+        self, address: PeerAddress, relay: PeerAddress, *, task_status: trio.TaskStatus[Connection]
+    ) -> None:
+        """A connection to a peer through its relay (`circuit.py`), which lives as long as
+        the circuit's stream."""
+        async with self.open_stream(relay, CONNECT) as circuit:
+            stream = await open_circuit(self, address, circuit)
+            secure = SecureStream(
+                stream,
+                self._identity,
+                initiator=True,
+                expected_peer=address.peer_id,
+                handshake_timeout=self.config.handshake_timeout,
+            )
+            await secure.do_handshake()
+            connection = self._connection(secure, address.host, initiator=True)
+            self._pool.add(connection)
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(connection.run)
+                    task_status.started(connection)
+            finally:
+                self._pool.remove(connection)
 
     async def _serve_outbound(
         self, connection: Connection, *, task_status: trio.TaskStatus[None]

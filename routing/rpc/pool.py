@@ -24,7 +24,7 @@ import trio
 from security import PeerId, SecurityError
 
 from ..address import PeerAddress
-from ..errors import NotAMemberError, PeerUnreachableError
+from ..errors import NotAMemberError, PeerUnreachableError, RoutingError
 from .connection import Connection
 
 __all__ = ["ConnectionPool"]
@@ -102,7 +102,8 @@ class ConnectionPool:
                 dial.connection = await self._dialer(address)
         except trio.TooSlowError:
             dial.error = TimeoutError(f"no connection within {self._connect_timeout} s")
-        except (OSError, SecurityError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+        except (OSError, SecurityError, RoutingError, trio.BrokenResourceError,
+                trio.ClosedResourceError) as e:  # fmt: skip
             dial.error = e
         except Exception as e:  # a transport's surprise must not take the host down
             logger.warning("dial %s failed unexpectedly", address, exc_info=True)

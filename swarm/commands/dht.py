@@ -11,6 +11,7 @@ import trio
 from routing import PeerAddress, TcpTransport
 from routing.dht import serve_dht_node
 from routing.public_address import PublicAddress
+from routing.rpc import CircuitRelay
 
 from .keys import identity_from, rpc_config
 from .lifecycle import run_service
@@ -21,7 +22,9 @@ async def serve_dht(args: argparse.Namespace, *, task_status: trio.TaskStatus[st
     initial_peers = [PeerAddress.parse(text) for text in args.initial_peers]
     public = PublicAddress(args.public_host, args.public_port, tuple(initial_peers))
     async with trio.open_nursery() as nursery:
-        serve = partial(serve_dht_node, rpc_config=rpc_config(args), public=public)
+        circuits = CircuitRelay() if args.circuit_relay else None
+        serve = partial(serve_dht_node, rpc_config=rpc_config(args), public=public,
+                        circuits=circuits)  # fmt: skip
         node = await nursery.start(
             serve, identity_from(args.identity), TcpTransport(), args.host, args.port, initial_peers
         )

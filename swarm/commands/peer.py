@@ -43,6 +43,8 @@ def peer_config(args: argparse.Namespace) -> PeerConfig:
         port=args.port,
         public_host=args.public_host,
         public_port=args.public_port,
+        via=PeerAddress.parse(args.via) if args.via else None,
+        circuit_relay=args.circuit_relay,
         initial_peers=tuple(PeerAddress.parse(text) for text in args.initial_peers),
         cache_dir=cache_dir(),
         backend=backend,

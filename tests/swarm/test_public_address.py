@@ -1,6 +1,7 @@
-"""Peers reached where they say: `swarm peer --public-port` behind a forwarded port, and
-`--public-host`, as `swarm` processes on 127.0.0.1 with a client generating through them
-(the addresses found for a wildcard host are tested in `tests/routing/test_public_address.py`).
+"""Peers reached where they say: `swarm peer --public-port` behind a forwarded port,
+`--public-host`, and `--via` a circuit relay, as `swarm` processes on 127.0.0.1 with a
+client generating through them (the addresses found for a wildcard host are tested in
+`tests/routing/test_public_address.py`, circuits alone in `tests/routing/rpc/test_circuit.py`).
 """
 
 from __future__ import annotations
@@ -49,17 +50,43 @@ def test_a_peer_behind_a_forwarded_port_is_reached_through_it(tmp_path: Path) ->
         assert PeerAddress.parse(first.wait_ready(READY)).host == "127.0.0.1"
         announced = PeerAddress.parse(behind.wait_ready(READY))
         assert (announced.host, announced.port) == ("127.0.0.1", forward.port)
-        prompt = torch.tensor([[5, 17, 42, 7]])
-        with DistributedModelForCausalLM.from_pretrained(
-            checkpoint, initial_peers=[bootstrap]
-        ) as model:
-            tokens = model.generate(prompt, max_new_tokens=8)
+        _generates_as_transformers(checkpoint, bootstrap)
         assert forward.connections >= 1  # the client dialled the forwarded port
         checked = f"others reach us at {announced}"  # the DHT node dialled it back there
         deadline = time.monotonic() + READY
         while checked not in behind.stderr():  # polled: logged once the check is answered
             assert time.monotonic() < deadline, behind.stderr()
             time.sleep(0.05)
+
+
+def test_a_peer_that_listens_nowhere_serves_through_a_circuit(tmp_path: Path) -> None:
+    """`swarm peer --via` a `swarm dht --circuit-relay`: the peer opens no port, its address
+    is a circuit through the DHT node, and the client and the first peer reach it there:
+    the tokens are transformers'."""
+    checkpoint = write_tiny_model(tmp_path / "tiny-circuit", num_layers=4)
+    with swarm_processes() as started:
+        dht = SwarmProcess(["dht", "--circuit-relay"])
+        started.append(dht)
+        bootstrap = dht.wait_ready(READY)
+        common = ["peer", str(checkpoint), "--initial-peers", bootstrap]
+        first = SwarmProcess([*common, "--blocks", "0:2"])
+        behind = SwarmProcess([*common, "--blocks", "2:4", "--via", bootstrap])
+        started += [first, behind]
+        first.wait_ready(READY)
+        address = PeerAddress.parse(behind.wait_ready(READY))
+        assert address.relay == PeerAddress.parse(bootstrap)
+        assert "listening through the relay" in behind.stderr()
+        assert " listening on " not in behind.stderr()  # no port of its own
+        _generates_as_transformers(checkpoint, bootstrap)
+
+
+def _generates_as_transformers(checkpoint: Path, bootstrap: str) -> None:
+    """8 greedy tokens through the swarm equal transformers' on the same checkpoint."""
+    prompt = torch.tensor([[5, 17, 42, 7]])
+    with DistributedModelForCausalLM.from_pretrained(
+        checkpoint, initial_peers=[bootstrap]
+    ) as model:
+        tokens = model.generate(prompt, max_new_tokens=8)
     local = AutoModelForCausalLM.from_pretrained(checkpoint)
     expected = local.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
                               do_sample=False)  # fmt: skip

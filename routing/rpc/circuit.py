@@ -1,0 +1,263 @@
+"""Circuits: a peer that cannot be dialled (behind NAT with no port forwarded) serves through
+a relay that can.
+
+A node that offers circuits (`CircuitRelay`, `swarm dht|peer --circuit-relay`) lets such a
+peer keep one stream open to it (`circuit.listen`); the peer's address then names the relay
+and itself, `HOST:PORT/RELAY_ID/circuit/PEER_ID`. Whoever dials that address opens
+`circuit.connect` on the relay, naming the peer; the relay hands the peer a one-time token
+on its listening stream, the peer opens `circuit.accept` with it, and the relay copies the
+packets of one stream into the other, both ways (`PacketStream` makes each stream a byte
+stream). Over that pipe the dialer and the peer run the usual Noise handshake and RPC, end to
+end: the relay carries ciphertext, and the dialer checks that the key that answers is the
+peer id it dialled, as over TCP.
+
+The relay bounds what it holds: peers listening, circuits open, and the time a token waits
+for its peer. A peer that loses its relay listens there again (`serve_via`), so its address
+stays the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from security import InvalidPeerIdError, PeerId
+
+from ..address import PeerAddress
+from ..errors import HandlerError, RoutingError, StreamClosedError
+from .packet import CallContext, Packet
+from .stream import BidiStream
+
+if TYPE_CHECKING:
+    from .host import RPCHost
+
+__all__ = ["CircuitConfig", "CircuitRelay", "PacketStream", "open_circuit", "serve_via"]
+
+logger = logging.getLogger(__name__)
+
+LISTEN = "circuit.listen"
+CONNECT = "circuit.connect"
+ACCEPT = "circuit.accept"
+CHUNK = 64 * 1024  # bytes per packet of a circuit
+TOKEN_BYTES = 16
+
+
+@dataclass(frozen=True)
+class CircuitConfig:
+    max_listeners: int = 64  # peers that listen through this relay
+    max_circuits: int = 256  # circuits open through it at once
+    accept_timeout: float = 10.0  # seconds a dialer waits for the peer to take its circuit
+    relisten_after: float = 2.0  # seconds before a peer that lost its relay listens again
+
+
+class PacketStream(trio.abc.Stream):
+    """A byte stream over a `BidiStream`: each write goes as packets of at most `CHUNK`
+    bytes; the remote's end of the stream is the end of the bytes. Errors of the stream
+    below are `trio.BrokenResourceError`s, as a broken socket's."""
+
+    def __init__(self, stream: BidiStream, remote_host: str = "") -> None:
+        self.stream = stream
+        self.remote_host = remote_host  # what the RPC layer records as the caller's host
+        self._pending = b""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            for start in range(0, len(view), CHUNK):
+                await self.stream.send(Packet(body=bytes(view[start : start + CHUNK])))
+        except RoutingError as error:
+            raise trio.BrokenResourceError(f"the circuit broke: {error}") from error
+        await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        while not self._pending:
+            try:
+                self._pending = bytes((await self.stream.receive()).body)
+            except StreamClosedError:
+                return b""
+            except RoutingError as error:
+                raise trio.BrokenResourceError(f"the circuit broke: {error}") from error
+        size = len(self._pending) if max_bytes is None else max_bytes
+        data, self._pending = self._pending[:size], self._pending[size:]
+        return data
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+@dataclass
+class _Waiting:
+    """A dialer's circuit, until its peer takes it: the peer's accepting stream goes in."""
+
+    peer: PeerId
+    accepted: trio.MemorySendChannel[tuple[BidiStream, trio.Event]]
+
+
+@dataclass
+class CircuitRelay:
+    """The relay's three handlers (see the module doc); `register` adds them to its host."""
+
+    config: CircuitConfig = field(default_factory=CircuitConfig)
+    _listeners: dict[PeerId, BidiStream] = field(default_factory=dict)
+    _waiting: dict[bytes, _Waiting] = field(default_factory=dict)
+    _open: int = 0  # circuits
+
+    def register(self, rpc: RPCHost) -> None:
+        rpc.add_stream(LISTEN, self._listen)
+        rpc.add_stream(CONNECT, self._connect)
+        rpc.add_stream(ACCEPT, self._accept)
+
+    @property
+    def listening(self) -> frozenset[PeerId]:
+        return frozenset(self._listeners)
+
+    async def _listen(self, stream: BidiStream, context: CallContext) -> None:
+        peer = context.peer_id
+        if peer not in self._listeners and len(self._listeners) >= self.config.max_listeners:
+            raise HandlerError("busy", "this relay has as many listening peers as it takes")
+        previous = self._listeners.get(peer)
+        if previous is not None:  # the peer listens again: its new stream wins
+            previous.close()
+        self._listeners[peer] = stream
+        logger.info("%s listens through this relay", peer.short())
+        try:
+            await stream.send(Packet({"listening": True}))
+            async for _ in stream:  # it sends nothing: wait for its end
+                pass
+        finally:
+            if self._listeners.get(peer) is stream:
+                del self._listeners[peer]
+                logger.info("%s stopped listening through this relay", peer.short())
+
+    async def _connect(self, stream: BidiStream, context: CallContext) -> None:
+        target = _peer_id((await stream.receive()).header.get("peer"))
+        listener = self._listeners.get(target)
+        if listener is None:
+            raise HandlerError("not_here", f"{target} does not listen through this relay")
+        if self._open >= self.config.max_circuits:
+            raise HandlerError("busy", "this relay has as many circuits open as it takes")
+        token = os.urandom(TOKEN_BYTES)
+        send, receive = trio.open_memory_channel[tuple[BidiStream, trio.Event]](1)
+        self._waiting[token] = _Waiting(target, send)
+        self._open += 1
+        done: trio.Event | None = None
+        try:
+            await listener.send(Packet({"incoming": token}))
+            with trio.move_on_after(self.config.accept_timeout):
+                accepted, done = await receive.receive()
+            if done is None:
+                raise HandlerError("unanswered", f"{target} did not take the circuit")
+            await stream.send(Packet({"connected": True}))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_copy, stream, accepted, nursery.cancel_scope)
+                nursery.start_soon(_copy, accepted, stream, nursery.cancel_scope)
+        except HandlerError:
+            raise
+        except RoutingError as error:  # the listener went away, or one side broke
+            raise HandlerError("broken", f"the circuit to {target} broke: {error}") from None
+        finally:
+            self._waiting.pop(token, None)
+            self._open -= 1
+            if done is not None:
+                done.set()
+
+    async def _accept(self, stream: BidiStream, context: CallContext) -> None:
+        token = (await stream.receive()).header.get("token")
+        waiting = self._waiting.pop(token, None) if isinstance(token, bytes) else None
+        if waiting is None or waiting.peer != context.peer_id:
+            raise HandlerError("bad_request", "no circuit waits for you with that token")
+        done = trio.Event()
+        waiting.accepted.send_nowait((stream, done))
+        await done.wait()  # the dialer's handler copies; this stream lives until it ends
+
+
+async def _copy(source: BidiStream, sink: BidiStream, both: trio.CancelScope) -> None:
+    """Copy packets until the source ends, then end the sink; a failure ends both ways."""
+    try:
+        async for packet in source:
+            await sink.send(Packet(body=bytes(packet.body)))
+        await sink.end()
+    except RoutingError:
+        both.cancel()
+
+
+def _peer_id(text: object) -> PeerId:
+    try:
+        return PeerId.from_base58(str(text))
+    except (InvalidPeerIdError, ValueError):
+        raise HandlerError("bad_request", "peer: a peer id in base58") from None
+
+
+async def open_circuit(rpc: RPCHost, address: PeerAddress, stream: BidiStream) -> PacketStream:
+    """Ask the relay, on its `circuit.connect` stream, for the peer `address` names; the
+    bytes of the returned stream reach that peer. Raises the relay's RemoteError."""
+    await stream.send(Packet({"peer": address.peer_id.to_base58()}))
+    await stream.receive()  # {"connected": True}, once the peer took it
+    return PacketStream(stream, address.host)
+
+
+async def serve_via(
+    rpc: RPCHost,
+    relay: PeerAddress,
+    config: CircuitConfig | None = None,
+    *,
+    task_status: trio.TaskStatus[PeerAddress] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen through `relay` until cancelled: every circuit it hands us is served as an
+    inbound connection of `rpc`. Started value: our circuit address, once the relay took
+    us (a relay that refuses us then raises its error; one lost later is listened at again)."""
+    address = PeerAddress(relay.host, relay.port, rpc.peer_id, relay.peer_id)
+    try:
+        async with trio.open_nursery() as circuits:
+            await circuits.start(_listen, rpc, relay, config or CircuitConfig(), circuits)
+            rpc.set_address(address)
+            logger.info("listening through the relay %s at %s", relay, address)
+            task_status.started(address)
+    except BaseExceptionGroup as group:  # the relay refused us at first: its error alone
+        if len(group.exceptions) != 1:
+            raise
+        raise group.exceptions[0] from None
+
+
+async def _listen(
+    rpc: RPCHost,
+    relay: PeerAddress,
+    config: CircuitConfig,
+    circuits: trio.Nursery,
+    *,
+    task_status: trio.TaskStatus[None],
+) -> None:
+    """Keep a listening stream open to `relay`, taking each circuit it announces in
+    `circuits`. Started once the relay took us; a stream lost later is opened again."""
+    listened = False
+    while True:
+        try:
+            async with rpc.open_stream(relay, LISTEN) as listening:
+                await listening.receive()  # {"listening": True}
+                if not listened:
+                    task_status.started()
+                    listened = True
+                async for notice in listening:
+                    circuits.start_soon(_take, rpc, relay, notice.header.get("incoming"))
+        except RoutingError as error:
+            if not listened:
+                raise
+            logger.warning("lost the relay %s (%s): listening again", relay, error)
+        await trio.sleep(config.relisten_after)
+
+
+async def _take(rpc: RPCHost, relay: PeerAddress, token: object) -> None:
+    """Take the circuit of `token` and serve it as an inbound connection."""
+    try:
+        async with rpc.open_stream(relay, ACCEPT) as accepting:
+            await accepting.send(Packet({"token": token}))
+            await rpc.serve_inbound(PacketStream(accepting, f"circuit:{relay.peer_id.short()}"))
+    except RoutingError as error:
+        logger.debug("a circuit through %s failed: %s", relay, error)

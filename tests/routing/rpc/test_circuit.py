@@ -1,0 +1,157 @@
+"""Circuits over TCP on 127.0.0.1: a peer that does not listen serves through a relay, end to
+end encrypted; the relay's limits, a relay that lies, and a relay lost and found again."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+import trio
+
+from routing.address import PeerAddress
+from routing.errors import PeerUnreachableError, RemoteError
+from routing.rpc import (
+    BidiStream,
+    CallContext,
+    CircuitConfig,
+    CircuitRelay,
+    Packet,
+    RPCHost,
+    serve_via,
+)
+from routing.rpc.circuit import CONNECT, PacketStream
+from routing.transport import TcpTransport
+from security import Identity
+
+from .helpers import echo, wait_until
+
+LIMIT = 20  # seconds: every test here is bounded in real time
+
+
+@dataclass
+class Swarm:
+    relay: RPCHost
+    circuits: CircuitRelay
+    client: RPCHost
+    nursery: trio.Nursery
+
+    async def peer(
+        self, config: CircuitConfig | None = None, nursery: trio.Nursery | None = None
+    ) -> tuple[RPCHost, PeerAddress]:
+        """A host that listens nowhere but through the relay (running in `nursery`, the
+        swarm's by default); it answers "echo", "who" and "double"."""
+        nursery = nursery or self.nursery
+        rpc = RPCHost(Identity.generate(), TcpTransport())
+        rpc.add_unary("echo", echo)
+        rpc.add_unary("who", _who)
+        rpc.add_stream("double", _double)
+        await nursery.start(rpc.run_outbound)
+        address = await nursery.start(serve_via, rpc, self.relay.address, config)
+        return rpc, address
+
+
+async def _who(request: Packet, context: CallContext) -> Packet:
+    return Packet({"caller": str(context.peer_id)})
+
+
+async def _double(stream: BidiStream, context: CallContext) -> None:
+    async for packet in stream:
+        await stream.send(Packet({"v": 2 * packet.header["v"]}))
+
+
+@asynccontextmanager
+async def _swarm(config: CircuitConfig | None = None) -> AsyncIterator[Swarm]:
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            relay = RPCHost(Identity.generate(), TcpTransport())
+            circuits = CircuitRelay(config or CircuitConfig())
+            circuits.register(relay)
+            await nursery.start(relay.run, "127.0.0.1", 0)
+            client = RPCHost(Identity.generate(), TcpTransport())
+            await nursery.start(client.run_outbound)
+            yield Swarm(relay, circuits, client, nursery)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_listens_nowhere_is_reached_through_its_relay() -> None:
+    async with _swarm() as swarm:
+        peer, address = await swarm.peer()
+        relay = swarm.relay.address
+        assert address == PeerAddress(relay.host, relay.port, peer.peer_id, relay.peer_id)
+        assert str(address) == f"{relay}/circuit/{peer.peer_id}" and peer.address == address
+        assert PeerAddress.parse(str(address)) == address
+        body = os.urandom(300_000)  # many packets of the circuit, and its flow control
+        reply = await swarm.client.call(address, "echo", Packet({"n": 1}, body), timeout=10)
+        assert bytes(reply.body) == body and reply.header == {"n": 1}
+        who = await swarm.client.call(address, "who", Packet(), timeout=10)
+        assert who.header["caller"] == str(swarm.client.peer_id)  # authenticated end to end
+        async with swarm.client.open_stream(address, "double") as stream:
+            for value in range(5):
+                await stream.send(Packet({"v": value}))
+                assert (await stream.receive()).header == {"v": 2 * value}
+        assert swarm.circuits.listening == {peer.peer_id}
+
+
+async def test_a_peer_not_listening_there_is_a_typed_error() -> None:
+    async with _swarm() as swarm:
+        relay = swarm.relay.address
+        absent = PeerAddress(relay.host, relay.port, Identity.generate().peer_id, relay.peer_id)
+        with pytest.raises(PeerUnreachableError, match=r"not_here: .* does not listen"):
+            await swarm.client.call(absent, "echo", Packet(), timeout=10)
+
+
+async def test_a_relay_that_answers_for_the_peer_is_caught_by_the_handshake() -> None:
+    """A rogue relay takes the circuit itself and answers with its own key: the dialer's
+    handshake refuses it, as it would over TCP."""
+    async with _swarm() as swarm:
+        rogue = RPCHost(Identity.generate(), TcpTransport())
+
+        async def impersonate(stream: BidiStream, context: CallContext) -> None:
+            await stream.receive()  # whichever peer was asked for
+            await stream.send(Packet({"connected": True}))
+            await rogue.serve_inbound(PacketStream(stream))
+
+        rogue.add_unary("who", _who)
+        rogue.add_stream(CONNECT, impersonate)
+        relay = await swarm.nursery.start(rogue.run, "127.0.0.1", 0)
+        wanted = Identity.generate().peer_id
+        address = PeerAddress(relay.host, relay.port, wanted, relay.peer_id)
+        with pytest.raises(PeerUnreachableError, match=str(wanted)):
+            await swarm.client.call(address, "who", Packet(), timeout=10)
+
+
+async def test_a_circuit_goes_only_to_the_peer_it_names() -> None:
+    """A relay whose table sends one peer's circuits to another: that peer cannot take
+    them (the token is for the peer named), and the dialer is told so."""
+    async with _swarm(CircuitConfig(accept_timeout=0.5)) as swarm:
+        wanted, wanted_address = await swarm.peer()
+        other, _ = await swarm.peer()
+        listeners = swarm.circuits._listeners
+        listeners[wanted.peer_id] = listeners[other.peer_id]
+        with pytest.raises(PeerUnreachableError, match="unanswered"):
+            await swarm.client.call(wanted_address, "who", Packet(), timeout=10)
+
+
+async def test_the_relay_takes_so_many_listeners_and_forgets_those_that_leave() -> None:
+    async with _swarm(CircuitConfig(max_listeners=1)) as swarm:
+        async with trio.open_nursery() as first:
+            await swarm.peer(nursery=first)
+            with pytest.raises(RemoteError, match="busy"):
+                await swarm.peer()
+            first.cancel_scope.cancel()  # the first peer stops
+        await wait_until(lambda: not swarm.circuits.listening, within=10)
+        await swarm.peer()  # there is room again
+
+
+async def test_a_peer_that_loses_its_relay_listens_there_again() -> None:
+    async with _swarm() as swarm:
+        peer, address = await swarm.peer(CircuitConfig(relisten_after=0.05))
+        for connection in swarm.relay._pool.all():  # the relay drops every connection
+            connection.close()
+        await wait_until(lambda: not swarm.circuits.listening, within=10)
+        await wait_until(lambda: swarm.circuits.listening == {peer.peer_id}, within=10)
+        reply = await swarm.client.call(address, "echo", Packet({"again": True}), timeout=10)
+        assert reply.header == {"again": True}
