@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -131,13 +132,15 @@ class CircuitRelay:
             await stream.send(Packet({"listening": True}))
             async for _ in stream:  # it sends nothing: wait for its end
                 pass
+        except RoutingError as error:  # its connection or stream broke: it listens no more
+            logger.debug("%s's listening stream broke: %s", peer.short(), error)
         finally:
             if self._listeners.get(peer) is stream:
                 del self._listeners[peer]
                 logger.info("%s stopped listening through this relay", peer.short())
 
     async def _connect(self, stream: BidiStream, context: CallContext) -> None:
-        target = _peer_id((await stream.receive()).header.get("peer"))
+        target = _peer_id((await _first(stream)).get("peer"))
         listener = self._listeners.get(target)
         if listener is None:
             raise HandlerError("not_here", f"{target} does not listen through this relay")
@@ -169,7 +172,7 @@ class CircuitRelay:
                 done.set()
 
     async def _accept(self, stream: BidiStream, context: CallContext) -> None:
-        token = (await stream.receive()).header.get("token")
+        token = (await _first(stream)).get("token")
         waiting = self._waiting.pop(token, None) if isinstance(token, bytes) else None
         if waiting is None or waiting.peer != context.peer_id:
             raise HandlerError("bad_request", "no circuit waits for you with that token")
@@ -186,6 +189,14 @@ async def _copy(source: BidiStream, sink: BidiStream, both: trio.CancelScope) ->
         await sink.end()
     except RoutingError:
         both.cancel()
+
+
+async def _first(stream: BidiStream) -> Mapping[str, Any]:
+    """The header of a stream's first packet, which says what it wants."""
+    try:
+        return (await stream.receive()).header
+    except RoutingError:  # ended, or broken, before it said
+        raise HandlerError("bad_request", "a circuit stream begins with what it wants") from None
 
 
 def _peer_id(text: object) -> PeerId:

@@ -22,7 +22,7 @@ from routing.rpc import (
     RPCHost,
     serve_via,
 )
-from routing.rpc.circuit import CONNECT, PacketStream
+from routing.rpc.circuit import ACCEPT, CONNECT, PacketStream
 from routing.transport import TcpTransport
 from security import Identity
 
@@ -155,3 +155,28 @@ async def test_a_peer_that_loses_its_relay_listens_there_again() -> None:
         await wait_until(lambda: swarm.circuits.listening == {peer.peer_id}, within=10)
         reply = await swarm.client.call(address, "echo", Packet({"again": True}), timeout=10)
         assert reply.header == {"again": True}
+
+
+async def test_a_relay_refuses_malformed_requests_by_name_and_serves_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with _swarm() as swarm:
+        _, address = await swarm.peer()
+        relay = swarm.relay.address
+        requests = [
+            (CONNECT, None),  # ended before it said what it wants
+            (CONNECT, {"peer": "not a peer id"}),
+            (CONNECT, {"peer": 7}),
+            (ACCEPT, {"token": "not bytes"}),
+            (ACCEPT, {"token": b"\0" * 16}),  # no circuit waits with it
+        ]
+        for method, header in requests:
+            async with swarm.client.open_stream(relay, method) as stream:
+                if header is not None:
+                    await stream.send(Packet(header))
+                await stream.end()
+                with pytest.raises(RemoteError, match="bad_request"):
+                    await stream.receive()
+        reply = await swarm.client.call(address, "echo", Packet({"still": True}), timeout=10)
+        assert reply.header == {"still": True}
+    assert "handler failed" not in caplog.text
