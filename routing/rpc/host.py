@@ -280,18 +280,7 @@ class RPCHost:
             )
             return connection
         stream = await self._transport.connect(address.host, address.port)
-        try:
-            secure = SecureStream(
-                stream,
-                self._identity,
-                initiator=True,
-                expected_peer=address.peer_id,
-                handshake_timeout=self.config.handshake_timeout,
-            )
-            await secure.do_handshake()
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
+        secure = await self._handshake(stream, address)
         connection = self._connection(secure, address.host, initiator=True)
         nursery = self._pool.nursery
         if nursery is None:
@@ -305,13 +294,9 @@ class RPCHost:
             raise
         return connection
 
-    async def _serve_circuit(
-        self, address: PeerAddress, relay: PeerAddress, *, task_status: trio.TaskStatus[Connection]
-    ) -> None:
-        """A connection to a peer through its relay (`circuit.py`), which lives as long as
-        the circuit's stream."""
-        async with self.open_stream(relay, CONNECT) as circuit:
-            stream = await open_circuit(self, address, circuit)
+    async def _handshake(self, stream: trio.abc.Stream, address: PeerAddress) -> SecureStream:
+        """Our side of the handshake with the peer `address` names, which it must prove."""
+        try:
             secure = SecureStream(
                 stream,
                 self._identity,
@@ -320,6 +305,18 @@ class RPCHost:
                 handshake_timeout=self.config.handshake_timeout,
             )
             await secure.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return secure
+
+    async def _serve_circuit(
+        self, address: PeerAddress, relay: PeerAddress, *, task_status: trio.TaskStatus[Connection]
+    ) -> None:
+        """A connection to a peer through its relay (`circuit.py`), which lives as long as
+        the circuit's stream."""
+        async with self.open_stream(relay, CONNECT) as circuit:
+            secure = await self._handshake(await open_circuit(self, address, circuit), address)
             connection = self._connection(secure, address.host, initiator=True)
             self._pool.add(connection)
             try:
