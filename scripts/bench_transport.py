@@ -16,6 +16,10 @@ difference to the back-to-back rows is what a real token pays.
 Throughput: 16 MiB payloads sent as a unary call with a small reply, against plain TCP
 sending 16 MiB and waiting for a 1-byte acknowledgement.
 
+Through a circuit: the fp32 round trip and the 16 MiB call again, to a peer that listens
+nowhere and serves through a circuit relay (`routing/rpc/circuit.py`), as a peer behind NAT
+does; the relay and that peer run in the servers' process, next to the direct servers.
+
 Where the servers run: by default in a child process (`--layout split`), as two peers
 would, each with its own CPU; `--layout one` runs client and servers in this one process
 and one trio loop, so every byte's encryption and decryption share one core (a lower bound).
@@ -47,7 +51,7 @@ import torch
 import trio
 
 from routing.address import PeerAddress
-from routing.rpc import CallContext, Packet, RPCHost
+from routing.rpc import CallContext, CircuitRelay, Packet, RPCHost, serve_via
 from routing.tensor_codec import decode_tensor, encode_tensor
 from routing.transport import TcpTransport
 from security import Identity, SecureStream
@@ -121,8 +125,17 @@ async def serve_all(*, task_status: trio.TaskStatus[dict[str, Any]]) -> None:
         rpc.add_unary("echo", _echo_tensor)
         rpc.add_unary("sink", _sink)
         address = await nursery.start(partial(rpc.run, "127.0.0.1", 0))
+        relay = RPCHost(Identity.generate(), TcpTransport())
+        CircuitRelay().register(relay)
+        relay_address = await nursery.start(partial(relay.run, "127.0.0.1", 0))
+        behind = RPCHost(Identity.generate(), TcpTransport())  # listens nowhere
+        behind.add_unary("echo", _echo_tensor)
+        behind.add_unary("sink", _sink)
+        await nursery.start(behind.run_outbound)
+        circuit = await nursery.start(serve_via, behind, relay_address)
         identity = Identity.generate()
-        where: dict[str, Any] = {"rpc": str(address), "secure_id": identity.peer_id.to_base58()}
+        where: dict[str, Any] = {"rpc": str(address), "circuit": str(circuit),
+                                 "secure_id": identity.peer_id.to_base58()}  # fmt: skip
         for size in SIZES:
             where[f"plain_{size}"] = await nursery.start(_serve_plain, size)
             where[f"secure_{size}"] = await nursery.start(_serve_secure, identity, size)
@@ -228,15 +241,21 @@ async def run_client(
         client = RPCHost(Identity.generate(), TcpTransport())
         await nursery.start(partial(client.run, "127.0.0.1", 0))
         address = PeerAddress.parse(where["rpc"])
-        await client.call(address, "ping", Packet(), timeout=10)  # connect + handshake
+        circuit = PeerAddress.parse(where["circuit"])
+        for target in (address, circuit):  # connect + handshake
+            await client.call(target, "ping", Packet(), timeout=10)
 
         for dtype in (torch.float32, torch.bfloat16):
             name = str(dtype).removeprefix("torch.")
             header, body = encode_tensor(torch.randn(1, 1, HIDDEN).to(dtype))
             size = len(body)
 
-            async def rpc_once(header: dict[str, Any] = header, body: memoryview = body) -> None:
-                reply = await client.call(address, "echo", Packet(header, body), timeout=10)
+            async def rpc_once(
+                header: dict[str, Any] = header,
+                body: memoryview = body,
+                target: PeerAddress = address,
+            ) -> None:
+                reply = await client.call(target, "echo", Packet(header, body), timeout=10)
                 decode_tensor(reply.header, reply.body)
 
             plain = await _plain(where, size, runs)
@@ -246,6 +265,12 @@ async def run_client(
             table.row(f"SecureStream echo {size // 1024} KiB", secure, plain, 2 * size)
             table.row(f"RPC echo 1x1x{HIDDEN} {name}", rpc, plain, 2 * size)
             summary[f"added_ms_{name}"] = (statistics.median(rpc) - statistics.median(plain)) * 1e3
+            if dtype == torch.float32:
+                relayed = await _time(runs, partial(rpc_once, target=circuit))
+                table.row(f"RPC echo 1x1x{HIDDEN} {name} via a circuit", relayed, plain, 2 * size)
+                summary["circuit_added_ms"] = (
+                    statistics.median(relayed) - statistics.median(rpc)
+                ) * 1e3
             if idle and dtype == torch.float32:  # at token cadence: both ends idle before
                 idle_runs = max(50, runs // 10)
                 plain_idle = await _plain(where, size, idle_runs, idle)
@@ -256,16 +281,19 @@ async def run_client(
 
         payload = bytes(BULK)
 
-        async def bulk_once() -> None:
-            await client.call(address, "sink", Packet({}, payload), timeout=60)
+        async def bulk_once(target: PeerAddress = address) -> None:
+            await client.call(target, "sink", Packet({}, payload), timeout=60)
 
         plain_bulk = await _plain(where, BULK, bulk_runs)
         secure_bulk = await _secure(where, BULK, bulk_runs)
         rpc_bulk = await _time(bulk_runs, bulk_once)
+        circuit_bulk = await _time(bulk_runs, partial(bulk_once, circuit))
         table.row("plain TCP 16 MiB one way", plain_bulk, None, BULK)
         table.row("SecureStream 16 MiB one way", secure_bulk, plain_bulk, BULK)
         table.row("RPC 16 MiB one way (unary)", rpc_bulk, plain_bulk, BULK)
+        table.row("RPC 16 MiB one way via a circuit", circuit_bulk, plain_bulk, BULK)
         summary["rpc_mb_per_s"] = BULK / statistics.median(rpc_bulk) / 1e6
+        summary["circuit_mb_per_s"] = BULK / statistics.median(circuit_bulk) / 1e6
         nursery.cancel_scope.cancel()
     return summary
 

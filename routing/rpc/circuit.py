@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 LISTEN = "circuit.listen"
 CONNECT = "circuit.connect"
 ACCEPT = "circuit.accept"
-CHUNK = 64 * 1024  # bytes per packet of a circuit
+CHUNK = 1 << 20  # bytes per packet of a circuit at most: a SecureStream's whole batch
 TOKEN_BYTES = 16
 
 
@@ -67,9 +67,11 @@ class PacketStream(trio.abc.Stream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
+        copy = not isinstance(data, bytes)  # the caller may change it once this returns
         try:
             for start in range(0, len(view), CHUNK):
-                await self.stream.send(Packet(body=bytes(view[start : start + CHUNK])))
+                piece = view[start : start + CHUNK]
+                await self.stream.send(Packet(body=bytes(piece) if copy else piece))
         except RoutingError as error:
             raise trio.BrokenResourceError(f"the circuit broke: {error}") from error
         await trio.lowlevel.checkpoint()
