@@ -27,6 +27,7 @@ from routing.announcement import PeerAnnouncement, PeerState, block_key
 from routing.client import SwarmView, read_announcements, usable_announcements
 from routing.dht import DHTConfig, DHTNode
 from routing.public_address import PublicAddress
+from routing.relay_directory import find_relays, list_relay, nearest_relay
 from routing.rpc import CircuitRelay, RPCConfig, RPCHost, log_reach, serve_via
 from routing.transport import Transport
 from security import Identity
@@ -70,7 +71,8 @@ class PeerConfig:
     public_host: str | None = None  # what others dial (default: `host`, or found for 0.0.0.0)
     public_port: int | None = None  # likewise (default: the port it listens on)
     via: PeerAddress | None = None  # listen nowhere: serve through this circuit relay
-    circuit_relay: bool = False  # relay circuits for peers that cannot be dialled
+    auto_circuit: bool = True  # if others cannot dial it: a circuit through a listed relay
+    circuit_relay: bool = False  # relay circuits for peers that cannot be dialled, listed
     initial_peers: tuple[PeerAddress, ...] = ()
     cache_dir: Path | None = None  # where measured throughput is kept (None: measure each time)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -188,9 +190,12 @@ async def _serve_shielded(
             if config.circuit_relay:
                 CircuitRelay().register(rpc)
             address = await nursery.start(_serve_rpc, config, rpc)
-            dht_config = config.dht if config.via is None else replace(config.dht, client_mode=True)
-            dht = DHTNode(rpc, dht_config)  # a peer through a circuit holds no DHT records
+            dht = DHTNode(rpc, config.dht)  # on a circuit, a client of the DHT
             await nursery.start(partial(dht.run, initial_peers=config.initial_peers))
+            if config.via is None:
+                address = await _reached_at(config, rpc, dht, nursery)
+            if config.circuit_relay:
+                nursery.start_soon(list_relay, dht, address)
             blocks = await _choose_blocks(config, dht, address, num_blocks)
             peer = await _load(config, worker, blocks)
             peer.address = address
@@ -227,8 +232,6 @@ async def _serve_shielded(
                 )
             logger.info("serving and announced at %s", peer.address)
             task_status.started(peer.address)
-            if config.via is None:
-                nursery.start_soon(log_reach, rpc, config.initial_peers)  # can others dial us?
             await stop.wait()
             announcing.cancel()  # the announcer publishes `offline` on its way out
             await said_goodbye.wait()
@@ -247,6 +250,24 @@ async def _serve_rpc(
     async with trio.open_nursery() as nursery:
         await nursery.start(rpc.run_outbound)
         task_status.started(await nursery.start(serve_via, rpc, config.via))
+
+
+async def _reached_at(
+    config: PeerConfig, rpc: RPCHost, dht: DHTNode, nursery: trio.Nursery
+) -> PeerAddress:
+    """Where others reach the peer: where it listens, if its initial peers can dial it
+    there (`log_reach`); else, with `auto_circuit`, through the nearest circuit relay
+    listed in the DHT, if one answers."""
+    reach = await log_reach(rpc, config.initial_peers)  # can others dial us?
+    if reach is None or reach.reached or not config.auto_circuit:
+        return rpc.address
+    relay = await nearest_relay(rpc, await find_relays(dht))
+    if relay is None:
+        logger.warning("no circuit relay listed in the DHT answers: serving at %s anyway",
+                       rpc.address)  # fmt: skip
+        return rpc.address
+    address: PeerAddress = await nursery.start(serve_via, rpc, relay)
+    return address
 
 
 def _rebalancer(

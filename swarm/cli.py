@@ -162,7 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--via",
         metavar="ADDR",
         help="behind NAT with no port forwarded: listen nowhere, serve through the circuit "
-        "relay at ADDR (a node run with --circuit-relay)",
+        "relay at ADDR (a node run with --circuit-relay; by default, a peer that others "
+        "cannot dial takes the nearest relay listed in the DHT)",
+    )
+    peer.add_argument(
+        "--no-auto-circuit",
+        action="store_true",
+        help="serve where it listens even if others cannot dial it there",
     )
     peer.add_argument(
         "--blocks", metavar="A:B", help="serve blocks A..B-1 (default: where the swarm is weakest)"

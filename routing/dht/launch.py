@@ -20,6 +20,7 @@ from security import Identity
 
 from ..address import PeerAddress
 from ..public_address import PublicAddress
+from ..relay_directory import list_relay
 from ..rpc import CircuitRelay, RPCConfig, RPCHost, log_reach
 from ..transport import Transport
 from .config import DHTConfig
@@ -53,6 +54,8 @@ async def serve_dht_node(
         await nursery.start(partial(node.run, initial_peers=initial_peers))
         task_status.started(node)
         nursery.start_soon(log_reach, rpc, initial_peers)  # can others dial us?
+        if circuits is not None:
+            nursery.start_soon(list_relay, node, rpc.address)
 
 
 @asynccontextmanager

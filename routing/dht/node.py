@@ -108,8 +108,11 @@ class DHTNode:
 
     @property
     def address(self) -> PeerAddress | None:
-        """Where others reach us (None in client mode)."""
-        return None if self.config.client_mode else self.rpc.address
+        """Where others reach us (None in client mode, or through a circuit, which only
+        the peers it names reach)."""
+        if self.config.client_mode or self.rpc.address.via is not None:
+            return None
+        return self.rpc.address
 
     # --- lifetime ----------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 REACH = "reach"
 DIAL_TIMEOUT = 5.0  # seconds for the dial and the handshake
+CALL_SLACK = 3.0  # seconds more for the call that asks for it
 CONCURRENT_CHECKS = 4  # more at once are refused
 
 
@@ -108,9 +109,10 @@ async def _dial_back(
     return ""
 
 
-async def check_reach(rpc: RPCHost, via: PeerAddress, *, timeout: float = 15.0) -> Reach:  # noqa: ASYNC109
+async def check_reach(rpc: RPCHost, via: PeerAddress) -> Reach:
     """Ask `via` to dial us back at our address. Raises RoutingError if it cannot answer."""
-    reply = await rpc.call(via, REACH, Packet({"address": str(rpc.address)}), timeout=timeout)
+    request = Packet({"address": str(rpc.address)})
+    reply = await rpc.call(via, REACH, request, timeout=DIAL_TIMEOUT + CALL_SLACK)
     reached, seen_from, reason = (
         reply.header.get(key) for key in ("reached", "seen_from", "reason")
     )

@@ -45,6 +45,7 @@ def peer_config(args: argparse.Namespace) -> PeerConfig:
         public_port=args.public_port,
         via=PeerAddress.parse(args.via) if args.via else None,
         circuit_relay=args.circuit_relay,
+        auto_circuit=not args.no_auto_circuit,
         initial_peers=tuple(PeerAddress.parse(text) for text in args.initial_peers),
         cache_dir=cache_dir(),
         backend=backend,

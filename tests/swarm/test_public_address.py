@@ -80,6 +80,27 @@ def test_a_peer_that_listens_nowhere_serves_through_a_circuit(tmp_path: Path) ->
         _generates_as_transformers(checkpoint, bootstrap)
 
 
+def test_a_peer_others_cannot_dial_takes_a_listed_relay_by_itself(tmp_path: Path) -> None:
+    """`swarm dht --circuit-relay` lists itself in the DHT. A peer that announces a port
+    nobody listens at (as behind NAT) hears so from its reach check, finds the relay in
+    the DHT and serves through it: its address is a circuit, and the tokens are
+    transformers'."""
+    checkpoint = write_tiny_model(tmp_path / "tiny-auto", num_layers=4)
+    with swarm_processes() as started:
+        dht = SwarmProcess(["dht", "--circuit-relay"])
+        started.append(dht)
+        bootstrap = dht.wait_ready(READY)
+        common = ["peer", str(checkpoint), "--initial-peers", bootstrap]
+        first = SwarmProcess([*common, "--blocks", "0:2"])
+        unreachable = SwarmProcess([*common, "--blocks", "2:4", "--public-port", str(_free_port())])
+        started += [first, unreachable]
+        first.wait_ready(READY)
+        address = PeerAddress.parse(unreachable.wait_ready(READY))
+        assert address.relay == PeerAddress.parse(bootstrap)
+        assert "others cannot reach us" in unreachable.stderr()
+        _generates_as_transformers(checkpoint, bootstrap)
+
+
 def _generates_as_transformers(checkpoint: Path, bootstrap: str) -> None:
     """8 greedy tokens through the swarm equal transformers' on the same checkpoint."""
     prompt = torch.tensor([[5, 17, 42, 7]])
