@@ -194,7 +194,7 @@ async def _serve_shielded(
             await nursery.start(partial(dht.run, initial_peers=config.initial_peers))
             if config.via is None:
                 address = await _reached_at(config, rpc, dht, nursery)
-            if config.circuit_relay:
+            if config.circuit_relay and address.via is None:  # a relay others can dial
                 nursery.start_soon(list_relay, dht, address)
             blocks = await _choose_blocks(config, dht, address, num_blocks)
             peer = await _load(config, worker, blocks)

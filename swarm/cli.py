@@ -50,7 +50,8 @@ def _add_tls_options(parser: argparse.ArgumentParser, served: str) -> None:
 
 
 def _add_public_options(parser: argparse.ArgumentParser) -> None:
-    """Where others dial a node (`routing/public_address.py`)."""
+    """Where others dial a node (`routing/public_address.py`), and circuits for those that
+    cannot be dialled (`routing/rpc/circuit.py`)."""
     parser.add_argument(
         "--public-host",
         metavar="HOST",
@@ -63,7 +64,7 @@ def _add_public_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--circuit-relay",
         action="store_true",
-        help="relay circuits for peers that cannot be dialled (they give --via this node)",
+        help="relay circuits for peers that cannot be dialled (listed in the DHT for them)",
     )
 
 
