@@ -17,7 +17,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -195,3 +195,41 @@ def test_the_page_shows_real_peers_and_the_gap_one_leaves(browser: object, tmp_p
         )
         expect(model.locator("tbody tr")).to_have_count(1)
         page.screenshot(path=str(ARTIFACTS / "monitor-real-peers-gap.png"), full_page=True)
+
+
+def test_a_peer_behind_a_circuit_shows_its_relay(browser: object) -> None:
+    """The address column: a direct peer's HOST:PORT, and `via` the relay's HOST:PORT for a
+    peer whose address is a circuit (a snapshot served as the monitor serves it)."""
+    from playwright.sync_api import Browser, expect
+
+    from routing.address import PeerAddress
+    from security import Identity
+    from swarm.http_server import HttpServer
+    from swarm.monitor.http import load_page, monitor_handler
+    from swarm.monitor.snapshot import Observations, build_snapshot
+    from swarm.trio_thread import TrioThread
+    from tests.monitor.records import NOW, SwarmRecords, announcement
+
+    assert isinstance(browser, Browser)
+    records = SwarmRecords()
+    records.add_model("tiny", 4)
+    direct = records.peer("tiny", 0, 2)
+    behind, relay = Identity.generate().peer_id, Identity.generate().peer_id
+    circuit = PeerAddress("10.0.0.9", 4100, behind, relay)
+    records.announce(replace(announcement(behind, "tiny", 2, 4), address=circuit))
+    snapshot = build_snapshot(Observations(now=NOW, models=records.models, blocks=records.blocks))
+    server = HttpServer(monitor_handler(lambda: snapshot, load_page()), name="monitor")
+    loop = TrioThread("monitor")
+    loop.start()
+    try:
+        _, port = loop.start_service(server.run, "127.0.0.1", 0)
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        cells = {
+            peer: page.locator(f'tr[data-peer="{peer}"] td').nth(1) for peer in (direct, behind)
+        }
+        expect(cells[direct]).to_have_text("10.0.0.7:4000", timeout=10_000)
+        expect(cells[behind]).to_have_text("via 10.0.0.9:4100")
+        assert cells[behind].get_attribute("title") == str(circuit)
+    finally:
+        loop.close()
