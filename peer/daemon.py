@@ -26,9 +26,8 @@ from routing.address import PeerAddress
 from routing.announcement import PeerAnnouncement, PeerState, block_key
 from routing.client import SwarmView, read_announcements, usable_announcements
 from routing.dht import DHTConfig, DHTNode
-from routing.public_address import PublicAddress
-from routing.relay_directory import find_relays, list_relay, nearest_relay
-from routing.rpc import CircuitRelay, RPCConfig, RPCHost, log_reach, serve_via
+from routing.relay_directory import list_relay
+from routing.rpc import CircuitRelay, RPCConfig, RPCHost
 from routing.transport import Transport
 from security import Identity
 
@@ -40,6 +39,7 @@ from .block_choice import claim_span
 from .checkpoint import open_checkpoint
 from .errors import InvalidRequestError
 from .model_name import model_name
+from .reachability import Reachability
 from .rebalancer import PeerControl, RebalanceConfig, Rebalancer
 from .scheduler import InferenceScheduler, SchedulerConfig
 from .server import SpanServer
@@ -189,11 +189,11 @@ async def _serve_shielded(
             rpc = RPCHost(identity, transport, config.rpc)
             if config.circuit_relay:
                 CircuitRelay().register(rpc)
-            address = await nursery.start(_serve_rpc, config, rpc)
             dht = DHTNode(rpc, config.dht)  # on a circuit, a client of the DHT
+            reachability = Reachability(config, rpc, dht)
+            await nursery.start(reachability.listen)
             await nursery.start(partial(dht.run, initial_peers=config.initial_peers))
-            if config.via is None:
-                address = await _reached_at(config, rpc, dht, nursery)
+            address = await reachability.reached_at(nursery)
             if config.circuit_relay and address.via is None:  # a relay others can dial
                 nursery.start_soon(list_relay, dht, address)
             blocks = await _choose_blocks(config, dht, address, num_blocks)
@@ -226,6 +226,7 @@ async def _serve_shielded(
                     said_goodbye.set()
 
             await nursery.start(announce)
+            nursery.start_soon(reachability.announce_moves, peer, announcer)
             if config.blocks is None and config.rebalance is not None:
                 await nursery.start(
                     _rebalancer(config, peer, dht, scheduler, announcer, worker, control).run
@@ -236,38 +237,6 @@ async def _serve_shielded(
             announcing.cancel()  # the announcer publishes `offline` on its way out
             await said_goodbye.wait()
             nursery.cancel_scope.cancel()
-
-
-async def _serve_rpc(
-    config: PeerConfig, rpc: RPCHost, *, task_status: trio.TaskStatus[PeerAddress]
-) -> None:
-    """Listen where the config says, or through its relay (`via`); started value: where
-    others reach the peer."""
-    if config.via is None:
-        public = PublicAddress(config.public_host, config.public_port, config.initial_peers)
-        await rpc.run(config.host, config.port, public, task_status=task_status)
-        return
-    async with trio.open_nursery() as nursery:
-        await nursery.start(rpc.run_outbound)
-        task_status.started(await nursery.start(serve_via, rpc, config.via))
-
-
-async def _reached_at(
-    config: PeerConfig, rpc: RPCHost, dht: DHTNode, nursery: trio.Nursery
-) -> PeerAddress:
-    """Where others reach the peer: where it listens, if its initial peers can dial it
-    there (`log_reach`); else, with `auto_circuit`, through the nearest circuit relay
-    listed in the DHT, if one answers."""
-    reach = await log_reach(rpc, config.initial_peers)  # can others dial us?
-    if reach is None or reach.reached or not config.auto_circuit:
-        return rpc.address
-    relay = await nearest_relay(rpc, await find_relays(dht))
-    if relay is None:
-        logger.warning("no circuit relay listed in the DHT answers: serving at %s anyway",
-                       rpc.address)  # fmt: skip
-        return rpc.address
-    address: PeerAddress = await nursery.start(serve_via, rpc, relay)
-    return address
 
 
 def _rebalancer(

@@ -13,15 +13,17 @@ peer id it dialled, as over TCP.
 
 The relay bounds what it holds: peers listening, circuits open, and the time a token waits
 for its peer. A peer that loses its relay listens there again (`serve_via`), so its address
-stays the same.
+stays the same; one that stays lost for a while takes another relay, if it is given a way
+to find one, and says where it is now.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -52,7 +54,8 @@ class CircuitConfig:
     max_listeners: int = 64  # peers that listen through this relay
     max_circuits: int = 256  # circuits open through it at once
     accept_timeout: float = 10.0  # seconds a dialer waits for the peer to take its circuit
-    relisten_after: float = 2.0  # seconds before a peer that lost its relay listens again
+    relisten_after: float = 1.0  # seconds before a peer that lost its relay listens again
+    move_after: float = 5.0  # seconds without its relay before a peer looks for another
 
 
 class PacketStream(trio.abc.Stream):
@@ -216,46 +219,59 @@ async def open_circuit(rpc: RPCHost, address: PeerAddress, stream: BidiStream) -
     return PacketStream(stream, address.host)
 
 
+Move = Callable[[PeerAddress], Awaitable[PeerAddress | None]]  # a lost relay -> another
+
+
 async def serve_via(
     rpc: RPCHost,
     relay: PeerAddress,
     config: CircuitConfig | None = None,
     *,
+    another: Move | None = None,
+    moved: Callable[[PeerAddress], None] | None = None,
     task_status: trio.TaskStatus[PeerAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen through `relay` until cancelled: every circuit it hands us is served as an
     inbound connection of `rpc`. Started value: our circuit address, once the relay took
-    us (a relay that refuses us then raises its error; one lost later is listened at again)."""
-    address = PeerAddress(relay.host, relay.port, rpc.peer_id, relay.peer_id)
+    us (a relay that refuses us then raises its error). A relay lost later is listened at
+    again; one lost for `move_after` seconds is traded for `another(relay)`, if that finds
+    one, and `moved` is told our new address."""
+    config = config or CircuitConfig()
     try:
         async with trio.open_nursery() as circuits:
-            await circuits.start(_listen, rpc, relay, config or CircuitConfig(), circuits)
-            rpc.set_address(address)
-            logger.info("listening through the relay %s at %s", relay, address)
-            task_status.started(address)
+            listen = partial(_listen, rpc, config, circuits, another, moved or _ignore)
+            task_status.started(await circuits.start(listen, relay))
     except BaseExceptionGroup as group:  # the relay refused us at first: its error alone
         if len(group.exceptions) != 1:
             raise
         raise group.exceptions[0] from None
 
 
+def _ignore(address: PeerAddress) -> None:
+    pass
+
+
 async def _listen(
     rpc: RPCHost,
-    relay: PeerAddress,
     config: CircuitConfig,
     circuits: trio.Nursery,
+    another: Move | None,
+    moved: Callable[[PeerAddress], None],
+    relay: PeerAddress,
     *,
-    task_status: trio.TaskStatus[None],
+    task_status: trio.TaskStatus[PeerAddress],
 ) -> None:
-    """Keep a listening stream open to `relay`, taking each circuit it announces in
-    `circuits`. Started once the relay took us; a stream lost later is opened again."""
+    """Keep a listening stream open to a relay, taking each circuit it announces in
+    `circuits` (see `serve_via`). Started, with our address, once the first relay took us."""
     listened = False
+    lost_since: float | None = None
     while True:
         try:
             async with rpc.open_stream(relay, LISTEN) as listening:
                 await listening.receive()  # {"listening": True}
+                lost_since = None
                 if not listened:
-                    task_status.started()
+                    task_status.started(_listening_at(rpc, relay))
                     listened = True
                 async for notice in listening:
                     circuits.start_soon(_take, rpc, relay, notice.header.get("incoming"))
@@ -263,7 +279,22 @@ async def _listen(
             if not listened:
                 raise
             logger.warning("lost the relay %s (%s): listening again", relay, error)
+        lost_since = trio.current_time() if lost_since is None else lost_since
+        if another is not None and trio.current_time() - lost_since >= config.move_after:
+            found = await another(relay)
+            if found is not None:
+                relay, lost_since = found, None
+                moved(_listening_at(rpc, relay))
+                continue
         await trio.sleep(config.relisten_after)
+
+
+def _listening_at(rpc: RPCHost, relay: PeerAddress) -> PeerAddress:
+    """Our circuit address through `relay`, which `rpc` now answers to."""
+    address = PeerAddress(relay.host, relay.port, rpc.peer_id, relay.peer_id)
+    rpc.set_address(address)
+    logger.info("listening through the relay %s at %s", relay, address)
+    return address
 
 
 async def _take(rpc: RPCHost, relay: PeerAddress, token: object) -> None:

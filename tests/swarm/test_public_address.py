@@ -6,6 +6,7 @@ client generating through them (the addresses found for a wildcard host are test
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from pathlib import Path
@@ -99,6 +100,35 @@ def test_a_peer_others_cannot_dial_takes_a_listed_relay_by_itself(tmp_path: Path
         assert address.relay == PeerAddress.parse(bootstrap)
         assert "others cannot reach us" in unreachable.stderr()
         _generates_as_transformers(checkpoint, bootstrap)
+
+
+def test_a_peer_whose_relay_dies_moves_to_another_and_announces_it(tmp_path: Path) -> None:
+    """Two relays listed; the peer that others cannot dial takes one. Killed, that relay is
+    traded for the other within seconds, the peer announces its new address, and a client
+    that joins through the surviving relay gets transformers' tokens."""
+    checkpoint = write_tiny_model(tmp_path / "tiny-move", num_layers=4)
+    with swarm_processes() as started:
+        relays = [SwarmProcess(["dht", "--circuit-relay"])]
+        started += relays
+        bootstrap = relays[0].wait_ready(READY)
+        relays.append(SwarmProcess(["dht", "--circuit-relay", "--initial-peers", bootstrap]))
+        started.append(relays[1])
+        addresses = [PeerAddress.parse(bootstrap), PeerAddress.parse(relays[1].wait_ready(READY))]
+        every = [str(address) for address in addresses]
+        common = ["peer", str(checkpoint), "--initial-peers", *every]
+        first = SwarmProcess([*common, "--blocks", "0:2"])
+        unreachable = SwarmProcess([*common, "--blocks", "2:4", "--public-port", str(_free_port())])
+        started += [first, unreachable]
+        first.wait_ready(READY)
+        used = addresses.index(PeerAddress.parse(unreachable.wait_ready(READY)).relay)
+        relays[used].stop(signal.SIGKILL)
+        moved = "serving through another relay now"
+        deadline = time.monotonic() + READY
+        while moved not in unreachable.stderr():  # polled: the move takes a few seconds
+            assert time.monotonic() < deadline, unreachable.stderr()
+            time.sleep(0.1)
+        assert f"{addresses[1 - used]}/circuit/" in unreachable.stderr()
+        _generates_as_transformers(checkpoint, str(addresses[1 - used]))
 
 
 def _generates_as_transformers(checkpoint: Path, bootstrap: str) -> None:

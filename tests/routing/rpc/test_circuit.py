@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 import trio
@@ -180,3 +181,32 @@ async def test_a_relay_refuses_malformed_requests_by_name_and_serves_on(
         reply = await swarm.client.call(address, "echo", Packet({"still": True}), timeout=10)
         assert reply.header == {"still": True}
     assert "handler failed" not in caplog.text
+
+
+async def test_a_peer_whose_relay_is_gone_moves_to_another() -> None:
+    """A relay that stops for good: after `move_after`, the peer takes the one `another`
+    finds, says its new address, and is reached there."""
+    async with _swarm() as swarm:
+        async with trio.open_nursery() as first_relay:
+            gone = RPCHost(Identity.generate(), TcpTransport())
+            CircuitRelay().register(gone)
+            gone_address = await first_relay.start(gone.run, "127.0.0.1", 0)
+            moves: list[PeerAddress] = []
+
+            async def another(lost: PeerAddress) -> PeerAddress | None:
+                assert lost == gone_address
+                return swarm.relay.address
+
+            config = CircuitConfig(relisten_after=0.05, move_after=0.2)
+            peer = RPCHost(Identity.generate(), TcpTransport())
+            peer.add_unary("echo", echo)
+            await swarm.nursery.start(peer.run_outbound)
+            listen = partial(serve_via, another=another, moved=moves.append)
+            first = await swarm.nursery.start(listen, peer, gone_address, config)
+            assert first.relay == gone_address
+            first_relay.cancel_scope.cancel()  # the first relay stops for good
+        await wait_until(lambda: bool(moves), within=10)
+        (now,) = moves
+        assert now.relay == swarm.relay.address and peer.address == now
+        reply = await swarm.client.call(now, "echo", Packet({"moved": True}), timeout=10)
+        assert reply.header == {"moved": True}
