@@ -52,6 +52,7 @@ TOKEN_BYTES = 16
 @dataclass(frozen=True)
 class CircuitConfig:
     max_listeners: int = 64  # peers that listen through this relay
+    max_per_host: int = 8  # of them, from one host (one address fills no relay)
     max_circuits: int = 256  # circuits open through it at once
     accept_timeout: float = 10.0  # seconds a dialer waits for the peer to take its circuit
     relisten_after: float = 1.0  # seconds before a peer that lost its relay listens again
@@ -112,6 +113,7 @@ class CircuitRelay:
 
     config: CircuitConfig = field(default_factory=CircuitConfig)
     _listeners: dict[PeerId, BidiStream] = field(default_factory=dict)
+    _hosts: dict[PeerId, str] = field(default_factory=dict)  # where each listener calls from
     _waiting: dict[bytes, _Waiting] = field(default_factory=dict)
     _open: int = 0  # circuits
 
@@ -125,13 +127,16 @@ class CircuitRelay:
         return frozenset(self._listeners)
 
     async def _listen(self, stream: BidiStream, context: CallContext) -> None:
-        peer = context.peer_id
-        if peer not in self._listeners and len(self._listeners) >= self.config.max_listeners:
-            raise HandlerError("busy", "this relay has as many listening peers as it takes")
+        peer, host = context.peer_id, context.remote_host
         previous = self._listeners.get(peer)
-        if previous is not None:  # the peer listens again: its new stream wins
+        if previous is None:
+            if len(self._listeners) >= self.config.max_listeners:
+                raise HandlerError("busy", "this relay has as many listening peers as it takes")
+            if sum(other == host for other in self._hosts.values()) >= self.config.max_per_host:
+                raise HandlerError("busy", f"this relay has as many peers from {host} as it takes")
+        else:  # the peer listens again: its new stream wins
             previous.close()
-        self._listeners[peer] = stream
+        self._listeners[peer], self._hosts[peer] = stream, host
         logger.info("%s listens through this relay", peer.short())
         try:
             await stream.send(Packet({"listening": True}))
@@ -141,7 +146,7 @@ class CircuitRelay:
             logger.debug("%s's listening stream broke: %s", peer.short(), error)
         finally:
             if self._listeners.get(peer) is stream:
-                del self._listeners[peer]
+                del self._listeners[peer], self._hosts[peer]
                 logger.info("%s stopped listening through this relay", peer.short())
 
     async def _connect(self, stream: BidiStream, context: CallContext) -> None:

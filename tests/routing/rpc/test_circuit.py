@@ -40,12 +40,15 @@ class Swarm:
     nursery: trio.Nursery
 
     async def peer(
-        self, config: CircuitConfig | None = None, nursery: trio.Nursery | None = None
+        self,
+        config: CircuitConfig | None = None,
+        nursery: trio.Nursery | None = None,
+        identity: Identity | None = None,
     ) -> tuple[RPCHost, PeerAddress]:
         """A host that listens nowhere but through the relay (running in `nursery`, the
         swarm's by default); it answers "echo", "who" and "double"."""
         nursery = nursery or self.nursery
-        rpc = RPCHost(Identity.generate(), TcpTransport())
+        rpc = RPCHost(identity or Identity.generate(), TcpTransport())
         rpc.add_unary("echo", echo)
         rpc.add_unary("who", _who)
         rpc.add_stream("double", _double)
@@ -136,11 +139,19 @@ async def test_a_circuit_goes_only_to_the_peer_it_names() -> None:
             await swarm.client.call(wanted_address, "who", Packet(), timeout=10)
 
 
-async def test_the_relay_takes_so_many_listeners_and_forgets_those_that_leave() -> None:
-    async with _swarm(CircuitConfig(max_listeners=1)) as swarm:
+@pytest.mark.parametrize(
+    ("limits", "said"),
+    [({"max_listeners": 1}, "listening peers"), ({"max_per_host": 1}, "from 127.0.0.1")],
+)
+async def test_the_relay_takes_so_many_listeners_and_forgets_those_that_leave(
+    limits: dict[str, int], said: str
+) -> None:
+    """At most so many in all, and so many from one host."""
+    async with _swarm(CircuitConfig(**limits)) as swarm:
         async with trio.open_nursery() as first:
-            await swarm.peer(nursery=first)
-            with pytest.raises(RemoteError, match="busy"):
+            peer, _ = await swarm.peer(nursery=first)
+            await swarm.peer(nursery=first, identity=peer.identity)  # the same peer again
+            with pytest.raises(RemoteError, match=f"busy: .*{said}"):
                 await swarm.peer()
             first.cancel_scope.cancel()  # the first peer stops
         await wait_until(lambda: not swarm.circuits.listening, within=10)
