@@ -53,11 +53,7 @@ def test_a_peer_behind_a_forwarded_port_is_reached_through_it(tmp_path: Path) ->
         assert (announced.host, announced.port) == ("127.0.0.1", forward.port)
         _generates_as_transformers(checkpoint, bootstrap)
         assert forward.connections >= 1  # the client dialled the forwarded port
-        checked = f"others reach us at {announced}"  # the DHT node dialled it back there
-        deadline = time.monotonic() + READY
-        while checked not in behind.stderr():  # polled: logged once the check is answered
-            assert time.monotonic() < deadline, behind.stderr()
-            time.sleep(0.05)
+        _wait_for_log(behind, f"others reach us at {announced}")  # the DHT node dialled back
 
 
 def test_a_peer_that_listens_nowhere_serves_through_a_circuit(tmp_path: Path) -> None:
@@ -66,16 +62,7 @@ def test_a_peer_that_listens_nowhere_serves_through_a_circuit(tmp_path: Path) ->
     the tokens are transformers'."""
     checkpoint = write_tiny_model(tmp_path / "tiny-circuit", num_layers=4)
     with swarm_processes() as started:
-        dht = SwarmProcess(["dht", "--circuit-relay"])
-        started.append(dht)
-        bootstrap = dht.wait_ready(READY)
-        common = ["peer", str(checkpoint), "--initial-peers", bootstrap]
-        first = SwarmProcess([*common, "--blocks", "0:2"])
-        behind = SwarmProcess([*common, "--blocks", "2:4", "--via", bootstrap])
-        started += [first, behind]
-        first.wait_ready(READY)
-        address = PeerAddress.parse(behind.wait_ready(READY))
-        assert address.relay == PeerAddress.parse(bootstrap)
+        bootstrap, behind = _relay_and_two_peers(started, checkpoint, "--via", "{relay}")
         assert "listening through the relay" in behind.stderr()
         assert " listening on " not in behind.stderr()  # no port of its own
         _generates_as_transformers(checkpoint, bootstrap)
@@ -88,16 +75,8 @@ def test_a_peer_others_cannot_dial_takes_a_listed_relay_by_itself(tmp_path: Path
     transformers'."""
     checkpoint = write_tiny_model(tmp_path / "tiny-auto", num_layers=4)
     with swarm_processes() as started:
-        dht = SwarmProcess(["dht", "--circuit-relay"])
-        started.append(dht)
-        bootstrap = dht.wait_ready(READY)
-        common = ["peer", str(checkpoint), "--initial-peers", bootstrap]
-        first = SwarmProcess([*common, "--blocks", "0:2"])
-        unreachable = SwarmProcess([*common, "--blocks", "2:4", "--public-port", str(_free_port())])
-        started += [first, unreachable]
-        first.wait_ready(READY)
-        address = PeerAddress.parse(unreachable.wait_ready(READY))
-        assert address.relay == PeerAddress.parse(bootstrap)
+        closed = str(_free_port())
+        bootstrap, unreachable = _relay_and_two_peers(started, checkpoint, "--public-port", closed)
         assert "others cannot reach us" in unreachable.stderr()
         _generates_as_transformers(checkpoint, bootstrap)
 
@@ -122,13 +101,35 @@ def test_a_peer_whose_relay_dies_moves_to_another_and_announces_it(tmp_path: Pat
         first.wait_ready(READY)
         used = addresses.index(PeerAddress.parse(unreachable.wait_ready(READY)).relay)
         relays[used].stop(signal.SIGKILL)
-        moved = "serving through another relay now"
-        deadline = time.monotonic() + READY
-        while moved not in unreachable.stderr():  # polled: the move takes a few seconds
-            assert time.monotonic() < deadline, unreachable.stderr()
-            time.sleep(0.1)
-        assert f"{addresses[1 - used]}/circuit/" in unreachable.stderr()
+        _wait_for_log(unreachable, f"serving through another relay now, at {addresses[1 - used]}/")
         _generates_as_transformers(checkpoint, str(addresses[1 - used]))
+
+
+def _relay_and_two_peers(
+    started: list[SwarmProcess], checkpoint: Path, *second: str
+) -> tuple[str, SwarmProcess]:
+    """`swarm dht --circuit-relay` and two peers, of blocks 0:2 and of blocks 2:4 with the
+    arguments `second` ("{relay}" stands for the relay's address), ready: the relay's
+    address, and the second peer, whose address must be a circuit through it."""
+    relay = SwarmProcess(["dht", "--circuit-relay"])
+    started.append(relay)
+    bootstrap = relay.wait_ready(READY)
+    common = ["peer", str(checkpoint), "--initial-peers", bootstrap]
+    first = SwarmProcess([*common, "--blocks", "0:2"])
+    extra = [argument.format(relay=bootstrap) for argument in second]
+    behind = SwarmProcess([*common, "--blocks", "2:4", *extra])
+    started += [first, behind]
+    first.wait_ready(READY)
+    assert PeerAddress.parse(behind.wait_ready(READY)).relay == PeerAddress.parse(bootstrap)
+    return bootstrap, behind
+
+
+def _wait_for_log(process: SwarmProcess, text: str) -> None:
+    """Poll the process's log until `text` is in it (bounded by READY)."""
+    deadline = time.monotonic() + READY
+    while text not in process.stderr():
+        assert time.monotonic() < deadline, process.stderr()
+        time.sleep(0.05)
 
 
 def _generates_as_transformers(checkpoint: Path, bootstrap: str) -> None:
