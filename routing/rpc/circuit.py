@@ -67,7 +67,7 @@ class PacketStream(trio.abc.Stream):
     def __init__(self, stream: BidiStream, remote_host: str = "") -> None:
         self.stream = stream
         self.remote_host = remote_host  # what the RPC layer records as the caller's host
-        self._pending = b""
+        self._pending = memoryview(b"")  # received, not yet read
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -86,14 +86,14 @@ class PacketStream(trio.abc.Stream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         while not self._pending:
             try:
-                self._pending = bytes((await self.stream.receive()).body)
+                self._pending = memoryview(bytes((await self.stream.receive()).body))
             except StreamClosedError:
                 return b""
             except RoutingError as error:
                 raise trio.BrokenResourceError(f"the circuit broke: {error}") from error
         size = len(self._pending) if max_bytes is None else max_bytes
         data, self._pending = self._pending[:size], self._pending[size:]
-        return data
+        return bytes(data)
 
     async def aclose(self) -> None:
         await self.stream.aclose()
