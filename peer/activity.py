@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 import trio
 
 from routing.announcement import PeerAnnouncement
+from routing.rpc import RelayLoad
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ class PeerStatus:
     step_times: Durations  # a copy of its steps' times (`STEP_BUCKETS`)
     cache_tokens: int  # its attention cache's size
     draining: bool  # takes no new session
+    reached: bool | None = None  # its initial peers dialled it back where it listens (None:
+    # not checked, or serving through a circuit)
+    relay: RelayLoad | None = None  # the circuits it relays for others, if it relays any
 
 
 def summary(before: Activity, now: Activity, seconds: float, load: Load) -> str | None:

@@ -187,14 +187,15 @@ async def _serve_shielded(
             num_blocks = checkpoint.num_layers
             # The network first: the span is chosen, and claimed, in the swarm as it is now.
             rpc = RPCHost(identity, transport, config.rpc)
-            if config.circuit_relay:
-                CircuitRelay().register(rpc)
+            circuits = CircuitRelay() if config.circuit_relay else None
+            if circuits is not None:
+                circuits.register(rpc)
             dht = DHTNode(rpc, config.dht)  # on a circuit, a client of the DHT
             reachability = Reachability(config, rpc, dht)
             await nursery.start(reachability.listen)
             await nursery.start(partial(dht.run, initial_peers=config.initial_peers))
             address = await reachability.reached_at(nursery)
-            if config.circuit_relay and address.via is None:  # a relay others can dial
+            if circuits is not None and address.via is None:  # a relay others can dial
                 nursery.start_soon(list_relay, dht, address)
             blocks = await _choose_blocks(config, dht, address, num_blocks)
             peer = await _load(config, worker, blocks)
@@ -210,7 +211,11 @@ async def _serve_shielded(
             )
             server.register()
             peer.activity, peer.step_times = server.activity, server.step_times
-            control.status = lambda: peer.status(control.draining)
+            control.status = lambda: replace(
+                peer.status(control.draining),
+                reached=reachability.reached,
+                relay=None if circuits is None else circuits.load(),
+            )
             if config.report_every > 0:
                 reporter = ActivityReporter(server.activity, peer.load, config.report_every)
                 await nursery.start(reporter.run)

@@ -39,6 +39,7 @@ class Reachability:
         self.config = config
         self.rpc = rpc
         self.dht = dht
+        self.reached: bool | None = None  # what the reach check found, if it ran
         self._moved, self._moves = trio.open_memory_channel[PeerAddress](math.inf)
         self._circuit = partial(serve_via, another=self._another, moved=self._moved.send_nowait)
 
@@ -62,6 +63,7 @@ class Reachability:
         if config.via is not None:
             return rpc.address
         reach = await log_reach(rpc, config.initial_peers)  # can others dial us?
+        self.reached = None if reach is None else reach.reached
         if reach is None or reach.reached or not config.auto_circuit:
             return rpc.address
         relay = await nearest_relay(rpc, await find_relays(self.dht))

@@ -5,13 +5,15 @@ inference steps, their tokens, and the time the blocks computed; a histogram of 
 times at the peer, request to reply (`swarm_peer_step_seconds`: its buckets give
 percentiles, its sum over its count the mean); gauges of its state now: span, sessions
 open, cache tokens left of its cache's size, throughput, whether it drains, and
-`swarm_peer_info` (value 1) with its address, version, dtype and quantization as labels.
-Every sample has the labels `model` and `peer` (its full id), as the monitor's have.
+`swarm_peer_info` (value 1) with its address, version, dtype and quantization as labels;
+how others reach it (`swarm_peer_circuit`, `swarm_peer_reached`), and, if it relays
+circuits, its relay's listeners, circuits and bytes (`swarm_relay_*`). Every sample has the
+labels `model` and `peer` (its full id), as the monitor's have.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from peer.activity import PeerStatus
 
@@ -51,7 +53,30 @@ def render_peer_metrics(status: PeerStatus) -> str:
         lines.extend(metric(name, "gauge", help_text, [(peer, value)]))
     lines.extend(histogram("swarm_peer_step_seconds", "Inference steps' time here, request to "
                            "reply.", [(peer, status.step_times)]))  # fmt: skip
+    lines.extend(_reach(peer, status))
     return exposition(lines)
+
+
+def _reach(peer: Labels, status: PeerStatus) -> Iterator[str]:
+    """How others reach the peer, and the circuits it relays for others, if it does."""
+    circuit = float(status.announcement.address.via is not None)
+    yield from metric("swarm_peer_circuit", "gauge", "1 while it serves through a circuit relay.",
+                      [(peer, circuit)])  # fmt: skip
+    if status.reached is not None:
+        reached = float(status.reached)
+        yield from metric("swarm_peer_reached", "gauge", "1 if its initial peers dialled it "
+                          "back where it listens, 0 if not.", [(peer, reached)])  # fmt: skip
+    relay = status.relay
+    if relay is not None:
+        for name, kind, help_text, value in (
+            ("swarm_relay_listeners", "gauge", "Peers listening through it.", relay.listeners),
+            ("swarm_relay_circuits_open", "gauge", "Circuits open through it.", relay.open),
+            ("swarm_relay_circuits_total", "counter", "Circuits opened through it.",
+             relay.circuits),
+            ("swarm_relay_bytes_total", "counter", "Bytes it copied, both ways.",
+             relay.relayed_bytes),
+        ):  # fmt: skip
+            yield from metric(name, kind, help_text, [(peer, float(value))])
 
 
 def peer_metrics_handler(status: Callable[[], PeerStatus | None]) -> Handler:

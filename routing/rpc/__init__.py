@@ -6,6 +6,7 @@ the package imports from `routing.rpc`. Importing does nothing.
 
 from .circuit import CircuitConfig as CircuitConfig
 from .circuit import CircuitRelay as CircuitRelay
+from .circuit import RelayLoad as RelayLoad
 from .circuit import serve_via as serve_via
 from .config import RPCConfig as RPCConfig
 from .config import RPCStats as RPCStats

@@ -38,7 +38,14 @@ from .stream import BidiStream
 if TYPE_CHECKING:
     from .host import RPCHost
 
-__all__ = ["CircuitConfig", "CircuitRelay", "PacketStream", "open_circuit", "serve_via"]
+__all__ = [
+    "CircuitConfig",
+    "CircuitRelay",
+    "PacketStream",
+    "RelayLoad",
+    "open_circuit",
+    "serve_via",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +106,16 @@ class PacketStream(trio.abc.Stream):
         await self.stream.aclose()
 
 
+@dataclass(frozen=True)
+class RelayLoad:
+    """A relay at one moment, for its operator's metrics."""
+
+    listeners: int  # peers listening through it now
+    open: int  # circuits open now
+    circuits: int  # circuits opened since it started
+    relayed_bytes: int  # bytes it copied since it started, both ways
+
+
 @dataclass
 class _Waiting:
     """A dialer's circuit, until its peer takes it: the peer's accepting stream goes in."""
@@ -116,6 +133,8 @@ class CircuitRelay:
     _hosts: dict[PeerId, str] = field(default_factory=dict)  # where each listener calls from
     _waiting: dict[bytes, _Waiting] = field(default_factory=dict)
     _open: int = 0  # circuits
+    _circuits: int = 0  # opened, in all
+    _relayed: int = 0  # bytes copied, in all
 
     def register(self, rpc: RPCHost) -> None:
         rpc.add_stream(LISTEN, self._listen)
@@ -125,6 +144,9 @@ class CircuitRelay:
     @property
     def listening(self) -> frozenset[PeerId]:
         return frozenset(self._listeners)
+
+    def load(self) -> RelayLoad:
+        return RelayLoad(len(self._listeners), self._open, self._circuits, self._relayed)
 
     async def _listen(self, stream: BidiStream, context: CallContext) -> None:
         peer, host = context.peer_id, context.remote_host
@@ -168,9 +190,10 @@ class CircuitRelay:
             if done is None:
                 raise HandlerError("unanswered", f"{target} did not take the circuit")
             await stream.send(Packet({"connected": True}))
+            self._circuits += 1
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_copy, stream, accepted, nursery.cancel_scope)
-                nursery.start_soon(_copy, accepted, stream, nursery.cancel_scope)
+                nursery.start_soon(self._copy, stream, accepted, nursery.cancel_scope)
+                nursery.start_soon(self._copy, accepted, stream, nursery.cancel_scope)
         except HandlerError:
             raise
         except RoutingError as error:  # the listener went away, or one side broke
@@ -190,15 +213,16 @@ class CircuitRelay:
         waiting.accepted.send_nowait((stream, done))
         await done.wait()  # the dialer's handler copies; this stream lives until it ends
 
-
-async def _copy(source: BidiStream, sink: BidiStream, both: trio.CancelScope) -> None:
-    """Copy packets until the source ends, then end the sink; a failure ends both ways."""
-    try:
-        async for packet in source:
-            await sink.send(Packet(body=bytes(packet.body)))
-        await sink.end()
-    except RoutingError:
-        both.cancel()
+    async def _copy(self, source: BidiStream, sink: BidiStream, both: trio.CancelScope) -> None:
+        """Copy packets until the source ends, then end the sink; a failure ends both ways."""
+        try:
+            async for packet in source:
+                body = bytes(packet.body)
+                await sink.send(Packet(body=body))
+                self._relayed += len(body)
+            await sink.end()
+        except RoutingError:
+            both.cancel()
 
 
 async def _first(stream: BidiStream) -> Mapping[str, Any]:

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from peer.activity import STEP_BUCKETS, Activity, Durations, PeerStatus
 from routing.address import PeerAddress
 from routing.announcement import PeerAnnouncement, PeerState
 from routing.dht import serve_dht_node
+from routing.rpc import RelayLoad
 from routing.transport import TcpTransport
 from security import Identity
 from swarm import DistributedModelForCausalLM
@@ -85,6 +87,27 @@ def test_the_status_is_written_as_counters_gauges_and_a_histogram() -> None:
     (info,) = samples["swarm_peer_info"]
     assert dict(info)["version"] == 'v"1\\' and dict(info)["quantization"] == "int8"
     assert dict(info)["address"] == f"127.0.0.1:4000/{identity.peer_id.to_base58()}"
+    assert samples["swarm_peer_circuit"] == {peer: 0}
+    assert "swarm_peer_reached" not in samples  # not checked
+    assert not [name for name in samples if name.startswith("swarm_relay_")]  # relays none
+
+
+def test_how_others_reach_the_peer_and_the_circuits_it_relays_are_written() -> None:
+    identity = Identity.generate()
+    status = status_of(identity)
+    relay = Identity.generate().peer_id
+    circuit = PeerAddress("10.0.0.9", 4100, identity.peer_id, relay)
+    announced = replace(status.announcement, address=circuit)
+    load = RelayLoad(listeners=3, open=2, circuits=7, relayed_bytes=123456)
+    status = replace(status, announcement=announced, reached=False, relay=load)
+    kinds, samples = parsed(render_peer_metrics(status))
+    peer = (("model", "tiny"), ("peer", identity.peer_id.to_base58()))
+    expected = {"swarm_peer_circuit": ("gauge", 1), "swarm_peer_reached": ("gauge", 0),
+                "swarm_relay_listeners": ("gauge", 3), "swarm_relay_circuits_open": ("gauge", 2),
+                "swarm_relay_circuits_total": ("counter", 7),
+                "swarm_relay_bytes_total": ("counter", 123456)}  # fmt: skip
+    for name, (kind, value) in expected.items():
+        assert (kinds[name], samples[name]) == (kind, {peer: value}), name
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +167,7 @@ async def test_swarm_peer_serves_its_metrics_and_shows_a_drain(
             node = await nursery.start(dht)
             args = build_parser().parse_args(
                 ["peer", str(tiny), "--initial-peers", str(node.address), "--blocks", "0:2",
-                 "--metrics-port", "0", "--report-every", "0"]
+                 "--metrics-port", "0", "--report-every", "0", "--circuit-relay"]
             )  # fmt: skip
             address = await nursery.start(partial(peer_command.serve, args))
             found = re.search(r"metrics server at http://127\.0\.0\.1:(\d+)", caplog.text)
@@ -157,6 +180,9 @@ async def test_swarm_peer_serves_its_metrics_and_shows_a_drain(
                 assert reply.status == 200
                 _, samples = parsed(reply.body.decode())
                 assert samples["swarm_peer_span_end"] == {labels: 2}
+                assert samples["swarm_peer_reached"] == {labels: 1}  # the DHT node dialled back
+                assert samples["swarm_peer_circuit"] == {labels: 0}
+                assert samples["swarm_relay_listeners"] == {labels: 0}  # --circuit-relay
                 return samples["swarm_peer_draining"][labels]
 
             assert await draining() == 0

@@ -97,6 +97,9 @@ async def test_a_peer_that_listens_nowhere_is_reached_through_its_relay() -> Non
                 await stream.send(Packet({"v": value}))
                 assert (await stream.receive()).header == {"v": 2 * value}
         assert swarm.circuits.listening == {peer.peer_id}
+        load = swarm.circuits.load()  # one circuit, still open, that carried the body twice
+        assert (load.listeners, load.open, load.circuits) == (1, 1, 1)
+        assert load.relayed_bytes > 2 * len(body)
 
 
 async def test_a_peer_not_listening_there_is_a_typed_error() -> None:
