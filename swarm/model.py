@@ -45,6 +45,7 @@ from routing.transport import TcpTransport
 from security import Identity, PeerId
 
 from .beam_search import generate_beams
+from .checkpoints import resolve_checkpoint
 from .errors import SwarmError
 from .generation import (
     GenerationError,
@@ -121,7 +122,7 @@ class DistributedModelForCausalLM:
         """
         from transformers import GenerationConfig
 
-        path = Path(checkpoint).expanduser()
+        path = resolve_checkpoint(str(checkpoint))  # a directory, the default model, a hub id
         peers = [p if isinstance(p, PeerAddress) else PeerAddress.parse(p) for p in initial_peers]
         if not peers:
             raise SwarmError("initial_peers is empty: give the address of a peer of the swarm")
@@ -141,7 +142,7 @@ class DistributedModelForCausalLM:
             loop.start_service(rpc.run_outbound)  # a client listens for nobody
             dht = DHTNode(rpc, DHTConfig(client_mode=True))
             loop.start_service(partial(dht.run, initial_peers=peers))
-            name = model_name_in_swarm or model_name(path)
+            name = model_name_in_swarm or model_name(checkpoint)  # as typed: not a hub cache
             blocks = int(hf_config.num_hidden_layers)
             view = SwarmView(rpc, dht, name, blocks, config, adapter=adapter)
             loop.start_service(view.run)  # reads the swarm now, then every refresh_period

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from routing.path_selection import Hop
 
-from ..default_model import prepare_default_model
+from ..default_model import DEFAULT_MODEL_NAME, prepare_default_model
 from ..generation import prompt_ids
 from ..local_swarm import LocalSwarm, demo_spans
 from .generate import decode_text, write_new_text
@@ -64,16 +64,17 @@ def run(args: argparse.Namespace) -> int:
         for line in summary:
             _say(line)
         if args.keep_running:
+            name = DEFAULT_MODEL_NAME if args.model is None else str(checkpoint)
             _say(
                 "\nThe swarm keeps running on 127.0.0.1 (Ctrl-C stops it). Add a peer:\n"
-                f"  swarm peer MODEL --initial-peers {swarm.bootstrap} --num-blocks 10\n"
+                f"  swarm peer {name} --initial-peers {swarm.bootstrap} --num-blocks 10\n"
                 "(other machines join a swarm started with `swarm dht --host 0.0.0.0`),\n"
                 "serve OpenAI's API for it:\n"
-                f"  swarm api MODEL --initial-peers {swarm.bootstrap}\n"
+                f"  swarm api {name} --initial-peers {swarm.bootstrap}\n"
                 "or generate from Python:\n"
                 "  from swarm import DistributedModelForCausalLM\n"
                 "  model = DistributedModelForCausalLM.from_pretrained(\n"
-                f"      MODEL, initial_peers=[{swarm.bootstrap!r}])"
+                f"      {name!r}, initial_peers=[{swarm.bootstrap!r}])"
             )
             while True:
                 signal.pause()  # until Ctrl-C (KeyboardInterrupt) or SIGTERM

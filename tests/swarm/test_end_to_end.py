@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from swarm import DistributedModelForCausalLM
 from swarm.cli import main
-from swarm.default_model import prepare_default_model
+from swarm.default_model import DEFAULT_MODEL_NAME, prepare_default_model
 from swarm.generation import prompt_ids
 from swarm.local_swarm import LocalSwarm
 from tests.support.processes import ROOT
@@ -131,8 +131,8 @@ def test_default_model_through_the_swarm_equals_local(smollm2: Path) -> None:
     local.requires_grad_(False)(inputs_embeds=embeddings, labels=input_ids).loss.backward()
     with (
         ThreadSwarm(smollm2, [(0, 12), (12, 30)]) as swarm,
-        DistributedModelForCausalLM.from_pretrained(
-            smollm2, initial_peers=[swarm.bootstrap]
+        DistributedModelForCausalLM.from_pretrained(  # by its name: no path, no hub
+            DEFAULT_MODEL_NAME, initial_peers=[swarm.bootstrap]
         ) as model,
     ):
         output = model.generate(input_ids, max_new_tokens=16, do_sample=False)
