@@ -73,7 +73,8 @@ class PacketStream(trio.abc.Stream):
 
     def __init__(self, stream: BidiStream, remote_host: str = "") -> None:
         self.stream = stream
-        self.remote_host = remote_host  # what the RPC layer records as the caller's host
+        self.remote_host = remote_host  # the caller's host, as the RPC layer records it ("":
+        # unknown, as for a circuit the peer took)
         self._pending = memoryview(b"")  # received, not yet read
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -331,6 +332,6 @@ async def _take(rpc: RPCHost, relay: PeerAddress, token: object) -> None:
     try:
         async with rpc.open_stream(relay, ACCEPT) as accepting:
             await accepting.send(Packet({"token": token}))
-            await rpc.serve_inbound(PacketStream(accepting, f"circuit:{relay.peer_id.short()}"))
+            await rpc.serve_inbound(PacketStream(accepting))  # from no host we know
     except RoutingError as error:
         logger.debug("a circuit through %s failed: %s", relay, error)

@@ -65,6 +65,8 @@ def reach_handler(
             raise HandlerError("bad_request", f"address: {error}") from None
         if address.peer_id != context.peer_id:
             raise HandlerError("bad_request", "a peer may only ask to be dialled itself")
+        if not context.remote_host:  # it called through a circuit: where from is unknown
+            raise HandlerError("unknown_host", "called through a circuit, it cannot say")
         try:
             checks.acquire_on_behalf_of_nowait(context)
         except trio.WouldBlock:

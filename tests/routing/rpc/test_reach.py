@@ -14,7 +14,7 @@ import trio
 from routing.address import PeerAddress
 from routing.errors import RemoteError
 from routing.public_address import PublicAddress
-from routing.rpc import Packet, RPCHost, check_reach, log_reach
+from routing.rpc import CircuitRelay, Packet, RPCHost, check_reach, log_reach, serve_via
 from routing.rpc.reach import REACH
 from routing.transport import TcpTransport
 from security import Identity
@@ -81,3 +81,18 @@ async def test_nobody_to_ask_is_no_answer() -> None:
         assert await log_reach(asking, []) is None
         silent = PeerAddress("127.0.0.1", _closed_port(), Identity.generate().peer_id)
         assert await log_reach(asking, [silent]) is None  # it did not answer: not asked again
+
+
+async def test_a_peer_asked_through_a_circuit_cannot_say() -> None:
+    """Asked through a circuit, a peer does not know where the call came from: it declines
+    (it would else answer that nobody reaches the caller), and asking it finds nothing."""
+    with trio.fail_after(LIMIT):
+        async with _hosts() as (relay, asking), trio.open_nursery() as nursery:
+            CircuitRelay().register(relay)
+            behind = RPCHost(Identity.generate(), TcpTransport())
+            await nursery.start(behind.run_outbound)
+            address = await nursery.start(serve_via, behind, relay.address)
+            with pytest.raises(RemoteError, match="unknown_host"):
+                await check_reach(asking, address)
+            assert await log_reach(asking, [address]) is None
+            nursery.cancel_scope.cancel()
