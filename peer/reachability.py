@@ -77,9 +77,9 @@ class Reachability:
     async def announce_moves(self, peer: _Addressed, announcer: Announcer) -> None:
         """Announce each new circuit address at once, when a relay was traded."""
         async for address in self._moves:
-            logger.warning("serving through another relay now, at %s", address)
             peer.address = address
             await announcer.publish(PeerState.ONLINE)
+            logger.warning("serving through another relay now, at %s (announced)", address)
 
     async def _another(self, lost: PeerAddress) -> PeerAddress | None:
         listed = [relay for relay in await find_relays(self.dht) if relay.peer_id != lost.peer_id]
