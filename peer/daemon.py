@@ -27,7 +27,7 @@ from routing.announcement import PeerAnnouncement, PeerState, block_key
 from routing.client import SwarmView, read_announcements, usable_announcements
 from routing.dht import DHTConfig, DHTNode
 from routing.relay_directory import list_relay
-from routing.rpc import CircuitRelay, RPCConfig, RPCHost
+from routing.rpc import CircuitConfig, CircuitRelay, RPCConfig, RPCHost
 from routing.transport import Transport
 from security import Identity
 
@@ -72,7 +72,8 @@ class PeerConfig:
     public_port: int | None = None  # likewise (default: the port it listens on)
     via: PeerAddress | None = None  # listen nowhere: serve through this circuit relay
     auto_circuit: bool = True  # if others cannot dial it: a circuit through a listed relay
-    circuit_relay: bool = False  # relay circuits for peers that cannot be dialled, listed
+    circuit_relay: CircuitConfig | None = None  # relay circuits for peers that cannot be
+    # dialled (and list itself in the DHT for them); None: relay none
     initial_peers: tuple[PeerAddress, ...] = ()
     cache_dir: Path | None = None  # where measured throughput is kept (None: measure each time)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -187,7 +188,7 @@ async def _serve_shielded(
             num_blocks = checkpoint.num_layers
             # The network first: the span is chosen, and claimed, in the swarm as it is now.
             rpc = RPCHost(identity, transport, config.rpc)
-            circuits = CircuitRelay() if config.circuit_relay else None
+            circuits = None if config.circuit_relay is None else CircuitRelay(config.circuit_relay)
             if circuits is not None:
                 circuits.register(rpc)
             dht = DHTNode(rpc, config.dht)  # on a circuit, a client of the DHT

@@ -66,6 +66,12 @@ def _add_public_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="relay circuits for peers that cannot be dialled (listed in the DHT for them)",
     )
+    parser.add_argument(
+        "--circuit-rate",
+        type=float,
+        metavar="MB",
+        help="with --circuit-relay: relay at most this many MB a second, all circuits together",
+    )
 
 
 def _add_network_options(parser: argparse.ArgumentParser) -> None:

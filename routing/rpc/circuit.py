@@ -11,15 +11,16 @@ stream). Over that pipe the dialer and the peer run the usual Noise handshake an
 end: the relay carries ciphertext, and the dialer checks that the key that answers is the
 peer id it dialled, as over TCP.
 
-The relay bounds what it holds: peers listening, circuits open, and the time a token waits
-for its peer. A peer that loses its relay listens there again (`serve_via`), so its address
-stays the same; one that stays lost for a while takes another relay, if it is given a way
-to find one, and says where it is now.
+The relay bounds what it holds: peers listening, circuits open, the time a token waits for
+its peer, and, if asked, the bytes a second it copies (`Pace`). A peer that loses its relay
+listens there again (`serve_via`), so its address stays the same; one that stays lost for a
+while takes another relay, if it is given a way to find one, and says where it is now.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ class CircuitConfig:
     accept_timeout: float = 10.0  # seconds a dialer waits for the peer to take its circuit
     relisten_after: float = 1.0  # seconds before a peer that lost its relay listens again
     move_after: float = 5.0  # seconds without its relay before a peer looks for another
+    max_bytes_per_second: float | None = None  # what the relay copies, all circuits together
 
 
 class PacketStream(trio.abc.Stream):
@@ -107,6 +109,20 @@ class PacketStream(trio.abc.Stream):
         await self.stream.aclose()
 
 
+@dataclass
+class Pace:
+    """At most `rate` bytes a second, in bursts of at most a second's worth: `take` waits
+    until the bytes taken so far are paid for."""
+
+    rate: float
+    _paid_until: float = -math.inf  # when the bytes taken so far are paid for
+
+    async def take(self, size: int) -> None:
+        now = trio.current_time()
+        self._paid_until = max(self._paid_until, now - 1.0) + size / self.rate
+        await trio.sleep_until(self._paid_until)  # at once (a checkpoint) if already paid
+
+
 @dataclass(frozen=True)
 class RelayLoad:
     """A relay at one moment, for its operator's metrics."""
@@ -136,6 +152,14 @@ class CircuitRelay:
     _open: int = 0  # circuits
     _circuits: int = 0  # opened, in all
     _relayed: int = 0  # bytes copied, in all
+    _pace: Pace | None = None  # of the copies, with `max_bytes_per_second`
+
+    def __post_init__(self) -> None:
+        rate = self.config.max_bytes_per_second
+        if rate is not None:
+            if rate <= 0:
+                raise ValueError("a relay's max_bytes_per_second must be > 0")
+            self._pace = Pace(rate)
 
     def register(self, rpc: RPCHost) -> None:
         rpc.add_stream(LISTEN, self._listen)
@@ -219,6 +243,8 @@ class CircuitRelay:
         try:
             async for packet in source:
                 body = bytes(packet.body)
+                if self._pace is not None:
+                    await self._pace.take(len(body))
                 await sink.send(Packet(body=body))
                 self._relayed += len(body)
             await sink.end()

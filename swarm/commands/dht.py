@@ -13,7 +13,7 @@ from routing.dht import serve_dht_node
 from routing.public_address import PublicAddress
 from routing.rpc import CircuitRelay
 
-from .keys import identity_from, rpc_config
+from .keys import circuit_relay, identity_from, rpc_config
 from .lifecycle import run_service
 
 
@@ -22,7 +22,8 @@ async def serve_dht(args: argparse.Namespace, *, task_status: trio.TaskStatus[st
     initial_peers = [PeerAddress.parse(text) for text in args.initial_peers]
     public = PublicAddress(args.public_host, args.public_port, tuple(initial_peers))
     async with trio.open_nursery() as nursery:
-        circuits = CircuitRelay() if args.circuit_relay else None
+        relaying = circuit_relay(args)
+        circuits = None if relaying is None else CircuitRelay(relaying)
         serve = partial(serve_dht_node, rpc_config=rpc_config(args), public=public,
                         circuits=circuits)  # fmt: skip
         node = await nursery.start(

@@ -1,6 +1,8 @@
 """`--identity KEY` and `--members FILE`: who a command is in the swarm, and, in a private
 swarm, the only peers it talks to (`security.members`; every command follows the file as
-it changes); `--tls-cert PEM --tls-key PEM`: HTTPS for its HTTP server (`swarm.tls`)."""
+it changes); `--tls-cert PEM --tls-key PEM`: HTTPS for its HTTP server (`swarm.tls`);
+`--circuit-relay [--circuit-rate MB]`: circuits it relays for peers that cannot be dialled
+(`routing.rpc.circuit`)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import argparse
 import ssl
 from pathlib import Path
 
-from routing.rpc import RPCConfig
+from routing.rpc import CircuitConfig, RPCConfig
 from security import Identity
 
 from ..tls import TlsError, server_context
@@ -30,3 +32,12 @@ def tls_from(args: argparse.Namespace) -> ssl.SSLContext | None:
     if args.tls_cert is None or args.tls_key is None:
         raise TlsError("--tls-cert and --tls-key go together")
     return server_context(args.tls_cert, args.tls_key)
+
+
+def circuit_relay(args: argparse.Namespace) -> CircuitConfig | None:
+    """The circuits to relay with `--circuit-relay` (at most `--circuit-rate` MB a second);
+    None without it."""
+    if not args.circuit_relay:
+        return None
+    rate = None if args.circuit_rate is None else args.circuit_rate * 1e6
+    return CircuitConfig(max_bytes_per_second=rate)

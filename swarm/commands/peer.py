@@ -22,7 +22,7 @@ from ..default_model import cache_dir
 from ..http_server import HttpConfig, HttpServer
 from ..peer_metrics import peer_metrics_handler
 from ..tls import TlsError
-from .keys import identity_from, rpc_config, tls_from
+from .keys import circuit_relay, identity_from, rpc_config, tls_from
 from .lifecycle import run_service
 
 
@@ -44,7 +44,7 @@ def peer_config(args: argparse.Namespace) -> PeerConfig:
         public_host=args.public_host,
         public_port=args.public_port,
         via=PeerAddress.parse(args.via) if args.via else None,
-        circuit_relay=args.circuit_relay,
+        circuit_relay=circuit_relay(args),
         auto_circuit=not args.no_auto_circuit,
         initial_peers=tuple(PeerAddress.parse(text) for text in args.initial_peers),
         cache_dir=cache_dir(),

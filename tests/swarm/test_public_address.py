@@ -16,7 +16,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from routing.address import PeerAddress
+from routing.rpc import CircuitConfig
 from swarm import DistributedModelForCausalLM
+from swarm.cli import build_parser
+from swarm.commands.keys import circuit_relay
 from tests.support.port_forward import PortForward
 from tests.support.processes import SwarmProcess, swarm_processes
 from tests.support.tiny_model import write_tiny_model
@@ -143,3 +146,12 @@ def _generates_as_transformers(checkpoint: Path, bootstrap: str) -> None:
     expected = local.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
                               do_sample=False)  # fmt: skip
     assert tokens.tolist() == expected.tolist()
+
+
+def test_the_command_line_relays_circuits_at_the_rate_asked() -> None:
+    parser = build_parser()
+    for command in (["dht"], ["peer", "MODEL"]):
+        assert circuit_relay(parser.parse_args(command)) is None
+        args = parser.parse_args([*command, "--circuit-relay", "--circuit-rate", "2.5"])
+        assert circuit_relay(args) == CircuitConfig(max_bytes_per_second=2.5e6)
+        assert circuit_relay(parser.parse_args([*command, "--circuit-relay"])) == CircuitConfig()

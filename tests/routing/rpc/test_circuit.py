@@ -11,9 +11,11 @@ from functools import partial
 
 import pytest
 import trio
+import trio.testing
 
 from routing.address import PeerAddress
 from routing.errors import PeerUnreachableError, RemoteError
+from routing.memory_network import MemoryNetwork
 from routing.rpc import (
     BidiStream,
     CallContext,
@@ -224,3 +226,29 @@ async def test_a_peer_whose_relay_is_gone_moves_to_another() -> None:
         assert now.relay == swarm.relay.address and peer.address == now
         reply = await swarm.client.call(now, "echo", Packet({"moved": True}), timeout=10)
         assert reply.header == {"moved": True}
+
+
+@pytest.mark.parametrize(("rate", "seconds"), [(None, (0.0, 0.1)), (1 << 20, (6.9, 7.5))])
+async def test_a_relay_with_a_rate_copies_no_faster(
+    autojump_clock: trio.testing.MockClock, rate: int | None, seconds: tuple[float, float]
+) -> None:
+    """4 MiB echoed through a relay on the in-memory network, in virtual time: unpaced, at
+    once; at 1 MiB a second for both ways together, about 7 s (8 MiB, after a burst of a
+    second's worth)."""
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        relay = RPCHost(Identity.generate(), network.transport("10.0.0.1"))
+        CircuitRelay(CircuitConfig(max_bytes_per_second=rate)).register(relay)
+        relay_address = await nursery.start(relay.run, "10.0.0.1", 4000)
+        peer = RPCHost(Identity.generate(), network.transport("10.0.0.2"))
+        peer.add_unary("echo", echo)
+        await nursery.start(peer.run_outbound)
+        address = await nursery.start(serve_via, peer, relay_address)
+        client = RPCHost(Identity.generate(), network.transport("10.0.0.3"))
+        await nursery.start(client.run_outbound)
+        await client.ping(address, timeout=10)  # connected: the handshake's bytes are paid
+        start = trio.current_time()
+        await client.call(address, "echo", Packet({}, bytes(4 << 20)), timeout=60)
+        elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert seconds[0] <= elapsed <= seconds[1]
