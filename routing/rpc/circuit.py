@@ -67,6 +67,10 @@ class CircuitConfig:
     move_after: float = 5.0  # seconds without its relay before a peer looks for another
     max_bytes_per_second: float | None = None  # what the relay copies, all circuits together
 
+    def __post_init__(self) -> None:
+        if self.max_bytes_per_second is not None and not self.max_bytes_per_second > 0:
+            raise ValueError("a relay's max_bytes_per_second must be > 0")
+
 
 class PacketStream(trio.abc.Stream):
     """A byte stream over a `BidiStream`: each write goes as packets of at most `CHUNK`
@@ -156,10 +160,7 @@ class CircuitRelay:
 
     def __post_init__(self) -> None:
         rate = self.config.max_bytes_per_second
-        if rate is not None:
-            if rate <= 0:
-                raise ValueError("a relay's max_bytes_per_second must be > 0")
-            self._pace = Pace(rate)
+        self._pace = None if rate is None else Pace(rate)
 
     def register(self, rpc: RPCHost) -> None:
         rpc.add_stream(LISTEN, self._listen)

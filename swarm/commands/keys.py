@@ -13,6 +13,7 @@ from pathlib import Path
 from routing.rpc import CircuitConfig, RPCConfig
 from security import Identity
 
+from ..errors import SwarmError
 from ..tls import TlsError, server_context
 
 
@@ -39,5 +40,8 @@ def circuit_relay(args: argparse.Namespace) -> CircuitConfig | None:
     None without it."""
     if not args.circuit_relay:
         return None
-    rate = None if args.circuit_rate is None else args.circuit_rate * 1e6
-    return CircuitConfig(max_bytes_per_second=rate)
+    if args.circuit_rate is None:
+        return CircuitConfig()
+    if not args.circuit_rate > 0:
+        raise SwarmError(f"--circuit-rate must be more than 0 MB a second, not {args.circuit_rate}")
+    return CircuitConfig(max_bytes_per_second=args.circuit_rate * 1e6)

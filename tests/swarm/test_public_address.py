@@ -20,6 +20,7 @@ from routing.rpc import CircuitConfig
 from swarm import DistributedModelForCausalLM
 from swarm.cli import build_parser
 from swarm.commands.keys import circuit_relay
+from swarm.errors import SwarmError
 from tests.support.port_forward import PortForward
 from tests.support.processes import SwarmProcess, swarm_processes
 from tests.support.tiny_model import write_tiny_model
@@ -155,3 +156,5 @@ def test_the_command_line_relays_circuits_at_the_rate_asked() -> None:
         args = parser.parse_args([*command, "--circuit-relay", "--circuit-rate", "2.5"])
         assert circuit_relay(args) == CircuitConfig(max_bytes_per_second=2.5e6)
         assert circuit_relay(parser.parse_args([*command, "--circuit-relay"])) == CircuitConfig()
+        with pytest.raises(SwarmError, match="--circuit-rate must be more than 0"):
+            circuit_relay(parser.parse_args([*command, "--circuit-relay", "--circuit-rate", "0"]))
