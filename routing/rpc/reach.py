@@ -10,8 +10,9 @@ The peer asked dials only the caller itself: the address must carry the caller's
 id (the handshake proves it is the caller who answers), and its host must resolve to the
 host the caller's connection comes from, so that nobody can make it dial a third party;
 a few checks run at once at most. `reach_handler` is that handler, `check_reach` the
-asking side, and `log_reach` what a node runs once it serves: it asks its initial peers in
-turn until one answers, and logs the outcome (a warning, with what to do, if unreached).
+asking side, and `log_reach` what a node runs once it has joined: it asks its initial peers
+in turn until one reached it or two could not, and logs the outcome (a warning, with what
+to do, if unreached).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 REACH = "reach"
 DIAL_TIMEOUT = 5.0  # seconds for the dial and the handshake
 CALL_SLACK = 3.0  # seconds more for the call that asks for it
+OPINIONS = 2  # peers that must fail to reach us before we believe it (if there are so many)
 CONCURRENT_CHECKS = 4  # more at once are refused
 
 
@@ -123,9 +125,14 @@ async def check_reach(rpc: RPCHost, via: PeerAddress) -> Reach:
     return Reach(reached, seen_from[:256], reason[:512])
 
 
-async def log_reach(rpc: RPCHost, toward: Sequence[PeerAddress]) -> Reach | None:
-    """Ask the peers `toward` in turn whether they can dial us, and log what the first to
-    answer found (None: none answered, or none to ask)."""
+async def log_reach(
+    rpc: RPCHost, toward: Sequence[PeerAddress], *, opinions: int = OPINIONS
+) -> Reach | None:
+    """Ask the peers `toward` in turn whether they can dial us, until one did or `opinions`
+    of them could not (one busy peer is not the last word), and log what they found (None:
+    none answered, or none to ask)."""
+    unreached: Reach | None = None
+    heard = 0
     for via in toward:
         try:
             reach = await check_reach(rpc, via)
@@ -134,11 +141,15 @@ async def log_reach(rpc: RPCHost, toward: Sequence[PeerAddress]) -> Reach | None
             continue
         if reach.reached:
             logger.info("others reach us at %s (checked by %s)", rpc.address, via.peer_id.short())
-        else:
-            logger.warning(
-                "others cannot reach us at %s: %s (we called from %s). Behind NAT, forward the "
-                "port and give --public-host and --public-port; else open the firewall",
-                rpc.address, reach.reason, reach.seen_from,
-            )  # fmt: skip
-        return reach
-    return None
+            return reach
+        logger.info("%s could not reach us: %s", via.peer_id.short(), reach.reason)
+        unreached, heard = reach, heard + 1
+        if heard >= opinions:
+            break
+    if unreached is not None:
+        logger.warning(
+            "others cannot reach us at %s: %s (we called from %s). Behind NAT, forward the "
+            "port and give --public-host and --public-port; else open the firewall",
+            rpc.address, unreached.reason, unreached.seen_from,
+        )  # fmt: skip
+    return unreached

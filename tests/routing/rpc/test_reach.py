@@ -96,3 +96,27 @@ async def test_a_peer_asked_through_a_circuit_cannot_say() -> None:
                 await check_reach(asking, address)
             assert await log_reach(asking, [address]) is None
             nursery.cancel_scope.cancel()
+
+
+class _NoDialOut(TcpTransport):
+    """Listens as TCP does, but cannot dial anyone (as behind a strict firewall)."""
+
+    async def connect(self, host: str, port: int) -> trio.abc.Stream:
+        raise OSError("outbound connections are blocked here")
+
+
+async def test_one_peer_that_cannot_dial_back_is_not_the_last_word() -> None:
+    """Two opinions: a peer that cannot dial out says "unreached", the next one reaches us,
+    and that stands; two that cannot are believed, and the third is not asked."""
+    with trio.fail_after(LIMIT):
+        async with _hosts() as (asked, asking), trio.open_nursery() as nursery:
+            blocked = []
+            for _ in range(2):
+                host = RPCHost(Identity.generate(), _NoDialOut())
+                blocked.append(await nursery.start(host.run, "127.0.0.1", 0))
+            reach = await log_reach(asking, [blocked[0], asked.address])
+            assert reach is not None and reach.reached
+            reach = await log_reach(asking, [*blocked, asked.address])
+            assert reach is not None and not reach.reached
+            assert "outbound connections are blocked" in reach.reason
+            nursery.cancel_scope.cancel()
