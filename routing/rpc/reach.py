@@ -125,14 +125,11 @@ async def check_reach(rpc: RPCHost, via: PeerAddress) -> Reach:
     return Reach(reached, seen_from[:256], reason[:512])
 
 
-async def log_reach(
-    rpc: RPCHost, toward: Sequence[PeerAddress], *, opinions: int = OPINIONS
-) -> Reach | None:
-    """Ask the peers `toward` in turn whether they can dial us, until one did or `opinions`
+async def log_reach(rpc: RPCHost, toward: Sequence[PeerAddress]) -> Reach | None:
+    """Ask the peers `toward` in turn whether they can dial us, until one did or `OPINIONS`
     of them could not (one busy peer is not the last word), and log what they found (None:
     none answered, or none to ask)."""
-    unreached: Reach | None = None
-    heard = 0
+    unreached: list[Reach] = []
     for via in toward:
         try:
             reach = await check_reach(rpc, via)
@@ -143,13 +140,15 @@ async def log_reach(
             logger.info("others reach us at %s (checked by %s)", rpc.address, via.peer_id.short())
             return reach
         logger.info("%s could not reach us: %s", via.peer_id.short(), reach.reason)
-        unreached, heard = reach, heard + 1
-        if heard >= opinions:
+        unreached.append(reach)
+        if len(unreached) == OPINIONS:
             break
-    if unreached is not None:
-        logger.warning(
-            "others cannot reach us at %s: %s (we called from %s). Behind NAT, forward the "
-            "port and give --public-host and --public-port; else open the firewall",
-            rpc.address, unreached.reason, unreached.seen_from,
-        )  # fmt: skip
-    return unreached
+    if not unreached:
+        return None
+    last = unreached[-1]
+    logger.warning(
+        "others cannot reach us at %s: %s (we called from %s). Behind NAT, forward the port "
+        "and give --public-host and --public-port; else open the firewall",
+        rpc.address, last.reason, last.seen_from,
+    )  # fmt: skip
+    return last
