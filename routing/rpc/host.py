@@ -79,7 +79,7 @@ class RPCHost:
         self.config = config or RPCConfig()
         self._unary: dict[str, UnaryHandler] = {
             "info": self._info,
-            REACH: reach_handler(identity, transport, self.config.handshake_timeout),
+            REACH: reach_handler(self.probe),
         }
         self._stream: dict[str, StreamHandler] = {}
         self._info_hook: Callable[[], Mapping[str, Any]] | None = None
@@ -309,6 +309,12 @@ class RPCHost:
             await trio.aclose_forcefully(stream)
             raise
         return secure
+
+    async def probe(self, address: PeerAddress) -> None:
+        """Open a new connection to `address` (not pooled), complete the handshake that
+        proves its peer answers there, and close it."""
+        stream = await self._transport.connect(address.host, address.port)
+        await trio.aclose_forcefully(await self._handshake(stream, address))
 
     async def _serve_circuit(
         self, address: PeerAddress, relay: PeerAddress, *, task_status: trio.TaskStatus[Connection]

@@ -18,17 +18,16 @@ to do, if unreached).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
 
-from security import Identity, SecureStream, SecurityError
+from security import SecurityError
 
 from ..address import PeerAddress
 from ..errors import AddressError, HandlerError, ProtocolError, RoutingError
-from ..transport import Transport
 from .packet import CallContext, Packet, UnaryHandler
 
 if TYPE_CHECKING:
@@ -54,10 +53,12 @@ class Reach:
     reason: str = ""  # why not
 
 
-def reach_handler(
-    identity: Identity, transport: Transport, handshake_timeout: float
-) -> UnaryHandler:
-    """The handler of "reach" for a host with this identity and transport."""
+Probe = Callable[[PeerAddress], Awaitable[None]]  # a new connection and handshake there
+
+
+def reach_handler(probe: Probe) -> UnaryHandler:
+    """The handler of "reach", where `probe(address)` opens a new connection to `address`
+    and completes a handshake there (`RPCHost.probe`)."""
     checks = trio.CapacityLimiter(CONCURRENT_CHECKS)
 
     async def handle(request: Packet, context: CallContext) -> Packet:
@@ -74,7 +75,7 @@ def reach_handler(
         except trio.WouldBlock:
             raise HandlerError("busy", "too many reach checks at once") from None
         try:
-            reason = await _dial_back(identity, transport, address, context, handshake_timeout)
+            reason = await _dial_back(probe, address, context)
         finally:
             checks.release_on_behalf_of(context)
         return Packet({"reached": not reason, "seen_from": context.remote_host, "reason": reason})
@@ -82,13 +83,7 @@ def reach_handler(
     return handle
 
 
-async def _dial_back(
-    identity: Identity,
-    transport: Transport,
-    address: PeerAddress,
-    context: CallContext,
-    handshake_timeout: float,
-) -> str:
+async def _dial_back(probe: Probe, address: PeerAddress, context: CallContext) -> str:
     """Why `address` could not be reached as the caller ("" if it was)."""
     try:
         found = await trio.socket.getaddrinfo(address.host, address.port)
@@ -98,14 +93,7 @@ async def _dial_back(
         return f"{address.host} is not {context.remote_host}, where the call came from"
     try:
         with trio.fail_after(DIAL_TIMEOUT):
-            stream = await transport.connect(address.host, address.port)
-            secure = SecureStream(stream, identity, initiator=True,
-                                  expected_peer=address.peer_id,
-                                  handshake_timeout=handshake_timeout)  # fmt: skip
-            try:
-                await secure.do_handshake()
-            finally:
-                await trio.aclose_forcefully(secure)
+            await probe(address)
     except trio.TooSlowError:
         return f"no answer at {address.host}:{address.port} within {DIAL_TIMEOUT:g} s"
     except (OSError, SecurityError, RoutingError, trio.BrokenResourceError) as error:
