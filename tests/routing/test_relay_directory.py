@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from contextlib import AsyncExitStack
 
 import trio
@@ -12,14 +11,9 @@ from routing.dht import DHTConfig, DHTNode, open_dht_node
 from routing.relay_directory import RELAY_TTL, RELAYS_KEY, find_relays, list_relay, nearest_relay
 from routing.transport import TcpTransport
 from security import Identity
+from tests.support.ports import free_port
 
 LIMIT = 20  # seconds: every test here is bounded in real time
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def _nodes(stack: AsyncExitStack, count: int) -> list[DHTNode]:
@@ -54,7 +48,7 @@ async def test_the_nearest_relay_is_one_that_answers() -> None:
     with trio.fail_after(LIMIT):
         async with AsyncExitStack() as stack:
             asking, live = await _nodes(stack, 2)
-            dead = PeerAddress("127.0.0.1", _closed_port(), Identity.generate().peer_id)
+            dead = PeerAddress("127.0.0.1", free_port(), Identity.generate().peer_id)
             assert await nearest_relay(asking.rpc, [dead, live.address]) == live.address
             assert await nearest_relay(asking.rpc, [dead]) is None
             assert await nearest_relay(asking.rpc, [asking.address]) is None  # not itself

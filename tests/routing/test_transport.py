@@ -15,6 +15,7 @@ import trio.testing
 from routing.errors import ListenError
 from routing.memory_network import MemoryNetwork, MemoryStream
 from routing.transport import TcpTransport
+from tests.support.ports import free_port
 
 
 async def _echo(stream: trio.abc.Stream) -> None:
@@ -73,11 +74,8 @@ async def test_a_port_taken_is_a_listen_error_that_names_it() -> None:
 
 
 async def test_tcp_connect_refused_raises_oserror() -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     with trio.fail_after(10), pytest.raises(OSError):
-        await TcpTransport().connect("127.0.0.1", port)
+        await TcpTransport().connect("127.0.0.1", free_port())  # a port nobody listens on
 
 
 # -- memory network ----------------------------------------------------------------------------

@@ -7,7 +7,6 @@ client generating through them (the addresses found for a wildcard host are test
 from __future__ import annotations
 
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from swarm.cli import build_parser
 from swarm.commands.keys import circuit_relay
 from swarm.errors import SwarmError
 from tests.support.port_forward import PortForward
+from tests.support.ports import free_port
 from tests.support.processes import SwarmProcess, swarm_processes
 from tests.support.tiny_model import write_tiny_model
 
@@ -30,18 +30,12 @@ pytestmark = pytest.mark.slow
 READY = 60.0  # seconds for a process to print its address
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_a_peer_behind_a_forwarded_port_is_reached_through_it(tmp_path: Path) -> None:
     """The DHT node announces the name it is given; the second peer listens on one port and
     announces the forwarded one, which the client dials (the tokens are transformers') and
     the DHT node dials back when the peer asks whether others reach it."""
     checkpoint = write_tiny_model(tmp_path / "tiny-public", num_layers=4)
-    hidden_port = _free_port()
+    hidden_port = free_port()
     with swarm_processes() as started, PortForward(hidden_port) as forward:
         dht = SwarmProcess(["dht", "--public-host", "localhost"])
         started.append(dht)
@@ -79,7 +73,7 @@ def test_a_peer_others_cannot_dial_takes_a_listed_relay_by_itself(tmp_path: Path
     transformers'."""
     checkpoint = write_tiny_model(tmp_path / "tiny-auto", num_layers=4)
     with swarm_processes() as started:
-        closed = str(_free_port())
+        closed = str(free_port())
         bootstrap, unreachable = _relay_and_two_peers(started, checkpoint, "--public-port", closed)
         assert "others cannot reach us" in unreachable.stderr()
         _generates_as_transformers(checkpoint, bootstrap)
@@ -100,7 +94,7 @@ def test_a_peer_whose_relay_dies_moves_to_another_and_announces_it(tmp_path: Pat
         every = [str(address) for address in addresses]
         common = ["peer", str(checkpoint), "--initial-peers", *every]
         first = SwarmProcess([*common, "--blocks", "0:2"])
-        unreachable = SwarmProcess([*common, "--blocks", "2:4", "--public-port", str(_free_port())])
+        unreachable = SwarmProcess([*common, "--blocks", "2:4", "--public-port", str(free_port())])
         started += [first, unreachable]
         first.wait_ready(READY)
         used = addresses.index(PeerAddress.parse(unreachable.wait_ready(READY)).relay)

@@ -4,7 +4,6 @@ address it announces, and learns whether others can reach it there."""
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,14 +17,9 @@ from routing.rpc import CircuitRelay, Packet, RPCHost, check_reach, log_reach, s
 from routing.rpc.reach import REACH
 from routing.transport import TcpTransport
 from security import Identity
+from tests.support.ports import free_port
 
 LIMIT = 20  # seconds: every test here is bounded in real time
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])  # nothing listens there once this returns
 
 
 @asynccontextmanager
@@ -55,7 +49,7 @@ async def test_an_address_nobody_listens_at_is_reported_with_what_to_do(
 ) -> None:
     """As behind NAT with no port forwarded: the announced port is closed. The warning says
     what to do; the peer asked serves on."""
-    async with _hosts(PublicAddress(port=_closed_port())) as (asked, asking):
+    async with _hosts(PublicAddress(port=free_port())) as (asked, asking):
         reach = await log_reach(asking, [asked.address])
         assert reach is not None and not reach.reached and reach.seen_from == "127.0.0.1"
         assert str(asking.address.port) in reach.reason
@@ -79,7 +73,7 @@ async def test_the_peer_asked_dials_no_third_party() -> None:
 async def test_nobody_to_ask_is_no_answer() -> None:
     async with _hosts() as (_, asking):
         assert await log_reach(asking, []) is None
-        silent = PeerAddress("127.0.0.1", _closed_port(), Identity.generate().peer_id)
+        silent = PeerAddress("127.0.0.1", free_port(), Identity.generate().peer_id)
         assert await log_reach(asking, [silent]) is None  # it did not answer: not asked again
 
 
