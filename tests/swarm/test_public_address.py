@@ -7,7 +7,6 @@ client generating through them (the addresses found for a wildcard host are test
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,8 @@ from tests.support.port_forward import PortForward
 from tests.support.ports import free_port
 from tests.support.processes import SwarmProcess, swarm_processes
 from tests.support.tiny_model import write_tiny_model
+
+from .test_model import _until
 
 pytestmark = pytest.mark.slow
 
@@ -124,10 +125,7 @@ def _relay_and_two_peers(
 
 def _wait_for_log(process: SwarmProcess, text: str) -> None:
     """Poll the process's log until `text` is in it (bounded by READY)."""
-    deadline = time.monotonic() + READY
-    while text not in process.stderr():
-        assert time.monotonic() < deadline, process.stderr()
-        time.sleep(0.05)
+    assert _until(lambda: text in process.stderr(), READY), process.stderr()
 
 
 def _generates_as_transformers(checkpoint: Path, bootstrap: str) -> None:
