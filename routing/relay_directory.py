@@ -3,9 +3,10 @@ nearest.
 
 A node that relays circuits (`routing.rpc.circuit`) stores its address under `RELAYS_KEY`,
 signed as its own subkey and republished while it runs (`list_relay`). A peer whose reach
-check failed (`routing.rpc.reach`) reads them (`find_relays`: an address must carry the id
-of the node that signed it, and be a direct one, not itself a circuit), pings each, and
-serves through the one that answers first (`nearest_relay`).
+check failed (`routing.rpc.reach`) reads them (`find_relays`: a listing counts if its
+address carries the id of the node that signed it and is a direct one, not itself a
+circuit: `listed_relay`), pings each, and serves through the one that answers first
+(`nearest_relay`). The monitor reads them too, to show the relays.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from .address import PeerAddress
 from .errors import AddressError, RoutingError
 
 if TYPE_CHECKING:
+    from security import PeerId
+
     from .dht import DHTNode
     from .rpc import RPCHost
 
-__all__ = ["RELAYS_KEY", "find_relays", "list_relay", "nearest_relay"]
+__all__ = ["RELAYS_KEY", "find_relays", "list_relay", "listed_relay", "nearest_relay"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,17 +41,21 @@ async def list_relay(dht: DHTNode, address: PeerAddress) -> None:
     logger.info("listed as a circuit relay on %d DHT nodes", stored)
 
 
+def listed_relay(signer: PeerId, listing: bytes) -> PeerAddress | None:
+    """The relay address `signer` listed under `RELAYS_KEY`, if it is a valid listing: its
+    own, and direct."""
+    try:
+        address = PeerAddress.parse(listing.decode("utf-8"))
+    except (AddressError, UnicodeDecodeError):
+        return None
+    return address if address.peer_id == signer and address.via is None else None
+
+
 async def find_relays(dht: DHTNode) -> list[PeerAddress]:
     """The relays listed in the DHT, each at the address it signed for itself."""
-    relays = []
-    for signer, listed in (await dht.get(RELAYS_KEY)).items():
-        try:
-            address = PeerAddress.parse(listed.value.decode("utf-8"))
-        except (AddressError, UnicodeDecodeError):
-            continue
-        if address.peer_id == signer and address.via is None:
-            relays.append(address)
-    return relays
+    values = await dht.get(RELAYS_KEY)
+    listed = (listed_relay(signer, value.value) for signer, value in values.items())
+    return [address for address in listed if address is not None]
 
 
 async def nearest_relay(rpc: RPCHost, relays: Sequence[PeerAddress]) -> PeerAddress | None:

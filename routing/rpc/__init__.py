@@ -7,6 +7,7 @@ the package imports from `routing.rpc`. Importing does nothing.
 from .circuit import CircuitConfig as CircuitConfig
 from .circuit import CircuitRelay as CircuitRelay
 from .circuit import RelayLoad as RelayLoad
+from .circuit import ask_relay_load as ask_relay_load
 from .circuit import serve_via as serve_via
 from .config import RPCConfig as RPCConfig
 from .config import RPCStats as RPCStats

@@ -12,9 +12,10 @@ end: the relay carries ciphertext, and the dialer checks that the key that answe
 peer id it dialled, as over TCP.
 
 The relay bounds what it holds: peers listening, circuits open, the time a token waits for
-its peer, and, if asked, the bytes a second it copies (`Pace`). A peer that loses its relay
-listens there again (`serve_via`), so its address stays the same; one that stays lost for a
-while takes another relay, if it is given a way to find one, and says where it is now.
+its peer, and, if asked, the bytes a second it copies (`Pace`); it tells whoever asks how
+loaded it is (`circuit.load`, `ask_relay_load`: the monitor shows it). A peer that loses its
+relay listens there again (`serve_via`), so its address stays the same; one that stays lost
+for a while takes another relay, if it is given a way to find one, and says where it is now.
 """
 
 from __future__ import annotations
@@ -23,16 +24,16 @@ import logging
 import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
 from security import InvalidPeerIdError, PeerId
 
 from ..address import PeerAddress
-from ..errors import HandlerError, RoutingError, StreamClosedError
+from ..errors import HandlerError, ProtocolError, RoutingError, StreamClosedError
 from .packet import CallContext, Packet
 from .stream import BidiStream
 
@@ -44,6 +45,7 @@ __all__ = [
     "CircuitRelay",
     "PacketStream",
     "RelayLoad",
+    "ask_relay_load",
     "open_circuit",
     "serve_via",
 ]
@@ -53,6 +55,7 @@ logger = logging.getLogger(__name__)
 LISTEN = "circuit.listen"
 CONNECT = "circuit.connect"
 ACCEPT = "circuit.accept"
+LOAD = "circuit.load"
 CHUNK = 1 << 20  # bytes per packet of a circuit at most: a SecureStream's whole batch
 TOKEN_BYTES = 16
 
@@ -129,12 +132,25 @@ class Pace:
 
 @dataclass(frozen=True)
 class RelayLoad:
-    """A relay at one moment, for its operator's metrics."""
+    """A relay at one moment, for its operator's metrics and the monitor."""
 
     listeners: int  # peers listening through it now
     open: int  # circuits open now
     circuits: int  # circuits opened since it started
     relayed_bytes: int  # bytes it copied since it started, both ways
+    max_listeners: int  # its bounds (`CircuitConfig`)
+    max_circuits: int
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> RelayLoad:
+        """From a `circuit.load` answer; ProtocolError unless every count is there."""
+        counts = {name: fields.get(name) for name in _LOAD_FIELDS}
+        if not all(type(count) is int and count >= 0 for count in counts.values()):
+            raise ProtocolError("a relay's load must give every count as an integer >= 0")
+        return cls(**cast(dict[str, int], counts))
+
+
+_LOAD_FIELDS = tuple(field.name for field in fields(RelayLoad))
 
 
 @dataclass
@@ -166,13 +182,19 @@ class CircuitRelay:
         rpc.add_stream(LISTEN, self._listen)
         rpc.add_stream(CONNECT, self._connect)
         rpc.add_stream(ACCEPT, self._accept)
+        rpc.add_unary(LOAD, self._load)
 
     @property
     def listening(self) -> frozenset[PeerId]:
         return frozenset(self._listeners)
 
     def load(self) -> RelayLoad:
-        return RelayLoad(len(self._listeners), self._open, self._circuits, self._relayed)
+        config = self.config
+        return RelayLoad(len(self._listeners), self._open, self._circuits, self._relayed,
+                         config.max_listeners, config.max_circuits)  # fmt: skip
+
+    async def _load(self, request: Packet, context: CallContext) -> Packet:
+        return Packet(asdict(self.load()))
 
     async def _listen(self, stream: BidiStream, context: CallContext) -> None:
         peer, host = context.peer_id, context.remote_host
@@ -266,6 +288,17 @@ def _peer_id(text: object) -> PeerId:
         return PeerId.from_base58(str(text))
     except (InvalidPeerIdError, ValueError):
         raise HandlerError("bad_request", "peer: a peer id in base58") from None
+
+
+async def ask_relay_load(
+    rpc: RPCHost,
+    relay: PeerAddress,
+    timeout: float,  # noqa: ASYNC109
+) -> RelayLoad:
+    """How loaded `relay` is now (`circuit.load`); RoutingError if it does not answer, or
+    answers with an error (a node that relays nothing) or something else (ProtocolError)."""
+    reply = await rpc.call(relay, LOAD, Packet({}), timeout=timeout)
+    return RelayLoad.from_fields(reply.header)
 
 
 async def open_circuit(rpc: RPCHost, address: PeerAddress, stream: BidiStream) -> PacketStream:

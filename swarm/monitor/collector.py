@@ -6,8 +6,9 @@ in flight, each bounded by `get_timeout`), and publish a snapshot at once with t
 so far, so a peer that announced `offline` leaves the page on the next refresh. Then probe
 every listed peer concurrently (`ping_timeout` each): its RTT, and its load now (sessions,
 cache left, its counter of tokens served: the tokens per second since the last probe) if it
-says, and publish the snapshot again with them. A failed read leaves that key empty for the
-round; it never stops the collector.
+says, and publish the snapshot again with them. The circuit relays listed in the DHT are read
+and probed in the same round (their RTT, and their load if they say). A failed read leaves
+that key empty for the round; it never stops the collector.
 
 The DHT and the prober are small protocols, so tests drive the collector with fakes and
 trio's MockClock (the RPC prober is in `service.py`).
@@ -27,12 +28,15 @@ from routing.address import PeerAddress
 from routing.announcement import MODELS_KEY, block_key
 from routing.errors import AddressError, RoutingError
 from routing.records import DHTValue
+from routing.relay_directory import RELAYS_KEY
+from routing.rpc import RelayLoad
 from security import PeerId, SecurityError
 
 from .snapshot import (
     MAX_MODELS,
     Observations,
     PeerLoad,
+    RelayMeasure,
     SwarmSnapshot,
     build_snapshot,
     select_models,
@@ -56,6 +60,20 @@ class Probe:
 class Prober(Protocol):
     async def __call__(self, address: PeerAddress) -> Probe | None:
         """What the peer answered, or None if it did not answer."""
+        ...
+
+
+@dataclass(frozen=True)
+class RelayProbe:
+    """A relay's answer to a probe: the round trip in seconds, and its load if it said."""
+
+    rtt: float
+    load: RelayLoad | None = None
+
+
+class RelayProber(Protocol):
+    async def __call__(self, address: PeerAddress) -> RelayProbe | None:
+        """What the relay answered, or None if it did not answer."""
         ...
 
 
@@ -85,10 +103,12 @@ class Collector:
         probe: Prober,
         config: CollectorConfig | None = None,
         *,
+        probe_relay: RelayProber | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.dht = dht
         self.probe = probe
+        self.probe_relay = probe_relay  # None: relays are listed, not probed
         self.config = config or CollectorConfig()
         self._clock = clock
         self._snapshot: SwarmSnapshot | None = None
@@ -98,6 +118,7 @@ class Collector:
         self._loads: dict[PeerId, PeerLoad] = {}
         self._counted: dict[PeerId, tuple[float, int]] = {}  # when, and its tokens served
         self._serving: dict[PeerId, float] = {}  # tokens/s between its last two answers
+        self._relays: dict[PeerId, RelayMeasure] = {}
         self._limiter = trio.CapacityLimiter(self.config.max_concurrent_gets)
         self.rounds = 0  # completed rounds, for tests and logs
 
@@ -119,7 +140,9 @@ class Collector:
     async def collect_once(self) -> SwarmSnapshot:
         observations = await self._read()
         self._snapshot = build_snapshot(self._with_measurements(observations))
-        await self._probe_all(self._snapshot.peer_addresses())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._probe_all, self._snapshot.peer_addresses())
+            nursery.start_soon(self._probe_relays, self._snapshot.relay_addresses())
         self._snapshot = build_snapshot(self._with_measurements(observations))
         self.rounds += 1
         return self._snapshot
@@ -132,12 +155,33 @@ class Collector:
             missed=dict(self._missed),
             loads=dict(self._loads),
             serving=dict(self._serving),
+            relay_measures=dict(self._relays),
         )
 
     async def _read(self) -> Observations:
+        relays: Mapping[PeerId, DHTValue] = {}
+
+        async def read_relays() -> None:
+            nonlocal relays
+            relays = await self._get(RELAYS_KEY)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_relays)  # while the models are read
+            models, blocks = await self._read_models()
+        return Observations(
+            now=self._clock(),
+            models=models,
+            blocks=blocks,
+            refresh=self.config.refresh,
+            relays=relays,
+        )
+
+    async def _read_models(
+        self,
+    ) -> tuple[Mapping[PeerId, DHTValue], dict[str, dict[int, Mapping[PeerId, DHTValue]]]]:
+        """The entries under `MODELS_KEY`, and the records under each selected model's blocks."""
         models = await self._get(MODELS_KEY)
-        now = self._clock()
-        selected = select_models(models, now, self.config.max_models)
+        selected = select_models(models, self._clock(), self.config.max_models)
         blocks: dict[str, dict[int, Mapping[PeerId, DHTValue]]] = {m: {} for m in selected}
 
         async def read_block(model: str, block: int) -> None:
@@ -148,9 +192,7 @@ class Collector:
             for model, num_blocks in selected.items():
                 for block in range(num_blocks):
                     nursery.start_soon(read_block, model, block)
-        return Observations(
-            now=self._clock(), models=models, blocks=blocks, refresh=self.config.refresh
-        )
+        return models, blocks
 
     async def _get(self, key: str) -> Mapping[PeerId, DHTValue]:
         with trio.move_on_after(self.config.get_timeout):
@@ -193,6 +235,26 @@ class Collector:
         async with trio.open_nursery() as nursery:
             for peer_id, text in addresses.items():
                 nursery.start_soon(probe_one, peer_id, text)
+
+    async def _probe_relays(self, addresses: Mapping[PeerId, str]) -> None:
+        for gone in set(self._relays) - set(addresses):
+            del self._relays[gone]
+        if self.probe_relay is None:
+            return
+
+        async def probe_one(relay_id: PeerId, text: str, probe_relay: RelayProber) -> None:
+            probe = None
+            with trio.move_on_after(self.config.ping_timeout):
+                probe = await probe_relay(PeerAddress.parse(text))  # parsed for the snapshot
+            last = self._relays.get(relay_id, RelayMeasure())
+            if probe is None:
+                self._relays[relay_id] = replace(last, rtt=None, load=None, missed=last.missed + 1)
+            else:
+                self._relays[relay_id] = RelayMeasure(probe.rtt, probe.load, self._clock())
+
+        async with trio.open_nursery() as nursery:
+            for relay_id, text in addresses.items():
+                nursery.start_soon(probe_one, relay_id, text, self.probe_relay)
 
     def _count_served(self, peer_id: PeerId, now: float, tokens: int) -> None:
         """The peer's tokens per second since its last answer (none after a restart)."""

@@ -4,9 +4,11 @@ Pure.
 Every metric is a gauge named `swarm_...`: per model, its blocks, whether a full chain
 exists, its peers by state and each block's coverage; per peer (labels `model` and `peer`,
 its full id), what the page's table shows, as numbers, and `swarm_peer_info` (value 1) with
-the text (address, state, version, dtype, quantization) as labels. A value the monitor does
-not know (the RTT of a peer that does not answer, the tokens per second before two probes)
-has no sample. Label values come from peers and are escaped as the format requires.
+the text (address, state, version, dtype, quantization) as labels; per circuit relay (label
+`relay`), its state, the peers announced through it, its load as it answered, its RTT, and
+`swarm_relay_info` with its address and state. A value the monitor does not know (the RTT
+of a peer that does not answer, the tokens per second before two probes) has no sample.
+Label values come from peers and are escaped as the format requires.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterator
 from routing.announcement import PeerState
 
 from ..prometheus import Labels, Sample, exposition, metric
-from .snapshot import UNREACHABLE, ModelView, PeerRow, SwarmSnapshot
+from .snapshot import UNREACHABLE, ModelView, PeerRow, RelayRow, SwarmSnapshot
 
 STATES = (*(state.value for state in PeerState if state is not PeerState.OFFLINE), UNREACHABLE)
 
@@ -33,6 +35,19 @@ PEER_GAUGES = {
     "swarm_peer_rtt_seconds": "Round trip to the peer, measured by the monitor.",
     "swarm_peer_last_seen_timestamp_seconds": "When the peer last answered the monitor.",
     "swarm_peer_record_expiration_timestamp_seconds": "When the peer's freshest record expires.",
+}
+
+# name -> help, for the gauges of a relay's row (each read by `_relay_values`)
+RELAY_GAUGES = {
+    "swarm_relay_reachable": "1 unless the relay missed the monitor's last probes.",
+    "swarm_relay_peers": "Listed peers whose address is a circuit through the relay.",
+    "swarm_relay_listeners": "Peers listening through the relay, as it answered.",
+    "swarm_relay_max_listeners": "Peers the relay takes at most.",
+    "swarm_relay_circuits_open": "Circuits open through the relay, as it answered.",
+    "swarm_relay_max_circuits": "Circuits the relay holds open at most.",
+    "swarm_relay_rtt_seconds": "Round trip to the relay, measured by the monitor.",
+    "swarm_relay_last_seen_timestamp_seconds": "When the relay last answered the monitor.",
+    "swarm_relay_listing_expiration_timestamp_seconds": "When the relay's listing expires.",
 }
 
 
@@ -65,6 +80,12 @@ def render_metrics(snapshot: SwarmSnapshot) -> str:
             if (value := _peer_values(row)[name]) is not None
         ]
         lines.extend(_gauge(name, help_text, samples))
+    lines.extend(_gauge("swarm_relay_info", "A relay's address and state, as labels (value 1).",
+                        [(_relay_info(row), 1.0) for row in snapshot.relays]))  # fmt: skip
+    for name, help_text in RELAY_GAUGES.items():
+        relays = [(_relay(row), value) for row in snapshot.relays
+                  if (value := _relay_values(row)[name]) is not None]  # fmt: skip
+        lines.extend(_gauge(name, help_text, relays))
     return exposition(lines)
 
 
@@ -109,4 +130,27 @@ def _peer_values(row: PeerRow) -> dict[str, float | None]:
         "swarm_peer_rtt_seconds": row.rtt,
         "swarm_peer_last_seen_timestamp_seconds": row.last_seen,
         "swarm_peer_record_expiration_timestamp_seconds": row.expiration,
+    }
+
+
+def _relay(row: RelayRow) -> Labels:
+    return (("relay", row.peer_id.to_base58()),)
+
+
+def _relay_info(row: RelayRow) -> Labels:
+    return (*_relay(row), ("address", row.address), ("state", row.state))
+
+
+def _relay_values(row: RelayRow) -> dict[str, float | None]:
+    load = row.load
+    return {
+        "swarm_relay_reachable": float(row.state != UNREACHABLE),
+        "swarm_relay_peers": row.peers,
+        "swarm_relay_listeners": None if load is None else load.listeners,
+        "swarm_relay_max_listeners": None if load is None else load.max_listeners,
+        "swarm_relay_circuits_open": None if load is None else load.open,
+        "swarm_relay_max_circuits": None if load is None else load.max_circuits,
+        "swarm_relay_rtt_seconds": row.rtt,
+        "swarm_relay_last_seen_timestamp_seconds": row.last_seen,
+        "swarm_relay_listing_expiration_timestamp_seconds": row.expiration,
     }

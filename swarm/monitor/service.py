@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -19,12 +21,12 @@ from routing.address import PeerAddress
 from routing.client import ask_announcement
 from routing.dht import DHTConfig, DHTNode
 from routing.errors import ProtocolError, RemoteError, RoutingError
-from routing.rpc import RPCConfig, RPCHost
+from routing.rpc import RPCConfig, RPCHost, ask_relay_load
 from routing.transport import Transport
 from security import Identity, PeerId, SecurityError
 
 from ..http_server import HttpConfig, HttpServer
-from .collector import Collector, CollectorConfig, Probe
+from .collector import Collector, CollectorConfig, Probe, RelayProbe
 from .http import load_page, monitor_handler
 from .snapshot import PeerLoad, SwarmSnapshot
 
@@ -55,9 +57,7 @@ async def serve_monitor(
     async with trio.open_nursery() as nursery:
         await nursery.start(rpc.run_outbound)  # client-mode DHT and pings only dial out
         await nursery.start(partial(dht.run, initial_peers=initial_peers))
-        collector = Collector(
-            dht, RPCProber(rpc, timeout=collector_config.ping_timeout), collector_config
-        )
+        collector = _collector(rpc, dht, collector_config)
         await nursery.start(collector.run)
         handler = monitor_handler(collector.latest, page)
         server = HttpServer(handler, http_config, "monitor", tls)
@@ -81,29 +81,66 @@ async def read_swarm(
     async with trio.open_nursery() as nursery:
         await nursery.start(rpc.run_outbound)
         await nursery.start(partial(dht.run, initial_peers=initial_peers))
-        collector = Collector(dht, RPCProber(rpc, timeout=config.ping_timeout), config)
-        snapshot = await collector.collect_once()
+        snapshot = await _collector(rpc, dht, config).collect_once()
         nursery.cancel_scope.cancel()
     return snapshot
 
 
+def _collector(rpc: RPCHost, dht: DHTNode, config: CollectorConfig) -> Collector:
+    """A collector that reads `dht` and probes peers and relays through `rpc`."""
+    probe_relay = RPCRelayProber(rpc, config.ping_timeout)
+    return Collector(dht, RPCProber(rpc, config.ping_timeout), config, probe_relay=probe_relay)
+
+
+@dataclass(frozen=True)
 class RPCProber:
     """Asks a peer for its announcement now (`span.info`): the round trip, and the load it
     gives; a peer that answers with an error (no span server) gives the round trip alone.
     None if it did not answer."""
 
-    def __init__(self, rpc: RPCHost, timeout: float) -> None:
-        self.rpc = rpc
-        self.timeout = timeout
+    rpc: RPCHost
+    timeout: float
 
     async def __call__(self, address: PeerAddress) -> Probe | None:
-        began = trio.current_time()
-        try:
-            fresh = await ask_announcement(self.rpc, address, self.timeout)
-        except (RemoteError, ProtocolError):  # it answered, but not with its numbers
-            return Probe(trio.current_time() - began)
-        except (RoutingError, SecurityError) as error:
-            logger.debug("probing %s failed: %s", address.peer_id.short(), error)
+        answer = await _timed(ask_announcement, self.rpc, address, self.timeout)
+        if answer is None:
             return None
-        load = PeerLoad(fresh.sessions, fresh.cache_tokens_left, fresh.served_tokens)
-        return Probe(trio.current_time() - began, load)
+        rtt, fresh = answer
+        load = None if fresh is None else PeerLoad(fresh.sessions, fresh.cache_tokens_left,
+                                                   fresh.served_tokens)  # fmt: skip
+        return Probe(rtt, load)
+
+
+@dataclass(frozen=True)
+class RPCRelayProber:
+    """Asks a relay how loaded it is (`circuit.load`): the round trip, and its load; a node
+    that answers with an error gives the round trip alone. None if it did not answer."""
+
+    rpc: RPCHost
+    timeout: float
+
+    async def __call__(self, address: PeerAddress) -> RelayProbe | None:
+        answer = await _timed(ask_relay_load, self.rpc, address, self.timeout)
+        return None if answer is None else RelayProbe(*answer)
+
+
+T = TypeVar("T")
+
+
+async def _timed(
+    ask: Callable[[RPCHost, PeerAddress, float], Awaitable[T]],
+    rpc: RPCHost,
+    address: PeerAddress,
+    timeout: float,  # noqa: ASYNC109
+) -> tuple[float, T | None] | None:
+    """The round trip of `ask`, and its answer (None: it answered with an error, or not with
+    its numbers); None if it did not answer."""
+    began = trio.current_time()
+    try:
+        answer: T | None = await ask(rpc, address, timeout)
+    except (RemoteError, ProtocolError):
+        answer = None
+    except (RoutingError, SecurityError) as error:
+        logger.debug("probing %s failed: %s", address.peer_id.short(), error)
+        return None
+    return trio.current_time() - began, answer

@@ -25,6 +25,11 @@ Rules:
 - Only `online` peers cover blocks; `joining` peers are listed and counted apart. A full
   chain exists when every block has an online peer (spans are contiguous and a peer can
   serve any sub-range of its span, so covering every block is enough to chain them).
+- Circuit relays are the live listings under `RELAYS_KEY` whose address is the signer's
+  own and direct (`routing.relay_directory.listed_relay`); a relay is `unreachable` after
+  `UNREACHABLE_AFTER` missed probes, like a peer. Its peers are the listed peers whose
+  address is a circuit through it; its load (listeners, circuits) is what it answered the
+  monitor's last probe.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from routing.announcement import ModelEntry, PeerAnnouncement, PeerState
 from routing.errors import ProtocolError
 from routing.records import DHTValue
+from routing.relay_directory import listed_relay
+from routing.rpc import RelayLoad
 from security import PeerId
 
 MAX_MODELS = 32  # models drawn (and read from the DHT); the most announced first
@@ -57,6 +64,16 @@ class PeerLoad:
 
 
 @dataclass(frozen=True)
+class RelayMeasure:
+    """What the monitor measured of a relay: its last answer, and probes missed in a row."""
+
+    rtt: float | None = None  # seconds; None: no answer to the last probe
+    load: RelayLoad | None = None  # as it answered, if it did
+    last_seen: float | None = None  # wall clock of its last answer
+    missed: int = 0
+
+
+@dataclass(frozen=True)
 class Observations:
     """One round of reading the swarm: raw values per subkey, and our own measurements."""
 
@@ -69,6 +86,8 @@ class Observations:
     loads: Mapping[PeerId, PeerLoad] = field(default_factory=dict)  # as probed, if they said
     serving: Mapping[PeerId, float] = field(default_factory=dict)  # tokens/s, between probes
     refresh: float = 2.0  # the collector's period, shown on the page
+    relays: Mapping[PeerId, DHTValue] = field(default_factory=dict)  # under RELAYS_KEY
+    relay_measures: Mapping[PeerId, RelayMeasure] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,6 +115,7 @@ class PeerRow:
     adapters: tuple[str, ...] = ()  # the LoRA adapters it runs (names checked on decoding)
     quantization: str = ""  # of its weights ("int8"), checked on decoding
     serving: float | None = None  # tokens/s its sessions ran lately (None: unknown)
+    via: PeerId | None = None  # the relay it is reached through, if it serves behind a circuit
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +136,7 @@ class PeerRow:
             "adapters": list(self.adapters),
             "quantization": self.quantization,
             "serving": self.serving,
+            "via": None if self.via is None else self.via.to_base58(),
         }
 
 
@@ -158,11 +179,41 @@ class ModelView:
 
 
 @dataclass(frozen=True)
+class RelayRow:
+    peer_id: PeerId
+    address: str  # HOST:PORT/RELAY_ID as listed
+    state: str  # online, or "unreachable" (see the module doc)
+    expiration: float  # of its listing
+    peers: int  # listed peers whose address is a circuit through it
+    rtt: float | None  # seconds, measured by the monitor; None: unknown or unreachable
+    last_seen: float | None  # wall clock of its last answer to our probe
+    load: RelayLoad | None  # as it answered our last probe
+
+    def to_dict(self) -> dict[str, Any]:
+        load = asdict(self.load) if self.load is not None else dict.fromkeys(RELAY_LOAD_FIELDS)
+        return {
+            "peer_id": self.peer_id.to_base58(),
+            "short_id": self.peer_id.short(),
+            "address": self.address,
+            "state": self.state,
+            "expiration": self.expiration,
+            "peers": self.peers,
+            "rtt": self.rtt,
+            "last_seen": self.last_seen,
+            **load,
+        }
+
+
+RELAY_LOAD_FIELDS = tuple(field.name for field in fields(RelayLoad))
+
+
+@dataclass(frozen=True)
 class SwarmSnapshot:
     taken_at: float
     refresh: float
     models: tuple[ModelView, ...]  # sorted by name
     skipped_records: int  # malformed or inconsistent records that were ignored
+    relays: tuple[RelayRow, ...] = ()  # sorted by address
 
     def model(self, name: str) -> ModelView | None:
         return next((view for view in self.models if view.model == name), None)
@@ -171,12 +222,17 @@ class SwarmSnapshot:
         """Every listed peer and the address it announced (what the monitor pings)."""
         return {row.peer_id: row.address for view in self.models for row in view.peers}
 
+    def relay_addresses(self) -> dict[PeerId, str]:
+        """Every listed relay and its address (what the monitor probes)."""
+        return {row.peer_id: row.address for row in self.relays}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "taken_at": self.taken_at,
             "refresh": self.refresh,
             "skipped_records": self.skipped_records,
             "models": [view.to_dict() for view in self.models],
+            "relays": [row.to_dict() for row in self.relays],
         }
 
     def to_json(self) -> str:
@@ -232,7 +288,8 @@ def build_snapshot(observations: Observations) -> SwarmSnapshot:
         ]
         rows.sort(key=lambda row: (row.start, row.end, row.peer_id))
         views.append(ModelView(model, num_blocks, _coverage(num_blocks, rows), tuple(rows)))
-    return SwarmSnapshot(now, observations.refresh, tuple(views), skipped)
+    relays, bad_listings = _relays(observations, views)
+    return SwarmSnapshot(now, observations.refresh, tuple(views), skipped + bad_listings, relays)
 
 
 def _live(value: DHTValue, now: float) -> bool:
@@ -279,7 +336,37 @@ def _row(
         adapters=announcement.adapters,
         quantization=announcement.quantization,
         serving=observations.serving.get(peer_id),
+        via=announcement.address.via,
     )
+
+
+def _relays(
+    observations: Observations, views: Iterable[ModelView]
+) -> tuple[tuple[RelayRow, ...], int]:
+    """The listed relays, sorted by address, and how many live listings were invalid."""
+    circuits = {(row.via, row.peer_id) for view in views for row in view.peers if row.via}
+    peers = Counter(relay for relay, _ in circuits)
+    rows, invalid = [], 0
+    for relay_id, value in observations.relays.items():
+        if not _live(value, observations.now):
+            continue
+        address = listed_relay(relay_id, value.value)
+        if address is None:
+            invalid += 1
+            continue
+        measure = observations.relay_measures.get(relay_id, RelayMeasure())
+        rows.append(RelayRow(
+            peer_id=relay_id,
+            address=str(address),
+            state=UNREACHABLE if measure.missed >= UNREACHABLE_AFTER else PeerState.ONLINE.value,
+            expiration=value.expiration,
+            peers=peers[relay_id],
+            rtt=measure.rtt,
+            last_seen=measure.last_seen,
+            load=measure.load,
+        ))  # fmt: skip
+    rows.sort(key=lambda row: (row.address, row.peer_id))
+    return tuple(rows), invalid
 
 
 def _state(peer_id: PeerId, announcement: PeerAnnouncement, observations: Observations) -> str:

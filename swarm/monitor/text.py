@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from .snapshot import ModelView, PeerRow, SwarmSnapshot
+from collections.abc import Sequence
 
-COLUMNS = ("PEER", "BLOCKS", "STATE", "TOK/S", "CACHE LEFT", "SESSIONS", "RTT", "WEIGHTS")
+from .snapshot import ModelView, PeerRow, RelayRow, SwarmSnapshot
+
+COLUMNS = ("PEER", "BLOCKS", "STATE", "TOK/S", "CACHE LEFT", "SESSIONS", "RTT", "WEIGHTS", "VIA")
+RELAY_COLUMNS = ("RELAY", "ADDRESS", "STATE", "PEERS", "LISTENING", "CIRCUITS", "RTT")
 
 
 def render_text(snapshot: SwarmSnapshot) -> str:
-    """Per model: its coverage, then a table of its peers (one line each)."""
-    if not snapshot.models:
-        return "no model is announced in this swarm\n"
-    return "\n".join(_model(view) for view in snapshot.models)
+    """Per model: its coverage, then a table of its peers (one line each); then the relays."""
+    parts = [_model(view) for view in snapshot.models] or ["no model is announced in this swarm\n"]
+    if snapshot.relays:
+        parts.append(_relays(snapshot.relays))
+    return "\n".join(parts)
 
 
 def _model(view: ModelView) -> str:
@@ -24,15 +28,27 @@ def _model(view: ModelView) -> str:
         f"{view.model}: {view.num_blocks} blocks, {len(view.peers)} peers, {coverage}, "
         f"weakest block {weakest:.1f} tok/s"
     )
-    rows = [COLUMNS, *(_row(peer) for peer in view.peers)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    return _table(head, COLUMNS, [_row(peer) for peer in view.peers])
+
+
+def _relays(relays: Sequence[RelayRow]) -> str:
+    head = f"circuit relays: {len(relays)}"
+    return _table(head, RELAY_COLUMNS, [_relay_row(relay) for relay in relays])
+
+
+def _table(head: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    cells = [columns, *rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]  # fmt: skip
+             for row in cells]  # fmt: skip
     return "\n".join([head, *lines]) + "\n"
 
 
+def _rtt(seconds: float | None) -> str:
+    return "no reply" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
 def _row(peer: PeerRow) -> tuple[str, ...]:
-    rtt = "no reply" if peer.rtt is None else f"{peer.rtt * 1000:.1f} ms"
     weights = peer.dtype + (f" {peer.quantization}" if peer.quantization else "")
     return (
         peer.peer_id.short(),
@@ -41,6 +57,20 @@ def _row(peer: PeerRow) -> tuple[str, ...]:
         f"{peer.throughput:.1f}",
         str(peer.cache_tokens_left),
         str(peer.sessions),
-        rtt,
+        _rtt(peer.rtt),
         weights,
+        "" if peer.via is None else peer.via.short(),
+    )
+
+
+def _relay_row(relay: RelayRow) -> tuple[str, ...]:
+    load = relay.load
+    return (
+        relay.peer_id.short(),
+        relay.address.rsplit("/", 1)[0],
+        relay.state,
+        str(relay.peers),
+        "?" if load is None else f"{load.listeners}/{load.max_listeners}",
+        "?" if load is None else f"{load.open}/{load.max_circuits}",
+        _rtt(relay.rtt),
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from routing.address import PeerAddress
 from routing.announcement import ModelEntry, PeerAnnouncement, PeerState
@@ -44,15 +44,31 @@ def announcement(
 
 @dataclass
 class SwarmRecords:
-    """What the DHT would hold: model entries and per-block records, by subkey."""
+    """What the DHT would hold: model entries, per-block records and relay listings, by
+    subkey."""
 
     models: dict[PeerId, DHTValue] = field(default_factory=dict)
     blocks: Blocks = field(default_factory=dict)
+    relays: dict[PeerId, DHTValue] = field(default_factory=dict)
 
     def add_model(self, model: str, num_blocks: int, *, expiration: float = NOW + TTL) -> PeerId:
         """A model entry from a fresh peer (returned)."""
         peer_id = Identity.generate().peer_id
         self.models[peer_id] = DHTValue(ModelEntry(model, num_blocks).encode(), expiration)
+        return peer_id
+
+    def add_relay(self, port: int = 4100, *, expiration: float = NOW + TTL) -> PeerId:
+        """A fresh relay listing its own address, 10.0.0.9:`port` (returned: its id)."""
+        relay = Identity.generate().peer_id
+        listing = str(PeerAddress("10.0.0.9", port, relay)).encode()
+        self.relays[relay] = DHTValue(listing, expiration)
+        return relay
+
+    def behind(self, relay: PeerId, model: str, start: int, end: int) -> PeerId:
+        """A fresh peer announcing [start, end) of `model` through a circuit of `relay`."""
+        peer_id = Identity.generate().peer_id
+        circuit = PeerAddress("10.0.0.9", 4100, peer_id, relay)
+        self.announce(replace(announcement(peer_id, model, start, end), address=circuit))
         return peer_id
 
     def announce(

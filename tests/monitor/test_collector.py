@@ -12,8 +12,10 @@ from routing.address import PeerAddress
 from routing.announcement import MODELS_KEY, PeerState, block_key
 from routing.errors import PeerUnreachableError
 from routing.records import DHTValue
+from routing.relay_directory import RELAYS_KEY
+from routing.rpc import RelayLoad
 from security import Identity, PeerId
-from swarm.monitor.collector import Collector, CollectorConfig, Probe
+from swarm.monitor.collector import Collector, CollectorConfig, Probe, RelayProbe
 from swarm.monitor.snapshot import PeerLoad, SwarmSnapshot
 
 from .records import NOW, SwarmRecords, announcement
@@ -43,6 +45,8 @@ class FakeDHT:
             raise PeerUnreachableError("nobody answered")
         if key == MODELS_KEY:
             return dict(self.records.models)
+        if key == RELAYS_KEY:
+            return dict(self.records.relays)
         model, block = key.rsplit(".", 1)
         return dict(self.records.blocks.get(model, {}).get(int(block), {}))
 
@@ -93,8 +97,9 @@ async def test_a_round_reads_models_then_every_block_concurrently(autojump_clock
 
     snapshot = await collector.collect_once()
 
-    assert dht.reads[0] == MODELS_KEY
-    assert sorted(dht.reads[1:]) == sorted(block_key("tiny", b) for b in range(8))
+    assert dht.reads[0] == MODELS_KEY and RELAYS_KEY in dht.reads  # the relays meanwhile
+    blocks = [key for key in dht.reads[1:] if key != RELAYS_KEY]
+    assert sorted(blocks) == sorted(block_key("tiny", b) for b in range(8))
     # One lookup for the models, one wave for all blocks, one wave of pings.
     assert trio.current_time() - started == pytest.approx(2 * LOOKUP + PING)
     view = snapshot.model("tiny")
@@ -270,3 +275,54 @@ def test_the_refresh_period_is_bounded() -> None:
     with pytest.raises(ValueError, match="refresh"):
         CollectorConfig(refresh=0)
     assert CollectorConfig(refresh=3.0).interval == 1.5
+
+
+class FakeRelayProber:
+    def __init__(self) -> None:
+        self.silent: set[PeerId] = set()  # these do not answer
+        self.loads: dict[PeerId, RelayLoad] = {}  # missing: says nothing of its load
+        self.probed: list[PeerAddress] = []
+
+    async def __call__(self, address: PeerAddress) -> RelayProbe | None:
+        self.probed.append(address)
+        if address.peer_id in self.silent:
+            await trio.sleep_forever()  # the collector's timeout ends it
+        await trio.sleep(PING)
+        return RelayProbe(PING, self.loads.get(address.peer_id))
+
+
+async def test_relays_are_read_and_probed_each_round(autojump_clock: object) -> None:
+    records, _ = swarm_of_blocks(2)
+    loaded, silent = records.add_relay(4100), records.add_relay(4200)
+    relay_prober = FakeRelayProber()
+    relay_prober.loads[loaded] = RelayLoad(1, 0, 3, 700, max_listeners=64, max_circuits=256)
+    relay_prober.silent.add(silent)
+    dht = FakeDHT(records)
+    collector = Collector(dht, FakeProber(), CollectorConfig(ping_timeout=1.0),
+                          probe_relay=relay_prober, clock=wall)  # fmt: skip
+
+    first = await collector.collect_once()
+    rows = {row.peer_id: row for row in first.relays}
+    assert RELAYS_KEY in dht.reads
+    assert {address.peer_id for address in relay_prober.probed} == {loaded, silent}
+    assert rows[loaded].load == relay_prober.loads[loaded] and rows[loaded].rtt == PING
+    assert rows[loaded].last_seen == pytest.approx(wall() - 1.0, abs=0.1)  # the silent one's wait
+    assert (rows[silent].rtt, rows[silent].load, rows[silent].state) == (None, None, "online")
+    second = await collector.collect_once()
+    assert {row.peer_id: row.state for row in second.relays}[silent] == "unreachable"
+
+    listing = records.relays.pop(silent)  # its listing is gone: so is the relay, and its misses
+    third = await collector.collect_once()
+    assert [row.peer_id for row in third.relays] == [loaded]
+    records.relays[silent] = listing  # back, still silent: one miss since, not three
+    fourth = await collector.collect_once()
+    assert {row.peer_id: row.state for row in fourth.relays}[silent] == "online"
+
+
+async def test_without_a_relay_prober_relays_are_listed_unprobed(autojump_clock: object) -> None:
+    records, _ = swarm_of_blocks(1)
+    relay = records.add_relay()
+    snapshot = await Collector(FakeDHT(records), FakeProber(), clock=wall).collect_once()
+    assert [(row.peer_id, row.rtt, row.state) for row in snapshot.relays] == [
+        (relay, None, "online")
+    ]

@@ -17,7 +17,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -143,7 +143,8 @@ def test_the_page_follows_the_swarm(swarm: Swarm, browser: object, tmp_path: Pat
     expect(phone.locator("#period")).to_have_value("0.5")
     # The page fits the phone's width; only the peers table scrolls sideways.
     assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-    assert phone.locator(".table-wrap").evaluate("el => el.scrollWidth > el.clientWidth")
+    peers_table = phone.locator(f'section.model[data-model="{MODEL}"] .table-wrap')
+    assert peers_table.evaluate("el => el.scrollWidth > el.clientWidth")
     phone.screenshot(path=str(ARTIFACTS / "monitor-phone.png"), full_page=True)
     phone.close()
 
@@ -199,25 +200,30 @@ def test_the_page_shows_real_peers_and_the_gap_one_leaves(browser: object, tmp_p
 
 def test_a_peer_behind_a_circuit_shows_its_relay(browser: object) -> None:
     """The address column: a direct peer's HOST:PORT, and `via` the relay's HOST:PORT for a
-    peer whose address is a circuit (a snapshot served as the monitor serves it)."""
+    peer whose address is a circuit; the relays' table after the models: the peers behind
+    each, its load as it answered, or dashes and "no reply" when it did not (a snapshot
+    served as the monitor serves it)."""
     from playwright.sync_api import Browser, expect
 
     from routing.address import PeerAddress
-    from security import Identity
+    from routing.rpc import RelayLoad
     from swarm.http_server import HttpServer
     from swarm.monitor.http import load_page, monitor_handler
-    from swarm.monitor.snapshot import Observations, build_snapshot
+    from swarm.monitor.snapshot import Observations, RelayMeasure, build_snapshot
     from swarm.trio_thread import TrioThread
-    from tests.monitor.records import NOW, SwarmRecords, announcement
+    from tests.monitor.records import NOW, SwarmRecords
 
     assert isinstance(browser, Browser)
     records = SwarmRecords()
     records.add_model("tiny", 4)
     direct = records.peer("tiny", 0, 2)
-    behind, relay = Identity.generate().peer_id, Identity.generate().peer_id
-    circuit = PeerAddress("10.0.0.9", 4100, behind, relay)
-    records.announce(replace(announcement(behind, "tiny", 2, 4), address=circuit))
-    snapshot = build_snapshot(Observations(now=NOW, models=records.models, blocks=records.blocks))
+    relay, silent = records.add_relay(4100), records.add_relay(4200)
+    behind = records.behind(relay, "tiny", 2, 4)
+    load = RelayLoad(3, 2, 9, 4_500_000, max_listeners=64, max_circuits=256)
+    measures = {relay: RelayMeasure(0.0021, load, NOW - 3), silent: RelayMeasure(missed=2)}
+    observations = Observations(now=NOW, models=records.models, blocks=records.blocks,
+                                relays=records.relays, relay_measures=measures)  # fmt: skip
+    snapshot = build_snapshot(observations)
     server = HttpServer(monitor_handler(lambda: snapshot, load_page()), name="monitor")
     loop = TrioThread("monitor")
     loop.start()
@@ -230,6 +236,21 @@ def test_a_peer_behind_a_circuit_shows_its_relay(browser: object) -> None:
         }
         expect(cells[direct]).to_have_text("10.0.0.7:4000", timeout=10_000)
         expect(cells[behind]).to_have_text("via 10.0.0.9:4100")
+        circuit = PeerAddress("10.0.0.9", 4100, behind, relay)
         assert cells[behind].get_attribute("title") == str(circuit)
+
+        section = page.locator("section#relays")
+        expect(section).to_be_visible()
+        expect(section.locator(".meta")).to_have_text("2 relays · 1 peer behind them")
+        expect(page.locator("#summary")).to_have_text("1 model · 2 peers · 2 relays")
+        rows = {peer: section.locator(f'tr[data-relay="{peer}"] td') for peer in (relay, silent)}
+        answered = ["online", "1", "3 / 64", "2 / 256", "4.5 MB", "2.1 ms", "3 s ago"]
+        expect(rows[relay]).to_have_text([relay.short(), "10.0.0.9:4100", *answered])
+        unknown = ["unreachable", "0", *["\N{EN DASH}"] * 3, "no reply", "never"]
+        expect(rows[silent]).to_have_text([silent.short(), "10.0.0.9:4200", *unknown])
+        # after the models' sections
+        order = page.eval_on_selector_all("main > section", "nodes => nodes.map(n => n.id)")
+        assert order == ["", "relays"]
+        page.screenshot(path=str(ARTIFACTS / "monitor-relays.png"), full_page=True)
     finally:
         loop.close()

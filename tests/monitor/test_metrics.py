@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from routing.announcement import PeerState
+from routing.rpc import RelayLoad
 from security import PeerId
-from swarm.monitor.metrics import PEER_GAUGES, render_metrics
-from swarm.monitor.snapshot import Observations, PeerLoad, build_snapshot
+from swarm.monitor.metrics import PEER_GAUGES, RELAY_GAUGES, render_metrics
+from swarm.monitor.snapshot import Observations, PeerLoad, RelayMeasure, build_snapshot
 from tests.support.prometheus import Samples, parsed
 
 from .records import NOW, TTL, SwarmRecords
@@ -81,3 +82,36 @@ def test_a_swarm_without_models_has_only_its_own_figures() -> None:
     samples = gauges(render_metrics(empty))
     assert samples == {"swarm_snapshot_timestamp_seconds": {(): NOW},
                        "swarm_skipped_records": {(): 0}}  # fmt: skip
+
+
+def test_each_relay_is_a_set_of_gauges() -> None:
+    records = SwarmRecords()
+    records.add_model("tiny", 2)
+    relay, silent = records.add_relay(4100), records.add_relay(4200)
+    records.behind(relay, "tiny", 0, 2)
+    load = RelayLoad(3, 2, 9, 5000, max_listeners=64, max_circuits=256)
+    measures = {relay: RelayMeasure(0.0021, load, NOW - 1), silent: RelayMeasure(missed=2)}
+    snapshot = build_snapshot(
+        Observations(now=NOW, models=records.models, blocks=records.blocks,
+                     relays=records.relays, relay_measures=measures)
+    )  # fmt: skip
+    samples = gauges(render_metrics(snapshot))
+
+    def at(peer_id: PeerId) -> tuple[tuple[str, str], ...]:
+        return (("relay", peer_id.to_base58()),)
+
+    assert samples["swarm_relay_reachable"] == {at(relay): 1, at(silent): 0}
+    assert samples["swarm_relay_peers"] == {at(relay): 1, at(silent): 0}
+    assert samples["swarm_relay_listeners"] == {at(relay): 3}  # unknown: no sample
+    assert samples["swarm_relay_max_listeners"] == {at(relay): 64}
+    assert samples["swarm_relay_circuits_open"] == {at(relay): 2}
+    assert samples["swarm_relay_max_circuits"] == {at(relay): 256}
+    assert samples["swarm_relay_rtt_seconds"] == {at(relay): 0.0021}
+    assert samples["swarm_relay_last_seen_timestamp_seconds"] == {at(relay): NOW - 1}
+    assert samples["swarm_relay_listing_expiration_timestamp_seconds"][at(silent)] == NOW + TTL
+    info = {dict(labels)["relay"]: dict(labels) for labels in samples["swarm_relay_info"]}
+    address = f"10.0.0.9:4200/{silent.to_base58()}"
+    assert info[silent.to_base58()] == {
+        "relay": silent.to_base58(), "state": "unreachable", "address": address
+    }  # fmt: skip
+    assert set(RELAY_GAUGES) <= set(samples)

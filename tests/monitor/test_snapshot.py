@@ -12,8 +12,15 @@ import pytest
 from routing.address import PeerAddress
 from routing.announcement import ModelEntry, PeerState
 from routing.records import DHTValue
+from routing.rpc import RelayLoad
 from security import Identity, PeerId
-from swarm.monitor.snapshot import Observations, SwarmSnapshot, build_snapshot, select_models
+from swarm.monitor.snapshot import (
+    Observations,
+    RelayMeasure,
+    SwarmSnapshot,
+    build_snapshot,
+    select_models,
+)
 
 from .records import NOW, TTL, SwarmRecords, announcement
 
@@ -268,3 +275,74 @@ def test_a_non_finite_expiration_is_not_live() -> None:
     records.peer("tiny", 0, 2, expiration=float("inf"))
     snapshot = snapshot_of(records)
     assert snapshot.models[0].peers == () and json.loads(snapshot.to_json())
+
+
+def relays_of(
+    records: SwarmRecords, measures: Mapping[PeerId, RelayMeasure] | None = None
+) -> SwarmSnapshot:
+    observations = Observations(now=NOW, models=records.models, blocks=records.blocks,
+                                relays=records.relays, relay_measures=measures or {})  # fmt: skip
+    return build_snapshot(observations)
+
+
+def test_relays_are_listed_with_the_peers_behind_them_and_their_load() -> None:
+    records = SwarmRecords()
+    records.add_model("tiny", 4)
+    records.add_model("other", 2)
+    busy, idle = records.add_relay(4100), records.add_relay(4200)
+    behind = records.behind(busy, "tiny", 0, 4)
+    records.announce(replace(announcement(behind, "other", 0, 2), address=PeerAddress(
+        "10.0.0.9", 4100, behind, busy)))  # fmt: skip  # one peer, two models: counted once
+    records.behind(busy, "other", 0, 2)
+    records.peer("tiny", 0, 4)  # direct
+    load = RelayLoad(2, 1, 9, 5000, max_listeners=64, max_circuits=256)
+    snapshot = relays_of(records, {busy: RelayMeasure(0.003, load, NOW - 1)})
+
+    rows = {row.peer_id: row for row in snapshot.relays}
+    assert [row.address for row in snapshot.relays] == [
+        f"10.0.0.9:4100/{busy.to_base58()}", f"10.0.0.9:4200/{idle.to_base58()}"
+    ]  # fmt: skip
+    assert (rows[busy].peers, rows[busy].state, rows[busy].rtt) == (2, "online", 0.003)
+    assert (rows[idle].peers, rows[idle].load, rows[idle].rtt) == (0, None, None)
+    tiny = snapshot.model("tiny")
+    assert tiny is not None
+    assert {row.peer_id: row.via for row in tiny.peers}[behind] == busy
+    state = json.loads(snapshot.to_json())
+    by_id = {relay["peer_id"]: relay for relay in state["relays"]}
+    assert by_id[busy.to_base58()] | {"expiration": 0} == {
+        "peer_id": busy.to_base58(), "short_id": busy.short(), "address": rows[busy].address,
+        "state": "online", "expiration": 0, "peers": 2, "rtt": 0.003, "last_seen": NOW - 1,
+        "listeners": 2, "open": 1, "circuits": 9, "relayed_bytes": 5000, "max_listeners": 64,
+        "max_circuits": 256,
+    }  # fmt: skip
+    assert by_id[idle.to_base58()]["listeners"] is None
+    assert {peer["via"] for peer in state["models"][1]["peers"]} == {busy.to_base58(), None}
+
+
+def test_a_relay_listing_counts_only_if_it_is_its_own_direct_address() -> None:
+    records = SwarmRecords()
+    good = records.add_relay(4100)
+    expired = records.add_relay(4300, expiration=NOW - 1)
+    impostor, other = Identity.generate().peer_id, Identity.generate().peer_id
+    records.relays[impostor] = DHTValue(str(PeerAddress("10.0.0.9", 1, other)).encode(), NOW + TTL)
+    circuit = Identity.generate().peer_id
+    records.relays[circuit] = DHTValue(
+        str(PeerAddress("10.0.0.9", 1, circuit, other)).encode(), NOW + TTL
+    )
+    garbage = Identity.generate().peer_id
+    records.relays[garbage] = DHTValue(b"\xff not an address", NOW + TTL)
+
+    snapshot = relays_of(records)
+
+    assert [row.peer_id for row in snapshot.relays] == [good]
+    assert expired not in {row.peer_id for row in snapshot.relays}
+    assert snapshot.skipped_records == 3  # the expired one is gone, not wrong
+
+
+def test_a_relay_that_missed_two_probes_is_unreachable() -> None:
+    records = SwarmRecords()
+    relay = records.add_relay()
+    once = relays_of(records, {relay: RelayMeasure(missed=1, last_seen=NOW - 5)})
+    twice = relays_of(records, {relay: RelayMeasure(missed=2, last_seen=NOW - 5)})
+    assert once.relays[0].state == "online"
+    assert twice.relays[0].state == "unreachable" and twice.relays[0].last_seen == NOW - 5

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from swarm.monitor.snapshot import Observations, build_snapshot
+from routing.rpc import RelayLoad
+from swarm.monitor.snapshot import Observations, RelayMeasure, build_snapshot
 from swarm.monitor.text import render_text
 
 from .records import NOW, SwarmRecords
@@ -21,7 +22,7 @@ def test_each_model_shows_its_coverage_and_a_line_per_peer() -> None:
     lines = text.splitlines()
     assert lines[0] == "tiny: 6 blocks, 2 peers, gaps at blocks 4-5, weakest block 0.0 tok/s"
     assert lines[1].split() == ["PEER", "BLOCKS", "STATE", "TOK/S", "CACHE", "LEFT",
-                                "SESSIONS", "RTT", "WEIGHTS"]  # fmt: skip
+                                "SESSIONS", "RTT", "WEIGHTS", "VIA"]  # fmt: skip
     rows = {line.split()[0]: line.split() for line in lines[2:]}
     assert rows[first.short()] == [first.short(), "0-3", "online", "100.0", "4096", "1",
                                    "1.2", "ms", "bfloat16"]  # fmt: skip
@@ -33,3 +34,34 @@ def test_each_model_shows_its_coverage_and_a_line_per_peer() -> None:
 def test_a_swarm_without_models_says_so() -> None:
     empty = build_snapshot(Observations(now=NOW, models={}, blocks={}))
     assert render_text(empty) == "no model is announced in this swarm\n"
+
+
+def test_relays_follow_the_models_and_peers_name_theirs() -> None:
+    records = SwarmRecords()
+    records.add_model("tiny", 2)
+    relay, silent = records.add_relay(4100), records.add_relay(4200)
+    behind = records.behind(relay, "tiny", 0, 2)
+    load = RelayLoad(3, 2, 9, 5000, max_listeners=64, max_circuits=256)
+    measures = {relay: RelayMeasure(0.0021, load, NOW), silent: RelayMeasure(missed=2)}
+    snapshot = build_snapshot(
+        Observations(now=NOW, models=records.models, blocks=records.blocks,
+                     relays=records.relays, relay_measures=measures)
+    )  # fmt: skip
+    lines = render_text(snapshot).splitlines()
+    assert lines[2].split()[0] == behind.short() and lines[2].split()[-1] == relay.short()
+    at = lines.index("circuit relays: 2")
+    assert lines[at + 1].split() == ["RELAY", "ADDRESS", "STATE", "PEERS", "LISTENING",
+                                     "CIRCUITS", "RTT"]  # fmt: skip
+    assert lines[at + 2].split() == [relay.short(), "10.0.0.9:4100", "online", "1", "3/64",
+                                     "2/256", "2.1", "ms"]  # fmt: skip
+    assert lines[at + 3].split() == [silent.short(), "10.0.0.9:4200", "unreachable", "0", "?",
+                                     "?", "no", "reply"]  # fmt: skip
+
+
+def test_relays_show_without_models() -> None:
+    records = SwarmRecords()
+    records.add_relay()
+    text = render_text(
+        build_snapshot(Observations(now=NOW, models={}, blocks={}, relays=records.relays))
+    )
+    assert text.splitlines()[:3] == ["no model is announced in this swarm", "", "circuit relays: 1"]

@@ -98,7 +98,7 @@ def test_how_others_reach_the_peer_and_the_circuits_it_relays_are_written() -> N
     relay = Identity.generate().peer_id
     circuit = PeerAddress("10.0.0.9", 4100, identity.peer_id, relay)
     announced = replace(status.announcement, address=circuit)
-    load = RelayLoad(listeners=3, open=2, circuits=7, relayed_bytes=123456)
+    load = RelayLoad(3, 2, 7, 123456, max_listeners=64, max_circuits=256)
     status = replace(status, announcement=announced, reached=False, relay=load)
     kinds, samples = parsed(render_peer_metrics(status))
     peer = (("model", "tiny"), ("peer", identity.peer_id.to_base58()))

@@ -6,6 +6,7 @@ client generating through them (the addresses found for a wildcard host are test
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from routing.address import PeerAddress
 from routing.rpc import CircuitConfig
 from swarm import DistributedModelForCausalLM
-from swarm.cli import build_parser
+from swarm.cli import build_parser, main
 from swarm.commands.keys import circuit_relay
 from swarm.errors import SwarmError
 from tests.support.port_forward import PortForward
@@ -55,16 +56,32 @@ def test_a_peer_behind_a_forwarded_port_is_reached_through_it(tmp_path: Path) ->
         _wait_for_log(behind, f"others reach us at {announced}")  # the DHT node dialled back
 
 
-def test_a_peer_that_listens_nowhere_serves_through_a_circuit(tmp_path: Path) -> None:
+def test_a_peer_that_listens_nowhere_serves_through_a_circuit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`swarm peer --via` a `swarm dht --circuit-relay`: the peer opens no port, its address
     is a circuit through the DHT node, and the client and the first peer reach it there:
-    the tokens are transformers'."""
+    the tokens are transformers'. `swarm status` shows the relay, its one listener and the
+    peer behind it."""
     checkpoint = write_tiny_model(tmp_path / "tiny-circuit", num_layers=4)
     with swarm_processes() as started:
         bootstrap, behind = _relay_and_two_peers(started, checkpoint, "--via", "{relay}")
         assert "listening through the relay" in behind.stderr()
         assert " listening on " not in behind.stderr()  # no port of its own
         _generates_as_transformers(checkpoint, bootstrap)
+
+        assert main(["status", "--initial-peers", bootstrap, "--json"]) == 0
+        state = json.loads(capsys.readouterr().out)
+        relay = PeerAddress.parse(bootstrap).peer_id.to_base58()
+        (listed,) = state["relays"]
+        assert (listed["address"], listed["state"], listed["peers"]) == (bootstrap, "online", 1)
+        assert (listed["listeners"], listed["max_listeners"], listed["max_circuits"]) == (
+            1,
+            64,
+            256,
+        )
+        assert listed["circuits"] >= 1 and listed["relayed_bytes"] > 0  # the client's, at least
+        assert sorted(peer["via"] or "" for peer in state["models"][0]["peers"]) == ["", relay]
 
 
 def test_a_peer_others_cannot_dial_takes_a_listed_relay_by_itself(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 import pytest
@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from routing.address import PeerAddress
-from routing.errors import PeerUnreachableError, RemoteError
+from routing.errors import PeerUnreachableError, ProtocolError, RemoteError
 from routing.memory_network import MemoryNetwork
 from routing.rpc import (
     BidiStream,
@@ -22,10 +22,12 @@ from routing.rpc import (
     CircuitConfig,
     CircuitRelay,
     Packet,
+    RelayLoad,
     RPCHost,
+    ask_relay_load,
     serve_via,
 )
-from routing.rpc.circuit import ACCEPT, CONNECT, PacketStream
+from routing.rpc.circuit import ACCEPT, CONNECT, LOAD, PacketStream
 from routing.transport import TcpTransport
 from security import Identity
 
@@ -57,6 +59,10 @@ class Swarm:
         await nursery.start(rpc.run_outbound)
         address = await nursery.start(serve_via, rpc, self.relay.address, config)
         return rpc, address
+
+
+async def _answer(answer: Packet, request: Packet, context: CallContext) -> Packet:
+    return answer
 
 
 async def _who(request: Packet, context: CallContext) -> Packet:
@@ -102,6 +108,26 @@ async def test_a_peer_that_listens_nowhere_is_reached_through_its_relay() -> Non
         load = swarm.circuits.load()  # one circuit, still open, that carried the body twice
         assert (load.listeners, load.open, load.circuits) == (1, 1, 1)
         assert load.relayed_bytes > 2 * len(body)
+        asked = await ask_relay_load(swarm.client, relay, timeout=5)  # the same, over the wire
+        assert replace(asked, relayed_bytes=0) == replace(load, relayed_bytes=0)
+        assert asked.relayed_bytes >= load.relayed_bytes  # the stream's last credit may follow
+
+
+async def test_a_relays_load_is_asked_and_checked() -> None:
+    async with _swarm(CircuitConfig(max_listeners=5, max_circuits=7)) as swarm:
+        relay = swarm.relay.address
+        load = await ask_relay_load(swarm.client, relay, timeout=5)
+        assert load == RelayLoad(0, 0, 0, 0, max_listeners=5, max_circuits=7)
+        plain = RPCHost(Identity.generate(), TcpTransport())
+        await swarm.nursery.start(plain.run, "127.0.0.1", 0)
+        with pytest.raises(RemoteError):  # a node that relays nothing
+            await ask_relay_load(swarm.client, plain.address, timeout=5)
+        for bad in ({"listeners": -1}, {"open": True}, {"circuits": "3"}, {"max_circuits": None}):
+            liar = RPCHost(Identity.generate(), TcpTransport())
+            liar.add_unary(LOAD, partial(_answer, Packet({**asdict(load), **bad})))
+            await swarm.nursery.start(liar.run, "127.0.0.1", 0)
+            with pytest.raises(ProtocolError, match="every count"):
+                await ask_relay_load(swarm.client, liar.address, timeout=5)
 
 
 async def test_a_peer_not_listening_there_is_a_typed_error() -> None:
