@@ -72,6 +72,7 @@ class PeerConfig:
     public_port: int | None = None  # likewise (default: the port it listens on)
     via: PeerAddress | None = None  # listen nowhere: serve through this circuit relay
     auto_circuit: bool = True  # if others cannot dial it: a circuit through a listed relay
+    recheck_reach: float = 180.0  # seconds between reach checks after the first (0: none)
     circuit_relay: CircuitConfig | None = None  # relay circuits for peers that cannot be
     # dialled (and list itself in the DHT for them); None: relay none
     initial_peers: tuple[PeerAddress, ...] = ()
@@ -232,7 +233,7 @@ async def _serve_shielded(
                     said_goodbye.set()
 
             await nursery.start(announce)
-            nursery.start_soon(reachability.announce_moves, peer, announcer)
+            nursery.start_soon(reachability.keep_reachable, peer, announcer)
             if config.blocks is None and config.rebalance is not None:
                 await nursery.start(
                     _rebalancer(config, peer, dht, scheduler, announcer, worker, control).run

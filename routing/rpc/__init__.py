@@ -17,6 +17,7 @@ from .packet import Packet as Packet
 from .packet import StreamHandler as StreamHandler
 from .packet import UnaryHandler as UnaryHandler
 from .reach import Reach as Reach
+from .reach import ask_reach as ask_reach
 from .reach import check_reach as check_reach
 from .reach import log_reach as log_reach
 from .stream import BidiStream as BidiStream

@@ -10,9 +10,10 @@ The peer asked dials only the caller itself: the address must carry the caller's
 id (the handshake proves it is the caller who answers), and its host must resolve to the
 host the caller's connection comes from, so that nobody can make it dial a third party;
 a few checks run at once at most. `reach_handler` is that handler, `check_reach` the
-asking side, and `log_reach` what a node runs once it has joined: it asks its initial peers
-in turn until one reached it or two could not, and logs the outcome (a warning, with what
-to do, if unreached).
+asking side, `ask_reach` asks peers in turn until one reached us or two could not, and
+`log_reach` is what a node runs once it has joined: `ask_reach` of its initial peers, and
+the outcome logged (a warning, with what to do, if unreached). A peer asks again now and
+then (`peer.reachability`), where it listens even while it serves through a relay.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .packet import CallContext, Packet, UnaryHandler
 if TYPE_CHECKING:
     from .host import RPCHost
 
-__all__ = ["REACH", "Reach", "check_reach", "log_reach", "reach_handler"]
+__all__ = ["REACH", "Reach", "ask_reach", "check_reach", "log_reach", "reach_handler"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +102,10 @@ async def _dial_back(probe: Probe, address: PeerAddress, context: CallContext) -
     return ""
 
 
-async def check_reach(rpc: RPCHost, via: PeerAddress) -> Reach:
-    """Ask `via` to dial us back at our address. Raises RoutingError if it cannot answer."""
-    request = Packet({"address": str(rpc.address)})
+async def check_reach(rpc: RPCHost, via: PeerAddress, address: PeerAddress | None = None) -> Reach:
+    """Ask `via` to dial us back at `address` (by default, ours). Raises RoutingError if it
+    cannot answer."""
+    request = Packet({"address": str(address or rpc.address)})
     reply = await rpc.call(via, REACH, request, timeout=DIAL_TIMEOUT + CALL_SLACK)
     reached, seen_from, reason = (
         reply.header.get(key) for key in ("reached", "seen_from", "reason")
@@ -113,27 +115,41 @@ async def check_reach(rpc: RPCHost, via: PeerAddress) -> Reach:
     return Reach(reached, seen_from[:256], reason[:512])
 
 
-async def log_reach(rpc: RPCHost, toward: Sequence[PeerAddress]) -> Reach | None:
-    """Ask the peers `toward` in turn whether they can dial us, until one did or `OPINIONS`
-    of them could not (one busy peer is not the last word), and log what they found (None:
-    none answered, or none to ask)."""
-    unreached: list[Reach] = []
+async def ask_reach(
+    rpc: RPCHost, toward: Sequence[PeerAddress], address: PeerAddress | None = None
+) -> Reach | None:
+    """Ask the peers `toward` in turn whether they can dial us at `address` (by default,
+    ours), until one did or `OPINIONS` of them could not (one busy peer is not the last
+    word). None: none answered, or none to ask."""
+    unreached: Reach | None = None
+    opinions = 0
     for via in toward:
+        if via.peer_id == rpc.peer_id:
+            continue
         try:
-            reach = await check_reach(rpc, via)
+            reach = await check_reach(rpc, via, address)
         except RoutingError as error:
             logger.debug("%s could not check our address: %s", via, error)
             continue
         if reach.reached:
-            logger.info("others reach us at %s (checked by %s)", rpc.address, via.peer_id.short())
+            logger.debug("%s reached us at %s", via.peer_id.short(), address or rpc.address)
             return reach
         logger.info("%s could not reach us: %s", via.peer_id.short(), reach.reason)
-        unreached.append(reach)
-        if len(unreached) == OPINIONS:
+        unreached, opinions = reach, opinions + 1
+        if opinions == OPINIONS:
             break
-    if not unreached:
+    return unreached
+
+
+async def log_reach(rpc: RPCHost, toward: Sequence[PeerAddress]) -> Reach | None:
+    """`ask_reach` of the peers `toward`, and what they found logged (a warning, with what to
+    do, if they could not reach us)."""
+    last = await ask_reach(rpc, toward)
+    if last is None:
         return None
-    last = unreached[-1]
+    if last.reached:
+        logger.info("others reach us at %s", rpc.address)
+        return last
     logger.warning(
         "others cannot reach us at %s: %s (we called from %s). Behind NAT, forward the port "
         "and give --public-host and --public-port; else open the firewall",

@@ -9,12 +9,12 @@ from types import TracebackType
 
 
 class PortForward:
-    """Listens on 127.0.0.1:`port` and forwards each connection to 127.0.0.1:`target`;
-    `connections` counts those it forwarded. Everything closes on exit."""
+    """Listens on 127.0.0.1:`port` (a free one by default) and forwards each connection to
+    127.0.0.1:`target`; `connections` counts those it forwarded. Everything closes on exit."""
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, port: int = 0) -> None:
         self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server(("127.0.0.1", port))
         self.listener.settimeout(0.1)  # so that the accepting thread sees `closing`
         self.port = int(self.listener.getsockname()[1])
         self.connections = 0

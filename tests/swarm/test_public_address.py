@@ -117,7 +117,7 @@ def test_a_peer_whose_relay_dies_moves_to_another_and_announces_it(tmp_path: Pat
         first.wait_ready(READY)
         used = addresses.index(PeerAddress.parse(unreachable.wait_ready(READY)).relay)
         relays[used].stop(signal.SIGKILL)
-        _wait_for_log(unreachable, f"serving through another relay now, at {addresses[1 - used]}/")
+        _wait_for_log(unreachable, f"announced our new address, {addresses[1 - used]}/")
         _generates_as_transformers(checkpoint, str(addresses[1 - used]))
 
 
