@@ -73,6 +73,7 @@ class PeerConfig:
     via: PeerAddress | None = None  # listen nowhere: serve through this circuit relay
     auto_circuit: bool = True  # if others cannot dial it: a circuit through a listed relay
     recheck_reach: float = 180.0  # seconds between reach checks after the first (0: none)
+    host_share: float = 1.0  # of its cache and sessions one client host may hold (1: all)
     circuit_relay: CircuitConfig | None = None  # relay circuits for peers that cannot be
     # dialled (and list itself in the DHT for them); None: relay none
     initial_peers: tuple[PeerAddress, ...] = ()
@@ -210,6 +211,7 @@ async def _serve_shielded(
                 peer.info,
                 idle_timeout=config.scheduler.idle_timeout,
                 accepting=lambda: not control.draining,
+                host_share=config.host_share,
             )
             server.register()
             peer.activity, peer.step_times = server.activity, server.step_times

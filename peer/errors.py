@@ -14,6 +14,7 @@ __all__ = [
     "AdapterError",
     "CacheBudgetError",
     "CheckpointError",
+    "HostShareError",
     "InvalidRequestError",
     "MixedLengthsError",
     "PeerError",
@@ -72,6 +73,13 @@ class SessionLimitError(PeerError):
     """Opening the session would exceed the maximum number of concurrent sessions."""
 
     code: ClassVar[str] = "session_limit"
+
+
+class HostShareError(PeerError):
+    """Opening the session would give the caller's host more than its share of the peer
+    (`peer.host_share`)."""
+
+    code: ClassVar[str] = "host_share"
 
 
 class WorkerClosedError(PeerError):

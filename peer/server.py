@@ -49,7 +49,8 @@ from routing.span_protocol import (
 from routing.tensor_codec import decode_tensor, encode_tensor
 
 from .activity import STEP_BUCKETS, Activity, Durations
-from .errors import PeerError
+from .errors import HostShareError, PeerError
+from .host_share import HostShares, client_host
 from .relay_links import RelayLinks
 from .scheduler import InferenceScheduler
 
@@ -100,6 +101,7 @@ class SpanServer:
         idle_timeout: float = 300.0,
         relay_timeout: float = 2.0,
         accepting: Callable[[], bool] = lambda: True,
+        host_share: float = 1.0,
     ) -> None:
         self.scheduler = scheduler
         self.describe = describe
@@ -110,6 +112,8 @@ class SpanServer:
         self.activity = Activity()  # what it served, for the operator's reports
         self.step_times = Durations(STEP_BUCKETS)  # and how long its steps took, for the metrics
         self._sessions: dict[str, _Session] = {}
+        config = scheduler.backend.config
+        self.hosts = HostShares(host_share, config.max_cache_tokens, config.max_sessions)
 
     def register(self) -> None:
         self.rpc.add_unary(INFO, self.info)
@@ -152,6 +156,13 @@ class SpanServer:
             if not self.accepting():
                 self.activity.refused += 1
                 raise HandlerError("draining", "this peer takes no new sessions now")
+            host = client_host(context.remote_host, context.peer_id)
+            tokens = request.batch_size * request.max_length
+            try:
+                self.hosts.take(host, tokens)
+            except HostShareError:
+                self.activity.refused += 1
+                raise
             session_id = f"{context.peer_id.short()}-{secrets.token_hex(6)}"
             session = _Session(
                 session_id,
@@ -183,6 +194,7 @@ class SpanServer:
                     await self._step(session, packet)
             finally:
                 self._sessions.pop(session_id, None)
+                self.hosts.give_back(host, tokens)
                 with trio.CancelScope(shield=True):
                     await session.links.aclose()
                     await self.scheduler.close_session(session_id)

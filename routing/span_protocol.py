@@ -20,8 +20,9 @@ Methods (block indices are the model's, `end` exclusive):
   the session's cache becomes what row r_i was. The client ends the stream to close the
   session; failures come back as remote errors with a code. A peer refuses to open a
   session with `cache_budget`, `session_limit` or `draining` when it has no room for it now
-  (`NO_ROOM`), and with `invalid_request`, `unknown_adapter` or `bad_request` when it takes
-  no such request (`REFUSED_REQUEST`).
+  (`NO_ROOM`), and with `invalid_request`, `unknown_adapter`, `bad_request` or `host_share`
+  (the caller's host holds its share of the peer already) when it takes no such request from
+  this caller (`REFUSED_REQUEST`).
 - Relay (a pipeline through the chain). `opened` carries a `relay` token: whoever holds it
   may push steps into that session. A step may carry `"relay": [{"to", "session", "token",
   "step"}, ...]`, the rest of the chain: the peer sends its output as step `step` of the
@@ -56,7 +57,7 @@ INFERENCE = "span.inference"
 RELAY = "span.relay"
 
 NO_ROOM = frozenset({"cache_budget", "session_limit", "draining"})  # codes: the peer is full
-REFUSED_REQUEST = frozenset({"invalid_request", "unknown_adapter", "bad_request"})  # codes
+REFUSED_REQUEST = frozenset({"invalid_request", "unknown_adapter", "bad_request", "host_share"})
 
 MAX_RELAY_HOPS = 64  # the rest of a chain one step may name
 MAX_MASK_CELLS = 1 << 18  # of a forward's attention_mask: checked before its values are

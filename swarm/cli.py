@@ -192,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     peer.add_argument("--cache-tokens", type=int, help="KV cache budget in tokens")
     peer.add_argument("--max-sessions", type=int, help="concurrent inference sessions")
+    peer.add_argument(
+        "--host-share",
+        type=float,
+        default=1.0,
+        metavar="FRACTION",
+        help="of the cache and sessions one client host may hold (default 1: no limit)",
+    )
     peer.add_argument("--model-name", help="the model's name in the swarm (default: derived)")
     peer.add_argument(
         "--metrics-port",

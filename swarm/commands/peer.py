@@ -19,6 +19,7 @@ from routing import PeerAddress, TcpTransport
 
 from ..checkpoints import resolve_checkpoint, swarm_name
 from ..default_model import cache_dir
+from ..errors import SwarmError
 from ..http_server import HttpConfig, HttpServer
 from ..peer_metrics import peer_metrics_handler
 from ..tls import TlsError
@@ -32,6 +33,8 @@ def peer_config(args: argparse.Namespace) -> PeerConfig:
         backend = replace(backend, max_cache_tokens=args.cache_tokens)
     if args.max_sessions is not None:
         backend = replace(backend, max_sessions=args.max_sessions)
+    if not 0 < args.host_share <= 1:
+        raise SwarmError(f"--host-share must be more than 0 and at most 1, not {args.host_share}")
     return PeerConfig(
         checkpoint=resolve_checkpoint(args.model),
         blocks=parse_blocks(args.blocks) if args.blocks else None,
@@ -49,6 +52,7 @@ def peer_config(args: argparse.Namespace) -> PeerConfig:
         initial_peers=tuple(PeerAddress.parse(text) for text in args.initial_peers),
         cache_dir=cache_dir(),
         backend=backend,
+        host_share=args.host_share,
         adapters=tuple(args.adapter),
         quantization=args.quantize,
         report_every=args.report_every,

@@ -60,7 +60,15 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def served(checkpoint: Path, nursery: trio.Nursery) -> AsyncIterator[Served]:
-    network = MemoryNetwork()
+    yield await _serve(checkpoint, nursery, MemoryNetwork())
+    nursery.cancel_scope.cancel()
+
+
+async def _serve(
+    checkpoint: Path, nursery: trio.Nursery, network: MemoryNetwork, host_share: float = 1.0
+) -> Served:
+    """A peer of blocks 1..3 (256 cache tokens, 4 sessions) at 10.0.0.2, joined to a DHT
+    node at 10.0.0.1, and a client at 10.0.0.3."""
     boot = await nursery.start(
         serve_dht_node, Identity.generate(), network.transport("10.0.0.1"), "10.0.0.1", 1
     )
@@ -72,6 +80,7 @@ async def served(checkpoint: Path, nursery: trio.Nursery) -> AsyncIterator[Serve
         initial_peers=(boot.address,),
         backend=BackendConfig(max_cache_tokens=256, max_sessions=4, max_batch_size=2),
         scheduler=SchedulerConfig(idle_timeout=0.5),
+        host_share=host_share,
     )
     scope = trio.CancelScope()
 
@@ -85,8 +94,7 @@ async def served(checkpoint: Path, nursery: trio.Nursery) -> AsyncIterator[Serve
     await nursery.start(client.run, "10.0.0.3", 1)
     dht = DHTNode(client, DHTConfig(client_mode=True))
     await nursery.start(partial(dht.run, initial_peers=[boot.address]))
-    yield Served(peer, client, dht, scope, checkpoint)
-    nursery.cancel_scope.cancel()
+    return Served(peer, client, dht, scope, checkpoint)
 
 
 async def test_forward_and_sessions_equal_the_local_blocks(served: Served) -> None:
@@ -110,9 +118,9 @@ async def test_forward_and_sessions_equal_the_local_blocks(served: Served) -> No
     await _until_no_sessions(served)
 
 
-async def _until_no_sessions(served: Served) -> None:
+async def _until_no_sessions(served: Served, but: int = 0) -> None:
     with trio.fail_after(5):
-        while (await served.info())["sessions"]:  # noqa: ASYNC110 (polls a remote peer)
+        while (await served.info())["sessions"] != but:  # noqa: ASYNC110 (polls a remote peer)
             await trio.sleep(0.02)
 
 
@@ -232,6 +240,42 @@ async def test_a_session_it_has_no_room_for_is_refused_as_full_not_as_invalid(
             await stream.send(Packet(protocol.SessionRequest(1, 3, 8).header()))
             await stream.receive()
         assert await refusal(protocol.SessionRequest(1, 3, 8)) in protocol.NO_ROOM
+
+
+async def test_one_client_host_holds_at_most_its_share(
+    checkpoint: Path, nursery: trio.Nursery
+) -> None:
+    """`host_share` 0.5 of 4 sessions and 256 tokens: the client's host gets 2 sessions and
+    128 tokens, then is refused (`host_share`, a refusal of that opening only), while
+    another host still gets a session; once one of its sessions ends, it gets another."""
+    network = MemoryNetwork()
+    served = await _serve(checkpoint, nursery, network, host_share=0.5)
+    other = RPCHost(Identity.generate(), network.transport("10.0.0.4"))
+    await nursery.start(other.run, "10.0.0.4", 1)
+
+    async def open_session(client: RPCHost, stack: AsyncExitStack, length: int) -> str:
+        """ "" if opened (and kept open in `stack`), else the refusal's code."""
+        stream = await stack.enter_async_context(
+            client.open_stream(served.peer, protocol.INFERENCE)
+        )
+        await stream.send(Packet(protocol.SessionRequest(1, 3, length).header()))
+        try:
+            await stream.receive()
+        except RemoteError as error:
+            return error.code
+        return ""
+
+    async with AsyncExitStack() as first, AsyncExitStack() as second:
+        assert await open_session(served.client, first, 100) == ""
+        assert await open_session(served.client, second, 40) == "host_share"  # 140 tokens
+        assert await open_session(served.client, second, 28) == ""  # 128: its whole share
+        assert await open_session(served.client, second, 1) == "host_share"  # a third session
+        assert "host_share" in protocol.REFUSED_REQUEST
+        async with AsyncExitStack() as elsewhere:
+            assert await open_session(other, elsewhere, 100) == ""
+        await first.aclose()  # its 100-token session ends
+        await _until_no_sessions(served, but=1)
+        assert await open_session(served.client, second, 100) == ""
 
 
 @pytest.mark.parametrize(
