@@ -4,8 +4,9 @@ An open swarm serves clients it does not know, and one of them could reserve a p
 cache with sessions it never uses. With a share below 1, the peer refuses a new session
 (`host_share`) that would give its caller's host more than that share of the peer's cache
 tokens or of its sessions; other hosts still find room. A host is the caller's IP address
-(IPv6: its /64, which one machine usually holds whole); a caller whose host is unknown
-(through a circuit) counts alone, by its peer id; this machine (loopback) is not limited.
+(IPv6: its /64, which one machine usually holds whole), through a circuit the one its relay
+says it calls from; a caller whose host is unknown counts alone, by its peer id; this
+machine (loopback) is not limited.
 """
 
 from __future__ import annotations
@@ -14,21 +15,27 @@ import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
 
-from security import PeerId
+from routing.rpc import CallContext
 
 from .errors import HostShareError
 
 __all__ = ["HostShares", "client_host"]
 
 
-def client_host(remote_host: str, peer_id: PeerId) -> str | None:
+def client_host(caller: CallContext) -> str | None:
     """Whose share a caller draws on (None: this machine's, which is not limited)."""
-    if not remote_host:
-        return f"peer {peer_id}"
+    if caller.remote_host:
+        return _group(caller.remote_host)
+    through = _group(caller.circuit_host) if caller.circuit_host else None
+    return through or f"peer {caller.peer_id}"  # loopback at the relay is not our machine
+
+
+def _group(host: str) -> str | None:
+    """The share `host` draws on: its address, or an IPv6 address's /64; None: loopback."""
     try:
-        address = ipaddress.ip_address(remote_host)
-    except ValueError:  # a name, not an address: as it is
-        return remote_host
+        address = ipaddress.ip_address(host)
+    except ValueError:  # a name, not an address
+        return host
     if address.is_loopback:
         return None
     if address.version == 6:

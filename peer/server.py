@@ -156,7 +156,7 @@ class SpanServer:
             if not self.accepting():
                 self.activity.refused += 1
                 raise HandlerError("draining", "this peer takes no new sessions now")
-            host = client_host(context.remote_host, context.peer_id)
+            host = client_host(context)
             tokens = request.batch_size * request.max_length
             try:
                 self.hosts.take(host, tokens)

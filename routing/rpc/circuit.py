@@ -5,11 +5,12 @@ A node that offers circuits (`CircuitRelay`, `swarm dht|peer --circuit-relay`) l
 peer keep one stream open to it (`circuit.listen`); the peer's address then names the relay
 and itself, `HOST:PORT/RELAY_ID/circuit/PEER_ID`. Whoever dials that address opens
 `circuit.connect` on the relay, naming the peer; the relay hands the peer a one-time token
-on its listening stream, the peer opens `circuit.accept` with it, and the relay copies the
-packets of one stream into the other, both ways (`PacketStream` makes each stream a byte
-stream). Over that pipe the dialer and the peer run the usual Noise handshake and RPC, end to
-end: the relay carries ciphertext, and the dialer checks that the key that answers is the
-peer id it dialled, as over TCP.
+on its listening stream (and the host the dialer calls from, which the peer's handlers see
+as `CallContext.circuit_host`), the peer opens `circuit.accept` with it, and the relay
+copies the packets of one stream into the other, both ways (`PacketStream` makes each
+stream a byte stream). Over that pipe the dialer and the peer run the usual Noise handshake
+and RPC, end to end: the relay carries ciphertext, and the dialer checks that the key that
+answers is the peer id it dialled, as over TCP.
 
 The relay bounds what it holds: peers listening, circuits open, the time a token waits for
 its peer, and, if asked, the bytes a second it copies (`Pace`); it tells whoever asks how
@@ -58,6 +59,7 @@ ACCEPT = "circuit.accept"
 LOAD = "circuit.load"
 CHUNK = 1 << 20  # bytes per packet of a circuit at most: a SecureStream's whole batch
 TOKEN_BYTES = 16
+MAX_HOST = 255  # characters of a dialer's host, as a relay says it
 
 
 @dataclass(frozen=True)
@@ -80,10 +82,12 @@ class PacketStream(trio.abc.Stream):
     bytes; the remote's end of the stream is the end of the bytes. Errors of the stream
     below are `trio.BrokenResourceError`s, as a broken socket's."""
 
-    def __init__(self, stream: BidiStream, remote_host: str = "") -> None:
+    def __init__(self, stream: BidiStream, remote_host: str = "", circuit_host: str = "") -> None:
         self.stream = stream
         self.remote_host = remote_host  # the caller's host, as the RPC layer records it ("":
         # unknown, as for a circuit the peer took)
+        self.circuit_host = circuit_host  # for a circuit the peer took: its dialer's, as the
+        # relay says
         self._pending = memoryview(b"")  # received, not yet read
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -232,7 +236,7 @@ class CircuitRelay:
         self._open += 1
         done: trio.Event | None = None
         try:
-            await listener.send(Packet({"incoming": token}))
+            await listener.send(Packet({"incoming": token, "from": context.remote_host}))
             with trio.move_on_after(self.config.accept_timeout):
                 accepted, done = await receive.receive()
             if done is None:
@@ -364,7 +368,7 @@ async def _listen(
                     task_status.started(_listening_at(rpc, relay))
                     listened = True
                 async for notice in listening:
-                    circuits.start_soon(_take, rpc, relay, notice.header.get("incoming"))
+                    circuits.start_soon(_take, rpc, relay, notice.header)
         except RoutingError as error:
             if not listened:
                 raise
@@ -387,11 +391,19 @@ def _listening_at(rpc: RPCHost, relay: PeerAddress) -> PeerAddress:
     return address
 
 
-async def _take(rpc: RPCHost, relay: PeerAddress, token: object) -> None:
-    """Take the circuit of `token` and serve it as an inbound connection."""
+def dialer_host(notice: Mapping[str, Any]) -> str:
+    """The host a relay's notice says its circuit's dialer calls from ("" if it does not
+    say, or says something else than a host)."""
+    host = notice.get("from")
+    return host if isinstance(host, str) and len(host) <= MAX_HOST else ""
+
+
+async def _take(rpc: RPCHost, relay: PeerAddress, notice: Mapping[str, Any]) -> None:
+    """Take the circuit a relay's notice announces and serve it as an inbound connection,
+    from no host we know but where the relay says its dialer is."""
     try:
         async with rpc.open_stream(relay, ACCEPT) as accepting:
-            await accepting.send(Packet({"token": token}))
-            await rpc.serve_inbound(PacketStream(accepting))  # from no host we know
+            await accepting.send(Packet({"token": notice.get("incoming")}))
+            await rpc.serve_inbound(PacketStream(accepting, circuit_host=dialer_host(notice)))
     except RoutingError as error:
         logger.debug("a circuit through %s failed: %s", relay, error)

@@ -95,6 +95,7 @@ class Connection:
         config: RPCConfig,
         unary_handlers: Mapping[str, UnaryHandler],
         stream_handlers: Mapping[str, StreamHandler],
+        circuit_host: str = "",
     ) -> None:
         self.stream = stream
         self.peer_id = peer_id
@@ -107,7 +108,7 @@ class Connection:
         self._local_parity = 1 if initiator else 0
         self._calls: dict[int, _PendingCall | BidiStream] = {}
         self._inbound = Inbound(
-            self, CallContext(peer_id, remote_host), unary_handlers, stream_handlers
+            self, CallContext(peer_id, remote_host, circuit_host), unary_handlers, stream_handlers
         )
         self._cancel_scope = trio.CancelScope()
         self._closed = False

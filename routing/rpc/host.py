@@ -58,6 +58,12 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return status.st_mtime_ns, status.st_size
 
 
+def _circuit_host(stream: trio.abc.Stream) -> str:
+    """Where a circuit's dialer is, as its relay says ("" for any other stream)."""
+    host = getattr(stream, "circuit_host", "")
+    return host if isinstance(host, str) else ""
+
+
 def _remote_host(stream: trio.abc.Stream) -> str:
     host = getattr(stream, "remote_host", None)
     if isinstance(host, str):
@@ -203,7 +209,9 @@ class RPCHost:
                 return
         finally:
             self._unauthenticated -= 1
-        connection = self._connection(secure, _remote_host(stream), initiator=False)
+        connection = self._connection(
+            secure, _remote_host(stream), initiator=False, circuit_host=_circuit_host(stream)
+        )
         self._pool.add(connection)
         try:
             await connection.run()
@@ -259,7 +267,9 @@ class RPCHost:
             while await secure.receive_some():
                 pass
 
-    def _connection(self, secure: SecureStream, remote_host: str, *, initiator: bool) -> Connection:
+    def _connection(
+        self, secure: SecureStream, remote_host: str, *, initiator: bool, circuit_host: str = ""
+    ) -> Connection:
         return Connection(
             secure,
             secure.remote_peer_id,
@@ -268,6 +278,7 @@ class RPCHost:
             config=self.config,
             unary_handlers=self._unary,
             stream_handlers=self._stream,
+            circuit_host=circuit_host,
         )
 
     async def _dial(self, address: PeerAddress) -> Connection:

@@ -29,10 +29,12 @@ class Packet:
 
 @dataclass(frozen=True)
 class CallContext:
-    """Who is calling: the authenticated peer id and the host the connection comes from."""
+    """Who is calling: the authenticated peer id and the host the connection comes from
+    ("" through a circuit, whose relay says where it comes from: `circuit_host`)."""
 
     peer_id: PeerId
     remote_host: str
+    circuit_host: str = ""
 
 
 UnaryHandler = Callable[[Packet, CallContext], Awaitable[Packet]]

@@ -8,6 +8,7 @@ import pytest
 
 from peer.errors import HostShareError
 from peer.host_share import HostShares, client_host
+from routing.rpc import CallContext
 from security import Identity
 from swarm.cli import build_parser
 from swarm.commands.peer import peer_config
@@ -17,14 +18,18 @@ from tests.support.tiny_model import write_tiny_model
 
 def test_a_host_is_its_address_its_ipv6_network_or_the_caller_itself() -> None:
     caller = Identity.generate().peer_id
-    assert client_host("203.0.113.7", caller) == "203.0.113.7"
-    assert client_host("2001:db8:1:2:aaaa::1", caller) == client_host("2001:db8:1:2::9", caller)
-    assert client_host("2001:db8:1:2::9", caller) == "2001:db8:1:2::/64"
-    assert client_host("2001:db8:1:3::9", caller) != client_host("2001:db8:1:2::9", caller)
-    assert client_host("", caller) == f"peer {caller}"  # through a circuit: itself alone
-    assert client_host("", caller) != client_host("", Identity.generate().peer_id)
+
+    def host(remote: str, circuit: str = "") -> str | None:
+        return client_host(CallContext(caller, remote, circuit))
+
+    assert host("203.0.113.7") == "203.0.113.7"
+    assert host("2001:db8:1:2:aaaa::1") == host("2001:db8:1:2::9") == "2001:db8:1:2::/64"
+    assert host("2001:db8:1:3::9") != host("2001:db8:1:2::9")
     for loopback in ("127.0.0.1", "127.3.2.1", "::1"):
-        assert client_host(loopback, caller) is None  # this machine: not limited
+        assert host(loopback) is None  # this machine: not limited
+    assert host("", "203.0.113.7") == "203.0.113.7"  # through a circuit: where its relay says
+    assert host("") == host("", "127.0.0.1") == f"peer {caller}"  # unknown, or the relay's
+    assert host("") != client_host(CallContext(Identity.generate().peer_id, ""))  # own machine
 
 
 def test_a_host_gets_its_share_of_tokens_and_of_sessions_and_no_more() -> None:

@@ -27,7 +27,7 @@ from routing.rpc import (
     ask_relay_load,
     serve_via,
 )
-from routing.rpc.circuit import ACCEPT, CONNECT, LOAD, PacketStream
+from routing.rpc.circuit import ACCEPT, CONNECT, LOAD, PacketStream, dialer_host
 from routing.transport import TcpTransport
 from security import Identity
 
@@ -66,7 +66,8 @@ async def _answer(answer: Packet, request: Packet, context: CallContext) -> Pack
 
 
 async def _who(request: Packet, context: CallContext) -> Packet:
-    return Packet({"caller": str(context.peer_id)})
+    return Packet({"caller": str(context.peer_id), "from": context.remote_host,
+                   "circuit_from": context.circuit_host})  # fmt: skip
 
 
 async def _double(stream: BidiStream, context: CallContext) -> None:
@@ -100,6 +101,7 @@ async def test_a_peer_that_listens_nowhere_is_reached_through_its_relay() -> Non
         assert bytes(reply.body) == body and reply.header == {"n": 1}
         who = await swarm.client.call(address, "who", Packet(), timeout=10)
         assert who.header["caller"] == str(swarm.client.peer_id)  # authenticated end to end
+        assert (who.header["from"], who.header["circuit_from"]) == ("", "127.0.0.1")  # relay's
         async with swarm.client.open_stream(address, "double") as stream:
             for value in range(5):
                 await stream.send(Packet({"v": value}))
@@ -278,3 +280,9 @@ async def test_a_relay_with_a_rate_copies_no_faster(
         elapsed = trio.current_time() - start
         nursery.cancel_scope.cancel()
     assert seconds[0] <= elapsed <= seconds[1]
+
+
+def test_where_a_dialer_calls_from_is_taken_only_as_a_host() -> None:
+    assert dialer_host({"incoming": b"t", "from": "203.0.113.7"}) == "203.0.113.7"
+    for said in ({"incoming": b"t"}, {"from": 7}, {"from": b"10.0.0.1"}, {"from": "x" * 300}):
+        assert dialer_host(said) == ""
