@@ -146,9 +146,9 @@ class RelayLoad:
     max_circuits: int
 
     @classmethod
-    def from_fields(cls, fields: Mapping[str, Any]) -> RelayLoad:
+    def from_fields(cls, answer: Mapping[str, Any]) -> RelayLoad:
         """From a `circuit.load` answer; ProtocolError unless every count is there."""
-        counts = {name: fields.get(name) for name in _LOAD_FIELDS}
+        counts = {name: answer.get(name) for name in _LOAD_FIELDS}
         if not all(type(count) is int and count >= 0 for count in counts.values()):
             raise ProtocolError("a relay's load must give every count as an integer >= 0")
         return cls(**cast(dict[str, int], counts))
