@@ -4,6 +4,7 @@ Rule: public names are re-exported here as `from .module import Name as Name`; c
 the package imports from `routing.rpc`. Importing does nothing.
 """
 
+from .circuit import RELAY_LOAD_FIELDS as RELAY_LOAD_FIELDS
 from .circuit import CircuitConfig as CircuitConfig
 from .circuit import CircuitRelay as CircuitRelay
 from .circuit import RelayLoad as RelayLoad

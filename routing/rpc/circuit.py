@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .host import RPCHost
 
 __all__ = [
+    "RELAY_LOAD_FIELDS",
     "CircuitConfig",
     "CircuitRelay",
     "PacketStream",
@@ -148,13 +149,13 @@ class RelayLoad:
     @classmethod
     def from_fields(cls, answer: Mapping[str, Any]) -> RelayLoad:
         """From a `circuit.load` answer; ProtocolError unless every count is there."""
-        counts = {name: answer.get(name) for name in _LOAD_FIELDS}
+        counts = {name: answer.get(name) for name in RELAY_LOAD_FIELDS}
         if not all(type(count) is int and count >= 0 for count in counts.values()):
             raise ProtocolError("a relay's load must give every count as an integer >= 0")
         return cls(**cast(dict[str, int], counts))
 
 
-_LOAD_FIELDS = tuple(field.name for field in fields(RelayLoad))
+RELAY_LOAD_FIELDS = tuple(field.name for field in fields(RelayLoad))  # as `circuit.load` says
 
 
 @dataclass

@@ -38,14 +38,14 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from routing.announcement import ModelEntry, PeerAnnouncement, PeerState
 from routing.errors import ProtocolError
 from routing.records import DHTValue
 from routing.relay_directory import listed_relay
-from routing.rpc import RelayLoad
+from routing.rpc import RELAY_LOAD_FIELDS, RelayLoad
 from security import PeerId
 
 MAX_MODELS = 32  # models drawn (and read from the DHT); the most announced first
@@ -202,9 +202,6 @@ class RelayRow:
             "last_seen": self.last_seen,
             **load,
         }
-
-
-RELAY_LOAD_FIELDS = tuple(field.name for field in fields(RelayLoad))
 
 
 @dataclass(frozen=True)
