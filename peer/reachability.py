@@ -10,8 +10,9 @@ relay lost for a while is traded for another listed one.
 Reachability changes, so it is checked again every `recheck` seconds (`keep_reachable`),
 by its initial peers and a few DHT nodes it knows, at the address it listens at: a peer
 others can dial no more (its router forgot the forwarded port) takes a relay; one served
-through a relay that others can dial again (the port is forwarded now) leaves it; one that
-found no relay to take looks again. Each new address is announced at once.
+through a relay that others can dial again (the port is forwarded now) leaves it, and the
+sessions open through it end there (the relay takes no new circuit for it); one that found
+no relay to take looks again. Each new address is announced at once.
 """
 
 from __future__ import annotations
@@ -49,8 +50,7 @@ class Reachability:
         self.dht = dht
         self.reached: bool | None = None  # what the last reach check found, if one did
         self._direct: PeerAddress | None = None  # where it listens, when it does
-        self._circuit: trio.CancelScope | None = None  # of a relay it took by itself
-        self._circuit_ended = trio.Event()
+        self._leave: trio.Event | None = None  # set to leave the relay it took by itself
         self._nursery: trio.Nursery | None = None  # where such a circuit is served
         self._moved, self._moves = trio.open_memory_channel[PeerAddress](math.inf)
         self._serve_via = partial(serve_via, another=self._another, moved=self._moved.send_nowait)
@@ -106,9 +106,9 @@ class Reachability:
     async def _follow(self, reached: bool | None) -> None:
         """Serve where the reach check says others reach us (None: nobody could say)."""
         self.reached = reached if reached is not None else self.reached
-        if reached and self._circuit is not None:
-            await self._leave_relay()
-        elif reached is False and self._circuit is None and self.config.auto_circuit:
+        if reached and self._leave is not None:
+            self._leave_relay()
+        elif reached is False and self._leave is None and self.config.auto_circuit:
             await self._take_relay()
 
     async def _take_relay(self) -> None:
@@ -128,19 +128,19 @@ class Reachability:
     async def _serve_circuit(
         self, relay: PeerAddress, *, task_status: trio.TaskStatus[PeerAddress]
     ) -> None:
-        with trio.CancelScope() as self._circuit:
-            self._circuit_ended = trio.Event()
-            try:
-                await self._serve_via(self.rpc, relay, task_status=task_status)
-            finally:
-                self._circuit = None
-                self._circuit_ended.set()
+        self._leave = leave = trio.Event()
+        try:
+            await self._serve_via(self.rpc, relay, leave=leave, task_status=task_status)
+        finally:
+            if self._leave is leave:
+                self._leave = None
 
-    async def _leave_relay(self) -> None:
-        """Serve where the peer listens again, with no relay in between."""
-        assert self._circuit is not None and self._direct is not None
-        self._circuit.cancel()
-        await self._circuit_ended.wait()
+    def _leave_relay(self) -> None:
+        """Serve where the peer listens again, with no relay in between: new sessions come
+        there, those open through the relay end there."""
+        assert self._leave is not None and self._direct is not None
+        self._leave.set()
+        self._leave = None
         self.rpc.set_address(self._direct)
         logger.info("left the relay: serving at %s", self._direct)
 

@@ -72,6 +72,12 @@ def _add_public_options(parser: argparse.ArgumentParser) -> None:
         metavar="MB",
         help="with --circuit-relay: relay at most this many MB a second, all circuits together",
     )
+    parser.add_argument(
+        "--circuit-peer-rate",
+        type=float,
+        metavar="MB",
+        help="with --circuit-relay: relay at most this many MB a second for one peer",
+    )
 
 
 def _add_network_options(parser: argparse.ArgumentParser) -> None:

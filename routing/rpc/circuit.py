@@ -13,10 +13,14 @@ and RPC, end to end: the relay carries ciphertext, and the dialer checks that th
 answers is the peer id it dialled, as over TCP.
 
 The relay bounds what it holds: peers listening, circuits open, the time a token waits for
-its peer, and, if asked, the bytes a second it copies (`Pace`); it tells whoever asks how
+its peer, and, if asked, the bytes a second it copies, all circuits together and those of
+one listening peer (`Pace`); it tells whoever asks how
 loaded it is (`circuit.load`, `ask_relay_load`: the monitor shows it). A peer that loses its
 relay listens there again (`serve_via`), so its address stays the same; one that stays lost
 for a while takes another relay, if it is given a way to find one, and says where it is now.
+A peer that leaves its relay (others can dial it now) stops listening there at once and lets
+each circuit open through it run until no call runs on it (for at most `drain_timeout`), so
+that leaving cuts no session.
 """
 
 from __future__ import annotations
@@ -72,10 +76,13 @@ class CircuitConfig:
     relisten_after: float = 1.0  # seconds before a peer that lost its relay listens again
     move_after: float = 5.0  # seconds without its relay before a peer looks for another
     max_bytes_per_second: float | None = None  # what the relay copies, all circuits together
+    max_peer_bytes_per_second: float | None = None  # of them, the circuits of one peer
+    drain_timeout: float = 300.0  # seconds the circuits of a relay a peer leaves may run on
 
     def __post_init__(self) -> None:
-        if self.max_bytes_per_second is not None and not self.max_bytes_per_second > 0:
-            raise ValueError("a relay's max_bytes_per_second must be > 0")
+        for rate in (self.max_bytes_per_second, self.max_peer_bytes_per_second):
+            if rate is not None and not rate > 0:
+                raise ValueError("a relay's rates must be > 0")
 
 
 class PacketStream(trio.abc.Stream):
@@ -178,6 +185,7 @@ class CircuitRelay:
     _circuits: int = 0  # opened, in all
     _relayed: int = 0  # bytes copied, in all
     _pace: Pace | None = None  # of the copies, with `max_bytes_per_second`
+    _peer_paces: dict[PeerId, Pace] = field(default_factory=dict)  # of each listener's
 
     def __post_init__(self) -> None:
         rate = self.config.max_bytes_per_second
@@ -212,6 +220,9 @@ class CircuitRelay:
         else:  # the peer listens again: its new stream wins
             previous.close()
         self._listeners[peer], self._hosts[peer] = stream, host
+        peer_rate = self.config.max_peer_bytes_per_second
+        if peer_rate is not None:
+            self._peer_paces.setdefault(peer, Pace(peer_rate))
         logger.info("%s listens through this relay", peer.short())
         try:
             await stream.send(Packet({"listening": True}))
@@ -222,6 +233,7 @@ class CircuitRelay:
         finally:
             if self._listeners.get(peer) is stream:
                 del self._listeners[peer], self._hosts[peer]
+                self._peer_paces.pop(peer, None)
                 logger.info("%s stopped listening through this relay", peer.short())
 
     async def _connect(self, stream: BidiStream, context: CallContext) -> None:
@@ -244,9 +256,10 @@ class CircuitRelay:
                 raise HandlerError("unanswered", f"{target} did not take the circuit")
             await stream.send(Packet({"connected": True}))
             self._circuits += 1
+            paces = [p for p in (self._pace, self._peer_paces.get(target)) if p is not None]
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._copy, stream, accepted, nursery.cancel_scope)
-                nursery.start_soon(self._copy, accepted, stream, nursery.cancel_scope)
+                nursery.start_soon(self._copy, stream, accepted, paces, nursery.cancel_scope)
+                nursery.start_soon(self._copy, accepted, stream, paces, nursery.cancel_scope)
         except HandlerError:
             raise
         except RoutingError as error:  # the listener went away, or one side broke
@@ -266,13 +279,16 @@ class CircuitRelay:
         waiting.accepted.send_nowait((stream, done))
         await done.wait()  # the dialer's handler copies; this stream lives until it ends
 
-    async def _copy(self, source: BidiStream, sink: BidiStream, both: trio.CancelScope) -> None:
-        """Copy packets until the source ends, then end the sink; a failure ends both ways."""
+    async def _copy(
+        self, source: BidiStream, sink: BidiStream, paces: list[Pace], both: trio.CancelScope
+    ) -> None:
+        """Copy packets, each once `paces` allow it, until the source ends, then end the
+        sink; a failure ends both ways."""
         try:
             async for packet in source:
                 body = bytes(packet.body)
-                if self._pace is not None:
-                    await self._pace.take(len(body))
+                for pace in paces:
+                    await pace.take(len(body))
                 await sink.send(Packet(body=body))
                 self._relayed += len(body)
             await sink.end()
@@ -324,18 +340,28 @@ async def serve_via(
     *,
     another: Move | None = None,
     moved: Callable[[PeerAddress], None] | None = None,
+    leave: trio.Event | None = None,
     task_status: trio.TaskStatus[PeerAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen through `relay` until cancelled: every circuit it hands us is served as an
-    inbound connection of `rpc`. Started value: our circuit address, once the relay took
-    us (a relay that refuses us then raises its error). A relay lost later is listened at
-    again; one lost for `move_after` seconds is traded for `another(relay)`, if that finds
-    one, and `moved` is told our new address."""
+    """Listen through `relay` until cancelled, or until `leave` is set and the circuits
+    open then have ended: every circuit it hands us is served as an inbound connection of
+    `rpc`. Started value: our circuit address, once the relay took us (a relay that refuses
+    us then raises its error). A relay lost later is listened at again; one lost for
+    `move_after` seconds is traded for `another(relay)`, if that finds one, and `moved` is
+    told our new address. Once `leave` is set, we listen no more (nor set `rpc`'s address),
+    and each open circuit ends with its last call, or is cut after `drain_timeout`."""
     config = config or CircuitConfig()
+    leave = trio.Event() if leave is None else leave
+    listening = trio.CancelScope()
     try:
         async with trio.open_nursery() as circuits:
-            listen = partial(_listen, rpc, config, circuits, another, moved or _ignore)
+            listen = partial(_listen, rpc, config, circuits, listening, leave, another,
+                             moved or _ignore)  # fmt: skip
             task_status.started(await circuits.start(listen, relay))
+            await leave.wait()
+            listening.cancel()
+            logger.info("left the relay %s: its circuits end with their last calls", relay)
+            circuits.cancel_scope.deadline = trio.current_time() + config.drain_timeout
     except BaseExceptionGroup as group:  # the relay refused us at first: its error alone
         if len(group.exceptions) != 1:
             raise
@@ -350,6 +376,8 @@ async def _listen(
     rpc: RPCHost,
     config: CircuitConfig,
     circuits: trio.Nursery,
+    listening: trio.CancelScope,
+    leave: trio.Event,
     another: Move | None,
     moved: Callable[[PeerAddress], None],
     relay: PeerAddress,
@@ -357,31 +385,34 @@ async def _listen(
     task_status: trio.TaskStatus[PeerAddress],
 ) -> None:
     """Keep a listening stream open to a relay, taking each circuit it announces in
-    `circuits` (see `serve_via`). Started, with our address, once the first relay took us."""
+    `circuits` (see `serve_via`), until `listening` is cancelled once `leave` is set (from
+    then on, `rpc`'s address is not set again). Started, with our address, once the first
+    relay took us."""
     listened = False
     lost_since: float | None = None
-    while True:
-        try:
-            async with rpc.open_stream(relay, LISTEN) as listening:
-                await listening.receive()  # {"listening": True}
-                lost_since = None
+    with listening:
+        while True:
+            try:
+                async with rpc.open_stream(relay, LISTEN) as stream:
+                    await stream.receive()  # {"listening": True}
+                    lost_since = None
+                    if not listened:
+                        task_status.started(_listening_at(rpc, relay))
+                        listened = True
+                    async for notice in stream:
+                        circuits.start_soon(_take, rpc, relay, leave, notice.header)
+            except RoutingError as error:
                 if not listened:
-                    task_status.started(_listening_at(rpc, relay))
-                    listened = True
-                async for notice in listening:
-                    circuits.start_soon(_take, rpc, relay, notice.header)
-        except RoutingError as error:
-            if not listened:
-                raise
-            logger.warning("lost the relay %s (%s): listening again", relay, error)
-        lost_since = trio.current_time() if lost_since is None else lost_since
-        if another is not None and trio.current_time() - lost_since >= config.move_after:
-            found = await another(relay)
-            if found is not None:
-                relay, lost_since = found, None
-                moved(_listening_at(rpc, relay))
-                continue
-        await trio.sleep(config.relisten_after)
+                    raise
+                logger.warning("lost the relay %s (%s): listening again", relay, error)
+            lost_since = trio.current_time() if lost_since is None else lost_since
+            if another is not None and trio.current_time() - lost_since >= config.move_after:
+                found = await another(relay)
+                if found is not None and not leave.is_set():
+                    relay, lost_since = found, None
+                    moved(_listening_at(rpc, relay))
+                    continue
+            await trio.sleep(config.relisten_after)
 
 
 def _listening_at(rpc: RPCHost, relay: PeerAddress) -> PeerAddress:
@@ -399,12 +430,16 @@ def dialer_host(notice: Mapping[str, Any]) -> str:
     return host if isinstance(host, str) and len(host) <= MAX_HOST else ""
 
 
-async def _take(rpc: RPCHost, relay: PeerAddress, notice: Mapping[str, Any]) -> None:
+async def _take(
+    rpc: RPCHost, relay: PeerAddress, leave: trio.Event, notice: Mapping[str, Any]
+) -> None:
     """Take the circuit a relay's notice announces and serve it as an inbound connection,
-    from no host we know but where the relay says its dialer is."""
+    from no host we know but where the relay says its dialer is, until it ends (once we
+    leave the relay, until no call runs on it)."""
     try:
         async with rpc.open_stream(relay, ACCEPT) as accepting:
             await accepting.send(Packet({"token": notice.get("incoming")}))
-            await rpc.serve_inbound(PacketStream(accepting, circuit_host=dialer_host(notice)))
+            stream = PacketStream(accepting, circuit_host=dialer_host(notice))
+            await rpc.serve_inbound(stream, drain=leave)
     except RoutingError as error:
         logger.debug("a circuit through %s failed: %s", relay, error)

@@ -96,6 +96,7 @@ class Connection:
         unary_handlers: Mapping[str, UnaryHandler],
         stream_handlers: Mapping[str, StreamHandler],
         circuit_host: str = "",
+        drain: trio.Event | None = None,
     ) -> None:
         self.stream = stream
         self.peer_id = peer_id
@@ -114,6 +115,7 @@ class Connection:
         self._closed = False
         self.close_reason: BaseException | None = None
         self._idle_since: float | None = None
+        self._drain = drain  # once set, the connection closes as soon as nothing runs on it
 
     # -- status ------------------------------------------------------------------------------
 
@@ -136,6 +138,8 @@ class Connection:
         busy = bool(self._calls) or self._inbound.active > 0
         if busy:
             self._idle_since = None
+        elif self._drain is not None and self._drain.is_set():
+            self.close(ConnectionLostError("drained: no call runs on it"))
         elif self._idle_since is None:
             self._idle_since = trio.current_time()
 
@@ -164,6 +168,8 @@ class Connection:
                     nursery.start_soon(self._guard, self._writer.run)
                     if self.config.idle_timeout is not None:
                         nursery.start_soon(self._idle_watch, self.config.idle_timeout)
+                    if self._drain is not None:
+                        nursery.start_soon(self._close_once_drained, self._drain)
                     self.activity_changed()
                     task_status.started()
         finally:
@@ -229,6 +235,12 @@ class Connection:
                 return
             else:
                 await trio.sleep_until(since + idle_timeout)
+
+    async def _close_once_drained(self, drain: trio.Event) -> None:
+        """Once `drain` is set, close the connection as soon as no call runs on it (now, if
+        none does), rather than cut what runs."""
+        await drain.wait()
+        self.activity_changed()
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -186,8 +186,9 @@ class RPCHost:
         finally:
             self._pool.nursery = None
 
-    async def serve_inbound(self, stream: trio.abc.Stream) -> None:
-        """Serve a connection someone opened to us (over TCP, or a circuit), until it ends."""
+    async def serve_inbound(self, stream: trio.abc.Stream, drain: trio.Event | None = None) -> None:
+        """Serve a connection someone opened to us (over TCP, or a circuit), until it ends;
+        once `drain` is set, until no call runs on it."""
         if self._unauthenticated >= self.config.max_unauthenticated:
             logger.info("refusing a connection: too many in their handshake")
             return
@@ -210,7 +211,11 @@ class RPCHost:
         finally:
             self._unauthenticated -= 1
         connection = self._connection(
-            secure, _remote_host(stream), initiator=False, circuit_host=_circuit_host(stream)
+            secure,
+            _remote_host(stream),
+            initiator=False,
+            circuit_host=_circuit_host(stream),
+            drain=drain,
         )
         self._pool.add(connection)
         try:
@@ -268,7 +273,13 @@ class RPCHost:
                 pass
 
     def _connection(
-        self, secure: SecureStream, remote_host: str, *, initiator: bool, circuit_host: str = ""
+        self,
+        secure: SecureStream,
+        remote_host: str,
+        *,
+        initiator: bool,
+        circuit_host: str = "",
+        drain: trio.Event | None = None,
     ) -> Connection:
         return Connection(
             secure,
@@ -279,6 +290,7 @@ class RPCHost:
             unary_handlers=self._unary,
             stream_handlers=self._stream,
             circuit_host=circuit_host,
+            drain=drain,
         )
 
     async def _dial(self, address: PeerAddress) -> Connection:

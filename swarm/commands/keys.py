@@ -1,8 +1,8 @@
 """`--identity KEY` and `--members FILE`: who a command is in the swarm, and, in a private
 swarm, the only peers it talks to (`security.members`; every command follows the file as
 it changes); `--tls-cert PEM --tls-key PEM`: HTTPS for its HTTP server (`swarm.tls`);
-`--circuit-relay [--circuit-rate MB]`: circuits it relays for peers that cannot be dialled
-(`routing.rpc.circuit`)."""
+`--circuit-relay [--circuit-rate MB] [--circuit-peer-rate MB]`: circuits it relays for peers
+that cannot be dialled (`routing.rpc.circuit`)."""
 
 from __future__ import annotations
 
@@ -36,12 +36,13 @@ def tls_from(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 
 def circuit_relay(args: argparse.Namespace) -> CircuitConfig | None:
-    """The circuits to relay with `--circuit-relay` (at most `--circuit-rate` MB a second);
-    None without it."""
+    """The circuits to relay with `--circuit-relay` (at most `--circuit-rate` MB a second,
+    and `--circuit-peer-rate` for one peer's); None without it."""
     if not args.circuit_relay:
         return None
-    if args.circuit_rate is None:
-        return CircuitConfig()
-    if not args.circuit_rate > 0:
-        raise SwarmError(f"--circuit-rate must be more than 0 MB a second, not {args.circuit_rate}")
-    return CircuitConfig(max_bytes_per_second=args.circuit_rate * 1e6)
+    rates = {"--circuit-rate": args.circuit_rate, "--circuit-peer-rate": args.circuit_peer_rate}
+    for option, rate in rates.items():
+        if rate is not None and not rate > 0:
+            raise SwarmError(f"{option} must be more than 0 MB a second, not {rate}")
+    total, per_peer = (None if rate is None else rate * 1e6 for rate in rates.values())
+    return CircuitConfig(max_bytes_per_second=total, max_peer_bytes_per_second=per_peer)

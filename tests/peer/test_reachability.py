@@ -17,7 +17,7 @@ from peer.reachability import Reachability
 from routing.address import PeerAddress
 from routing.announcement import PeerState
 from routing.dht import DHTNode, serve_dht_node
-from routing.rpc import CircuitConfig, CircuitRelay, RPCHost
+from routing.rpc import BidiStream, CallContext, CircuitConfig, CircuitRelay, Packet, RPCHost
 from routing.transport import TcpTransport
 from security import Identity
 from tests.support.port_forward import PortForward
@@ -59,6 +59,7 @@ class Swarm:
         config = PeerConfig(Path("unused"), port=port, public_port=public_port,
                             initial_peers=initial, recheck_reach=RECHECK)  # fmt: skip
         rpc = RPCHost(Identity.generate(), TcpTransport())
+        rpc.add_stream("double", _double)  # a session, as far as circuits go
         dht = DHTNode(rpc)
         reachability = Reachability(config, rpc, dht)
         await self.nursery.start(reachability.listen)
@@ -66,6 +67,16 @@ class Swarm:
         announced = Announced(await reachability.reached_at(self.nursery))
         self.nursery.start_soon(reachability.keep_reachable, announced, announced)
         return reachability, announced
+
+    async def client(self) -> RPCHost:
+        rpc = RPCHost(Identity.generate(), TcpTransport())
+        await self.nursery.start(rpc.run_outbound)
+        return rpc
+
+
+async def _double(stream: BidiStream, context: CallContext) -> None:
+    async for packet in stream:
+        await stream.send(Packet({"v": 2 * packet.header["v"]}))
 
 
 @asynccontextmanager
@@ -103,8 +114,8 @@ async def test_a_peer_others_cannot_dial_looks_for_a_relay_until_one_takes_it() 
 
 async def test_a_peer_follows_its_forwarded_port_to_a_relay_and_back() -> None:
     """Reached through its forwarded port, the peer serves there; the forward gone, it takes
-    the listed relay; the forward back, it leaves the relay and serves there again. Each
-    move is announced."""
+    the listed relay; the forward back, it leaves the relay and serves there again, while a
+    session open through the relay goes on there until it ends. Each move is announced."""
     hidden = free_port()
     async with _swarm() as swarm:
         relay = await swarm.relay()
@@ -117,8 +128,15 @@ async def test_a_peer_follows_its_forwarded_port_to_a_relay_and_back() -> None:
         circuit = announced.published[0]
         assert circuit is not None and circuit.via is not None and reachability.reached is False
         assert relay.listening == {direct.peer_id}
-        with PortForward(hidden, port=forward.port):
-            await _until(lambda: len(announced.published) == 2)
-            assert announced.published[1] == direct == reachability.rpc.address
-            assert reachability.reached is True
-            await _until(lambda: not relay.listening)  # it stopped listening there
+        client = await swarm.client()
+        async with client.open_stream(circuit, "double") as session:
+            with PortForward(hidden, port=forward.port):
+                await _until(lambda: len(announced.published) == 2)
+                assert announced.published[1] == direct == reachability.rpc.address
+                assert reachability.reached is True
+                await _until(lambda: not relay.listening)  # it stopped listening there
+                for value in range(3):  # the session through the relay goes on
+                    await session.send(Packet({"v": value}))
+                    assert (await session.receive()).header == {"v": 2 * value}
+                assert relay.load().open == 1
+        await _until(lambda: relay.load().open == 0)  # its circuit ended with it

@@ -164,6 +164,9 @@ def test_the_command_line_relays_circuits_at_the_rate_asked() -> None:
         assert circuit_relay(parser.parse_args(command)) is None
         args = parser.parse_args([*command, "--circuit-relay", "--circuit-rate", "2.5"])
         assert circuit_relay(args) == CircuitConfig(max_bytes_per_second=2.5e6)
+        args = parser.parse_args([*command, "--circuit-relay", "--circuit-peer-rate", "0.5"])
+        assert circuit_relay(args) == CircuitConfig(max_peer_bytes_per_second=0.5e6)
         assert circuit_relay(parser.parse_args([*command, "--circuit-relay"])) == CircuitConfig()
-        with pytest.raises(SwarmError, match="--circuit-rate must be more than 0"):
-            circuit_relay(parser.parse_args([*command, "--circuit-relay", "--circuit-rate", "0"]))
+        for option in ("--circuit-rate", "--circuit-peer-rate"):
+            with pytest.raises(SwarmError, match=f"{option} must be more than 0"):
+                circuit_relay(parser.parse_args([*command, "--circuit-relay", option, "0"]))

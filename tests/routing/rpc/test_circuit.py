@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from routing.address import PeerAddress
-from routing.errors import PeerUnreachableError, ProtocolError, RemoteError
+from routing.errors import PeerUnreachableError, ProtocolError, RemoteError, RoutingError
 from routing.memory_network import MemoryNetwork
 from routing.rpc import (
     BidiStream,
@@ -59,6 +59,29 @@ class Swarm:
         await nursery.start(rpc.run_outbound)
         address = await nursery.start(serve_via, rpc, self.relay.address, config)
         return rpc, address
+
+    async def leaving_peer(
+        self, leave: trio.Event, drain_timeout: float
+    ) -> tuple[PeerAddress, trio.Event]:
+        """A peer as `peer` makes one, that leaves the relay once `leave` is set; and an
+        event set once its `serve_via` returned."""
+        rpc = RPCHost(Identity.generate(), TcpTransport())
+        rpc.add_unary("echo", echo)
+        rpc.add_stream("double", _double)
+        await self.nursery.start(rpc.run_outbound)
+        config = CircuitConfig(drain_timeout=drain_timeout)
+        left = trio.Event()
+
+        async def serve(*, task_status: trio.TaskStatus[PeerAddress]) -> None:
+            await serve_via(rpc, self.relay.address, config, leave=leave, task_status=task_status)
+            left.set()
+
+        return await self.nursery.start(serve), left
+
+    async def another_client(self) -> RPCHost:
+        client = RPCHost(Identity.generate(), TcpTransport())
+        await self.nursery.start(client.run_outbound)
+        return client
 
 
 async def _answer(answer: Packet, request: Packet, context: CallContext) -> Packet:
@@ -256,27 +279,89 @@ async def test_a_peer_whose_relay_is_gone_moves_to_another() -> None:
         assert reply.header == {"moved": True}
 
 
-@pytest.mark.parametrize(("rate", "seconds"), [(None, (0.0, 0.1)), (1 << 20, (6.9, 7.5))])
+async def test_a_peer_that_leaves_its_relay_lets_each_circuit_end_with_its_last_call() -> None:
+    """Once the peer leaves, the relay takes no new circuit for it; a circuit with no call
+    running closes at once; one with a stream open carries it on, and closes once it ends."""
+    async with _swarm() as swarm:
+        leave = trio.Event()
+        address, left = await swarm.leaving_peer(leave, drain_timeout=LIMIT)
+        idle = await swarm.another_client()
+        await idle.call(address, "echo", Packet(), timeout=10)  # its circuit stays, unused
+        async with swarm.client.open_stream(address, "double") as stream:
+            await stream.send(Packet({"v": 1}))
+            assert (await stream.receive()).header == {"v": 2}
+            assert swarm.circuits.load().open == 2
+            leave.set()
+            await wait_until(lambda: not swarm.circuits.listening, within=10)
+            await wait_until(lambda: swarm.circuits.load().open == 1, within=10)  # the idle one
+            with pytest.raises(PeerUnreachableError, match="not_here"):
+                await idle.call(address, "echo", Packet(), timeout=10)
+            for value in range(2, 5):  # the stream goes on
+                await stream.send(Packet({"v": value}))
+                assert (await stream.receive()).header == {"v": 2 * value}
+            assert not left.is_set()
+        await left.wait()  # the stream ended: so did its circuit, and serving through the relay
+        await wait_until(lambda: swarm.circuits.load().open == 0, within=10)
+
+
+async def test_a_circuit_still_busy_after_the_drain_timeout_is_cut() -> None:
+    async with _swarm() as swarm:
+        leave = trio.Event()
+        address, left = await swarm.leaving_peer(leave, drain_timeout=0.3)
+        async with swarm.client.open_stream(address, "double") as stream:
+            await stream.send(Packet({"v": 1}))
+            assert (await stream.receive()).header == {"v": 2}
+            leave.set()
+            await left.wait()
+            with pytest.raises(RoutingError):
+                await stream.send(Packet({"v": 2}))
+                await stream.receive()
+        await wait_until(lambda: swarm.circuits.load().open == 0, within=10)
+
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("config", "peers", "seconds"),
+    [
+        (CircuitConfig(), 1, (0.0, 0.1)),
+        (CircuitConfig(max_bytes_per_second=MiB), 1, (6.9, 7.5)),
+        (CircuitConfig(max_bytes_per_second=MiB), 2, (14.9, 15.5)),
+        (CircuitConfig(max_peer_bytes_per_second=MiB), 2, (6.9, 7.5)),
+        (CircuitConfig(max_bytes_per_second=4 * MiB, max_peer_bytes_per_second=MiB), 1, (6.9, 7.5)),
+    ],
+)
 async def test_a_relay_with_a_rate_copies_no_faster(
-    autojump_clock: trio.testing.MockClock, rate: int | None, seconds: tuple[float, float]
+    autojump_clock: trio.testing.MockClock,
+    config: CircuitConfig,
+    peers: int,
+    seconds: tuple[float, float],
 ) -> None:
-    """4 MiB echoed through a relay on the in-memory network, in virtual time: unpaced, at
-    once; at 1 MiB a second for both ways together, about 7 s (8 MiB, after a burst of a
-    second's worth)."""
+    """4 MiB echoed through a relay to each of `peers` peers at once, on the in-memory
+    network, in virtual time, until the last echo is back. Unpaced, at once. At 1 MiB a
+    second for both ways together, about 7 s for one peer (8 MiB, after a burst of a
+    second's worth), 15 s for two; at 1 MiB a second for each peer's circuits, 7 s for two
+    as for one."""
     network = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         relay = RPCHost(Identity.generate(), network.transport("10.0.0.1"))
-        CircuitRelay(CircuitConfig(max_bytes_per_second=rate)).register(relay)
+        CircuitRelay(config).register(relay)
         relay_address = await nursery.start(relay.run, "10.0.0.1", 4000)
-        peer = RPCHost(Identity.generate(), network.transport("10.0.0.2"))
-        peer.add_unary("echo", echo)
-        await nursery.start(peer.run_outbound)
-        address = await nursery.start(serve_via, peer, relay_address)
-        client = RPCHost(Identity.generate(), network.transport("10.0.0.3"))
+        client = RPCHost(Identity.generate(), network.transport("10.0.0.2"))
         await nursery.start(client.run_outbound)
-        await client.ping(address, timeout=10)  # connected: the handshake's bytes are paid
+        addresses = []
+        for number in range(peers):
+            peer = RPCHost(Identity.generate(), network.transport(f"10.0.1.{number}"))
+            peer.add_unary("echo", echo)
+            await nursery.start(peer.run_outbound)
+            addresses.append(await nursery.start(serve_via, peer, relay_address))
+            await client.ping(addresses[-1], timeout=10)  # the handshake's bytes are paid
         start = trio.current_time()
-        await client.call(address, "echo", Packet({}, bytes(4 << 20)), timeout=60)
+        async with trio.open_nursery() as echoes:
+            for address in addresses:
+                echoes.start_soon(partial(client.call, timeout=60), address, "echo",
+                                  Packet({}, bytes(4 * MiB)))  # fmt: skip
         elapsed = trio.current_time() - start
         nursery.cancel_scope.cancel()
     assert seconds[0] <= elapsed <= seconds[1]
