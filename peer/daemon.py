@@ -106,8 +106,11 @@ def parse_blocks(text: str) -> tuple[int, int]:
 class _Peer:
     """The running parts, and the announcement they make."""
 
-    def __init__(self, config: PeerConfig, backend: SpanBackend, throughput: float) -> None:
+    def __init__(
+        self, config: PeerConfig, backend: SpanBackend, throughput: float, control: PeerControl
+    ) -> None:
         self.config = config
+        self.control = control  # whether it drains
         self.backend = backend
         self.throughput = throughput  # tokens/s through one block
         self.address: PeerAddress | None = None
@@ -115,8 +118,11 @@ class _Peer:
         self.step_times = Durations(STEP_BUCKETS)  # likewise
 
     def announcement(self, state: PeerState) -> PeerAnnouncement:
+        """What the peer says of itself in `state` (`online` while it drains: `draining`)."""
         if self.address is None:
             raise RuntimeError("the peer announces itself only once it listens")
+        if state is PeerState.ONLINE and self.control.draining:
+            state = PeerState.DRAINING
         return PeerAnnouncement(
             address=self.address,
             model=self.config.name,
@@ -137,10 +143,10 @@ class _Peer:
     def info(self) -> dict[str, Any]:
         return self.announcement(PeerState.ONLINE).to_fields()
 
-    def status(self, draining: bool) -> PeerStatus:
+    def status(self) -> PeerStatus:
         cache = self.backend.config.max_cache_tokens
         return PeerStatus(self.announcement(PeerState.ONLINE), replace(self.activity),
-                          self.step_times.copy(), cache, draining)  # fmt: skip
+                          self.step_times.copy(), cache, self.control.draining)  # fmt: skip
 
     def load(self) -> Load:
         backend = self.backend  # the rebalancer may have moved it to other blocks
@@ -201,7 +207,7 @@ async def _serve_shielded(
             if circuits is not None and address.via is None:  # a relay others can dial
                 nursery.start_soon(list_relay, dht, address)
             blocks = await _choose_blocks(config, dht, address, num_blocks)
-            peer = await _load(config, worker, blocks)
+            peer = await _load(config, worker, blocks, control)
             peer.address = address
             scheduler = InferenceScheduler(peer.backend, worker, config.scheduler)
             await nursery.start(scheduler.run)
@@ -216,7 +222,7 @@ async def _serve_shielded(
             server.register()
             peer.activity, peer.step_times = server.activity, server.step_times
             control.status = lambda: replace(
-                peer.status(control.draining),
+                peer.status(),
                 reached=reachability.reached,
                 relay=None if circuits is None else circuits.load(),
             )
@@ -236,6 +242,7 @@ async def _serve_shielded(
 
             await nursery.start(announce)
             nursery.start_soon(reachability.keep_reachable, peer, announcer)
+            nursery.start_soon(_announce_drains, control, announcer)
             if config.blocks is None and config.rebalance is not None:
                 await nursery.start(
                     _rebalancer(config, peer, dht, scheduler, announcer, worker, control).run
@@ -349,7 +356,19 @@ async def _announce_claim(
             dht.forget_own(block_key(config.name, block))
 
 
-async def _load(config: PeerConfig, worker: ComputeWorker, blocks: tuple[int, int]) -> _Peer:
+async def _announce_drains(control: PeerControl, announcer: Announcer) -> None:
+    """Announce at once when the peer starts or stops draining, so that clients stop or
+    start opening sessions with it then, not at the next refresh."""
+    seen = control.drain_changes
+    while True:
+        await control.wait_drain_change(seen)
+        seen = control.drain_changes
+        await announcer.publish(PeerState.ONLINE)  # `draining` while it drains
+
+
+async def _load(
+    config: PeerConfig, worker: ComputeWorker, blocks: tuple[int, int], control: PeerControl
+) -> _Peer:
     start, end = blocks
     logger.info("loading blocks %d..%d of %s", start, end - 1, config.checkpoint)
     backend = await worker.submit(partial(_load_span, config, start, end))
@@ -365,4 +384,4 @@ async def _load(config: PeerConfig, worker: ComputeWorker, blocks: tuple[int, in
         measured.inference_tokens_per_s,
         measured.one_token_threads,
     )
-    return _Peer(config, backend, per_block)
+    return _Peer(config, backend, per_block, control)

@@ -42,17 +42,32 @@ class PeerControl:
 
     def __init__(self) -> None:
         self.draining = False
+        self.drain_changes = 0  # how often `draining` changed
         self._wakeup = trio.Event()
+        self._changed = trio.Event()
         self.status: Callable[[], PeerStatus] | None = None  # set once the peer serves
 
     def request_drain(self) -> None:
         """Take no new session; move (if that helps) once the current ones end."""
-        self.draining = True
-        self._wakeup.set()
+        if not self.draining:
+            self.draining = True
+            self._wakeup.set()
+            self._say_changed()
 
     def finish_drain(self) -> None:
         self.draining = False
         self._wakeup = trio.Event()
+        self._say_changed()
+
+    def _say_changed(self) -> None:
+        self.drain_changes += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_drain_change(self, seen: int) -> None:
+        """Until `draining` changed since it had changed `seen` times."""
+        while self.drain_changes == seen:
+            await self._changed.wait()
 
     async def wait(self, seconds: float) -> None:
         """Sleep `seconds`, or less if a drain is requested."""

@@ -28,8 +28,9 @@ QUANTIZATION_PATTERN = re.compile(r"^[a-z0-9_]{0,16}$")
 
 
 class PeerState(enum.Enum):
-    JOINING = "joining"
+    JOINING = "joining"  # claiming its span, loading it
     ONLINE = "online"
+    DRAINING = "draining"  # serving the sessions it has, taking no new one
     OFFLINE = "offline"
 
 

@@ -118,18 +118,21 @@ def test_an_offline_peer_disappears_at_once() -> None:
     assert [block.peers for block in view.blocks] == [1, 1, 1, 1]
 
 
-def test_joining_peers_are_listed_but_do_not_cover() -> None:
+def test_joining_and_draining_peers_are_listed_but_do_not_cover() -> None:
+    """Neither takes a new session: one is loading, the other serves only those it has."""
     records = SwarmRecords()
-    records.add_model("tiny", 4)
+    records.add_model("tiny", 6)
     records.peer("tiny", 0, 2)
     joining = records.peer("tiny", 2, 4, state=PeerState.JOINING)
+    draining = records.peer("tiny", 4, 6, state=PeerState.DRAINING)
 
     view = snapshot_of(records).model("tiny")
 
     assert view is not None
-    assert view.gaps == ((2, 4),)
-    assert [block.joining for block in view.blocks] == [0, 0, 1, 1]
-    assert {row.peer_id: row.state for row in view.peers}[joining] == "joining"
+    assert view.gaps == ((2, 6),)
+    assert [block.joining for block in view.blocks] == [0, 0, 1, 1, 0, 0]
+    states = {row.peer_id: row.state for row in view.peers}
+    assert (states[joining], states[draining]) == ("joining", "draining")
 
 
 def test_expired_records_and_model_entries_are_gone() -> None:

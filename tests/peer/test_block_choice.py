@@ -17,7 +17,8 @@ from peer.rebalancer import PeerControl, RebalanceConfig
 from routing import span_protocol as protocol
 from routing.address import PeerAddress
 from routing.announcement import PeerAnnouncement, PeerState
-from routing.dht import serve_dht_node
+from routing.client.swarm_view import read_announcements
+from routing.dht import DHTNode, serve_dht_node
 from routing.errors import RemoteError
 from routing.memory_network import MemoryNetwork
 from routing.rpc import Packet, RPCHost
@@ -186,10 +187,21 @@ async def test_a_peer_with_a_session_moves_only_when_asked_to_drain(
     moving = await nursery.start(serve_mover)
     client = RPCHost(Identity.generate(), network.transport("10.0.0.9"))
     await nursery.start(client.run, "10.0.0.9", 1)
+    dht = DHTNode(client)
+    await nursery.start(partial(dht.run, initial_peers=[boot.address]))
 
     async def span() -> tuple[int, int]:
         info = await client.call(moving, protocol.INFO, Packet({}), timeout=5)
         return info.header["start"], info.header["end"]
+
+    async def until_announced(state: PeerState) -> None:
+        """Until the mover's record in the DHT, and its own word, say `state`."""
+        while True:
+            records = await read_announcements(dht, mover.name, 8, lookup_timeout=5)
+            info = await client.call(moving, protocol.INFO, Packet({}), timeout=5)
+            if records[moving.peer_id].state is state and info.header["state"] == state.value:
+                return
+            await trio.sleep(0.05)
 
     async with client.open_stream(moving, protocol.INFERENCE) as session:
         await session.send(Packet(protocol.SessionRequest(0, 4, 16).header()))
@@ -200,6 +212,8 @@ async def test_a_peer_with_a_session_moves_only_when_asked_to_drain(
         await trio.sleep(1.0)  # several rebalancing rounds: it has a session, it stays
         assert await span() == (0, 4)
         control.request_drain()
+        with trio.fail_after(5):  # at once, not at the next refresh (60 s here)
+            await until_announced(PeerState.DRAINING)
         async with client.open_stream(moving, protocol.INFERENCE) as refused:
             await refused.send(Packet(protocol.SessionRequest(0, 4, 16).header()))
             with pytest.raises(RemoteError) as caught:
@@ -210,4 +224,6 @@ async def test_a_peer_with_a_session_moves_only_when_asked_to_drain(
             await trio.sleep(0.1)
         while control.draining:  # noqa: ASYNC110 (a flag of the peer under test)
             await trio.sleep(0.05)
+    with trio.fail_after(5):
+        await until_announced(PeerState.ONLINE)
     nursery.cancel_scope.cancel()

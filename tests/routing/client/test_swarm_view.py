@@ -25,8 +25,8 @@ def _announcement(identity: Identity, **changes: object) -> PeerAnnouncement:
 
 
 def test_only_online_records_of_this_model_that_fit_and_name_their_signer() -> None:
-    good, offline, other, too_long, joining, impostor, victim = (
-        Identity.generate() for _ in range(7)
+    good, offline, other, too_long, joining, draining, impostor, victim = (
+        Identity.generate() for _ in range(8)
     )
     records: dict[PeerId, PeerAnnouncement] = {
         good.peer_id: _announcement(good),
@@ -34,6 +34,7 @@ def test_only_online_records_of_this_model_that_fit_and_name_their_signer() -> N
         other.peer_id: _announcement(other, model="other-model"),
         too_long.peer_id: _announcement(too_long, end=5),
         joining.peer_id: _announcement(joining, state=PeerState.JOINING),
+        draining.peer_id: _announcement(draining, state=PeerState.DRAINING),
         # signed by `impostor` but pointing at someone else's address: traffic redirection
         impostor.peer_id: _announcement(victim),
     }
