@@ -21,6 +21,13 @@ for a while takes another relay, if it is given a way to find one, and says wher
 A peer that leaves its relay (others can dial it now) stops listening there at once and lets
 each circuit open through it run until no call runs on it (for at most `drain_timeout`), so
 that leaving cuts no session.
+
+A dialer that others can dial (it listens, at an address of its own) says where, and the
+relay passes it on with the token (`dial_back`): the peer then also dials it back there, at
+the host the relay saw it call from only, and once that direct connection is up, both sides
+make their new calls over it and the circuit's connection closes with its last call
+(`ConnectionPool`). A peer behind NAT thus talks directly with every peer that can be
+dialled, and through its relay only with those that cannot (clients, other peers behind NAT).
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ import trio
 from security import InvalidPeerIdError, PeerId
 
 from ..address import PeerAddress
-from ..errors import HandlerError, ProtocolError, RoutingError, StreamClosedError
+from ..errors import AddressError, HandlerError, ProtocolError, RoutingError, StreamClosedError
 from .packet import CallContext, Packet
+from .reach import not_the_caller
 from .stream import BidiStream
 
 if TYPE_CHECKING:
@@ -65,6 +73,8 @@ LOAD = "circuit.load"
 CHUNK = 1 << 20  # bytes per packet of a circuit at most: a SecureStream's whole batch
 TOKEN_BYTES = 16
 MAX_HOST = 255  # characters of a dialer's host, as a relay says it
+MAX_ADDRESS = 512  # characters of the address a dialer may be dialled back at
+DIAL_BACK = "dial_back"  # where a dialer says it may be dialled back
 
 
 @dataclass(frozen=True)
@@ -237,7 +247,8 @@ class CircuitRelay:
                 logger.info("%s stopped listening through this relay", peer.short())
 
     async def _connect(self, stream: BidiStream, context: CallContext) -> None:
-        target = _peer_id((await _first(stream)).get("peer"))
+        wanted = await _first(stream)
+        target = _peer_id(wanted.get("peer"))
         listener = self._listeners.get(target)
         if listener is None:
             raise HandlerError("not_here", f"{target} does not listen through this relay")
@@ -249,7 +260,11 @@ class CircuitRelay:
         self._open += 1
         done: trio.Event | None = None
         try:
-            await listener.send(Packet({"incoming": token, "from": context.remote_host}))
+            notice = {"incoming": token, "from": context.remote_host}
+            back = wanted.get(DIAL_BACK)
+            if isinstance(back, str) and len(back) <= MAX_ADDRESS:
+                notice[DIAL_BACK] = back
+            await listener.send(Packet(notice))
             with trio.move_on_after(self.config.accept_timeout):
                 accepted, done = await receive.receive()
             if done is None:
@@ -323,9 +338,13 @@ async def ask_relay_load(
 
 
 async def open_circuit(rpc: RPCHost, address: PeerAddress, stream: BidiStream) -> PacketStream:
-    """Ask the relay, on its `circuit.connect` stream, for the peer `address` names; the
-    bytes of the returned stream reach that peer. Raises the relay's RemoteError."""
-    await stream.send(Packet({"peer": address.peer_id.to_base58()}))
+    """Ask the relay, on its `circuit.connect` stream, for the peer `address` names, saying
+    where we may be dialled back if we listen where others can dial us; the bytes of the
+    returned stream reach that peer. Raises the relay's RemoteError."""
+    request: dict[str, str] = {"peer": address.peer_id.to_base58()}
+    if (ours := rpc.direct_address) is not None:
+        request[DIAL_BACK] = str(ours)
+    await stream.send(Packet(request))
     await stream.receive()  # {"connected": True}, once the peer took it
     return PacketStream(stream, address.host)
 
@@ -430,6 +449,33 @@ def dialer_host(notice: Mapping[str, Any]) -> str:
     return host if isinstance(host, str) and len(host) <= MAX_HOST else ""
 
 
+def dial_back_address(said: object, peer: PeerId) -> PeerAddress | None:
+    """The address a circuit's dialer said it may be dialled back at, if it is a direct
+    address of `peer`, whom the circuit's handshake proved (None otherwise)."""
+    try:
+        address = PeerAddress.parse(said) if isinstance(said, str) else None
+    except AddressError:
+        return None
+    if address is None or address.relay is not None or address.peer_id != peer:
+        return None
+    return address
+
+
+async def dial_back(rpc: RPCHost, address: PeerAddress, host: str) -> None:
+    """Dial a circuit's dialer back at `address` (`dial_back_address`), if it names `host`,
+    where its relay saw it call from (so that nobody can have us dial a third party). Once
+    connected, the pool drains the circuit's connection."""
+    if reason := await not_the_caller(address, host):
+        logger.debug("not dialling %s back: %s", address, reason)
+        return
+    try:
+        await rpc.connect_directly(address)
+    except RoutingError as error:
+        logger.debug("could not dial %s back: %s", address, error)
+        return
+    logger.debug("dialled %s back: talking directly", address.peer_id.short())
+
+
 async def _take(
     rpc: RPCHost, relay: PeerAddress, leave: trio.Event, notice: Mapping[str, Any]
 ) -> None:
@@ -440,6 +486,6 @@ async def _take(
         async with rpc.open_stream(relay, ACCEPT) as accepting:
             await accepting.send(Packet({"token": notice.get("incoming")}))
             stream = PacketStream(accepting, circuit_host=dialer_host(notice))
-            await rpc.serve_inbound(stream, drain=leave)
+            await rpc.serve_inbound(stream, drain_when=leave, dial_back=notice.get(DIAL_BACK))
     except RoutingError as error:
         logger.debug("a circuit through %s failed: %s", relay, error)

@@ -9,6 +9,10 @@ Theory of operation. Three kinds of task share a connection, all in its nursery:
 - the writer (`MessageWriter`): writes every queued message in order;
 - one task per remote call our handlers serve (`inbound.py`), capped per connection.
 
+A connection asked to drain (`drain()`: its relay is being left, or a direct connection to
+its peer superseded this one through a relay) closes once no call has run on it for
+`DRAIN_GRACE` seconds and what it queued went out, rather than cut what runs.
+
 Call ids: the dialer of the connection numbers its calls 1, 3, 5, ... and the listener
 2, 4, 6, ..., so both sides can start calls on the same connection; an ERROR on call 0 is
 the listener refusing the connection (`NotAMemberError`: a private swarm's peer closes it
@@ -24,6 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Any
 
 import trio
@@ -49,6 +54,8 @@ from .writer import MessageWriter
 __all__ = ["Connection"]
 
 logger = logging.getLogger(__name__)
+
+DRAIN_GRACE = 1.0  # seconds a draining connection must stay idle before it closes
 
 
 class _PendingCall:
@@ -96,7 +103,8 @@ class Connection:
         unary_handlers: Mapping[str, UnaryHandler],
         stream_handlers: Mapping[str, StreamHandler],
         circuit_host: str = "",
-        drain: trio.Event | None = None,
+        relayed: bool = False,
+        drain_when: trio.Event | None = None,
     ) -> None:
         self.stream = stream
         self.peer_id = peer_id
@@ -115,7 +123,11 @@ class Connection:
         self._closed = False
         self.close_reason: BaseException | None = None
         self._idle_since: float | None = None
-        self._drain = drain  # once set, the connection closes as soon as nothing runs on it
+        self.relayed = relayed  # through a circuit relay: the pool prefers a direct one
+        self._drain_when = drain_when  # once set: `drain()`
+        self._draining = False
+        self._went_idle = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
 
     # -- status ------------------------------------------------------------------------------
 
@@ -133,15 +145,29 @@ class Connection:
     def active_handlers(self) -> int:
         return self._inbound.active
 
+    @property
+    def busy(self) -> bool:
+        """Whether a call or stream runs on it, ours or the remote's."""
+        return bool(self._calls) or self._inbound.active > 0
+
     def activity_changed(self) -> None:
         """Called when calls or handlers start or end: tracks idleness."""
-        busy = bool(self._calls) or self._inbound.active > 0
-        if busy:
+        if self.busy:
             self._idle_since = None
-        elif self._drain is not None and self._drain.is_set():
-            self.close(ConnectionLostError("drained: no call runs on it"))
-        elif self._idle_since is None:
+            return
+        if self._idle_since is None:
             self._idle_since = trio.current_time()
+        if self._draining:
+            self._went_idle.unpark_all()
+
+    def drain(self) -> None:
+        """Close the connection once no call runs on it and what is queued went out (at
+        once, if none runs), rather than cut what runs: a direct connection superseded it,
+        or its relay is being left."""
+        if not self._draining:
+            self._draining = True
+            if self._nursery is not None:
+                self._nursery.start_soon(self._close_once_idle)
 
     # -- writing (used by streams and handlers) ---------------------------------------------
 
@@ -163,13 +189,15 @@ class Connection:
         try:
             with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
-                    self._inbound.nursery = nursery
+                    self._inbound.nursery = self._nursery = nursery
                     nursery.start_soon(self._guard, self._read_loop)
                     nursery.start_soon(self._guard, self._writer.run)
                     if self.config.idle_timeout is not None:
                         nursery.start_soon(self._idle_watch, self.config.idle_timeout)
-                    if self._drain is not None:
-                        nursery.start_soon(self._close_once_drained, self._drain)
+                    if self._drain_when is not None:
+                        nursery.start_soon(self._drain_once_set, self._drain_when)
+                    if self._draining:  # asked before it ran
+                        nursery.start_soon(self._close_once_idle)
                     self.activity_changed()
                     task_status.started()
         finally:
@@ -204,6 +232,7 @@ class Connection:
 
     def _shutdown(self) -> None:
         self._closed = True
+        self._nursery = None  # closed: a drain asked from now on has nothing to do
         reason = self.close_reason or ConnectionLostError("connection closed")
         lost: RoutingError
         if isinstance(reason, NotAMemberError):  # a refusal says why as it is
@@ -236,11 +265,21 @@ class Connection:
             else:
                 await trio.sleep_until(since + idle_timeout)
 
-    async def _close_once_drained(self, drain: trio.Event) -> None:
-        """Once `drain` is set, close the connection as soon as no call runs on it (now, if
-        none does), rather than cut what runs."""
-        await drain.wait()
-        self.activity_changed()
+    async def _drain_once_set(self, event: trio.Event) -> None:
+        await event.wait()
+        self.drain()
+
+    async def _close_once_idle(self) -> None:
+        while True:
+            while self.busy:
+                await self._went_idle.park()
+            await trio.sleep(DRAIN_GRACE)  # a call the remote sent just now still comes in
+            with suppress(ConnectionLostError):  # the writer failed: nothing more goes out
+                await self._writer.written_all()  # replies, errors, credit
+            if not self.busy:
+                break
+        logger.debug("drained connection with %s closes", self.peer_id.short())
+        self.close(ConnectionLostError("drained: no call runs on it"))
 
     # -- reading -----------------------------------------------------------------------------
 

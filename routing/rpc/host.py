@@ -32,7 +32,8 @@ from ..errors import CallTimeoutError, NotAMemberError, RoutingError
 from ..public_address import PublicAddress
 from ..transport import Transport
 from ..wire import Kind, encode
-from .circuit import CONNECT, open_circuit
+from .circuit import CONNECT, PacketStream, dial_back_address, open_circuit
+from .circuit import dial_back as circuit_dial_back
 from .config import RPCConfig, RPCStats
 from .connection import Connection
 from .packet import CallContext, Packet, StreamHandler, UnaryHandler
@@ -121,6 +122,17 @@ class RPCHost:
         """Where others reach us without our listening: a circuit (`circuit.serve_via`)."""
         self._address = address
 
+    @property
+    def direct_address(self) -> PeerAddress | None:
+        """Where others dial us directly, if we listen and serve there (not a circuit)."""
+        address = self._address
+        return address if address is not None and address.relay is None else None
+
+    async def connect_directly(self, address: PeerAddress) -> None:
+        """Open a direct connection to `address`'s peer, unless one is open (one through a
+        relay does not count: it then drains). PeerUnreachableError if none can be made."""
+        await self._pool.get_or_dial(address, direct=True)
+
     def _check_new(self, method: str) -> None:
         if not method or method in _RESERVED:
             raise ValueError(f"method name {method!r} is reserved or empty")
@@ -186,9 +198,16 @@ class RPCHost:
         finally:
             self._pool.nursery = None
 
-    async def serve_inbound(self, stream: trio.abc.Stream, drain: trio.Event | None = None) -> None:
+    async def serve_inbound(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        drain_when: trio.Event | None = None,
+        dial_back: object = None,
+    ) -> None:
         """Serve a connection someone opened to us (over TCP, or a circuit), until it ends;
-        once `drain` is set, until no call runs on it."""
+        once `drain_when` is set, until no call runs on it. Over a circuit, `dial_back` is
+        where its dialer says it may be dialled back (`circuit.dial_back`)."""
         if self._unauthenticated >= self.config.max_unauthenticated:
             logger.info("refusing a connection: too many in their handshake")
             return
@@ -210,14 +229,19 @@ class RPCHost:
                 return
         finally:
             self._unauthenticated -= 1
+        circuit_host = _circuit_host(stream)
         connection = self._connection(
             secure,
             _remote_host(stream),
             initiator=False,
-            circuit_host=_circuit_host(stream),
-            drain=drain,
+            circuit_host=circuit_host,
+            relayed=isinstance(stream, PacketStream),
+            drain_when=drain_when,
         )
         self._pool.add(connection)
+        back = dial_back_address(dial_back, connection.peer_id)
+        if back is not None and circuit_host and self._pool.nursery is not None:
+            self._pool.nursery.start_soon(circuit_dial_back, self, back, circuit_host)
         try:
             await connection.run()
         finally:
@@ -279,7 +303,8 @@ class RPCHost:
         *,
         initiator: bool,
         circuit_host: str = "",
-        drain: trio.Event | None = None,
+        relayed: bool = False,
+        drain_when: trio.Event | None = None,
     ) -> Connection:
         return Connection(
             secure,
@@ -290,7 +315,8 @@ class RPCHost:
             unary_handlers=self._unary,
             stream_handlers=self._stream,
             circuit_host=circuit_host,
-            drain=drain,
+            relayed=relayed,
+            drain_when=drain_when,
         )
 
     async def _dial(self, address: PeerAddress) -> Connection:
@@ -346,7 +372,7 @@ class RPCHost:
         the circuit's stream."""
         async with self.open_stream(relay, CONNECT) as circuit:
             secure = await self._handshake(await open_circuit(self, address, circuit), address)
-            connection = self._connection(secure, address.host, initiator=True)
+            connection = self._connection(secure, address.host, initiator=True, relayed=True)
             self._pool.add(connection)
             try:
                 async with trio.open_nursery() as nursery:

@@ -12,6 +12,9 @@ Two peers that dial each other at the same moment end up with two connections; b
 kept and both work (each side uses the first one it registered), and the one left unused
 is closed by the idle timeout. Breaking the tie instead would need a negotiation that can
 deadlock or fail both dials; two connections cost little.
+
+A direct connection is preferred to one through a circuit relay: once a peer has one, its
+relayed ones drain (each closes once no call runs on it, see `Connection.drain`).
 """
 
 from __future__ import annotations
@@ -61,7 +64,12 @@ class ConnectionPool:
         return [c for group in self._connections.values() for c in group]
 
     def add(self, connection: Connection) -> None:
-        self._connections.setdefault(connection.peer_id, []).append(connection)
+        group = self._connections.setdefault(connection.peer_id, [])
+        group.append(connection)
+        if any(not other.relayed for other in group):
+            for other in group:
+                if other.relayed:
+                    other.drain()
 
     def remove(self, connection: Connection) -> None:
         group = self._connections.get(connection.peer_id)
@@ -71,15 +79,20 @@ class ConnectionPool:
                 del self._connections[connection.peer_id]
 
     def get(self, peer_id: PeerId) -> Connection | None:
+        """An open connection to the peer, a direct one if there is one."""
+        relayed = None
         for connection in self._connections.get(peer_id, ()):
             if connection.is_open:
-                return connection
-        return None
+                if not connection.relayed:
+                    return connection
+                relayed = relayed or connection
+        return relayed
 
-    async def get_or_dial(self, address: PeerAddress) -> Connection:
-        """A live connection to the peer; PeerUnreachableError if one cannot be made."""
+    async def get_or_dial(self, address: PeerAddress, *, direct: bool = False) -> Connection:
+        """A live connection to the peer (`direct`: not through a relay); PeerUnreachableError
+        if one cannot be made."""
         connection = self.get(address.peer_id)
-        if connection is not None:
+        if connection is not None and not (direct and connection.relayed):
             await trio.lowlevel.checkpoint()
             return connection
         dial = self._dials.get(address.peer_id)

@@ -34,7 +34,15 @@ from .packet import CallContext, Packet, UnaryHandler
 if TYPE_CHECKING:
     from .host import RPCHost
 
-__all__ = ["REACH", "Reach", "ask_reach", "check_reach", "log_reach", "reach_handler"]
+__all__ = [
+    "REACH",
+    "Reach",
+    "ask_reach",
+    "check_reach",
+    "log_reach",
+    "not_the_caller",
+    "reach_handler",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +92,22 @@ def reach_handler(probe: Probe) -> UnaryHandler:
     return handle
 
 
-async def _dial_back(probe: Probe, address: PeerAddress, context: CallContext) -> str:
-    """Why `address` could not be reached as the caller ("" if it was)."""
+async def not_the_caller(address: PeerAddress, host: str) -> str:
+    """Why `address` is not at `host`, where a call came from ("" if its host resolves to
+    it): a peer dials only those who call it, at their own host."""
     try:
         found = await trio.socket.getaddrinfo(address.host, address.port)
     except OSError as error:
         return f"{address.host} does not resolve: {error}"
-    if context.remote_host not in {str(info[4][0]) for info in found}:
-        return f"{address.host} is not {context.remote_host}, where the call came from"
+    if host not in {str(info[4][0]) for info in found}:
+        return f"{address.host} is not {host}, where the call came from"
+    return ""
+
+
+async def _dial_back(probe: Probe, address: PeerAddress, context: CallContext) -> str:
+    """Why `address` could not be reached as the caller ("" if it was)."""
+    if reason := await not_the_caller(address, context.remote_host):
+        return reason
     try:
         with trio.fail_after(DIAL_TIMEOUT):
             await probe(address)

@@ -104,6 +104,10 @@ class MessageWriter:
             if self._queue:
                 self._has_work.unpark_all()
 
+    async def written_all(self) -> None:
+        """Until every message queued so far is written."""
+        await self.wait_written(self._enqueued)
+
     async def wait_written(self, ticket: int) -> None:
         while self._written < ticket:
             self._check()

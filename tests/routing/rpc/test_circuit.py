@@ -3,6 +3,7 @@ end encrypted; the relay's limits, a relay that lies, and a relay lost and found
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ import trio.testing
 from routing.address import PeerAddress
 from routing.errors import PeerUnreachableError, ProtocolError, RemoteError, RoutingError
 from routing.memory_network import MemoryNetwork
+from routing.public_address import PublicAddress
 from routing.rpc import (
     BidiStream,
     CallContext,
@@ -27,9 +29,18 @@ from routing.rpc import (
     ask_relay_load,
     serve_via,
 )
-from routing.rpc.circuit import ACCEPT, CONNECT, LOAD, PacketStream, dialer_host
+from routing.rpc.circuit import (
+    ACCEPT,
+    CONNECT,
+    LOAD,
+    PacketStream,
+    dial_back,
+    dial_back_address,
+    dialer_host,
+)
 from routing.transport import TcpTransport
-from security import Identity
+from security import Identity, PeerId
+from tests.support.ports import free_port
 
 from .helpers import echo, wait_until
 
@@ -317,6 +328,80 @@ async def test_a_circuit_still_busy_after_the_drain_timeout_is_cut() -> None:
                 await stream.send(Packet({"v": 2}))
                 await stream.receive()
         await wait_until(lambda: swarm.circuits.load().open == 0, within=10)
+
+
+async def test_a_dialer_others_can_dial_is_dialled_back_and_the_circuit_drains() -> None:
+    """A peer that listens calls one behind a relay: the peer behind dials it back, new
+    calls go over that direct connection, and the circuit carries the stream open on it
+    until it ends, then closes."""
+    async with _swarm() as swarm:
+        behind, address = await swarm.peer()
+        dialer = RPCHost(Identity.generate(), TcpTransport())
+        await swarm.nursery.start(dialer.run, "127.0.0.1", 0)
+        async with dialer.open_stream(address, "double") as stream:
+            await stream.send(Packet({"v": 1}))
+            assert (await stream.receive()).header == {"v": 2}
+            await wait_until(lambda: _direct(dialer, behind.peer_id), within=10)
+            await wait_until(lambda: _direct(behind, dialer.peer_id), within=10)
+            relayed = swarm.circuits.load().relayed_bytes
+            body = os.urandom(1 << 20)
+            reply = await dialer.call(address, "echo", Packet({}, body), timeout=10)
+            assert bytes(reply.body) == body
+            assert swarm.circuits.load().relayed_bytes < relayed + len(body)  # not relayed
+            for value in range(2, 5):  # the stream goes on over the circuit
+                await stream.send(Packet({"v": value}))
+                assert (await stream.receive()).header == {"v": 2 * value}
+            assert swarm.circuits.load().open == 1
+        await wait_until(lambda: swarm.circuits.load().open == 0, within=10)
+        reply = await dialer.call(address, "echo", Packet({"after": True}), timeout=10)
+        assert reply.header == {"after": True} and swarm.circuits.load().open == 0
+
+
+async def test_a_dialer_nobody_can_dial_stays_on_the_circuit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The dialer announces a port nobody listens at (as behind NAT): the dial back fails,
+    and calls go on through the relay."""
+    caplog.set_level(logging.DEBUG, logger="routing.rpc.circuit")
+    async with _swarm() as swarm:
+        behind, address = await swarm.peer()
+        dialer = RPCHost(Identity.generate(), TcpTransport())
+        await swarm.nursery.start(dialer.run, "127.0.0.1", 0, PublicAddress(port=free_port()))
+        await dialer.call(address, "echo", Packet(), timeout=10)
+        await wait_until(lambda: "could not dial" in caplog.text, within=15)
+        assert not _direct(dialer, behind.peer_id) and not _direct(behind, dialer.peer_id)
+        reply = await dialer.call(address, "echo", Packet({"still": True}), timeout=10)
+        assert reply.header == {"still": True} and swarm.circuits.load().open == 1
+
+
+def _direct(rpc: RPCHost, peer: PeerId) -> bool:
+    """Whether `rpc`'s calls to `peer` go over a direct connection."""
+    connection = rpc.connection_to(peer)
+    return connection is not None and not connection.relayed
+
+
+async def test_a_peer_dials_back_only_the_dialer_at_the_host_it_calls_from() -> None:
+    """The address must be a direct one of the peer the circuit's handshake proved, and
+    resolve to the host its relay saw it call from."""
+    dialer = Identity.generate().peer_id
+    direct = PeerAddress("127.0.0.1", 4000, dialer)
+    assert dial_back_address(str(direct), dialer) == direct
+    other = PeerAddress("127.0.0.1", 4000, Identity.generate().peer_id)
+    circuit = PeerAddress("127.0.0.1", 4000, dialer, Identity.generate().peer_id)
+    for said in (str(other), str(circuit), "not an address", 7, None, "x" * 600):
+        assert dial_back_address(said, dialer) is None
+
+    class Recording:
+        dialled: list[PeerAddress] = []
+
+        async def connect_directly(self, address: PeerAddress) -> None:
+            self.dialled.append(address)
+
+    rpc = Recording()
+    await dial_back(rpc, direct, "10.1.2.3")  # type: ignore[arg-type]  # not where it calls from
+    assert rpc.dialled == []
+    await dial_back(rpc, direct, "127.0.0.1")  # type: ignore[arg-type]
+    assert rpc.dialled == [direct]
 
 
 MiB = 1 << 20

@@ -79,9 +79,12 @@ async def test_nobody_to_ask_is_no_answer() -> None:
 
 async def test_a_peer_asked_through_a_circuit_cannot_say() -> None:
     """Asked through a circuit, a peer does not know where the call came from: it declines
-    (it would else answer that nobody reaches the caller), and asking it finds nothing."""
+    (it would else answer that nobody reaches the caller), and asking it finds nothing. (The
+    asker announces a port nobody listens at, as behind NAT: else the peer would dial it
+    back, and answer over that direct connection.)"""
     with trio.fail_after(LIMIT):
-        async with _hosts() as (relay, asking), trio.open_nursery() as nursery:
+        async with _hosts(PublicAddress(port=free_port())) as (relay, asking), \
+                trio.open_nursery() as nursery:  # fmt: skip
             CircuitRelay().register(relay)
             behind = RPCHost(Identity.generate(), TcpTransport())
             await nursery.start(behind.run_outbound)
