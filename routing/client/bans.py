@@ -28,6 +28,11 @@ class Bans:
         """A peer that served a step well starts again from the short ban."""
         self._failures.pop(peer, None)
 
+    def forgive(self, peer: str) -> None:
+        """Lift `peer`'s ban, and forget its failures (it serves somewhere else now)."""
+        self._failures.pop(peer, None)
+        self._until.pop(peer, None)
+
     def banned(self) -> frozenset[str]:
         now = self.clock()
         return frozenset(peer for peer, until in self._until.items() if until > now)

@@ -177,6 +177,11 @@ class SwarmView:
         peers = usable_announcements(records, self.model, self.num_blocks)
         if peers.keys() != self.peers.keys():
             logger.info("%d peers serve %s", len(peers), self.model)
+        for peer, announcement in peers.items():
+            known = self.peers.get(peer)
+            if known is not None and known.address != announcement.address:
+                self.bans.forgive(peer)  # it moved (left a relay, took one): what failed was
+                # its old address
         self.peers = peers
         self.unreachable &= peers.keys()
         async with trio.open_nursery() as nursery:

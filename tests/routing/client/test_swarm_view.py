@@ -12,6 +12,7 @@ from routing.announcement import PeerAnnouncement, PeerState
 from routing.client.swarm_view import SwarmView, usable_announcements
 from routing.errors import ProtocolError
 from routing.path_selection import NoRouteError
+from routing.records import DHTValue
 from security import Identity, PeerId
 
 
@@ -89,3 +90,35 @@ def test_a_client_with_an_adapter_routes_through_the_peers_that_run_it() -> None
     view.adapter = "missing"
     with pytest.raises(NoRouteError, match=r"block\(s\) 0-3 with adapter 'missing'"):
         view.route(0, 4)
+
+
+class _Listed:
+    """A DHT that lists each peer's record under every block's key."""
+
+    def __init__(self) -> None:
+        self.records: dict[PeerId, PeerAnnouncement] = {}
+
+    async def get(self, key: str) -> dict[PeerId, DHTValue]:
+        return {peer: DHTValue(a.encode(), 1e9) for peer, a in self.records.items()}
+
+
+class _Answering:
+    async def ping(self, address: PeerAddress, *, timeout: float) -> float:  # noqa: ASYNC109
+        return 0.001
+
+
+async def test_a_banned_peer_that_moved_is_forgiven_at_its_new_address() -> None:
+    """A peer banned where it was (it left its relay, say) is routed through again once its
+    record names another address; one still at the same address stays banned."""
+    moving, staying = Identity.generate(), Identity.generate()
+    dht = _Listed()
+    dht.records = {identity.peer_id: _announcement(identity) for identity in (moving, staying)}
+    view = SwarmView(_Answering(), dht, "tiny-model", 4, clock=lambda: 0.0)  # type: ignore[arg-type]
+    await view.refresh()
+    for identity in (moving, staying):
+        view.bans.ban(str(identity.peer_id))
+    moved = PeerAddress("127.0.0.1", 4001, moving.peer_id)
+    dht.records[moving.peer_id] = _announcement(moving, address=moved)
+    await view.refresh()
+    assert view.bans.banned() == {str(staying.peer_id)}
+    assert view.peers[str(moving.peer_id)].address == moved
