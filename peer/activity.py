@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 import trio
 
 from routing.announcement import PeerAnnouncement
-from routing.rpc import RelayLoad
+from routing.rpc import RelayLoad, RPCStats
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class PeerStatus:
     reached: bool | None = None  # its initial peers dialled it back where it listens (None:
     # not checked, or serving through a circuit)
     relay: RelayLoad | None = None  # the circuits it relays for others, if it relays any
+    connections: RPCStats | None = None  # its connections now (direct, through relays)
 
 
 def summary(before: Activity, now: Activity, seconds: float, load: Load) -> str | None:

@@ -225,6 +225,7 @@ async def _serve_shielded(
                 peer.status(),
                 reached=reachability.reached,
                 relay=None if circuits is None else circuits.load(),
+                connections=rpc.stats(),
             )
             if config.report_every > 0:
                 reporter = ActivityReporter(server.activity, peer.load, config.report_every)

@@ -6,7 +6,9 @@ times at the peer, request to reply (`swarm_peer_step_seconds`: its buckets give
 percentiles, its sum over its count the mean); gauges of its state now: span, sessions
 open, cache tokens left of its cache's size, throughput, whether it drains, and
 `swarm_peer_info` (value 1) with its address, version, dtype and quantization as labels;
-how others reach it (`swarm_peer_circuit`, `swarm_peer_reached`), and, if it relays
+how others reach it (`swarm_peer_circuit`, `swarm_peer_reached`), its connections open
+(`swarm_peer_connections`, labelled `kind`: `direct`, or `relayed` through a circuit relay,
+its own or another peer's), and, if it relays
 circuits, its relay's listeners, circuits and bytes (`swarm_relay_*`). Every sample has the
 labels `model` and `peer` (its full id), as the monitor's have.
 """
@@ -66,6 +68,13 @@ def _reach(peer: Labels, status: PeerStatus) -> Iterator[str]:
         reached = float(status.reached)
         yield from metric("swarm_peer_reached", "gauge", "1 if its initial peers dialled it "
                           "back where it listens, 0 if not.", [(peer, reached)])  # fmt: skip
+    connections = status.connections
+    if connections is not None:
+        kinds = {"direct": connections.connections - connections.relayed,
+                 "relayed": connections.relayed}  # fmt: skip
+        samples = [((*peer, ("kind", kind)), float(count)) for kind, count in kinds.items()]
+        yield from metric("swarm_peer_connections", "gauge", "Connections open, by kind.",
+                          samples)  # fmt: skip
     relay = status.relay
     if relay is not None:
         for name, kind, help_text, value in (

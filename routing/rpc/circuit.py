@@ -14,13 +14,14 @@ answers is the peer id it dialled, as over TCP.
 
 The relay bounds what it holds: peers listening, circuits open, the time a token waits for
 its peer, and, if asked, the bytes a second it copies, all circuits together and those of
-one listening peer (`Pace`); it tells whoever asks how
-loaded it is (`circuit.load`, `ask_relay_load`: the monitor shows it). A peer that loses its
-relay listens there again (`serve_via`), so its address stays the same; one that stays lost
-for a while takes another relay, if it is given a way to find one, and says where it is now.
-A peer that leaves its relay (others can dial it now) stops listening there at once and lets
-each circuit open through it run until no call runs on it (for at most `drain_timeout`), so
-that leaving cuts no session.
+one listening peer (`Pace`); it tells whoever asks how loaded it is (`circuit.load`,
+`ask_relay_load`: the monitor shows it).
+
+A peer that loses its relay listens there again (`serve_via`), so its address stays the
+same; one that stays lost for a while takes another relay, if it is given a way to find
+one, and says where it is now. A peer that leaves its relay (others can dial it now) stops
+listening there at once and lets each circuit open through it run until no call runs on it
+(for at most `drain_timeout`), so that leaving cuts no session.
 
 A dialer that others can dial (it listens, at an address of its own) says where, and the
 relay passes it on with the token (`dial_back`): the peer then also dials it back there, at

@@ -68,6 +68,7 @@ class RPCStats:
     connections: int  # authenticated connections open
     inbound: int
     outbound: int
+    relayed: int  # of them, through a circuit relay (the rest are direct)
     unauthenticated: int  # inbound connections in their handshake
     dials: int  # outgoing connection attempts in progress
     calls: int  # our unary calls and streams waiting on remotes

@@ -450,6 +450,7 @@ class RPCHost:
             connections=len(connections),
             inbound=len(connections) - outbound,
             outbound=outbound,
+            relayed=sum(1 for c in connections if c.relayed),
             unauthenticated=self._unauthenticated,
             dials=self._pool.dials,
             calls=sum(c.active_calls for c in connections),

@@ -22,7 +22,7 @@ from peer.activity import STEP_BUCKETS, Activity, Durations, PeerStatus
 from routing.address import PeerAddress
 from routing.announcement import PeerAnnouncement, PeerState
 from routing.dht import serve_dht_node
-from routing.rpc import RelayLoad
+from routing.rpc import RelayLoad, RPCStats
 from routing.transport import TcpTransport
 from security import Identity
 from swarm import DistributedModelForCausalLM
@@ -99,9 +99,16 @@ def test_how_others_reach_the_peer_and_the_circuits_it_relays_are_written() -> N
     circuit = PeerAddress("10.0.0.9", 4100, identity.peer_id, relay)
     announced = replace(status.announcement, address=circuit)
     load = RelayLoad(3, 2, 7, 123456, max_listeners=64, max_circuits=256)
-    status = replace(status, announcement=announced, reached=False, relay=load)
+    connections = RPCStats(5, 3, 2, relayed=4, unauthenticated=0, dials=0, calls=0, handlers=0)
+    status = replace(status, announcement=announced, reached=False, relay=load,
+                     connections=connections)  # fmt: skip
     kinds, samples = parsed(render_peer_metrics(status))
     peer = (("model", "tiny"), ("peer", identity.peer_id.to_base58()))
+    assert kinds["swarm_peer_connections"] == "gauge"
+    assert samples["swarm_peer_connections"] == {
+        tuple(sorted((*peer, ("kind", kind)))): count
+        for kind, count in (("direct", 1), ("relayed", 4))
+    }
     expected = {"swarm_peer_circuit": ("gauge", 1), "swarm_peer_reached": ("gauge", 0),
                 "swarm_relay_listeners": ("gauge", 3), "swarm_relay_circuits_open": ("gauge", 2),
                 "swarm_relay_circuits_total": ("counter", 7),

@@ -352,7 +352,10 @@ async def test_a_dialer_others_can_dial_is_dialled_back_and_the_circuit_drains()
                 await stream.send(Packet({"v": value}))
                 assert (await stream.receive()).header == {"v": 2 * value}
             assert swarm.circuits.load().open == 1
+            stats = dialer.stats()
+            assert (stats.connections, stats.relayed) == (3, 1)  # relay, peer, and circuit
         await wait_until(lambda: swarm.circuits.load().open == 0, within=10)
+        await wait_until(lambda: dialer.stats().relayed == behind.stats().relayed == 0, within=10)
         reply = await dialer.call(address, "echo", Packet({"after": True}), timeout=10)
         assert reply.header == {"after": True} and swarm.circuits.load().open == 0
 
