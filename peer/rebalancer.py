@@ -43,7 +43,6 @@ class PeerControl:
     def __init__(self) -> None:
         self.draining = False
         self.drain_changes = 0  # how often `draining` changed
-        self._wakeup = trio.Event()
         self._changed = trio.Event()
         self.status: Callable[[], PeerStatus] | None = None  # set once the peer serves
 
@@ -51,12 +50,10 @@ class PeerControl:
         """Take no new session; move (if that helps) once the current ones end."""
         if not self.draining:
             self.draining = True
-            self._wakeup.set()
             self._say_changed()
 
     def finish_drain(self) -> None:
         self.draining = False
-        self._wakeup = trio.Event()
         self._say_changed()
 
     def _say_changed(self) -> None:
@@ -70,9 +67,9 @@ class PeerControl:
             await self._changed.wait()
 
     async def wait(self, seconds: float) -> None:
-        """Sleep `seconds`, or less if a drain is requested."""
+        """Sleep `seconds`, or less if a drain is requested (or ends)."""
         with trio.move_on_after(seconds):
-            await self._wakeup.wait()
+            await self.wait_drain_change(self.drain_changes)
 
 
 class SpanLoader(Protocol):
