@@ -17,9 +17,10 @@ from peer.reachability import Reachability
 from routing.address import PeerAddress
 from routing.announcement import PeerState
 from routing.dht import DHTNode, serve_dht_node
-from routing.rpc import BidiStream, CallContext, CircuitConfig, CircuitRelay, Packet, RPCHost
+from routing.rpc import CircuitConfig, CircuitRelay, Packet, RPCHost
 from routing.transport import TcpTransport
 from security import Identity
+from tests.routing.rpc.helpers import double
 from tests.support.port_forward import PortForward
 from tests.support.ports import free_port
 
@@ -59,7 +60,7 @@ class Swarm:
         config = PeerConfig(Path("unused"), port=port, public_port=public_port,
                             initial_peers=initial, recheck_reach=RECHECK)  # fmt: skip
         rpc = RPCHost(Identity.generate(), TcpTransport())
-        rpc.add_stream("double", _double)  # a session, as far as circuits go
+        rpc.add_stream("double", double)  # a session, as far as circuits go
         dht = DHTNode(rpc)
         reachability = Reachability(config, rpc, dht)
         await self.nursery.start(reachability.listen)
@@ -72,11 +73,6 @@ class Swarm:
         rpc = RPCHost(Identity.generate(), TcpTransport())
         await self.nursery.start(rpc.run_outbound)
         return rpc
-
-
-async def _double(stream: BidiStream, context: CallContext) -> None:
-    async for packet in stream:
-        await stream.send(Packet({"v": 2 * packet.header["v"]}))
 
 
 @asynccontextmanager

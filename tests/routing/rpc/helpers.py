@@ -10,7 +10,7 @@ import trio
 
 from routing.address import PeerAddress
 from routing.memory_network import MemoryNetwork
-from routing.rpc import CallContext, Packet, RPCConfig, RPCHost
+from routing.rpc import BidiStream, CallContext, Packet, RPCConfig, RPCHost
 from routing.transport import StreamHandler as StreamHandlerT
 from routing.transport import Transport
 from security import Identity
@@ -18,6 +18,12 @@ from security import Identity
 
 async def echo(request: Packet, context: CallContext) -> Packet:
     return Packet(dict(request.header), bytes(request.body))
+
+
+async def double(stream: BidiStream, context: CallContext) -> None:
+    """A stream handler that answers each packet `{"v": n}` with `{"v": 2n}`, body kept."""
+    async for packet in stream:
+        await stream.send(Packet({"v": 2 * packet.header["v"]}, packet.body))
 
 
 async def start_host(

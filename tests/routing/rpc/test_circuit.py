@@ -42,7 +42,7 @@ from routing.transport import TcpTransport
 from security import Identity, PeerId
 from tests.support.ports import free_port
 
-from .helpers import echo, wait_until
+from .helpers import double, echo, wait_until
 
 LIMIT = 20  # seconds: every test here is bounded in real time
 
@@ -66,7 +66,7 @@ class Swarm:
         rpc = RPCHost(identity or Identity.generate(), TcpTransport())
         rpc.add_unary("echo", echo)
         rpc.add_unary("who", _who)
-        rpc.add_stream("double", _double)
+        rpc.add_stream("double", double)
         await nursery.start(rpc.run_outbound)
         address = await nursery.start(serve_via, rpc, self.relay.address, config)
         return rpc, address
@@ -78,7 +78,7 @@ class Swarm:
         event set once its `serve_via` returned."""
         rpc = RPCHost(Identity.generate(), TcpTransport())
         rpc.add_unary("echo", echo)
-        rpc.add_stream("double", _double)
+        rpc.add_stream("double", double)
         await self.nursery.start(rpc.run_outbound)
         config = CircuitConfig(drain_timeout=drain_timeout)
         left = trio.Event()
@@ -102,11 +102,6 @@ async def _answer(answer: Packet, request: Packet, context: CallContext) -> Pack
 async def _who(request: Packet, context: CallContext) -> Packet:
     return Packet({"caller": str(context.peer_id), "from": context.remote_host,
                    "circuit_from": context.circuit_host})  # fmt: skip
-
-
-async def _double(stream: BidiStream, context: CallContext) -> None:
-    async for packet in stream:
-        await stream.send(Packet({"v": 2 * packet.header["v"]}))
 
 
 @asynccontextmanager

@@ -14,12 +14,7 @@ import trio.testing
 from routing.errors import ConnectionLostError, HandlerError, RemoteError, StreamClosedError
 from routing.rpc import BidiStream, CallContext, Packet
 
-from .helpers import memory_pair, wait_until
-
-
-async def _doubler(stream: BidiStream, context: CallContext) -> None:
-    async for packet in stream:
-        await stream.send(Packet({"v": packet.header["v"] * 2}, packet.body))
+from .helpers import double, memory_pair, wait_until
 
 
 async def test_many_streams_and_calls_interleave_on_one_connection(
@@ -27,7 +22,7 @@ async def test_many_streams_and_calls_interleave_on_one_connection(
 ) -> None:
     async with memory_pair() as (network, server, client, _):
         network.set_latency(0.001)
-        server.add_stream("double", _doubler)
+        server.add_stream("double", double)
         results: dict[int, list[int]] = {}
 
         async def session(k: int) -> None:
@@ -48,7 +43,7 @@ async def test_many_streams_and_calls_interleave_on_one_connection(
 
 async def test_large_items_arrive_intact_both_ways(autojump_clock: trio.testing.MockClock) -> None:
     async with memory_pair() as (_, server, client, _):
-        server.add_stream("double", _doubler)
+        server.add_stream("double", double)
         blobs = [os.urandom(size) for size in (0, 1, 65_519, 65_520, 3 * 2**20 + 7)]
         async with client.open_stream(server.address, "double") as stream:
             for v, blob in enumerate(blobs):
@@ -151,7 +146,7 @@ async def test_a_server_that_stops_reading_bounds_the_client_but_not_the_connect
 
     async with memory_pair() as (_, server, client, _):
         server.add_stream("deaf", deaf)
-        server.add_stream("double", _doubler)
+        server.add_stream("double", double)
         sent = 0
         async with client.open_stream(server.address, "deaf") as stream:
             await started.wait()
@@ -193,7 +188,7 @@ async def test_a_lost_connection_fails_the_stream_on_both_sides(
         assert isinstance(handler_saw[0], ConnectionLostError | trio.Cancelled)
         await wait_until(lambda: server.stats().handlers == 0 and server.stats().connections == 0)
         # the pool dials again for the next stream
-        server.add_stream("double", _doubler)
+        server.add_stream("double", double)
         async with client.open_stream(server.address, "double") as stream:
             await stream.send(Packet({"v": 1}))
             assert (await stream.receive()).header == {"v": 2}

@@ -14,18 +14,13 @@ import trio
 
 from routing.address import PeerAddress
 from routing.errors import CallTimeoutError, PeerUnreachableError, RemoteError
-from routing.rpc import BidiStream, CallContext, Packet, RPCConfig, RPCHost
+from routing.rpc import CallContext, Packet, RPCConfig, RPCHost
 from routing.transport import TcpTransport
 from security import Identity, SecureStream
 
-from .helpers import count_tasks, echo, wait_until
+from .helpers import count_tasks, double, echo, wait_until
 
 LIMIT = 20  # seconds: every test here is bounded in real time
-
-
-async def _double(stream: BidiStream, context: CallContext) -> None:
-    async for packet in stream:
-        await stream.send(Packet({"v": 2 * packet.header["v"]}, packet.body))
 
 
 async def _slow(request: Packet, context: CallContext) -> Packet:
@@ -42,7 +37,7 @@ async def _tcp_pair(
             server = RPCHost(Identity.generate(), TcpTransport(), config)
             server.add_unary("echo", echo)
             server.add_unary("slow", _slow)
-            server.add_stream("double", _double)
+            server.add_stream("double", double)
             await nursery.start(partial(server.run, "127.0.0.1", 0))
             client = RPCHost(Identity.generate(), TcpTransport(), config)
             await nursery.start(partial(client.run, "127.0.0.1", 0))
@@ -138,7 +133,7 @@ async def test_a_host_that_only_dials_out_listens_nowhere_and_still_calls() -> N
         async with trio.open_nursery() as nursery:
             server = RPCHost(Identity.generate(), TcpTransport())
             server.add_unary("echo", echo)
-            server.add_stream("double", _double)
+            server.add_stream("double", double)
             await nursery.start(partial(server.run, "127.0.0.1", 0))
             listening = _listening_sockets()
             client = RPCHost(Identity.generate(), TcpTransport())
