@@ -201,11 +201,13 @@ def test_the_page_shows_real_peers_and_the_gap_one_leaves(browser: object, tmp_p
 def test_a_peer_behind_a_circuit_shows_its_relay(browser: object) -> None:
     """The address column: a direct peer's HOST:PORT, and `via` the relay's HOST:PORT for a
     peer whose address is a circuit; the relays' table after the models: the peers behind
-    each, its load as it answered, or dashes and "no reply" when it did not (a snapshot
-    served as the monitor serves it)."""
+    each, its load as it answered, or dashes and "no reply" when it did not; a draining
+    peer's state in the colours of one that takes no session yet (a snapshot served as the
+    monitor serves it)."""
     from playwright.sync_api import Browser, expect
 
     from routing.address import PeerAddress
+    from routing.announcement import PeerState
     from routing.rpc import RelayLoad
     from swarm.http_server import HttpServer
     from swarm.monitor.http import load_page, monitor_handler
@@ -219,6 +221,7 @@ def test_a_peer_behind_a_circuit_shows_its_relay(browser: object) -> None:
     direct = records.peer("tiny", 0, 2)
     relay, silent = records.add_relay(4100), records.add_relay(4200)
     behind = records.behind(relay, "tiny", 2, 4)
+    draining = records.peer("tiny", 0, 4, state=PeerState.DRAINING)
     load = RelayLoad(3, 2, 9, 4_500_000, max_listeners=64, max_circuits=256)
     measures = {relay: RelayMeasure(0.0021, load, NOW - 3), silent: RelayMeasure(missed=2)}
     observations = Observations(now=NOW, models=records.models, blocks=records.blocks,
@@ -238,11 +241,14 @@ def test_a_peer_behind_a_circuit_shows_its_relay(browser: object) -> None:
         expect(cells[behind]).to_have_text("via 10.0.0.9:4100")
         circuit = PeerAddress("10.0.0.9", 4100, behind, relay)
         assert cells[behind].get_attribute("title") == str(circuit)
+        state = page.locator(f'tr[data-peer="{draining}"] span.state')
+        expect(state).to_have_text("draining")
+        expect(state).to_have_class("state joining")
 
         section = page.locator("section#relays")
         expect(section).to_be_visible()
         expect(section.locator(".meta")).to_have_text("2 relays · 1 peer behind them")
-        expect(page.locator("#summary")).to_have_text("1 model · 2 peers · 2 relays")
+        expect(page.locator("#summary")).to_have_text("1 model · 3 peers · 2 relays")
         rows = {peer: section.locator(f'tr[data-relay="{peer}"] td') for peer in (relay, silent)}
         answered = ["online", "1", "3 / 64", "2 / 256", "4.5 MB", "2.1 ms", "3 s ago"]
         expect(rows[relay]).to_have_text([relay.short(), "10.0.0.9:4100", *answered])
