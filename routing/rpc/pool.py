@@ -66,7 +66,7 @@ class ConnectionPool:
     def add(self, connection: Connection) -> None:
         group = self._connections.setdefault(connection.peer_id, [])
         group.append(connection)
-        if any(not other.relayed for other in group):
+        if any(not other.relayed and other.is_open for other in group):
             for other in group:
                 if other.relayed:
                     other.drain()
