@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import trio
 
-from routing.announcement import PeerAnnouncement
+from routing.announcement import PeerAnnouncement, PeerState
 from routing.rpc import RelayLoad, RPCStats
 
 logger = logging.getLogger(__name__)
@@ -79,11 +79,15 @@ class PeerStatus:
     activity: Activity  # a copy of its totals
     step_times: Durations  # a copy of its steps' times (`STEP_BUCKETS`)
     cache_tokens: int  # its attention cache's size
-    draining: bool  # takes no new session
     reached: bool | None = None  # its initial peers dialled it back where it listens (None:
     # not checked, or serving through a circuit)
     relay: RelayLoad | None = None  # the circuits it relays for others, if it relays any
     connections: RPCStats | None = None  # its connections now (direct, through relays)
+
+    @property
+    def draining(self) -> bool:
+        """Whether it takes no new session, as it announces."""
+        return self.announcement.state is PeerState.DRAINING
 
 
 def summary(before: Activity, now: Activity, seconds: float, load: Load) -> str | None:

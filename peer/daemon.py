@@ -146,7 +146,7 @@ class _Peer:
     def status(self) -> PeerStatus:
         cache = self.backend.config.max_cache_tokens
         return PeerStatus(self.announcement(PeerState.ONLINE), replace(self.activity),
-                          self.step_times.copy(), cache, self.control.draining)  # fmt: skip
+                          self.step_times.copy(), cache)  # fmt: skip
 
     def load(self) -> Load:
         backend = self.backend  # the rebalancer may have moved it to other blocks

@@ -43,13 +43,13 @@ PROMPT = torch.tensor([[1, 40, 41, 42, 43, 44, 45]])
 def status_of(peer_id: Identity, **activity: Any) -> PeerStatus:
     announced = PeerAnnouncement(
         address=PeerAddress("127.0.0.1", 4000, peer_id.peer_id), model="tiny", start=2, end=4,
-        state=PeerState.ONLINE, throughput=12.5, cache_tokens_left=100, sessions=2,
+        state=PeerState.DRAINING, throughput=12.5, cache_tokens_left=100, sessions=2,
         dtype="bfloat16", version='v"1\\', quantization="int8",
     )  # fmt: skip
     times = Durations(STEP_BUCKETS)
     for seconds in (0.002, 0.004, 0.03, 20.0):  # buckets ..0.0025, ..0.005, ..0.05, over all
         times.observe(seconds)
-    return PeerStatus(announced, Activity(**activity), times, cache_tokens=4096, draining=True)
+    return PeerStatus(announced, Activity(**activity), times, cache_tokens=4096)
 
 
 def test_the_status_is_written_as_counters_gauges_and_a_histogram() -> None:
