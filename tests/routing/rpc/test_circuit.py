@@ -63,11 +63,7 @@ class Swarm:
         """A host that listens nowhere but through the relay (running in `nursery`, the
         swarm's by default); it answers "echo", "who" and "double"."""
         nursery = nursery or self.nursery
-        rpc = RPCHost(identity or Identity.generate(), TcpTransport())
-        rpc.add_unary("echo", echo)
-        rpc.add_unary("who", _who)
-        rpc.add_stream("double", double)
-        await nursery.start(rpc.run_outbound)
+        rpc = await _outbound_only(nursery, identity)
         address = await nursery.start(serve_via, rpc, self.relay.address, config)
         return rpc, address
 
@@ -76,10 +72,7 @@ class Swarm:
     ) -> tuple[PeerAddress, trio.Event]:
         """A peer as `peer` makes one, that leaves the relay once `leave` is set; and an
         event set once its `serve_via` returned."""
-        rpc = RPCHost(Identity.generate(), TcpTransport())
-        rpc.add_unary("echo", echo)
-        rpc.add_stream("double", double)
-        await self.nursery.start(rpc.run_outbound)
+        rpc = await _outbound_only(self.nursery)
         config = CircuitConfig(drain_timeout=drain_timeout)
         left = trio.Event()
 
@@ -93,6 +86,16 @@ class Swarm:
         client = RPCHost(Identity.generate(), TcpTransport())
         await self.nursery.start(client.run_outbound)
         return client
+
+
+async def _outbound_only(nursery: trio.Nursery, identity: Identity | None = None) -> RPCHost:
+    """A host that dials out only (in `nursery`), answering "echo", "who" and "double"."""
+    rpc = RPCHost(identity or Identity.generate(), TcpTransport())
+    rpc.add_unary("echo", echo)
+    rpc.add_unary("who", _who)
+    rpc.add_stream("double", double)
+    await nursery.start(rpc.run_outbound)
+    return rpc
 
 
 async def _answer(answer: Packet, request: Packet, context: CallContext) -> Packet:
