@@ -11,12 +11,15 @@ Theory of operation. Three kinds of task share a connection, all in its nursery:
 
 A connection asked to drain (`drain()`: its relay is being left, or a direct connection to
 its peer superseded this one through a relay) closes once no call has run on it for
-`DRAIN_GRACE` seconds and what it queued went out, rather than cut what runs.
+`DRAIN_GRACE` seconds and what it queued went out, rather than cut what runs. It tells the
+remote first (a CANCEL on call 0), which then starts no new call on it either: its pool
+dials afresh, instead of racing the close with a call the drain would cut.
 
 Call ids: the dialer of the connection numbers its calls 1, 3, 5, ... and the listener
 2, 4, 6, ..., so both sides can start calls on the same connection; an ERROR on call 0 is
 the listener refusing the connection (`NotAMemberError`: a private swarm's peer closes it
-to anyone not among its members, right after the handshake). A message about a call
+to anyone not among its members, right after the handshake), a CANCEL on call 0 the remote
+draining it, and any other message on call 0 a ProtocolError. A message about a call
 we no longer track (a late reply after a timeout, a duplicate end, data after a cancel) is
 dropped: such races are normal. Messages that break the framing or the protocol (unknown
 kind, bad msgpack, over a cap, a duplicate live call id, data beyond a stream's window)
@@ -138,6 +141,11 @@ class Connection:
         return not self._closed and self.close_reason is None and not self._writer.failed
 
     @property
+    def takes_new_calls(self) -> bool:
+        """Open and not draining (on either side): the pool hands out only such ones."""
+        return self.is_open and not self._draining
+
+    @property
     def active_calls(self) -> int:
         return len(self._calls)
 
@@ -163,11 +171,18 @@ class Connection:
     def drain(self) -> None:
         """Close the connection once no call runs on it and what is queued went out (at
         once, if none runs), rather than cut what runs: a direct connection superseded it,
-        or its relay is being left."""
-        if not self._draining:
-            self._draining = True
-            if self._nursery is not None:
-                self._nursery.start_soon(self._close_once_idle)
+        or its relay is being left. The remote is told to start no new call on it."""
+        if self._start_draining() and self.is_open:
+            self._writer.enqueue(encode(Kind.CANCEL, 0))
+
+    def _start_draining(self) -> bool:
+        """Take no new call, close once idle; False if it already drains."""
+        if self._draining:
+            return False
+        self._draining = True
+        if self._nursery is not None:
+            self._nursery.start_soon(self._close_once_idle)
+        return True
 
     # -- writing (used by streams and handlers) ---------------------------------------------
 
@@ -301,11 +316,17 @@ class Connection:
     def _dispatch(self, message: Message) -> None:
         kind = message.kind
         call_id = message.call_id
-        if call_id & 1 != self._local_parity:  # a call the remote started
-            if call_id == 0 and kind is Kind.ERROR:  # the remote refuses the connection
+        if call_id == 0:  # about the connection itself
+            if kind is Kind.ERROR:  # the remote refuses the connection
                 refusal = _remote_error(message.header)
                 self.close(NotAMemberError(f"{self.peer_id.short()} refused us: {refusal}"))
-            elif kind is Kind.REQUEST or kind is Kind.STREAM_OPEN:
+            elif kind is Kind.CANCEL:  # the remote drains it
+                self._start_draining()
+            else:
+                raise ProtocolError(f"{kind.name} on call 0")
+            return
+        if call_id & 1 != self._local_parity:  # a call the remote started
+            if kind is Kind.REQUEST or kind is Kind.STREAM_OPEN:
                 self._inbound.start(message)
             elif kind is Kind.CANCEL:
                 self._inbound.cancel(call_id)

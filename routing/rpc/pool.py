@@ -14,7 +14,9 @@ is closed by the idle timeout. Breaking the tie instead would need a negotiation
 deadlock or fail both dials; two connections cost little.
 
 A direct connection is preferred to one through a circuit relay: once a peer has one, its
-relayed ones drain (each closes once no call runs on it, see `Connection.drain`).
+relayed ones drain (each closes once no call runs on it, see `Connection.drain`). A
+draining connection, ours or one the remote drains, is handed out for no new call but a
+ping: a session open on it still runs there, and its peer must answer the liveness checks.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class ConnectionPool:
     def add(self, connection: Connection) -> None:
         group = self._connections.setdefault(connection.peer_id, [])
         group.append(connection)
-        if any(not other.relayed and other.is_open for other in group):
+        if any(not other.relayed and other.takes_new_calls for other in group):
             for other in group:
                 if other.relayed:
                     other.drain()
@@ -78,15 +80,18 @@ class ConnectionPool:
             if not group:
                 del self._connections[connection.peer_id]
 
-    def get(self, peer_id: PeerId) -> Connection | None:
-        """An open connection to the peer, a direct one if there is one."""
-        relayed = None
+    def get(self, peer_id: PeerId, *, draining: bool = False) -> Connection | None:
+        """A connection to the peer that takes new calls, a direct one if there is one; with
+        `draining`, one being drained will do if there is no such one."""
+        relayed = drained = None
         for connection in self._connections.get(peer_id, ()):
-            if connection.is_open:
+            if connection.takes_new_calls:
                 if not connection.relayed:
                     return connection
                 relayed = relayed or connection
-        return relayed
+            elif draining and connection.is_open:
+                drained = drained or connection
+        return relayed or drained
 
     async def get_or_dial(self, address: PeerAddress, *, direct: bool = False) -> Connection:
         """A live connection to the peer (`direct`: not through a relay); PeerUnreachableError

@@ -9,11 +9,12 @@ import pytest
 import trio
 import trio.testing
 
+from routing.address import PeerAddress
 from routing.errors import CallTimeoutError, ConnectionLostError, PeerUnreachableError
 from routing.memory_network import MemoryNetwork
 from routing.rpc import CallContext, Packet, RPCConfig, RPCHost
 
-from .helpers import CountingTransport, count_tasks, echo, start_host, wait_until
+from .helpers import CountingTransport, count_tasks, double, echo, start_host, wait_until
 
 SERVER, CLIENT = "10.0.0.1", "10.0.0.2"
 
@@ -164,6 +165,43 @@ async def test_idle_connections_close_and_the_next_call_redials(
         assert network.open_connections == 0
         await client.call(server.address, "echo", Packet(), timeout=5)
         assert counting.connects == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_the_remote_drains_takes_no_new_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The server drains its connection (as a peer leaving a relay does): the client is
+    told, its next calls go over a connection it dials afresh, and the old one carries its
+    open stream on, then closes. Until then, a ping with no other way to the peer (the
+    liveness check of the session open there) goes over the old one."""
+    network = MemoryNetwork(latency=0.01)
+    counting = CountingTransport(network.transport(CLIENT))
+    async with trio.open_nursery() as nursery:
+        server = await start_host(nursery, network.transport(SERVER), SERVER)
+        server.add_unary("echo", echo)
+        server.add_stream("double", double)
+        client = await start_host(nursery, counting, CLIENT)
+        async with client.open_stream(server.address, "double") as stream:
+            await stream.send(Packet({"v": 1}))
+            assert (await stream.receive()).header == {"v": 2}
+            old = client.connection_to(server.peer_id)
+            served = server.connection_to(client.peer_id)
+            assert old is not None and served is not None
+            served.drain()
+            await wait_until(lambda: not old.takes_new_calls, within=1)
+            gone = PeerAddress(SERVER, 4999, server.peer_id)  # as the relay the server left
+            await client.ping(gone, timeout=5)
+            assert counting.connects == 1
+            for n in range(20):  # not one lands on the connection being drained
+                reply = await client.call(server.address, "echo", Packet({"n": n}), timeout=5)
+                assert reply.header == {"n": n}
+            assert counting.connects == 2 and client.connection_to(server.peer_id) is not old
+            await client.ping(gone, timeout=5)  # the new connection will do
+            await trio.sleep(5)  # far beyond the drain's grace: the stream holds it open
+            await stream.send(Packet({"v": 3}))
+            assert (await stream.receive()).header == {"v": 6} and old.is_open
+        await wait_until(lambda: not old.is_open and not served.is_open, within=5)
         nursery.cancel_scope.cancel()
 
 

@@ -59,6 +59,7 @@ VIOLATIONS: dict[str, Callable[[], bytes]] = {
     "header over the header cap": lambda: _wire(
         encode(Kind.REQUEST, 1, ["echo", {"x": "y" * 5000}])
     ),
+    "a request on call 0": lambda: _wire(encode(Kind.REQUEST, 0, ["echo", {}])),
     "duplicate live call id": lambda: _wire(encode(Kind.REQUEST, 1, ["hang", {}])) * 2,
     "zero window increment": lambda: _stream_then(_wire(encode(Kind.WINDOW, 1, 0))),
     "negative window increment": lambda: _stream_then(_wire(encode(Kind.WINDOW, 1, -5))),
