@@ -381,8 +381,9 @@ async def _load(
     per_block = measured.inference_tokens_per_s * measured.num_layers
     backend.one_token_threads = measured.one_token_threads
     logger.info(
-        "throughput: %.1f tokens/s through the span (one-token steps on %d torch threads)",
+        "throughput: %.1f tokens/s through the span (one-token steps on %d torch thread%s)",
         measured.inference_tokens_per_s,
         measured.one_token_threads,
+        "" if measured.one_token_threads == 1 else "s",
     )
     return _Peer(config, backend, per_block, control)

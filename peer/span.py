@@ -341,7 +341,7 @@ def load_span(
     logger.info(
         "loaded blocks %d..%d of %s (%s) as %s on %s%s%s",
         start,
-        end,
+        end - 1,
         checkpoint.path,
         checkpoint.family.name,
         torch_dtype,
