@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import psutil
@@ -243,6 +244,13 @@ def test_the_demo_on_a_tiny_model_and_ctrl_c_stops_everything(tiny: Path) -> Non
         assert len(children) >= 4  # the DHT node, the peers left, the monitor
     finally:
         demo.send_signal(signal.SIGINT)
-        demo.wait(60)
+        try:
+            demo.wait(60)
+        except subprocess.TimeoutExpired:  # leave no swarm running under the tests after
+            stuck = psutil.Process(demo.pid)
+            for process in [*stuck.children(recursive=True), stuck]:
+                with suppress(psutil.NoSuchProcess):
+                    process.kill()
+            raise
     _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == []
