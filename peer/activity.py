@@ -83,6 +83,8 @@ class PeerStatus:
     # not checked, or serving through a circuit)
     relay: RelayLoad | None = None  # the circuits it relays for others, if it relays any
     connections: RPCStats | None = None  # its connections now (direct, through relays)
+    kept_bytes: int = 0  # activations it keeps for backwards to come (`peer.kept_forwards`)
+    kept_backwards: int = 0  # backwards it ran on the graph their forward kept
 
     @property
     def draining(self) -> bool:

@@ -2,7 +2,9 @@
 
 It owns a loaded `Span` and serves:
 - `forward(hidden, start, end)`: stateless; a batch of equal-length sequences through blocks
-  `start..end-1` (model indices), positions 0..T-1, causal attention;
+  `start..end-1` (model indices), positions 0..T-1, causal attention; `backward` gives the
+  gradient of its input, from the graph `forward_kept` kept if it still is
+  (`peer.kept_forwards`), else computing the forward again;
 - inference sessions: `open_session` reserves `batch_size * max_length` cache tokens against the
   budget (refused at once when over, before allocating), `step` appends to the session's KV
   cache (prompt first, then single tokens, or any chunk), after dropping the tokens past a
@@ -40,6 +42,7 @@ from .errors import (
     SessionLimitError,
     SessionNotFoundError,
 )
+from .kept_forwards import DEFAULT_MAX_BYTES, ForwardKey, KeptForwards
 from .kv_cache import SessionCache, StepCache
 from .span import Span, load_span
 
@@ -58,6 +61,7 @@ class BackendConfig:
     max_batch_size: int = 64  # rows per request (forward or session)
     max_forward_tokens: int = 16384  # batch * length of one stateless forward
     max_merged_rows: int = 64  # rows merged into one step_many forward
+    max_kept_bytes: int = DEFAULT_MAX_BYTES  # activations kept for backwards (0: none)
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ class SpanBackend:
         self._sessions: dict[str, _Session] = {}
         self._reserved_tokens = 0
         self.adapters = Adapters()  # LoRA adapters, loaded by `peer.adapters.load_adapter`
+        self.kept = KeptForwards(self.config.max_kept_bytes)  # forwards' graphs, for backwards
         # torch threads for steps of one token in all (None: the thread's own); peer/throughput.py
         self.one_token_threads: int | None = None
 
@@ -254,6 +259,30 @@ class SpanBackend:
         with torch.no_grad(), self.adapters.using(adapter):
             return run(hidden_states.to(self.span.device)).cpu()
 
+    def forward_kept(
+        self,
+        hidden_states: torch.Tensor,
+        start: int | None = None,
+        end: int | None = None,
+        attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        *,
+        adapter: str | None = None,
+        owner: str = "",
+    ) -> tuple[torch.Tensor, str | None]:
+        """`forward`, keeping its graph for a backward from `owner`: the output, and the
+        token of the graph (None if it is too large to keep)."""
+        run = self._stateless(hidden_states, start, end, attention_mask, "forward")
+        with (
+            torch.enable_grad(),
+            self.adapters.using(adapter),
+            self.kept.counting(self._frozen()) as saved,
+        ):
+            leaf = hidden_states.to(self.span.device).detach().requires_grad_(True)
+            output = run(leaf)
+        key = ForwardKey(owner, start, end, adapter)
+        token = self.kept.keep(key, leaf, output, _mask(attention_mask), saved.total)
+        return output.detach().cpu(), token
+
     def backward(
         self,
         inputs: torch.Tensor,
@@ -263,10 +292,13 @@ class SpanBackend:
         attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
         *,
         adapter: str | None = None,
+        kept: str | None = None,
+        owner: str = "",
     ) -> torch.Tensor:
         """The gradient with respect to `inputs` of blocks `start..end-1`, given the gradient
-        of their outputs (both `[batch, length, hidden]`), as `forward` runs them. The forward
-        is computed again with gradients on; the blocks' own weights get none (frozen)."""
+        of their outputs (both `[batch, length, hidden]`), as `forward` runs them: through the
+        graph `kept` names if `forward_kept` kept it for `owner` over the same input, else
+        computing the forward again with gradients on. The blocks' own weights get none."""
         run = self._stateless(inputs, start, end, attention_mask, "backward")
         grad = self._check_hidden(grad_outputs, "backward: the output gradient")
         if grad.shape != inputs.shape:
@@ -274,11 +306,21 @@ class SpanBackend:
                 f"backward: an output gradient of {list(grad.shape)} for inputs of "
                 f"{list(inputs.shape)}"
             )
+        key = ForwardKey(owner, start, end, adapter)
+        graph = None if kept is None else self.kept.take(kept, key, inputs, _mask(attention_mask))
         with torch.enable_grad(), self.adapters.using(adapter):
-            leaf = inputs.to(self.span.device).detach().requires_grad_(True)
-            output = run(leaf)
-            (gradient,) = torch.autograd.grad(output, leaf, grad.to(self.span.device))
+            if graph is None:
+                leaf = inputs.to(self.span.device).detach().requires_grad_(True)
+                graph = leaf, run(leaf)
+            (gradient,) = torch.autograd.grad(graph[1], graph[0], grad.to(self.span.device))
         return gradient.cpu()
+
+    def _frozen(self) -> Iterator[torch.Tensor]:
+        """The span's weights and buffers (adapters' included): what no graph keeps alive."""
+        for module in (self.span.layers, self.span.rotary, self.span.positions):
+            if module is not None:
+                yield from module.parameters()
+                yield from module.buffers()
 
     def _stateless(
         self,
@@ -533,3 +575,8 @@ def _positions(
     index = torch.tensor(past, device=device)[:, None] + new[None, :]
     start = torch.tensor(pads, device=device)[:, None]
     return torch.where(index >= start, index - start, 1)
+
+
+def _mask(attention_mask: torch.Tensor | Sequence[Sequence[int]] | None) -> torch.Tensor | None:
+    """The attention mask as a kept forward and its backward compare it."""
+    return None if attention_mask is None else torch.as_tensor(attention_mask).bool()

@@ -144,9 +144,15 @@ class _Peer:
         return self.announcement(PeerState.ONLINE).to_fields()
 
     def status(self) -> PeerStatus:
-        cache = self.backend.config.max_cache_tokens
-        return PeerStatus(self.announcement(PeerState.ONLINE), replace(self.activity),
-                          self.step_times.copy(), cache)  # fmt: skip
+        backend = self.backend
+        return PeerStatus(
+            self.announcement(PeerState.ONLINE),
+            replace(self.activity),
+            self.step_times.copy(),
+            backend.config.max_cache_tokens,
+            kept_bytes=backend.kept.kept_bytes,
+            kept_backwards=backend.kept.taken,
+        )
 
     def load(self) -> Load:
         backend = self.backend  # the rebalancer may have moved it to other blocks

@@ -101,6 +101,19 @@ class InferenceScheduler:
         forward = partial(self.backend.forward, adapter=adapter)
         return await self._worker.submit(forward, hidden_states, start, end, attention_mask)
 
+    async def forward_kept(
+        self,
+        hidden_states: torch.Tensor,
+        start: int | None = None,
+        end: int | None = None,
+        attention_mask: Sequence[Sequence[int]] | None = None,
+        *,
+        adapter: str | None = None,
+        owner: str = "",
+    ) -> tuple[torch.Tensor, str | None]:
+        forward = partial(self.backend.forward_kept, adapter=adapter, owner=owner)
+        return await self._worker.submit(forward, hidden_states, start, end, attention_mask)
+
     async def backward(
         self,
         inputs: torch.Tensor,
@@ -110,8 +123,10 @@ class InferenceScheduler:
         attention_mask: Sequence[Sequence[int]] | None = None,
         *,
         adapter: str | None = None,
+        kept: str | None = None,
+        owner: str = "",
     ) -> torch.Tensor:
-        backward = partial(self.backend.backward, adapter=adapter)
+        backward = partial(self.backend.backward, adapter=adapter, kept=kept, owner=owner)
         return await self._worker.submit(backward, inputs, grad_outputs, start, end, attention_mask)
 
     async def open_session(

@@ -129,12 +129,18 @@ class SpanServer:
         with _as_handler_errors():
             forward = ForwardRequest.parse(request.header)
             hidden = decode_tensor(forward.tensor, request.body)
-            output = await self.scheduler.forward(
-                hidden, forward.start, forward.end, forward.attention_mask, adapter=forward.adapter
-            )
+            blocks = (forward.start, forward.end, forward.attention_mask)
+            kept = None
+            if forward.keep:  # a backward follows: keep the graph for it
+                output, kept = await self.scheduler.forward_kept(
+                    hidden, *blocks, adapter=forward.adapter, owner=str(context.peer_id)
+                )
+            else:
+                output = await self.scheduler.forward(hidden, *blocks, adapter=forward.adapter)
         self.activity.forwards += 1
         header, body = encode_tensor(output)
-        return Packet({"tensor": header}, body)
+        reply = {"tensor": header} if kept is None else {"tensor": header, "kept": kept}
+        return Packet(reply, body)
 
     async def backward(self, request: Packet, context: CallContext) -> Packet:
         with _as_handler_errors():
@@ -144,7 +150,7 @@ class SpanServer:
                 raise HandlerError("bad_request", "backward takes [2, batch, length, hidden]")
             output = await self.scheduler.backward(
                 pair[0], pair[1], backward.start, backward.end, backward.attention_mask,
-                adapter=backward.adapter,
+                adapter=backward.adapter, kept=backward.kept, owner=str(context.peer_id),
             )  # fmt: skip
         self.activity.forwards += 1
         header, body = encode_tensor(output)

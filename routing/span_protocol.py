@@ -4,10 +4,12 @@ Methods (block indices are the model's, `end` exclusive):
 - `span.info` (unary): `{}` -> the peer's announcement fields plus `max_session_length`.
 - `span.forward` (unary): `{"start", "end", "tensor"}` + bytes -> `{"tensor"}` + bytes;
   `"attention_mask"` (rows of 0 and 1, 0 for padding) as transformers' model takes it, and
-  `"adapter"`: the name of a LoRA adapter the peer announces, to run the blocks with.
+  `"adapter"`: the name of a LoRA adapter the peer announces, to run the blocks with. With
+  `"keep": true` (a backward will follow), the reply may add `"kept"`: a token naming the
+  forward's graph, which the peer keeps a while (`peer.kept_forwards`).
 - `span.backward` (unary): the same request, its tensor `[2, batch, length, hidden]`: the
   span's inputs and the gradient of its outputs -> `{"tensor"}` + bytes: the gradient of its
-  inputs (the blocks' weights are frozen).
+  inputs (the blocks' weights are frozen). `"kept"`: the forward's token, if it had one.
 - `span.inference` (stream): `{"open": {"max_length", "batch_size", "start", "end"}}`, with
   `"padding": [n, ...]` for rows whose first n tokens are left padding (a batch of prompts)
   and `"adapter"` as in `span.forward` ->
@@ -196,11 +198,17 @@ class ForwardRequest:
     tensor: Mapping[str, Any]  # `routing.tensor_codec`'s header
     attention_mask: list[list[int]] | None = None  # rows of 0 and 1, 0 for padding
     adapter: str | None = None
+    keep: bool = False  # forward: keep the graph for a backward
+    kept: str | None = None  # backward: the token of the forward's graph
 
     def header(self) -> dict[str, Any]:
         header = {"start": self.start, "end": self.end, "tensor": dict(self.tensor)}
         if self.attention_mask is not None:
             header["attention_mask"] = [list(row) for row in self.attention_mask]
+        if self.keep:
+            header["keep"] = True
+        if self.kept is not None:
+            header["kept"] = self.kept
         return header | _adapter_field(self.adapter)
 
     @classmethod
@@ -219,7 +227,18 @@ class ForwardRequest:
                 f"'attention_mask' must be rows of 0 and 1, all of one length, at most "
                 f"{MAX_MASK_CELLS} in all"
             )
-        return cls(_int(header, "start"), _int(header, "end"), tensor, mask, _adapter(header))
+        keep = header.get("keep", False)
+        if not isinstance(keep, bool):
+            raise ProtocolError("field 'keep' must be true or false")
+        return cls(
+            _int(header, "start"), _int(header, "end"), tensor, mask, _adapter(header), keep,
+            kept_token(header),
+        )  # fmt: skip
+
+
+def kept_token(header: Mapping[str, Any]) -> str | None:
+    """The `kept` token of a forward's reply or a backward's request, if any."""
+    return None if header.get("kept") is None else _text(header, "kept")
 
 
 def step_header(

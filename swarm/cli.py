@@ -199,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     peer.add_argument("--cache-tokens", type=int, help="KV cache budget in tokens")
     peer.add_argument("--max-sessions", type=int, help="concurrent inference sessions")
     peer.add_argument(
+        "--kept-activations",
+        type=float,
+        default=1000,
+        metavar="MB",
+        help="of activations kept between a training forward and its backward (default 1000; "
+        "0: the backward runs the forward again)",
+    )
+    peer.add_argument(
         "--host-share",
         type=float,
         default=1.0,

@@ -1,10 +1,12 @@
 """A peer's own metrics for Prometheus, served by `swarm peer --metrics-port` at `/metrics`.
 
 Counters (`_total`) of what it served since it started: sessions opened and refused,
-inference steps, their tokens, and the time the blocks computed; a histogram of the steps'
+inference steps, their tokens, the time the blocks computed, and the backwards run on the
+graph their forward kept (`swarm_peer_kept_backwards_total`); a histogram of the steps'
 times at the peer, request to reply (`swarm_peer_step_seconds`: its buckets give
 percentiles, its sum over its count the mean); gauges of its state now: span, sessions
-open, cache tokens left of its cache's size, throughput, whether it drains, and
+open, cache tokens left of its cache's size, throughput, whether it drains, the bytes of
+activations it keeps for backwards to come (`swarm_peer_kept_activation_bytes`), and
 `swarm_peer_info` (value 1) with its address, version, dtype and quantization as labels;
 how others reach it (`swarm_peer_circuit`, `swarm_peer_reached`), its connections open
 (`swarm_peer_connections`, labelled `kind`: `direct`, or `relayed` through a circuit relay,
@@ -44,6 +46,8 @@ def render_peer_metrics(status: PeerStatus) -> str:
         "swarm_peer_cache_tokens": ("Attention cache size, in tokens.", status.cache_tokens),
         "swarm_peer_throughput_tokens_per_second": ("Throughput announced.", announced.throughput),
         "swarm_peer_draining": ("1 while the peer takes no new session.", float(status.draining)),
+        "swarm_peer_kept_activation_bytes": ("Activations kept for backwards to come.",
+                                             status.kept_bytes),
     }  # fmt: skip
     text = {"address": str(announced.address), "version": announced.version,
             "dtype": announced.dtype, "quantization": announced.quantization}  # fmt: skip
@@ -51,6 +55,8 @@ def render_peer_metrics(status: PeerStatus) -> str:
                      [((*peer, *text.items()), 1.0)])]  # fmt: skip
     for name, (field, help_text) in COUNTERS.items():
         lines.extend(metric(name, "counter", help_text, [(peer, getattr(status.activity, field))]))
+    lines.extend(metric("swarm_peer_kept_backwards_total", "counter", "Backwards run on the "
+                        "graph their forward kept.", [(peer, status.kept_backwards)]))  # fmt: skip
     for name, (help_text, value) in gauges.items():
         lines.extend(metric(name, "gauge", help_text, [(peer, value)]))
     lines.extend(histogram("swarm_peer_step_seconds", "Inference steps' time here, request to "

@@ -1,11 +1,13 @@
 """The swarm's blocks as one step of torch's autograd, so that a client can train through them.
 
 `through_swarm(hidden, call)` runs every block over `hidden` through the peers' stateless
-`span.forward` and records each hop and the input it took; its backward sends the gradient
-back through those hops (`span.backward`: each peer runs its blocks again with gradients on
-and returns the gradient of its input). The blocks stay frozen, as on every peer: what trains
-is on the client, such as a soft prompt in front of the embeddings, or adapters around the
-head. `call` carries the client's event loop and view into the function.
+`span.forward`; when `hidden` needs a gradient, it records each hop and the input it took,
+and the peers keep their forward's graph a while. Its backward sends the gradient back
+through those hops (`span.backward`: each peer runs the backward of the graph it kept, or
+its blocks again with gradients on, and returns the gradient of its input). The blocks stay
+frozen, as on every peer: what trains is on the client, such as a soft prompt in front of
+the embeddings, or adapters around the head. `call` carries the client's event loop and
+view into the function.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class RemoteBlocks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, call: SwarmCall) -> torch.Tensor:
-        trace: Trace = []
+        trace: Trace | None = [] if ctx.needs_input_grad[0] else None  # a backward may come
         through = partial(
             forward_through_swarm,
             call.view,

@@ -12,13 +12,16 @@ not retried.
 Backward (`span.backward`) goes back through the hops a forward recorded in its `trace`,
 each given the input it took and the gradient of its output; a hop that fails then is
 banned, and its blocks are run forward again from that input over other peers, and
-backward through those.
+backward through those. A forward that records a trace asks each peer to keep its graph
+(`keep`), and the backward names the token the peer gave for it (`kept`): the peer then
+need not compute the forward again (`peer.kept_forwards`).
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass, replace
 
 import torch
 import trio
@@ -28,20 +31,29 @@ from ..announcement import PeerAnnouncement
 from ..errors import PeerUnresponsiveError, ProtocolError, RemoteError
 from ..path_selection import Hop, NoRouteError
 from ..rpc import Packet
-from ..span_protocol import BACKWARD, FORWARD, ForwardRequest, tensor_header
+from ..span_protocol import BACKWARD, FORWARD, ForwardRequest, kept_token, tensor_header
 from ..tensor_codec import decode_tensor, encode_tensor
 from .chain import DTYPES, ChainFailedError
 from .hop_session import LINK_ERRORS
 from .swarm_view import SwarmView
 
-__all__ = ["Trace", "backward_through_swarm", "forward_through_swarm"]
+__all__ = ["Trace", "TracedHop", "backward_through_swarm", "forward_through_swarm"]
 
 logger = logging.getLogger(__name__)
 
 REFUSED_REQUESTS = frozenset({"invalid_request", "bad_request"})  # the same on every peer
 
 
-Trace = list[tuple[Hop, torch.Tensor]]  # each hop of a forward, and the input it took
+@dataclass(frozen=True)
+class TracedHop:
+    """A hop of a forward, the input it took, and the token of the graph its peer kept."""
+
+    hop: Hop
+    inputs: torch.Tensor
+    kept: str | None = None
+
+
+Trace = list[TracedHop]  # a forward's hops, in order
 
 
 async def forward_through_swarm(
@@ -55,7 +67,8 @@ async def forward_through_swarm(
 ) -> torch.Tensor:
     """`hidden` ([batch, length, hidden], positions 0..length-1) through `blocks` (all by
     default); `attention_mask` ([batch, length], 0 for padding) as transformers' model
-    takes it. `trace`, if given, gets each hop and its input, for `backward_through_swarm`."""
+    takes it. `trace`, if given, gets each hop and its input, for `backward_through_swarm`
+    (and the peers keep the forward's graph for it)."""
     config = view.config
     mask = _wire_mask(attention_mask)
     boundary, end = blocks or (0, view.num_blocks)
@@ -74,8 +87,9 @@ async def forward_through_swarm(
                 raise ChainFailedError(error.missing, last_error, error.condition) from last_error
             raise
         hop = Hop(drawn.peer, drawn.start, min(drawn.end, end))
+        request = ForwardRequest(hop.start, hop.end, {}, mask, view.adapter, keep=trace is not None)
         try:
-            output = await _call_hop(view, FORWARD, hop, peers[hop.peer], hidden, mask)
+            output, kept = await _call_hop(view, FORWARD, peers[hop.peer], hidden, request)
         except LINK_ERRORS as error:
             if isinstance(error, RemoteError) and error.code in REFUSED_REQUESTS:
                 raise
@@ -86,7 +100,7 @@ async def forward_through_swarm(
                 raise
             continue
         if trace is not None:
-            trace.append((hop, hidden))
+            trace.append(TracedHop(hop, hidden, kept))
         hidden = output
         boundary = hop.end
     return hidden
@@ -105,13 +119,15 @@ async def backward_through_swarm(
     output: back through the hops of `trace` (a forward's). `failures`: so far, of at most
     `max_failovers`."""
     mask = _wire_mask(attention_mask)
-    for hop, inputs in reversed(trace):
+    for traced in reversed(trace):
+        hop, inputs = traced.hop, traced.inputs
         announcement = view.peers.get(hop.peer)
         try:
             if announcement is None:
                 raise NoRouteError(list(range(hop.start, hop.end)))
             pair = torch.stack([inputs, grad.to(inputs.dtype)])
-            grad = await _call_hop(view, BACKWARD, hop, announcement, pair, mask)
+            request = ForwardRequest(hop.start, hop.end, {}, mask, view.adapter, kept=traced.kept)
+            grad, _ = await _call_hop(view, BACKWARD, announcement, pair, request)
         except (*LINK_ERRORS, NoRouteError) as error:
             if isinstance(error, RemoteError) and error.code in REFUSED_REQUESTS:
                 raise
@@ -150,24 +166,23 @@ def _ban(view: SwarmView, hop: Hop, what: str, error: BaseException) -> None:
 async def _call_hop(
     view: SwarmView,
     method: str,
-    hop: Hop,
     announcement: PeerAnnouncement,
     tensor: torch.Tensor,
-    mask: list[list[int]] | None,
-) -> torch.Tensor:
-    """One peer's blocks [hop.start, hop.end) forward (over `[batch, length, hidden]`) or
-    backward (over that and the output gradient, stacked), in the dtype it computes in;
-    the result in the dtype of `tensor`. `mask`: the attention mask as the wire takes it."""
+    request: ForwardRequest,
+) -> tuple[torch.Tensor, str | None]:
+    """One peer's blocks forward (over `[batch, length, hidden]`) or backward (over that
+    and the output gradient, stacked), as `request` (its tensor left to fill) asks, in the
+    dtype the peer computes in: the result in the dtype of `tensor`, and the token of the
+    graph the peer kept, if it did."""
     header, body = encode_tensor(tensor.to(DTYPES.get(announcement.dtype, torch.float32)))
-    forward = ForwardRequest(hop.start, hop.end, header, mask, view.adapter)
-    request = Packet(forward.header(), body)
+    packet = Packet(replace(request, tensor=header).header(), body)
     reply = await _call_while_alive(
-        view, announcement.address, method, request, view.config.deadline(tensor)
+        view, announcement.address, method, packet, view.config.deadline(tensor)
     )
     output = decode_tensor(tensor_header(reply.header), reply.body)
     if output.shape != tensor.shape[-3:]:
         raise ProtocolError(f"{method}: a reply of shape {list(output.shape)}")
-    return output.to(tensor.dtype)
+    return output.to(tensor.dtype), kept_token(reply.header)
 
 
 async def _call_while_alive(

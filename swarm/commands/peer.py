@@ -33,6 +33,9 @@ def peer_config(args: argparse.Namespace) -> PeerConfig:
         backend = replace(backend, max_cache_tokens=args.cache_tokens)
     if args.max_sessions is not None:
         backend = replace(backend, max_sessions=args.max_sessions)
+    if args.kept_activations < 0:
+        raise SwarmError(f"--kept-activations must be 0 or more, not {args.kept_activations}")
+    backend = replace(backend, max_kept_bytes=int(args.kept_activations * 1e6))
     if not 0 < args.host_share <= 1:
         raise SwarmError(f"--host-share must be more than 0 and at most 1, not {args.host_share}")
     return PeerConfig(

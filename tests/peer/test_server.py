@@ -187,6 +187,28 @@ async def test_backward_equals_the_local_blocks_and_bad_ones_get_typed_errors(
     assert (await served.forward(inputs)).shape == inputs.shape  # and it goes on
 
 
+async def test_a_backward_names_the_graph_its_forward_kept(served: Served) -> None:
+    reference = SpanBackend.load(served.checkpoint, 1, 3)
+    inputs, grads = torch.randn(2, 2, 5, HIDDEN).unbind(0)
+    header, body = encode_tensor(inputs)
+    forward = Packet(protocol.ForwardRequest(1, 3, header, keep=True).header(), body)
+    reply = await served.client.call(served.peer, protocol.FORWARD, forward, timeout=5)
+    token = protocol.kept_token(reply.header)
+    assert token is not None
+    output = decode_tensor(reply.header["tensor"], reply.body)
+    assert torch.equal(output, reference.forward(inputs, 1, 3))
+    header, body = encode_tensor(torch.stack([inputs, grads]))
+    backward = Packet(protocol.ForwardRequest(1, 3, header, kept=token).header(), body)
+    for _ in range(2):  # on the graph kept, then computing the forward again
+        reply = await served.client.call(served.peer, protocol.BACKWARD, backward, timeout=5)
+        got = decode_tensor(reply.header["tensor"], reply.body)
+        assert torch.equal(got, reference.backward(inputs, grads, 1, 3))
+    header, body = encode_tensor(inputs)
+    plain = Packet(protocol.ForwardRequest(1, 3, header).header(), body)
+    reply = await served.client.call(served.peer, protocol.FORWARD, plain, timeout=5)
+    assert "kept" not in reply.header  # nobody asked
+
+
 BAD_OPENINGS = {
     "a step first": {"step": 0, "tensor": {"dtype": "float32", "shape": [1, 1, HIDDEN]}},
     "max_length over the cache budget": protocol.SessionRequest(1, 3, 10_000).header(),

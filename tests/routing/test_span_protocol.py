@@ -27,9 +27,13 @@ def test_round_trips() -> None:
     for forward in [
         protocol.ForwardRequest(1, 3, TENSOR),
         protocol.ForwardRequest(1, 3, TENSOR, [[0, 1], [1, 1]], adapter="tuned-1"),
+        protocol.ForwardRequest(1, 3, TENSOR, keep=True),
+        protocol.ForwardRequest(1, 3, TENSOR, kept="a" * 32),
     ]:
         assert protocol.ForwardRequest.parse(forward.header()) == forward
-    assert "adapter" not in protocol.ForwardRequest(1, 3, TENSOR).header()
+    assert protocol.ForwardRequest(1, 3, TENSOR).header().keys() == {"start", "end", "tensor"}
+    assert protocol.kept_token({"tensor": TENSOR, "kept": "b" * 32}) == "b" * 32
+    assert protocol.kept_token({"tensor": TENSOR}) is None
     assert protocol.parse_step(protocol.step_header(7, TENSOR)) == (7, TENSOR)
     assert protocol.server_time(protocol.step_header(7, TENSOR, 2.5)) == 0.0025
     timed = protocol.step_header(7, TENSOR, 2.5, 2.0)
@@ -83,6 +87,15 @@ def test_malformed_forward_masks_are_refused(mask: Any) -> None:
     with pytest.raises(ProtocolError, match="attention_mask"):
         protocol.ForwardRequest.parse(
             {**protocol.ForwardRequest(0, 1, TENSOR).header(), "attention_mask": mask}
+        )
+
+
+@pytest.mark.parametrize(("field", "value"), [("keep", 1), ("keep", "yes"), ("kept", 7),
+                                             ("kept", ""), ("kept", "k" * 65)])  # fmt: skip
+def test_malformed_kept_fields_are_refused(field: str, value: Any) -> None:
+    with pytest.raises(ProtocolError, match=field):
+        protocol.ForwardRequest.parse(
+            {**protocol.ForwardRequest(0, 1, TENSOR).header(), field: value}
         )
 
 

@@ -49,7 +49,8 @@ def status_of(peer_id: Identity, **activity: Any) -> PeerStatus:
     times = Durations(STEP_BUCKETS)
     for seconds in (0.002, 0.004, 0.03, 20.0):  # buckets ..0.0025, ..0.005, ..0.05, over all
         times.observe(seconds)
-    return PeerStatus(announced, Activity(**activity), times, cache_tokens=4096)
+    return PeerStatus(announced, Activity(**activity), times, cache_tokens=4096,
+                      kept_bytes=5_000_000, kept_backwards=7)  # fmt: skip
 
 
 def test_the_status_is_written_as_counters_gauges_and_a_histogram() -> None:
@@ -63,9 +64,11 @@ def test_the_status_is_written_as_counters_gauges_and_a_histogram() -> None:
                 "swarm_peer_forwards_total": 2,
                 "swarm_peer_compute_seconds_total": 0.25}  # fmt: skip
     assert set(expected) == set(COUNTERS)
+    expected["swarm_peer_kept_backwards_total"] = 7
     for name, value in expected.items():
         assert (kinds[name], samples[name]) == ("counter", {peer: value}), name
     gauges = {"swarm_peer_span_start": 2, "swarm_peer_span_end": 4, "swarm_peer_sessions": 2,
+              "swarm_peer_kept_activation_bytes": 5_000_000,
               "swarm_peer_cache_tokens_left": 100, "swarm_peer_cache_tokens": 4096,
               "swarm_peer_throughput_tokens_per_second": 12.5,
               "swarm_peer_draining": 1}  # fmt: skip

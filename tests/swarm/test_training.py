@@ -89,7 +89,8 @@ def _tune(
 
 def test_a_soft_prompt_trains_as_it_would_on_the_local_model(tiny: Path) -> None:
     """The blocks stay on the peers, frozen; the loss goes down step by step as it does
-    locally, and the prompt learnt is the same."""
+    locally, and the prompt learnt is the same. Each peer ran every backward on the graph
+    its forward kept, and keeps none once the steps are over."""
     local = AutoModelForCausalLM.from_pretrained(tiny).requires_grad_(False)
     expected, expected_prompt = _tune(local, local.get_input_embeddings(), steps=6)
     assert expected[-1] < expected[0]
@@ -98,6 +99,11 @@ def test_a_soft_prompt_trains_as_it_would_on_the_local_model(tiny: Path) -> None
         DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[swarm.bootstrap]) as model,
     ):
         losses, prompt = _tune(model, model.get_input_embeddings(), steps=6)
+        for peer in swarm.peers:
+            status = swarm.status(peer)
+            assert (status.kept_backwards, status.kept_bytes) == (6, 0)
+        model(_batch()[0])  # logits only: no backward to come, nothing kept
+        assert all(swarm.status(peer).kept_bytes == 0 for peer in swarm.peers)
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(expected), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(prompt, expected_prompt, rtol=1e-3, atol=1e-5)
 
@@ -123,7 +129,7 @@ def test_a_peer_lost_before_the_backward_is_replaced(
             rng = random.Random(0)
             await forward_through_swarm(view, hidden, rng=rng, trace=trace)
             expected = await backward_through_swarm(view, trace, grad_output, rng=rng)
-            lost = trace[-1][0].peer  # served blocks 2..3
+            lost = trace[-1].hop.peer  # served blocks 2..3
             await trio.to_thread.run_sync(swarm.stop_peer, swarm.peer(lost))
             got = await backward_through_swarm(view, trace, grad_output, rng=rng)
             nursery.cancel_scope.cancel()
