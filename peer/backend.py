@@ -271,6 +271,8 @@ class SpanBackend:
     ) -> tuple[torch.Tensor, str | None]:
         """`forward`, keeping its graph for a backward from `owner`: the output, and the
         token of the graph (None if it is too large to keep)."""
+        if not self.kept.max_bytes:  # it keeps none: no graph to make
+            return self.forward(hidden_states, start, end, attention_mask, adapter=adapter), None
         run = self._stateless(hidden_states, start, end, attention_mask, "forward")
         with (
             torch.enable_grad(),

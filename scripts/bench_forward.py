@@ -7,12 +7,14 @@ this process: transformers' model, one forward over a batch of `--batch` sequenc
 require grad, the loss, and its backward to them (the blocks frozen). Then a swarm of
 `swarm peer` processes on 127.0.0.1 serves the blocks as one span, or split into two, and
 the client runs the same through it (`span.forward`, `span.backward`; its embeddings and LM
-head here). Reported: the median and min..max of `--runs` calls (after one warm-up), tokens
-per second, and the ratio to the local baseline of the same run; the swarm's logits and
-gradients are checked against the local ones.
+head here). With `--recompute`, the training step runs again through peers that keep no
+forward's graph (`--kept-activations 0`): their backward computes the forward again, as
+gradient checkpointing does. Reported: the median and min..max of `--runs` calls (after one
+warm-up), tokens per second, and the ratio to the local baseline of the same run; the
+swarm's logits and gradients are checked against the local ones.
 
     .venv/bin/python scripts/bench_forward.py [--models smollm2 tiny] [--batch 4]
-        [--length 128] [--hops 1 2] [--runs 5] [--json PATH]
+        [--length 128] [--hops 1 2] [--runs 5] [--recompute] [--json PATH]
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def _report(name: str, seconds: list[float], tokens: int, base: float | None) ->
 
 
 def run_model(
-    checkpoint: Path, shape: tuple[int, int], hops: list[int], runs: int
+    checkpoint: Path, shape: tuple[int, int], hops: list[int], runs: int, recompute: bool
 ) -> dict[str, Any]:
     config = AutoConfig.from_pretrained(checkpoint)
     generator = torch.Generator().manual_seed(0)
@@ -106,6 +108,18 @@ def run_model(
             f"gradients within {entry['max_abs_grad_error']:.1e}",
             flush=True,
         )
+        if recompute:
+            with (
+                LocalSwarm(checkpoint, equal_spans(blocks, count), monitor=False,
+                           peer_options=["--kept-activations", "0"]) as swarm,
+                DistributedModelForCausalLM.from_pretrained(
+                    checkpoint, initial_peers=[swarm.bootstrap]
+                ) as model,
+            ):  # fmt: skip
+                seconds, grad = _timed(lambda: _train_step(model, embeddings, ids), runs)
+            entry = _report(f"{count} peers recomputing", seconds, tokens, base)
+            entry["max_abs_grad_error"] = float((grad - expected_grad).abs().max())
+            results[f"{count}_peers_train_recomputed"] = entry
     return results
 
 
@@ -116,6 +130,9 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--hops", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--recompute", action="store_true", help="also train through peers that keep no graph"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -125,7 +142,8 @@ def main() -> None:
           f"{torch.get_num_threads()}, loopback; median (min..max) of {args.runs}")  # fmt: skip
     for name, checkpoint in bench_checkpoints(args.models).items():
         print(name, flush=True)
-        results[name] = run_model(checkpoint, (args.batch, args.length), args.hops, args.runs)
+        shape = (args.batch, args.length)
+        results[name] = run_model(checkpoint, shape, args.hops, args.runs, args.recompute)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
