@@ -97,22 +97,16 @@ class InferenceScheduler:
         attention_mask: Sequence[Sequence[int]] | None = None,
         *,
         adapter: str | None = None,
-    ) -> torch.Tensor:
-        forward = partial(self.backend.forward, adapter=adapter)
-        return await self._worker.submit(forward, hidden_states, start, end, attention_mask)
-
-    async def forward_kept(
-        self,
-        hidden_states: torch.Tensor,
-        start: int | None = None,
-        end: int | None = None,
-        attention_mask: Sequence[Sequence[int]] | None = None,
-        *,
-        adapter: str | None = None,
-        owner: str = "",
+        keep_for: str | None = None,
     ) -> tuple[torch.Tensor, str | None]:
-        forward = partial(self.backend.forward_kept, adapter=adapter, owner=owner)
-        return await self._worker.submit(forward, hidden_states, start, end, attention_mask)
+        """The output, and with `keep_for` (a caller whose backward will follow) the token of
+        the graph kept for it, if it was (`SpanBackend.forward_kept`)."""
+        request = (hidden_states, start, end, attention_mask)
+        if keep_for is None:
+            forward = partial(self.backend.forward, adapter=adapter)
+            return await self._worker.submit(forward, *request), None
+        kept = partial(self.backend.forward_kept, adapter=adapter, owner=keep_for)
+        return await self._worker.submit(kept, *request)
 
     async def backward(
         self,

@@ -129,14 +129,10 @@ class SpanServer:
         with _as_handler_errors():
             forward = ForwardRequest.parse(request.header)
             hidden = decode_tensor(forward.tensor, request.body)
-            blocks = (forward.start, forward.end, forward.attention_mask)
-            kept = None
-            if forward.keep:  # a backward follows: keep the graph for it
-                output, kept = await self.scheduler.forward_kept(
-                    hidden, *blocks, adapter=forward.adapter, owner=str(context.peer_id)
-                )
-            else:
-                output = await self.scheduler.forward(hidden, *blocks, adapter=forward.adapter)
+            output, kept = await self.scheduler.forward(
+                hidden, forward.start, forward.end, forward.attention_mask,
+                adapter=forward.adapter, keep_for=str(context.peer_id) if forward.keep else None,
+            )  # fmt: skip
         self.activity.forwards += 1
         header, body = encode_tensor(output)
         reply = {"tensor": header} if kept is None else {"tensor": header, "kept": kept}

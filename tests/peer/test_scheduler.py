@@ -117,8 +117,8 @@ async def test_batching_can_be_disabled(checkpoints: dict[str, Path]) -> None:
             nursery.start_soon(scheduler.step, "b", _hidden())
         assert scheduler.batches_run == 0
         assert backend.session_length("a") == backend.session_length("b") == 1
-        forward = await scheduler.forward(_hidden(length=3))
-        assert torch.equal(forward, backend.forward(_hidden(length=3)))
+        forward, kept = await scheduler.forward(_hidden(length=3))
+        assert torch.equal(forward, backend.forward(_hidden(length=3))) and kept is None
 
 
 async def test_idle_sessions_expire(
