@@ -93,6 +93,18 @@ def test_the_graphs_kept_stay_within_their_bytes(checkpoints: dict[str, Path]) -
     assert torch.equal(output, off.forward(_tensor(), 1, 3))
 
 
+def test_int8_weights_keep_no_graph(checkpoints: dict[str, Path]) -> None:
+    """Its graph would hold every layer's weight dequantized: the forward runs as without
+    `keep`, in the int8 kernel, and the backward computes it again."""
+    backend = SpanBackend.load(
+        checkpoints["llama"], 1, 3, dtype=torch.bfloat16, quantization="int8"
+    )
+    inputs = _tensor().bfloat16()
+    output, token = backend.forward_kept(inputs, 1, 3, owner="alice")
+    assert token is None and len(backend.kept) == 0
+    assert torch.equal(output, backend.forward(inputs, 1, 3))
+
+
 def test_a_graph_no_backward_takes_goes_after_its_time() -> None:
     now = [0.0]
     kept = KeptForwards(max_bytes=1000, ttl=60.0, clock=lambda: now[0])
