@@ -280,8 +280,7 @@ class SpanBackend:
             self.adapters.using(adapter),
             self.kept.counting(self._frozen()) as saved,
         ):
-            leaf = hidden_states.to(self.span.device).detach().requires_grad_(True)
-            output = run(leaf)
+            leaf, output = self._graph(run, hidden_states)
         key = ForwardKey(owner, start, end, adapter)
         token = self.kept.keep(key, leaf, output, _mask(attention_mask), saved.total)
         return output.detach().cpu(), token
@@ -312,11 +311,16 @@ class SpanBackend:
         key = ForwardKey(owner, start, end, adapter)
         graph = None if kept is None else self.kept.take(kept, key, inputs, _mask(attention_mask))
         with torch.enable_grad(), self.adapters.using(adapter):
-            if graph is None:
-                leaf = inputs.to(self.span.device).detach().requires_grad_(True)
-                graph = leaf, run(leaf)
-            (gradient,) = torch.autograd.grad(graph[1], graph[0], grad.to(self.span.device))
+            leaf, output = graph or self._graph(run, inputs)
+            (gradient,) = torch.autograd.grad(output, leaf, grad.to(self.span.device))
         return gradient.cpu()
+
+    def _graph(
+        self, run: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blocks' graph over `inputs` (gradients on): its leaf and its output."""
+        leaf = inputs.to(self.span.device).detach().requires_grad_(True)
+        return leaf, run(leaf)
 
     def _frozen(self) -> Iterator[torch.Tensor]:
         """The span's weights and buffers (adapters' included): what no graph keeps alive."""
@@ -337,7 +341,7 @@ class SpanBackend:
         start, end = self._range(start, end)
         hidden = self._check_hidden(hidden_states, what)
         batch, length, _ = hidden.shape
-        mask = None if attention_mask is None else torch.as_tensor(attention_mask).bool()
+        mask = _mask(attention_mask)
         if mask is not None and mask.shape != (batch, length):
             raise InvalidRequestError(
                 f"{what}: attention_mask {list(mask.shape)} is not {[batch, length]}"
@@ -581,5 +585,5 @@ def _positions(
 
 
 def _mask(attention_mask: torch.Tensor | Sequence[Sequence[int]] | None) -> torch.Tensor | None:
-    """The attention mask as a kept forward and its backward compare it."""
+    """The attention mask as a tensor of booleans (None: no padding)."""
     return None if attention_mask is None else torch.as_tensor(attention_mask).bool()
