@@ -270,9 +270,8 @@ class SpanBackend:
         owner: str = "",
     ) -> tuple[torch.Tensor, str | None]:
         """`forward`, keeping its graph for a backward from `owner`: the output, and the
-        token of the graph (None if it is too large to keep). Int8 weights keep none: their
-        graph would hold every layer's weight, dequantized."""
-        if not self.kept.max_bytes or self.span.quantization:  # no graph to make
+        token of the graph (None if it is too large to keep)."""
+        if not self.kept.max_bytes:  # no graph to make
             return self.forward(hidden_states, start, end, attention_mask, adapter=adapter), None
         run = self._stateless(hidden_states, start, end, attention_mask, "forward")
         with (

@@ -7,12 +7,15 @@ loads (so a span that would not fit in bfloat16 loads one block at a time):
 in the peer's dtype, bfloat16 or float16, and the product runs in PyTorch's int8-weight kernel
 (`aten._weight_int8pack_mm`), which reads half the bytes of a bfloat16 weight: on a CPU a
 one-token step is bound by those bytes. Its kernel for float32 activations is slower than a
-float32 product, so float32 peers are refused. Three cases multiply by the dequantized weight
-instead: a forward with gradients (`span.backward`; the kernel has no backward), a step of
-`DEQUANTIZE_FROM_ROWS` tokens or more (a long prompt), where one dequantization costs less
-than the kernel's time, which grows with the rows, and a GPU (PyTorch's CUDA kernel for it is
-a simple float32 one): there int8 weights save memory only (not run on a GPU yet). The experts of a
-mixture (stacked tensors, not linear layers) keep the peer's dtype.
+float32 product, so float32 peers are refused. Two cases multiply by the dequantized weight
+instead: a step of `DEQUANTIZE_FROM_ROWS` tokens or more (a long prompt), where one
+dequantization costs less than the kernel's time, which grows with the rows, and a GPU
+(PyTorch's CUDA kernel for it is a simple float32 one): there int8 weights save memory only
+(not run on a GPU yet). The kernel has no backward: a forward with gradients (`span.backward`,
+a kept forward) runs the same product in an autograd function whose backward multiplies by
+the weight dequantized again, one layer at a time, so a graph holds activations only, never
+a dequantized weight. The experts of a mixture (stacked tensors, not linear layers) keep the
+peer's dtype.
 
 What it costs in quality is what rounding each weight to 255 levels of its row costs: on
 SmolLM2 in bfloat16, the KL divergence from float32 per token is 0.0040 with int8 weights
@@ -21,6 +24,8 @@ weights are the dequantized ones (`tests/peer/test_int8_weights.py`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -53,16 +58,37 @@ class Int8Linear(torch.nn.Module):
         """The weight it multiplies by, in the activations' dtype."""
         return self.weight_int8.to(self.scale.dtype) * self.scale[:, None]
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def product(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`hidden` times the weight, without the bias (see the module doc for the way)."""
         rows = hidden.reshape(-1, self.in_features)
-        gradients = torch.is_grad_enabled() and hidden.requires_grad
-        if gradients or rows.shape[0] >= DEQUANTIZE_FROM_ROWS or hidden.device.type != "cpu":
-            return torch.nn.functional.linear(hidden, self.dequantized(), self.bias)
+        if rows.shape[0] >= DEQUANTIZE_FROM_ROWS or hidden.device.type != "cpu":
+            return torch.nn.functional.linear(hidden, self.dequantized())
         output: torch.Tensor = torch.ops.aten._weight_int8pack_mm(
             rows, self.weight_int8, self.scale
         )
-        output = output.reshape(*hidden.shape[:-1], self.out_features)
+        return output.reshape(*hidden.shape[:-1], self.out_features)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            output: torch.Tensor = _Int8Product.apply(hidden, self)  # type: ignore[no-untyped-call]
+        else:
+            output = self.product(hidden)
         return output + self.bias if self.bias is not None else output
+
+
+class _Int8Product(torch.autograd.Function):
+    """`Int8Linear.product` for a graph: its backward dequantizes the weight again, so the
+    graph keeps nothing for it (the weight takes no gradient, so the input is not needed)."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, layer: Int8Linear) -> torch.Tensor:
+        ctx.layer = layer
+        return layer.product(hidden)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad_output @ ctx.layer.dequantized(), None
 
 
 def as_linear(module: torch.nn.Module) -> torch.nn.Linear | None:

@@ -6,9 +6,12 @@ model in bfloat16, and in bfloat16 with its blocks' linear layers made `Int8Line
 `swarm peer --quantize int8 --dtype bfloat16` runs), are compared with it over a fixed text:
 how often their next-token choice agrees, and the mean KL divergence of their next-token
 distributions per position. Then the blocks' one-token step (all 30, one session, KV cache
-of the text) is timed for both in this process, and the bytes of their weights are counted.
+of the text) is timed for both in this process, the bytes of their weights are counted, and
+a training pass over `--train-tokens` tokens (a forward that keeps its graph, then the
+backward on it, as a peer runs them for a client's `backward()`) is timed, with the bytes of
+the graph kept: int8 weights' graph holds activations only, never a dequantized weight.
 
-    .venv/bin/python scripts/bench_int8.py [--steps 40] [--json PATH]
+    .venv/bin/python scripts/bench_int8.py [--steps 40] [--train-tokens 128] [--json PATH]
 """
 
 from __future__ import annotations
@@ -67,6 +70,20 @@ def _step_ms(backend: SpanBackend, prompt: int, steps: int) -> float:
     return statistics.median(times) * 1000
 
 
+def _training(backend: SpanBackend, tokens: int, runs: int = 3) -> dict[str, float]:
+    """Median time of a kept forward and its backward over `tokens` tokens, and the bytes of
+    the graph kept."""
+    inputs = torch.randn(1, tokens, backend.hidden_size, dtype=backend.dtype)
+    times, kept = [], 0
+    for _ in range(runs + 1):  # the first warms up
+        began = time.perf_counter()
+        _, token = backend.forward_kept(inputs, owner="bench")
+        kept = backend.kept.kept_bytes
+        backend.backward(inputs, torch.ones_like(inputs), kept=token, owner="bench")
+        times.append(time.perf_counter() - began)
+    return {"train_ms": statistics.median(times[1:]) * 1000, "kept_mib": kept / 2**20}
+
+
 def _weight_bytes(backend: SpanBackend) -> int:
     layers = backend.span.layers
     return sum(t.numel() * t.element_size() for t in [*layers.parameters(), *layers.buffers()])
@@ -75,6 +92,7 @@ def _weight_bytes(backend: SpanBackend) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--train-tokens", type=int, default=128)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     path = prepare_default_model()
@@ -89,6 +107,7 @@ def main() -> None:
         speed[label] = {
             "step_ms": _step_ms(backend, int(ids.shape[1]), args.steps),
             "weight_mib": _weight_bytes(backend) / 2**20,
+            **_training(backend, args.train_tokens),
         }
     results["blocks"] = speed
     print(f"SmolLM2, {ids.shape[1]} tokens of text, against float32; {num_blocks} blocks, "
@@ -97,7 +116,9 @@ def main() -> None:
         quality = results["quality"][label]
         print(f"{label:14} next token agrees {quality['top1_agreement']:6.1%}  "
               f"KL {quality['kl_per_token']:.4f}/token  step {speed[label]['step_ms']:6.2f} ms  "
-              f"weights {speed[label]['weight_mib']:6.1f} MiB")  # fmt: skip
+              f"weights {speed[label]['weight_mib']:6.1f} MiB  "
+              f"training pass {speed[label]['train_ms']:6.1f} ms, "
+              f"graph kept {speed[label]['kept_mib']:5.1f} MiB")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -93,16 +93,23 @@ def test_the_graphs_kept_stay_within_their_bytes(checkpoints: dict[str, Path]) -
     assert torch.equal(output, off.forward(_tensor(), 1, 3))
 
 
-def test_int8_weights_keep_no_graph(checkpoints: dict[str, Path]) -> None:
-    """Its graph would hold every layer's weight dequantized: the forward runs as without
-    `keep`, in the int8 kernel, and the backward computes it again."""
-    backend = SpanBackend.load(
-        checkpoints["llama"], 1, 3, dtype=torch.bfloat16, quantization="int8"
+def test_int8_weights_keep_activations_not_their_weights_dequantized(
+    checkpoints: dict[str, Path],
+) -> None:
+    """The int8 product's backward dequantizes the weight again: the graph an int8 span
+    keeps is no larger than a bfloat16 span's, whose frozen weights are not counted."""
+    int8, plain = (
+        SpanBackend.load(checkpoints["llama"], 1, 3, dtype=torch.bfloat16, quantization=q)
+        for q in ("int8", None)
     )
-    inputs = _tensor().bfloat16()
-    output, token = backend.forward_kept(inputs, 1, 3, owner="alice")
-    assert token is None and len(backend.kept) == 0
-    assert torch.equal(output, backend.forward(inputs, 1, 3))
+    inputs, grads = _tensor().bfloat16(), _tensor(seed=2).bfloat16()
+    expected = int8.backward(inputs, grads, 1, 3, MASK)
+    output, token = int8.forward_kept(inputs, 1, 3, MASK, owner="alice")
+    assert token is not None and torch.equal(output, int8.forward(inputs, 1, 3, MASK))
+    plain.forward_kept(inputs, 1, 3, MASK, owner="alice")
+    assert 0 < int8.kept.kept_bytes <= plain.kept.kept_bytes
+    got = int8.backward(inputs, grads, 1, 3, MASK, kept=token, owner="alice")
+    assert torch.equal(got, expected) and int8.kept.taken == 1
 
 
 def test_a_graph_no_backward_takes_goes_after_its_time() -> None:
