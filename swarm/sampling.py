@@ -35,13 +35,13 @@ from transformers import (
     SuppressTokensLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
-    TopPLogitsWarper,
     TypicalLogitsWarper,
 )
 
 from .errors import GenerationError
 from .json_prefix import MAX_BLANK
 from .json_schema import ANY_OBJECT, Node, compile_schema
+from .top_p import SortedTopP
 
 _Listed = TypeVar("_Listed", LogitsProcessorList, StoppingCriteriaList)
 
@@ -294,7 +294,7 @@ def build_logits_warpers(config: SamplingConfig) -> LogitsProcessorList:
         if config.top_k:
             processors.append(TopKLogitsWarper(top_k=config.top_k, min_tokens_to_keep=keep))
         if config.top_p < 1.0:
-            processors.append(TopPLogitsWarper(top_p=config.top_p, min_tokens_to_keep=keep))
+            processors.append(SortedTopP(top_p=config.top_p, min_tokens_to_keep=keep))
         if config.min_p is not None:
             processors.append(MinPLogitsWarper(min_p=config.min_p, min_tokens_to_keep=keep))
         if config.typical_p < 1.0:
