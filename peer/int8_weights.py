@@ -59,26 +59,27 @@ class Int8Linear(torch.nn.Module):
         return self.weight_int8.to(self.scale.dtype) * self.scale[:, None]
 
     def product(self, hidden: torch.Tensor) -> torch.Tensor:
-        """`hidden` times the weight, without the bias (see the module doc for the way)."""
+        """The layer's output (see the module doc for the way)."""
         rows = hidden.reshape(-1, self.in_features)
         if rows.shape[0] >= DEQUANTIZE_FROM_ROWS or hidden.device.type != "cpu":
-            return torch.nn.functional.linear(hidden, self.dequantized())
+            return torch.nn.functional.linear(hidden, self.dequantized(), self.bias)
         output: torch.Tensor = torch.ops.aten._weight_int8pack_mm(
             rows, self.weight_int8, self.scale
         )
-        return output.reshape(*hidden.shape[:-1], self.out_features)
+        output = output.reshape(*hidden.shape[:-1], self.out_features)
+        return output + self.bias if self.bias is not None else output
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and hidden.requires_grad:
             output: torch.Tensor = _Int8Product.apply(hidden, self)  # type: ignore[no-untyped-call]
-        else:
-            output = self.product(hidden)
-        return output + self.bias if self.bias is not None else output
+            return output
+        return self.product(hidden)
 
 
 class _Int8Product(torch.autograd.Function):
     """`Int8Linear.product` for a graph: its backward dequantizes the weight again, so the
-    graph keeps nothing for it (the weight takes no gradient, so the input is not needed)."""
+    graph keeps nothing for it (the weight and bias take no gradient, so the input is not
+    needed)."""
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, layer: Int8Linear) -> torch.Tensor:
