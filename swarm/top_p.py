@@ -5,12 +5,15 @@
 The values sorted are the same whatever sorts them, and so are their softmax, its running sum
 and the sorted places it removes (a prefix: the sum only grows). Only which of several equal
 scores sit on either side of the cut depends on the sort: where a tie straddles it, or
-where a score is NaN or infinite, `SortedTopP` leaves the whole cut to transformers.
-Otherwise the tokens removed are those below the first score kept, exactly as transformers
-removes them (`tests/swarm/test_top_p.py`).
+where a score is NaN or +inf, `SortedTopP` leaves the whole cut to transformers. Otherwise
+the tokens removed are those below the first score kept, exactly as transformers removes
+them (`tests/swarm/test_top_p.py`). Scores of -inf (all but 50 after top-k, which sampling
+runs first by default) need no sorting: only the others are sorted.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -33,8 +36,8 @@ class SortedTopP(TopPLogitsWarper):
         scores would decide (see the module doc)."""
         if scores.device.type != "cpu" or scores.dtype not in _NUMPY_DTYPES or scores.ndim != 2:
             return None
-        values = torch.from_numpy(np.sort(scores.detach().numpy(), axis=-1))
-        if not bool(torch.isfinite(values[:, -1]).all()):  # NaN and +inf sort last
+        values = _sorted(scores)
+        if values is None:
             return None
         removed = values.softmax(dim=-1).cumsum(dim=-1) <= (1 - self.top_p)
         removed[:, -self.min_tokens_to_keep :] = False
@@ -44,3 +47,17 @@ class SortedTopP(TopPLogitsWarper):
         if bool(((count > 0) & (last_removed == first_kept)).any()):  # a tie across the cut
             return None
         return scores.masked_fill(scores < first_kept, self.filter_value)
+
+
+def _sorted(scores: torch.Tensor) -> torch.Tensor | None:
+    """Each row's values in ascending order, as `torch.sort` gives them; None if one is NaN
+    or +inf (or if all are -inf). Only the finite ones are sorted: after top-k, nearly all
+    are -inf."""
+    if not bool(torch.isfinite(scores.amax(dim=-1)).all()):  # the max is NaN if one is
+        return None
+    finite = torch.isfinite(scores)
+    values = torch.full_like(scores, -math.inf)
+    for row, (row_scores, row_finite) in enumerate(zip(scores, finite, strict=True)):
+        ordered = np.sort(row_scores[row_finite].numpy())
+        values[row, values.shape[1] - ordered.size :] = torch.from_numpy(ordered)
+    return values

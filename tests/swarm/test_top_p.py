@@ -35,11 +35,12 @@ def test_it_cuts_random_scores_as_transformers_does_its_own_way(
 
 
 def test_it_cuts_what_top_k_left_as_transformers_does() -> None:
+    """Sorting only the 50 scores top-k left, the others -inf."""
     generator = torch.Generator().manual_seed(1)
     scores = TopKLogitsWarper(50)(IDS, torch.randn(2, 49_152, generator=generator) * 4)
     for top_p in (0.3, 0.8, 0.99):
         ours, theirs = _both(scores, top_p)
-        assert torch.equal(ours, theirs)
+        assert torch.equal(ours, theirs) and SortedTopP(top_p).cut(scores) is not None
         assert 0 < int(torch.isfinite(ours).sum()) <= 100
 
 
