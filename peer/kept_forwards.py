@@ -10,8 +10,10 @@ over the same blocks, input and mask, takes the graph and runs only the backward
 gradient is the same, bit for bit.
 
 Bounded: the activations of all graphs kept take at most `max_bytes` (the oldest go first;
-one larger than that is not kept), and a graph no backward took goes after `ttl` seconds. A
-backward whose graph is gone computes the forward again: nothing fails for want of one.
+one larger than that is not kept), and a graph no backward took goes after `ttl` seconds,
+or as soon as its caller says that none will come (`drop`: a client whose own graph was
+freed without a backward). A backward whose graph is gone computes the forward again:
+nothing fails for want of one.
 Only the compute thread uses it, so it takes no lock.
 """
 
@@ -135,6 +137,18 @@ class KeptForwards:
             return None
         self.taken += 1
         return graph.inputs, graph.output
+
+    def drop(self, tokens: Iterable[str], owner: str) -> int:
+        """Forget the graphs of `owner` that `tokens` name (no backward will come for them);
+        how many there were."""
+        mine = [
+            t
+            for t in dict.fromkeys(tokens)
+            if t in self._graphs and self._graphs[t].key.owner == owner
+        ]
+        for token in mine:
+            self._forget(token)
+        return len(mine)
 
     def _forget_expired(self) -> None:
         now = self._clock()

@@ -123,6 +123,11 @@ class InferenceScheduler:
         backward = partial(self.backend.backward, adapter=adapter, kept=kept, owner=owner)
         return await self._worker.submit(backward, inputs, grad_outputs, start, end, attention_mask)
 
+    async def release(self, tokens: Sequence[str], owner: str) -> int:
+        """Drop the graphs kept for `owner` under `tokens` (`KeptForwards.drop`), in the
+        compute thread, the only one that touches them; how many there were."""
+        return await self._worker.submit(self.backend.kept.drop, tokens, owner)
+
     async def open_session(
         self,
         session_id: str,

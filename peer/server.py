@@ -36,6 +36,7 @@ from routing.span_protocol import (
     INFERENCE,
     INFO,
     RELAY,
+    RELEASE,
     ForwardRequest,
     RelayJoin,
     SessionOpened,
@@ -44,6 +45,7 @@ from routing.span_protocol import (
     parse_relay,
     parse_reorder,
     parse_step,
+    released_tokens,
     step_header,
 )
 from routing.tensor_codec import decode_tensor, encode_tensor
@@ -119,6 +121,7 @@ class SpanServer:
         self.rpc.add_unary(INFO, self.info)
         self.rpc.add_unary(FORWARD, self.forward)
         self.rpc.add_unary(BACKWARD, self.backward)
+        self.rpc.add_unary(RELEASE, self.release)
         self.rpc.add_stream(INFERENCE, self.inference)
         self.rpc.add_stream(RELAY, self.relay)
 
@@ -137,6 +140,11 @@ class SpanServer:
         header, body = encode_tensor(output)
         reply = {"tensor": header} if kept is None else {"tensor": header, "kept": kept}
         return Packet(reply, body)
+
+    async def release(self, request: Packet, context: CallContext) -> Packet:
+        with _as_handler_errors():
+            tokens = released_tokens(request.header)
+        return Packet({"released": await self.scheduler.release(tokens, str(context.peer_id))})
 
     async def backward(self, request: Packet, context: CallContext) -> Packet:
         with _as_handler_errors():

@@ -10,6 +10,9 @@ Methods (block indices are the model's, `end` exclusive):
 - `span.backward` (unary): the same request, its tensor `[2, batch, length, hidden]`: the
   span's inputs and the gradient of its outputs -> `{"tensor"}` + bytes: the gradient of its
   inputs (the blocks' weights are frozen). `"kept"`: the forward's token, if it had one.
+- `span.release` (unary): `{"release": [token, ...]}` (at most `MAX_RELEASE`) -> `{"released":
+  n}`: the caller's forwards those tokens name will see no backward, and the peer drops
+  their graphs now (another caller's tokens drop nothing).
 - `span.inference` (stream): `{"open": {"max_length", "batch_size", "start", "end"}}`, with
   `"padding": [n, ...]` for rows whose first n tokens are left padding (a batch of prompts)
   and `"adapter"` as in `span.forward` ->
@@ -57,6 +60,7 @@ FORWARD = "span.forward"
 BACKWARD = "span.backward"
 INFERENCE = "span.inference"
 RELAY = "span.relay"
+RELEASE = "span.release"
 
 NO_ROOM = frozenset({"cache_budget", "session_limit", "draining"})  # codes: the peer is full
 REFUSED_REQUEST = frozenset({"invalid_request", "unknown_adapter", "bad_request", "host_share"})
@@ -65,6 +69,7 @@ MAX_RELAY_HOPS = 64  # the rest of a chain one step may name
 MAX_MASK_CELLS = 1 << 18  # of a forward's attention_mask: checked before its values are
 MAX_ROWS = 1 << 12  # of a session's padding or a step's reorder, likewise
 MAX_TOKEN_LENGTH = 64  # characters of a session id or a relay token
+MAX_RELEASE = 64  # kept tokens one `span.release` may name
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,14 @@ class ForwardRequest:
 def kept_token(header: Mapping[str, Any]) -> str | None:
     """The `kept` token of a forward's reply or a backward's request, if any."""
     return None if header.get("kept") is None else _text(header, "kept")
+
+
+def released_tokens(header: Mapping[str, Any]) -> tuple[str, ...]:
+    """The tokens a `span.release` request names."""
+    tokens = header.get("release") if isinstance(header, Mapping) else None
+    if not (isinstance(tokens, list) and 0 < len(tokens) <= MAX_RELEASE):
+        raise ProtocolError(f"field 'release' must be a list of 1 to {MAX_RELEASE} tokens")
+    return tuple(_text({"release": token}, "release") for token in tokens)
 
 
 def step_header(

@@ -275,7 +275,7 @@ class DistributedModelForCausalLM:
             if mask.shape != shape or not bool(((mask == 0) | (mask == 1)).all()):
                 raise SwarmError("attention_mask must be 0 and 1, in the shape of the inputs")
             mask = None if bool(mask.all()) else mask  # nothing hidden: as without one
-        call = SwarmCall(self._loop.run, self._view, self._rng, mask)
+        call = SwarmCall(self._loop.run, self._view, self._rng, mask, self._loop.spawn)
         hidden = through_swarm(hidden, call)
         logits = self.head.logits(hidden)
         loss = None if labels is None else _causal_lm_loss(logits, labels)

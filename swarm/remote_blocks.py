@@ -4,7 +4,9 @@
 `span.forward`; when `hidden` needs a gradient, it records each hop and the input it took,
 and the peers keep their forward's graph a while. Its backward sends the gradient back
 through those hops (`span.backward`: each peer runs the backward of the graph it kept, or
-its blocks again with gradients on, and returns the gradient of its input). The blocks stay
+its blocks again with gradients on, and returns the gradient of its input); a forward whose
+graph is freed without a backward has the peers drop what they kept for it at once
+(`span.release`, sent from the client's loop by a finalizer). The blocks stay
 frozen, as on every peer: what trains is on the client, such as a soft prompt in front of
 the embeddings, or adapters around the head. `call` carries the client's event loop and
 view into the function.
@@ -13,6 +15,7 @@ view into the function.
 from __future__ import annotations
 
 import random
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -21,7 +24,13 @@ from typing import Any
 import torch
 
 from routing.client import SwarmView
-from routing.client.forward import Trace, backward_through_swarm, forward_through_swarm
+from routing.client.forward import (
+    Trace,
+    backward_through_swarm,
+    forward_through_swarm,
+    kept_graphs,
+    release_kept,
+)
 
 __all__ = ["RemoteBlocks", "SwarmCall", "through_swarm"]
 
@@ -34,6 +43,7 @@ class SwarmCall:
     view: SwarmView
     rng: random.Random
     attention_mask: torch.Tensor | None = None
+    spawn: Callable[..., None] | None = None  # starts a task in the client's loop, not waiting
 
 
 def through_swarm(hidden: torch.Tensor, call: SwarmCall) -> torch.Tensor:
@@ -57,11 +67,19 @@ class RemoteBlocks(torch.autograd.Function):
             trace=trace,
         )
         ctx.trace, ctx.call = trace, call
-        return call.run(through)
+        output = call.run(through)
+        kept = kept_graphs(trace or [])
+        if kept and call.spawn is not None:  # freed without a backward: the peers drop them
+            ctx.alive = _Alive()
+            ctx.release = weakref.finalize(ctx.alive, call.spawn, release_kept, call.view, kept)
+            ctx.release.atexit = False
+        return output
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         call: SwarmCall = ctx.call
+        if hasattr(ctx, "release"):
+            ctx.release.detach()  # the backward takes the graphs
         back = partial(
             backward_through_swarm,
             call.view,
@@ -71,3 +89,8 @@ class RemoteBlocks(torch.autograd.Function):
             attention_mask=call.attention_mask,
         )
         return call.run(back), None
+
+
+class _Alive:
+    """Lives as long as a forward's autograd context: its finalizer releases the graphs the
+    peers kept, if no backward came first."""

@@ -95,6 +95,15 @@ class TrioThread:
             except KeyboardInterrupt:
                 continue
 
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start `fn(*args)` in the loop and return at once, from any thread, a finalizer's
+        included; nothing happens once the loop has stopped. `fn` must raise nothing."""
+        token, nursery = self._token, self._nursery
+        if token is None or nursery is None:
+            return
+        with suppress(trio.RunFinishedError):
+            token.run_sync_soon(_start_soon, nursery, fn, args)
+
     def start_service(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """`nursery.start(fn, *args)` in the loop's nursery: runs until `close()`."""
         if self._nursery is None:
@@ -106,6 +115,13 @@ class TrioThread:
             with suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
         self._thread.join()
+
+
+def _start_soon(
+    nursery: trio.Nursery, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+) -> None:
+    with suppress(RuntimeError):  # the nursery is closing: the loop is stopping
+        nursery.start_soon(fn, *args)
 
 
 class _Call:

@@ -14,7 +14,8 @@ each given the input it took and the gradient of its output; a hop that fails th
 banned, and its blocks are run forward again from that input over other peers, and
 backward through those. A forward that records a trace asks each peer to keep its graph
 (`keep`), and the backward names the token the peer gave for it (`kept`): the peer then
-need not compute the forward again (`peer.kept_forwards`).
+need not compute the forward again (`peer.kept_forwards`). When no backward will come,
+`release_kept` tells the peers to drop those graphs (`span.release`).
 """
 
 from __future__ import annotations
@@ -31,17 +32,33 @@ from ..announcement import PeerAnnouncement
 from ..errors import PeerUnresponsiveError, ProtocolError, RemoteError
 from ..path_selection import Hop, NoRouteError
 from ..rpc import Packet
-from ..span_protocol import BACKWARD, FORWARD, ForwardRequest, kept_token, tensor_header
+from ..span_protocol import (
+    BACKWARD,
+    FORWARD,
+    MAX_RELEASE,
+    RELEASE,
+    ForwardRequest,
+    kept_token,
+    tensor_header,
+)
 from ..tensor_codec import decode_tensor, encode_tensor
 from .chain import DTYPES, ChainFailedError
 from .hop_session import LINK_ERRORS
 from .swarm_view import SwarmView
 
-__all__ = ["Trace", "TracedHop", "backward_through_swarm", "forward_through_swarm"]
+__all__ = [
+    "Trace",
+    "TracedHop",
+    "backward_through_swarm",
+    "forward_through_swarm",
+    "kept_graphs",
+    "release_kept",
+]
 
 logger = logging.getLogger(__name__)
 
 REFUSED_REQUESTS = frozenset({"invalid_request", "bad_request"})  # the same on every peer
+RELEASE_TIMEOUT = 5.0  # seconds a peer has to answer `span.release`
 
 
 @dataclass(frozen=True)
@@ -148,6 +165,30 @@ async def backward_through_swarm(
                 view, again, grad, rng=rng, attention_mask=attention_mask, failures=failures
             )
     return grad
+
+
+def kept_graphs(trace: Trace) -> list[tuple[str, str]]:
+    """The graphs the peers of a traced forward kept for its backward: (peer id, token)."""
+    return [(traced.hop.peer, traced.kept) for traced in trace if traced.kept is not None]
+
+
+async def release_kept(view: SwarmView, kept: list[tuple[str, str]]) -> None:
+    """Tell the peers that kept graphs (`kept_graphs`) for a forward no backward will follow
+    to drop them now (`span.release`). A peer that is gone or fails to answer drops them in
+    time anyway: nothing is raised."""
+    by_peer: dict[str, list[str]] = {}
+    for peer, token in kept:
+        by_peer.setdefault(peer, []).append(token)
+    for peer, tokens in by_peer.items():
+        announcement = view.peers.get(peer)
+        if announcement is None:  # gone from the view
+            continue
+        for first in range(0, len(tokens), MAX_RELEASE):
+            request = Packet({"release": tokens[first : first + MAX_RELEASE]})
+            try:
+                await view.rpc.call(announcement.address, RELEASE, request, timeout=RELEASE_TIMEOUT)
+            except LINK_ERRORS as error:
+                logger.debug("peer %s did not release kept graphs: %s", peer[:8], error)
 
 
 def _wire_mask(attention_mask: torch.Tensor | None) -> list[list[int]] | None:

@@ -112,6 +112,21 @@ def test_int8_weights_keep_activations_not_their_weights_dequantized(
     assert torch.equal(got, expected) and int8.kept.taken == 1
 
 
+def test_a_caller_drops_its_own_graphs_only(backend: SpanBackend) -> None:
+    tokens = [backend.forward_kept(_tensor(seed=n), 1, 3, owner="alice")[1] for n in range(3)]
+    _, bobs = backend.forward_kept(_tensor(), 1, 3, owner="bob")
+    alices = [token for token in tokens if token is not None]
+    assert len(alices) == 3 and bobs is not None
+    one = backend.kept.kept_bytes // 4
+    assert backend.kept.drop([alices[0], bobs, "unknown"], "alice") == 1
+    assert backend.kept.drop([alices[1], alices[1]], "alice") == 1 and len(backend.kept) == 2
+    assert backend.kept.kept_bytes == 2 * one
+    grads = _tensor(seed=9)
+    backend.backward(_tensor(seed=2), grads, 1, 3, kept=alices[2], owner="alice")
+    backend.backward(_tensor(), grads, 1, 3, kept=bobs, owner="bob")
+    assert backend.kept.taken == 2 and backend.kept.kept_bytes == 0
+
+
 def test_a_graph_no_backward_takes_goes_after_its_time() -> None:
     now = [0.0]
     kept = KeptForwards(max_bytes=1000, ttl=60.0, clock=lambda: now[0])

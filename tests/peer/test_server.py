@@ -209,6 +209,35 @@ async def test_a_backward_names_the_graph_its_forward_kept(served: Served) -> No
     assert "kept" not in reply.header  # nobody asked
 
 
+BAD_RELEASES = {
+    "no list": {"release": "abc"},
+    "empty": {"release": []},
+    "too many": {"release": ["t"] * (protocol.MAX_RELEASE + 1)},
+    "a number": {"release": [7]},
+    "too long": {"release": ["t" * (protocol.MAX_TOKEN_LENGTH + 1)]},
+}
+
+
+async def test_a_release_drops_the_graphs_it_names_and_bad_ones_get_typed_errors(
+    served: Served,
+) -> None:
+    header, body = encode_tensor(torch.randn(2, 5, HIDDEN))
+    forward = Packet(protocol.ForwardRequest(1, 3, header, keep=True).header(), body)
+    tokens = []
+    for _ in range(2):
+        reply = await served.client.call(served.peer, protocol.FORWARD, forward, timeout=5)
+        tokens.append(protocol.kept_token(reply.header))
+    release = Packet({"release": [*tokens, "unknown"]})
+    for expected in (2, 0):  # then gone already
+        reply = await served.client.call(served.peer, protocol.RELEASE, release, timeout=5)
+        assert reply.header == {"released": expected}
+    for name, header in BAD_RELEASES.items():
+        with pytest.raises(RemoteError) as caught:
+            await served.client.call(served.peer, protocol.RELEASE, Packet(header), timeout=5)
+        assert caught.value.code == "bad_request", name
+    assert (await served.forward(torch.randn(1, 2, HIDDEN))).shape == (1, 2, HIDDEN)
+
+
 BAD_OPENINGS = {
     "a step first": {"step": 0, "tensor": {"dtype": "float32", "shape": [1, 1, HIDDEN]}},
     "max_length over the cache budget": protocol.SessionRequest(1, 3, 10_000).header(),

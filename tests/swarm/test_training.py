@@ -3,7 +3,9 @@ local transformers model's own autograd."""
 
 from __future__ import annotations
 
+import gc
 import random
+import time
 from functools import partial
 from pathlib import Path
 
@@ -106,6 +108,26 @@ def test_a_soft_prompt_trains_as_it_would_on_the_local_model(tiny: Path) -> None
         assert all(swarm.status(peer).kept_bytes == 0 for peer in swarm.peers)
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(expected), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(prompt, expected_prompt, rtol=1e-3, atol=1e-5)
+
+
+def test_a_forward_freed_without_a_backward_has_the_peers_drop_its_graphs(tiny: Path) -> None:
+    """Its autograd graph gone, the client tells each peer (`span.release`), which then
+    holds nothing for it, long before the graphs' 120 s would run out."""
+    ids, mask, labels = _batch()
+    with (
+        ThreadSwarm(tiny, [(0, 2), (2, 4)]) as swarm,
+        DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[swarm.bootstrap]) as model,
+    ):
+        embeddings = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        output = model(inputs_embeds=embeddings, attention_mask=mask, labels=labels)
+        assert all(swarm.status(peer).kept_bytes > 0 for peer in swarm.peers)
+        del output  # an evaluation that forgot `torch.no_grad()`, say
+        gc.collect()
+        deadline = time.monotonic() + 10
+        while any(swarm.status(peer).kept_bytes for peer in swarm.peers):
+            assert time.monotonic() < deadline, "the peers still keep the graphs"
+            time.sleep(0.02)  # polling the peers' status, with a deadline
+        assert all(swarm.status(peer).kept_backwards == 0 for peer in swarm.peers)
 
 
 def test_a_peer_lost_before_the_backward_is_replaced(
