@@ -141,14 +141,13 @@ class KeptForwards:
     def drop(self, tokens: Iterable[str], owner: str) -> int:
         """Forget the graphs of `owner` that `tokens` name (no backward will come for them);
         how many there were."""
-        mine = [
-            t
-            for t in dict.fromkeys(tokens)
-            if t in self._graphs and self._graphs[t].key.owner == owner
-        ]
-        for token in mine:
-            self._forget(token)
-        return len(mine)
+        dropped = 0
+        for token in set(tokens):
+            graph = self._graphs.get(token)
+            if graph is not None and graph.key.owner == owner:
+                self._forget(token)
+                dropped += 1
+        return dropped
 
     def _forget_expired(self) -> None:
         now = self._clock()
