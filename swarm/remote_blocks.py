@@ -78,8 +78,6 @@ class RemoteBlocks(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         call: SwarmCall = ctx.call
-        if hasattr(ctx, "release"):
-            ctx.release.detach()  # the backward takes the graphs
         back = partial(
             backward_through_swarm,
             call.view,
@@ -88,9 +86,12 @@ class RemoteBlocks(torch.autograd.Function):
             rng=call.rng,
             attention_mask=call.attention_mask,
         )
-        return call.run(back), None
+        gradient = call.run(back)
+        if hasattr(ctx, "release"):  # the backward took the graphs (if it failed, the
+            ctx.release.detach()  # finalizer releases those it did not reach)
+        return gradient, None
 
 
 class _Alive:
     """Lives as long as a forward's autograd context: its finalizer releases the graphs the
-    peers kept, if no backward came first."""
+    peers kept, unless a backward took them."""
