@@ -85,6 +85,7 @@ class PeerStatus:
     connections: RPCStats | None = None  # its connections now (direct, through relays)
     kept_bytes: int = 0  # activations it keeps for backwards to come (`peer.kept_forwards`)
     kept_backwards: int = 0  # backwards it ran on the graph their forward kept
+    kept_released: int = 0  # graphs their callers released: no backward came for them
 
     @property
     def draining(self) -> bool:

@@ -152,6 +152,7 @@ class _Peer:
             backend.config.max_cache_tokens,
             kept_bytes=backend.kept.kept_bytes,
             kept_backwards=backend.kept.taken,
+            kept_released=backend.kept.released,
         )
 
     def load(self) -> Load:

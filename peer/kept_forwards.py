@@ -86,6 +86,7 @@ class KeptForwards:
         self._graphs: OrderedDict[str, _Graph] = OrderedDict()
         self.kept_bytes = 0
         self.taken = 0  # backwards that found their graph (statistics)
+        self.released = 0  # graphs their callers dropped (`drop`; statistics)
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -147,6 +148,7 @@ class KeptForwards:
             if graph is not None and graph.key.owner == owner:
                 self._forget(token)
                 dropped += 1
+        self.released += dropped
         return dropped
 
     def _forget_expired(self) -> None:

@@ -124,7 +124,7 @@ def test_a_caller_drops_its_own_graphs_only(backend: SpanBackend) -> None:
     grads = _tensor(seed=9)
     backend.backward(_tensor(seed=2), grads, 1, 3, kept=alices[2], owner="alice")
     backend.backward(_tensor(), grads, 1, 3, kept=bobs, owner="bob")
-    assert backend.kept.taken == 2 and backend.kept.kept_bytes == 0
+    assert backend.kept.taken == 2 and backend.kept.kept_bytes == 0 and backend.kept.released == 2
 
 
 def test_a_graph_no_backward_takes_goes_after_its_time() -> None:

@@ -127,7 +127,8 @@ def test_a_forward_freed_without_a_backward_has_the_peers_drop_its_graphs(tiny: 
         while any(swarm.status(peer).kept_bytes for peer in swarm.peers):
             assert time.monotonic() < deadline, "the peers still keep the graphs"
             time.sleep(0.02)  # polling the peers' status, with a deadline
-        assert all(swarm.status(peer).kept_backwards == 0 for peer in swarm.peers)
+        for peer in swarm.peers:
+            assert (swarm.status(peer).kept_backwards, swarm.status(peer).kept_released) == (0, 1)
 
 
 def test_a_peer_lost_before_the_backward_is_replaced(
