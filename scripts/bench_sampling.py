@@ -36,6 +36,7 @@ from transformers import (
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts._bench_models import equal_spans  # noqa: E402
 from swarm import DistributedModelForCausalLM  # noqa: E402
 from swarm.default_model import prepare_default_model  # noqa: E402
 from swarm.generation import prompt_ids  # noqa: E402
@@ -93,8 +94,7 @@ def generation(
     began = time.perf_counter()
     expected = model.generate(ids, attention_mask=torch.ones_like(ids), **options)
     local_ms = 1000 * (time.perf_counter() - began) / tokens
-    blocks = model.config.num_hidden_layers
-    spans = [(0, blocks // 2), (blocks // 2, blocks)]
+    spans = equal_spans(model.config.num_hidden_layers, 2)
     with (
         LocalSwarm(checkpoint, spans, monitor=False) as swarm,
         DistributedModelForCausalLM.from_pretrained(
