@@ -266,15 +266,21 @@ class _Object(Frame):
         return []
 
     @property
+    def needed(self) -> frozenset[str]:
+        """The keys the object must have: those read, those required, and those that these
+        require (`dependentRequired`)."""
+        return self.node.with_dependents(self.node.required | self.used)
+
+    @property
     def may_close(self) -> bool:
-        return self.node.required <= self.used and len(self.used) >= self.node.min_properties
+        return self.needed <= self.used and len(self.used) >= self.node.min_properties
 
     @property
     def room_for_optional(self) -> bool:
-        """Whether a key that is not required may come, and still leave room for those that
-        are (`maxProperties`)."""
+        """Whether a key that is not needed (and requires none) may come, and still leave
+        room for those that are (`maxProperties`)."""
         most = self.node.max_properties
-        return most is None or len(self.used | self.node.required) < most
+        return most is None or len(self.needed) < most
 
     @property
     def more_keys(self) -> bool:
@@ -282,22 +288,22 @@ class _Object(Frame):
         others = self.node.additional is not None and (
             names is None or names.may_end("", self.may_take)
         )
-        return bool(self.node.required - self.used) or (
-            self.room_for_optional
-            and (others or any(name not in self.used for name in self.node.properties))
+        return bool(self.needed - self.used) or (
+            self.room_for_optional and (others or any(map(self.may_take, self.node.properties)))
         )
 
     def key_may_begin(self, raw: str, value: str, escape: str) -> bool:
         """Whether a key whose JSON text begins `raw` may come: `value` decoded, and the
-        `escape` it is within (other keys: any string, or those of `names`)."""
+        `escape` it is within (other keys: any string, or those of `names`; where no optional
+        key has room, only the other keys needed)."""
         names = self.node.names
         other = self.node.additional is not None and self.room_for_optional
         if other and (names is None or self.other_key_may_begin(names, value, escape)):
             return True
         return any(
             _key_text(name).startswith(raw)
-            for name in self.node.properties
-            if name not in self.used and self.may_use(name) and self.node.value_node(name)
+            for name in self.node.properties.keys() | self.needed
+            if self.may_take(name)
         )
 
     def other_key_may_begin(self, names: StringNode, value: str, escape: str) -> bool:
@@ -308,7 +314,14 @@ class _Object(Frame):
         return names.may_grow(value) and names.may_end(value, self.may_take)
 
     def may_use(self, name: str) -> bool:
-        return name in self.node.required or self.room_for_optional
+        """Whether key `name` leaves room for the keys needed then (`maxProperties`)."""
+        most = self.node.max_properties
+        needed = self.needed
+        return (
+            name in needed
+            or most is None
+            or len(self.node.with_dependents(needed | {name})) <= most
+        )
 
     def may_take(self, name: str) -> bool:
         """Whether key `name` may come next."""

@@ -8,7 +8,8 @@ fraction or exponent, `enum` and `const` values in compact JSON, and a schema wi
 that names `properties` (or `items`) is taken as an object (or array).
 
 Supported: `type` (one or a list), `properties`, `required`, `additionalProperties`,
-`minProperties`, `maxProperties`, `propertyNames` (an enum of names, or a string's
+`minProperties`, `maxProperties`, `dependentRequired` (and draft 7's `dependencies` of
+names; not next to `minProperties`), `propertyNames` (an enum of names, or a string's
 constraints), `patternProperties` of one pattern (then the other keys written are the
 pattern's: pydantic's `dict` with constrained keys), `items`, `prefixItems`, `minItems`,
 `maxItems`, `uniqueItems` (over scalars), `minLength`, `maxLength`, `pattern` (ECMA-262's
@@ -30,7 +31,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import cached_property, lru_cache
 from typing import Any, cast
@@ -68,7 +69,7 @@ IGNORED = frozenset(  # annotations, and the definitions that $ref reads
 )
 KEYWORDS_OF = {  # the keywords that constrain values of one type
     "object": {"properties", "required", "additionalProperties", "minProperties"}
-    | {"maxProperties", "propertyNames", "patternProperties"},
+    | {"maxProperties", "propertyNames", "patternProperties", "dependentRequired", "dependencies"},
     "array": {"items", "prefixItems", "minItems", "maxItems", "uniqueItems"},
     "string": {"minLength", "maxLength", "pattern"},
     "number": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"},
@@ -97,8 +98,9 @@ class Node:
 @dataclass(frozen=True, eq=False)
 class ObjectNode(Node):
     """An object: its properties by name, those required, the schema of other keys' values
-    (None: no other key) and the string their names must be (None: any), and the names
-    that may not appear (their schema is false)."""
+    (None: no other key) and the string their names must be (None: any), the names that
+    may not appear (their schema is false, or they require one that may not), and the keys
+    that each key requires once it appears (`dependentRequired`)."""
 
     properties: Mapping[str, Node]
     required: frozenset[str] = frozenset()
@@ -107,6 +109,19 @@ class ObjectNode(Node):
     min_properties: int = 0
     max_properties: int | None = None
     names: StringNode | None = None
+    dependent: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def with_dependents(self, names: frozenset[str]) -> frozenset[str]:
+        """`names` and the keys they require, and those require, and so on."""
+        if not self.dependent:
+            return names
+        needed, todo = set(names), list(names)
+        while todo:
+            for other in self.dependent.get(todo.pop(), ()):
+                if other not in needed:
+                    needed.add(other)
+                    todo.append(other)
+        return frozenset(needed)
 
     def value_node(self, name: str) -> Node | None:
         """The schema of key `name`'s value, or None if the key may not appear (its schema
@@ -424,16 +439,49 @@ class _Compiler:
             compiled, names, additional = self.key_names(given, compiled, names, additional, where)
         nodes = {name: node for name, node in compiled.items() if node is not NOTHING}
         forbidden = frozenset(properties) - set(nodes)
-        for name in required:
-            other = additional is not None and (names is None or names.holds(name))
-            if name in forbidden or (name not in nodes and not other):
-                raise SchemaError(f"{where}: {name!r} is required but may not appear")
         least, most = self.counts(schema, "minProperties", "maxProperties", where)
-        if most is not None and most < len(set(required)):
+        dependent = self.dependents(schema, where)
+        if dependent and "minProperties" in schema:
+            raise SchemaError(f"{where}: dependentRequired next to minProperties is not supported")
+        node = ObjectNode(nodes, frozenset(required), additional, forbidden, least, most, names,
+                          dependent)  # fmt: skip
+
+        def fits(keys: frozenset[str]) -> bool:  # all may appear, and together
+            return (most is None or len(keys) <= most) and all(
+                name not in forbidden
+                and (
+                    name in nodes
+                    or (additional is not None and (names is None or names.holds(name)))
+                )
+                for name in keys
+            )
+
+        needed = node.with_dependents(frozenset(required))
+        for name in sorted(needed):
+            if not fits(frozenset({name})):
+                raise SchemaError(f"{where}: {name!r} is required but may not appear")
+        if not fits(needed):
             raise SchemaError(f"{where}: maxProperties is below the count of required keys")
         if additional is None and least > len(nodes):
             raise SchemaError(f"{where}: minProperties asks for more keys than may appear")
-        return ObjectNode(nodes, frozenset(required), additional, forbidden, least, most, names)
+        barred = {key for key in dependent if not fits(node.with_dependents(needed | {key}))}
+        return replace(node, forbidden=forbidden | barred) if barred else node
+
+    def dependents(self, schema: dict[str, Any], where: str) -> dict[str, frozenset[str]]:
+        """The keys each key requires: `dependentRequired`, and `dependencies` where it
+        names keys (draft 7; where it gives a schema, `dependentSchemas`, it is refused)."""
+        dependent: dict[str, frozenset[str]] = {}
+        for keyword in ("dependentRequired", "dependencies"):
+            given = schema.get(keyword, {})
+            if not isinstance(given, dict) or not all(
+                isinstance(names, list) and all(isinstance(name, str) for name in names)
+                for names in given.values()
+            ):
+                raise SchemaError(f"{where}: {keyword} must map each name to a list of names "
+                                  "(schemas there are not supported)")  # fmt: skip
+            for name, names in given.items():
+                dependent[name] = dependent.get(name, frozenset()) | (frozenset(names) - {name})
+        return {name: names for name, names in dependent.items() if names}
 
     def pattern_keys(
         self, patterns: Any, properties: dict[str, Node], where: str

@@ -113,7 +113,22 @@ FALSE = {"type": "object", "properties": {"a": True, "b": False, "c": {"items": 
 NAMES = {"additionalProperties": {"type": "integer"}, "propertyNames": {"maxLength": 2}}
 COLORS = {"additionalProperties": {"type": "integer"}, "propertyNames": {"enum": ["red", "blue"]}}
 ONLY_K = {"patternProperties": {"^k": {"type": "integer"}}, "additionalProperties": False}
-SCHEMAS = {"person": PERSON, "tree": TREE, "open": OPEN, "choices": CHOICES, "shop": SHOP}
+BILLING = {  # JSON Schema's own example of dependentRequired, with a chain and a bound
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "card": {"type": "integer"},
+                   "address": {"type": "string"}, "zip": {"type": "string", "maxLength": 5}},
+    "required": ["name"],
+    "dependentRequired": {"card": ["address"], "address": ["zip"]},
+    "maxProperties": 4,
+    "additionalProperties": False,
+}  # fmt: skip
+DRAFT_7 = {  # the same in draft 7's words, which jsonschema reads by its $schema
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "properties": {"a": {}, "b": {}},
+    "dependencies": {"a": ["b"]},
+}
+SCHEMAS = {"person": PERSON, "tree": TREE, "open": OPEN, "choices": CHOICES, "shop": SHOP,
+           "billing": BILLING}  # fmt: skip
 
 
 def instances(schema: Any, root: Any, loose: bool = False) -> Any:
@@ -152,15 +167,21 @@ def instances(schema: Any, root: Any, loose: bool = False) -> Any:
             if "patternProperties" not in schema:
                 keys = instances(names, root)
             keys = keys.filter(is_name)
-        if other is False and not loose:
-            return fixed
-        keys = keys.filter(lambda key: key not in properties)
-        extra = st.dictionaries(keys, instances(other or {"type": "null"}, root, loose),
-                                max_size=3)  # fmt: skip
-        merged = st.tuples(fixed, extra).map(lambda pair: {**pair[1], **pair[0]})
+        merged = fixed
+        if other is not False or loose:
+            keys = keys.filter(lambda key: key not in properties)
+            extra = st.dictionaries(keys, instances(other or {"type": "null"}, root, loose),
+                                    max_size=3)  # fmt: skip
+            merged = st.tuples(fixed, extra).map(lambda pair: {**pair[1], **pair[0]})
         least, most = schema.get("minProperties", 0), schema.get("maxProperties", 3)
+        dependent = schema.get("dependentRequired", {})
+
+        def fits(value: dict[str, Any]) -> bool:
+            needed = all(set(dependent[key]) <= set(value) for key in dependent.keys() & value)
+            return least <= len(value) <= most and needed
+
         if not loose:
-            merged = merged.filter(lambda value: least <= len(value) <= most)
+            merged = merged.filter(fits)
         return merged | strays
     if kind == "array":
         least, most = schema.get("minItems", 0), schema.get("maxItems", 2)
@@ -289,6 +310,10 @@ ONE_AT_A_TIME = [  # the newer keywords alone, where a near miss is not drowned 
     {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"],
      "patternProperties": {"^[ab][0-9]*$": {"type": "integer"}}, "propertyNames": {"minLength": 1,
      "maxLength": 3}, "additionalProperties": False},
+    BILLING,
+    {"type": "object", "properties": {"a": {"type": "integer"}},
+     "additionalProperties": {"type": "boolean"},
+     "dependentRequired": {"a": ["b", "c"], "x": ["a"]}, "maxProperties": 3},
 ]  # fmt: skip
 
 
@@ -423,6 +448,15 @@ def test_a_bounded_number_begins_exactly_where_one_within_its_bounds_may(
         ({"maxProperties": 1, "properties": {"a": {}, "b": {}}}, '{"b": 1, ', None),
         ({"minProperties": 2}, '{"a": 1}', None),
         ({"minProperties": 2}, '{"a": 1, "b": 2}', True),
+        ({"required": ["x"], "maxProperties": 1}, '{"x": 1}', True),  # no room but for x
+        ({"required": ["x"], "maxProperties": 1}, '{"y', None),
+        (BILLING, '{"name": "x", "card": 1}', None),  # the address, then the zip
+        (BILLING, '{"name": "x", "card": 1, "address": "y"}', None),
+        (BILLING, '{"name": "x", "card": 1, "address": "y", "zip": "z"}', True),
+        (BILLING, '{"zip": "z", "name": "x"}', True),
+        (BILLING, '{"zip": "z", "name": "x", "address": "y"}', True),
+        ({**BILLING, "maxProperties": 3}, '{"zip": "z", "name": "x", "ca', None),  # 4 keys
+        ({**BILLING, "maxProperties": 3}, '{"zip": "z", "name": "x", "address": "y"}', True),
         ({"prefixItems": [{"type": "string"}], "items": {"type": "integer"}}, '["a", 1]', True),
         ({"prefixItems": [{"type": "string"}], "items": {"type": "integer"}}, "[1", None),
         ({"prefixItems": [{"type": "string"}, False]}, '["a", ', None),
@@ -458,6 +492,11 @@ def test_bounds_at_their_edges(schema: Any, text: str, whole: bool | None) -> No
         assert valid(schema, text) == whole
 
 
+@pytest.mark.parametrize("text", ['{"a": 1}', '{"a": 1, "b": 2}', '{"b": 2}', "{}"])
+def test_draft_7_dependencies_of_names_are_dependent_required(text: str) -> None:
+    assert complete(DRAFT_7, text) == valid(DRAFT_7, text), text
+
+
 NARROW = [  # where a value could begin that cannot end: uniqueItems over few values, keys of
     # few names, a pattern that needs more characters than maxLength leaves
     {"type": "string", "pattern": "^a+b$", "maxLength": 3},
@@ -472,6 +511,18 @@ NARROW = [  # where a value could begin that cannot end: uniqueItems over few va
     {"patternProperties": {"^[ab]$": {"type": "integer"}}, "additionalProperties": False},
     {"items": {"type": "string", "pattern": "^(a|b0)$"}, "uniqueItems": True},
     {"items": {"type": "string", "pattern": "^a[0-9]*$", "maxLength": 2}, "uniqueItems": True},
+    {  # a key whose dependents leave no room, or only after other keys were written
+        "properties": {name: {"const": 0} for name in ("a", "b", "ab", "ba")},
+        "dependentRequired": {"a": ["b", "ab"], "b": ["ba"]},
+        "maxProperties": 3,
+        "additionalProperties": False,
+    },
+    {
+        "additionalProperties": {"const": 0},
+        "propertyNames": {"maxLength": 1},
+        "dependentRequired": {"a": ["b"], "n": ["a"]},
+        "maxProperties": 2,
+    },
 ]
 
 
@@ -495,7 +546,7 @@ def test_no_dead_end_where_values_are_few(schema: Any, data: Any) -> None:
         char = data.draw(st.sampled_from(taken))
         walked += char
         state = cast(JsonPrefix, state.feed(char))
-    assert finishes(state, WALK + "23456789", 8, iter(range(3000))), walked
+    assert finishes(state, WALK + "23456789", 12, iter(range(3000))), walked
 
 
 def test_a_search_for_an_ending_gives_up_unsure(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -548,6 +599,11 @@ def test_a_constrained_string_takes_half_a_character_only_where_a_whole_one_may_
         (COLORS, '{"gr'),
         (COLORS, '{"red": 1, "blue": 2,'),  # no name left
         (ONLY_K, '{"j'),  # patternProperties, and no other key
+        ({"properties": {"a": {}, "b": False}, "dependentRequired": {"a": ["b"]}}, '{"a"'),
+        (  # 3 keys a requires, 2 used already: no room for them
+            {"dependentRequired": {"a": ["b", "c"]}, "maxProperties": 4},
+            '{"x": 1, "y": 2, "a"',
+        ),
         (  # a reference to a definition that is false
             {"$defs": {"no": False}, "properties": {"a": {"$ref": "#/$defs/no"}, "b": {}}},
             '{"a"',
@@ -624,6 +680,19 @@ def test_a_number_is_whole_before_it_is_complete() -> None:
         ({"prefixItems": [False], "minItems": 1}, "leave no array of 1 items"),
         ({"enum": ["a", "bb"], "maxLength": 1}, "maxLength next to enum"),
         ({"required": ["a", "b"], "maxProperties": 1}, "maxProperties is below"),
+        ({"required": ["a"], "dependentRequired": {"a": ["b"]}, "maxProperties": 1}, "is below"),
+        (
+            {
+                "properties": {"a": {}},
+                "required": ["a"],
+                "dependentRequired": {"a": ["b"]},
+                "additionalProperties": False,
+            },
+            "'b' is required but may not appear",
+        ),
+        ({"dependentRequired": {"a": ["b"]}, "minProperties": 1}, "next to minProperties"),
+        ({"dependencies": {"a": {"required": ["b"]}}}, "dependencies must map each name"),
+        ({"dependentRequired": ["a"]}, "dependentRequired must map each name"),
         (
             {"properties": {"a": {}}, "additionalProperties": False, "minProperties": 2},
             "minProperties asks for more",
