@@ -86,6 +86,7 @@ class PeerStatus:
     kept_bytes: int = 0  # activations it keeps for backwards to come (`peer.kept_forwards`)
     kept_backwards: int = 0  # backwards it ran on the graph their forward kept
     kept_released: int = 0  # graphs their callers released: no backward came for them
+    kept_too_large: int = 0  # training forwards whose graph was over `--kept-activations`
 
     @property
     def draining(self) -> bool:

@@ -270,10 +270,12 @@ class SpanBackend:
         owner: str = "",
     ) -> tuple[torch.Tensor, str | None]:
         """`forward`, keeping its graph for a backward from `owner`: the output, and the
-        token of the graph (None if it is too large to keep)."""
-        if not self.kept.max_bytes:  # no graph to make
-            return self.forward(hidden_states, start, end, attention_mask, adapter=adapter), None
+        token of the graph (None if it is too large to keep, or none are kept)."""
         run = self._stateless(hidden_states, start, end, attention_mask, "forward")
+        first, last = self._range(start, end)
+        units = hidden_states.shape[0] * hidden_states.shape[1] * (last - first)
+        if not self.kept.may_keep(units):  # no graph to make
+            return self.forward(hidden_states, start, end, attention_mask, adapter=adapter), None
         with (
             torch.enable_grad(),
             self.adapters.using(adapter),
@@ -281,7 +283,7 @@ class SpanBackend:
         ):
             leaf, output = self._graph(run, hidden_states)
         key = ForwardKey(owner, start, end, adapter)
-        token = self.kept.keep(key, leaf, output, _mask(attention_mask), saved.total)
+        token = self.kept.keep(key, leaf, output, _mask(attention_mask), saved.total, units)
         return output.detach().cpu(), token
 
     def backward(

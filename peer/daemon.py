@@ -153,6 +153,7 @@ class _Peer:
             kept_bytes=backend.kept.kept_bytes,
             kept_backwards=backend.kept.taken,
             kept_released=backend.kept.released,
+            kept_too_large=backend.kept.too_large,
         )
 
     def load(self) -> Load:

@@ -13,7 +13,10 @@ Bounded: the activations of all graphs kept take at most `max_bytes` (the oldest
 one larger than that is not kept), and a graph no backward took goes after `ttl` seconds,
 or as soon as its caller says that none will come (`drop`: a client whose own graph was
 freed without a backward). A backward whose graph is gone computes the forward again:
-nothing fails for want of one.
+nothing fails for want of one. A graph's bytes grow with its tokens times its blocks, so
+the graphs measured foretell the next (`may_keep`): a forward whose graph, at the fewest
+bytes per token and block seen so far, would be over `max_bytes` runs without gradients,
+rather than building a graph only to drop it.
 Only the compute thread uses it, so it takes no lock.
 """
 
@@ -87,6 +90,8 @@ class KeptForwards:
         self.kept_bytes = 0
         self.taken = 0  # backwards that found their graph (statistics)
         self.released = 0  # graphs their callers dropped (`drop`; statistics)
+        self.too_large = 0  # forwards whose graph was, or would have been, over the bound
+        self._bytes_per_unit: float | None = None  # the fewest per token and block measured
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -99,6 +104,16 @@ class KeptForwards:
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda tensor: tensor):
             yield saved
 
+    def may_keep(self, units: int) -> bool:
+        """Whether to build the graph of a forward over `units` (its tokens times its
+        blocks): not when nothing is kept, nor when the graphs measured before say that it
+        would be over the bound (counted in `too_large`)."""
+        rate = self._bytes_per_unit
+        if self.max_bytes and rate is not None and units * rate > self.max_bytes:
+            self.too_large += 1
+            return False
+        return self.max_bytes > 0
+
     def keep(
         self,
         key: ForwardKey,
@@ -106,11 +121,16 @@ class KeptForwards:
         output: torch.Tensor,
         attention_mask: torch.Tensor | None,
         nbytes: int,
+        units: int,
     ) -> str | None:
-        """Keep a forward's graph (from leaf `inputs` to `output`, its activations `nbytes`);
-        its token, or None if it alone is over the bound."""
+        """Keep a forward's graph (from leaf `inputs` to `output`, its activations `nbytes`,
+        over `units` tokens times blocks); its token, or None if it alone is over the bound."""
         self._forget_expired()
+        if units > 0:
+            known, rate = self._bytes_per_unit, nbytes / units
+            self._bytes_per_unit = rate if known is None else min(known, rate)
         if nbytes > self.max_bytes:
+            self.too_large += 1
             return None
         while self._graphs and self.kept_bytes + nbytes > self.max_bytes:
             self._forget(next(iter(self._graphs)))

@@ -8,13 +8,15 @@ require grad, the loss, and its backward to them (the blocks frozen). Then a swa
 `swarm peer` processes on 127.0.0.1 serves the blocks as one span, or split into two, and
 the client runs the same through it (`span.forward`, `span.backward`; its embeddings and LM
 head here). With `--recompute`, the training step runs again through peers that keep no
-forward's graph (`--kept-activations 0`): their backward computes the forward again, as
-gradient checkpointing does. Reported: the median and min..max of `--runs` calls (after one
-warm-up), tokens per second, and the ratio to the local baseline of the same run; the
-swarm's logits and gradients are checked against the local ones.
+forward's graph (`--kept-activations 0`, or the `--kept-activations` given: one below a
+step's graph has them foresee that it would not fit): their backward computes the forward
+again, as gradient checkpointing does. Reported: the median and min..max of `--runs` calls
+(after one warm-up), tokens per second, and the ratio to the local baseline of the same
+run; the swarm's logits and gradients are checked against the local ones.
 
     .venv/bin/python scripts/bench_forward.py [--models smollm2 tiny] [--batch 4]
-        [--length 128] [--hops 1 2] [--runs 5] [--recompute] [--json PATH]
+        [--length 128] [--hops 1 2] [--runs 5] [--recompute [--kept-activations MB]]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -71,8 +73,9 @@ def _report(name: str, seconds: list[float], tokens: int, base: float | None) ->
 
 
 def run_model(
-    checkpoint: Path, shape: tuple[int, int], hops: list[int], runs: int, recompute: bool
+    checkpoint: Path, shape: tuple[int, int], hops: list[int], runs: int, recompute: int | None
 ) -> dict[str, Any]:
+    """The model's results; `recompute`: also through peers keeping this many MB of graphs."""
     config = AutoConfig.from_pretrained(checkpoint)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(5, min(1000, config.vocab_size), shape, generator=generator)
@@ -108,10 +111,10 @@ def run_model(
             f"gradients within {entry['max_abs_grad_error']:.1e}",
             flush=True,
         )
-        if recompute:
+        if recompute is not None:
             with (
                 LocalSwarm(checkpoint, equal_spans(blocks, count), monitor=False,
-                           peer_options=["--kept-activations", "0"]) as swarm,
+                           peer_options=["--kept-activations", str(recompute)]) as swarm,
                 DistributedModelForCausalLM.from_pretrained(
                     checkpoint, initial_peers=[swarm.bootstrap]
                 ) as model,
@@ -133,8 +136,12 @@ def main() -> None:
     parser.add_argument(
         "--recompute", action="store_true", help="also train through peers that keep no graph"
     )
+    parser.add_argument(
+        "--kept-activations", type=int, default=0, help="MB the recomputing peers keep"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    recompute = args.kept_activations if args.recompute else None
     logging.basicConfig(level=logging.WARNING)
     results: dict[str, Any] = {"batch": args.batch, "length": args.length, "runs": args.runs}
     print(f"batch forward of {args.batch}x{args.length} tokens to the logits, and a training "
@@ -143,7 +150,7 @@ def main() -> None:
     for name, checkpoint in bench_checkpoints(args.models).items():
         print(name, flush=True)
         shape = (args.batch, args.length)
-        results[name] = run_model(checkpoint, shape, args.hops, args.runs, args.recompute)
+        results[name] = run_model(checkpoint, shape, args.hops, args.runs, recompute)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

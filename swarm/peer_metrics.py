@@ -2,8 +2,9 @@
 
 Counters (`_total`) of what it served since it started: sessions opened and refused,
 inference steps, their tokens, the time the blocks computed, and the backwards run on the
-graph their forward kept (`swarm_peer_kept_backwards_total`) and the kept graphs their callers
-released without one (`swarm_peer_kept_released_total`); a histogram of the steps'
+graph their forward kept (`swarm_peer_kept_backwards_total`), the kept graphs their callers
+released without one (`swarm_peer_kept_released_total`) and the training forwards whose graph
+was over `--kept-activations` (`swarm_peer_kept_too_large_total`); a histogram of the steps'
 times at the peer, request to reply (`swarm_peer_step_seconds`: its buckets give
 percentiles, its sum over its count the mean); gauges of its state now: span, sessions
 open, cache tokens left of its cache's size, throughput, whether it drains, the bytes of
@@ -60,6 +61,8 @@ def render_peer_metrics(status: PeerStatus) -> str:
                         "graph their forward kept.", [(peer, status.kept_backwards)]))  # fmt: skip
     lines.extend(metric("swarm_peer_kept_released_total", "counter", "Kept graphs their "
                         "callers released unused.", [(peer, status.kept_released)]))  # fmt: skip
+    lines.extend(metric("swarm_peer_kept_too_large_total", "counter", "Training forwards whose "
+                        "graph was too large.", [(peer, status.kept_too_large)]))  # fmt: skip
     for name, (help_text, value) in gauges.items():
         lines.extend(metric(name, "gauge", help_text, [(peer, value)]))
     lines.extend(histogram("swarm_peer_step_seconds", "Inference steps' time here, request to "

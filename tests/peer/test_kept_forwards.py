@@ -89,8 +89,35 @@ def test_the_graphs_kept_stay_within_their_bytes(checkpoints: dict[str, Path]) -
     assert backend.kept.taken == 2  # the two newest
     off = SpanBackend.load(checkpoints["llama"], 1, 3, config=BackendConfig(max_kept_bytes=0))
     output, token = off.forward_kept(_tensor(), 1, 3, owner="alice")
-    assert token is None and len(off.kept) == 0
+    assert token is None and len(off.kept) == 0 and off.kept.too_large == 0
     assert torch.equal(output, off.forward(_tensor(), 1, 3))
+
+
+def test_a_forward_foreseen_too_large_builds_no_graph(checkpoints: dict[str, Path]) -> None:
+    """Once a graph over the bound was measured, a forward as large (tokens times blocks) or
+    larger runs its blocks without gradients; smaller ones still build and keep theirs."""
+    probe = SpanBackend.load(checkpoints["llama"], 1, 3)
+    probe.forward_kept(_tensor(), 1, 3, owner="alice")
+    one = probe.kept.kept_bytes  # 2x6 tokens through 2 blocks
+    config = BackendConfig(max_kept_bytes=2 * one + one // 2)
+    backend = SpanBackend.load(checkpoints["llama"], 1, 3, config=config)
+    with_gradients: list[bool] = []
+    backend.span.layers[-1].register_forward_pre_hook(
+        lambda *_: with_gradients.append(torch.is_grad_enabled())
+    )
+
+    def forward(inputs: torch.Tensor, start: int = 1) -> tuple[bool, bool]:
+        """Whether its graph was kept, and whether its blocks ran with gradients on."""
+        with_gradients.clear()
+        _, token = backend.forward_kept(inputs, start, 3, owner="alice")
+        return token is not None, with_gradients == [True]
+
+    assert forward(_tensor(18)) == (False, True)  # built, then measured over the bound
+    assert forward(_tensor(24, seed=1)) == (False, False)  # foreseen: none built
+    assert backend.kept.too_large == 2
+    assert forward(_tensor()) == (True, True) and forward(_tensor(12)) == (True, True)
+    assert forward(_tensor(18), start=2) == (True, True)  # one block: half the bytes
+    assert backend.kept.too_large == 2
 
 
 def test_int8_weights_keep_activations_not_their_weights_dequantized(
@@ -132,13 +159,13 @@ def test_a_graph_no_backward_takes_goes_after_its_time() -> None:
     kept = KeptForwards(max_bytes=1000, ttl=60.0, clock=lambda: now[0])
     key = ForwardKey("alice", 1, 3, None)
     leaf = torch.ones(1, 2, 4, requires_grad=True)
-    old = kept.keep(key, leaf, leaf * 2, None, 100)
+    old = kept.keep(key, leaf, leaf * 2, None, 100, 4)
     now[0] = 30.0
-    new = kept.keep(key, leaf, leaf * 3, None, 100)
+    new = kept.keep(key, leaf, leaf * 3, None, 100, 4)
     now[0] = 61.0
     assert old is not None and kept.take(old, key, leaf.detach(), None) is None
     assert new is not None and kept.kept_bytes == 100
     taken = kept.take(new, key, leaf.detach(), None)
     assert taken is not None and taken[0] is leaf and kept.kept_bytes == 0
     now[0] = 200.0
-    assert kept.keep(key, leaf, leaf, None, 1001) is None  # alone over the bound
+    assert kept.keep(key, leaf, leaf, None, 1001, 4) is None  # alone over the bound

@@ -50,7 +50,8 @@ def status_of(peer_id: Identity, **activity: Any) -> PeerStatus:
     for seconds in (0.002, 0.004, 0.03, 20.0):  # buckets ..0.0025, ..0.005, ..0.05, over all
         times.observe(seconds)
     return PeerStatus(announced, Activity(**activity), times, cache_tokens=4096,
-                      kept_bytes=5_000_000, kept_backwards=7, kept_released=3)  # fmt: skip
+                      kept_bytes=5_000_000, kept_backwards=7, kept_released=3,
+                      kept_too_large=2)  # fmt: skip
 
 
 def test_the_status_is_written_as_counters_gauges_and_a_histogram() -> None:
@@ -66,6 +67,7 @@ def test_the_status_is_written_as_counters_gauges_and_a_histogram() -> None:
     assert set(expected) == set(COUNTERS)
     expected["swarm_peer_kept_backwards_total"] = 7
     expected["swarm_peer_kept_released_total"] = 3
+    expected["swarm_peer_kept_too_large_total"] = 2
     for name, value in expected.items():
         assert (kinds[name], samples[name]) == ("counter", {peer: value}), name
     gauges = {"swarm_peer_span_start": 2, "swarm_peer_span_end": 4, "swarm_peer_sessions": 2,

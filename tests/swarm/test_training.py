@@ -14,6 +14,7 @@ import torch
 import trio
 from transformers import AutoModelForCausalLM
 
+from peer.backend import BackendConfig
 from peer.model_name import model_name
 from routing.address import PeerAddress
 from routing.client import ClientConfig, SwarmView
@@ -106,6 +107,23 @@ def test_a_soft_prompt_trains_as_it_would_on_the_local_model(tiny: Path) -> None
             assert (status.kept_backwards, status.kept_bytes) == (6, 0)
         model(_batch()[0])  # logits only: no backward to come, nothing kept
         assert all(swarm.status(peer).kept_bytes == 0 for peer in swarm.peers)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(expected), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(prompt, expected_prompt, rtol=1e-3, atol=1e-5)
+
+
+def test_peers_with_no_room_for_a_graph_train_the_same(tiny: Path) -> None:
+    """Peers that keep 1 KB of graphs measure the first forward's as too large and build
+    none after it: each backward computes its forward again, and the steps are the same."""
+    local = AutoModelForCausalLM.from_pretrained(tiny).requires_grad_(False)
+    expected, expected_prompt = _tune(local, local.get_input_embeddings(), steps=3)
+    with (
+        ThreadSwarm(tiny, [(0, 2), (2, 4)], backend=BackendConfig(max_kept_bytes=1000)) as swarm,
+        DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[swarm.bootstrap]) as model,
+    ):
+        losses, prompt = _tune(model, model.get_input_embeddings(), steps=3)
+        for peer in swarm.peers:
+            status = swarm.status(peer)
+            assert (status.kept_too_large, status.kept_backwards, status.kept_bytes) == (3, 0, 0)
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(expected), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(prompt, expected_prompt, rtol=1e-3, atol=1e-5)
 
