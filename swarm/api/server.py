@@ -3,7 +3,8 @@
 Routes: `GET /v1/models` (and `/v1/models/ID`), `POST /v1/completions`, `POST
 /v1/chat/completions`, and `GET /metrics` for Prometheus (`swarm.api.metrics`); with
 `"stream": true` the answer comes as server-sent events, one `data: {...}` chunk per piece
-of text and `data: [DONE]` at the end, as OpenAI's clients read them. Each answer (`n` of
+of text (or of the calls that `tool_choice` asks for: `call_stream.py`) and `data: [DONE]`
+at the end, as OpenAI's clients read them. Each answer (`n` of
 them, side by side) takes a waiting inference session whose tokens its own begin with, and
 sends only the rest (`session_pool.py`: a conversation's next turn), or opens one (a chat
 request renders its messages with the model's chat template; where the peers have no room
@@ -41,6 +42,7 @@ from ..errors import SwarmError
 from ..generation import TokenLogprob
 from ..http_server import HttpConfig, HttpServer, Request, Response, Write
 from ..prometheus import CONTENT_TYPE
+from .call_stream import CallStream
 from .completion_text import CompletionText
 from .logprobs import (
     LogprobStream,
@@ -354,7 +356,8 @@ class ApiServer:
 
         async def run(choice: _Choice, offset: int) -> None:
             text, scored = choice.text, LogprobStream(self.tokenizer)
-            holding = request.tool_choice != "none"  # while the answer may be calls
+            forced = CallStream() if request.must_call else None  # calls by JSON mode
+            holding = request.tool_choice != "none" and forced is None  # may it be calls
 
             async def send_piece(piece: str, *, final: bool = False) -> None:
                 """A piece of text, with the log probabilities of the tokens that the text
@@ -373,6 +376,10 @@ class ApiServer:
                 if not text.stopped:
                     scored.add(token, record)
                 piece = text.add(token)
+                if forced is not None:
+                    if deltas := forced.feed(text.sent):
+                        await emit(answer.chunk("", choice.index, calls=deltas))
+                    return not text.stopped
                 if holding and not may_be_calls(text.sent, request.tools):
                     holding, piece = False, text.sent  # text: what was held goes now
                 if not holding:
@@ -381,10 +388,15 @@ class ApiServer:
 
             if answer.max_tokens:
                 await self._generate(input_ids, choice, send, answer.started)
-            choice.calls = answer.calls(text) if holding else []
+            choice.calls = answer.calls(text) if holding or forced is not None else []
             answer.log(text, choice.calls)
-            if choice.calls:
-                await emit(answer.chunk("", choice.index, calls=choice.calls))
+            if forced is not None:  # its calls went as they came: what is left of them
+                text.finish()
+                if deltas := forced.feed(text.sent):
+                    await emit(answer.chunk("", choice.index, calls=deltas))
+            elif choice.calls:
+                deltas = [call.delta(index) for index, call in enumerate(choice.calls)]
+                await emit(answer.chunk("", choice.index, calls=deltas))
             else:
                 rest = text.finish()
                 await send_piece(text.text if holding else rest, final=True)
@@ -618,7 +630,7 @@ class _Answer:
         *,
         first: bool = False,
         reason: str | None = None,
-        calls: Sequence[ToolCall] = (),
+        calls: Sequence[dict[str, Any]] = (),
     ) -> Any:
         choice: dict[str, Any] = {"index": index, "logprobs": logprobs, "finish_reason": reason}
         if self.request.kind == "chat":
@@ -626,9 +638,7 @@ class _Answer:
             if piece or first:
                 delta["content"] = piece
             if calls:
-                delta["tool_calls"] = [
-                    {"index": number, **call.to_json()} for number, call in enumerate(calls)
-                ]
+                delta["tool_calls"] = list(calls)
             choice["delta"] = delta
         else:
             choice["text"] = piece

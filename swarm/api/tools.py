@@ -96,6 +96,10 @@ class ToolCall:
         return {"id": self.id, "type": "function",
                 "function": {"name": self.name, "arguments": self.arguments}}  # fmt: skip
 
+    def delta(self, index: int) -> dict[str, Any]:
+        """The call whole, as a streamed answer's `index`th call."""
+        return {"index": index, **self.to_json()}
+
     def as_text(self) -> str:
         """The call as the model writes one (see `TOOL_NOTE`)."""
         return json.dumps({"name": self.name, "arguments": json.loads(self.arguments)})

@@ -307,10 +307,19 @@ async def test_a_required_call_is_the_reference_whole_and_streamed(
     for each in wanted:
         parameters = next(t for t in (WEATHER, TIME) if t["function"]["name"] == each["name"])
         jsonschema.validate(each["arguments"], parameters["function"].get("parameters", {}))
-    streamed = [c.choices[0].delta.tool_calls for c in chunks if c.choices[0].delta.tool_calls]
-    assert [[(c.function.name, c.function.arguments) for c in calls] for calls in streamed] == [
-        [(c.function.name, c.function.arguments) for c in made]
+    deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+    streamed: dict[int, list[str]] = {}  # each call's name, and its arguments' pieces
+    for delta in deltas:
+        if delta.index not in streamed:  # its first: id, type, name (arguments so far)
+            assert delta.id and delta.type == "function" and delta.function.name
+            streamed[delta.index] = [delta.function.name]
+        else:
+            assert delta.id is None and delta.function.name is None
+        streamed[delta.index].append(delta.function.arguments)
+    assert [(name, json.loads("".join(pieces))) for name, *pieces in streamed.values()] == [
+        (c.function.name, json.loads(c.function.arguments)) for c in made
     ]
+    assert len(deltas) > 2 * len(made)  # the arguments streamed as they were written
     assert not any(c.choices[0].delta.content for c in chunks)
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
