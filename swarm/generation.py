@@ -79,6 +79,13 @@ def check_attention_mask(attention_mask: Any, input_ids: torch.Tensor) -> None:
         raise GenerationError("attention_mask must be all ones: no padding here")
 
 
+def common_prefix(first: torch.Tensor, second: torch.Tensor) -> int:
+    """How many leading token ids two `[1, length]` sequences share."""
+    length = min(first.shape[1], second.shape[1])
+    differ = (first[0, :length] != second[0, :length]).nonzero()
+    return int(differ[0]) if len(differ) else length
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
     """The model's log-probability of a token where it stands, and the likeliest tokens

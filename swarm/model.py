@@ -340,6 +340,24 @@ class InferenceSession:
     def close(self) -> None:
         self.model._loop.run(self._chain.close)
 
+    def rewind(self, tokens: int) -> None:
+        """Keep only the first `tokens` of `input_ids`: the next turn goes on from there
+        (the peers drop what their caches hold after it with that turn's first step)."""
+        state = self._state
+        held = 0 if state is None else int(state.input_ids.shape[1])
+        if type(tokens) is not int or not 0 <= tokens <= held:
+            raise GenerationError(f"a session holding {held} tokens cannot rewind to {tokens}")
+        if state is None or tokens == held:
+            return
+        state.input_ids = state.input_ids[:, :tokens]
+        if state.processed > tokens:
+            state.processed = tokens
+
+            async def truncate() -> None:  # in the loop, where the chain's hops live
+                self._chain.truncate(tokens)
+
+            self.model._loop.run(truncate)
+
     def __enter__(self) -> InferenceSession:
         return self.open()
 

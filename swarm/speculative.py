@@ -47,6 +47,7 @@ from .generation import (
     GenerationState,
     HiddenStatePipeline,
     LanguageModelHead,
+    common_prefix,
     logits_after,
 )
 from .sampling import (
@@ -145,7 +146,7 @@ class Drafter:
     ) -> list[int]:
         """The `count` tokens the assistant writes after `input_ids` (`[1, length]`):
         greedily, or drawn by `sampler`."""
-        seen = min(_common_prefix(self._cached, input_ids), input_ids.shape[1] - 1)
+        seen = min(common_prefix(self._cached, input_ids), input_ids.shape[1] - 1)
         if seen < self._cached.shape[1]:  # drop its rejected drafts (a negative count)
             self._cache.crop(seen - self._cached.shape[1])
         device = self.model.device
@@ -178,13 +179,6 @@ def check_drafting(config: SamplingConfig, input_ids: torch.Tensor, draft_tokens
         raise GenerationError("an assistant model or prompt lookup does not draft in JSON mode")
     if not isinstance(draft_tokens, int) or draft_tokens < 1:
         raise GenerationError(f"drafts a round must be >= 1, not {draft_tokens!r}")
-
-
-def _common_prefix(first: torch.Tensor, second: torch.Tensor) -> int:
-    """How many leading token ids two `[1, length]` sequences share."""
-    length = min(first.shape[1], second.shape[1])
-    differ = (first[0, :length] != second[0, :length]).nonzero()
-    return int(differ[0]) if len(differ) else length
 
 
 async def speculative_tokens(

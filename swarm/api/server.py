@@ -4,16 +4,16 @@ Routes: `GET /v1/models` (and `/v1/models/ID`), `POST /v1/completions`, `POST
 /v1/chat/completions`, and `GET /metrics` for Prometheus (`swarm.api.metrics`); with
 `"stream": true` the answer comes as server-sent events, one `data: {...}` chunk per piece
 of text (or of the calls that `tool_choice` asks for: `call_stream.py`) and `data: [DONE]`
-at the end, as OpenAI's clients read them. Each answer (`n` of
-them, side by side) takes a waiting inference session whose tokens its own begin with, and
-sends only the rest (`session_pool.py`: a conversation's next turn), or opens one (a chat
-request renders its messages with the model's chat template; where the peers have no room
-for it, waiting sessions close, the oldest first, then it waits for the answers in flight).
-After a whole answer the session waits for the next turn; when the answer fails, is cut by
-a stop sequence or its client goes away, it is closed. The model's facade blocks, so each
-generation runs in a worker thread and hands its tokens to the server's event loop; at most
-`max_concurrent` run at once, the others wait their turn. With an API key, a request must
-carry `Authorization: Bearer KEY`.
+at the end, as OpenAI's clients read them. Each answer (`n` of them, side by side) takes a
+waiting inference session whose prompt its own begins with, rewinds it to where they part
+and sends only the rest (`session_pool.py`: a conversation's next turn), or opens one (a
+chat request renders its messages with the model's chat template; where the peers have no
+room for it, waiting sessions close, the oldest first, then it waits for the answers in
+flight). After an answer the session waits for the next turn; when the answer fails or its
+client goes away, it is closed. The model's facade blocks, so each generation runs in a
+worker thread and hands its tokens to the server's event loop; at most `max_concurrent` run
+at once, the others wait their turn. With an API key, a request must carry `Authorization:
+Bearer KEY`.
 """
 
 from __future__ import annotations
@@ -454,7 +454,8 @@ class ApiServer:
                 raise group.exceptions[0] from None
             finally:
                 for session, tokens in whole:  # it waits for the next turn
-                    await self._close(self.sessions.put(session, tokens, session.max_length))
+                    asked = int(input_ids.shape[1])
+                    await self._close(self.sessions.put(session, tokens, session.max_length, asked))
 
     @asynccontextmanager
     async def _counted(self) -> AsyncIterator[None]:
@@ -477,15 +478,17 @@ class ApiServer:
         idle: IdleSession | None,
         whole: list[tuple[InferenceSession, list[int]]],
     ) -> None:
-        """In a worker thread: generate in the waiting session (sending what follows its
-        tokens) or a new one, handing the tokens to the loop; the session goes to `whole`
-        if its answer ends whole, else it is closed. The choice learns its drafts' fate."""
+        """In a worker thread: generate in the waiting session (rewound to its tokens, and
+        sending what follows them) or a new one, handing the tokens to the loop; the session
+        goes to `whole` if its answer ends whole, else it is closed. The choice learns its
+        drafts' fate."""
         options = choice.options
         try:
             if idle is None:
                 session = self._open_session(self._session_length(input_ids, options))
             else:
                 session, input_ids = idle.session, input_ids[:, len(idle.tokens) :]
+                session.rewind(len(idle.tokens))
             try:
                 with closing(session.stream(input_ids, tokenizer=self.tokenizer, **options)) as s:
                     for token in s:

@@ -3,18 +3,21 @@ sends only its new tokens.
 
 OpenAI's clients send the whole conversation with every request. After an answer, its
 session (the prompt and the answer's tokens in the peers' caches) waits here; a request
-whose tokens begin with all of a waiting session's tokens, and go on after them, takes that
-session and sends only the rest. When the chat template renders the previous answer to the
-tokens the model generated (real models mostly do), every turn of a conversation goes on in
-one session. Waiting sessions hold cache on the peers, so at most `max_idle` wait, each at
-most `idle_seconds`, the oldest leaving first, and sooner when a new session finds no room
-on the peers. Pure bookkeeping: the server opens and closes.
+whose tokens begin with all of a waiting session's prompt takes that session, which rewinds
+to where the two part (within the answer, or at its end) and sends only the rest. So every
+turn of a conversation goes on in one session, also where the chat template renders the
+previous answer to other tokens than the model generated, or a stop sequence cut it (the
+session holds tokens after the cut). The same prompt asked again opens a session of its
+own, so that it is computed as the first time, to the last bit. Waiting sessions hold
+cache on the peers, so at most `max_idle` wait, each at most `idle_seconds`, the oldest
+leaving first, and sooner when a new session finds no room on the peers.
+Pure bookkeeping: the server opens and closes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -24,6 +27,7 @@ class IdleSession:
     tokens: tuple[int, ...]  # all it holds: prompts and answers so far
     max_length: int  # the most tokens it takes
     since: float  # when it began to wait
+    asked: int  # of `tokens`, those before its last answer (where its last prompt ends)
 
 
 class SessionPool:
@@ -37,24 +41,28 @@ class SessionPool:
         return len(self._waiting)
 
     def take(self, tokens: Sequence[int], needed: int) -> IdleSession | None:
-        """The waiting session with the longest history that `tokens` begin with and go on
-        after, if it takes `needed` tokens in all; it waits no more."""
+        """The waiting session whose last prompt `tokens` begin with and go on after, and
+        whose history they share most of, if it takes `needed` tokens in all; it waits no
+        more. Its `tokens` are those shared: the session is to rewind to them."""
+        shared = {id(idle): _shared(idle.tokens, tokens[:-1]) for idle in self._waiting}
         fitting = [
             idle
             for idle in self._waiting
-            if len(idle.tokens) < len(tokens)
-            and tuple(tokens[: len(idle.tokens)]) == idle.tokens
-            and needed <= idle.max_length
+            if shared[id(idle)] >= idle.asked and needed <= idle.max_length
         ]
         if not fitting:
             return None
-        chosen = max(fitting, key=lambda idle: len(idle.tokens))
+        chosen = max(fitting, key=lambda idle: shared[id(idle)])
         self._waiting.remove(chosen)
-        return chosen
+        return replace(chosen, tokens=chosen.tokens[: shared[id(chosen)]])
 
-    def put(self, session: Any, tokens: Sequence[int], max_length: int) -> list[IdleSession]:
-        """Let `session` wait; returns the sessions this pushes out, to be closed."""
-        self._waiting.append(IdleSession(session, tuple(tokens), max_length, self.clock()))
+    def put(
+        self, session: Any, tokens: Sequence[int], max_length: int, asked: int
+    ) -> list[IdleSession]:
+        """Let `session` wait (`asked`: its tokens before its last answer); returns the
+        sessions this pushes out, to be closed."""
+        idle = IdleSession(session, tuple(tokens), max_length, self.clock(), asked)
+        self._waiting.append(idle)
         pushed_out = self._waiting[: max(0, len(self._waiting) - self.max_idle)]
         del self._waiting[: len(pushed_out)]
         return pushed_out
@@ -74,3 +82,9 @@ class SessionPool:
         """Every waiting session (the server stops)."""
         gone, self._waiting = self._waiting, []
         return gone
+
+
+def _shared(held: Sequence[int], tokens: Sequence[int]) -> int:
+    """How many tokens `held` and `tokens` begin with alike."""
+    pairs = enumerate(zip(held, tokens, strict=False))
+    return next((at for at, (a, b) in pairs if a != b), min(len(held), len(tokens)))

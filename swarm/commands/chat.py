@@ -3,9 +3,9 @@
 Each reply streams to stdout (then a new line); the prompt marker, logs and progress go to
 stderr. The conversation is one inference session: each turn renders the whole conversation
 with the tokenizer's chat template and sends only what follows the tokens the session
-already holds. When the template does not extend them (a reply whose text encodes to other
-tokens than were generated), the session starts again with the whole conversation. `/reset`
-forgets the conversation; end of input (Ctrl-D) or `/exit` ends it.
+already holds. Where the template renders them otherwise (a reply whose text encodes to
+other tokens than were generated), the session rewinds to where they part and goes on from
+there. `/reset` forgets the conversation; end of input (Ctrl-D) or `/exit` ends it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..checkpoints import resolve_checkpoint
+from ..generation import common_prefix
 from .generate import decode_text, drafting_options, open_model, sampling_options, write_stream
 
 if TYPE_CHECKING:
@@ -46,18 +47,14 @@ class Conversation:
         return torch.as_tensor(encoded["input_ids"])
 
 
-def new_tokens(held: torch.Tensor | None, prompt: torch.Tensor) -> torch.Tensor | None:
-    """What `prompt` adds to the tokens a session holds; None if it does not extend them."""
-    if held is None:
-        return prompt
-    length = held.shape[1]
-    if prompt.shape[1] <= length or not torch.equal(prompt[:, :length], held):
-        return None
-    return prompt[:, length:]
+def shared_tokens(held: torch.Tensor | None, prompt: torch.Tensor) -> int:
+    """How many of the tokens a session holds `prompt` begins with: all it holds, when it
+    extends them, and never its own last token (one goes through, for the next logits)."""
+    return 0 if held is None else min(common_prefix(held, prompt), prompt.shape[1] - 1)
 
 
 class Chat:
-    """One conversation over one model: a session reopened when it cannot go on."""
+    """One conversation over one model, in one session (until `/reset`)."""
 
     def __init__(self, model: DistributedModelForCausalLM, args: argparse.Namespace) -> None:
         self.model = model
@@ -83,15 +80,15 @@ class Chat:
             self.conversation.messages.pop()
             logger.error("the conversation would pass --max-length %d: /reset", self.max_length)
             return
-        held = None if self.session is None else self.session.input_ids
-        fresh = new_tokens(held, prompt)
-        if fresh is None:
-            logger.info("the chat template does not extend the conversation: sending it all")
-            self.close()
-            fresh = prompt
         if self.session is None:
             self.session = self._open.enter_context(self.model.inference_session(self.max_length))
-        stream = self.session.stream(fresh, tokenizer=tokenizer, **self.options)
+        held = self.session.input_ids
+        shared = shared_tokens(held, prompt)
+        if held is not None and shared < held.shape[1]:
+            logger.info("the chat template renders the conversation otherwise from token "
+                        "%d of %d: going on from there", shared, held.shape[1])  # fmt: skip
+            self.session.rewind(shared)
+        stream = self.session.stream(prompt[:, shared:], tokenizer=tokenizer, **self.options)
         tokens = write_stream(tokenizer, stream)
         answer = decode_text(tokenizer, tokens)
         self.conversation.messages.append({"role": "assistant", "content": answer})

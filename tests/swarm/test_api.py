@@ -589,6 +589,44 @@ async def test_a_conversations_next_turn_goes_on_in_its_session(tiny: Path, swar
     assert sessions == after == [1, 1] and other == [2, 2]
 
 
+async def test_a_session_goes_on_from_where_the_next_prompt_parts_from_it(
+    tiny: Path, swarm: Any
+) -> None:
+    """A stop sequence cuts the first answer, and its session waits all the same; a prompt
+    that parts from it within the answer takes it, rewound to where they part, while the
+    same prompt asked again opens its own. Each answer is transformers' greedy one."""
+    peers, model = swarm
+    first = prompt_ids(tiny)[0].tolist()
+    ids = torch.tensor([first])
+    reference = AutoModelForCausalLM.from_pretrained(tiny)
+    answer = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                do_sample=False)[0, len(first) :].tolist()  # fmt: skip
+    text = AutoTokenizer.from_pretrained(tiny).decode(answer, skip_special_tokens=True)
+    cut = next(at for at in range(len(text) // 2, len(text)) if text.find(text[at : at + 3]) == at)
+    second = [*first, *answer[:2], 50, 51, 52]  # parts from the first answer after 2 tokens
+    expected = local(tiny, torch.tensor([second]), max_new_tokens=6, do_sample=False)
+    options = {"model": MODEL, "temperature": 0}
+    async with api(tiny, model) as client:
+        one = await call(  # (its generation runs on past the cut, up to 40 tokens)
+            client.completions.create,
+            prompt=first,
+            max_tokens=40,
+            stop=[text[cut : cut + 3]],
+            **options,
+        )
+        sessions = [await trio.to_thread.run_sync(lambda: [peers.sessions(p) for p in peers.peers])]
+        answers = []
+        for _ in range(2):
+            answer = await call(client.completions.create, prompt=second, max_tokens=6, **options)
+            answers.append(answer.choices[0].text)
+            sessions.append(await trio.to_thread.run_sync(
+                lambda: [peers.sessions(p) for p in peers.peers]
+            ))  # fmt: skip
+    assert one.choices[0].text == text[:cut] and one.choices[0].finish_reason == "stop"
+    assert answers == [expected, expected]
+    assert sessions == [[1, 1], [1, 1], [2, 2]]
+
+
 async def test_a_waiting_session_makes_room_for_a_new_conversation(
     tiny: Path, one_session_swarm: Any
 ) -> None:
@@ -644,32 +682,41 @@ async def test_waiting_sessions_close_after_a_while(tiny: Path, swarm: Any) -> N
     assert closed
 
 
-def test_the_pool_hands_out_the_longest_history_a_prompt_goes_on_from() -> None:
+def test_the_pool_hands_out_the_history_a_prompt_shares_most_of() -> None:
+    """A session fits a prompt that agrees with all of the session's own prompt and goes on
+    after it, and is handed out with the tokens they share: the session rewinds to them.
+    The longest share wins."""
     now = [0.0]
     pool = SessionPool(max_idle=3, idle_seconds=10.0, clock=lambda: now[0])
-    pool.put("short", [1, 2], max_length=100)
-    pool.put("long", [1, 2, 3, 4], max_length=8)
-    taken = pool.take([1, 2, 3, 4, 5], needed=8)
-    assert taken is not None and taken.session == "long"  # the longest history
-    pool.put("long", [1, 2, 3, 4], max_length=8)
+    pool.put("short", [1, 7], max_length=100, asked=1)
+    pool.put("long", [1, 2, 3, 4, 5, 6], max_length=12, asked=3)  # prompt 1 2 3, answer 4 5 6
     for tokens, needed, expected in [
-        ([1, 2, 3, 4], 10, "short"),  # "long" holds all of it: nothing new to send
-        ([1, 2, 3, 4, 5], 9, "short"),  # "long" has no room for 9 tokens
+        ([1, 2, 3, 4, 5, 6, 7], 12, ("long", 6)),  # the next turn: all of it, and more
+        ([1, 2, 3, 4, 9, 9], 12, ("long", 4)),  # the answer rendered otherwise, or cut
+        ([1, 2, 3, 9], 12, ("long", 3)),  # its prompt, and more
+        ([1, 2, 3], 12, ("short", 1)),  # "long"'s prompt again: not "long"
+        ([1, 7, 3, 4], 12, ("short", 2)),
+        ([1, 2, 3, 4, 5, 6, 7], 13, ("short", 1)),  # "long" has no room for 13 tokens
+        ([1, 2, 9, 9], 12, ("short", 1)),  # parts from "long" within its prompt
+        ([1, 7, 5], 12, ("short", 2)),
         ([9, 1, 2], 3, None),  # no history it goes on from
     ]:
         taken = pool.take(tokens, needed)
-        assert (taken and taken.session) == expected
+        got = None if taken is None else (taken.session, len(taken.tokens))
+        assert got == expected, tokens
         if taken is not None:
-            pool.put(taken.session, taken.tokens, taken.max_length)
+            assert list(taken.tokens) == tokens[: len(taken.tokens)]
+            full = [1, 7] if taken.session == "short" else [1, 2, 3, 4, 5, 6]
+            pool.put(taken.session, full, taken.max_length, taken.asked)
     assert len(pool) == 2
     now[0] = 5.0
-    assert pool.put("a", [5], max_length=10) == []
-    assert [idle.session for idle in pool.put("b", [6], 10)] == ["long"]  # the oldest leaves
+    assert pool.put("a", [5], max_length=10, asked=1) == []
+    assert [idle.session for idle in pool.put("b", [6], 10, 1)] == ["long"]  # the oldest
     now[0] = 12.0
     assert [idle.session for idle in pool.expired()] == ["short"]
     now[0] = 15.0
     assert [idle.session for idle in pool.expired()] == ["a", "b"] and len(pool) == 0
-    pool.put("c", [7], 10)
+    pool.put("c", [7], 10, 1)
     assert [idle.session for idle in pool.drain()] == ["c"] and len(pool) == 0
 
 

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from swarm.cli import main
-from swarm.commands.chat import new_tokens
+from swarm.commands.chat import shared_tokens
 from swarm.generation import prompt_ids
 from tests.support.thread_swarm import ThreadSwarm
 from tests.support.tiny_model import write_tiny_model
@@ -200,26 +200,32 @@ def test_chat_answers_each_turn_as_transformers_would(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Random weights answer with tokens whose text rarely encodes back to them, so here the
-    session mostly starts again with the whole conversation (SmolLM2's goes on: see
-    tests/swarm/test_end_to_end.py): the answers are transformers' either way."""
+    session mostly rewinds into the last answer and goes on from there (SmolLM2's goes on
+    from all of it: see tests/swarm/test_end_to_end.py): the answers are transformers' either
+    way, all in one session."""
     turns = ["Hello there", "And after that?", "Thanks"]
     expected = _local_chat(tiny, turns, new_tokens=12)
     stdout = Recorder()
     monkeypatch.setattr(sys, "stdout", stdout)
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join([*turns, "/exit", "ignored"])))
+    opened = [swarm.status(peer).activity.sessions for peer in swarm.peers]
     status = main(["chat", str(tiny), "--initial-peers", swarm.bootstrap,
                    "--max-new-tokens", "12", "--max-length", "256"])  # fmt: skip
     assert status == 0
     assert "".join(stdout.writes) == "".join(answer + "\n" for answer in expected)
+    assert [swarm.status(peer).activity.sessions for peer in swarm.peers] == [
+        count + 1 for count in opened
+    ]
     assert "> " in capsys.readouterr().err  # the prompt marker is not in stdout
 
 
-def test_a_turn_sends_what_the_template_adds_to_the_session() -> None:
+def test_a_turn_goes_on_from_what_the_session_and_the_template_share() -> None:
     held = torch.tensor([[1, 2, 3]])
-    assert new_tokens(None, held) is held
-    assert new_tokens(held, torch.tensor([[1, 2, 3, 4, 5]])).tolist() == [[4, 5]]
-    assert new_tokens(held, torch.tensor([[1, 2, 9, 4, 5]])) is None  # another history
-    assert new_tokens(held, torch.tensor([[1, 2, 3]])) is None  # nothing new
+    assert shared_tokens(None, held) == 0
+    assert shared_tokens(held, torch.tensor([[1, 2, 3, 4, 5]])) == 3  # extends them
+    assert shared_tokens(held, torch.tensor([[1, 2, 9, 4, 5]])) == 2  # rendered otherwise
+    assert shared_tokens(held, torch.tensor([[1, 2, 3]])) == 2  # its last token goes through
+    assert shared_tokens(held, torch.tensor([[7, 2, 3, 4]])) == 0
 
 
 def test_chat_resets_and_refuses_a_conversation_over_its_length(

@@ -618,6 +618,32 @@ def test_a_session_continues_a_conversation(checkpoints: dict[str, Path], family
     assert history.shape[1] == whole.shape[1] + 8
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_session_rewinds_to_where_the_next_turn_goes_on(
+    checkpoints: dict[str, Path], family: str
+) -> None:
+    """Rewound into its answer, or to nothing, a session goes on as if it had only ever
+    held what it kept: the peers drop the rest of their caches with the next step."""
+    checkpoint = checkpoints[family]
+    turn = torch.tensor([[60, 61]])
+    with (
+        _swarm_and_model(checkpoint, CHAINS[2]) as (_, model),
+        model.inference_session(max_length=64) as session,
+    ):
+        first = session.generate(PROMPT, max_new_tokens=8, do_sample=False)
+        kept = PROMPT.shape[1] + 3
+        session.rewind(kept)
+        second = session.generate(turn, max_new_tokens=6, do_sample=False)
+        session.rewind(0)
+        again = session.generate(turn, max_new_tokens=6, do_sample=False)
+        for wrong in (-1, session.input_ids.shape[1] + 1, 2.0):
+            with pytest.raises(GenerationError, match="cannot rewind"):
+                session.rewind(wrong)  # type: ignore[arg-type]
+    whole = torch.cat([first[:, :kept], turn], dim=-1)
+    assert second[0, 2:].tolist() == _local(checkpoint, whole, max_new_tokens=6, do_sample=False)
+    assert again[0, 2:].tolist() == _local(checkpoint, turn, max_new_tokens=6, do_sample=False)
+
+
 def _interrupt_a_generation(swarm: ThreadSwarm, model: DistributedModelForCausalLM) -> None:
     with model.inference_session(max_length=64) as session:
         for _ in session.stream(PROMPT, max_new_tokens=10, do_sample=False):
