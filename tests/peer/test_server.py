@@ -166,6 +166,14 @@ BAD_BACKWARDS = {
 }
 
 
+def _close(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal but for rounding: the peer computes in its own worker thread, whose torch
+    thread count may not be this thread's (its throughput probe and one-token steps change
+    it), and sums split over other threads round otherwise (seen in a CI run: the same to
+    every printed digit, not to the bit)."""
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 async def test_backward_equals_the_local_blocks_and_bad_ones_get_typed_errors(
     served: Served,
 ) -> None:
@@ -176,7 +184,7 @@ async def test_backward_equals_the_local_blocks_and_bad_ones_get_typed_errors(
     request = Packet(protocol.ForwardRequest(1, 3, header, mask).header(), body)
     reply = await served.client.call(served.peer, protocol.BACKWARD, request, timeout=5)
     expected = reference.backward(inputs, grads, attention_mask=mask)
-    assert torch.equal(decode_tensor(reply.header["tensor"], reply.body), expected)
+    _close(decode_tensor(reply.header["tensor"], reply.body), expected)
     for name, (tensor, size) in BAD_BACKWARDS.items():
         bad = protocol.ForwardRequest(1, 3, tensor, [[1]] if "mask" in name else None).header()
         with pytest.raises(RemoteError) as caught:
@@ -196,13 +204,13 @@ async def test_a_backward_names_the_graph_its_forward_kept(served: Served) -> No
     token = protocol.kept_token(reply.header)
     assert token is not None
     output = decode_tensor(reply.header["tensor"], reply.body)
-    assert torch.equal(output, reference.forward(inputs, 1, 3))
+    _close(output, reference.forward(inputs, 1, 3))
     header, body = encode_tensor(torch.stack([inputs, grads]))
     backward = Packet(protocol.ForwardRequest(1, 3, header, kept=token).header(), body)
     for _ in range(2):  # on the graph kept, then computing the forward again
         reply = await served.client.call(served.peer, protocol.BACKWARD, backward, timeout=5)
         got = decode_tensor(reply.header["tensor"], reply.body)
-        assert torch.equal(got, reference.backward(inputs, grads, 1, 3))
+        _close(got, reference.backward(inputs, grads, 1, 3))
     header, body = encode_tensor(inputs)
     plain = Packet(protocol.ForwardRequest(1, 3, header).header(), body)
     reply = await served.client.call(served.peer, protocol.FORWARD, plain, timeout=5)
