@@ -29,6 +29,8 @@ the host the relay saw it call from only, and once that direct connection is up,
 make their new calls over it and the circuit's connection closes with its last call
 (`ConnectionPool`). A peer behind NAT thus talks directly with every peer that can be
 dialled, and through its relay only with those that cannot (clients, other peers behind NAT).
+An address a dial back failed at is not dialled again for `FailedDialBacks.forget_after`
+seconds: a dialer that cannot be dialled says the same address on every circuit it opens.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
@@ -58,6 +61,7 @@ __all__ = [
     "RELAY_LOAD_FIELDS",
     "CircuitConfig",
     "CircuitRelay",
+    "FailedDialBacks",
     "PacketStream",
     "RelayLoad",
     "ask_relay_load",
@@ -450,6 +454,29 @@ def dialer_host(notice: Mapping[str, Any]) -> str:
     return host if isinstance(host, str) and len(host) <= MAX_HOST else ""
 
 
+@dataclass
+class FailedDialBacks:
+    """The addresses dial backs failed at lately (at most `most`, the oldest forgotten
+    first), each not dialled again for `forget_after` seconds."""
+
+    forget_after: float = 600.0
+    most: int = 1024
+    clock: Callable[[], float] = time.monotonic
+    _failed: dict[PeerAddress, float] = field(default_factory=dict)  # oldest first
+
+    def lately(self, address: PeerAddress) -> float | None:
+        """How many seconds ago a dial back failed at `address`, if it did lately."""
+        failed = self._failed.get(address)
+        ago = None if failed is None else self.clock() - failed
+        return ago if ago is not None and ago < self.forget_after else None
+
+    def add(self, address: PeerAddress) -> None:
+        self._failed.pop(address, None)
+        self._failed[address] = self.clock()
+        while len(self._failed) > self.most:
+            del self._failed[next(iter(self._failed))]
+
+
 def dial_back_address(said: object, peer: PeerId) -> PeerAddress | None:
     """The address a circuit's dialer said it may be dialled back at, if it is a direct
     address of `peer`, whom the circuit's handshake proved (None otherwise)."""
@@ -462,10 +489,14 @@ def dial_back_address(said: object, peer: PeerId) -> PeerAddress | None:
     return address
 
 
-async def dial_back(rpc: RPCHost, address: PeerAddress, host: str) -> None:
+async def dial_back(rpc: RPCHost, address: PeerAddress, host: str, failed: FailedDialBacks) -> None:
     """Dial a circuit's dialer back at `address` (`dial_back_address`), if it names `host`,
-    where its relay saw it call from (so that nobody can have us dial a third party). Once
-    connected, the pool drains the circuit's connection."""
+    where its relay saw it call from (so that nobody can have us dial a third party), and
+    no dial back failed there lately (`failed`, which learns of this one if it fails).
+    Once connected, the pool drains the circuit's connection."""
+    if (ago := failed.lately(address)) is not None:
+        logger.debug("not dialling %s back: that failed %.0f s ago", address, ago)
+        return
     if reason := await not_the_caller(address, host):
         logger.debug("not dialling %s back: %s", address, reason)
         return
@@ -473,6 +504,7 @@ async def dial_back(rpc: RPCHost, address: PeerAddress, host: str) -> None:
         await rpc.connect_directly(address)
     except RoutingError as error:
         logger.debug("could not dial %s back: %s", address, error)
+        failed.add(address)
         return
     logger.debug("dialled %s back: talking directly", address.peer_id.short())
 

@@ -32,7 +32,7 @@ from ..errors import CallTimeoutError, NotAMemberError, RoutingError
 from ..public_address import PublicAddress
 from ..transport import Transport
 from ..wire import Kind, encode
-from .circuit import CONNECT, PacketStream, dial_back_address, open_circuit
+from .circuit import CONNECT, FailedDialBacks, PacketStream, dial_back_address, open_circuit
 from .circuit import dial_back as circuit_dial_back
 from .config import RPCConfig, RPCStats
 from .connection import Connection
@@ -93,6 +93,7 @@ class RPCHost:
         self._pool = ConnectionPool(self._dial, self.config.connect_timeout)
         self._address: PeerAddress | None = None
         self._unauthenticated = 0
+        self._failed_dial_backs = FailedDialBacks()
         self._members = self.config.members
         self._members_read: tuple[int, int] | None = None  # the file's (mtime, size) as read
         if self.config.members_file is not None:
@@ -241,7 +242,8 @@ class RPCHost:
         self._pool.add(connection)
         back = dial_back_address(dial_back, connection.peer_id)
         if back is not None and circuit_host and self._pool.nursery is not None:
-            self._pool.nursery.start_soon(circuit_dial_back, self, back, circuit_host)
+            failed = self._failed_dial_backs
+            self._pool.nursery.start_soon(circuit_dial_back, self, back, circuit_host, failed)
         try:
             await connection.run()
         finally:

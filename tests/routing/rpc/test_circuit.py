@@ -15,7 +15,13 @@ import trio
 import trio.testing
 
 from routing.address import PeerAddress
-from routing.errors import PeerUnreachableError, ProtocolError, RemoteError, RoutingError
+from routing.errors import (
+    ConnectionLostError,
+    PeerUnreachableError,
+    ProtocolError,
+    RemoteError,
+    RoutingError,
+)
 from routing.memory_network import MemoryNetwork
 from routing.public_address import PublicAddress
 from routing.rpc import (
@@ -33,6 +39,7 @@ from routing.rpc.circuit import (
     ACCEPT,
     CONNECT,
     LOAD,
+    FailedDialBacks,
     PacketStream,
     dial_back,
     dial_back_address,
@@ -362,7 +369,7 @@ async def test_a_dialer_nobody_can_dial_stays_on_the_circuit(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The dialer announces a port nobody listens at (as behind NAT): the dial back fails,
-    and calls go on through the relay."""
+    and calls go on through the relay; its next circuit is not dialled back again."""
     caplog.set_level(logging.DEBUG, logger="routing.rpc.circuit")
     async with _swarm() as swarm:
         behind, address = await swarm.peer()
@@ -373,6 +380,12 @@ async def test_a_dialer_nobody_can_dial_stays_on_the_circuit(
         assert not _direct(dialer, behind.peer_id) and not _direct(behind, dialer.peer_id)
         reply = await dialer.call(address, "echo", Packet({"still": True}), timeout=10)
         assert reply.header == {"still": True} and swarm.circuits.load().open == 1
+        connection = dialer.connection_to(behind.peer_id)
+        assert connection is not None
+        connection.close()  # the next call opens another circuit
+        await dialer.call(address, "echo", Packet(), timeout=10)
+        await wait_until(lambda: "that failed" in caplog.text, within=15)
+        assert caplog.text.count("could not dial") == 1
 
 
 def _direct(rpc: RPCHost, peer: PeerId) -> bool:
@@ -398,11 +411,40 @@ async def test_a_peer_dials_back_only_the_dialer_at_the_host_it_calls_from() -> 
         async def connect_directly(self, address: PeerAddress) -> None:
             self.dialled.append(address)
 
-    rpc = Recording()
-    await dial_back(rpc, direct, "10.1.2.3")  # type: ignore[arg-type]  # not where it calls from
+    rpc, failed = Recording(), FailedDialBacks()
+    await dial_back(rpc, direct, "10.1.2.3", failed)  # type: ignore[arg-type]  # not its host
     assert rpc.dialled == []
-    await dial_back(rpc, direct, "127.0.0.1")  # type: ignore[arg-type]
+    await dial_back(rpc, direct, "127.0.0.1", failed)  # type: ignore[arg-type]
     assert rpc.dialled == [direct]
+
+
+async def test_a_dial_back_that_failed_is_not_tried_again_there_for_a_while() -> None:
+    now = [0.0]
+    failed = FailedDialBacks(forget_after=600.0, most=2, clock=lambda: now[0])
+    dialer = Identity.generate().peer_id
+    first, second, third = (PeerAddress("127.0.0.1", port, dialer) for port in (1, 2, 3))
+
+    class Unreachable:
+        dialled: list[PeerAddress] = []
+
+        async def connect_directly(self, address: PeerAddress) -> None:
+            self.dialled.append(address)
+            raise ConnectionLostError("nobody listens there")
+
+    rpc = Unreachable()
+    for address in (first, first, second):
+        await dial_back(rpc, address, "127.0.0.1", failed)  # type: ignore[arg-type]
+    assert rpc.dialled == [first, second] and failed.lately(first) == 0.0
+    now[0] = 599.0
+    await dial_back(rpc, first, "127.0.0.1", failed)  # type: ignore[arg-type]
+    assert rpc.dialled == [first, second]
+    now[0] = 600.0  # forgotten: tried again
+    await dial_back(rpc, first, "127.0.0.1", failed)  # type: ignore[arg-type]
+    assert rpc.dialled == [first, second, first]
+    kept = FailedDialBacks(most=2, clock=lambda: now[0])
+    for address in (first, second, third):
+        kept.add(address)
+    assert [kept.lately(address) for address in (first, second, third)] == [None, 0.0, 0.0]
 
 
 MiB = 1 << 20
