@@ -467,8 +467,10 @@ class FailedDialBacks:
     def lately(self, address: PeerAddress) -> float | None:
         """How many seconds ago a dial back failed at `address`, if it did lately."""
         failed = self._failed.get(address)
-        ago = None if failed is None else self.clock() - failed
-        return ago if ago is not None and ago < self.forget_after else None
+        if failed is None:
+            return None
+        ago = self.clock() - failed
+        return ago if ago < self.forget_after else None
 
     def add(self, address: PeerAddress) -> None:
         self._failed.pop(address, None)
