@@ -28,6 +28,8 @@ class Activity:
     """Running totals since the peer started."""
 
     sessions: int = 0  # inference sessions opened
+    forked: int = 0  # of them, those begun with a copy of another's cached tokens
+    forked_tokens: int = 0  # the tokens they copied (not computed again), every row counted
     refused: int = 0  # sessions refused (no room, or a request it does not take)
     steps: int = 0  # inference steps served
     tokens: int = 0  # positions those steps ran, every row counted

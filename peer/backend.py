@@ -379,10 +379,15 @@ class SpanBackend:
         end: int | None = None,
         padding: Sequence[int] = (),
         adapter: str | None = None,
+        *,
+        fork_of: str | None = None,
+        fork_tokens: int = 0,
     ) -> SessionInfo:
         """Reserve `batch_size * max_length` cache tokens for blocks `start..end-1`. `padding`:
         how many of each row's first tokens are padding (prompts of different lengths, padded
-        on the left), which no token attends to; `adapter`: the LoRA adapter its steps take."""
+        on the left), which no token attends to; `adapter`: the LoRA adapter its steps take.
+        `fork_of`: a session of the same blocks, rows, padding and adapter whose first
+        `fork_tokens` cached tokens the new one begins with (a copy)."""
         start, end = self._range(start, end)
         self.adapters.check(adapter)
         if not isinstance(session_id, str) or not session_id:
@@ -422,10 +427,32 @@ class SpanBackend:
             device=self.span.device,
         )
         info = SessionInfo(session_id, start, end, max_length, batch_size, tuple(padding), adapter)
+        if fork_of is not None:
+            self._copy_into(cache, info, self._session(fork_of), fork_tokens)
         self._sessions[session_id] = _Session(info, cache)
         self._reserved_tokens += tokens
         logger.debug("opened session %s: %s", session_id, info)
         return info
+
+    @staticmethod
+    def _copy_into(cache: SessionCache, info: SessionInfo, source: _Session, tokens: int) -> None:
+        """`cache` (of a session opened as `info`) begins with `source`'s first `tokens`."""
+        alike = ("start", "end", "batch_size", "row_padding", "adapter")
+        if any(getattr(info, name) != getattr(source.info, name) for name in alike):
+            raise InvalidRequestError(
+                f"session {source.info.session_id!r} differs from the new one in its blocks, "
+                "rows, padding or adapter"
+            )
+        if not isinstance(tokens, int) or not 0 <= tokens <= min(
+            source.cache.length, info.max_length
+        ):
+            raise InvalidRequestError(
+                f"cannot begin with {tokens} of its {source.cache.length} cached tokens "
+                f"(max_length {info.max_length})"
+            )
+        cache.keys[:, :, :, :tokens] = source.cache.keys[:, :, :, :tokens]
+        cache.values[:, :, :, :tokens] = source.cache.values[:, :, :, :tokens]
+        cache.length = tokens
 
     def close_session(self, session_id: str) -> None:
         """Free a session's cache and reservation; unknown ids raise SessionNotFoundError."""

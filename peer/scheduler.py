@@ -138,11 +138,14 @@ class InferenceScheduler:
         padding: Sequence[int] = (),
         *,
         adapter: str | None = None,
+        fork_of: str | None = None,
+        fork_tokens: int = 0,
     ) -> SessionInfo:
+        """`SpanBackend.open_session` in the compute thread (a fork copies between steps)."""
+        open_session = partial(self.backend.open_session, fork_of=fork_of, fork_tokens=fork_tokens)
         info = await self._worker.submit(
-            self.backend.open_session, session_id, max_length, batch_size, start, end, padding,
-            adapter,
-        )  # fmt: skip
+            open_session, session_id, max_length, batch_size, start, end, padding, adapter
+        )
         self._last_active[session_id] = trio.current_time()
         self._reaper_wakeup.set()
         return info

@@ -51,7 +51,7 @@ from routing.span_protocol import (
 from routing.tensor_codec import decode_tensor, encode_tensor
 
 from .activity import STEP_BUCKETS, Activity, Durations
-from .errors import HostShareError, PeerError
+from .errors import HostShareError, PeerError, SessionNotFoundError
 from .host_share import HostShares, client_host
 from .relay_links import RelayLinks
 from .scheduler import InferenceScheduler
@@ -76,6 +76,7 @@ class _Session:
 
     id: str
     token: str
+    owner: str  # the client's peer id: only it may fork the session
     client: BidiStream
     links: RelayLinks
     lock: trio.Lock = field(default_factory=trio.Lock)  # one step at a time
@@ -166,6 +167,11 @@ class SpanServer:
             if not self.accepting():
                 self.activity.refused += 1
                 raise HandlerError("draining", "this peer takes no new sessions now")
+            fork = request.fork
+            if fork is not None:
+                source = self._sessions.get(fork.session)
+                if source is None or source.owner != str(context.peer_id):
+                    raise SessionNotFoundError(f"no session {fork.session!r} of yours to fork")
             host = client_host(context)
             tokens = request.batch_size * request.max_length
             try:
@@ -177,6 +183,7 @@ class SpanServer:
             session = _Session(
                 session_id,
                 secrets.token_hex(16),
+                str(context.peer_id),
                 stream,
                 RelayLinks(self.rpc, self.relay_timeout),
             )
@@ -190,11 +197,16 @@ class SpanServer:
                         request.end,
                         request.padding,
                         adapter=request.adapter,
+                        fork_of=None if fork is None else fork.session,
+                        fork_tokens=0 if fork is None else fork.tokens,
                     )
                 except PeerError:
                     self.activity.refused += 1
                     raise
                 self.activity.sessions += 1
+                if fork is not None:
+                    self.activity.forked += 1
+                    self.activity.forked_tokens += fork.tokens * request.batch_size
                 self._sessions[session_id] = session
                 opened = SessionOpened(
                     session_id, info.start, info.end, info.max_length, session.token

@@ -15,7 +15,10 @@ Methods (block indices are the model's, `end` exclusive):
   their graphs now (another caller's tokens drop nothing).
 - `span.inference` (stream): `{"open": {"max_length", "batch_size", "start", "end"}}`, with
   `"padding": [n, ...]` for rows whose first n tokens are left padding (a batch of prompts)
-  and `"adapter"` as in `span.forward` ->
+  and `"adapter"` as in `span.forward`, and `"fork": {"session", "tokens"}` to begin with a
+  copy of the first `tokens` cached tokens of the caller's own `session` on this peer (same
+  blocks, rows, padding and adapter: a shared prompt is computed once; another caller's
+  session, or none, is `session_not_found`) ->
   `{"opened": {"session", "start", "end", "max_length"}}`; then per step
   `{"step": n, "tensor"}` + bytes -> `{"step": n, "tensor", "server_ms", "compute_ms"}` +
   bytes (the time the peer spent on the step, from receiving it to replying, and the part
@@ -73,6 +76,14 @@ MAX_RELEASE = 64  # kept tokens one `span.release` may name
 
 
 @dataclass(frozen=True)
+class SessionFork:
+    """A new session's beginning: the first `tokens` of the caller's `session` on the peer."""
+
+    session: str
+    tokens: int
+
+
+@dataclass(frozen=True)
 class SessionRequest:
     """What a client asks for when it opens an inference session."""
 
@@ -82,6 +93,7 @@ class SessionRequest:
     batch_size: int = 1
     padding: tuple[int, ...] = ()  # per row; () when no row is padded
     adapter: str | None = None
+    fork: SessionFork | None = None
 
     def header(self) -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -92,6 +104,8 @@ class SessionRequest:
         }
         if any(self.padding):
             fields["padding"] = list(self.padding)
+        if self.fork is not None:
+            fields["fork"] = {"session": self.fork.session, "tokens": self.fork.tokens}
         return {"open": fields | _adapter_field(self.adapter)}
 
     @classmethod
@@ -114,6 +128,7 @@ class SessionRequest:
             batch_size=batch_size,
             padding=tuple(_int({"padding": count}, "padding") for count in padding),
             adapter=_adapter(fields),
+            fork=_fork(fields),
         )
 
 
@@ -359,6 +374,13 @@ def _adapter(fields: Mapping[str, Any]) -> str | None:
     if value is not None and not (isinstance(value, str) and MODEL_NAME_PATTERN.match(value)):
         raise ProtocolError("field 'adapter' must name an adapter (letters, digits, ._-)")
     return value
+
+
+def _fork(fields: Mapping[str, Any]) -> SessionFork | None:
+    if "fork" not in fields:
+        return None
+    fork = _map(fields, "fork")
+    return SessionFork(_text(fork, "session"), _int(fork, "tokens"))
 
 
 def _adapter_field(adapter: str | None) -> dict[str, Any]:

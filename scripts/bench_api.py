@@ -11,7 +11,9 @@ per token (the median run's whole request over its tokens), the ratio to the bas
 for the stream the time to its first piece of text; and whether the texts equal the
 baseline's. Then a conversation's second turn, after a first turn of ~400 prompt tokens:
 the time to its first token when the first turn's session is kept and goes on (the server's
-default) and when every request opens a new session (`idle_sessions=0`).
+default) and when every request opens a new session (`idle_sessions=0`); and likewise
+another conversation that shares the first's ~400 prompt tokens and parts after them, when
+it forks the first's waiting session (the default) and when it opens a new one.
 
     .venv/bin/python scripts/bench_api.py [--models smollm2 tiny] [--tokens 48] [--hops 2]
         [--runs 5] [--json PATH]
@@ -92,26 +94,26 @@ def _through_api(
     return found
 
 
-def _second_turns(
+def _first_token_after(
     model: DistributedModelForCausalLM,
     tokenizer: Any,
     first: list[int],
-    answer: list[int],
+    first_tokens: int,
+    second: list[int],
     runs: int,
     idle_sessions: int,
 ) -> list[float]:
-    """Seconds to the first token of a conversation's second turn (a request for one token
-    right after the first turn), with sessions kept between turns or not (`idle_sessions`)."""
-    config = ApiConfig(MODEL_ID, max_tokens=len(answer), idle_sessions=idle_sessions)
+    """Seconds to the first token of a request for `second` (one token) right after one for
+    `first` (`first_tokens`), with sessions kept between requests or not (`idle_sessions`)."""
+    config = ApiConfig(MODEL_ID, max_tokens=first_tokens, idle_sessions=idle_sessions)
     server = ApiServer(model, tokenizer, config)
-    second = [*first, *answer, *tokenizer(" And then?")["input_ids"]]
     seconds: list[float] = []
 
     def requests(base_url: str) -> None:
         client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
         options = {"model": MODEL_ID, "temperature": 0}
         for _ in range(runs):
-            client.completions.create(prompt=first, max_tokens=len(answer), **options)
+            client.completions.create(prompt=first, max_tokens=first_tokens, **options)
             began = time.perf_counter()
             client.completions.create(prompt=second, max_tokens=1, **options)
             seconds.append(time.perf_counter() - began)
@@ -138,13 +140,16 @@ def run_model(checkpoint: Path, tokens: int, hops: int, runs: int) -> dict[str, 
         api = _through_api(m, tokenizer, tokens, runs)
         long = tokenizer((PROMPT + " Paris. ") * HISTORY_REPEATS)["input_ids"]
         history = long + _python(m, torch.tensor([long]), tokens)
-        turns = {
-            kept: statistics.median(
-                _second_turns(m, tokenizer, long, history[len(long) :], runs, kept)
-            )
-            * 1000
-            for kept in (4, 0)
-        }
+        next_turn = [*history, *tokenizer(" And then?")["input_ids"]]
+        other = [*long, *tokenizer(" Where is Rome?")["input_ids"]]
+
+        def ms_to_first_token(second: list[int], kept: int) -> float:
+            after = _first_token_after(m, tokenizer, long, tokens, second, runs, kept)
+            return statistics.median(after) * 1000
+
+        # (next turn, other conversation), with sessions kept and without
+        after = {kept: [ms_to_first_token(second, kept) for second in (next_turn, other)]
+                 for kept in (4, 0)}  # fmt: skip
     text = tokenizer.decode(expected, skip_special_tokens=True)
     per_token = {way: statistics.median(api[way]) / tokens * 1000 for way in ("whole", "stream")}
     baseline = statistics.median(python) / tokens * 1000
@@ -159,8 +164,11 @@ def run_model(checkpoint: Path, tokens: int, hops: int, runs: int) -> dict[str, 
         "stream_first_text_ms": statistics.median(api["first"]) * 1000,
         "same_text": all(t == text for t in api["texts"]),
         "history_tokens": len(history),
-        "second_turn_ms_session_kept": turns[4],
-        "second_turn_ms_new_session": turns[0],
+        "second_turn_ms_session_kept": after[4][0],
+        "second_turn_ms_new_session": after[0][0],
+        "other_conversation_tokens": len(other),
+        "other_conversation_ms_forked": after[4][1],
+        "other_conversation_ms_new_session": after[0][1],
     }
 
 
@@ -190,6 +198,13 @@ def main() -> None:
         print(
             f"{name:10} N={r['history_tokens']}: {r['second_turn_ms_session_kept']:.1f} ms / "
             f"{r['second_turn_ms_new_session']:.1f} ms"
+        )
+    print("another conversation of N tokens sharing the first's history: forked / new session")
+    for name, r in results.items():
+        print(
+            f"{name:10} N={r['other_conversation_tokens']}: "
+            f"{r['other_conversation_ms_forked']:.1f} ms / "
+            f"{r['other_conversation_ms_new_session']:.1f} ms"
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -329,7 +329,9 @@ class InferenceSession:
         self._drafter: Drafter | None = None  # the assistant model's, kept across turns
 
     def open(self) -> InferenceSession:
-        """Open the remote sessions (what `with` does; `close()` ends them)."""
+        """Open the remote sessions (what `with` does; `close()` ends them; a fork is open)."""
+        if self._chain.hops:
+            return self
         try:
             self.model._loop.run(self._chain.__aenter__)
         except BaseException:
@@ -357,6 +359,33 @@ class InferenceSession:
                 self._chain.truncate(tokens)
 
             self.model._loop.run(truncate)
+
+    def fork(self, tokens: int | None = None, max_length: int | None = None) -> InferenceSession:
+        """A new session, open, holding this one's first `tokens` (all, by default), whose
+        peers copy them from this one's caches instead of computing them again: a system
+        prompt or a conversation's beginning, computed once for every conversation that
+        shares it. Its `max_length` is this one's unless given. Close it as any session."""
+        state = self._state
+        held = 0 if state is None else int(state.input_ids.shape[1])
+        tokens = held if tokens is None else tokens
+        max_length = self.max_length if max_length is None else max_length
+        if not self._chain.hops:
+            raise GenerationError("only an open session can be forked")
+        if type(tokens) is not int or not 0 <= tokens <= min(held, max_length):
+            raise GenerationError(
+                f"a session holding {held} tokens cannot fork {tokens} into {max_length}"
+            )
+        fork = InferenceSession(self.model, max_length)
+        copied = 0
+        if state is not None and tokens:
+            copied = min(state.processed, tokens)
+            fork._state = GenerationState(state.input_ids[:, :tokens], processed=copied)
+
+        async def open_fork() -> None:
+            fork._chain = await self._chain.fork(copied, max_length)
+
+        self.model._loop.run(open_fork)
+        return fork
 
     def __enter__(self) -> InferenceSession:
         return self.open()

@@ -1,20 +1,22 @@
 """A peer's own metrics for Prometheus, served by `swarm peer --metrics-port` at `/metrics`.
 
-Counters (`_total`) of what it served since it started: sessions opened and refused,
-inference steps, their tokens, the time the blocks computed, and the backwards run on the
-graph their forward kept (`swarm_peer_kept_backwards_total`), the kept graphs their callers
-released without one (`swarm_peer_kept_released_total`) and the training forwards whose graph
-was over `--kept-activations` (`swarm_peer_kept_too_large_total`); a histogram of the steps'
-times at the peer, request to reply (`swarm_peer_step_seconds`: its buckets give
-percentiles, its sum over its count the mean); gauges of its state now: span, sessions
-open, cache tokens left of its cache's size, throughput, whether it drains, the bytes of
-activations it keeps for backwards to come (`swarm_peer_kept_activation_bytes`), and
-`swarm_peer_info` (value 1) with its address, version, dtype and quantization as labels;
-how others reach it (`swarm_peer_circuit`, `swarm_peer_reached`), its connections open
+Counters (`_total`) of what it served since it started: sessions opened and refused, those
+begun as a copy of another (`swarm_peer_sessions_forked_total`) and the cached tokens they
+copied (`swarm_peer_forked_tokens_total`), inference steps, their tokens, the time the
+blocks computed, and the backwards run on the graph their forward kept
+(`swarm_peer_kept_backwards_total`), the kept graphs their callers released without one
+(`swarm_peer_kept_released_total`) and the training forwards whose graph was over
+`--kept-activations` (`swarm_peer_kept_too_large_total`); a histogram of the steps' times at
+the peer, request to reply (`swarm_peer_step_seconds`: its buckets give percentiles, its sum
+over its count the mean); gauges of its state now: span, sessions open, cache tokens left of
+its cache's size, throughput, whether it drains, the bytes of activations it keeps for
+backwards to come (`swarm_peer_kept_activation_bytes`), and `swarm_peer_info` (value 1) with
+its address, version, dtype and quantization as labels; how others reach it
+(`swarm_peer_circuit`, `swarm_peer_reached`), its connections open
 (`swarm_peer_connections`, labelled `kind`: `direct`, or `relayed` through a circuit relay,
-its own or another peer's), and, if it relays
-circuits, its relay's listeners, circuits and bytes (`swarm_relay_*`). Every sample has the
-labels `model` and `peer` (its full id), as the monitor's have.
+its own or another peer's), and, if it relays circuits, its relay's listeners, circuits and
+bytes (`swarm_relay_*`). Every sample has the labels `model` and `peer` (its full id), as
+the monitor's have.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from .prometheus import CONTENT_TYPE, Labels, exposition, histogram, metric
 COUNTERS = {
     "swarm_peer_sessions_opened_total": ("sessions", "Inference sessions opened."),
     "swarm_peer_sessions_refused_total": ("refused", "Sessions refused (no room, bad request)."),
+    "swarm_peer_sessions_forked_total": ("forked", "Sessions begun with a copy of another's."),
+    "swarm_peer_forked_tokens_total": ("forked_tokens", "Cached tokens forks copied."),
     "swarm_peer_steps_total": ("steps", "Inference steps served."),
     "swarm_peer_tokens_total": ("tokens", "Positions those steps ran, every row counted."),
     "swarm_peer_forwards_total": ("forwards", "Batch forwards and backwards served."),

@@ -45,7 +45,7 @@ from ..announcement import PeerAnnouncement
 from ..errors import RemoteError
 from ..path_selection import Hop, NoRoomError, NoRouteError
 from ..rpc import RPCHost
-from ..span_protocol import NO_ROOM, REFUSED_REQUEST, RelayTarget
+from ..span_protocol import NO_ROOM, REFUSED_REQUEST, RelayTarget, SessionFork
 from .hop_session import LINK_ERRORS, HopSession, Liveness, Resend, StepTiming
 from .swarm_view import SwarmView
 
@@ -123,6 +123,34 @@ class InferenceChain:
         async with trio.open_nursery() as nursery:
             for hop in hops:
                 nursery.start_soon(partial(hop.close, confirm=True))
+
+    async def fork(self, tokens: int, max_length: int) -> InferenceChain:
+        """A new chain, open, of sessions of `max_length` whose caches hold this chain's first
+        `tokens`: each hop's peer copies them from this chain's session there, so nothing is
+        computed again. Where that fails (the peer is gone, or has no room), those blocks are
+        routed anew and the history replayed, as after a failure."""
+        chain = InferenceChain(self.view, self.rpc, max_length, self.padding)
+        try:
+            for source in self.hops:
+                chain.hops += await chain._fork_hop(source, tokens)
+        except BaseException:
+            await chain.close()
+            raise
+        return chain
+
+    async def _fork_hop(self, source: HopSession, tokens: int) -> list[HopSession]:
+        announcement = self.view.peers.get(source.hop.peer)
+        fork = source.fork(tokens)
+        if announcement is not None and fork is not None:
+            try:
+                session = await self._open(source.hop, announcement, fork)
+            except LINK_ERRORS as error:
+                logger.info("peer %s did not fork a session (%s); computing its blocks again",
+                            source.hop.peer[:8], error)  # fmt: skip
+            else:
+                session.begin_as(source, tokens)
+                return [session]
+        return await self._open_range(source.hop.start, source.hop.end, source.history(tokens))
 
     def truncate(self, tokens: int) -> None:
         """Before the next step, every hop's session keeps only its first `tokens` positions
@@ -319,7 +347,9 @@ class InferenceChain:
         await trio.sleep(min(pause, max(deadline - trio.current_time(), 0.0)))
         await self.view.recheck(start, end)
 
-    async def _open(self, hop: Hop, announcement: PeerAnnouncement) -> HopSession:
+    async def _open(
+        self, hop: Hop, announcement: PeerAnnouncement, fork: SessionFork | None = None
+    ) -> HopSession:
         dtype = DTYPES.get(announcement.dtype, torch.float32)
         ping = partial(self.view.ping, announcement.address)
         liveness = Liveness(self.view.config.liveness_after, ping)
@@ -331,6 +361,7 @@ class InferenceChain:
                 self.view.config.open_timeout,
                 self.padding,
                 adapter=self.view.adapter,
+                fork=fork,
             )
         except BaseException:
             await session.close()

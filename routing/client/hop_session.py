@@ -33,6 +33,7 @@ from ..rpc import BidiStream, Packet, RPCHost
 from ..span_protocol import (
     INFERENCE,
     RelayTarget,
+    SessionFork,
     SessionOpened,
     SessionRequest,
     came_by_relay,
@@ -109,11 +110,13 @@ class HopSession:
         padding: Sequence[int] = (0,),
         *,
         adapter: str | None = None,
+        fork: SessionFork | None = None,
     ) -> None:
         """Open the session: one row per entry of `padding`, its left padding; its steps run
-        with the peer's LoRA `adapter` of that name, if given."""
+        with the peer's LoRA `adapter` of that name, if given; with `fork`, the peer's cache
+        begins as a copy of another session's (the history is the caller's to set)."""
         request = SessionRequest(
-            self.hop.start, self.hop.end, max_length, len(padding), tuple(padding), adapter
+            self.hop.start, self.hop.end, max_length, len(padding), tuple(padding), adapter, fork
         )
         deadline = trio.current_time() + timeout
         try:
@@ -139,11 +142,25 @@ class HopSession:
             return None
         return RelayTarget(self.address, opened.session, opened.relay, self._steps, self._reorder)
 
+    def fork(self, tokens: int) -> SessionFork | None:
+        """What asks a new session on this peer to begin with this one's first `tokens`."""
+        return None if self._opened is None else SessionFork(self._opened.session, tokens)
+
+    def begin_as(self, source: HopSession, tokens: int) -> None:
+        """This session was opened as `source.fork(tokens)`: it takes that history, and the
+        row order due at `source`'s peer (its copy of the cache is in the old one)."""
+        self.inputs = source.history(tokens)
+        self._reorder = source._reorder
+
+    def history(self, tokens: int) -> list[torch.Tensor]:
+        """The first `tokens` of `inputs`, as one step."""
+        return [torch.cat(self.inputs, dim=1)[:, :tokens]] if tokens else []
+
     def truncate(self, tokens: int) -> None:
         """Keep only the first `tokens` positions: in the history now, at the peer with the
         next step."""
         if tokens < self.tokens:
-            self.inputs = [torch.cat(self.inputs, dim=1)[:, :tokens]]
+            self.inputs = self.history(tokens)
             self._position = tokens
 
     def reorder(self, order: Sequence[int]) -> None:

@@ -1,7 +1,9 @@
 """`swarm api`'s own Prometheus metrics, at `/metrics` (behind the API key, if there is one).
 
 Counters since the server started: requests by route and HTTP status, prompt tokens (once
-per request) and completion tokens (every answer's, streamed or whole); histograms of the
+per request), those an answer's session held already (a conversation's next turn, or a
+fork of a waiting session: `swarm_api_cached_prompt_tokens_total`, every answer's) and
+completion tokens (every answer's, streamed or whole); histograms of the
 latencies users feel: a request's time by route (read to last byte sent, a stream's
 included), each answer's time to its first token, and the time between its tokens; gauges
 of now: generations under way, the most that run at once, and sessions waiting for a
@@ -27,6 +29,7 @@ class ApiActivity:
 
     requests: Counter[tuple[str, int]] = field(default_factory=Counter)  # (route, status)
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the answers' prompts, those their sessions held already
     completion_tokens: int = 0
     request_seconds: dict[str, Durations] = field(default_factory=dict)  # by route
     first_token_seconds: Durations = field(default_factory=lambda: Durations(REQUEST_BUCKETS))
@@ -62,6 +65,9 @@ def render_api_metrics(model_id: str, activity: ApiActivity, load: ApiLoad) -> s
                 requests),
         *metric("swarm_api_prompt_tokens_total", "counter", "Prompt tokens, once a request.",
                 [(model, activity.prompt_tokens)]),
+        *metric("swarm_api_cached_prompt_tokens_total", "counter",
+                "Prompt tokens an answer's session held already.",
+                [(model, activity.cached_tokens)]),
         *metric("swarm_api_completion_tokens_total", "counter", "Tokens generated.",
                 [(model, activity.completion_tokens)]),
         *metric("swarm_api_generations", "gauge", "Generations under way.",

@@ -6,14 +6,14 @@ Routes: `GET /v1/models` (and `/v1/models/ID`), `POST /v1/completions`, `POST
 of text (or of the calls that `tool_choice` asks for: `call_stream.py`) and `data: [DONE]`
 at the end, as OpenAI's clients read them. Each answer (`n` of them, side by side) takes a
 waiting inference session whose prompt its own begins with, rewinds it to where they part
-and sends only the rest (`session_pool.py`: a conversation's next turn), or opens one (a
-chat request renders its messages with the model's chat template; where the peers have no
-room for it, waiting sessions close, the oldest first, then it waits for the answers in
-flight). After an answer the session waits for the next turn; when the answer fails or its
-client goes away, it is closed. The model's facade blocks, so each generation runs in a
-worker thread and hands its tokens to the server's event loop; at most `max_concurrent` run
-at once, the others wait their turn. With an API key, a request must carry `Authorization:
-Bearer KEY`.
+and sends only the rest (`session_pool.py`: a conversation's next turn), forks one it shares
+a beginning with (a system prompt), or opens one (a chat request renders its messages with
+the model's chat template; where the peers have no room for it, waiting sessions close, the
+oldest first, then it waits for the answers in flight). After an answer the session waits
+for the next turn; when the answer fails or its client goes away, it is closed. The model's
+facade blocks, so each generation runs in a worker thread and hands its tokens to the
+server's event loop; at most `max_concurrent` run at once, the others wait their turn. With
+an API key, a request must carry `Authorization: Bearer KEY`.
 """
 
 from __future__ import annotations
@@ -138,6 +138,13 @@ class ApiServer:
         with trio.CancelScope(shield=True):
             for idle in waiting:
                 await trio.to_thread.run_sync(idle.session.close)
+
+    async def _wait_again(
+        self, session: InferenceSession, tokens: Sequence[int], max_length: int, asked: int
+    ) -> None:
+        """`session` waits for its conversation's next turn (`SessionPool.put`); those it
+        pushes out close."""
+        await self._close(self.sessions.put(session, tokens, max_length, asked))
 
     async def handle(self, request: Request) -> Response:
         """Answer `request`, and count it by route and status."""
@@ -433,9 +440,10 @@ class ApiServer:
         send, receive = trio.open_memory_channel[tuple[int, TokenLogprob | None]](math.inf)
         needed = int(input_ids.shape[1]) + int(choice.options["max_new_tokens"])
         idle = self.sessions.take(input_ids[0].tolist(), needed)
+        lent = None if idle is not None else self.sessions.lend(input_ids[0].tolist())
         whole: list[tuple[InferenceSession, list[int]]] = []  # the session, if its answer
         # ended whole, and all it holds
-        work = partial(self._work, input_ids, choice, send, idle, whole)
+        work = partial(self._work, input_ids, choice, send, idle, lent, whole)
         async with self._generations, self._counted():
             try:
                 async with trio.open_nursery() as nursery:
@@ -453,9 +461,10 @@ class ApiServer:
                     raise
                 raise group.exceptions[0] from None
             finally:
+                self.activity.cached_tokens += choice.cached
                 for session, tokens in whole:  # it waits for the next turn
                     asked = int(input_ids.shape[1])
-                    await self._close(self.sessions.put(session, tokens, session.max_length, asked))
+                    await self._wait_again(session, tokens, session.max_length, asked)
 
     @asynccontextmanager
     async def _counted(self) -> AsyncIterator[None]:
@@ -476,19 +485,18 @@ class ApiServer:
         choice: _Choice,
         send: trio.MemorySendChannel[tuple[int, TokenLogprob | None]],
         idle: IdleSession | None,
+        lent: tuple[IdleSession, int] | None,
         whole: list[tuple[InferenceSession, list[int]]],
     ) -> None:
-        """In a worker thread: generate in the waiting session (rewound to its tokens, and
-        sending what follows them) or a new one, handing the tokens to the loop; the session
-        goes to `whole` if its answer ends whole, else it is closed. The choice learns its
-        drafts' fate."""
+        """In a worker thread: generate in the waiting session (rewound to its tokens), a fork
+        of the `lent` one (of the tokens it shares), or a new one, sending only what the
+        session does not hold, and handing the tokens to the loop; the session goes to
+        `whole` if its answer ends whole, else it is closed. The choice learns how much of
+        its prompt was held, and its drafts' fate."""
         options = choice.options
         try:
-            if idle is None:
-                session = self._open_session(self._session_length(input_ids, options))
-            else:
-                session, input_ids = idle.session, input_ids[:, len(idle.tokens) :]
-                session.rewind(len(idle.tokens))
+            session, choice.cached = self._session_for(input_ids, options, idle, lent)
+            input_ids = input_ids[:, choice.cached :]
             try:
                 with closing(session.stream(input_ids, tokenizer=self.tokenizer, **options)) as s:
                     for token in s:
@@ -505,6 +513,30 @@ class ApiServer:
         finally:
             with suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(send.close)
+
+    def _session_for(
+        self,
+        input_ids: torch.Tensor,
+        options: dict[str, Any],
+        idle: IdleSession | None,
+        lent: tuple[IdleSession, int] | None,
+    ) -> tuple[InferenceSession, int]:
+        """The session to answer in (in a worker thread), and how many tokens of the prompt
+        it holds already. A lent session waits again once forked."""
+        if idle is not None:
+            idle.session.rewind(len(idle.tokens))
+            return idle.session, len(idle.tokens)
+        length = self._session_length(input_ids, options)
+        if lent is not None:
+            source, shared = lent
+            try:
+                return source.session.fork(shared, max_length=length), shared
+            except NoRoomError:
+                logger.info("no room on the peers to fork a waiting session: opening one")
+            finally:
+                wait = (source.session, source.tokens, source.max_length, source.asked)
+                trio.from_thread.run(self._wait_again, *wait)
+        return self._open_session(length), 0
 
     def _open_session(self, length: int) -> InferenceSession:
         """A new session (in a worker thread). Where the peers have no room for it, sessions
@@ -591,12 +623,15 @@ class _Answer:
                     self.prompt_tokens, len(text.tokens), self.reason(text, calls))  # fmt: skip
 
     def usage(self, choices: Sequence[_Choice]) -> dict[str, Any]:
-        """OpenAI's usage of these answers; with a prediction, the drafts taken and not."""
+        """OpenAI's usage of these answers: the prompt's tokens that every answer's session
+        held already among its details; with a prediction, the drafts taken and not."""
         completion_tokens = sum(len(choice.text.tokens) for choice in choices)
+        cached = min((choice.cached for choice in choices), default=0)
         usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": self.prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached},
         }
         if self.request.prediction:
             usage["completion_tokens_details"] = {
@@ -662,6 +697,7 @@ class _Choice:
     records: list[TokenLogprob] = field(default_factory=list)
     calls: list[ToolCall] = field(default_factory=list)  # the tool it calls, if it calls one
     drafts: tuple[int, int] = (0, 0)  # drafts the model took and did not (prompt lookup)
+    cached: int = 0  # prompt tokens its session held already (a next turn, or a fork)
 
 
 async def _side_by_side(jobs: list[Callable[[], Awaitable[None]]]) -> None:

@@ -8,10 +8,13 @@ to where the two part (within the answer, or at its end) and sends only the rest
 turn of a conversation goes on in one session, also where the chat template renders the
 previous answer to other tokens than the model generated, or a stop sequence cut it (the
 session holds tokens after the cut). The same prompt asked again opens a session of its
-own, so that it is computed as the first time, to the last bit. Waiting sessions hold
-cache on the peers, so at most `max_idle` wait, each at most `idle_seconds`, the oldest
-leaving first, and sooner when a new session finds no room on the peers.
-Pure bookkeeping: the server opens and closes.
+own, so that it is computed as the first time, to the last bit. A request that goes on from
+no waiting session but shares at least `MIN_FORK_TOKENS` with one (a system prompt, a
+conversation's beginning) is lent that session to fork: a new session whose peers copy
+those tokens' caches, so that they are computed once. Waiting sessions hold cache on the
+peers, so at most `max_idle` wait, each at most `idle_seconds`, the oldest leaving first,
+and sooner when a new session finds no room on the peers. Pure bookkeeping: the server
+opens, forks and closes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+
+MIN_FORK_TOKENS = 16  # shared with a waiting session, for a request to fork it
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,20 @@ class SessionPool:
         chosen = max(fitting, key=lambda idle: shared[id(idle)])
         self._waiting.remove(chosen)
         return replace(chosen, tokens=chosen.tokens[: shared[id(chosen)]])
+
+    def lend(self, tokens: Sequence[int]) -> tuple[IdleSession, int] | None:
+        """The waiting session that shares most of `tokens`, at least `MIN_FORK_TOKENS` but
+        not all (the same prompt again is computed afresh), and how many, to fork; it waits
+        no more until `put` again."""
+        shared = {id(idle): _shared(idle.tokens, tokens) for idle in self._waiting}
+        forkable = [
+            idle for idle in self._waiting if MIN_FORK_TOKENS <= shared[id(idle)] < len(tokens)
+        ]
+        if not forkable:
+            return None
+        lent = max(forkable, key=lambda idle: shared[id(idle)])
+        self._waiting.remove(lent)
+        return lent, shared[id(lent)]
 
     def put(
         self, session: Any, tokens: Sequence[int], max_length: int, asked: int

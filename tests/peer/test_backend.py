@@ -105,6 +105,37 @@ def test_other_bad_requests(backend: SpanBackend) -> None:
     assert issubclass(InvalidRequestError, PeerError)
 
 
+def test_a_fork_begins_with_the_first_tokens_of_its_source(backend: SpanBackend) -> None:
+    """Bitwise: the fork holds the same keys and values, so its steps are the source's own;
+    the source goes on untouched, and a fork it does not match is refused, reserving
+    nothing."""
+    backend.open_session("a", max_length=20, batch_size=2, padding=(1, 0))
+    prompt = _hidden(batch=2, length=6)
+    backend.step("a", prompt)
+    backend.open_session("fork", max_length=10, batch_size=2, padding=(1, 0),
+                         fork_of="a", fork_tokens=4)  # fmt: skip
+    assert backend.session_length("fork") == 4 and backend.session_length("a") == 6
+    assert backend.cache_tokens_left == 100 - 40 - 20
+    onward = _hidden(batch=2, length=2, seed=1)
+    forked = backend.step("fork", onward)
+    assert torch.equal(backend.step("a", onward, position=4), forked)
+    refusals = {
+        "other blocks": {"start": 2},
+        "another batch": {"batch_size": 1, "padding": ()},
+        "other padding": {"padding": (0, 0)},
+        "more than it holds": {"fork_tokens": 7},
+        "more than the fork's max_length": {"max_length": 3, "fork_tokens": 4},
+        "no such source": {"fork_of": "missing"},
+    }
+    for name, change in refusals.items():
+        asked = {"max_length": 10, "batch_size": 2, "padding": (1, 0), "fork_of": "a",
+                 "fork_tokens": 4} | change  # fmt: skip
+        with pytest.raises((InvalidRequestError, SessionNotFoundError)):
+            backend.open_session("refused", **asked)
+        assert backend.session_ids() == ["a", "fork"], name
+    assert backend.cache_tokens_left == 40
+
+
 @pytest.mark.parametrize(
     ("family", "expected"),
     [

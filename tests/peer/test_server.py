@@ -390,3 +390,45 @@ async def test_it_is_announced_online_then_offline(served: Served) -> None:
                 for v in (await served.dht.get(block_key(model, 2))).values()
             ]
     assert replace(record, state=PeerState.ONLINE).address == served.peer
+
+
+async def test_only_its_own_client_forks_a_session(checkpoint: Path, nursery: trio.Nursery) -> None:
+    """A fork begins with a copy of the session's first tokens (the step after them gives
+    what the session gave there); another client, a session not open or tokens it does not
+    hold are refused, and nothing is left open."""
+    network = MemoryNetwork()
+    served = await _serve(checkpoint, nursery, network)
+    other = RPCHost(Identity.generate(), network.transport("10.0.0.4"))
+    await nursery.start(other.run, "10.0.0.4", 1)
+    hidden = torch.randn(1, 3, HIDDEN)
+
+    async def fork(client: RPCHost, session: str, tokens: int) -> tuple[str, torch.Tensor | None]:
+        """The refusal's code, or "" and the output of the fork's step of `hidden[:, 2:]`."""
+        request = protocol.SessionRequest(1, 3, 8, fork=protocol.SessionFork(session, tokens))
+        async with client.open_stream(served.peer, protocol.INFERENCE) as stream:
+            await stream.send(Packet(request.header()))
+            try:
+                await stream.receive()
+            except RemoteError as error:
+                return error.code, None
+            header, body = encode_tensor(hidden[:, 2:])
+            await stream.send(Packet(protocol.step_header(0, header), body))
+            reply = await stream.receive()
+            return "", decode_tensor(reply.header["tensor"], reply.body)
+
+    async with served.client.open_stream(served.peer, protocol.INFERENCE) as stream:
+        await stream.send(Packet(protocol.SessionRequest(1, 3, 16).header()))
+        opened = protocol.SessionOpened.parse((await stream.receive()).header)
+        header, body = encode_tensor(hidden)
+        await stream.send(Packet(protocol.step_header(0, header), body))
+        reply = await stream.receive()
+        whole = decode_tensor(reply.header["tensor"], reply.body)
+        assert (await fork(other, opened.session, 2))[0] == "session_not_found"
+        assert (await fork(served.client, "no-such-session", 2))[0] == "session_not_found"
+        assert (await fork(served.client, opened.session, 4))[0] == "invalid_request"
+        code, output = await fork(served.client, opened.session, 2)
+        assert code == "" and output is not None
+        torch.testing.assert_close(output, whole[:, 2:], rtol=1e-5, atol=1e-6)
+        await _until_no_sessions(served, but=1)
+    await _until_no_sessions(served)
+    assert (await served.info())["cache_tokens_left"] == 256

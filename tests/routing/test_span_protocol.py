@@ -24,6 +24,8 @@ def test_round_trips() -> None:
     assert protocol.SessionOpened.parse(opened.header()) == opened
     tuned = protocol.SessionRequest(2, 5, 64, adapter="tuned-1")
     assert protocol.SessionRequest.parse(tuned.header()) == tuned
+    forked = protocol.SessionRequest(2, 5, 64, fork=protocol.SessionFork("abc-12", 30))
+    assert protocol.SessionRequest.parse(forked.header()) == forked
     for forward in [
         protocol.ForwardRequest(1, 3, TENSOR),
         protocol.ForwardRequest(1, 3, TENSOR, [[0, 1], [1, 1]], adapter="tuned-1"),
@@ -54,6 +56,17 @@ def test_round_trips() -> None:
         {"open": {"start": 0, "end": 2, "max_length": 8, "batch_size": 1, "padding": ["1"]}},
         {"open": {"start": 0, "end": 2, "max_length": 8, "batch_size": 1, "padding": -1}},
         {"open": {"start": 0, "end": 2, "max_length": 8, "batch_size": 1, "padding": [-1]}},
+        *(
+            {"open": {"start": 0, "end": 2, "max_length": 8, "batch_size": 1, "fork": fork}}
+            for fork in (
+                "abc",
+                {"session": "abc"},
+                {"session": "abc", "tokens": -1},
+                {"session": "", "tokens": 1},
+                {"session": "a" * 65, "tokens": 1},
+                {"session": 7, "tokens": 1},
+            )
+        ),
         {
             "open": {
                 "start": 0,

@@ -25,7 +25,7 @@ from swarm.api.completion_text import CompletionText
 from swarm.api.logprobs import scored_tokens
 from swarm.api.requests import ApiError, read_request
 from swarm.api.server import ApiConfig, ApiServer
-from swarm.api.session_pool import SessionPool
+from swarm.api.session_pool import MIN_FORK_TOKENS, SessionPool
 from swarm.cli import build_parser
 from swarm.commands.api import api_key
 from swarm.errors import SwarmError
@@ -627,6 +627,42 @@ async def test_a_session_goes_on_from_where_the_next_prompt_parts_from_it(
     assert sessions == [[1, 1], [1, 1], [2, 2]]
 
 
+async def test_a_conversation_sharing_a_waiting_ones_beginning_forks_its_session(
+    tiny: Path, swarm: Any
+) -> None:
+    """Two prompts that share 20 tokens (a system prompt) and part after: the second forks
+    the first's waiting session, whose peers copy those tokens' caches; usage and the
+    metrics say so, and both sessions wait on. Asked again, it forks the first again (its
+    own session holds all of it). Each answer is transformers' greedy one."""
+    peers, model = swarm
+    shared = [1, *range(40, 59)]
+    first, second = [*shared, 70, 71], [*shared, 80, 81, 82]
+    options = {"model": MODEL, "max_tokens": 5, "temperature": 0}
+
+    def forks() -> list[tuple[int, int]]:
+        return [
+            (a.forked, a.forked_tokens) for a in (peers.status(p).activity for p in peers.peers)
+        ]
+
+    async with api(tiny, model) as client:
+        await call(client.completions.create, prompt=first, **options)
+        before = await trio.to_thread.run_sync(forks)
+        answers = [await call(client.completions.create, prompt=second, **options)
+                   for _ in range(2)]  # fmt: skip
+        after = await trio.to_thread.run_sync(forks)
+        sessions = await trio.to_thread.run_sync(lambda: [peers.sessions(p) for p in peers.peers])
+        samples = (await trio.to_thread.run_sync(scrape, str(client.base_url), None))[1]
+    expected = local(tiny, torch.tensor([second]), max_new_tokens=5, do_sample=False)
+    assert [answer.choices[0].text for answer in answers] == [expected, expected]
+    cached = [answer.usage.prompt_tokens_details.cached_tokens for answer in answers]
+    assert cached == [len(shared)] * 2
+    assert samples["swarm_api_cached_prompt_tokens_total"][(("model", MODEL),)] == 2 * len(shared)
+    assert [(f - b, t - u) for (f, t), (b, u) in zip(after, before, strict=True)] == [
+        (2, 2 * len(shared))
+    ] * 2
+    assert sessions == [3, 3]
+
+
 async def test_a_waiting_session_makes_room_for_a_new_conversation(
     tiny: Path, one_session_swarm: Any
 ) -> None:
@@ -642,6 +678,25 @@ async def test_a_waiting_session_makes_room_for_a_new_conversation(
     expected = local(tiny, torch.tensor([[7, 8, 9]]), max_new_tokens=4, do_sample=False)
     assert other.choices[0].text == expected
     assert waiting == after == 1
+
+
+async def test_a_fork_the_peers_have_no_room_for_makes_room_as_a_new_session_does(
+    tiny: Path, one_session_swarm: Any
+) -> None:
+    """The peer has room for one session: a conversation that shares 20 tokens with the
+    waiting one cannot fork it, so that one closes, and the request gets transformers'
+    answer in a new session."""
+    peers, model = one_session_swarm
+    shared = [1, *range(40, 59)]
+    options = {"model": MODEL, "max_tokens": 4, "temperature": 0}
+    async with api(tiny, model, headroom=50) as client:  # sessions of 22 + 4 + 50 tokens
+        await call(client.completions.create, prompt=[*shared, 70, 71], **options)
+        other = await call(client.completions.create, prompt=[*shared, 80, 81], **options)
+        after = await trio.to_thread.run_sync(peers.sessions, peers.peers[0])
+    expected = local(tiny, torch.tensor([[*shared, 80, 81]]), max_new_tokens=4, do_sample=False)
+    assert other.choices[0].text == expected
+    assert other.usage.prompt_tokens_details.cached_tokens == 0
+    assert after == 1
 
 
 async def test_a_request_waits_for_room_an_answer_in_flight_frees(
@@ -718,6 +773,29 @@ def test_the_pool_hands_out_the_history_a_prompt_shares_most_of() -> None:
     assert [idle.session for idle in pool.expired()] == ["a", "b"] and len(pool) == 0
     pool.put("c", [7], 10, 1)
     assert [idle.session for idle in pool.drain()] == ["c"] and len(pool) == 0
+
+
+def test_the_pool_lends_the_session_a_prompt_shares_most_of_to_fork() -> None:
+    """At least `MIN_FORK_TOKENS` shared, and never by a session holding all of the prompt;
+    the lent session waits no more until put again."""
+    pool = SessionPool(max_idle=3, idle_seconds=10.0, clock=lambda: 0.0)
+    system = list(range(100, 100 + MIN_FORK_TOKENS))
+    pool.put("a", [*system, 1, 2, 3], max_length=100, asked=len(system) + 2)
+    pool.put("b", [*system, 1, 5], max_length=100, asked=len(system) + 1)
+    for tokens, expected in [
+        ([*system, 1, 2, 9], ("a", len(system) + 2)),  # the longest share
+        ([*system, 1, 5, 6], ("b", len(system) + 2)),  # all "b" holds, and more
+        ([*system, 1, 5], ("a", len(system) + 1)),  # "b" holds all of it: computed afresh
+        ([*system[:-1], 7, 8], None),  # too little shared
+        ([*system], None),  # all of it in both: afresh
+    ]:
+        lent = pool.lend(tokens)
+        got = None if lent is None else (lent[0].session, lent[1])
+        assert got == expected, tokens
+        if lent is not None:
+            assert len(pool) == 1
+            pool.put(lent[0].session, lent[0].tokens, lent[0].max_length, lent[0].asked)
+    assert len(pool) == 2
 
 
 def test_the_text_holds_back_what_may_start_a_stop_sequence(tiny: Path) -> None:

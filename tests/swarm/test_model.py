@@ -8,6 +8,7 @@ is `generate()` of the same checkpoint loaded by transformers.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -642,6 +643,63 @@ def test_a_session_rewinds_to_where_the_next_turn_goes_on(
     whole = torch.cat([first[:, :kept], turn], dim=-1)
     assert second[0, 2:].tolist() == _local(checkpoint, whole, max_new_tokens=6, do_sample=False)
     assert again[0, 2:].tolist() == _local(checkpoint, turn, max_new_tokens=6, do_sample=False)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_fork_goes_on_from_the_beginning_it_shares_without_computing_it_again(
+    checkpoints: dict[str, Path], family: str
+) -> None:
+    """A session forked within its answer: its peers copy the tokens it keeps, and both
+    sessions then go on as transformers does from what each holds."""
+    checkpoint = checkpoints[family]
+    with (
+        _swarm_and_model(checkpoint, CHAINS[2]) as (swarm, model),
+        model.inference_session(max_length=64) as session,
+    ):
+        first = session.generate(PROMPT, max_new_tokens=8, do_sample=False)
+        kept = PROMPT.shape[1] + 3
+        with session.fork(kept, max_length=32) as fork:
+            forked = fork.generate(torch.tensor([[60, 61]]), max_new_tokens=6, do_sample=False)
+            assert fork.max_length == 32
+        went_on = session.generate(torch.tensor([[70]]), max_new_tokens=6, do_sample=False)
+        statuses = [swarm.status(peer).activity for peer in swarm.peers]
+        for wrong in (-1, session.input_ids.shape[1] + 1, 2.0):
+            with pytest.raises(GenerationError, match="cannot fork"):
+                session.fork(wrong)  # type: ignore[arg-type]
+    assert [(s.forked, s.forked_tokens) for s in statuses] == [(1, kept)] * 2
+    whole = torch.cat([first[:, :kept], torch.tensor([[60, 61]])], dim=-1)
+    assert forked[0, 2:].tolist() == _local(checkpoint, whole, max_new_tokens=6, do_sample=False)
+    whole = torch.cat([first, torch.tensor([[70]])], dim=-1)
+    assert went_on[0, 1:].tolist() == _local(checkpoint, whole, max_new_tokens=6, do_sample=False)
+
+
+def test_a_fork_goes_on_when_its_peers_are_gone(
+    checkpoints: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fork whose peer was stopped has those blocks computed again on the other replica;
+    once forked, a peer that stops is replaced from the history the fork took: transformers'
+    tokens all the same."""
+    caplog.set_level(logging.INFO, logger="routing.client.chain")
+    checkpoint = checkpoints["mistral"]
+    with (
+        _swarm_and_model(checkpoint, [(0, 2), (0, 2), (2, 4), (2, 4)]) as (swarm, model),
+        model.inference_session(max_length=64) as session,
+    ):
+        first = session.generate(PROMPT, max_new_tokens=4, do_sample=False)
+        gone = swarm.peer(session.route[-1].peer)
+        swarm.stop_peer(gone)
+        with session.fork() as fork:
+            copier = swarm.peer(fork.route[0].peer)
+            assert swarm.status(copier).activity.forked == 1
+            swarm.stop_peer(copier)
+            forked = fork.generate(torch.tensor([[60]]), max_new_tokens=6, do_sample=False)
+            assert {hop.peer for hop in fork.route}.isdisjoint({gone.peer, copier.peer})
+            assert [failover.peer for failover in fork.failovers] == [copier.peer]
+        others = [peer for peer in swarm.peers if peer not in (gone, copier)]
+        assert [swarm.status(peer).activity.forked for peer in others] == [0, 0]
+    whole = torch.cat([first, torch.tensor([[60]])], dim=-1)
+    assert forked[0, 1:].tolist() == _local(checkpoint, whole, max_new_tokens=6, do_sample=False)
+    assert "did not fork a session" in caplog.text
 
 
 def _interrupt_a_generation(swarm: ThreadSwarm, model: DistributedModelForCausalLM) -> None:
