@@ -11,7 +11,9 @@ probabilities: completions take `logprobs` N and `echo`, chat takes `logprobs` a
 `top_logprobs` N. `response_format` `json_object` and `json_schema` are JSON mode
 (`swarm.json_mode`): the answer is a JSON object, or a value of the schema (its subset that
 `swarm.json_schema` supports; other keywords get a 400). Chat's `prediction` (predicted
-outputs) has drafts copied from its text (`swarm.prompt_lookup`); the answer is the same.
+outputs) has drafts copied from its text (`swarm.prompt_lookup`); the answer is the same. A
+completion's `prompt` may list several prompts (texts or token ids): each gets `n` answers,
+numbered prompt after prompt, as OpenAI numbers them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from .tools import CALL_WHITESPACE, Tool, ToolCall, call_schema, read_tool_choic
 __all__ = ["ApiError", "ChatMessage", "CompletionRequest", "read_request"]
 
 MAX_STOP_SEQUENCES = 4
-MAX_CHOICES = 8  # `n`: answers to one request, generated side by side
+MAX_CHOICES = 8  # `n`: answers to each prompt
+MAX_ANSWERS = 32  # of one request (n times its prompts), generated side by side
 MAX_LOGIT_BIAS = 300  # tokens a request may bias, as OpenAI's API allows
 MAX_LOGPROBS = {"completion": 5, "chat": 20}  # the likeliest tokens given per place, at most
 ROLES = ("system", "user", "assistant", "tool")
@@ -59,11 +62,11 @@ class ChatMessage:
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """One request, either kind: a `prompt` (completions) or `messages` (chat)."""
+    """One request, either kind: `prompts` (completions) or `messages` (chat)."""
 
     kind: str  # "completion" or "chat"
     model: str
-    prompt: str | tuple[int, ...] = ""  # text, or token ids
+    prompts: tuple[str | tuple[int, ...], ...] = ()  # each text, or token ids
     messages: tuple[ChatMessage, ...] = ()
     max_tokens: int | None = None  # None: the server's default for the kind
     temperature: float = 1.0
@@ -77,7 +80,7 @@ class CompletionRequest:
     include_usage: bool = False  # in a last chunk of the stream
     logprobs: int | None = None  # asked: with this many likeliest tokens per place
     echo: bool = False  # the prompt comes first in the text (and its log probabilities)
-    n: int = 1  # answers, each generated on its own (choice i sampled with seed + i)
+    n: int = 1  # answers to each prompt, each generated on its own (the i-th with seed + i)
     json_object: bool = False  # JSON mode: the answer is one JSON object
     json_schema: Node | None = None  # JSON mode: the answer is a value of this schema
     tools: tuple[Tool, ...] = ()  # functions the model may call (chat)
@@ -139,7 +142,7 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
         tokens = _field(data, "max_completion_tokens", int)
         fields["max_tokens"] = _field(data, "max_tokens", int) if tokens is None else tokens
     else:
-        fields["prompt"] = _prompt(data.get("prompt"))
+        fields["prompts"] = _prompts(data.get("prompt"))
         fields["max_tokens"] = _field(data, "max_tokens", int)
     fields["stream"] = bool(_field(data, "stream", bool))
     fields["logprobs"] = _logprobs(kind, data)
@@ -148,6 +151,8 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
     fields["n"] = 1 if n is None else n
     if not 1 <= fields["n"] <= MAX_CHOICES:
         raise ApiError(400, f"n must be within 1..{MAX_CHOICES}", "n")
+    if len(fields.get("prompts", ())) * fields["n"] > MAX_ANSWERS:
+        raise ApiError(400, f"n times the prompts may be at most {MAX_ANSWERS}", "n")
     least = 0 if fields["echo"] else 1
     if fields["max_tokens"] is not None and fields["max_tokens"] < least:
         raise ApiError(400, f"max_tokens must be at least {least}", "max_tokens")
@@ -275,10 +280,16 @@ def _logit_bias(value: dict[str, Any]) -> tuple[tuple[int, float], ...]:
     return tuple(biases)
 
 
+def _prompts(value: Any) -> tuple[str | tuple[int, ...], ...]:
+    """A string or token ids, or a list of several of either."""
+    several = isinstance(value, list) and bool(value) and isinstance(value[0], str | list)
+    prompts = [_prompt(prompt) for prompt in value] if several else [_prompt(value)]
+    if len(prompts) > MAX_ANSWERS:
+        raise ApiError(400, f"at most {MAX_ANSWERS} prompts in one request", "prompt")
+    return tuple(prompts)
+
+
 def _prompt(value: Any) -> str | tuple[int, ...]:
-    """One prompt: a string, or token ids (a list of one of either is that one)."""
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str | list):
-        value = value[0]
     if isinstance(value, str) and value:
         return value
     if (
@@ -287,7 +298,9 @@ def _prompt(value: Any) -> str | tuple[int, ...]:
         and all(type(token) is int and token >= 0 for token in value)
     ):
         return tuple(value)
-    raise ApiError(400, "prompt must be one non-empty string or list of token ids", "prompt")
+    raise ApiError(
+        400, "prompt must be a non-empty string or list of token ids, or a list of them", "prompt"
+    )
 
 
 def _stop(value: Any) -> tuple[str, ...]:

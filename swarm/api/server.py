@@ -218,35 +218,39 @@ class ApiServer:
             max_tokens = default or self.config.max_tokens
         if max_tokens > self.config.max_tokens:
             raise ApiError(400, f"max_tokens may be at most {self.config.max_tokens}", "max_tokens")
-        input_ids = self._input_ids(request)
-        self.activity.prompt_tokens += int(input_ids.shape[1])
+        prompts = self._prompts(request)
+        prompt_tokens = sum(int(prompt.ids.shape[1]) for prompt in prompts)
+        self.activity.prompt_tokens += prompt_tokens
         if any(token >= self.vocabulary for token, _ in request.logit_bias):
             raise ApiError(400, f"logit_bias token ids must be below {self.vocabulary}",
                            "logit_bias")  # fmt: skip
-        if self.context and input_ids.shape[1] + max_tokens > self.context:
+        longest = max(int(prompt.ids.shape[1]) for prompt in prompts)
+        if self.context and longest + max_tokens > self.context:
             raise ApiError(
                 400,
-                f"{input_ids.shape[1]} prompt tokens + {max_tokens} new ones exceed the model's "
+                f"{longest} prompt tokens + {max_tokens} new ones exceed the model's "
                 f"context of {self.context} tokens",
                 "max_tokens",
                 "context_length_exceeded",
             )
-        echo = self._echo_text(request, input_ids)
-        answer = _Answer(request, self.config.model_id, int(input_ids.shape[1]), max_tokens,
-                         self.eos, started, echo)  # fmt: skip
+        answer = _Answer(request, self.config.model_id, prompt_tokens, max_tokens, self.eos,
+                         started)  # fmt: skip
         drafts = self._prediction_drafts(request)
-        choices = [
-            _Choice(index, CompletionText(self.tokenizer, request.stop),
+        choices = [  # numbered prompt after prompt, as OpenAI does
+            _Choice(number * request.n + index, prompt,
+                    CompletionText(self.tokenizer, request.stop),
                     request.generate_options(max_tokens, index) | drafts)
+            for number, prompt in enumerate(prompts)
             for index in range(request.n)
         ]  # fmt: skip
         if request.stream:
-            stream = partial(self._stream, input_ids, choices, answer)
+            stream = partial(self._stream, prompts, choices, answer)
             return Response(200, content_type="text/event-stream", stream=stream)
         try:
             if max_tokens:
-                await _side_by_side([partial(self._whole, input_ids, c, started) for c in choices])
-            prompt = await self._echoed_logprobs(request, input_ids)
+                await _side_by_side([partial(self._whole, choice, started) for choice in choices])
+            for prompt in prompts:
+                prompt.scored = await self._echoed_logprobs(request, prompt.ids)
         except (RoutingError, SwarmError) as error:
             logger.warning("a %s failed: %s", request.kind, error)
             raise _generation_error(error) from None
@@ -254,10 +258,12 @@ class ApiServer:
         for choice in choices:
             choice.calls = answer.calls(choice.text)
             answer.log(choice.text, choice.calls)
-            logprobs.append(self._logprobs(request, prompt, choice.text, choice.records))
+            logprobs.append(
+                self._logprobs(request, choice.prompt.scored, choice.text, choice.records)
+            )
         return _json(200, answer.whole(choices, logprobs))
 
-    async def _whole(self, input_ids: torch.Tensor, choice: _Choice, started: float) -> None:
+    async def _whole(self, choice: _Choice, started: float) -> None:
         """Generate one answer whole (to a request read at `started`)."""
 
         async def collect(token: int, record: TokenLogprob | None) -> bool:
@@ -266,15 +272,7 @@ class ApiServer:
                 choice.records.append(record)
             return not choice.text.stopped
 
-        await self._generate(input_ids, choice, collect, started)
-
-    def _echo_text(self, request: CompletionRequest, input_ids: torch.Tensor) -> str:
-        """The prompt as the text of an answer that echoes it ("" if it does not)."""
-        if not request.echo:
-            return ""
-        if isinstance(request.prompt, str):
-            return request.prompt
-        return str(self.tokenizer.decode(input_ids[0], skip_special_tokens=True))
+        await self._generate(choice, collect, started)
 
     async def _echoed_logprobs(
         self, request: CompletionRequest, input_ids: torch.Tensor
@@ -323,34 +321,50 @@ class ApiServer:
                            f"of {self.context}", "prediction")  # fmt: skip
         return {"prompt_lookup_num_tokens": PREDICTION_DRAFTS, "prediction_ids": ids}
 
-    def _input_ids(self, request: CompletionRequest) -> torch.Tensor:
-        if isinstance(request.prompt, tuple):  # token ids
-            if max(request.prompt) >= self.vocabulary:
-                raise ApiError(400, f"token ids must be below {self.vocabulary}", "prompt")
-            ids = torch.tensor([request.prompt])
-        elif request.kind == "completion":
-            ids = self.tokenizer(request.prompt, return_tensors="pt")["input_ids"]
-        else:
-            template = getattr(self.tokenizer, "chat_template", None)
-            if not template:
-                raise ApiError(400, "this model has no chat template: use /v1/completions")
-            native = "tools" in template  # it lists the tools itself
-            messages = chat_messages(request.messages, request.tools, native)
-            tools = {"tools": [t.to_json() for t in request.tools]} if native else {}
-            try:
-                ids = self.tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, return_tensors="pt",
-                    return_dict=True, **tools,
-                )["input_ids"]  # fmt: skip
-            except TemplateError as error:
-                raise ApiError(400, f"the chat template refused the messages: {error}") from None
-        ids = torch.as_tensor(ids)
+    def _prompts(self, request: CompletionRequest) -> list[_Prompt]:
+        """The request's prompts as tokens (a chat's: its messages in the chat template),
+        with their text if the answers echo it."""
+        if request.kind == "chat":
+            return [_Prompt(self._checked(self._chat_ids(request)))]
+        prompts = []
+        for prompt in request.prompts:
+            if isinstance(prompt, tuple):  # token ids
+                if max(prompt) >= self.vocabulary:
+                    raise ApiError(400, f"token ids must be below {self.vocabulary}", "prompt")
+                ids = torch.tensor([prompt])
+            else:
+                ids = torch.as_tensor(self.tokenizer(prompt, return_tensors="pt")["input_ids"])
+            echo = ""
+            if request.echo and isinstance(prompt, str):
+                echo = prompt
+            elif request.echo:
+                echo = str(self.tokenizer.decode(ids[0], skip_special_tokens=True))
+            prompts.append(_Prompt(self._checked(ids), echo))
+        return prompts
+
+    def _chat_ids(self, request: CompletionRequest) -> torch.Tensor:
+        template = getattr(self.tokenizer, "chat_template", None)
+        if not template:
+            raise ApiError(400, "this model has no chat template: use /v1/completions")
+        native = "tools" in template  # it lists the tools itself
+        messages = chat_messages(request.messages, request.tools, native)
+        tools = {"tools": [t.to_json() for t in request.tools]} if native else {}
+        try:
+            return torch.as_tensor(self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt",
+                return_dict=True, **tools,
+            )["input_ids"])  # fmt: skip
+        except TemplateError as error:
+            raise ApiError(400, f"the chat template refused the messages: {error}") from None
+
+    @staticmethod
+    def _checked(ids: torch.Tensor) -> torch.Tensor:
         if ids.shape[1] == 0:
             raise ApiError(400, "the prompt has no tokens", "prompt")
         return ids
 
     async def _stream(
-        self, input_ids: torch.Tensor, choices: list[_Choice], answer: _Answer, write: Write
+        self, prompts: list[_Prompt], choices: list[_Choice], answer: _Answer, write: Write
     ) -> None:
         """Server-sent events: the pieces of each answer's text as they come, each answer's
         end, `[DONE]` (the answers side by side, their events one at a time)."""
@@ -394,7 +408,7 @@ class ApiServer:
                 return not text.stopped
 
             if answer.max_tokens:
-                await self._generate(input_ids, choice, send, answer.started)
+                await self._generate(choice, send, answer.started)
             choice.calls = answer.calls(text) if holding or forced is not None else []
             answer.log(text, choice.calls)
             if forced is not None:  # its calls went as they came: what is left of them
@@ -411,12 +425,16 @@ class ApiServer:
             await emit(answer.chunk("", choice.index, reason=reason))
 
         try:
-            prompt = await self._echoed_logprobs(request, input_ids)
-            echoed = self._shaped(request, prompt, 0) if prompt else None
+            for prompt in prompts:
+                prompt.scored = await self._echoed_logprobs(request, prompt.ids)
             for choice in choices:
-                await emit(answer.chunk(answer.echo, choice.index, echoed, first=True))
-            offset = sum(len(token.text) for token in prompt)
-            await _side_by_side([partial(run, choice, offset) for choice in choices])
+                scored = choice.prompt.scored
+                echoed = self._shaped(request, scored, 0) if scored else None
+                await emit(answer.chunk(choice.prompt.echo, choice.index, echoed, first=True))
+            await _side_by_side([
+                partial(run, choice, sum(len(token.text) for token in choice.prompt.scored))
+                for choice in choices
+            ])  # fmt: skip
         except (RoutingError, SwarmError) as error:  # the status is sent: say it in the stream
             logger.warning("a streamed %s failed: %s", answer.request.kind, error)
             await emit(_generation_error(error).to_json())
@@ -427,7 +445,6 @@ class ApiServer:
 
     async def _generate(
         self,
-        input_ids: torch.Tensor,
         choice: _Choice,
         consume: Callable[[int, TokenLogprob | None], Awaitable[bool]],
         started: float,
@@ -438,6 +455,7 @@ class ApiServer:
         next token and closes its session before this returns. Each token comes with its
         log probabilities if the choice's options ask for them."""
         send, receive = trio.open_memory_channel[tuple[int, TokenLogprob | None]](math.inf)
+        input_ids = choice.prompt.ids
         needed = int(input_ids.shape[1]) + int(choice.options["max_new_tokens"])
         idle = self.sessions.take(input_ids[0].tolist(), needed)
         lent = None if idle is not None else self.sessions.lend(input_ids[0].tolist())
@@ -590,7 +608,6 @@ class _Answer:
     max_tokens: int
     eos: frozenset[int]
     started: float  # when the request was read (trio's clock)
-    echo: str = ""  # the prompt, before the text (completions with `echo`)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -655,7 +672,7 @@ class _Answer:
             elif self.request.kind == "chat":
                 choice["message"] = {"role": "assistant", "content": text.text}
             else:
-                choice["text"] = self.echo + text.text
+                choice["text"] = made.prompt.echo + text.text
             choices.append(choice)
         usage = self.usage(generated)
         return {**self._head(), "choices": choices, "usage": usage}
@@ -687,11 +704,22 @@ class _Answer:
 
 
 @dataclass
+class _Prompt:
+    """One prompt of a request: its tokens, its text before the answers' if they echo it,
+    and its tokens scored once for them (echo with log probabilities)."""
+
+    ids: torch.Tensor
+    echo: str = ""
+    scored: list[ScoredToken] = field(default_factory=list)
+
+
+@dataclass
 class _Choice:
-    """One answer to a request: its number, its text so far, its generation's options and
-    its tokens' log probabilities."""
+    """One answer to a request: its number, its prompt, its text so far, its generation's
+    options and its tokens' log probabilities."""
 
     index: int
+    prompt: _Prompt
     text: CompletionText
     options: dict[str, Any]
     records: list[TokenLogprob] = field(default_factory=list)

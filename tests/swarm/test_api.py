@@ -284,6 +284,39 @@ async def test_several_choices_are_sampled_side_by_side_with_their_own_seeds(
     assert sorted(finished) == [0, 1, 2]
 
 
+async def test_several_prompts_get_their_answers_numbered_prompt_after_prompt(
+    tiny: Path, swarm: Any
+) -> None:
+    """A text and token ids, 2 answers each, echoed: answer 2p + i is transformers' sampling
+    of prompt p with seed + i, whole or streamed; usage counts every prompt's tokens once."""
+    ids = [7, 8, 9, 10]
+    options = {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "top_k": 0}
+    prompts = [prompt_ids(tiny), torch.tensor([ids])]
+    expected = [
+        local(tiny, prompt, seed=7 + i, max_new_tokens=6, **options)
+        for prompt in prompts
+        for i in range(2)
+    ]
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    echoes = [PROMPT, tokenizer.decode(ids, skip_special_tokens=True)]
+    expected = [echoes[index // 2] + text for index, text in enumerate(expected)]
+    request = {"model": MODEL, "prompt": [PROMPT, ids], "max_tokens": 6, "temperature": 0.8,
+               "top_p": 0.9, "seed": 7, "n": 2, "echo": True}  # fmt: skip
+    async with api(tiny, swarm[1]) as client:
+        whole = await call(client.completions.create, **request)
+        chunks = await trio.to_thread.run_sync(
+            lambda: list(client.completions.create(**request, stream=True))
+        )
+    assert [choice.text for choice in sorted(whole.choices, key=lambda c: c.index)] == expected
+    assert whole.usage is not None
+    assert whole.usage.prompt_tokens == prompt_ids(tiny).shape[1] + len(ids)
+    streamed = [""] * 4
+    for chunk in chunks:
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.text
+    assert streamed == expected
+
+
 async def test_a_stop_sequence_ends_the_text_before_it(tiny: Path, swarm: Any) -> None:
     full = local(tiny, prompt_ids(tiny), max_new_tokens=16, do_sample=False)
     stop = full[6:9]  # three characters from the middle of the greedy text
@@ -312,6 +345,9 @@ async def test_bad_requests_get_openai_errors_and_the_server_serves_on(
             await call(client.completions.create, model=MODEL, prompt=PROMPT, max_tokens=5000)
         with pytest.raises(openai.BadRequestError, match="context of 512 tokens"):
             await call(client.completions.create, model=MODEL, prompt=PROMPT, max_tokens=1000)
+        with pytest.raises(openai.BadRequestError, match="500 prompt tokens"):  # the longest's
+            await call(client.completions.create, model=MODEL, prompt=[[5], [5] * 500],
+                       max_tokens=20)  # fmt: skip
         requests: list[tuple[str, str, bytes | int]] = [
             ("POST", "/completions", b"{not json"),
             ("POST", "/completions", json.dumps({"model": MODEL, "prompt": "x", "x": 1}).encode()),
@@ -835,7 +871,12 @@ def test_the_tokens_texts_add_up_to_the_text(tiny: Path) -> None:
         ({"model": "", "prompt": "x"}, "model is required"),
         ({"model": "m", "prompt": "x", "seed": 2**64}, "seed must be a 64-bit integer"),
         ({"model": "m"}, "prompt must be"),
-        ({"model": "m", "prompt": ["a", "b"]}, "prompt must be"),
+        ({"model": "m", "prompt": ["a", 5]}, "prompt must be"),
+        ({"model": "m", "prompt": ["a", ""]}, "prompt must be"),
+        ({"model": "m", "prompt": [[1], []]}, "prompt must be"),
+        ({"model": "m", "prompt": []}, "prompt must be"),
+        ({"model": "m", "prompt": ["a"] * 33}, "at most 32 prompts"),
+        ({"model": "m", "prompt": ["a"] * 5, "n": 8}, "n times the prompts may be at most 32"),
         ({"model": "m", "prompt": "x", "temperature": 3}, "temperature must be within"),
         ({"model": "m", "prompt": "x", "top_p": 0}, "top_p must be above 0"),
         ({"model": "m", "prompt": "x", "max_tokens": 0}, "max_tokens must be at least 1"),
