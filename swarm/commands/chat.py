@@ -5,7 +5,8 @@ stderr. The conversation is one inference session: each turn renders the whole c
 with the tokenizer's chat template and sends only what follows the tokens the session
 already holds. Where the template renders them otherwise (a reply whose text encodes to
 other tokens than were generated), the session rewinds to where they part and goes on from
-there. `/reset` forgets the conversation; end of input (Ctrl-D) or `/exit` ends it.
+there. `/reset` forgets the conversation but keeps the session, so that the next one goes on
+from what they share (the system prompt); end of input (Ctrl-D) or `/exit` ends it.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def shared_tokens(held: torch.Tensor | None, prompt: torch.Tensor) -> int:
 
 
 class Chat:
-    """One conversation over one model, in one session (until `/reset`)."""
+    """One conversation at a time over one model, in one session."""
 
     def __init__(self, model: DistributedModelForCausalLM, args: argparse.Namespace) -> None:
         self.model = model
@@ -69,7 +70,7 @@ class Chat:
         self.session = None
 
     def reset(self) -> None:
-        self.close()
+        """A new conversation, in the same session (rewound by the next reply)."""
         self.conversation.reset()
 
     def reply(self, tokenizer: Any, message: str) -> None:
@@ -85,8 +86,8 @@ class Chat:
         held = self.session.input_ids
         shared = shared_tokens(held, prompt)
         if held is not None and shared < held.shape[1]:
-            logger.info("the chat template renders the conversation otherwise from token "
-                        "%d of %d: going on from there", shared, held.shape[1])  # fmt: skip
+            logger.info("the session holds %d tokens, the conversation shares %d of them: "
+                        "going on from there", held.shape[1], shared)  # fmt: skip
             self.session.rewind(shared)
         stream = self.session.stream(prompt[:, shared:], tokenizer=tokenizer, **self.options)
         tokens = write_stream(tokenizer, stream)

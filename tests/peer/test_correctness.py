@@ -280,7 +280,8 @@ def test_incremental_decoding_equals_transformers_own(
     family: str, checkpoints: dict[str, Path], references: dict[str, Reference]
 ) -> None:
     """Prompt, then one token at a time: bit for bit what the transformers model computes
-    with its own KV cache (the input of block 3, as `output_hidden_states` gives it). One
+    with its own KV cache (the input of block 3, as `output_hidden_states` gives it; Llama 4
+    and Falcon up to rounding, below). One
     sequence, as generation sends: with more rows, the cache's views are strided, and
     DeepSeek V2's attention rounds those differently (7e-9)."""
     model = references[family].model
@@ -297,6 +298,9 @@ def test_incremental_decoding_equals_transformers_own(
     got, wanted = _incremental(backend, inputs, prompt=5), torch.cat(expected, 1)
     if family == "llama4_text":  # transformers' cache keeps only the current chunk's keys:
         assert_rounding_close(got, wanted)  # a sum over fewer keys rounds otherwise (2e-8)
+    elif family == "falcon":  # transformers 5.25 gives Falcon's SDPA an all-true mask for one
+        # query, where the peer lets SDPA go without one (as for the other families): 2e-8
+        assert_rounding_close(got, wanted)
     else:
         assert torch.equal(got, wanted)
 

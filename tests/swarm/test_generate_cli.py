@@ -239,8 +239,11 @@ def test_chat_resets_and_refuses_a_conversation_over_its_length(
     monkeypatch.setattr(sys, "stdout", stdout)
     lines = ["Something first", "/reset", "Hello there", "word " * 80]
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines)))
+    before = [swarm.status(peer).activity.sessions for peer in swarm.peers]
     status = main(["chat", str(tiny), "--initial-peers", swarm.bootstrap,
                    "--max-new-tokens", "8", "--max-length", "64"])  # fmt: skip
     assert status == 0
+    after = [swarm.status(peer).activity.sessions for peer in swarm.peers]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1] * len(swarm.peers)
     assert "".join(stdout.writes).endswith(expected[0] + "\n")  # as if the first was not said
     assert "would pass --max-length 64" in capsys.readouterr().err
