@@ -26,6 +26,9 @@ that finds every replica full waits for room (`ClientConfig.room_wait`), asking 
 again every few seconds; a new chain is told at once.
 The computation is the same, so the generated tokens do not change (a hop's history takes a
 beam search's `reorder` and a speculative decoding's `truncate` as its peer's cache does).
+`fork(n)` opens a chain whose every hop's peer copies the first n tokens of this chain's
+session there (a history shared by several generations is computed once); a hop whose peer
+cannot is routed anew and replayed, as in a recovery.
 `failovers` records each recovery (for the demo and the benchmark).
 """
 

@@ -548,13 +548,27 @@ class ApiServer:
         if lent is not None:
             source, shared = lent
             try:
-                return source.session.fork(shared, max_length=length), shared
-            except NoRoomError:
-                logger.info("no room on the peers to fork a waiting session: opening one")
+                while True:
+                    try:
+                        return source.session.fork(shared, max_length=length), shared
+                    except NoRoomError:
+                        if not self._close_oldest("a fork"):
+                            break
             finally:
                 wait = (source.session, source.tokens, source.max_length, source.asked)
                 trio.from_thread.run(self._wait_again, *wait)
+            logger.info("no room on the peers to fork a waiting session: opening one")
         return self._open_session(length), 0
+
+    def _close_oldest(self, purpose: str) -> bool:
+        """Close the session that has waited longest (in a worker thread), to make room for
+        `purpose`; False if none waits."""
+        waiting = trio.from_thread.run_sync(self.sessions.oldest)
+        if waiting is None:
+            return False
+        logger.info("no room on the peers for %s: closing a waiting session", purpose)
+        waiting.session.close()
+        return True
 
     def _open_session(self, length: int) -> InferenceSession:
         """A new session (in a worker thread). Where the peers have no room for it, sessions
@@ -566,10 +580,7 @@ class ApiServer:
             try:
                 return self.model.inference_session(length).open()
             except NoRoomError:
-                waiting = trio.from_thread.run_sync(self.sessions.oldest)
-                if waiting is not None:
-                    logger.info("no room on the peers for a new session: closing a waiting one")
-                    waiting.session.close()
+                if self._close_oldest("a new session"):
                     continue
                 ended = trio.from_thread.run(self._another_ends, seen, deadline)
                 if ended is None:

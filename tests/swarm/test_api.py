@@ -69,6 +69,17 @@ def one_session_swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedMode
         yield peers, model
 
 
+@pytest.fixture(scope="module")
+def two_session_swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM]]:
+    """One peer whose cache holds two sessions of the API's length here (76 + 76 of 160)."""
+    small = {"backend": BackendConfig(max_cache_tokens=160)}
+    with (
+        ThreadSwarm(tiny, [(0, 4)], **small) as peers,
+        DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[peers.bootstrap]) as model,
+    ):
+        yield peers, model
+
+
 @asynccontextmanager
 async def api(
     checkpoint: Path,
@@ -733,6 +744,26 @@ async def test_a_fork_the_peers_have_no_room_for_makes_room_as_a_new_session_doe
     assert other.choices[0].text == expected
     assert other.usage.prompt_tokens_details.cached_tokens == 0
     assert after == 1
+
+
+async def test_a_fork_makes_room_by_closing_another_waiting_session(
+    tiny: Path, two_session_swarm: Any
+) -> None:
+    """The peer has room for two sessions, both waiting: a conversation that shares 20 tokens
+    with the newer one closes the older, not the one it forks, and gets transformers' answer
+    with the 20 tokens cached."""
+    peers, model = two_session_swarm
+    shared = [1, *range(40, 59)]
+    options = {"model": MODEL, "max_tokens": 4, "temperature": 0}
+    async with api(tiny, model, headroom=50) as client:  # sessions of up to 26 + 50 tokens
+        await call(client.completions.create, prompt=[7, 8, 9], **options)
+        await call(client.completions.create, prompt=[*shared, 70, 71], **options)
+        other = await call(client.completions.create, prompt=[*shared, 80, 81], **options)
+        after = await trio.to_thread.run_sync(peers.sessions, peers.peers[0])
+    expected = local(tiny, torch.tensor([[*shared, 80, 81]]), max_new_tokens=4, do_sample=False)
+    assert other.choices[0].text == expected
+    assert other.usage.prompt_tokens_details.cached_tokens == len(shared)
+    assert after == 2
 
 
 async def test_a_request_waits_for_room_an_answer_in_flight_frees(
