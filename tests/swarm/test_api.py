@@ -6,7 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,26 +58,31 @@ def swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM
         yield peers, model
 
 
-@pytest.fixture(scope="module")
-def one_session_swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM]]:
-    """One peer whose cache holds one session of the API's length here (below 2 x 64)."""
-    small = {"backend": BackendConfig(max_cache_tokens=100)}
+@contextmanager
+def one_peer(
+    tiny: Path, cache_tokens: int
+) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM]]:
+    """One peer of all the blocks, whose cache holds `cache_tokens`, and a model on it."""
+    small = {"backend": BackendConfig(max_cache_tokens=cache_tokens)}
     with (
         ThreadSwarm(tiny, [(0, 4)], **small) as peers,
         DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[peers.bootstrap]) as model,
     ):
         yield peers, model
+
+
+@pytest.fixture(scope="module")
+def one_session_swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM]]:
+    """Room for one session of the API's length here (below 2 x 64)."""
+    with one_peer(tiny, 100) as swarm:
+        yield swarm
 
 
 @pytest.fixture(scope="module")
 def two_session_swarm(tiny: Path) -> Iterator[tuple[ThreadSwarm, DistributedModelForCausalLM]]:
-    """One peer whose cache holds two sessions of the API's length here (76 + 76 of 160)."""
-    small = {"backend": BackendConfig(max_cache_tokens=160)}
-    with (
-        ThreadSwarm(tiny, [(0, 4)], **small) as peers,
-        DistributedModelForCausalLM.from_pretrained(tiny, initial_peers=[peers.bootstrap]) as model,
-    ):
-        yield peers, model
+    """Room for two sessions of the API's length here (76 + 76 of 160)."""
+    with one_peer(tiny, 160) as swarm:
+        yield swarm
 
 
 @asynccontextmanager

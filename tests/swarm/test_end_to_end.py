@@ -187,10 +187,13 @@ async def test_openais_client_chats_with_the_default_model(
     """`swarm api` on SmolLM2 through 2 peers: the answers transformers' greedy `generate()`
     gives on the chat template, whole (with log probabilities) and streamed; the second turn
     goes on in the session of the first (SmolLM2's answers render back to the tokens it
-    generated)."""
+    generated); another conversation forks a waiting session (the template's system prompt
+    and the question's first words are cached)."""
     swarm, model = smollm2_swarm
     turns = [QUESTION, "And of Italy?"]
     expected = _local_chat(smollm2, turns, new_tokens=16)
+    spain = "What is the capital of Spain?"
+    other = [{"role": "user", "content": spain}]
     options = {"model": "smol", "max_tokens": 16, "temperature": 0}
     first = [{"role": "user", "content": QUESTION}]
     async with api(smollm2, model, "smol") as client:
@@ -204,6 +207,7 @@ async def test_openais_client_chats_with_the_default_model(
                   {"role": "user", "content": turns[1]}]  # fmt: skip
         again = await call(client.chat.completions.create, messages=second, **options)
         sessions = await trio.to_thread.run_sync(lambda: [swarm.sessions(p) for p in swarm.peers])
+        forked = await call(client.chat.completions.create, messages=other, **options)
     assert answer == expected[0] and "Paris" in answer
     content = whole.choices[0].logprobs.content  # greedy: each token the likeliest there
     assert "".join(entry.token for entry in content) == answer
@@ -211,6 +215,8 @@ async def test_openais_client_chats_with_the_default_model(
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected[0]
     assert again.choices[0].message.content == expected[1] and "Rome" in expected[1]
     assert sessions == [2, 2]  # the first request's session went on; the streamed one waits
+    assert forked.choices[0].message.content == _local_chat(smollm2, [spain], new_tokens=16)[0]
+    assert forked.usage.prompt_tokens_details.cached_tokens >= 16
 
 
 def test_the_demo_answers_on_the_default_model_through_a_failure() -> None:
