@@ -49,31 +49,32 @@ class SessionPool:
         """The waiting session whose last prompt `tokens` begin with and go on after, and
         whose history they share most of, if it takes `needed` tokens in all; it waits no
         more. Its `tokens` are those shared: the session is to rewind to them."""
-        shared = {id(idle): _shared(idle.tokens, tokens[:-1]) for idle in self._waiting}
-        fitting = [
-            idle
-            for idle in self._waiting
-            if shared[id(idle)] >= idle.asked and needed <= idle.max_length
-        ]
-        if not fitting:
+        found = self._remove_best(
+            tokens[:-1], lambda idle, shared: shared >= idle.asked and needed <= idle.max_length
+        )
+        if found is None:
             return None
-        chosen = max(fitting, key=lambda idle: shared[id(idle)])
-        self._waiting.remove(chosen)
-        return replace(chosen, tokens=chosen.tokens[: shared[id(chosen)]])
+        idle, shared = found
+        return replace(idle, tokens=idle.tokens[:shared])
 
     def lend(self, tokens: Sequence[int]) -> tuple[IdleSession, int] | None:
         """The waiting session that shares most of `tokens`, at least `MIN_FORK_TOKENS` but
         not all (the same prompt again is computed afresh), and how many, to fork; it waits
         no more until `put` again."""
-        shared = {id(idle): _shared(idle.tokens, tokens) for idle in self._waiting}
-        forkable = [
-            idle for idle in self._waiting if MIN_FORK_TOKENS <= shared[id(idle)] < len(tokens)
-        ]
-        if not forkable:
+        return self._remove_best(tokens, lambda _, shared: MIN_FORK_TOKENS <= shared < len(tokens))
+
+    def _remove_best(
+        self, tokens: Sequence[int], fits: Callable[[IdleSession, int], bool]
+    ) -> tuple[IdleSession, int] | None:
+        """Of the waiting sessions that `fits` (given how many of `tokens` each shares), the
+        one that shares most, and how many; it waits no more."""
+        shares = [(idle, _shared(idle.tokens, tokens)) for idle in self._waiting]
+        fitting = [(idle, shared) for idle, shared in shares if fits(idle, shared)]
+        if not fitting:
             return None
-        lent = max(forkable, key=lambda idle: shared[id(idle)])
-        self._waiting.remove(lent)
-        return lent, shared[id(lent)]
+        best = max(fitting, key=lambda pair: pair[1])
+        self._waiting.remove(best[0])
+        return best
 
     def put(
         self, session: Any, tokens: Sequence[int], max_length: int, asked: int
