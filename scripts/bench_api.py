@@ -13,10 +13,15 @@ baseline's. Then a conversation's second turn, after a first turn of ~400 prompt
 the time to its first token when the first turn's session is kept and goes on (the server's
 default) and when every request opens a new session (`idle_sessions=0`); and likewise
 another conversation that shares the first's ~400 prompt tokens and parts after them, when
-it forks the first's waiting session (the default) and when it opens a new one.
+it forks the first's waiting session (the default) and when it opens a new one. Last,
+`--answers` sampled answers to one streamed request for those ~400 tokens (`n`), when the
+first answer's session computes the prompt and the others fork it between its tokens (the
+default) and when each answer computes it in a session of its own (forks of running answers
+off): the time until every answer has its first text, and to the end; and whether both give
+the same texts.
 
     .venv/bin/python scripts/bench_api.py [--models smollm2 tiny] [--tokens 48] [--hops 2]
-        [--runs 5] [--json PATH]
+        [--runs 5] [--answers 4] [--json PATH]
 """
 
 from __future__ import annotations
@@ -122,7 +127,50 @@ def _first_token_after(
     return seconds
 
 
-def run_model(checkpoint: Path, tokens: int, hops: int, runs: int) -> dict[str, Any]:
+def _answers_of_one_prompt(
+    model: DistributedModelForCausalLM,
+    tokenizer: Any,
+    prompt: list[int],
+    answers: int,
+    tokens: int,
+    runs: int,
+    forks: bool,
+) -> tuple[list[float], list[float], list[str]]:
+    """`runs` streamed requests for `answers` sampled answers to `prompt`, with forks of
+    running answers' sessions or without: seconds until every answer's first text, and to
+    the end; the last request's texts."""
+    config = ApiConfig(MODEL_ID, max_tokens=tokens, idle_sessions=0)
+    server = ApiServer(model, tokenizer, config)
+    if not forks:
+
+        async def no_fork(*_: Any) -> None:
+            return None
+
+        server._fork_running = no_fork  # type: ignore[method-assign,assignment]
+    started: list[float] = []
+    ended: list[float] = []
+    texts: list[str] = []
+
+    def requests(base_url: str) -> None:
+        client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+        for _ in range(runs):
+            began, pieces = time.perf_counter(), [""] * answers
+            for chunk in client.completions.create(
+                model=MODEL_ID, prompt=prompt, max_tokens=tokens, n=answers, temperature=0.7,
+                seed=1, stream=True,
+            ):  # fmt: skip
+                for choice in chunk.choices:
+                    pieces[choice.index] += choice.text
+                if len(started) < len(ended) + 1 and all(pieces):
+                    started.append(time.perf_counter() - began)
+            ended.append(time.perf_counter() - began)
+            texts[:] = pieces
+
+    _serve_while(server, requests)
+    return started, ended, texts
+
+
+def run_model(checkpoint: Path, tokens: int, hops: int, runs: int, answers: int) -> dict[str, Any]:
     blocks = AutoConfig.from_pretrained(checkpoint).num_hidden_layers
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     ids = torch.as_tensor(tokenizer(PROMPT)["input_ids"])[None]
@@ -150,6 +198,8 @@ def run_model(checkpoint: Path, tokens: int, hops: int, runs: int) -> dict[str, 
         # (next turn, other conversation), with sessions kept and without
         after = {kept: [ms_to_first_token(second, kept) for second in (next_turn, other)]
                  for kept in (4, 0)}  # fmt: skip
+        several = {forks: _answers_of_one_prompt(m, tokenizer, long, answers, tokens, runs, forks)
+                   for forks in (True, False)}  # fmt: skip
     text = tokenizer.decode(expected, skip_special_tokens=True)
     per_token = {way: statistics.median(api[way]) / tokens * 1000 for way in ("whole", "stream")}
     baseline = statistics.median(python) / tokens * 1000
@@ -169,6 +219,12 @@ def run_model(checkpoint: Path, tokens: int, hops: int, runs: int) -> dict[str, 
         "other_conversation_tokens": len(other),
         "other_conversation_ms_forked": after[4][1],
         "other_conversation_ms_new_session": after[0][1],
+        "answers": answers,
+        "answers_first_text_ms_forked": statistics.median(several[True][0]) * 1000,
+        "answers_first_text_ms_own_sessions": statistics.median(several[False][0]) * 1000,
+        "answers_ms_forked": statistics.median(several[True][1]) * 1000,
+        "answers_ms_own_sessions": statistics.median(several[False][1]) * 1000,
+        "answers_same_text": several[True][2] == several[False][2],
     }
 
 
@@ -178,11 +234,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--hops", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--answers", type=int, default=4)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     results = {
-        name: run_model(path, args.tokens, args.hops, args.runs)
+        name: run_model(path, args.tokens, args.hops, args.runs, args.answers)
         for name, path in bench_checkpoints(args.models).items()
     }
     print(f"{'model':10} {'python':>9} {'api':>16} {'stream':>16} {'first text':>11} same")
@@ -205,6 +262,15 @@ def main() -> None:
             f"{name:10} N={r['other_conversation_tokens']}: "
             f"{r['other_conversation_ms_forked']:.1f} ms / "
             f"{r['other_conversation_ms_new_session']:.1f} ms"
+        )
+    print("n answers to one request of the first's history: forked / each its own session")
+    for name, r in results.items():
+        print(
+            f"{name:10} n={r['answers']}, {r['tokens']} tokens each: every first text "
+            f"{r['answers_first_text_ms_forked']:.1f} ms / "
+            f"{r['answers_first_text_ms_own_sessions']:.1f} ms, the end "
+            f"{r['answers_ms_forked']:.1f} ms / {r['answers_ms_own_sessions']:.1f} ms, "
+            f"same text {r['answers_same_text']}"
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

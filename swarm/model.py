@@ -345,8 +345,7 @@ class InferenceSession:
     def rewind(self, tokens: int) -> None:
         """Keep only the first `tokens` of `input_ids`: the next turn goes on from there
         (the peers drop what their caches hold after it with that turn's first step)."""
-        state = self._state
-        held = 0 if state is None else int(state.input_ids.shape[1])
+        state, held = self._state, self._held
         if type(tokens) is not int or not 0 <= tokens <= held:
             raise GenerationError(f"a session holding {held} tokens cannot rewind to {tokens}")
         if state is None or tokens == held:
@@ -365,8 +364,7 @@ class InferenceSession:
         peers copy them from this one's caches instead of computing them again: a system
         prompt or a conversation's beginning, computed once for every conversation that
         shares it. Its `max_length` is this one's unless given. Close it as any session."""
-        state = self._state
-        held = 0 if state is None else int(state.input_ids.shape[1])
+        state, held = self._state, self._held
         tokens = held if tokens is None else tokens
         max_length = self.max_length if max_length is None else max_length
         if not self._chain.hops:
@@ -416,6 +414,11 @@ class InferenceSession:
     def input_ids(self) -> torch.Tensor | None:
         """Every token the session has seen or produced."""
         return None if self._state is None else self._state.input_ids
+
+    @property
+    def _held(self) -> int:
+        """How many tokens the session holds (`input_ids`' length)."""
+        return 0 if self._state is None else int(self._state.input_ids.shape[1])
 
     @property
     def logprobs(self) -> Sequence[TokenLogprob]:
@@ -505,8 +508,8 @@ class InferenceSession:
             drafter = self._drafter
         elif lookup_tokens:
             check_drafting(config, input_ids, lookup_tokens)
-            held = 0 if self._state is None else int(self._state.input_ids.shape[1])
-            drafter = PromptLookup(ngram, tuple(prediction), begin=held + int(input_ids.shape[1]))
+            begin = self._held + int(input_ids.shape[1])
+            drafter = PromptLookup(ngram, tuple(prediction), begin=begin)
             draft_tokens = lookup_tokens
         if self._state is None:
             self._state = GenerationState(input_ids)

@@ -7,9 +7,11 @@ of text (or of the calls that `tool_choice` asks for: `call_stream.py`) and `dat
 at the end, as OpenAI's clients read them. Each answer (`n` of them, side by side) takes a
 waiting inference session whose prompt its own begins with, rewinds it to where they part
 and sends only the rest (`session_pool.py`: a conversation's next turn), forks one it shares
-a beginning with (a system prompt), or opens one (a chat request renders its messages with
-the model's chat template; where the peers have no room for it, waiting sessions close, the
-oldest first, then it waits for the answers in flight). After an answer the session waits
+a beginning with (a system prompt), has an answer under way that shares one fork its session
+between two of its tokens (the `n` answers of a prompt compute it once), or opens one (a
+chat request renders its messages with the model's chat template; where the peers have no
+room for it, waiting sessions close, the oldest first, then it waits for the answers in
+flight). After an answer the session waits
 for the next turn; when the answer fails or its client goes away, it is closed. The model's
 facade blocks, so each generation runs in a worker thread and hands its tokens to the
 server's event loop; at most `max_concurrent` run at once, the others wait their turn. With
@@ -25,8 +27,8 @@ import math
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager, closing, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, closing, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -53,7 +55,7 @@ from .logprobs import (
 )
 from .metrics import ApiActivity, ApiLoad, render_api_metrics
 from .requests import ApiError, CompletionRequest, read_request
-from .session_pool import IdleSession, SessionPool
+from .session_pool import MIN_FORK_TOKENS, IdleSession, SessionPool, shared_prefix
 from .tools import ToolCall, chat_messages, find_calls, may_be_calls
 
 if TYPE_CHECKING:
@@ -107,6 +109,7 @@ class ApiServer:
         self._short_of_room = 0  # of them, those waiting for another to end
         self._ended = 0  # generations ended so far
         self._an_end = trio.Event()  # set (and replaced) whenever one ends
+        self._generating: list[_Running] = []  # the answers under way, which others may fork
         self.sessions = SessionPool(config.idle_sessions, config.idle_seconds, trio.current_time)
         self.activity = ApiActivity()  # for /metrics
 
@@ -126,25 +129,26 @@ class ApiServer:
                 nursery.start_soon(self._close_expired_sessions)
                 task_status.started(f"{server.url(*bound)}/v1")
         finally:
-            await self._close(self.sessions.drain())
+            await self._close([idle.session for idle in self.sessions.drain()])
 
     async def _close_expired_sessions(self) -> None:
         while True:
             await trio.sleep(max(self.config.idle_seconds / 4, 0.05))
-            await self._close(self.sessions.expired())
+            await self._close([idle.session for idle in self.sessions.expired()])
 
-    async def _close(self, waiting: list[IdleSession]) -> None:
-        """Close sessions that wait no more (shielded: the server may be stopping)."""
+    async def _close(self, sessions: list[InferenceSession]) -> None:
+        """Close sessions no answer uses (shielded: the server may be stopping)."""
         with trio.CancelScope(shield=True):
-            for idle in waiting:
-                await trio.to_thread.run_sync(idle.session.close)
+            for session in sessions:
+                await trio.to_thread.run_sync(session.close)
 
     async def _wait_again(
         self, session: InferenceSession, tokens: Sequence[int], max_length: int, asked: int
     ) -> None:
         """`session` waits for its conversation's next turn (`SessionPool.put`); those it
         pushes out close."""
-        await self._close(self.sessions.put(session, tokens, max_length, asked))
+        pushed_out = self.sessions.put(session, tokens, max_length, asked)
+        await self._close([idle.session for idle in pushed_out])
 
     async def handle(self, request: Request) -> Response:
         """Answer `request`, and count it by route and status."""
@@ -249,8 +253,7 @@ class ApiServer:
         try:
             if max_tokens:
                 await _side_by_side([partial(self._whole, choice, started) for choice in choices])
-            for prompt in prompts:
-                prompt.scored = await self._echoed_logprobs(request, prompt.ids)
+            await self._score_echoes(request, prompts)
         except (RoutingError, SwarmError) as error:
             logger.warning("a %s failed: %s", request.kind, error)
             raise _generation_error(error) from None
@@ -274,18 +277,18 @@ class ApiServer:
 
         await self._generate(choice, collect, started)
 
-    async def _echoed_logprobs(
-        self, request: CompletionRequest, input_ids: torch.Tensor
-    ) -> list[ScoredToken]:
-        """The echoed prompt's tokens, each scored but the first, from one forward (none if
-        the request does not echo them with log probabilities)."""
+    async def _score_echoes(self, request: CompletionRequest, prompts: list[_Prompt]) -> None:
+        """Score each prompt's tokens but the first, from one forward each, if the request
+        echoes them with log probabilities."""
         if not request.echo or request.logprobs is None:
-            return []
-        async with self._generations:
-            records = await trio.to_thread.run_sync(
-                self.model.token_logprobs, input_ids, request.logprobs
-            )
-        return scored_tokens(self.tokenizer, input_ids[0].tolist(), [None, *records])
+            return
+        for prompt in prompts:
+            async with self._generations:
+                records = await trio.to_thread.run_sync(
+                    self.model.token_logprobs, prompt.ids, request.logprobs
+                )
+            tokens = prompt.ids[0].tolist()
+            prompt.scored = scored_tokens(self.tokenizer, tokens, [None, *records])
 
     def _logprobs(
         self,
@@ -425,8 +428,7 @@ class ApiServer:
             await emit(answer.chunk("", choice.index, reason=reason))
 
         try:
-            for prompt in prompts:
-                prompt.scored = await self._echoed_logprobs(request, prompt.ids)
+            await self._score_echoes(request, prompts)
             for choice in choices:
                 scored = choice.prompt.scored
                 echoed = self._shaped(request, scored, 0) if scored else None
@@ -456,33 +458,107 @@ class ApiServer:
         log probabilities if the choice's options ask for them."""
         send, receive = trio.open_memory_channel[tuple[int, TokenLogprob | None]](math.inf)
         input_ids = choice.prompt.ids
-        needed = int(input_ids.shape[1]) + int(choice.options["max_new_tokens"])
-        idle = self.sessions.take(input_ids[0].tolist(), needed)
-        lent = None if idle is not None else self.sessions.lend(input_ids[0].tolist())
+        tokens = input_ids[0].tolist()
+        start = [await self._start(tokens, choice.options)]  # until the work takes it
         whole: list[tuple[InferenceSession, list[int]]] = []  # the session, if its answer
         # ended whole, and all it holds
-        work = partial(self._work, input_ids, choice, send, idle, lent, whole)
-        async with self._generations, self._counted():
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(trio.to_thread.run_sync, work)
-                    async with receive:
-                        last, first = started, True
-                        async for token, record in receive:
-                            now = trio.current_time()
-                            self.activity.token_came(now - last, first=first)
-                            last, first = now, False
-                            if not await consume(token, record):
-                                break
-            except BaseExceptionGroup as group:  # one side failed (the other ends quietly)
-                if len(group.exceptions) != 1:
-                    raise
-                raise group.exceptions[0] from None
-            finally:
-                self.activity.cached_tokens += choice.cached
-                for session, tokens in whole:  # it waits for the next turn
-                    asked = int(input_ids.shape[1])
-                    await self._wait_again(session, tokens, session.max_length, asked)
+        try:
+            with self._forkable(tokens) as running:
+                work = partial(self._work, input_ids, choice, send, start, running, whole)
+                async with self._generations, self._counted():
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(trio.to_thread.run_sync, work)
+                            async with receive:
+                                await self._receive(receive, consume, started)
+                    except BaseExceptionGroup as group:  # one side failed (the other ends quietly)
+                        if len(group.exceptions) != 1:
+                            raise
+                        raise group.exceptions[0] from None
+                    finally:
+                        self.activity.cached_tokens += choice.cached
+                        for session, held in whole:  # it waits for the next turn
+                            await self._wait_again(session, held, session.max_length, len(tokens))
+        finally:
+            if start:  # cancelled before the work began
+                await self._unused(start[0])
+
+    async def _receive(
+        self,
+        receive: trio.MemoryReceiveChannel[tuple[int, TokenLogprob | None]],
+        consume: Callable[[int, TokenLogprob | None], Awaitable[bool]],
+        started: float,
+    ) -> None:
+        """`consume` each token as it comes, until it wants no more; time them."""
+        last, first = started, True
+        async for token, record in receive:
+            now = trio.current_time()
+            self.activity.token_came(now - last, first=first)
+            last, first = now, False
+            if not await consume(token, record):
+                break
+
+    async def _unused(self, start: _Start) -> None:
+        """The session of a `start` no answer began in: a lent one waits again, a taken or
+        forked one closes."""
+        if start.lent is not None:
+            source = start.lent[0]
+            await self._wait_again(source.session, source.tokens, source.max_length, source.asked)
+        elif start.idle is not None:
+            await self._close([start.idle.session])
+        elif start.forked is not None:
+            await self._close([start.forked[0]])
+
+    async def _start(self, tokens: list[int], options: dict[str, Any]) -> _Start:
+        """Where the session of an answer to `tokens` comes from: a waiting session that
+        holds their beginning, else one that shares enough of it to fork, else a fork of a
+        running answer's session made between its tokens, else a new one."""
+        needed = len(tokens) + int(options["max_new_tokens"])
+        if (idle := self.sessions.take(tokens, needed)) is not None:
+            return _Start(idle=idle)
+        if (lent := self.sessions.lend(tokens)) is not None:
+            return _Start(lent=lent)
+        length = self._session_length(len(tokens), options)
+        return _Start(forked=await self._fork_running(tokens, length))
+
+    async def _fork_running(
+        self, tokens: list[int], length: int
+    ) -> tuple[InferenceSession, int] | None:
+        """A session of `length` forked from the running answer's that shares most of
+        `tokens` (at least `MIN_FORK_TOKENS`, all but the last at most), and how many it
+        holds: that answer forks its session between two of its tokens, once its prompt is
+        computed (the answers of one prompt compute it once). None if no running answer
+        shares that much, or if it ended first, or if the peers had no room."""
+        shares = [(running, min(shared_prefix(running.tokens, tokens), len(tokens) - 1))
+                  for running in self._generating]  # fmt: skip
+        fitting = [(running, shared) for running, shared in shares if shared >= MIN_FORK_TOKENS]
+        if not fitting:
+            return None
+        running, shared = max(fitting, key=lambda pair: pair[1])
+        wanted = _ForkWanted(shared, length)
+        running.wanted.append(wanted)
+        try:
+            await wanted.done.wait()
+        except BaseException:  # cancelled: nobody takes the fork
+            wanted.abandoned = True
+            if wanted in running.wanted:
+                running.wanted.remove(wanted)
+            await self._close([] if wanted.session is None else [wanted.session])
+            raise
+        return None if wanted.session is None else (wanted.session, shared)
+
+    @contextmanager
+    def _forkable(self, tokens: list[int]) -> Iterator[_Running]:
+        """An answer to the prompt `tokens` under way, whose session others may fork; those
+        it has not forked when it ends open their own."""
+        running = _Running(tokens)
+        self._generating.append(running)
+        try:
+            yield running
+        finally:
+            self._generating.remove(running)
+            for wanted in running.wanted:
+                wanted.done.set()
 
     @asynccontextmanager
     async def _counted(self) -> AsyncIterator[None]:
@@ -502,24 +578,26 @@ class ApiServer:
         input_ids: torch.Tensor,
         choice: _Choice,
         send: trio.MemorySendChannel[tuple[int, TokenLogprob | None]],
-        idle: IdleSession | None,
-        lent: tuple[IdleSession, int] | None,
+        start: list[_Start],
+        running: _Running,
         whole: list[tuple[InferenceSession, list[int]]],
     ) -> None:
-        """In a worker thread: generate in the waiting session (rewound to its tokens), a fork
-        of the `lent` one (of the tokens it shares), or a new one, sending only what the
-        session does not hold, and handing the tokens to the loop; the session goes to
-        `whole` if its answer ends whole, else it is closed. The choice learns how much of
-        its prompt was held, and its drafts' fate."""
+        """In a worker thread: generate in the session that `start` says (taking it), sending
+        only what it does not hold, and handing the tokens to the loop; between them, fork it
+        for the other answers that want it (`running`). The session goes to `whole` if its
+        answer ends whole, else it is closed. The choice learns how much of its prompt was held,
+        and its drafts' fate."""
         options = choice.options
         try:
-            session, choice.cached = self._session_for(input_ids, options, idle, lent)
+            session, choice.cached = self._session_for(input_ids, options, start.pop())
             input_ids = input_ids[:, choice.cached :]
             try:
                 with closing(session.stream(input_ids, tokenizer=self.tokenizer, **options)) as s:
                     for token in s:
                         record = session.logprobs[-1] if "logprobs" in options else None
-                        trio.from_thread.run_sync(send.send_nowait, (token, record))
+                        handed = trio.from_thread.run_sync(_hand, send, (token, record), running)
+                        for wanted in handed:
+                            self._serve_fork(session, wanted)
                 choice.drafts = session.drafts
                 history = session.input_ids
                 whole.append((session, [] if history is None else history[0].tolist()))
@@ -536,17 +614,18 @@ class ApiServer:
         self,
         input_ids: torch.Tensor,
         options: dict[str, Any],
-        idle: IdleSession | None,
-        lent: tuple[IdleSession, int] | None,
+        start: _Start,
     ) -> tuple[InferenceSession, int]:
         """The session to answer in (in a worker thread), and how many tokens of the prompt
         it holds already. A lent session waits again once forked."""
-        if idle is not None:
+        if start.forked is not None:
+            return start.forked
+        if (idle := start.idle) is not None:
             idle.session.rewind(len(idle.tokens))
             return idle.session, len(idle.tokens)
-        length = self._session_length(input_ids, options)
-        if lent is not None:
-            source, shared = lent
+        length = self._session_length(int(input_ids.shape[1]), options)
+        if start.lent is not None:
+            source, shared = start.lent
             try:
                 while True:
                     try:
@@ -559,6 +638,21 @@ class ApiServer:
                 trio.from_thread.run(self._wait_again, *wait)
             logger.info("no room on the peers to fork a waiting session: opening one")
         return self._open_session(length), 0
+
+    def _serve_fork(self, session: InferenceSession, wanted: _ForkWanted) -> None:
+        """Fork `session` for another answer (in this one's worker thread, between two of its
+        tokens); where that fails, the other opens a session of its own."""
+        fork = None
+        try:
+            fork = session.fork(wanted.tokens, max_length=wanted.max_length)
+        except (RoutingError, SwarmError) as error:
+            logger.info("could not fork a running answer's session: %s", error)
+        taken = False
+        try:
+            taken = trio.from_thread.run_sync(wanted.deliver, fork)
+        finally:
+            if fork is not None and not taken:  # it gave up waiting
+                fork.close()
 
     def _close_oldest(self, purpose: str) -> bool:
         """Close the session that has waited longest (in a worker thread), to make room for
@@ -603,9 +697,9 @@ class ApiServer:
         finally:
             self._short_of_room -= 1
 
-    def _session_length(self, input_ids: torch.Tensor, options: dict[str, Any]) -> int:
+    def _session_length(self, prompt_tokens: int, options: dict[str, Any]) -> int:
         """This turn, and room for the next ones, within the model's context."""
-        length = int(input_ids.shape[1]) + int(options["max_new_tokens"]) + self.config.headroom
+        length = prompt_tokens + int(options["max_new_tokens"]) + self.config.headroom
         return min(length, self.context) if self.context else length
 
 
@@ -737,6 +831,55 @@ class _Choice:
     calls: list[ToolCall] = field(default_factory=list)  # the tool it calls, if it calls one
     drafts: tuple[int, int] = (0, 0)  # drafts the model took and did not (prompt lookup)
     cached: int = 0  # prompt tokens its session held already (a next turn, or a fork)
+
+
+@dataclass(frozen=True)
+class _Start:
+    """Where an answer's session comes from: a waiting one to rewind to its `tokens`, one
+    lent to fork (and the tokens shared), a fork made already (and the tokens it holds);
+    none: a new session."""
+
+    idle: IdleSession | None = None
+    lent: tuple[IdleSession, int] | None = None
+    forked: tuple[InferenceSession, int] | None = None
+
+
+@dataclass(eq=False)
+class _ForkWanted:
+    """An answer waiting for a fork of a running answer's session, holding `tokens`."""
+
+    tokens: int
+    max_length: int
+    done: trio.Event = field(default_factory=trio.Event)
+    session: InferenceSession | None = None  # the fork, once made (None: none)
+    abandoned: bool = False  # the answer no longer waits (cancelled)
+
+    def deliver(self, fork: InferenceSession | None) -> bool:
+        """Hand over `fork` (None: there is none); False if nobody takes it."""
+        if self.abandoned:
+            return False
+        self.session = fork
+        self.done.set()
+        return True
+
+
+@dataclass(eq=False)
+class _Running:
+    """An answer under way to the prompt `tokens`, and the forks of its session wanted."""
+
+    tokens: list[int]
+    wanted: list[_ForkWanted] = field(default_factory=list)
+
+
+def _hand(
+    send: trio.MemorySendChannel[tuple[int, TokenLogprob | None]],
+    token: tuple[int, TokenLogprob | None],
+    running: _Running,
+) -> list[_ForkWanted]:
+    """In the loop: send a token on, and take the forks of its session wanted meanwhile."""
+    send.send_nowait(token)
+    wanted, running.wanted = running.wanted, []
+    return wanted
 
 
 async def _side_by_side(jobs: list[Callable[[], Awaitable[None]]]) -> None:

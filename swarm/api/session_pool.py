@@ -68,7 +68,7 @@ class SessionPool:
     ) -> tuple[IdleSession, int] | None:
         """Of the waiting sessions that `fits` (given how many of `tokens` each shares), the
         one that shares most, and how many; it waits no more."""
-        shares = [(idle, _shared(idle.tokens, tokens)) for idle in self._waiting]
+        shares = [(idle, shared_prefix(idle.tokens, tokens)) for idle in self._waiting]
         fitting = [(idle, shared) for idle, shared in shares if fits(idle, shared)]
         if not fitting:
             return None
@@ -104,7 +104,7 @@ class SessionPool:
         return gone
 
 
-def _shared(held: Sequence[int], tokens: Sequence[int]) -> int:
+def shared_prefix(held: Sequence[int], tokens: Sequence[int]) -> int:
     """How many tokens `held` and `tokens` begin with alike."""
     pairs = enumerate(zip(held, tokens, strict=False))
     return next((at for at, (a, b) in pairs if a != b), min(len(held), len(tokens)))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -129,6 +129,11 @@ def chat_ids(tiny: Path, messages: list[dict[str, str]]) -> torch.Tensor:
         messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
     return torch.as_tensor(encoded["input_ids"])
+
+
+def peer_forks(peers: ThreadSwarm) -> list[tuple[int, int]]:
+    """Each peer's sessions forked so far, and the tokens they copied."""
+    return [(a.forked, a.forked_tokens) for a in (peers.status(p).activity for p in peers.peers)]
 
 
 def raw(base_url: str, method: str, path: str, body: bytes | int = b"") -> http.client.HTTPResponse:
@@ -691,17 +696,12 @@ async def test_a_conversation_sharing_a_waiting_ones_beginning_forks_its_session
     first, second = [*shared, 70, 71], [*shared, 80, 81, 82]
     options = {"model": MODEL, "max_tokens": 5, "temperature": 0}
 
-    def forks() -> list[tuple[int, int]]:
-        return [
-            (a.forked, a.forked_tokens) for a in (peers.status(p).activity for p in peers.peers)
-        ]
-
     async with api(tiny, model) as client:
         await call(client.completions.create, prompt=first, **options)
-        before = await trio.to_thread.run_sync(forks)
+        before = await trio.to_thread.run_sync(peer_forks, peers)
         answers = [await call(client.completions.create, prompt=second, **options)
                    for _ in range(2)]  # fmt: skip
-        after = await trio.to_thread.run_sync(forks)
+        after = await trio.to_thread.run_sync(peer_forks, peers)
         sessions = await trio.to_thread.run_sync(lambda: [peers.sessions(p) for p in peers.peers])
         samples = (await trio.to_thread.run_sync(scrape, str(client.base_url), None))[1]
     expected = local(tiny, torch.tensor([second]), max_new_tokens=5, do_sample=False)
@@ -713,6 +713,147 @@ async def test_a_conversation_sharing_a_waiting_ones_beginning_forks_its_session
         (2, 2 * len(shared))
     ] * 2
     assert sessions == [3, 3]
+
+
+async def test_the_answers_of_one_prompt_compute_it_once(tiny: Path, swarm: Any) -> None:
+    """n = 3 answers to a 24-token prompt, sampled, whole then streamed: the first to start
+    computes the prompt, the other two fork its session between its tokens (23 tokens
+    copied each time, the last one computed). Answer i is transformers' sampling with
+    seed + i all the same; the metrics count the copied tokens as cached."""
+    peers, model = swarm
+    ids = [1, *range(40, 63)]
+    options = {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "top_k": 0}
+    expected = [
+        local(tiny, torch.tensor([ids]), seed=7 + i, max_new_tokens=8, **options) for i in range(3)
+    ]
+    request = {"model": MODEL, "prompt": ids, "max_tokens": 8, "temperature": 0.8,
+               "top_p": 0.9, "seed": 7, "n": 3}  # fmt: skip
+    async with api(tiny, model) as client:
+        before = await trio.to_thread.run_sync(peer_forks, peers)
+        whole = await call(client.completions.create, **request)
+        between = await trio.to_thread.run_sync(peer_forks, peers)
+        chunks = await trio.to_thread.run_sync(
+            lambda: list(client.completions.create(**request, stream=True))
+        )
+        after = await trio.to_thread.run_sync(peer_forks, peers)
+        samples = (await trio.to_thread.run_sync(scrape, str(client.base_url), None))[1]
+    assert [choice.text for choice in sorted(whole.choices, key=lambda c: c.index)] == expected
+    streamed = ["", "", ""]
+    for chunk in chunks:
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.text
+    assert streamed == expected
+    forked = [(2, 2 * (len(ids) - 1))] * 2
+    assert [(f - b, t - u) for (f, t), (b, u) in zip(between, before, strict=True)] == forked
+    assert [(f - b, t - u) for (f, t), (b, u) in zip(after, between, strict=True)] == forked
+    cached = samples["swarm_api_cached_prompt_tokens_total"][(("model", MODEL),)]
+    assert cached == 4 * (len(ids) - 1)
+
+
+async def test_a_conversation_forks_one_that_is_still_answering(tiny: Path, swarm: Any) -> None:
+    """Two conversations share a 20-token system prompt: the second asks while the first is
+    still generating (each step 30 ms slower), and forks its session between two of its
+    tokens instead of computing those 20 again. Both answers are transformers'."""
+    peers, model = swarm
+    shared = [1, *range(40, 59)]
+    first, second = [*shared, 70, 71], [*shared, 80, 81, 82]
+    options = {"model": MODEL, "temperature": 0}
+    answering = trio.Event()
+    texts: list[str] = []
+
+    def read_first(client: openai.OpenAI, token: trio.lowlevel.TrioToken) -> None:
+        for chunk in client.completions.create(prompt=first, max_tokens=16, stream=True,
+                                               **options):  # fmt: skip
+            if chunk.choices and chunk.choices[0].text:
+                trio.from_thread.run_sync(answering.set, trio_token=token)
+            texts.extend(choice.text for choice in chunk.choices)
+
+    peers.fault(peers.peers[0], "delay", 0.03)
+    try:
+        async with api(tiny, model) as client, trio.open_nursery() as nursery:
+            before = await trio.to_thread.run_sync(peer_forks, peers)
+            token = trio.lowlevel.current_trio_token()
+            nursery.start_soon(trio.to_thread.run_sync, read_first, client, token)
+            await answering.wait()
+            other = await call(client.completions.create, prompt=second, max_tokens=5, **options)
+            after = await trio.to_thread.run_sync(peer_forks, peers)
+    finally:
+        peers.fault(peers.peers[0], "delay", 0.0)
+    assert "".join(texts) == local(tiny, torch.tensor([first]), max_new_tokens=16, do_sample=False)
+    assert other.choices[0].text == local(tiny, torch.tensor([second]), max_new_tokens=5,
+                                          do_sample=False)  # fmt: skip
+    assert other.usage.prompt_tokens_details.cached_tokens == len(shared)
+    assert [(f - b, t - u) for (f, t), (b, u) in zip(after, before, strict=True)] == [
+        (1, len(shared))
+    ] * 2
+
+
+async def test_an_answer_the_peers_have_no_room_to_fork_for_opens_its_own_session(
+    tiny: Path, one_session_swarm: Any
+) -> None:
+    """n = 2 on a peer with room for one session: the second answer cannot fork the first's
+    session, so it waits for room as any new session, and both are transformers'."""
+    peers, model = one_session_swarm
+    ids = [1, *range(40, 59)]
+    options = {"do_sample": True, "temperature": 0.8, "top_k": 0}
+    expected = [
+        local(tiny, torch.tensor([ids]), seed=7 + i, max_new_tokens=4, **options) for i in range(2)
+    ]
+    async with api(tiny, model, headroom=50) as client:  # sessions of 20 + 4 + 50 tokens
+        before = await trio.to_thread.run_sync(peer_forks, peers)
+        answer = await call(client.completions.create, model=MODEL, prompt=ids, max_tokens=4,
+                            temperature=0.8, seed=7, n=2)  # fmt: skip
+        after = await trio.to_thread.run_sync(peer_forks, peers)
+    assert [choice.text for choice in sorted(answer.choices, key=lambda c: c.index)] == expected
+    assert after == before
+
+
+async def test_an_answer_stopped_before_it_began_leaves_no_session_open(
+    tiny: Path, swarm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One generation at a time: a conversation's next turn takes its waiting session, then
+    waits for its turn behind a slow answer, and the server stops before it begins. That
+    session closes all the same: the peers end with no session open. (The test holds the
+    sessions taken, so that closing them ends them, not their collection.)"""
+    peers, model = swarm
+    held: list[Any] = []
+    take = SessionPool.take
+
+    def take_and_hold(pool: SessionPool, *args: Any) -> Any:
+        found = take(pool, *args)
+        held.append(found)
+        return found
+
+    monkeypatch.setattr(SessionPool, "take", take_and_hold)
+    options = {"model": MODEL, "temperature": 0, "max_tokens": 3}
+
+    def gauge(client: openai.OpenAI, name: str) -> float:
+        return scrape(str(client.base_url), None)[1][name][(("model", MODEL),)]
+
+    def ask(client: openai.OpenAI, prompt: list[int], max_tokens: int) -> None:
+        with suppress(openai.APIError):  # the server stops under it
+            client.completions.create(prompt=prompt, **options | {"max_tokens": max_tokens})
+
+    peers.fault(peers.peers[0], "delay", 0.03)
+    try:
+        # the threads' nursery outside the server's: they end once it stops
+        async with trio.open_nursery() as nursery, api(tiny, model, max_concurrent=1) as client:
+            await call(client.completions.create, prompt=[1, 2, 3], **options)
+            nursery.start_soon(trio.to_thread.run_sync, ask, client, [9, 9, 9], 60)
+            slow = await trio.to_thread.run_sync(
+                lambda: _until(lambda: gauge(client, "swarm_api_generations") == 1)
+            )
+            nursery.start_soon(trio.to_thread.run_sync, ask, client, [1, 2, 3, 4], 3)
+            taken = await trio.to_thread.run_sync(
+                lambda: _until(lambda: gauge(client, "swarm_api_idle_sessions") == 0)
+            )
+            waiting = await trio.to_thread.run_sync(gauge, client, "swarm_api_generations")
+    finally:
+        peers.fault(peers.peers[0], "delay", 0.0)
+    closed = await trio.to_thread.run_sync(
+        lambda: all(_until(lambda p=p: peers.sessions(p) == 0) for p in peers.peers)
+    )
+    assert slow and taken and waiting == 1 and closed
 
 
 async def test_a_waiting_session_makes_room_for_a_new_conversation(
