@@ -18,12 +18,16 @@ Every input is validated against the model before anything runs or is allocated;
 raise `InvalidRequestError` (or another `PeerError`), never `assert`, and leave all sessions as
 they were. Not thread-safe: `peer.worker.ComputeWorker` calls it from one thread.
 Outputs are returned on the CPU (ready for the wire codec), in the span's dtype.
-A step of one token in all runs on `one_token_threads` torch threads when that is set.
+Steps of one token a row run on the torch threads that `step_threads` chooses, when set
+(`peer.thread_choice`: the measured count, or one thread when other processes hold the cores),
+telling apart steps while the peer's only session steps and while several do.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,10 +49,13 @@ from .errors import (
 from .kept_forwards import DEFAULT_MAX_BYTES, ForwardKey, KeptForwards
 from .kv_cache import SessionCache, StepCache
 from .span import Span, load_span
+from .thread_choice import ThreadChoice
 
 __all__ = ["BackendConfig", "SessionInfo", "SpanBackend", "StepRequest"]
 
 logger = logging.getLogger(__name__)
+
+CROWD_STEPS = 8  # a step is crowded if another session stepped among the last this many
 
 
 @dataclass(frozen=True)
@@ -114,8 +121,9 @@ class SpanBackend:
         self._reserved_tokens = 0
         self.adapters = Adapters()  # LoRA adapters, loaded by `peer.adapters.load_adapter`
         self.kept = KeptForwards(self.config.max_kept_bytes)  # forwards' graphs, for backwards
-        # torch threads for steps of one token in all (None: the thread's own); peer/throughput.py
-        self.one_token_threads: int | None = None
+        # torch threads of steps of one token a row (None: the thread's own); peer/throughput.py
+        self.step_threads: ThreadChoice | None = None
+        self._stepped: deque[str] = deque(maxlen=CROWD_STEPS)  # the sessions of recent steps
 
     @classmethod
     def load(
@@ -460,6 +468,7 @@ class SpanBackend:
         if session is None:
             raise SessionNotFoundError(f"no open session {session_id!r}")
         self._reserved_tokens -= session.info.max_length * session.info.batch_size
+        self._stepped = deque((s for s in self._stepped if s != session_id), CROWD_STEPS)
         logger.debug("closed session %s", session_id)
 
     def step(
@@ -551,8 +560,7 @@ class SpanBackend:
         first, last = info.start - self.span.start, info.end - self.span.start
         q_len = hiddens[0].shape[1]
         device = self.span.device
-        tokens = sum(session.info.batch_size for session in sessions) * q_len
-        with torch.no_grad(), self._threads(tokens), self.adapters.using(info.adapter):
+        with torch.no_grad(), self._threads(sessions, q_len), self.adapters.using(info.adapter):
             orders = [request.reorder for request in requests]
             cache = StepCache([s.cache for s in sessions], q_len, first, orders)
             past = cache.past_lengths
@@ -571,17 +579,26 @@ class SpanBackend:
         return output.cpu()
 
     @contextmanager
-    def _threads(self, tokens: int) -> Iterator[None]:
-        """Run a step of one token on `one_token_threads`, then restore the thread's count."""
-        if tokens != 1 or self.one_token_threads is None:
+    def _threads(self, sessions: list[_Session], q_len: int) -> Iterator[None]:
+        """Run a step of one token a row on the threads `step_threads` chooses for it (apart
+        while other sessions stepped among the last `CROWD_STEPS`), and tell it how long
+        the step took; then restore the thread's count."""
+        ids = [session.info.session_id for session in sessions]
+        crowded = len({*self._stepped, *ids}) > 1
+        self._stepped.extend(ids)
+        choice = self.step_threads
+        if q_len != 1 or choice is None:
             yield
             return
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.one_token_threads)
+        rows = sum(session.info.batch_size for session in sessions)
+        threads, previous = choice.threads(rows, crowded), torch.get_num_threads()
+        torch.set_num_threads(threads)
+        began = time.perf_counter()
         try:
             yield
         finally:
             torch.set_num_threads(previous)
+        choice.record(threads, time.perf_counter() - began, rows, crowded)
 
 
 def _check_reorder(reorder: tuple[int, ...], info: SessionInfo, what: str) -> None:

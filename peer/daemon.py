@@ -43,6 +43,7 @@ from .reachability import Reachability
 from .rebalancer import PeerControl, RebalanceConfig, Rebalancer
 from .scheduler import InferenceScheduler, SchedulerConfig
 from .server import SpanServer
+from .thread_choice import ThreadChoice
 from .throughput import get_throughput, measure_throughput
 from .worker import ComputeWorker
 
@@ -387,11 +388,14 @@ async def _load(
     else:
         measured = await worker.submit(get_throughput, backend, config.cache_dir)
     per_block = measured.inference_tokens_per_s * measured.num_layers
-    backend.one_token_threads = measured.one_token_threads
+    threads = measured.one_token_threads
+    other = 1 if backend.span.device.type == "cpu" else None  # when other processes compute
+    backend.step_threads = ThreadChoice(threads, other)
     logger.info(
-        "throughput: %.1f tokens/s through the span (one-token steps on %d torch thread%s)",
+        "throughput: %.1f tokens/s through the span (one-token steps on %d torch thread%s%s)",
         measured.inference_tokens_per_s,
-        measured.one_token_threads,
-        "" if measured.one_token_threads == 1 else "s",
+        threads,
+        "" if threads == 1 else "s",
+        ", or on 1 while that runs faster" if len(backend.step_threads.counts) > 1 else "",
     )
     return _Peer(config, backend, per_block, control)

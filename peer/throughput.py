@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from .backend import SpanBackend
+from .thread_choice import ThreadChoice
 
 __all__ = [
     "Throughput",
@@ -123,14 +124,14 @@ def _fastest_steps(
     token = torch.randn(1, 1, span.hidden_size, dtype=span.dtype)
     turns = max(1, min(steps, (backend.max_session_length - 1 - warmup) // len(counts)))
     fastest = dict.fromkeys(counts, float("inf"))
-    kept = backend.one_token_threads
+    kept = backend.step_threads
     backend.open_session(_SESSION, max_length=1 + warmup + turns * len(counts))
     try:
         for _ in range(1 + warmup):  # a one-token prompt, then warm-up steps
             backend.step(_SESSION, token)
         for _ in range(turns):
             for threads in counts:
-                backend.one_token_threads = threads
+                backend.step_threads = ThreadChoice(threads)
                 _synchronize(span.device)
                 began = time.perf_counter()
                 backend.step(_SESSION, token)
@@ -138,7 +139,7 @@ def _fastest_steps(
                 fastest[threads] = min(fastest[threads], time.perf_counter() - began)
     finally:
         backend.close_session(_SESSION)
-        backend.one_token_threads = kept
+        backend.step_threads = kept
     return fastest
 
 

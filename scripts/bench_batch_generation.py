@@ -6,9 +6,11 @@ are generated greedily for that many prompts of `--prompt-length` random tokens 
 every row makes all its tokens): by the local transformers model in one batched `generate()`
 (the baseline, measured first in this process), then through a swarm of `swarm peer`
 processes on 127.0.0.1 holding the blocks in `--hops` equal spans, once as one batched
-`generate()` (one session per peer holds every row: one forward per step) and once one
-prompt after another. Reported: tokens per second of each, the
-ratio of the batched swarm to the baseline and to one prompt at a time, and whether the
+`generate()` (one session per peer holds every row: one forward per step), once one
+prompt after another, and once every prompt at once in a session of its own, each generated
+in a thread of its own (as `swarm api` runs its answers; the peers merge the steps that meet).
+Reported: tokens per second of each, the ratio of the batched swarm to the baseline and to
+one prompt at a time, that of the sessions at once to one prompt at a time, and whether the
 swarm's tokens equal the baseline's. Then beam search of the first prompt over `--beams`
 beams, locally and through the swarm (the peers reorder their caches' rows every step):
 milliseconds per step of the search, their ratio, and whether the outputs are equal.
@@ -24,6 +26,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +47,23 @@ def _seconds(call: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
     began = time.perf_counter()
     output = call()
     return time.perf_counter() - began, output
+
+
+def _at_once(
+    model: DistributedModelForCausalLM, ids: torch.Tensor, options: dict[str, Any]
+) -> torch.Tensor:
+    """Each prompt of `ids` generated in a session of its own, all at once, one thread each."""
+    outputs: list[torch.Tensor] = [ids[i : i + 1] for i in range(len(ids))]
+
+    def generate(row: int) -> None:
+        outputs[row] = model.generate(ids[row : row + 1], **options)
+
+    threads = [threading.Thread(target=generate, args=(row,)) for row in range(len(ids))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return torch.cat(outputs)
 
 
 def run_model(
@@ -92,6 +112,7 @@ def run_model(
             one_by_one, _ = _seconds(
                 lambda ids=ids: torch.cat([model.generate(row[None], **options) for row in ids])
             )
+            at_once, parallel = _seconds(lambda ids=ids: _at_once(model, ids, options))
             entry = results[f"batch_{size}"]
             entry["swarm_batched_tokens_per_s"] = size * new_tokens / batched
             entry["swarm_one_by_one_tokens_per_s"] = size * new_tokens / one_by_one
@@ -99,14 +120,19 @@ def run_model(
                 entry["swarm_batched_tokens_per_s"] / entry["local_tokens_per_s"]
             )
             entry["batched_x_one_by_one"] = one_by_one / batched
+            entry["swarm_at_once_tokens_per_s"] = size * new_tokens / at_once
+            entry["at_once_x_one_by_one"] = one_by_one / at_once
             entry["same_tokens"] = bool(torch.equal(output, expected[size]))
+            entry["at_once_same_tokens"] = bool(torch.equal(parallel, expected[size]))
             local_rate, rate = entry["local_tokens_per_s"], entry["swarm_batched_tokens_per_s"]
             print(
                 f"  batch {size:2d}: local {local_rate:7.1f} tokens/s, swarm batched "
                 f"{rate:7.1f} (x{entry['batched_x_local']:.2f} local, "
                 f"x{entry['batched_x_one_by_one']:.2f} one by one), one by one "
-                f"{entry['swarm_one_by_one_tokens_per_s']:7.1f}; "
-                f"same tokens: {entry['same_tokens']}",
+                f"{entry['swarm_one_by_one_tokens_per_s']:7.1f}, sessions at once "
+                f"{entry['swarm_at_once_tokens_per_s']:7.1f} "
+                f"(x{entry['at_once_x_one_by_one']:.2f} one by one); same tokens: "
+                f"{entry['same_tokens']}, at once {entry['at_once_same_tokens']}",
                 flush=True,
             )
         swarm_beams, output = _seconds(lambda: model.generate(first, **beam_options))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from peer.errors import (
 )
 from peer.kv_cache import CacheLayout
 from peer.span import Span
+from peer.thread_choice import ThreadChoice
 
 from .conftest import Reference, assert_rounding_close
 
@@ -291,20 +293,20 @@ def test_step_many_groups_ranges_and_rejects_atomically(checkpoints: dict[str, P
     assert [backend.session_length(s) for s in ("full", "part", "more", "long")] == [1, 1, 1, 3]
 
 
-def test_steps_of_one_token_run_on_their_own_threads(
+def test_steps_of_one_token_a_row_run_on_the_threads_chosen(
     backend: SpanBackend,
     monkeypatch: pytest.MonkeyPatch,
     torch_threads: Callable[[int], None],
 ) -> None:
-    """Only a step of one token in all switches, and the thread gets its count back after it,
-    also when the blocks fail."""
+    """Only steps of one token a row (merged or of several rows too) switch, and the thread
+    gets its count back after each, also when the blocks fail."""
     torch_threads(2)
     seen: list[int] = []
     run_layers = Span.run_layers
 
     def recording(span: Span, *args: Any, **kwargs: Any) -> torch.Tensor:
         seen.append(torch.get_num_threads())
-        if len(seen) == 5:
+        if len(seen) == 6:
             raise RuntimeError("blocks failed")
         return run_layers(span, *args, **kwargs)
 
@@ -312,10 +314,70 @@ def test_steps_of_one_token_run_on_their_own_threads(
     backend.open_session("a", max_length=8)
     backend.open_session("b", max_length=8, batch_size=2)
     backend.step("a", _hidden(length=3))  # feature off: the thread's own count
-    backend.one_token_threads = 1
+    backend.step_threads = ThreadChoice(1)
     backend.step("a", _hidden())
-    backend.step("b", _hidden(batch=2))  # two tokens in all
+    backend.step("b", _hidden(batch=2))  # one token a row
+    backend.step("b", _hidden(batch=2, length=2))  # two a row: the thread's own count
     backend.step_many([StepRequest("a", _hidden())])
     with pytest.raises(RuntimeError, match="blocks failed"):
         backend.step("a", _hidden())
-    assert seen == [2, 1, 2, 1, 1] and torch.get_num_threads() == 2
+    assert seen == [2, 1, 1, 2, 1, 1] and torch.get_num_threads() == 2
+
+
+def test_a_step_is_crowded_while_other_sessions_stepped_among_the_last_eight(
+    backend: SpanBackend,
+) -> None:
+    """The backend tells its choice whether another session is among those of the last 8
+    steps (a merged step counts each of its sessions), and still open."""
+    told: list[bool] = []
+
+    class Spy(ThreadChoice):
+        def threads(self, rows: int = 1, crowded: bool = False) -> int:
+            told.append(crowded)
+            return super().threads(rows, crowded)
+
+    backend.step_threads = Spy(1)
+    for session in ("a", "b"):
+        backend.open_session(session, max_length=16)
+    for _ in range(3):
+        backend.step("a", _hidden())
+    backend.step_many([StepRequest("a", _hidden()), StepRequest("b", _hidden())])
+    for _ in range(10):
+        backend.step("a", _hidden())
+    backend.step_many([StepRequest("a", _hidden()), StepRequest("b", _hidden())])
+    backend.close_session("b")
+    backend.step("a", _hidden())
+    assert told == [False] * 3 + [True] * 9 + [False] * 2 + [True, False]
+
+
+def test_steps_move_to_one_thread_while_their_own_count_runs_slow(
+    backend: SpanBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    torch_threads: Callable[[int], None],
+) -> None:
+    """The backend times each step for its choice (here on a clock that the blocks move: 1 ms
+    a step on 2 threads, 5 ms while they wait for cores, 2 ms on 1 thread). A peer that
+    prefers 2 threads, alone, tries 1 once 2 % of its time went by (100 slow steps) and stays
+    there while 2 run slow; once 2 are fast again it finds them within 300 steps, and then
+    runs on 1 only to try it."""
+    torch_threads(2)
+    clock, slow, seen = [0.0], [True], []
+    run_layers = Span.run_layers
+
+    def timed(span: Span, *args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        clock[0] += (0.005 if slow[0] else 0.001) if seen[-1] == 2 else 0.002
+        return run_layers(span, *args, **kwargs)
+
+    monkeypatch.setattr(Span, "run_layers", timed)
+    monkeypatch.setattr("peer.backend.time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    backend.step_threads = ThreadChoice(2, 1)
+    backend.open_session("a", max_length=4)
+    backend.step("a", _hidden())
+    for _ in range(200):
+        backend.step("a", _hidden(), position=1)  # (the cache keeps one token)
+    assert seen[:100] == [2] * 100 and seen[-50:] == [1] * 50
+    slow[0], seen[:] = False, []
+    for _ in range(600):
+        backend.step("a", _hidden(), position=1)
+    assert seen[:150] == [1] * 150 and seen[-100:].count(2) >= 95

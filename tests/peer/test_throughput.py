@@ -14,6 +14,7 @@ import torch
 
 from peer import throughput
 from peer.backend import BackendConfig, SpanBackend
+from peer.thread_choice import ThreadChoice
 from peer.throughput import (
     Throughput,
     fewest_threads,
@@ -108,19 +109,20 @@ def test_thread_counts_take_turns_step_by_step(
     torch_threads(4)
     config = BackendConfig(max_session_length=session_length)
     backend = SpanBackend.load(checkpoints["llama"], 0, 2, config=config)
-    backend.one_token_threads = 1
-    seen: list[int | None] = []
+    kept = backend.step_threads = ThreadChoice(1)
+    seen: list[int] = []
     step = backend.step
 
     def recording(*args: Any) -> torch.Tensor:
-        seen.append(backend.one_token_threads)
+        assert backend.step_threads is not None
+        seen.append(backend.step_threads.threads())
         return step(*args)
 
     backend.step = recording  # type: ignore[method-assign]
     measured = measure_throughput(backend, steps=3, warmup=2)
     assert seen == [1, 1, 1] + [1, 2, 4] * turns
     assert measured.one_token_threads in (1, 2, 4) and measured.inference_tokens_per_s > 0
-    assert backend.one_token_threads == 1 and backend.active_sessions == 0
+    assert backend.step_threads is kept and backend.active_sessions == 0
 
 
 def test_peers_of_one_machine_measure_one_at_a_time(
