@@ -39,14 +39,15 @@ TRY_SHARE = 0.02  # of the time on the chosen count, what trying the other may c
 
 class ThreadChoice:
     def __init__(self, preferred: int, other: int | None = None) -> None:
-        """Begin with `preferred` threads; try `other` too, if given (and different)."""
+        """Choose between `preferred` threads (the measured count) and `other`, if given and
+        different: steps alone begin on the first, crowded steps on the second."""
         self.counts = (preferred,) if other in (None, preferred) else (preferred, other)
         self._situations: dict[tuple[int, bool], _Timings] = {}
         self._ran: int | None = None  # the count of the last step
 
     def chosen(self, rows: int = 1, crowded: bool = False) -> int:
-        """The count whose recent steps of `rows` ran fastest (the preferred one until they
-        ran), while the peer's only session steps, or while several do (`crowded`)."""
+        """The count whose recent steps of `rows` ran fastest, while the peer's only session
+        steps, or while several do (`crowded`)."""
         return self._timings(rows, crowded).chosen
 
     def threads(self, rows: int = 1, crowded: bool = False) -> int:
