@@ -11,11 +11,11 @@ a beginning with (a system prompt), has an answer under way that shares one fork
 between two of its tokens (the `n` answers of a prompt compute it once), or opens one (a
 chat request renders its messages with the model's chat template; where the peers have no
 room for it, waiting sessions close, the oldest first, then it waits for the answers in
-flight). After an answer the session waits
-for the next turn; when the answer fails or its client goes away, it is closed. The model's
-facade blocks, so each generation runs in a worker thread and hands its tokens to the
-server's event loop; at most `max_concurrent` run at once, the others wait their turn. With
-an API key, a request must carry `Authorization: Bearer KEY`.
+flight). After an answer the session waits for the next turn; when the answer fails or its
+client goes away, it is closed. The model's facade blocks, so each generation runs in a
+worker thread and hands its tokens to the server's event loop; at most `max_concurrent` run
+at once, the others wait their turn. With an API key, a request must carry `Authorization:
+Bearer KEY`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from .logprobs import (
 )
 from .metrics import ApiActivity, ApiLoad, render_api_metrics
 from .requests import ApiError, CompletionRequest, read_request
-from .session_pool import MIN_FORK_TOKENS, IdleSession, SessionPool, shared_prefix
+from .session_pool import MIN_FORK_TOKENS, IdleSession, SessionPool, most_shared
 from .tools import ToolCall, chat_messages, find_calls, may_be_calls
 
 if TYPE_CHECKING:
@@ -149,6 +149,10 @@ class ApiServer:
         pushes out close."""
         pushed_out = self.sessions.put(session, tokens, max_length, asked)
         await self._close([idle.session for idle in pushed_out])
+
+    async def _lent_back(self, lent: IdleSession) -> None:
+        """A session lent to fork waits again, as it did."""
+        await self._wait_again(lent.session, lent.tokens, lent.max_length, lent.asked)
 
     async def handle(self, request: Request) -> Response:
         """Answer `request`, and count it by route and status."""
@@ -464,7 +468,7 @@ class ApiServer:
         # ended whole, and all it holds
         try:
             with self._forkable(tokens) as running:
-                work = partial(self._work, input_ids, choice, send, start, running, whole)
+                work = partial(self._work, choice, send, start, running, whole)
                 async with self._generations, self._counted():
                     try:
                         async with trio.open_nursery() as nursery:
@@ -502,8 +506,7 @@ class ApiServer:
         """The session of a `start` no answer began in: a lent one waits again, a taken or
         forked one closes."""
         if start.lent is not None:
-            source = start.lent[0]
-            await self._wait_again(source.session, source.tokens, source.max_length, source.asked)
+            await self._lent_back(start.lent[0])
         elif start.idle is not None:
             await self._close([start.idle.session])
         elif start.forked is not None:
@@ -529,12 +532,11 @@ class ApiServer:
         holds: that answer forks its session between two of its tokens, once its prompt is
         computed (the answers of one prompt compute it once). None if no running answer
         shares that much, or if it ended first, or if the peers had no room."""
-        shares = [(running, min(shared_prefix(running.tokens, tokens), len(tokens) - 1))
-                  for running in self._generating]  # fmt: skip
-        fitting = [(running, shared) for running, shared in shares if shared >= MIN_FORK_TOKENS]
-        if not fitting:
+        found = most_shared(self._generating, lambda running: running.tokens, tokens[:-1],
+                            lambda _, shared: shared >= MIN_FORK_TOKENS)  # fmt: skip
+        if found is None:
             return None
-        running, shared = max(fitting, key=lambda pair: pair[1])
+        running, shared = found
         wanted = _ForkWanted(shared, length)
         running.wanted.append(wanted)
         try:
@@ -575,7 +577,6 @@ class ApiServer:
 
     def _work(
         self,
-        input_ids: torch.Tensor,
         choice: _Choice,
         send: trio.MemorySendChannel[tuple[int, TokenLogprob | None]],
         start: list[_Start],
@@ -589,8 +590,8 @@ class ApiServer:
         and its drafts' fate."""
         options = choice.options
         try:
-            session, choice.cached = self._session_for(input_ids, options, start.pop())
-            input_ids = input_ids[:, choice.cached :]
+            session, choice.cached = self._session_for(choice.prompt.ids, options, start.pop())
+            input_ids = choice.prompt.ids[:, choice.cached :]
             try:
                 with closing(session.stream(input_ids, tokenizer=self.tokenizer, **options)) as s:
                     for token in s:
@@ -634,8 +635,7 @@ class ApiServer:
                         if not self._close_oldest("a fork"):
                             break
             finally:
-                wait = (source.session, source.tokens, source.max_length, source.asked)
-                trio.from_thread.run(self._wait_again, *wait)
+                trio.from_thread.run(self._lent_back, source)
             logger.info("no room on the peers to fork a waiting session: opening one")
         return self._open_session(length), 0
 

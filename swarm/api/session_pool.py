@@ -19,9 +19,11 @@ opens, forks and closes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 MIN_FORK_TOKENS = 16  # shared with a waiting session, for a request to fork it
 
@@ -68,12 +70,9 @@ class SessionPool:
     ) -> tuple[IdleSession, int] | None:
         """Of the waiting sessions that `fits` (given how many of `tokens` each shares), the
         one that shares most, and how many; it waits no more."""
-        shares = [(idle, shared_prefix(idle.tokens, tokens)) for idle in self._waiting]
-        fitting = [(idle, shared) for idle, shared in shares if fits(idle, shared)]
-        if not fitting:
-            return None
-        best = max(fitting, key=lambda pair: pair[1])
-        self._waiting.remove(best[0])
+        best = most_shared(self._waiting, lambda idle: idle.tokens, tokens, fits)
+        if best is not None:
+            self._waiting.remove(best[0])
         return best
 
     def put(
@@ -102,6 +101,19 @@ class SessionPool:
         """Every waiting session (the server stops)."""
         gone, self._waiting = self._waiting, []
         return gone
+
+
+def most_shared(
+    candidates: Iterable[T],
+    held: Callable[[T], Sequence[int]],
+    tokens: Sequence[int],
+    fits: Callable[[T, int], bool],
+) -> tuple[T, int] | None:
+    """Of the `candidates` that `fits` (given how many of `tokens` the tokens each `held`
+    begin with), the one that shares most, and how many."""
+    shares = [(candidate, shared_prefix(held(candidate), tokens)) for candidate in candidates]
+    fitting = [(candidate, shared) for candidate, shared in shares if fits(candidate, shared)]
+    return max(fitting, key=lambda pair: pair[1]) if fitting else None
 
 
 def shared_prefix(held: Sequence[int], tokens: Sequence[int]) -> int:
