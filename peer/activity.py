@@ -32,6 +32,7 @@ class Activity:
     forked_tokens: int = 0  # the tokens they copied (not computed again), every row counted
     refused: int = 0  # sessions refused (no room, or a request it does not take)
     steps: int = 0  # inference steps served
+    merged: int = 0  # of them, those run in one forward with other sessions' steps
     tokens: int = 0  # positions those steps ran, every row counted
     forwards: int = 0  # batch forwards and backwards served
     compute_seconds: float = 0.0  # the time the steps' blocks computed

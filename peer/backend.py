@@ -18,9 +18,10 @@ Every input is validated against the model before anything runs or is allocated;
 raise `InvalidRequestError` (or another `PeerError`), never `assert`, and leave all sessions as
 they were. Not thread-safe: `peer.worker.ComputeWorker` calls it from one thread.
 Outputs are returned on the CPU (ready for the wire codec), in the span's dtype.
-Steps of one token a row run on the torch threads that `step_threads` chooses, when set
-(`peer.thread_choice`: the measured count, or one thread when other processes hold the cores),
-telling apart steps while the peer's only session steps and while several do.
+Steps of one token a row run on the torch threads that `step_threads` chooses, longer ones
+(prompts, drafts) on those `prompt_threads` chooses, when set (`peer.thread_choice`: the
+measured count or all threads, or one thread when other processes hold the cores), telling
+apart steps while the peer's only session steps and while several do.
 """
 
 from __future__ import annotations
@@ -121,8 +122,9 @@ class SpanBackend:
         self._reserved_tokens = 0
         self.adapters = Adapters()  # LoRA adapters, loaded by `peer.adapters.load_adapter`
         self.kept = KeptForwards(self.config.max_kept_bytes)  # forwards' graphs, for backwards
-        # torch threads of steps of one token a row (None: the thread's own); peer/throughput.py
+        # torch threads of steps of one token a row, and of longer ones (None: the thread's own)
         self.step_threads: ThreadChoice | None = None
+        self.prompt_threads: ThreadChoice | None = None
         self._stepped: deque[str] = deque(maxlen=CROWD_STEPS)  # the sessions of recent steps
 
     @classmethod
@@ -580,25 +582,26 @@ class SpanBackend:
 
     @contextmanager
     def _threads(self, sessions: list[_Session], q_len: int) -> Iterator[None]:
-        """Run a step of one token a row on the threads `step_threads` chooses for it (apart
-        while other sessions stepped among the last `CROWD_STEPS`), and tell it how long
-        the step took; then restore the thread's count."""
+        """Run a step on the threads `step_threads` (one token a row) or `prompt_threads`
+        (more) chooses for its size in tokens (apart while other sessions stepped among the
+        last `CROWD_STEPS`), and tell it how long the step took; then restore the thread's
+        count."""
         ids = [session.info.session_id for session in sessions]
         crowded = len({*self._stepped, *ids}) > 1
         self._stepped.extend(ids)
-        choice = self.step_threads
-        if q_len != 1 or choice is None:
+        choice = self.step_threads if q_len == 1 else self.prompt_threads
+        if choice is None:
             yield
             return
-        rows = sum(session.info.batch_size for session in sessions)
-        threads, previous = choice.threads(rows, crowded), torch.get_num_threads()
+        size = q_len * sum(session.info.batch_size for session in sessions)
+        threads, previous = choice.threads(size, crowded), torch.get_num_threads()
         torch.set_num_threads(threads)
         began = time.perf_counter()
         try:
             yield
         finally:
             torch.set_num_threads(previous)
-        choice.record(threads, time.perf_counter() - began, rows, crowded)
+        choice.record(threads, time.perf_counter() - began, size, crowded)
 
 
 def _check_reorder(reorder: tuple[int, ...], info: SessionInfo, what: str) -> None:

@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 import trio
 
 from routing.address import PeerAddress
@@ -391,6 +392,7 @@ async def _load(
     threads = measured.one_token_threads
     other = 1 if backend.span.device.type == "cpu" else None  # when other processes compute
     backend.step_threads = ThreadChoice(threads, other)
+    backend.prompt_threads = ThreadChoice(await worker.submit(torch.get_num_threads), other)
     logger.info(
         "throughput: %.1f tokens/s through the span (one-token steps on %d torch thread%s%s)",
         measured.inference_tokens_per_s,

@@ -2,11 +2,13 @@
 
 It adds three things to the backend, and no compute of its own:
 - every call runs in the `ComputeWorker` thread (the event loop never blocks on torch);
-- batching: single-token steps that arrive while the worker is busy, or within the same
-  scheduling tick (plus an optional `batch_window`), are handed to `SpanBackend.step_many` as
-  one job. When idle a step is not delayed (continuous batching: batches form under load).
-  If a merged batch holds an invalid request, the batch is retried one step at a time, so each
-  caller gets its own result or its own typed error;
+- batching: single-token steps that arrive while the worker is busy, within the same
+  scheduling tick, or while the peer waits for the steps of other sessions expected back
+  within a merge's worth of time (`StepGathering`: sessions generating at once come to step
+  together), are handed to `SpanBackend.step_many` as one job. Otherwise a step is not
+  delayed (one generation alone never waits). If a merged batch holds an invalid request,
+  the batch is retried one step at a time, so each caller gets its own result or its own
+  typed error;
 - idle expiry: a session with no step for `idle_timeout` seconds (trio clock, so tests use the
   autojump clock) is closed and its cache tokens return to the budget. A session with a step
   in flight never expires.
@@ -31,9 +33,10 @@ import trio
 
 from .backend import SessionInfo, SpanBackend, StepRequest
 from .errors import PeerError, SessionNotFoundError, WorkerClosedError
+from .step_gathering import StepGathering
 from .worker import Submitter
 
-__all__ = ["InferenceScheduler", "SchedulerConfig"]
+__all__ = ["InferenceScheduler", "SchedulerConfig", "StepDone"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +54,18 @@ def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
 class SchedulerConfig:
     idle_timeout: float = 300.0  # seconds without a step before a session is closed
     batching: bool = True
-    batch_window: float = 0.0  # extra seconds to wait for more steps once one arrived
+    gathering: bool = True  # wait for the steps of sessions expected back (`StepGathering`)
     max_batch: int = 64  # steps per step_many job
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """A step's output, the seconds the compute thread spent on it (on its whole batch, if
+    merged) and whether it ran in one forward with other sessions' steps."""
+
+    output: torch.Tensor
+    compute_seconds: float
+    merged: bool = False
 
 
 class _Pending:
@@ -61,6 +74,7 @@ class _Pending:
         self.done = trio.Event()
         self.result: outcome.Outcome[torch.Tensor] | None = None
         self.compute_seconds = 0.0  # of the whole batch it ran in
+        self.merged = False  # with other steps, in one step_many
 
 
 class InferenceScheduler:
@@ -75,6 +89,8 @@ class InferenceScheduler:
         self._pending: list[_Pending] = []
         self._in_flight: list[_Pending] = []
         self._has_pending = trio.Event()
+        self._arrival = trio.Event()  # set by every step that arrives
+        self._gathering = StepGathering()
         self._last_active: dict[str, float] = {}
         self._busy: dict[str, int] = {}
         self._reaper_wakeup = trio.Event()
@@ -153,6 +169,7 @@ class InferenceScheduler:
     async def close_session(self, session_id: str) -> bool:
         """Close a session; False if it was not open (e.g. it expired)."""
         self._last_active.pop(session_id, None)
+        self._gathering.forget(session_id)
         try:
             await self._worker.submit(self.backend.close_session, session_id)
         except SessionNotFoundError:
@@ -169,10 +186,10 @@ class InferenceScheduler:
         reorder: tuple[int, ...] = (),
         position: int | None = None,
     ) -> torch.Tensor:
-        output, _ = await self.step_timed(
+        done = await self.step_timed(
             session_id, hidden_states, start, end, reorder=reorder, position=position
         )
-        return output
+        return done.output
 
     async def step_timed(
         self,
@@ -183,17 +200,26 @@ class InferenceScheduler:
         *,
         reorder: tuple[int, ...] = (),
         position: int | None = None,
-    ) -> tuple[torch.Tensor, float]:
-        """`step`, and the seconds the compute thread spent on it (its whole batch, if merged);
-        `reorder` and `position`: see `SpanBackend.step`."""
+    ) -> StepDone:
+        """`step`, with its compute time and whether it ran merged; `reorder` and
+        `position`: see `SpanBackend.step`."""
         request = StepRequest(session_id, hidden_states, start, end, reorder, position)
         self._busy[session_id] = self._busy.get(session_id, 0) + 1
+        self._gathering.arrived(session_id, trio.current_time())
+        self._arrival.set()
+        compute: float | None = None
+        batchable = self._batchable(hidden_states)
         try:
             alone = self.backend.active_sessions == 1  # nothing to merge with: skip a hop
-            if not alone and self._batchable(hidden_states):
-                return await self._step_batched(request)
-            return await self._worker.submit(_timed, self.backend.run_step, request)
+            if not alone and batchable:
+                done = await self._step_batched(request)
+            else:
+                output, seconds = await self._worker.submit(_timed, self.backend.run_step, request)
+                done = StepDone(output, seconds)
+            compute = done.compute_seconds if batchable else None
+            return done
         finally:
+            self._gathering.finished(session_id, trio.current_time(), compute)
             self._busy[session_id] -= 1
             if not self._busy[session_id]:
                 del self._busy[session_id]
@@ -210,7 +236,7 @@ class InferenceScheduler:
             and hidden.shape[1] == 1
         )
 
-    async def _step_batched(self, request: StepRequest) -> tuple[torch.Tensor, float]:
+    async def _step_batched(self, request: StepRequest) -> StepDone:
         pending = _Pending(request)
         self._pending.append(pending)
         self._has_pending.set()
@@ -222,7 +248,7 @@ class InferenceScheduler:
             raise
         if pending.result is None:  # pragma: no cover - the loop always sets a result
             raise PeerError("step was dropped")
-        return pending.result.unwrap(), pending.compute_seconds
+        return StepDone(pending.result.unwrap(), pending.compute_seconds, pending.merged)
 
     async def _batch_loop(self) -> None:
         try:
@@ -238,28 +264,43 @@ class InferenceScheduler:
         while True:
             await self._has_pending.wait()
             self._has_pending = trio.Event()
-            if self.config.batch_window > 0:
-                await trio.sleep(self.config.batch_window)
-            else:
-                await trio.lowlevel.checkpoint()  # let steps sent in this same tick join
+            await trio.lowlevel.checkpoint()  # let steps sent in this same tick join
+            if self.config.gathering and self._pending:
+                await self._gather()
             while self._pending:
                 batch = self._pending[: self.config.max_batch]
                 del self._pending[: self.config.max_batch]
                 self._in_flight = batch
                 requests = [p.request for p in batch]
                 results: list[outcome.Outcome[torch.Tensor]]
-                seconds = 0.0
+                merged, seconds = False, 0.0
                 try:
-                    results, seconds = await self._worker.submit(_timed, self._run_batch, requests)
+                    job = self._run_batch, requests
+                    (results, merged), seconds = await self._worker.submit(_timed, *job)
                 except Exception as error:  # e.g. WorkerClosedError: every step gets it
                     results = [outcome.Error(error)] * len(batch)
                 for pending, result in zip(batch, results, strict=True):
                     pending.result = result
-                    pending.compute_seconds = seconds
+                    pending.compute_seconds, pending.merged = seconds, merged
                     pending.done.set()
 
-    def _run_batch(self, requests: list[StepRequest]) -> list[outcome.Outcome[torch.Tensor]]:
-        """In the worker thread: one step_many, or one by one if the batch has a bad request."""
+    async def _gather(self) -> None:
+        """Wait until the sessions expected back within a merge's worth of time are here,
+        or that time is up (`StepGathering`)."""
+        window = self._gathering.window()
+        deadline = trio.current_time() + window
+        while window > 0 and self._gathering.awaited(trio.current_time(), window):
+            self._arrival = trio.Event()
+            with trio.move_on_at(deadline) as scope:
+                await self._arrival.wait()
+            if scope.cancelled_caught:
+                return
+
+    def _run_batch(
+        self, requests: list[StepRequest]
+    ) -> tuple[list[outcome.Outcome[torch.Tensor]], bool]:
+        """In the worker thread: one step_many, or one by one if the batch has a bad request;
+        and whether they ran merged."""
         if len(requests) > 1:
             try:
                 outputs = self.backend.step_many(requests)
@@ -268,8 +309,8 @@ class InferenceScheduler:
             else:
                 self.batches_run += 1
                 self.steps_batched += len(requests)
-                return [outcome.Value(output) for output in outputs]
-        return [outcome.capture(self.backend.run_step, request) for request in requests]
+                return [outcome.Value(output) for output in outputs], True
+        return [outcome.capture(self.backend.run_step, request) for request in requests], False
 
     # ----- idle expiry -----
     async def _reap_loop(self) -> None:

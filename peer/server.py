@@ -256,11 +256,13 @@ class SpanServer:
             relay = parse_relay(packet.header)
             position = parse_position(packet.header)
             hidden = decode_tensor(tensor, packet.body)
-            output, compute = await self.scheduler.step_timed(
+            done = await self.scheduler.step_timed(
                 session.id, hidden, reorder=parse_reorder(packet.header), position=position
             )
+            output, compute = done.output, done.compute_seconds
             session.steps += 1
             self.activity.steps += 1
+            self.activity.merged += done.merged
             self.activity.tokens += int(hidden.shape[0]) * int(hidden.shape[1])
             header, body = encode_tensor(output)
             relayed = None

@@ -2,8 +2,9 @@
 
 Counters (`_total`) of what it served since it started: sessions opened and refused, those
 begun as a copy of another (`swarm_peer_sessions_forked_total`) and the cached tokens they
-copied (`swarm_peer_forked_tokens_total`), inference steps, their tokens, the time the
-blocks computed, and the backwards run on the graph their forward kept
+copied (`swarm_peer_forked_tokens_total`), inference steps and their tokens, the steps run in
+one forward with other sessions' (`swarm_peer_merged_steps_total`), the time the blocks
+computed, and the backwards run on the graph their forward kept
 (`swarm_peer_kept_backwards_total`), the kept graphs their callers released without one
 (`swarm_peer_kept_released_total`) and the training forwards whose graph was over
 `--kept-activations` (`swarm_peer_kept_too_large_total`); a histogram of the steps' times at
@@ -34,6 +35,7 @@ COUNTERS = {
     "swarm_peer_sessions_forked_total": ("forked", "Sessions begun with a copy of another's."),
     "swarm_peer_forked_tokens_total": ("forked_tokens", "Cached tokens forks copied."),
     "swarm_peer_steps_total": ("steps", "Inference steps served."),
+    "swarm_peer_merged_steps_total": ("merged", "Steps run in one forward with others'."),
     "swarm_peer_tokens_total": ("tokens", "Positions those steps ran, every row counted."),
     "swarm_peer_forwards_total": ("forwards", "Batch forwards and backwards served."),
     "swarm_peer_compute_seconds_total": ("compute_seconds", "Time the steps' blocks computed."),

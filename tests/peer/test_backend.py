@@ -324,6 +324,42 @@ def test_steps_of_one_token_a_row_run_on_the_threads_chosen(
     assert seen == [2, 1, 1, 2, 1, 1] and torch.get_num_threads() == 2
 
 
+def test_longer_steps_run_on_the_threads_of_their_own_choice(
+    backend: SpanBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    torch_threads: Callable[[int], None],
+) -> None:
+    """Steps of several tokens a row (prompts, drafts) ask `prompt_threads`, by their size in
+    tokens (rows times tokens a row); steps of one token a row still ask `step_threads`."""
+    torch_threads(2)
+    asked: list[tuple[str, int]] = []
+    seen: list[int] = []
+    run_layers = Span.run_layers
+
+    def recording(span: Span, *args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return run_layers(span, *args, **kwargs)
+
+    class Spy(ThreadChoice):
+        def __init__(self, name: str, threads: int) -> None:
+            super().__init__(threads)
+            self.name = name
+
+        def threads(self, size: int = 1, crowded: bool = False) -> int:
+            asked.append((self.name, size))
+            return super().threads(size, crowded)
+
+    monkeypatch.setattr(Span, "run_layers", recording)
+    backend.step_threads, backend.prompt_threads = Spy("step", 2), Spy("prompt", 1)
+    backend.open_session("a", max_length=8)
+    backend.open_session("b", max_length=8, batch_size=2)
+    backend.step("a", _hidden(length=3))
+    backend.step("b", _hidden(batch=2, length=2))
+    backend.step("a", _hidden())
+    assert asked == [("prompt", 3), ("prompt", 4), ("step", 1)]
+    assert seen == [1, 1, 2] and torch.get_num_threads() == 2
+
+
 def test_a_step_is_crowded_while_other_sessions_stepped_among_the_last_eight(
     backend: SpanBackend,
 ) -> None:
@@ -332,9 +368,9 @@ def test_a_step_is_crowded_while_other_sessions_stepped_among_the_last_eight(
     told: list[bool] = []
 
     class Spy(ThreadChoice):
-        def threads(self, rows: int = 1, crowded: bool = False) -> int:
+        def threads(self, size: int = 1, crowded: bool = False) -> int:
             told.append(crowded)
-            return super().threads(rows, crowded)
+            return super().threads(size, crowded)
 
     backend.step_threads = Spy(1)
     for session in ("a", "b"):

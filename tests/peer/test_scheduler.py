@@ -7,7 +7,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 import torch
@@ -15,7 +15,7 @@ import trio
 
 from peer.backend import BackendConfig, SpanBackend
 from peer.errors import InvalidRequestError, SessionNotFoundError, WorkerClosedError
-from peer.scheduler import InferenceScheduler, SchedulerConfig
+from peer.scheduler import InferenceScheduler, SchedulerConfig, _timed
 from peer.worker import ComputeWorker
 
 T = TypeVar("T")
@@ -57,14 +57,16 @@ async def test_concurrent_steps_are_merged(checkpoints: dict[str, Path]) -> None
             await scheduler.open_session(session_id, 16)
             reference.open_session(session_id, 16)
             prompt = _hidden(length=i + 1, seed=i)  # different lengths
-            await scheduler.step(session_id, prompt)
+            assert not (await scheduler.step_timed(session_id, prompt)).merged
             reference.step(session_id, prompt)
         assert scheduler.batches_run == 0  # prompts run alone
         gate = threading.Event()
         results: dict[str, torch.Tensor] = {}
 
         async def one_step(session_id: str, seed: int) -> None:
-            results[session_id] = await scheduler.step(session_id, _hidden(seed=seed))
+            done = await scheduler.step_timed(session_id, _hidden(seed=seed))
+            assert done.merged
+            results[session_id] = done.output
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(worker.submit, gate.wait, 30.0)  # keep the worker busy
@@ -186,3 +188,80 @@ async def test_waiting_steps_fail_when_the_scheduler_stops(checkpoints: dict[str
         await trio.testing.wait_all_tasks_blocked()
         outer.cancel_scope.cancel()
     assert len(errors) == 2
+
+
+class ClockWorker:
+    """Runs jobs in the trio thread, each taking `seconds` of the trio clock, reported as
+    their compute time: with the autojump clock, a peer whose every step takes 10 ms."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    async def submit(self, fn: Callable[..., T], *args: Any) -> T:
+        await trio.sleep(self.seconds)
+        if fn is _timed:
+            return cast(T, (args[0](*args[1:]), self.seconds))
+        return fn(*args)
+
+
+async def _generate(scheduler: InferenceScheduler, session_id: str, away: float) -> None:
+    """Six one-token steps, each `away` seconds after the last one's result (the rest of the
+    chain and the client)."""
+    for step in range(6):
+        await scheduler.step(session_id, _hidden(seed=step))
+        await trio.sleep(away)
+
+
+@pytest.mark.parametrize("gathering", [True, False])
+async def test_sessions_generating_at_once_come_to_step_together(
+    checkpoints: dict[str, Path], autojump_clock: trio.testing.MockClock, gathering: bool
+) -> None:
+    backend = SpanBackend.load(checkpoints["llama"], 0, 1)
+    reference = SpanBackend.load(checkpoints["llama"], 0, 1)
+    config = SchedulerConfig(gathering=gathering)
+    scheduler = InferenceScheduler(backend, ClockWorker(0.01), config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        for session_id in "ab":
+            await scheduler.open_session(session_id, 8)
+            reference.open_session(session_id, 8)
+
+        async def late_start() -> None:
+            await trio.sleep(0.004)  # b steps 4 ms after a: a's step still computes
+            await _generate(scheduler, "b", 0.1)
+
+        async with trio.open_nursery() as generations:
+            generations.start_soon(_generate, scheduler, "a", 0.1)
+            generations.start_soon(late_start)
+        nursery.cancel_scope.cancel()
+    # gathering: from the third step (once b's absence is known) a waits for b and they
+    # step together; without, each step of b waits for a's to finish, and they never meet
+    assert (scheduler.batches_run, scheduler.steps_batched) == ((4, 8) if gathering else (0, 0))
+    for session_id in "ab":
+        for step in range(6):
+            reference.step(session_id, _hidden(seed=step))
+        assert backend.session_length(session_id) == 6
+    probe = _hidden(seed=9)
+    for session_id in "ab":
+        expected = reference.step(session_id, probe)
+        torch.testing.assert_close(backend.step(session_id, probe), expected, rtol=0, atol=1e-5)
+
+
+async def test_a_generation_does_not_wait_for_an_idle_session(
+    checkpoints: dict[str, Path], autojump_clock: trio.testing.MockClock
+) -> None:
+    backend = SpanBackend.load(checkpoints["llama"], 0, 1)
+    scheduler = InferenceScheduler(backend, ClockWorker(0.01))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        for session_id in "ab":
+            await scheduler.open_session(session_id, 8)
+        for step in range(2):  # b had a cadence, then idles (its conversation's turn ended)
+            await scheduler.step("b", _hidden(seed=step))
+            await trio.sleep(0.1)
+        await trio.sleep(1.0)
+        began = trio.current_time()
+        await _generate(scheduler, "a", 0.1)
+        assert trio.current_time() - began == pytest.approx(6 * 0.11)  # no step waited
+        nursery.cancel_scope.cancel()
+    assert scheduler.batches_run == 0

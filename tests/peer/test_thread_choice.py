@@ -57,7 +57,7 @@ def test_alone_the_other_count_is_tried_after_2_percent_of_the_time() -> None:
 
 def test_steps_alone_and_crowded_are_timed_apart() -> None:
     """What crowded steps taught (2 threads slow) leaves the choice for steps alone as it was,
-    and for steps of other rows (1; 2; 3 and 4; 5 to 8...)."""
+    and for steps of other sizes (1; 2; 3 and 4; 5 to 8... tokens)."""
     choice = ThreadChoice(2, 1)
     for threads, seconds in [(2, 0.3), (2, 0.3), (1, 0.9), (1, 0.03)]:
         choice.record(threads, seconds, crowded=True)
@@ -66,8 +66,8 @@ def test_steps_alone_and_crowded_are_timed_apart() -> None:
     assert (choice.chosen(crowded=True), choice.chosen()) == (1, 2)
     assert (choice.threads(crowded=True), choice.threads()) == (1, 2)
     for threads, seconds in [(2, 0.9), (2, 0.3), (1, 0.9), (1, 0.03)]:
-        choice.record(threads, seconds, rows=3)
-    assert [choice.chosen(rows) for rows in (1, 2, 3, 4, 5)] == [2, 2, 1, 1, 2]
+        choice.record(threads, seconds, size=3)
+    assert [choice.chosen(size) for size in (1, 2, 3, 4, 5)] == [2, 2, 1, 1, 2]
 
 
 def test_the_first_step_after_a_change_of_count_is_not_timed() -> None:

@@ -702,6 +702,35 @@ def test_a_fork_goes_on_when_its_peers_are_gone(
     assert "did not fork a session" in caplog.text
 
 
+def test_sessions_generating_at_once_step_together_with_transformers_tokens(
+    checkpoints: dict[str, Path],
+) -> None:
+    """Three generations at once, each in a session of its own: the peers run their steps
+    merged (`swarm_peer_merged_steps_total` counts them: about 90 of the 96 one-token steps
+    here on a quiet machine, 22 to 34 without gathering; how many depends on the machine's
+    load, so `test_scheduler.py` checks the gathering itself on trio's clock), and each
+    gets transformers' tokens."""
+    checkpoint = checkpoints["llama"]
+    prompts = [torch.tensor([[1, 40 + i, 41, 42 + 2 * i]]) for i in range(3)]
+    outputs: dict[int, list[int]] = {}
+    with _swarm_and_model(checkpoint, CHAINS[2]) as (swarm, model):
+
+        def generate(index: int) -> None:
+            output = model.generate(prompts[index], max_new_tokens=32, do_sample=False)
+            outputs[index] = output[0, prompts[index].shape[1] :].tolist()
+
+        threads = [threading.Thread(target=generate, args=(i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        merged = [swarm.status(peer).activity.merged for peer in swarm.peers]
+    assert all(merged), merged
+    for index, prompt in enumerate(prompts):
+        expected = _local(checkpoint, prompt, max_new_tokens=32, do_sample=False)
+        assert outputs[index] == expected
+
+
 def _interrupt_a_generation(swarm: ThreadSwarm, model: DistributedModelForCausalLM) -> None:
     with model.inference_session(max_length=64) as session:
         for _ in session.stream(PROMPT, max_new_tokens=10, do_sample=False):

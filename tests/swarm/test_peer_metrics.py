@@ -57,12 +57,14 @@ def status_of(peer_id: Identity, **activity: Any) -> PeerStatus:
 def test_the_status_is_written_as_counters_gauges_and_a_histogram() -> None:
     identity = Identity.generate()
     status = status_of(identity, sessions=3, refused=1, steps=40, tokens=50, forwards=2,
-                       compute_seconds=0.25, forked=2, forked_tokens=30)  # fmt: skip
+                       compute_seconds=0.25, forked=2, forked_tokens=30,
+                       merged=12)  # fmt: skip
     kinds, samples = parsed(render_peer_metrics(status))
     peer = (("model", "tiny"), ("peer", identity.peer_id.to_base58()))
     expected = {"swarm_peer_sessions_opened_total": 3, "swarm_peer_sessions_refused_total": 1,
                 "swarm_peer_sessions_forked_total": 2, "swarm_peer_forked_tokens_total": 30,
                 "swarm_peer_steps_total": 40, "swarm_peer_tokens_total": 50,
+                "swarm_peer_merged_steps_total": 12,
                 "swarm_peer_forwards_total": 2,
                 "swarm_peer_compute_seconds_total": 0.25}  # fmt: skip
     assert set(expected) == set(COUNTERS)
