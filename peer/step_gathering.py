@@ -13,8 +13,9 @@ in; at most `MAX_WAIT`), until every one of them is here or that time is up. Ses
 met leave together and come back together, so after a few tokens the steps of a chain's
 sessions travel as one. A session that stepped only once, idles (a conversation waiting for
 its next turn) or is overdue by more than that time (it stopped) is not waited for: one
-generation alone never waits. Pure bookkeeping, on the caller's clock: `InferenceScheduler` tells it
-when steps arrive, finish and how long they computed, and asks `window` and `awaited`.
+generation alone never waits. Pure bookkeeping, on the caller's clock: `InferenceScheduler`
+tells it when steps arrive, finish and how long they computed, and asks `window` and
+`awaited`.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class StepGathering:
         self._sessions.pop(session_id, None)
 
     def window(self) -> float:
-        """How long a step may wait for others: what running one more step would cost."""
+        """How long a step may wait for others: `WAIT_STEPS` recent step times, at most
+        `MAX_WAIT` (0 before any step: nothing to go by)."""
         return min(WAIT_STEPS * statistics.median(self._steps), MAX_WAIT) if self._steps else 0.0
 
     def awaited(self, now: float, window: float) -> list[str]:
