@@ -1,7 +1,7 @@
 """The JSON bodies of `/v1/completions` and `/v1/chat/completions`, read and checked.
 
-The fields mean what OpenAI's API says they mean. Those the swarm cannot honour (`best_of`,
-`suffix`) are accepted only at their neutral value, and refused by name otherwise; a field
+The fields mean what OpenAI's API says they mean. Those the swarm cannot honour (`suffix`)
+are accepted only at their neutral value, and refused by name otherwise; a field
 the API does not have is an error too, as OpenAI's API answers it. `temperature` 0 is
 greedy decoding; above 0 the tokens are sampled with that temperature and `top_p` (no
 top-k: OpenAI has none). The presence and frequency penalties apply to the tokens generated
@@ -13,7 +13,9 @@ probabilities: completions take `logprobs` N and `echo`, chat takes `logprobs` a
 `swarm.json_schema` supports; other keywords get a 400). Chat's `prediction` (predicted
 outputs) has drafts copied from its text (`swarm.prompt_lookup`); the answer is the same. A
 completion's `prompt` may list several prompts (texts or token ids): each gets `n` answers,
-numbered prompt after prompt, as OpenAI numbers them.
+numbered prompt after prompt, as OpenAI numbers them. `best_of` (at least `n`, not streamed)
+generates that many answers to each prompt and returns the `n` whose tokens have the highest
+mean log probability (the model's own, before any processor), best first.
 """
 
 from __future__ import annotations
@@ -37,13 +39,12 @@ MAX_LOGPROBS = {"completion": 5, "chat": 20}  # the likeliest tokens given per p
 ROLES = ("system", "user", "assistant", "tool")
 # fields accepted only at their neutral value (what the field means if absent)
 NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "best_of": (None, 1),
     "suffix": (None, ""),
 }
 IGNORED = ("user", "metadata", "store", "service_tier")
 COMMON = ("model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
           "stream_options", "presence_penalty", "frequency_penalty", "logit_bias", "n",
-          "response_format", *NEUTRAL, *IGNORED)  # fmt: skip
+          "best_of", "response_format", *NEUTRAL, *IGNORED)  # fmt: skip
 CHAT = ("messages", "max_completion_tokens", "logprobs", "top_logprobs", "tools", "tool_choice",
         "parallel_tool_calls", "prediction")  # fmt: skip
 FIELDS = {
@@ -81,6 +82,7 @@ class CompletionRequest:
     logprobs: int | None = None  # asked: with this many likeliest tokens per place
     echo: bool = False  # the prompt comes first in the text (and its log probabilities)
     n: int = 1  # answers to each prompt, each generated on its own (the i-th with seed + i)
+    best_of: int = 1  # answers generated to each prompt, of which the `n` likeliest return
     json_object: bool = False  # JSON mode: the answer is one JSON object
     json_schema: Node | None = None  # JSON mode: the answer is a value of this schema
     tools: tuple[Tool, ...] = ()  # functions the model may call (chat)
@@ -88,6 +90,11 @@ class CompletionRequest:
     prediction: str = ""  # text the answer is expected to resemble: drafts are copied from it
     must_call: tuple[Tool, ...] = ()  # the answer calls one of these (JSON mode)
     parallel_calls: bool = True  # an answer may make several calls (parallel_tool_calls)
+
+    @property
+    def candidates(self) -> int:
+        """Answers generated to each prompt."""
+        return max(self.n, self.best_of)
 
     def generate_options(self, max_tokens: int, choice: int = 0) -> dict[str, Any]:
         """`generate()`'s arguments for this request's answer number `choice`."""
@@ -107,8 +114,8 @@ class CompletionRequest:
             options["stop_strings"] = list(self.stop)
         if self.logit_bias:
             options["sequence_bias"] = {(token,): bias for token, bias in self.logit_bias}
-        if self.logprobs is not None:
-            options["logprobs"] = self.logprobs
+        if self.logprobs is not None or self.best_of > self.n:  # scores to choose by
+            options["logprobs"] = self.logprobs or 0
         if self.json_object:
             options["json_object"] = True
         if self.json_schema is not None:
@@ -151,8 +158,14 @@ def read_request(kind: str, body: bytes) -> CompletionRequest:
     fields["n"] = 1 if n is None else n
     if not 1 <= fields["n"] <= MAX_CHOICES:
         raise ApiError(400, f"n must be within 1..{MAX_CHOICES}", "n")
-    if len(fields.get("prompts", ())) * fields["n"] > MAX_ANSWERS:
-        raise ApiError(400, f"n times the prompts may be at most {MAX_ANSWERS}", "n")
+    best_of = _field(data, "best_of", int)
+    fields["best_of"] = fields["n"] if best_of is None else best_of
+    if not fields["n"] <= fields["best_of"] <= MAX_CHOICES:
+        raise ApiError(400, f"best_of must be within n..{MAX_CHOICES}", "best_of")
+    if fields["best_of"] > fields["n"] and fields["stream"]:
+        raise ApiError(400, "best_of answers cannot be streamed", "best_of")
+    if len(fields.get("prompts", ())) * fields["best_of"] > MAX_ANSWERS:
+        raise ApiError(400, f"n or best_of times the prompts may be at most {MAX_ANSWERS}", "n")
     least = 0 if fields["echo"] else 1
     if fields["max_tokens"] is not None and fields["max_tokens"] < least:
         raise ApiError(400, f"max_tokens must be at least {least}", "max_tokens")

@@ -245,11 +245,11 @@ class ApiServer:
                          started)  # fmt: skip
         drafts = self._prediction_drafts(request)
         choices = [  # numbered prompt after prompt, as OpenAI does
-            _Choice(number * request.n + index, prompt,
+            _Choice(number * request.candidates + index, prompt,
                     CompletionText(self.tokenizer, request.stop),
                     request.generate_options(max_tokens, index) | drafts)
             for number, prompt in enumerate(prompts)
-            for index in range(request.n)
+            for index in range(request.candidates)
         ]  # fmt: skip
         if request.stream:
             stream = partial(self._stream, prompts, choices, answer)
@@ -261,14 +261,15 @@ class ApiServer:
         except (RoutingError, SwarmError) as error:
             logger.warning("a %s failed: %s", request.kind, error)
             raise _generation_error(error) from None
+        kept = _best(choices, request.candidates, request.n)
         logprobs = []
-        for choice in choices:
+        for choice in kept:
             choice.calls = answer.calls(choice.text)
             answer.log(choice.text, choice.calls)
             logprobs.append(
                 self._logprobs(request, choice.prompt.scored, choice.text, choice.records)
             )
-        return _json(200, answer.whole(choices, logprobs))
+        return _json(200, answer.whole(kept, logprobs, choices))
 
     async def _whole(self, choice: _Choice, started: float) -> None:
         """Generate one answer whole (to a request read at `started`)."""
@@ -762,7 +763,14 @@ class _Answer:
             }
         return usage
 
-    def whole(self, generated: list[_Choice], logprobs: list[dict[str, Any] | None]) -> Any:
+    def whole(
+        self,
+        generated: list[_Choice],
+        logprobs: list[dict[str, Any] | None],
+        spent: Sequence[_Choice],
+    ) -> Any:
+        """The answer of the `generated` choices (of the `spent` ones: with `best_of`, the
+        usage counts every answer generated)."""
         choices = []
         for made, choice_logprobs in zip(generated, logprobs, strict=True):
             text = made.text
@@ -779,7 +787,7 @@ class _Answer:
             else:
                 choice["text"] = made.prompt.echo + text.text
             choices.append(choice)
-        usage = self.usage(generated)
+        usage = self.usage(spent)
         return {**self._head(), "choices": choices, "usage": usage}
 
     def chunk(
@@ -880,6 +888,25 @@ def _hand(
     send.send_nowait(token)
     wanted, running.wanted = running.wanted, []
     return wanted
+
+
+def _best(choices: list[_Choice], candidates: int, n: int) -> list[_Choice]:
+    """Of each prompt's `candidates` answers (in turn), the `n` whose tokens have the highest
+    mean log probability, best first, numbered as OpenAI numbers `n` answers."""
+    if candidates == n:
+        return choices
+    kept = []
+    for first in range(0, len(choices), candidates):
+        ranked = sorted(choices[first : first + candidates], key=_mean_logprob, reverse=True)
+        for rank, choice in enumerate(ranked[:n]):
+            choice.index = first // candidates * n + rank
+            kept.append(choice)
+    return kept
+
+
+def _mean_logprob(choice: _Choice) -> float:
+    scores = [record.logprob for record in choice.records]
+    return sum(scores) / len(scores) if scores else 0.0
 
 
 async def _side_by_side(jobs: list[Callable[[], Awaitable[None]]]) -> None:

@@ -305,6 +305,34 @@ async def test_several_choices_are_sampled_side_by_side_with_their_own_seeds(
     assert sorted(finished) == [0, 1, 2]
 
 
+async def test_best_of_returns_the_likeliest_answers_first(tiny: Path, swarm: Any) -> None:
+    """best_of 4, n 2: of transformers' samplings with seed + i (i < 4), the two whose tokens
+    have the highest mean log probability under the model, best first (here the last two,
+    the best last); usage counts all 4."""
+    options = {"do_sample": True, "temperature": 1.5, "top_p": 1.0, "top_k": 0}
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    prompt = prompt_ids(tiny)
+    scored = []
+    for i in range(4):
+        torch.manual_seed(4 + i)
+        output = model.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                max_new_tokens=8, **options)  # fmt: skip
+        new = output[0, prompt.shape[1] :]
+        score = local_logprobs(tiny, output[0].tolist())[-len(new) :].mean()
+        scored.append((float(score), tokenizer.decode(new, skip_special_tokens=True)))
+    ranked = [text for _, text in sorted(scored, reverse=True)]
+    assert ranked[:2] != [text for _, text in scored[:2]]  # the choice is not the first two
+    request = {"model": MODEL, "prompt": PROMPT, "max_tokens": 8, "temperature": 1.5,
+               "seed": 4, "n": 2, "best_of": 4}  # fmt: skip
+    async with api(tiny, swarm[1]) as client:
+        whole = await call(client.completions.create, **request)
+    assert [choice.index for choice in whole.choices] == [0, 1]
+    assert [choice.text for choice in whole.choices] == ranked[:2]
+    assert whole.choices[0].logprobs is None  # not asked for
+    assert whole.usage is not None and whole.usage.completion_tokens == 32
+
+
 async def test_several_prompts_get_their_answers_numbered_prompt_after_prompt(
     tiny: Path, swarm: Any
 ) -> None:
@@ -360,8 +388,8 @@ async def test_bad_requests_get_openai_errors_and_the_server_serves_on(
     async with api(tiny, swarm[1]) as client:
         with pytest.raises(openai.NotFoundError, match="does not exist"):
             await call(client.completions.create, model="other", prompt=PROMPT)
-        with pytest.raises(openai.BadRequestError, match="best_of=2"):
-            await call(client.completions.create, model=MODEL, prompt=PROMPT, best_of=2)
+        with pytest.raises(openai.BadRequestError, match="best_of must be within n"):
+            await call(client.completions.create, model=MODEL, prompt=PROMPT, n=2, best_of=1)
         with pytest.raises(openai.BadRequestError, match="max_tokens may be at most"):
             await call(client.completions.create, model=MODEL, prompt=PROMPT, max_tokens=5000)
         with pytest.raises(openai.BadRequestError, match="context of 512 tokens"):
@@ -1053,7 +1081,7 @@ def test_the_tokens_texts_add_up_to_the_text(tiny: Path) -> None:
         ({"model": "m", "prompt": [[1], []]}, "prompt must be"),
         ({"model": "m", "prompt": []}, "prompt must be"),
         ({"model": "m", "prompt": ["a"] * 33}, "at most 32 prompts"),
-        ({"model": "m", "prompt": ["a"] * 5, "n": 8}, "n times the prompts may be at most 32"),
+        ({"model": "m", "prompt": ["a"] * 5, "n": 8}, "n or best_of times the prompts may"),
         ({"model": "m", "prompt": "x", "temperature": 3}, "temperature must be within"),
         ({"model": "m", "prompt": "x", "top_p": 0}, "top_p must be above 0"),
         ({"model": "m", "prompt": "x", "max_tokens": 0}, "max_tokens must be at least 1"),
@@ -1063,7 +1091,11 @@ def test_the_tokens_texts_add_up_to_the_text(tiny: Path) -> None:
         ({"model": "m", "prompt": "x", "logprobs": 6}, "logprobs must be within 0..5"),
         ({"model": "m", "prompt": "x", "top_logprobs": 1}, "unrecognized request argument"),
         ({"model": "m", "prompt": "x", "presence_penalty": 2.5}, "presence_penalty must be within"),
-        ({"model": "m", "prompt": "x", "best_of": 2}, "best_of=2 is not supported"),
+        ({"model": "m", "prompt": "x", "best_of": 9}, "best_of must be within n..8"),
+        ({"model": "m", "prompt": "x", "n": 3, "best_of": 2}, "best_of must be within n..8"),
+        ({"model": "m", "prompt": "x", "best_of": 2, "stream": True}, "cannot be streamed"),
+        ({"model": "m", "prompt": ["a"] * 5, "best_of": 8}, "n or best_of times the prompts"),
+        ({"model": "m", "prompt": "x", "suffix": "y"}, "suffix='y' is not supported"),
         ({"model": "m", "prompt": "x", "logit_bias": {"a1": 1}}, "keys must be token ids"),
         ({"model": "m", "prompt": "x", "logit_bias": {"-1": 1}}, "keys must be token ids"),
         ({"model": "m", "prompt": "x", "logit_bias": {"1": 101}}, "within -100..100"),
@@ -1141,7 +1173,7 @@ JSON = st.recursive(
 )
 FIELD_NAMES = st.sampled_from(
     ["model", "prompt", "messages", "max_tokens", "temperature", "top_p", "seed", "stop",
-     "stream", "stream_options", "n", "logprobs", "role", "content"]
+     "stream", "stream_options", "n", "best_of", "logprobs", "role", "content"]
 )  # fmt: skip
 
 
