@@ -1,9 +1,9 @@
 """The JSON bodies of `/v1/completions` and `/v1/chat/completions`, read and checked.
 
 The fields mean what OpenAI's API says they mean. Those the swarm cannot honour (`suffix`)
-are accepted only at their neutral value, and refused by name otherwise; a field
-the API does not have is an error too, as OpenAI's API answers it. `temperature` 0 is
-greedy decoding; above 0 the tokens are sampled with that temperature and `top_p` (no
+are accepted only at their neutral value, and refused by name otherwise; a field the API
+does not have is an error too, as OpenAI's API answers it. `temperature` 0 is greedy
+decoding; above 0 the tokens are sampled with that temperature and `top_p` (no
 top-k: OpenAI has none). The presence and frequency penalties apply to the tokens generated
 (`swarm.sampling.PresenceFrequencyPenalty`); `logit_bias` (token id -> -100..100) is
 added to those tokens' logits before anything else (transformers' `sequence_bias`). Log
