@@ -400,14 +400,18 @@ class ApiServer:
                 if piece or logprobs:
                     await emit(answer.chunk(piece, choice.index, logprobs))
 
+            async def feed_calls(calls: CallStream) -> None:
+                """The parts of the forced calls that the text sent so far completes."""
+                if deltas := calls.feed(text.sent):
+                    await emit(answer.chunk("", choice.index, calls=deltas))
+
             async def send(token: int, record: TokenLogprob | None) -> bool:
                 nonlocal holding
                 if not text.stopped:
                     scored.add(token, record)
                 piece = text.add(token)
                 if forced is not None:
-                    if deltas := forced.feed(text.sent):
-                        await emit(answer.chunk("", choice.index, calls=deltas))
+                    await feed_calls(forced)
                     return not text.stopped
                 if holding and not may_be_calls(text.sent, request.tools):
                     holding, piece = False, text.sent  # text: what was held goes now
@@ -421,8 +425,7 @@ class ApiServer:
             answer.log(text, choice.calls)
             if forced is not None:  # its calls went as they came: what is left of them
                 text.finish()
-                if deltas := forced.feed(text.sent):
-                    await emit(answer.chunk("", choice.index, calls=deltas))
+                await feed_calls(forced)
             elif choice.calls:
                 deltas = [call.delta(index) for index, call in enumerate(choice.calls)]
                 await emit(answer.chunk("", choice.index, calls=deltas))
