@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 import torch
+import trio
 
 from peer import throughput
 from peer.backend import BackendConfig, SpanBackend
+from peer.daemon import PeerConfig, _load
+from peer.rebalancer import PeerControl
 from peer.thread_choice import ThreadChoice
 from peer.throughput import (
     Throughput,
@@ -23,6 +26,7 @@ from peer.throughput import (
     thread_counts,
     throughput_key,
 )
+from peer.worker import ComputeWorker
 
 from .conftest import MakeCheckpoint
 
@@ -151,3 +155,21 @@ def test_a_cache_entry_of_an_older_version_is_measured_again(
     assert measured.inference_tokens_per_s != 1.0
     stored = json.loads((tmp_path / "throughput.json").read_text())[throughput_key(backend)]
     assert stored["one_token_threads"] == measured.one_token_threads
+
+
+async def test_a_loaded_peer_chooses_the_threads_of_its_steps_and_of_its_prompts(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    """One-token steps choose between the measured count and one thread; longer steps (prompts,
+    drafts) between all the compute thread's threads and one."""
+    config = PeerConfig(checkpoints["llama"], cache_dir=tmp_path)
+    worker = ComputeWorker()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        peer = await _load(config, worker, (0, 2), PeerControl())
+        threads = await worker.submit(torch.get_num_threads)
+        nursery.cancel_scope.cancel()
+    measured = get_throughput(peer.backend, tmp_path).one_token_threads  # cached by _load
+    step, prompt = peer.backend.step_threads, peer.backend.prompt_threads
+    assert step is not None and step.counts == ((1,) if measured == 1 else (measured, 1))
+    assert prompt is not None and prompt.counts == ((1,) if threads == 1 else (threads, 1))
