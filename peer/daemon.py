@@ -119,6 +119,13 @@ class _Peer:
         self.activity = Activity()  # the span server's, once it serves
         self.step_times = Durations(STEP_BUCKETS)  # likewise
 
+    def use(self, backend: SpanBackend) -> None:
+        """Serve `backend` from now on (the rebalancer moved the peer to other blocks); its
+        steps choose their threads as the old one's learnt to (`ThreadChoice`)."""
+        backend.step_threads = self.backend.step_threads
+        backend.prompt_threads = self.backend.prompt_threads
+        self.backend = backend
+
     def announcement(self, state: PeerState) -> PeerAnnouncement:
         """What the peer says of itself in `state` (`online` while it drains: `draining`)."""
         if self.address is None:
@@ -282,7 +289,8 @@ def _rebalancer(
         return await worker.submit(partial(_load_span, config, start, end))
 
     def switch(backend: SpanBackend) -> None:
-        peer.backend = scheduler.backend = backend
+        peer.use(backend)
+        scheduler.backend = backend
 
     view = SwarmView(dht.rpc, dht, config.name, total)
     own = str(peer.address.peer_id)

@@ -15,7 +15,7 @@ import trio
 
 from peer import throughput
 from peer.backend import BackendConfig, SpanBackend
-from peer.daemon import PeerConfig, _load
+from peer.daemon import PeerConfig, _load, _Peer
 from peer.rebalancer import PeerControl
 from peer.thread_choice import ThreadChoice
 from peer.throughput import (
@@ -173,3 +173,17 @@ async def test_a_loaded_peer_chooses_the_threads_of_its_steps_and_of_its_prompts
     step, prompt = peer.backend.step_threads, peer.backend.prompt_threads
     assert step is not None and step.counts == ((1,) if measured == 1 else (measured, 1))
     assert prompt is not None and prompt.counts == ((1,) if threads == 1 else (threads, 1))
+
+
+def test_a_peer_moved_to_other_blocks_keeps_its_thread_choices(
+    checkpoints: dict[str, Path],
+) -> None:
+    """What the steps taught the thread choices holds for the blocks the rebalancer moves the
+    peer to (a backend loaded for them has none of its own)."""
+    config = PeerConfig(checkpoints["llama"])
+    old, new = SpanBackend.load(config.checkpoint, 0, 2), SpanBackend.load(config.checkpoint, 2, 4)
+    old.step_threads, old.prompt_threads = ThreadChoice(1, 2), ThreadChoice(2, 1)
+    peer = _Peer(config, old, 100.0, PeerControl())
+    peer.use(new)
+    assert peer.backend is new
+    assert (new.step_threads, new.prompt_threads) == (old.step_threads, old.prompt_threads)
